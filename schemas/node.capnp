@@ -1,0 +1,91 @@
+# The wire contract of quicnprotochat.
+#
+# Field and method numbers are forever: add new ones at the end, never renumber,
+# never reuse. Errors are Cap'n Proto exceptions whose text starts with a stable
+# code and a colon (QUEUE_FULL, TOO_LARGE, UNAUTHORIZED, RATE_LIMITED, STALE_EPOCH,
+# NOT_FOUND, BAD_REQUEST, UNIMPLEMENTED, UNAVAILABLE); see wire/src/error.rs.
+#
+# Identity keys are raw Ed25519 public keys (32 bytes); an inbox is named by the
+# identity key that owns it.
+
+@0xf0f39850bfb4f07b;
+
+struct Envelope {
+  # One stored message of an inbox. `seq` is the inbox's delivery sequence number:
+  # starts at 1, grows by exactly one per accepted message, never reused.
+  seq @0 :UInt64;
+  data @1 :Data;
+}
+
+struct Delivery {
+  # One payload for one recipient inbox (enqueueBatch, commit fan-out).
+  recipient @0 :Data;
+  payload @1 :Data;
+}
+
+struct ClaimedKeyPackage {
+  # What fetchKeyPackage returns for one device of the target account.
+  identityKey @0 :Data;
+  keyPackage @1 :Data;
+  hybridPublicKey @2 :Data;
+  # Signed X-Wing public key of the device (crypto issue).
+  lastResort @3 :Bool;
+}
+
+struct KeyPackageTarget {
+  union {
+    username @0 :Text;
+    identityKey @1 :Data;
+  }
+}
+
+interface Node {
+  # The bootstrap capability: unauthenticated calls, and the ways to a Session.
+
+  health @0 () -> (status :Text, version :Text, uptimeMs :UInt64);
+  ping @1 (nonce :UInt64) -> (nonce :UInt64);
+
+  challenge @2 () -> (nonce :Data);
+  # A fresh single-use nonce bound to this connection. The caller proves its
+  # identity by signing the authentication transcript (crypto crate:
+  # auth_transcript) over this nonce and the connection's TLS exporter secret.
+
+  authenticate @3 (identityKey :Data, signature :Data, authToken :Data) -> (session :Session);
+  # authToken: the operator's admission token; empty when the node has none.
+
+  registerStart @4 (username :Text, request :Data, authToken :Data) -> (response :Data);
+  registerFinish @5 (username :Text, upload :Data, identityKey :Data, signature :Data) -> ();
+  loginStart @6 (username :Text, request :Data, authToken :Data) -> (response :Data);
+  loginFinish @7 (finalization :Data, identityKey :Data, signature :Data) -> (session :Session, token :Data, expiresAtMs :UInt64);
+  resume @8 (token :Data, authToken :Data) -> (session :Session, expiresAtMs :UInt64);
+
+  enqueueSealed @9 (recipient :Data, payload :Data, accessKey :Data) -> (seq :UInt64);
+  fetchKeyPackage @10 (target :KeyPackageTarget) -> (packages :List(ClaimedKeyPackage));
+}
+
+interface Session {
+  # Calls on behalf of one authenticated identity. Inbox-scoped calls have no
+  # inbox argument: a session can only ever read or ack its own inbox.
+
+  whoami @0 () -> (identityKey :Data, username :Text, deviceCount :UInt32, expiresAtMs :UInt64);
+
+  enqueue @1 (recipient :Data, payload :Data) -> (seq :UInt64);
+  # Answers only after the message is durable (fsynced).
+
+  enqueueBatch @2 (deliveries :List(Delivery)) -> (seqs :List(UInt64));
+
+  fetch @3 (after :UInt64, limit :UInt32) -> (envelopes :List(Envelope));
+  # Envelopes with seq > after, in seq order, at most `limit`. Not destructive.
+
+  fetchWait @4 (after :UInt64, limit :UInt32, timeoutMs :UInt32) -> (envelopes :List(Envelope));
+  # Like fetch, but when nothing is there waits until something arrives or
+  # timeoutMs passes (then the list is empty).
+
+  ack @5 (upTo :UInt64) -> ();
+  # Deletes every envelope with seq <= upTo, durably, before answering.
+
+  uploadKeyPackages @6 (oneTime :List(Data), lastResort :Data, hybridPublicKey :Data) -> ();
+  commit @7 (groupId :Data, epoch :UInt64, deliveries :List(Delivery)) -> (seqs :List(UInt64));
+  logout @8 () -> ();
+  setAccessKey @9 (accessKeyHash :Data) -> ();
+}

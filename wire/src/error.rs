@@ -1,0 +1,193 @@
+//! Stable error codes. Every refusal the node sends is a Cap'n Proto exception whose
+//! text starts with one of these codes and a colon; peers map the text back to a
+//! typed [`ErrorCode`], whatever prefixes the RPC layer puts in front of it.
+
+use std::fmt;
+
+/// Why the node refused a call. The code names whose fault it is and what the
+/// caller can do about it; the text after it is for humans only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// The recipient's queue holds as many messages as the node allows; retry later.
+    QueueFull,
+    /// The payload (or request) is larger than the node accepts; do not retry as is.
+    TooLarge,
+    /// Missing or wrong credentials, token or signature.
+    Unauthorized,
+    /// The caller sent too much too fast; retry after a while.
+    RateLimited,
+    /// A commit for this group and epoch was already accepted; catch up, then retry.
+    StaleEpoch,
+    /// The named thing does not exist.
+    NotFound,
+    /// The request is malformed or asks for something impossible.
+    BadRequest,
+    /// The node does not implement this call (yet).
+    Unimplemented,
+    /// A transient node-side failure (an actor restarted, the store is unavailable);
+    /// nothing the caller had acknowledged is lost; retrying may succeed.
+    Unavailable,
+}
+
+impl ErrorCode {
+    /// Every code, for exhaustive tests and parsing.
+    pub const ALL: [ErrorCode; 9] = [
+        ErrorCode::QueueFull,
+        ErrorCode::TooLarge,
+        ErrorCode::Unauthorized,
+        ErrorCode::RateLimited,
+        ErrorCode::StaleEpoch,
+        ErrorCode::NotFound,
+        ErrorCode::BadRequest,
+        ErrorCode::Unimplemented,
+        ErrorCode::Unavailable,
+    ];
+
+    /// The stable text of the code, as it appears on the wire.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::QueueFull => "QUEUE_FULL",
+            ErrorCode::TooLarge => "TOO_LARGE",
+            ErrorCode::Unauthorized => "UNAUTHORIZED",
+            ErrorCode::RateLimited => "RATE_LIMITED",
+            ErrorCode::StaleEpoch => "STALE_EPOCH",
+            ErrorCode::NotFound => "NOT_FOUND",
+            ErrorCode::BadRequest => "BAD_REQUEST",
+            ErrorCode::Unimplemented => "UNIMPLEMENTED",
+            ErrorCode::Unavailable => "UNAVAILABLE",
+        }
+    }
+
+    /// Parses the stable text of a code.
+    pub fn from_code_str(s: &str) -> Option<ErrorCode> {
+        ErrorCode::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
+    /// Whether the same call may succeed if simply tried again later.
+    pub const fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::QueueFull | ErrorCode::RateLimited | ErrorCode::Unavailable
+        )
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A refusal with its code and a human-readable detail.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {detail}")]
+pub struct WireError {
+    pub code: ErrorCode,
+    pub detail: String,
+}
+
+impl WireError {
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+        WireError {
+            code,
+            detail: detail.into(),
+        }
+    }
+
+    /// Finds the code in an exception text. The RPC layer prefixes remote exception
+    /// texts (e.g. `remote exception: Failed: QUEUE_FULL: inbox holds 1000`), so the
+    /// first `: `-separated token that is a known code wins.
+    pub fn parse(text: &str) -> Option<WireError> {
+        let mut rest = text;
+        loop {
+            let (head, tail) = match rest.split_once(':') {
+                Some((h, t)) => (h, Some(t)),
+                None => (rest, None),
+            };
+            if let Some(code) = ErrorCode::from_code_str(head.trim()) {
+                let detail = tail.map(|t| t.trim_start()).unwrap_or("");
+                return Some(WireError::new(code, detail));
+            }
+            rest = tail?;
+        }
+    }
+}
+
+impl From<WireError> for capnp::Error {
+    fn from(e: WireError) -> Self {
+        let text = format!("{}: {}", e.code, e.detail);
+        match e.code {
+            ErrorCode::Unimplemented => capnp::Error::unimplemented(text),
+            ErrorCode::RateLimited | ErrorCode::QueueFull => capnp::Error::overloaded(text),
+            _ => capnp::Error::failed(text),
+        }
+    }
+}
+
+/// What a peer can make of a failed call: a typed refusal by the node, or a failure
+/// of the transport / RPC layer itself.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    #[error("refused: {0}")]
+    Refused(WireError),
+    #[error("connection failed: {0}")]
+    Transport(String),
+}
+
+impl CallError {
+    /// The refusal code, if the node refused.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            CallError::Refused(w) => Some(w.code),
+            CallError::Transport(_) => None,
+        }
+    }
+}
+
+impl From<capnp::Error> for CallError {
+    fn from(e: capnp::Error) -> Self {
+        match (e.kind, WireError::parse(&e.extra)) {
+            (capnp::ErrorKind::Disconnected, _) | (_, None) => CallError::Transport(e.to_string()),
+            (_, Some(w)) => CallError::Refused(w),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn every_code_round_trips_through_its_text() {
+        for code in ErrorCode::ALL {
+            assert_eq!(ErrorCode::from_code_str(code.as_str()), Some(code));
+        }
+    }
+
+    #[test]
+    fn parse_finds_the_code_behind_rpc_prefixes() {
+        let w = WireError::parse("remote exception: Failed: QUEUE_FULL: inbox holds 1000").unwrap();
+        assert_eq!(w, WireError::new(ErrorCode::QueueFull, "inbox holds 1000"));
+        assert_eq!(WireError::parse("STALE_EPOCH:").unwrap().code, ErrorCode::StaleEpoch);
+        assert_eq!(WireError::parse("something else: entirely"), None);
+        assert_eq!(WireError::parse(""), None);
+    }
+
+    #[test]
+    fn disconnected_is_transport_even_if_text_has_a_code() {
+        let e = capnp::Error::disconnected("NOT_FOUND: gone".into());
+        assert!(matches!(CallError::from(e), CallError::Transport(_)));
+    }
+
+    proptest! {
+        #[test]
+        fn error_round_trips_through_capnp_exception(idx in 0usize..ErrorCode::ALL.len(), detail in "[ -~]{0,64}") {
+            let sent = WireError::new(ErrorCode::ALL[idx], detail.trim_start());
+            let exception: capnp::Error = sent.clone().into();
+            // What the remote side sees after capnp-rpc serialized and prefixed it.
+            let remote = capnp::Error::failed(format!("remote exception: {exception}"));
+            prop_assert_eq!(CallError::from(remote), CallError::Refused(sent));
+        }
+    }
+}

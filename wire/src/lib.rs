@@ -1,0 +1,27 @@
+//! The wire contract of quicnprotochat: the Cap'n Proto code generated from
+//! `schemas/node.capnp` (committed, so building needs no schema compiler), the stable
+//! error codes carried in exception texts, the reader limits that keep a hostile
+//! message from making a peer allocate, and the typed values other crates use instead
+//! of raw Cap'n Proto readers.
+#![forbid(unsafe_code)]
+
+#[allow(
+    clippy::all,
+    clippy::pedantic,
+    unused_qualifications,
+    missing_docs,
+    dead_code
+)]
+#[path = "generated/node_capnp.rs"]
+pub mod node_capnp;
+
+pub mod error;
+pub mod limits;
+pub mod types;
+
+pub use error::{ErrorCode, WireError};
+pub use types::{Envelope, IdentityKey, IDENTITY_KEY_LEN};
+
+/// ALPN protocol id of our QUIC connections; a peer speaking anything else is refused
+/// during the TLS handshake.
+pub const ALPN: &[u8] = b"quicnprotochat/1";

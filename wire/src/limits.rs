@@ -1,0 +1,27 @@
+//! Size and traversal limits shared by both ends of the wire.
+
+use capnp::message::ReaderOptions;
+
+/// Default largest payload the node stores (1 MiB).
+pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
+
+/// Default number of unacknowledged messages an inbox may hold.
+pub const DEFAULT_QUEUE_LIMIT: u64 = 1000;
+
+/// Most envelopes one fetch returns, whatever the caller asks for.
+pub const MAX_FETCH_LIMIT: u32 = 1024;
+
+/// Longest a fetchWait may wait (the client simply calls again).
+pub const MAX_FETCH_WAIT_MS: u32 = 60_000;
+
+/// Reader options for every message we read off the wire.
+///
+/// The traversal limit bounds the words a single incoming message may make us visit:
+/// room for a batch of the largest payloads plus framing, and no more. Our schema
+/// nests at most a handful of levels, so a small nesting limit refuses deep garbage.
+pub fn reader_options(max_payload: usize) -> ReaderOptions {
+    let words = (max_payload / 8).saturating_mul(4).saturating_add(64 * 1024);
+    let mut options = ReaderOptions::new();
+    options.traversal_limit_in_words(Some(words)).nesting_limit(16);
+    options
+}
