@@ -1,1 +1,12 @@
+//! The actors of quicnprotochat and what they own: the node's inbox actors and their
+//! registry, the store writer with group commit, the Cap'n Proto service that
+//! decodes calls and forwards them; the redb stores (`store`); and the pure state
+//! machines the actors wrap (`core`).
 #![forbid(unsafe_code)]
+
+pub mod core;
+pub mod error;
+pub mod inbox;
+pub mod store;
+
+pub use error::DeliveryError;

@@ -1,0 +1,233 @@
+//! The rules of one inbox: seq assignment, queue depth, acknowledgement.
+//!
+//! `seq` starts at 1 and grows by exactly one per accepted message. The state knows
+//! three marks, always `acked <= durable <= assigned`:
+//! - `assigned`: the highest seq handed out (its write may still be in flight);
+//! - `durable`: the highest seq known to be committed to disk (wakes long-polls);
+//! - `acked`: everything up to here has been deleted by the owner's ack.
+
+/// Limits one inbox enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InboxLimits {
+    /// Most unacknowledged messages the inbox may hold.
+    pub queue_limit: u64,
+    /// Largest payload accepted, in bytes.
+    pub max_payload: usize,
+}
+
+/// What is persisted of an inbox besides its messages. Written in the same store
+/// transaction as the messages it describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct InboxMeta {
+    /// Highest seq ever stored (0 when none).
+    pub last_seq: u64,
+    /// Highest seq acknowledged (and deleted); 0 when none.
+    pub acked: u64,
+}
+
+/// Why the inbox refused a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InboxRefusal {
+    #[error("inbox holds {depth} unacknowledged messages, the limit is {limit}")]
+    QueueFull { depth: u64, limit: u64 },
+    #[error("payload of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge { len: usize, max: usize },
+    #[error("cannot ack up to seq {up_to}: the highest seq of this inbox is {highest}")]
+    AckBeyondEnd { up_to: u64, highest: u64 },
+}
+
+/// A range of seqs `from..=to` to delete, decided by an ack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckRange {
+    pub from: u64,
+    pub to: u64,
+}
+
+/// The state machine of one inbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxState {
+    assigned: u64,
+    durable: u64,
+    acked: u64,
+}
+
+impl InboxState {
+    /// The state after (re)loading from the store: everything stored is durable.
+    pub fn recovered(meta: InboxMeta) -> InboxState {
+        debug_assert!(meta.acked <= meta.last_seq);
+        InboxState {
+            assigned: meta.last_seq,
+            durable: meta.last_seq,
+            acked: meta.acked.min(meta.last_seq),
+        }
+    }
+
+    /// Accepts a message of `len` bytes and assigns its seq, or refuses it. A refused
+    /// message changes nothing.
+    pub fn admit(&mut self, len: usize, limits: InboxLimits) -> Result<u64, InboxRefusal> {
+        if len > limits.max_payload {
+            return Err(InboxRefusal::TooLarge {
+                len,
+                max: limits.max_payload,
+            });
+        }
+        let depth = self.depth();
+        if depth >= limits.queue_limit {
+            return Err(InboxRefusal::QueueFull {
+                depth,
+                limit: limits.queue_limit,
+            });
+        }
+        self.assigned += 1;
+        Ok(self.assigned)
+    }
+
+    /// Admits `count` messages at once, all or none (a batch of deliveries to the
+    /// same inbox must not half-succeed). Returns the first seq of the run.
+    pub fn admit_many(
+        &mut self,
+        lens: impl IntoIterator<Item = usize>,
+        limits: InboxLimits,
+    ) -> Result<std::ops::RangeInclusive<u64>, InboxRefusal> {
+        let mut count = 0u64;
+        for len in lens {
+            if len > limits.max_payload {
+                return Err(InboxRefusal::TooLarge {
+                    len,
+                    max: limits.max_payload,
+                });
+            }
+            count += 1;
+        }
+        let depth = self.depth();
+        if depth + count > limits.queue_limit {
+            return Err(InboxRefusal::QueueFull {
+                depth,
+                limit: limits.queue_limit,
+            });
+        }
+        let first = self.assigned + 1;
+        self.assigned += count;
+        Ok(first..=self.assigned)
+    }
+
+    /// Records that every seq up to `seq` is committed. Monotone: an older report
+    /// changes nothing.
+    pub fn mark_durable(&mut self, seq: u64) {
+        debug_assert!(seq <= self.assigned, "durable beyond assigned");
+        self.durable = self.durable.max(seq.min(self.assigned));
+    }
+
+    /// Acknowledges every seq up to `up_to`. Returns the range to delete, or `None`
+    /// when everything asked for was already acknowledged (acks are idempotent).
+    pub fn ack(&mut self, up_to: u64) -> Result<Option<AckRange>, InboxRefusal> {
+        if up_to > self.assigned {
+            return Err(InboxRefusal::AckBeyondEnd {
+                up_to,
+                highest: self.assigned,
+            });
+        }
+        if up_to <= self.acked {
+            return Ok(None);
+        }
+        let range = AckRange {
+            from: self.acked + 1,
+            to: up_to,
+        };
+        self.acked = up_to;
+        Ok(Some(range))
+    }
+
+    /// Unacknowledged messages, including those whose write is in flight.
+    pub fn depth(&self) -> u64 {
+        self.assigned - self.acked
+    }
+
+    /// Whether a long-poll for messages after `after` can be answered now.
+    pub fn has_durable_after(&self, after: u64) -> bool {
+        self.durable > after.max(self.acked)
+    }
+
+    pub fn assigned(&self) -> u64 {
+        self.assigned
+    }
+
+    pub fn durable(&self) -> u64 {
+        self.durable
+    }
+
+    pub fn acked(&self) -> u64 {
+        self.acked
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: InboxLimits = InboxLimits {
+        queue_limit: 3,
+        max_payload: 10,
+    };
+
+    #[test]
+    fn seqs_start_at_one_and_refusals_change_nothing() {
+        let mut s = InboxState::recovered(InboxMeta::default());
+        assert_eq!(s.admit(1, LIMITS), Ok(1));
+        assert_eq!(
+            s.admit(11, LIMITS),
+            Err(InboxRefusal::TooLarge { len: 11, max: 10 })
+        );
+        assert_eq!(s.admit(10, LIMITS), Ok(2));
+        assert_eq!(s.admit(0, LIMITS), Ok(3));
+        assert_eq!(
+            s.admit(0, LIMITS),
+            Err(InboxRefusal::QueueFull { depth: 3, limit: 3 })
+        );
+        assert_eq!(s.ack(2), Ok(Some(AckRange { from: 1, to: 2 })));
+        assert_eq!(s.admit(0, LIMITS), Ok(4));
+    }
+
+    #[test]
+    fn ack_is_idempotent_and_bounded() {
+        let mut s = InboxState::recovered(InboxMeta {
+            last_seq: 5,
+            acked: 2,
+        });
+        assert_eq!(s.ack(1), Ok(None));
+        assert_eq!(
+            s.ack(6),
+            Err(InboxRefusal::AckBeyondEnd { up_to: 6, highest: 5 })
+        );
+        assert_eq!(s.ack(5), Ok(Some(AckRange { from: 3, to: 5 })));
+        assert_eq!(s.ack(5), Ok(None));
+        assert_eq!(s.depth(), 0);
+    }
+
+    #[test]
+    fn long_poll_wakes_only_for_durable_unacked_messages() {
+        let mut s = InboxState::recovered(InboxMeta::default());
+        s.admit(1, LIMITS).unwrap();
+        assert!(!s.has_durable_after(0), "in-flight write must not wake");
+        s.mark_durable(1);
+        assert!(s.has_durable_after(0));
+        assert!(!s.has_durable_after(1));
+        s.ack(1).unwrap();
+        assert!(!s.has_durable_after(0), "acked messages are gone");
+    }
+
+    #[test]
+    fn batch_admission_is_all_or_nothing() {
+        let mut s = InboxState::recovered(InboxMeta::default());
+        assert_eq!(s.admit_many([1, 2], LIMITS), Ok(1..=2));
+        assert!(matches!(
+            s.admit_many([1, 1], LIMITS),
+            Err(InboxRefusal::QueueFull { .. })
+        ));
+        assert!(matches!(
+            s.admit_many([1, 99], LIMITS),
+            Err(InboxRefusal::TooLarge { .. })
+        ));
+        assert_eq!(s.assigned(), 2);
+    }
+}

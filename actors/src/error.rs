@@ -1,0 +1,39 @@
+//! What can go wrong between a caller and the durable store, and how it maps to the
+//! wire's stable codes.
+
+use quicnprotochat_wire::{ErrorCode, WireError};
+
+use crate::core::inbox::InboxRefusal;
+use crate::store::StoreError;
+
+/// Why a delivery-service request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeliveryError {
+    /// The inbox's rules refused the request: the caller's doing.
+    #[error(transparent)]
+    Refused(#[from] InboxRefusal),
+    /// The store failed: the node's doing; nothing acknowledged is lost.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// The actor owning the inbox stopped or restarted while the request was in
+    /// flight; retrying is safe.
+    #[error("inbox restarting, retry")]
+    Restarting,
+}
+
+impl From<DeliveryError> for WireError {
+    fn from(e: DeliveryError) -> Self {
+        let code = match &e {
+            DeliveryError::Refused(InboxRefusal::QueueFull { .. }) => ErrorCode::QueueFull,
+            DeliveryError::Refused(InboxRefusal::TooLarge { .. }) => ErrorCode::TooLarge,
+            DeliveryError::Refused(InboxRefusal::AckBeyondEnd { .. }) => ErrorCode::BadRequest,
+            DeliveryError::Store(_) | DeliveryError::Restarting => ErrorCode::Unavailable,
+        };
+        // Store details are for the operator's log, not for remote parties.
+        let detail = match &e {
+            DeliveryError::Store(_) => "storage unavailable".to_string(),
+            other => other.to_string(),
+        };
+        WireError::new(code, detail)
+    }
+}

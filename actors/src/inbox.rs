@@ -1,0 +1,400 @@
+//! Inbox actors and their registry.
+//!
+//! One [`InboxActor`] per active inbox owns its [`InboxState`]: it assigns seqs,
+//! enforces limits and holds long-poll waiters, but never waits for the disk: it
+//! hands each write and the caller's reply port to the [`StoreWriter`] and goes on.
+//!
+//! The [`InboxRegistry`] finds or spawns the actor for an inbox. Its invariant: at
+//! most one live actor per inbox. Every message is sent under the registry's lock
+//! and counted; an idle actor retires only under the same lock and only when no
+//! counted message is still in its mailbox, so nothing sent to it is ever dropped,
+//! and its successor loads its marks through the writer (after every write of the
+//! predecessor has committed).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use quicnprotochat_wire::IdentityKey;
+use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
+use tokio::sync::{Mutex, oneshot};
+
+use crate::core::inbox::{InboxLimits, InboxState};
+use crate::error::DeliveryError;
+use crate::store::StoreError;
+use crate::store::writer::{StoreWriter, WriteOp};
+
+/// Messages to an inbox actor.
+pub enum InboxMsg {
+    /// A request from a caller, counted by the registry.
+    Request(InboxRequest),
+    /// Every seq up to this one is committed (from the writer).
+    Durable(u64),
+    /// The writer found this actor's view inconsistent with the disk: restart.
+    Resync(String),
+    /// Periodic check whether the actor may retire.
+    IdleCheck,
+}
+
+/// What callers ask of an inbox.
+pub enum InboxRequest {
+    /// Store a message; answered with its seq once durable.
+    Enqueue {
+        payload: Vec<u8>,
+        reply: oneshot::Sender<Result<u64, DeliveryError>>,
+    },
+    /// Delete up to `up_to`; answered once durable.
+    Ack {
+        up_to: u64,
+        reply: oneshot::Sender<Result<(), DeliveryError>>,
+    },
+    /// Answered (with `()`) as soon as a durable, unacknowledged message with
+    /// seq > `after` exists. The caller drops the receiver when it stops waiting.
+    Wait { after: u64, reply: oneshot::Sender<()> },
+    /// Test and chaos hook: make the actor panic, as a bug would.
+    #[doc(hidden)]
+    Crash,
+}
+
+/// Settings every inbox actor shares.
+#[derive(Debug, Clone, Copy)]
+pub struct InboxSettings {
+    pub limits: InboxLimits,
+    /// An actor with no waiters and no request for this long stops (its state is on
+    /// disk), so a million idle inboxes cost disk, not memory.
+    pub idle_after: Duration,
+}
+
+pub struct Entry {
+    actor: ActorRef<InboxMsg>,
+    pending: Arc<AtomicU64>,
+}
+
+type ActorMap = Arc<Mutex<HashMap<IdentityKey, Entry>>>;
+
+pub struct RegistryInner {
+    actors: ActorMap,
+    writer: StoreWriter,
+    settings: InboxSettings,
+    supervisor: ActorRef<SupervisorMsg>,
+    restarts: Arc<AtomicU64>,
+}
+
+/// Finds or spawns the actor of an inbox. Cheap to clone.
+#[derive(Clone)]
+pub struct InboxRegistry {
+    inner: Arc<RegistryInner>,
+}
+
+/// The registry's supervisor actor only receives supervision events.
+pub enum SupervisorMsg {}
+
+struct InboxSupervisor;
+
+impl Actor for InboxSupervisor {
+    type Msg = SupervisorMsg;
+    type State = (ActorMap, Arc<AtomicU64>);
+    type Arguments = (ActorMap, Arc<AtomicU64>);
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(args)
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        event: SupervisionEvent,
+        (actors, restarts): &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // A failed inbox actor is forgotten; the next request for its inbox spawns a
+        // fresh one, which reloads from the store. Its in-flight callers saw their
+        // reply ports dropped, which they report as retryable.
+        if let SupervisionEvent::ActorFailed(cell, reason) = event {
+            tracing::warn!(actor = %cell.get_id(), %reason, "inbox actor failed; it restarts from the store on next use");
+            restarts.fetch_add(1, Ordering::Relaxed);
+            actors
+                .lock()
+                .await
+                .retain(|_, e| e.actor.get_id() != cell.get_id());
+        }
+        Ok(())
+    }
+}
+
+impl InboxRegistry {
+    /// Starts the registry and its supervisor.
+    pub async fn start(
+        writer: StoreWriter,
+        settings: InboxSettings,
+    ) -> Result<InboxRegistry, ractor::SpawnErr> {
+        let actors: ActorMap = Arc::default();
+        let restarts = Arc::new(AtomicU64::new(0));
+        let (supervisor, _) =
+            Actor::spawn(None, InboxSupervisor, (actors.clone(), restarts.clone())).await?;
+        Ok(InboxRegistry {
+            inner: Arc::new(RegistryInner {
+                actors,
+                writer,
+                settings,
+                supervisor,
+                restarts,
+            }),
+        })
+    }
+
+    /// How many inbox actors failed and were replaced.
+    pub fn restarts(&self) -> u64 {
+        self.inner.restarts.load(Ordering::Relaxed)
+    }
+
+    /// How many inbox actors are alive.
+    pub async fn live_actors(&self) -> usize {
+        self.inner.actors.lock().await.len()
+    }
+
+    /// Delivers `request` to the inbox's actor, spawning it if needed.
+    pub async fn send(&self, inbox: IdentityKey, request: InboxRequest) -> Result<(), DeliveryError> {
+        let mut actors = self.inner.actors.lock().await;
+        let mut request = request;
+        // At most two tries: an actor that died between its failure and the
+        // supervisor's cleanup is replaced once.
+        for _ in 0..2 {
+            let entry = match actors.get(&inbox) {
+                Some(e) => e,
+                None => {
+                    let pending = Arc::new(AtomicU64::new(0));
+                    let args = InboxArgs {
+                        inbox,
+                        writer: self.inner.writer.clone(),
+                        settings: self.inner.settings,
+                        registry: Arc::downgrade(&self.inner),
+                        pending: pending.clone(),
+                    };
+                    let (actor, _) = Actor::spawn_linked(
+                        None,
+                        InboxActor,
+                        args,
+                        self.inner.supervisor.get_cell(),
+                    )
+                    .await
+                    .map_err(|_| DeliveryError::Restarting)?;
+                    actors.entry(inbox).or_insert(Entry { actor, pending })
+                }
+            };
+            entry.pending.fetch_add(1, Ordering::AcqRel);
+            match entry.actor.send_message(InboxMsg::Request(request)) {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    entry.pending.fetch_sub(1, Ordering::AcqRel);
+                    actors.remove(&inbox);
+                    request = match e {
+                        ractor::MessagingErr::SendErr(InboxMsg::Request(r)) => r,
+                        _ => return Err(DeliveryError::Restarting),
+                    };
+                }
+            }
+        }
+        Err(DeliveryError::Restarting)
+    }
+
+    /// Stores a message in `inbox`; returns its seq once durable.
+    pub async fn enqueue(&self, inbox: IdentityKey, payload: Vec<u8>) -> Result<u64, DeliveryError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(inbox, InboxRequest::Enqueue { payload, reply }).await?;
+        rx.await.map_err(|_| DeliveryError::Restarting)?
+    }
+
+    /// Acknowledges (deletes) messages of `inbox` up to `up_to`, durably.
+    pub async fn ack(&self, inbox: IdentityKey, up_to: u64) -> Result<(), DeliveryError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(inbox, InboxRequest::Ack { up_to, reply }).await?;
+        rx.await.map_err(|_| DeliveryError::Restarting)?
+    }
+
+    /// Waits until `inbox` has a durable message after `after`, or `timeout` passes.
+    /// Returns whether something arrived.
+    pub async fn wait(
+        &self,
+        inbox: IdentityKey,
+        after: u64,
+        timeout: Duration,
+    ) -> Result<bool, DeliveryError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(inbox, InboxRequest::Wait { after, reply }).await?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(())) => Ok(true),
+            Ok(Err(_)) => Err(DeliveryError::Restarting),
+            Err(_) => Ok(false),
+        }
+    }
+
+    /// Test and chaos hook: makes the inbox's actor panic.
+    #[doc(hidden)]
+    pub async fn crash(&self, inbox: IdentityKey) -> Result<(), DeliveryError> {
+        self.send(inbox, InboxRequest::Crash).await
+    }
+
+    /// Stops every inbox actor and the supervisor (node shutdown).
+    pub async fn stop(&self) {
+        let mut actors = self.inner.actors.lock().await;
+        for (_, e) in actors.drain() {
+            e.actor.stop(Some("node shutdown".into()));
+        }
+        self.inner.supervisor.stop(Some("node shutdown".into()));
+    }
+
+    /// Retires the actor `id` of `inbox` if nothing sent to it is still unprocessed.
+    async fn try_retire(inner: &RegistryInner, inbox: &IdentityKey, id: ractor::ActorId) -> bool {
+        let mut actors = inner.actors.lock().await;
+        match actors.get(inbox) {
+            Some(e) if e.actor.get_id() == id && e.pending.load(Ordering::Acquire) == 0 => {
+                actors.remove(inbox);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+pub struct InboxArgs {
+    inbox: IdentityKey,
+    writer: StoreWriter,
+    settings: InboxSettings,
+    registry: std::sync::Weak<RegistryInner>,
+    pending: Arc<AtomicU64>,
+}
+
+/// The actor that owns one inbox's state.
+pub struct InboxActor;
+
+pub struct InboxActorState {
+    args: InboxArgs,
+    /// `None` until the marks are loaded in `post_start`.
+    inbox: Option<InboxState>,
+    waiters: Vec<(u64, oneshot::Sender<()>)>,
+    last_request: Instant,
+}
+
+impl Actor for InboxActor {
+    type Msg = InboxMsg;
+    type State = InboxActorState;
+    type Arguments = InboxArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: Self::Arguments,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let period = (args.settings.idle_after / 2).max(Duration::from_millis(10));
+        myself.send_interval(period, || InboxMsg::IdleCheck);
+        Ok(InboxActorState {
+            args,
+            inbox: None,
+            waiters: Vec::new(),
+            last_request: Instant::now(),
+        })
+    }
+
+    async fn post_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // Requests wait in the mailbox until this load is done. Loading through the
+        // writer orders it after every write a predecessor actor submitted.
+        let meta = state.args.writer.load(state.args.inbox).await?;
+        state.inbox = Some(InboxState::recovered(meta));
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let inbox = state
+            .inbox
+            .as_mut()
+            .ok_or_else(|| StoreError::Corrupt("inbox used before load".into()))?;
+        match message {
+            InboxMsg::Request(request) => {
+                state.args.pending.fetch_sub(1, Ordering::AcqRel);
+                state.last_request = Instant::now();
+                match request {
+                    InboxRequest::Enqueue { payload, reply } => {
+                        match inbox.admit(payload.len(), state.args.settings.limits) {
+                            Ok(seq) => state.args.writer.submit(WriteOp::Append {
+                                inbox: state.args.inbox,
+                                seq,
+                                payload,
+                                notify: myself,
+                                reply,
+                            }),
+                            Err(refusal) => {
+                                let _ = reply.send(Err(refusal.into()));
+                            }
+                        }
+                    }
+                    InboxRequest::Ack { up_to, reply } => match inbox.ack(up_to) {
+                        Ok(Some(range)) => state.args.writer.submit(WriteOp::Ack {
+                            inbox: state.args.inbox,
+                            up_to: range.to,
+                            reply,
+                        }),
+                        Ok(None) => {
+                            let _ = reply.send(Ok(()));
+                        }
+                        Err(refusal) => {
+                            let _ = reply.send(Err(refusal.into()));
+                        }
+                    },
+                    InboxRequest::Wait { after, reply } => {
+                        if inbox.has_durable_after(after) {
+                            let _ = reply.send(());
+                        } else {
+                            state.waiters.retain(|(_, w)| !w.is_closed());
+                            state.waiters.push((after, reply));
+                        }
+                    }
+                    InboxRequest::Crash => panic!("inbox actor crash requested"),
+                }
+            }
+            InboxMsg::Durable(seq) => {
+                inbox.mark_durable(seq);
+                wake_ready(&mut state.waiters, inbox);
+            }
+            InboxMsg::Resync(why) => {
+                return Err(format!("inbox state out of step with the store: {why}").into());
+            }
+            InboxMsg::IdleCheck => {
+                state.waiters.retain(|(_, w)| !w.is_closed());
+                if state.waiters.is_empty()
+                    && state.last_request.elapsed() >= state.args.settings.idle_after
+                    && let Some(registry) = state.args.registry.upgrade()
+                    && InboxRegistry::try_retire(&registry, &state.args.inbox, myself.get_id()).await
+                {
+                    myself.stop(Some("idle".into()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn wake_ready(waiters: &mut Vec<(u64, oneshot::Sender<()>)>, inbox: &InboxState) {
+    let mut i = 0;
+    while i < waiters.len() {
+        if inbox.has_durable_after(waiters[i].0) {
+            let (_, w) = waiters.swap_remove(i);
+            let _ = w.send(());
+        } else {
+            i += 1;
+        }
+    }
+}

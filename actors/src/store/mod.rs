@@ -1,0 +1,7 @@
+//! The redb stores owned by actors. One file per node; every write goes through the
+//! [`writer::StoreWriter`], reads open their own read transactions.
+
+pub mod server;
+pub mod writer;
+
+pub use server::{ServerStore, StoreError, StoreOptions};

@@ -1,0 +1,257 @@
+//! The node's tables and the operations on them.
+//!
+//! Messages are appended to `log`, keyed by a node-global counter, so consecutive
+//! writes touch consecutive keys and redb's copy-on-write dirties few pages per
+//! batch; `inbox_idx (inbox, seq) → log key` finds an inbox's messages, and
+//! `inbox_meta` holds each inbox's last seq and ack mark. All three change in the
+//! same transaction, so a crash leaves an inbox either before or after a write.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use quicnprotochat_wire::{Envelope, IdentityKey};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
+
+use crate::core::inbox::InboxMeta;
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const INBOX_IDX: TableDefinition<(&[u8; 32], u64), u64> = TableDefinition::new("inbox_idx");
+const INBOX_META: TableDefinition<&[u8; 32], (u64, u64)> = TableDefinition::new("inbox_meta");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+const KEY_SCHEMA_VERSION: &str = "schema_version";
+const KEY_NEXT_LOG: &str = "next_log";
+
+/// Version of the table layout this code writes. Opening a file of a newer version
+/// is refused; older versions are migrated forward when they exist.
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// Failures of the store. All of them are the node's fault, not the caller's.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Database(#[from] redb::DatabaseError),
+    #[error("transaction: {0}")]
+    Transaction(#[from] redb::TransactionError),
+    #[error("table: {0}")]
+    Table(#[from] redb::TableError),
+    #[error("storage: {0}")]
+    Storage(#[from] redb::StorageError),
+    #[error("commit: {0}")]
+    Commit(#[from] redb::CommitError),
+    #[error("database schema version {found} is newer than this node understands ({SCHEMA_VERSION})")]
+    SchemaTooNew { found: u64 },
+    #[error("store is unavailable after an earlier write failure: {0}")]
+    Poisoned(String),
+    #[error("store writer has shut down")]
+    WriterGone,
+    #[error("inconsistent store: {0}")]
+    Corrupt(String),
+}
+
+/// How the store commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// fsync every commit (`Durability::Immediate`). Only tests of pure logic turn
+    /// this off; the node never does.
+    pub durable: bool,
+    /// redb two-phase commit: the commit is protected by a second fsync rather than
+    /// redb's non-cryptographic checksum, which bytes chosen by remote parties could
+    /// otherwise be crafted against.
+    pub two_phase_commit: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            durable: true,
+            two_phase_commit: true,
+        }
+    }
+}
+
+/// The node's database.
+#[derive(Clone)]
+pub struct ServerStore {
+    db: Arc<Database>,
+    options: StoreOptions,
+}
+
+impl ServerStore {
+    /// Opens (or creates) the node's database and makes sure every table exists.
+    pub fn open(path: &Path, options: StoreOptions) -> Result<ServerStore, StoreError> {
+        let db = Database::create(path)?;
+        let store = ServerStore {
+            db: Arc::new(db),
+            options,
+        };
+        let txn = store.begin_write()?;
+        {
+            let mut meta = txn.open_table(META)?;
+            let found = meta.get(KEY_SCHEMA_VERSION)?.map(|v| v.value());
+            match found {
+                None => {
+                    meta.insert(KEY_SCHEMA_VERSION, SCHEMA_VERSION)?;
+                }
+                Some(v) if v > SCHEMA_VERSION => return Err(StoreError::SchemaTooNew { found: v }),
+                Some(_) => {}
+            }
+            txn.open_table(LOG)?;
+            txn.open_table(INBOX_IDX)?;
+            txn.open_table(INBOX_META)?;
+        }
+        txn.commit()?;
+        Ok(store)
+    }
+
+    pub fn options(&self) -> StoreOptions {
+        self.options
+    }
+
+    pub(crate) fn begin_write(&self) -> Result<WriteTransaction, StoreError> {
+        let mut txn = self.db.begin_write()?;
+        if !self.options.durable {
+            txn.set_durability(redb::Durability::None)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        }
+        txn.set_two_phase_commit(self.options.two_phase_commit);
+        Ok(txn)
+    }
+
+    /// The persisted marks of an inbox (all zero for one never used).
+    pub fn inbox_meta(&self, inbox: &IdentityKey) -> Result<InboxMeta, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(INBOX_META)?;
+        Ok(read_meta(&table, inbox)?)
+    }
+
+    /// Envelopes of `inbox` with seq > `after`, in seq order, at most `limit`.
+    pub fn fetch(
+        &self,
+        inbox: &IdentityKey,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Envelope>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let idx = txn.open_table(INBOX_IDX)?;
+        let log = txn.open_table(LOG)?;
+        let start = after.saturating_add(1);
+        let mut out = Vec::new();
+        if after == u64::MAX {
+            return Ok(out);
+        }
+        for entry in idx.range((&inbox.0, start)..=(&inbox.0, u64::MAX))?.take(limit) {
+            let (key, log_key) = entry?;
+            let seq = key.value().1;
+            let log_key = log_key.value();
+            let data = log
+                .get(log_key)?
+                .ok_or_else(|| StoreError::Corrupt(format!("index points to missing log entry {log_key}")))?
+                .value()
+                .to_vec();
+            out.push(Envelope { seq, data });
+        }
+        Ok(out)
+    }
+
+    /// Number of stored (unacknowledged) messages of `inbox`; for tests and metrics.
+    pub fn stored_count(&self, inbox: &IdentityKey) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        let idx = txn.open_table(INBOX_IDX)?;
+        let mut n = 0;
+        for e in idx.range((&inbox.0, 0)..=(&inbox.0, u64::MAX))? {
+            e?;
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+fn read_meta(
+    table: &impl ReadableTable<&'static [u8; 32], (u64, u64)>,
+    inbox: &IdentityKey,
+) -> Result<InboxMeta, redb::StorageError> {
+    Ok(table
+        .get(&inbox.0)?
+        .map(|v| {
+            let (last_seq, acked) = v.value();
+            InboxMeta { last_seq, acked }
+        })
+        .unwrap_or_default())
+}
+
+/// The writes of one store transaction. The writer thread opens one per batch.
+pub struct WriteBatch<'txn> {
+    log: redb::Table<'txn, u64, &'static [u8]>,
+    idx: redb::Table<'txn, (&'static [u8; 32], u64), u64>,
+    meta: redb::Table<'txn, &'static [u8; 32], (u64, u64)>,
+    counters: redb::Table<'txn, &'static str, u64>,
+    next_log: u64,
+}
+
+impl<'txn> WriteBatch<'txn> {
+    pub fn open(txn: &'txn WriteTransaction) -> Result<WriteBatch<'txn>, StoreError> {
+        let counters = txn.open_table(META)?;
+        let next_log = counters.get(KEY_NEXT_LOG)?.map(|v| v.value()).unwrap_or(1);
+        Ok(WriteBatch {
+            log: txn.open_table(LOG)?,
+            idx: txn.open_table(INBOX_IDX)?,
+            meta: txn.open_table(INBOX_META)?,
+            counters,
+            next_log,
+        })
+    }
+
+    /// The inbox's marks as of this transaction (sees the batch's own writes).
+    pub fn inbox_meta(&self, inbox: &IdentityKey) -> Result<InboxMeta, StoreError> {
+        Ok(read_meta(&self.meta, inbox)?)
+    }
+
+    /// Stores message `seq` of `inbox`. Seqs of one inbox must arrive in order,
+    /// each exactly one above the last stored: anything else is a bug upstream, and
+    /// refusing it here keeps a gap or a reuse from ever reaching the disk.
+    pub fn append(&mut self, inbox: &IdentityKey, seq: u64, payload: &[u8]) -> Result<(), StoreError> {
+        let mut m = self.inbox_meta(inbox)?;
+        if seq != m.last_seq + 1 {
+            return Err(StoreError::Corrupt(format!(
+                "append of seq {seq} to inbox {inbox:?} whose last seq is {}",
+                m.last_seq
+            )));
+        }
+        let log_key = self.next_log;
+        self.next_log += 1;
+        self.log.insert(log_key, payload)?;
+        self.idx.insert((&inbox.0, seq), log_key)?;
+        m.last_seq = seq;
+        self.meta.insert(&inbox.0, (m.last_seq, m.acked))?;
+        Ok(())
+    }
+
+    /// Deletes every message of `inbox` up to and including `up_to`.
+    pub fn ack(&mut self, inbox: &IdentityKey, up_to: u64) -> Result<(), StoreError> {
+        let mut m = self.inbox_meta(inbox)?;
+        let up_to = up_to.min(m.last_seq);
+        if up_to <= m.acked {
+            return Ok(());
+        }
+        let removed: Vec<(u64, u64)> = self
+            .idx
+            .extract_from_if((&inbox.0, m.acked + 1)..=(&inbox.0, up_to), |_, _| true)?
+            .map(|e| e.map(|(k, v)| (k.value().1, v.value())))
+            .collect::<Result<_, _>>()?;
+        for (_, log_key) in removed {
+            self.log.remove(log_key)?;
+        }
+        m.acked = up_to;
+        self.meta.insert(&inbox.0, (m.last_seq, m.acked))?;
+        Ok(())
+    }
+
+    /// Persists the log counter; call once before committing.
+    pub fn finish(mut self) -> Result<(), StoreError> {
+        self.counters.insert(KEY_NEXT_LOG, self.next_log)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,274 @@
+//! The one write path into the node's database, with group commit.
+//!
+//! A dedicated thread (redb commits block on fsync, which must not stall the async
+//! runtime) takes every write that arrived while the previous commit was running,
+//! applies them in arrival order in one transaction, commits it durably, and only
+//! then answers each caller. So a `seq` is never returned before its fsync, and the
+//! cost of one fsync is shared by a whole batch.
+//!
+//! A failed commit poisons the writer: every later write is refused. Continuing
+//! after an fsync failure could acknowledge writes the disk never kept (the
+//! PostgreSQL "fsyncgate" lesson), and refusing keeps seqs gap-free on disk.
+
+use std::collections::HashMap;
+use std::thread::JoinHandle;
+
+use quicnprotochat_wire::IdentityKey;
+use ractor::ActorRef;
+use tokio::sync::{mpsc, oneshot};
+
+use super::server::{ServerStore, StoreError, WriteBatch};
+use crate::core::inbox::InboxMeta;
+use crate::error::DeliveryError;
+use crate::inbox::InboxMsg;
+
+/// Where a write's outcome goes.
+pub type Reply<T> = oneshot::Sender<Result<T, DeliveryError>>;
+
+/// Most bytes of payload gathered into one transaction.
+const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
+/// Most operations gathered into one transaction.
+const MAX_BATCH_OPS: usize = 8192;
+
+/// One request to the writer.
+pub enum WriteOp {
+    /// Store message `seq` of `inbox`; answers the seq once durable, and tells
+    /// `notify` (the inbox's actor) which seqs became durable.
+    Append {
+        inbox: IdentityKey,
+        seq: u64,
+        payload: Vec<u8>,
+        notify: ActorRef<InboxMsg>,
+        reply: Reply<u64>,
+    },
+    /// Delete messages of `inbox` up to `up_to`; answers once durable.
+    Ack {
+        inbox: IdentityKey,
+        up_to: u64,
+        reply: Reply<()>,
+    },
+    /// Read the inbox's marks after every earlier write has committed: how a
+    /// (re)started inbox actor learns where it stands without racing in-flight
+    /// writes of its predecessor.
+    Load {
+        inbox: IdentityKey,
+        reply: Reply<InboxMeta>,
+    },
+    /// Finish everything submitted before, then stop.
+    Shutdown { done: oneshot::Sender<()> },
+}
+
+impl WriteOp {
+    fn payload_len(&self) -> usize {
+        match self {
+            WriteOp::Append { payload, .. } => payload.len(),
+            _ => 0,
+        }
+    }
+}
+
+/// Handle to the writer thread. Cheap to clone.
+#[derive(Clone)]
+pub struct StoreWriter {
+    tx: mpsc::UnboundedSender<WriteOp>,
+}
+
+impl StoreWriter {
+    /// Starts the writer thread over `store`.
+    pub fn start(store: ServerStore) -> std::io::Result<(StoreWriter, JoinHandle<()>)> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handle = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || run(store, rx))?;
+        Ok((StoreWriter { tx }, handle))
+    }
+
+    /// Queues a write. If the writer is gone, the op (and its reply port) is dropped,
+    /// which the caller sees as a closed reply channel.
+    pub fn submit(&self, op: WriteOp) {
+        let _ = self.tx.send(op);
+    }
+
+    /// Loads an inbox's marks in write order (see [`WriteOp::Load`]).
+    pub async fn load(&self, inbox: IdentityKey) -> Result<InboxMeta, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(WriteOp::Load { inbox, reply });
+        match rx.await {
+            Ok(Ok(meta)) => Ok(meta),
+            Ok(Err(DeliveryError::Store(e))) => Err(e),
+            Ok(Err(other)) => Err(StoreError::Corrupt(other.to_string())),
+            Err(_) => Err(StoreError::WriterGone),
+        }
+    }
+
+    /// Acks in write order and waits until durable.
+    pub async fn ack(&self, inbox: IdentityKey, up_to: u64) -> Result<(), DeliveryError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(WriteOp::Ack {
+            inbox,
+            up_to,
+            reply,
+        });
+        rx.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Asks the writer to finish what it has and stop; returns when it has.
+    pub async fn shutdown(&self) {
+        let (done, rx) = oneshot::channel();
+        self.submit(WriteOp::Shutdown { done });
+        let _ = rx.await;
+    }
+}
+
+/// What to send once the batch's fate is known.
+enum Outcome {
+    Seq(Reply<u64>, Result<u64, DeliveryError>),
+    Unit(Reply<()>, Result<(), DeliveryError>),
+    Meta(Reply<InboxMeta>, Result<InboxMeta, DeliveryError>),
+}
+
+fn poisoned(why: &str) -> DeliveryError {
+    DeliveryError::Store(StoreError::Poisoned(why.to_string()))
+}
+
+/// Answers with `value`, unless the commit failed: then nothing of the batch holds.
+fn answer<T>(reply: Reply<T>, value: Result<T, DeliveryError>, commit_failure: Option<&str>) {
+    let _ = reply.send(match commit_failure {
+        Some(why) => Err(poisoned(why)),
+        None => value,
+    });
+}
+
+impl Outcome {
+    fn send(self, commit_failure: Option<&str>) {
+        match self {
+            Outcome::Seq(r, v) => answer(r, v, commit_failure),
+            Outcome::Unit(r, v) => answer(r, v, commit_failure),
+            Outcome::Meta(r, v) => answer(r, v, commit_failure),
+        }
+    }
+}
+
+/// Refuses an op without applying it; hands back a shutdown's completion port.
+fn refuse(op: WriteOp, why: &str) -> Option<oneshot::Sender<()>> {
+    match op {
+        WriteOp::Append { reply, .. } => answer(reply, Err(poisoned(why)), None),
+        WriteOp::Ack { reply, .. } => answer(reply, Err(poisoned(why)), None),
+        WriteOp::Load { reply, .. } => answer(reply, Err(poisoned(why)), None),
+        WriteOp::Shutdown { done } => return Some(done),
+    }
+    None
+}
+
+fn run(store: ServerStore, mut rx: mpsc::UnboundedReceiver<WriteOp>) {
+    let mut poisoned: Option<String> = None;
+    let mut batch: Vec<WriteOp> = Vec::new();
+    while let Some(first) = rx.blocking_recv() {
+        batch.clear();
+        let mut bytes = first.payload_len();
+        batch.push(first);
+        while batch.len() < MAX_BATCH_OPS && bytes < MAX_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(op) => {
+                    bytes += op.payload_len();
+                    batch.push(op);
+                }
+                Err(_) => break,
+            }
+        }
+        // A shutdown request ends the batch: what came before it is finished, what
+        // came after it is refused.
+        let mut shutdown = None;
+        if let Some(pos) = batch.iter().position(|op| matches!(op, WriteOp::Shutdown { .. })) {
+            for op in batch.drain(pos + 1..) {
+                refuse(op, "node is shutting down");
+            }
+            if let Some(WriteOp::Shutdown { done }) = batch.pop() {
+                shutdown = Some(done);
+            }
+        }
+        if let Some(why) = &poisoned {
+            for op in batch.drain(..) {
+                refuse(op, why);
+            }
+        } else if !batch.is_empty()
+            && let Err(e) = commit_batch(&store, &mut batch)
+        {
+            tracing::error!(error = %e, "store commit failed; refusing all further writes");
+            poisoned = Some(e.to_string());
+        }
+        if let Some(done) = shutdown {
+            let _ = done.send(());
+            break;
+        }
+    }
+    // Refuse whatever is still queued, so no caller waits forever.
+    rx.close();
+    while let Ok(op) = rx.try_recv() {
+        if let Some(done) = refuse(op, "node is shutting down") {
+            let _ = done.send(());
+        }
+    }
+}
+
+/// Applies and commits one batch, then answers every op in it.
+fn commit_batch(store: &ServerStore, batch: &mut Vec<WriteOp>) -> Result<(), StoreError> {
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut durable: HashMap<IdentityKey, (u64, ActorRef<InboxMsg>)> = HashMap::new();
+    let result: Result<(), StoreError> = (|| {
+        let txn = store.begin_write()?;
+        {
+            let mut writes = WriteBatch::open(&txn)?;
+            for op in batch.drain(..) {
+                match op {
+                    WriteOp::Append {
+                        inbox,
+                        seq,
+                        payload,
+                        notify,
+                        reply,
+                    } => {
+                        match writes.append(&inbox, seq, &payload) {
+                            Ok(()) => {
+                                durable.insert(inbox, (seq, notify));
+                                outcomes.push(Outcome::Seq(reply, Ok(seq)));
+                            }
+                            Err(e) => {
+                                // The inbox actor's view and the disk disagree: make
+                                // it restart from the disk.
+                                let _ = notify.send_message(InboxMsg::Resync(e.to_string()));
+                                outcomes.push(Outcome::Seq(reply, Err(e.into())));
+                            }
+                        }
+                    }
+                    WriteOp::Ack {
+                        inbox,
+                        up_to,
+                        reply,
+                    } => outcomes.push(Outcome::Unit(
+                        reply,
+                        writes.ack(&inbox, up_to).map_err(Into::into),
+                    )),
+                    WriteOp::Load { inbox, reply } => outcomes.push(Outcome::Meta(
+                        reply,
+                        writes.inbox_meta(&inbox).map_err(Into::into),
+                    )),
+                    WriteOp::Shutdown { .. } => unreachable!("shutdown is taken out of the batch"),
+                }
+            }
+            writes.finish()?;
+        }
+        txn.commit()?;
+        Ok(())
+    })();
+    let failure = result.as_ref().err().map(StoreError::to_string);
+    for outcome in outcomes {
+        outcome.send(failure.as_deref());
+    }
+    if failure.is_none() {
+        for (_, (seq, notify)) in durable {
+            let _ = notify.send_message(InboxMsg::Durable(seq));
+        }
+    }
+    result
+}
