@@ -17,6 +17,14 @@ pub const EXPORTER_LABEL: &[u8] = b"EXPORTER-quicnprotochat-auth";
 
 const TRANSCRIPT_LABEL: &[u8] = b"quicnprotochat/auth/v1";
 
+/// A fresh challenge nonce from the operating system's random source.
+pub fn fresh_nonce() -> [u8; AUTH_NONCE_LEN] {
+    use rand08::RngCore;
+    let mut nonce = [0u8; AUTH_NONCE_LEN];
+    rand08::rngs::OsRng.fill_bytes(&mut nonce);
+    nonce
+}
+
 /// The bytes a client signs to authenticate on a connection.
 pub fn auth_transcript(
     nonce: &[u8; AUTH_NONCE_LEN],

@@ -8,5 +8,8 @@ pub mod auth;
 pub mod identity;
 pub mod token;
 
-pub use auth::{AUTH_NONCE_LEN, CHANNEL_BINDING_LEN, auth_transcript, verify_authentication};
+pub use auth::{
+    AUTH_NONCE_LEN, CHANNEL_BINDING_LEN, EXPORTER_LABEL, auth_transcript, fresh_nonce,
+    verify_authentication,
+};
 pub use identity::{Identity, IdentityError};

@@ -14,13 +14,19 @@ pub const MAX_FETCH_LIMIT: u32 = 1024;
 /// Longest a fetchWait may wait (the client simply calls again).
 pub const MAX_FETCH_WAIT_MS: u32 = 60_000;
 
+/// Most payload bytes one fetch returns (at least one envelope is always returned,
+/// whatever its size), so a response stays a bounded message.
+pub const MAX_FETCH_BYTES: usize = 4 * 1024 * 1024;
+
 /// Reader options for every message we read off the wire.
 ///
 /// The traversal limit bounds the words a single incoming message may make us visit:
-/// room for a batch of the largest payloads plus framing, and no more. Our schema
-/// nests at most a handful of levels, so a small nesting limit refuses deep garbage.
+/// room for the largest payload or fetch response twice over plus framing, and no
+/// more. Our schema nests at most a handful of levels, so a small nesting limit
+/// refuses deep garbage.
 pub fn reader_options(max_payload: usize) -> ReaderOptions {
-    let words = (max_payload / 8).saturating_mul(4).saturating_add(64 * 1024);
+    let bytes = max_payload.max(MAX_FETCH_BYTES).saturating_mul(2);
+    let words = (bytes / 8).saturating_add(64 * 1024);
     let mut options = ReaderOptions::new();
     options.traversal_limit_in_words(Some(words)).nesting_limit(16);
     options

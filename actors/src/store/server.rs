@@ -127,18 +127,21 @@ impl ServerStore {
         Ok(read_meta(&table, inbox)?)
     }
 
-    /// Envelopes of `inbox` with seq > `after`, in seq order, at most `limit`.
+    /// Envelopes of `inbox` with seq > `after`, in seq order, at most `limit`, and
+    /// no more than `max_bytes` of payload (but always at least one if any exist).
     pub fn fetch(
         &self,
         inbox: &IdentityKey,
         after: u64,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<Envelope>, StoreError> {
         let txn = self.db.begin_read()?;
         let idx = txn.open_table(INBOX_IDX)?;
         let log = txn.open_table(LOG)?;
         let start = after.saturating_add(1);
         let mut out = Vec::new();
+        let mut bytes = 0usize;
         if after == u64::MAX {
             return Ok(out);
         }
@@ -151,6 +154,10 @@ impl ServerStore {
                 .ok_or_else(|| StoreError::Corrupt(format!("index points to missing log entry {log_key}")))?
                 .value()
                 .to_vec();
+            bytes += data.len();
+            if bytes > max_bytes && !out.is_empty() {
+                break;
+            }
             out.push(Envelope { seq, data });
         }
         Ok(out)
