@@ -1,1 +1,9 @@
+//! The quicnprotochat node: configuration, TLS material, the QUIC server wiring
+//! (`server::run`), and the client side (connection, typed calls, local state,
+//! commands). `main.rs` only parses flags.
 #![forbid(unsafe_code)]
+
+pub mod client;
+pub mod config;
+pub mod server;
+pub mod tls;

@@ -1,1 +1,145 @@
-fn main(){}
+//! `quicnprotochat`: parses flags, then runs the node or a client command.
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use quicnprotochat::client::commands::{self, ClientOptions};
+use quicnprotochat::config::{FileConfig, ServerConfig};
+
+#[derive(Parser)]
+#[command(name = "quicnprotochat", version, about = "End-to-end encrypted group messaging over QUIC")]
+struct Cli {
+    /// Server to connect to (client commands).
+    #[arg(long, global = true, env = "QPC_SERVER", default_value = "127.0.0.1:7000")]
+    server: String,
+    /// The server certificate to trust (exactly this one; client commands).
+    #[arg(long, global = true, env = "QPC_CA_CERT", default_value = "data/server-cert.der")]
+    ca_cert: PathBuf,
+    /// Client state directory (identity and local data).
+    #[arg(long, global = true, env = "QPC_STATE")]
+    state: Option<PathBuf>,
+    /// Operator admission token: required by a server when set, presented by clients.
+    #[arg(long, global = true, env = "QPC_AUTH_TOKEN", hide_env_values = true)]
+    auth_token: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a server node.
+    Server {
+        /// TOML configuration file (flags override its keys).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Address to listen on [default: 127.0.0.1:7000].
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Data directory [default: ./data].
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Most unacknowledged messages per inbox [default: 1000].
+        #[arg(long)]
+        queue_limit: Option<u64>,
+        /// Largest payload in bytes [default: 1048576].
+        #[arg(long)]
+        max_payload: Option<usize>,
+    },
+    /// Check that the server is up: prints `ok`, its version and uptime.
+    Health,
+    /// Measure one round trip to the server.
+    Ping,
+    /// Authenticate with this profile's identity and print it.
+    Whoami,
+}
+
+fn default_state_dir() -> PathBuf {
+    dirs::data_dir()
+        .map(|d| d.join("quicnprotochat"))
+        .unwrap_or_else(|| PathBuf::from(".quicnprotochat"))
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    match cli.command {
+        Command::Server {
+            config,
+            listen,
+            data_dir,
+            queue_limit,
+            max_payload,
+        } => {
+            init_logging("info");
+            let file = match &config {
+                Some(path) => FileConfig::load(path)?,
+                None => FileConfig::default(),
+            };
+            let flags = FileConfig {
+                listen,
+                data_dir,
+                auth_token: cli.auth_token,
+                queue_limit,
+                max_payload,
+                ..FileConfig::default()
+            };
+            let config = ServerConfig::from_settings(file.overridden_by(flags))?;
+            runtime.block_on(quicnprotochat::server::run(config, shutdown_signal()))?;
+            Ok(())
+        }
+        command => {
+            init_logging("warn");
+            let opts = ClientOptions {
+                server: cli.server,
+                ca_cert: cli.ca_cert,
+                state_dir: cli.state.unwrap_or_else(default_state_dir),
+                auth_token: cli.auth_token,
+            };
+            let local = tokio::task::LocalSet::new();
+            let line = local.block_on(&runtime, async {
+                match command {
+                    Command::Health => commands::health(&opts).await,
+                    Command::Ping => commands::ping(&opts).await,
+                    Command::Whoami => commands::whoami(&opts).await,
+                    Command::Server { .. } => unreachable!("handled above"),
+                }
+            })?;
+            println!("{line}");
+            Ok(())
+        }
+    }
+}

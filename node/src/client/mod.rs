@@ -1,0 +1,9 @@
+//! The client side: a pinned QUIC connection with typed calls (`rpc`), the client's
+//! local state (`state`), and the CLI commands built on them (`commands`).
+
+pub mod commands;
+pub mod rpc;
+pub mod state;
+
+pub use rpc::{ClientError, Health, NodeConnection, SessionHandle};
+pub use state::ClientState;

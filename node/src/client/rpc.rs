@@ -1,0 +1,299 @@
+//! A connection to a node and typed calls on it.
+//!
+//! capnp-rpc is `!Send`: a [`NodeConnection`] and its sessions must be used on a
+//! `tokio::task::LocalSet` (the CLI runs everything on one).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use capnp_rpc::{RpcSystem, rpc_twoparty_capnp::Side, twoparty};
+use quicnprotochat_crypto::{CHANNEL_BINDING_LEN, EXPORTER_LABEL, Identity, auth_transcript};
+use quicnprotochat_wire::error::CallError;
+use quicnprotochat_wire::limits::reader_options;
+use quicnprotochat_wire::node_capnp::{node, session};
+use quicnprotochat_wire::types::read_envelopes;
+use quicnprotochat_wire::{Envelope, ErrorCode, IdentityKey, WireError};
+use rustls::pki_types::CertificateDer;
+
+use crate::tls::{self, TlsError};
+
+/// Largest message the client accepts from a node (the node's own payload limit
+/// may be configured up to 64 MiB).
+const CLIENT_READ_LIMIT: usize = 64 * 1024 * 1024;
+
+/// What can go wrong on the client side, in words a user can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot reach the server at {addr}: {reason}")]
+    Unreachable { addr: SocketAddr, reason: String },
+    #[error("the server at {addr} does not present the pinned certificate")]
+    CertificateMismatch { addr: SocketAddr },
+    #[error("the server refused: {0}")]
+    Refused(WireError),
+    #[error("connection to the server failed: {0}")]
+    Transport(String),
+    #[error("the server sent an invalid answer: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    /// The node's refusal code, if this is a refusal.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Refused(w) => Some(w.code),
+            _ => None,
+        }
+    }
+}
+
+impl From<capnp::Error> for ClientError {
+    fn from(e: capnp::Error) -> Self {
+        match CallError::from(e) {
+            CallError::Refused(w) => ClientError::Refused(w),
+            CallError::Transport(t) => ClientError::Transport(t),
+        }
+    }
+}
+
+fn protocol(e: impl std::fmt::Display) -> ClientError {
+    ClientError::Protocol(e.to_string())
+}
+
+/// The answer to `health`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    pub status: String,
+    pub version: String,
+    pub uptime: Duration,
+}
+
+/// An open, pinned connection to a node.
+pub struct NodeConnection {
+    node: node::Client,
+    connection: quinn::Connection,
+    endpoint: quinn::Endpoint,
+    channel_binding: [u8; CHANNEL_BINDING_LEN],
+}
+
+impl NodeConnection {
+    /// Connects to `addr`, trusting only the certificate `pinned`.
+    pub async fn connect(
+        addr: SocketAddr,
+        pinned: CertificateDer<'static>,
+    ) -> Result<NodeConnection, ClientError> {
+        let bind: SocketAddr = if addr.is_ipv6() {
+            "[::]:0".parse().expect("valid")
+        } else {
+            "0.0.0.0:0".parse().expect("valid")
+        };
+        let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| ClientError::Unreachable {
+            addr,
+            reason: e.to_string(),
+        })?;
+        endpoint.set_default_client_config(tls::client_config(pinned)?);
+        let connecting = endpoint
+            .connect(addr, "localhost")
+            .map_err(|e| ClientError::Unreachable {
+                addr,
+                reason: e.to_string(),
+            })?;
+        let connection = connecting.await.map_err(|e| classify_connect_error(addr, e))?;
+        let mut channel_binding = [0u8; CHANNEL_BINDING_LEN];
+        connection
+            .export_keying_material(&mut channel_binding, EXPORTER_LABEL, b"")
+            .map_err(|_| ClientError::Protocol("no TLS keying material".into()))?;
+        let (send, recv) = connection
+            .open_bi()
+            .await
+            .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let network = twoparty::VatNetwork::new(
+            recv,
+            send,
+            Side::Client,
+            reader_options(CLIENT_READ_LIMIT),
+        );
+        let mut rpc = RpcSystem::new(Box::new(network), None);
+        let node: node::Client = rpc.bootstrap(Side::Server);
+        tokio::task::spawn_local(async move {
+            if let Err(e) = rpc.await {
+                tracing::debug!(error = %e, "rpc system ended");
+            }
+        });
+        Ok(NodeConnection {
+            node,
+            connection,
+            endpoint,
+            channel_binding,
+        })
+    }
+
+    pub async fn health(&self) -> Result<Health, ClientError> {
+        let reply = self.node.health_request().send().promise.await?;
+        let r = reply.get()?;
+        Ok(Health {
+            status: r.get_status()?.to_string().map_err(protocol)?,
+            version: r.get_version()?.to_string().map_err(protocol)?,
+            uptime: Duration::from_millis(r.get_uptime_ms()),
+        })
+    }
+
+    /// One round trip; returns how long it took.
+    pub async fn ping(&self) -> Result<Duration, ClientError> {
+        let nonce = u64::from_le_bytes(quicnprotochat_crypto::fresh_nonce()[..8].try_into().expect("8 bytes"));
+        let start = Instant::now();
+        let mut req = self.node.ping_request();
+        req.get().set_nonce(nonce);
+        let reply = req.send().promise.await?;
+        let elapsed = start.elapsed();
+        if reply.get()?.get_nonce() != nonce {
+            return Err(ClientError::Protocol("ping answered with the wrong nonce".into()));
+        }
+        Ok(elapsed)
+    }
+
+    /// Proves `identity` on this connection and returns its session.
+    pub async fn authenticate(
+        &self,
+        identity: &Identity,
+        auth_token: Option<&str>,
+    ) -> Result<SessionHandle, ClientError> {
+        let reply = self.node.challenge_request().send().promise.await?;
+        let nonce: [u8; 32] = reply
+            .get()?
+            .get_nonce()?
+            .try_into()
+            .map_err(|_| ClientError::Protocol("challenge nonce has the wrong length".into()))?;
+        let public = identity.public_key();
+        let signature = identity.sign(&auth_transcript(&nonce, &public, &self.channel_binding));
+        self.authenticate_raw(&public, &signature, auth_token.unwrap_or("").as_bytes())
+            .await
+    }
+
+    /// Sends an `authenticate` call as given, without computing anything: for
+    /// callers (and tests) that need to present wrong credentials on purpose.
+    pub async fn authenticate_raw(
+        &self,
+        identity_key: &[u8],
+        signature: &[u8],
+        auth_token: &[u8],
+    ) -> Result<SessionHandle, ClientError> {
+        let mut req = self.node.authenticate_request();
+        {
+            let mut p = req.get();
+            p.set_identity_key(identity_key);
+            p.set_signature(signature);
+            p.set_auth_token(auth_token);
+        }
+        let reply = req.send().promise.await?;
+        Ok(SessionHandle {
+            session: reply.get()?.get_session()?,
+        })
+    }
+
+    /// Asks for a fresh challenge nonce.
+    pub async fn challenge(&self) -> Result<Vec<u8>, ClientError> {
+        let reply = self.node.challenge_request().send().promise.await?;
+        Ok(reply.get()?.get_nonce()?.to_vec())
+    }
+
+    /// The channel binding both ends derive from this connection's TLS session.
+    pub fn channel_binding(&self) -> [u8; CHANNEL_BINDING_LEN] {
+        self.channel_binding
+    }
+
+    /// Closes the connection and waits briefly for the close to reach the node.
+    pub async fn close(self) {
+        self.connection.close(0u32.into(), b"bye");
+        let _ = tokio::time::timeout(Duration::from_millis(500), self.endpoint.wait_idle()).await;
+    }
+}
+
+fn classify_connect_error(addr: SocketAddr, e: quinn::ConnectionError) -> ClientError {
+    match &e {
+        quinn::ConnectionError::TransportError(t)
+            if t.to_string().to_lowercase().contains("certificate") =>
+        {
+            ClientError::CertificateMismatch { addr }
+        }
+        quinn::ConnectionError::TimedOut => ClientError::Unreachable {
+            addr,
+            reason: "no answer (is the server running?)".into(),
+        },
+        _ => ClientError::Unreachable {
+            addr,
+            reason: e.to_string(),
+        },
+    }
+}
+
+/// An authenticated session: calls on behalf of one identity.
+#[derive(Clone)]
+pub struct SessionHandle {
+    session: session::Client,
+}
+
+/// What `whoami` reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WhoAmI {
+    pub identity_key: IdentityKey,
+    pub username: String,
+}
+
+impl SessionHandle {
+    pub async fn whoami(&self) -> Result<WhoAmI, ClientError> {
+        let reply = self.session.whoami_request().send().promise.await?;
+        let r = reply.get()?;
+        Ok(WhoAmI {
+            identity_key: IdentityKey::from_wire(r.get_identity_key()?, "identityKey")
+                .map_err(ClientError::Refused)?,
+            username: r.get_username()?.to_string().map_err(protocol)?,
+        })
+    }
+
+    /// Stores `payload` in `recipient`'s inbox; returns its seq (durable).
+    pub async fn enqueue(&self, recipient: &IdentityKey, payload: &[u8]) -> Result<u64, ClientError> {
+        let mut req = self.session.enqueue_request();
+        {
+            let mut p = req.get();
+            p.set_recipient(&recipient.0);
+            p.set_payload(payload);
+        }
+        let reply = req.send().promise.await?;
+        Ok(reply.get()?.get_seq())
+    }
+
+    /// Envelopes of the own inbox with seq > `after` (0 = as many as allowed).
+    pub async fn fetch(&self, after: u64, limit: u32) -> Result<Vec<Envelope>, ClientError> {
+        let mut req = self.session.fetch_request();
+        req.get().set_after(after);
+        req.get().set_limit(limit);
+        let reply = req.send().promise.await?;
+        read_envelopes(reply.get()?.get_envelopes()?).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// Like `fetch`, but waits up to `timeout` for something to arrive.
+    pub async fn fetch_wait(
+        &self,
+        after: u64,
+        limit: u32,
+        timeout: Duration,
+    ) -> Result<Vec<Envelope>, ClientError> {
+        let mut req = self.session.fetch_wait_request();
+        req.get().set_after(after);
+        req.get().set_limit(limit);
+        req.get()
+            .set_timeout_ms(timeout.as_millis().min(u32::MAX as u128) as u32);
+        let reply = req.send().promise.await?;
+        read_envelopes(reply.get()?.get_envelopes()?).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// Deletes the own inbox's envelopes up to `up_to` (durable on return).
+    pub async fn ack(&self, up_to: u64) -> Result<(), ClientError> {
+        let mut req = self.session.ack_request();
+        req.get().set_up_to(up_to);
+        req.send().promise.await?;
+        Ok(())
+    }
+}

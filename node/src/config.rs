@@ -1,0 +1,188 @@
+//! Server configuration: defaults, then the TOML file, then flags (flags win).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use quicnprotochat_wire::limits::{DEFAULT_MAX_PAYLOAD, DEFAULT_QUEUE_LIMIT};
+use serde::Deserialize;
+
+/// Default listen address: loopback only, so a first start exposes nothing.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7000";
+/// Default data directory, relative to the working directory.
+pub const DEFAULT_DATA_DIR: &str = "data";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+/// The TOML file's keys; every one optional, names mirror the flags.
+#[derive(Debug, Default, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub auth_token: Option<String>,
+    pub queue_limit: Option<u64>,
+    pub max_payload: Option<usize>,
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.message().to_string(),
+        })
+    }
+
+    /// Layers `over` on top of `self`: every key `over` sets wins.
+    pub fn overridden_by(self, over: FileConfig) -> FileConfig {
+        FileConfig {
+            listen: over.listen.or(self.listen),
+            data_dir: over.data_dir.or(self.data_dir),
+            tls_cert: over.tls_cert.or(self.tls_cert),
+            tls_key: over.tls_key.or(self.tls_key),
+            auth_token: over.auth_token.or(self.auth_token),
+            queue_limit: over.queue_limit.or(self.queue_limit),
+            max_payload: over.max_payload.or(self.max_payload),
+        }
+    }
+}
+
+/// Everything a node needs to run.
+#[derive(Clone)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Certificate and key (DER); when unset, a self-signed pair is generated in
+    /// `data_dir` on first start and reused.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Operator admission token; `None` admits everyone.
+    pub auth_token: Option<String>,
+    pub queue_limit: u64,
+    pub max_payload: usize,
+    /// How long an inbox actor lingers without requests before it stops.
+    pub idle_inbox_after: Duration,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("auth_token", &self.auth_token.as_ref().map(|_| "<redacted>"))
+            .field("queue_limit", &self.queue_limit)
+            .field("max_payload", &self.max_payload)
+            .finish()
+    }
+}
+
+impl ServerConfig {
+    /// Builds the configuration from layered settings, filling defaults.
+    pub fn from_settings(s: FileConfig) -> Result<ServerConfig, ConfigError> {
+        let queue_limit = s.queue_limit.unwrap_or(DEFAULT_QUEUE_LIMIT);
+        if queue_limit == 0 {
+            return Err(ConfigError::Invalid("queue_limit must be at least 1".into()));
+        }
+        let max_payload = s.max_payload.unwrap_or(DEFAULT_MAX_PAYLOAD);
+        if max_payload == 0 || max_payload > 64 * 1024 * 1024 {
+            return Err(ConfigError::Invalid(
+                "max_payload must be between 1 byte and 64 MiB".into(),
+            ));
+        }
+        if s.tls_cert.is_some() != s.tls_key.is_some() {
+            return Err(ConfigError::Invalid(
+                "tls_cert and tls_key must be given together".into(),
+            ));
+        }
+        if s.auth_token.as_deref() == Some("") {
+            return Err(ConfigError::Invalid("auth_token must not be empty".into()));
+        }
+        Ok(ServerConfig {
+            listen: s
+                .listen
+                .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default")),
+            data_dir: s.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            tls_cert: s.tls_cert,
+            tls_key: s.tls_key,
+            auth_token: s.auth_token,
+            queue_limit,
+            max_payload,
+            idle_inbox_after: Duration::from_secs(30),
+        })
+    }
+
+    /// Defaults with the given data directory, listening on an ephemeral port:
+    /// what tests and the embedded demo start from.
+    pub fn ephemeral(data_dir: impl Into<PathBuf>) -> ServerConfig {
+        let mut c = ServerConfig::from_settings(FileConfig::default()).expect("defaults are valid");
+        c.listen = "127.0.0.1:0".parse().expect("valid address");
+        c.data_dir = data_dir.into();
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_file_and_file_over_defaults() {
+        let file: FileConfig = toml::from_str(
+            "listen = \"127.0.0.1:9000\"\nqueue_limit = 5\nmax_payload = 100\n",
+        )
+        .unwrap();
+        let flags = FileConfig {
+            queue_limit: Some(7),
+            ..FileConfig::default()
+        };
+        let c = ServerConfig::from_settings(file.overridden_by(flags)).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(c.queue_limit, 7);
+        assert_eq!(c.max_payload, 100);
+        assert_eq!(c.data_dir, PathBuf::from("data"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        assert!(toml::from_str::<FileConfig>("lisen = \"x\"").is_err());
+        let zero = FileConfig {
+            queue_limit: Some(0),
+            ..FileConfig::default()
+        };
+        assert!(ServerConfig::from_settings(zero).is_err());
+        let half_tls = FileConfig {
+            tls_cert: Some("c.der".into()),
+            ..FileConfig::default()
+        };
+        assert!(ServerConfig::from_settings(half_tls).is_err());
+    }
+
+    #[test]
+    fn debug_hides_the_token() {
+        let c = ServerConfig::from_settings(FileConfig {
+            auth_token: Some("hunter2".into()),
+            ..FileConfig::default()
+        })
+        .unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

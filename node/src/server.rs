@@ -1,0 +1,228 @@
+//! The node in server mode: binds the QUIC endpoint, starts the actors, serves
+//! connections until told to shut down.
+//!
+//! Entry point for tests and the binary alike: [`Server::bind`] then
+//! [`Server::run`], so tests start a real node on port 0 in-process.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use capnp_rpc::{RpcSystem, rpc_twoparty_capnp::Side, twoparty};
+use quicnprotochat_actors::connection::{self, ConnectionInfo, NodeContext};
+use quicnprotochat_actors::core::inbox::InboxLimits;
+use quicnprotochat_actors::inbox::{InboxRegistry, InboxSettings};
+use quicnprotochat_actors::store::writer::StoreWriter;
+use quicnprotochat_actors::store::{ServerStore, StoreError, StoreOptions};
+use quicnprotochat_crypto::token::TokenHash;
+use quicnprotochat_crypto::{CHANNEL_BINDING_LEN, EXPORTER_LABEL};
+use quicnprotochat_wire::limits::reader_options;
+use tokio::sync::mpsc;
+
+use crate::config::ServerConfig;
+use crate::tls::{self, TlsError};
+
+/// Name of the node's database file inside the data directory.
+pub const DB_FILE: &str = "node.redb";
+
+/// How long a new connection may take to open its RPC stream.
+const STREAM_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot open the node database: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start the node's actors: {0}")]
+    Actors(String),
+    #[error("cannot start a thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A bound, ready node.
+pub struct Server {
+    endpoint: quinn::Endpoint,
+    ctx: Arc<NodeContext>,
+    writer: StoreWriter,
+    writer_thread: std::thread::JoinHandle<()>,
+    max_payload: usize,
+}
+
+impl Server {
+    /// Opens the store, starts the actors and binds the QUIC endpoint.
+    pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+        let material = tls::load_or_generate(
+            &config.data_dir,
+            config.tls_cert.as_deref(),
+            config.tls_key.as_deref(),
+        )?;
+        let store = ServerStore::open(&config.data_dir.join(DB_FILE), StoreOptions::default())?;
+        let (writer, writer_thread) = StoreWriter::start(store.clone()).map_err(ServerError::Thread)?;
+        let limits = InboxLimits {
+            queue_limit: config.queue_limit,
+            max_payload: config.max_payload,
+        };
+        let registry = InboxRegistry::start(
+            writer.clone(),
+            InboxSettings {
+                limits,
+                idle_after: config.idle_inbox_after,
+            },
+        )
+        .await
+        .map_err(|e| ServerError::Actors(e.to_string()))?;
+        let endpoint = quinn::Endpoint::server(tls::server_config(material)?, config.listen)
+            .map_err(|source| ServerError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let ctx = Arc::new(NodeContext {
+            registry,
+            store,
+            auth_token: config.auth_token.as_deref().map(|t| TokenHash::of(t.as_bytes())),
+            limits,
+            started: Instant::now(),
+        });
+        Ok(Server {
+            endpoint,
+            ctx,
+            writer,
+            writer_thread,
+            max_payload: config.max_payload,
+        })
+    }
+
+    /// The address the endpoint is bound to (the real port when bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.endpoint.local_addr().expect("bound endpoint has an address")
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets the writer
+    /// finish every commit in flight and closes the database.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+        let (conn_tx, conn_rx) = mpsc::unbounded_channel();
+        let ctx = self.ctx.clone();
+        let max_payload = self.max_payload;
+        // capnp-rpc is !Send: every connection's RPC system runs on this one thread.
+        let rpc_thread = std::thread::Builder::new()
+            .name("rpc".into())
+            .spawn(move || rpc_thread_main(ctx, conn_rx, max_payload))
+            .map_err(ServerError::Thread)?;
+
+        let accept = async {
+            while let Some(incoming) = self.endpoint.accept().await {
+                let conn_tx = conn_tx.clone();
+                tokio::spawn(async move {
+                    match incoming.await {
+                        Ok(conn) => {
+                            let _ = conn_tx.send(conn);
+                        }
+                        Err(e) => tracing::debug!(error = %e, "handshake failed"),
+                    }
+                });
+            }
+        };
+        tokio::select! {
+            _ = accept => {}
+            _ = shutdown => {}
+        }
+        tracing::info!("shutting down");
+        self.endpoint.close(0u32.into(), b"node shutting down");
+        drop(conn_tx);
+        let _ = tokio::task::spawn_blocking(move || rpc_thread.join()).await;
+        self.ctx.registry.stop().await;
+        self.writer.shutdown().await;
+        let writer_thread = self.writer_thread;
+        let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Binds and serves; prints `listening on ADDR` once ready.
+pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+    let server = Server::bind(config).await?;
+    println!("listening on {}", server.local_addr());
+    server.run(shutdown).await
+}
+
+fn rpc_thread_main(
+    ctx: Arc<NodeContext>,
+    mut conns: mpsc::UnboundedReceiver<quinn::Connection>,
+    max_payload: usize,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the RPC runtime");
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        let mut tasks = Vec::new();
+        while let Some(conn) = conns.recv().await {
+            tasks.retain(|t: &tokio::task::JoinHandle<()>| !t.is_finished());
+            tasks.push(tokio::task::spawn_local(serve_connection(ctx.clone(), conn, max_payload)));
+        }
+        // The endpoint is closed: every connection ends; wait for their tasks.
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
+}
+
+/// Serves one connection: its single bidirectional stream carries Cap'n Proto RPC.
+async fn serve_connection(ctx: Arc<NodeContext>, conn: quinn::Connection, max_payload: usize) {
+    let remote = conn.remote_address();
+    let mut channel_binding = [0u8; CHANNEL_BINDING_LEN];
+    if conn
+        .export_keying_material(&mut channel_binding, EXPORTER_LABEL, b"")
+        .is_err()
+    {
+        conn.close(1u32.into(), b"no keying material");
+        return;
+    }
+    let (send, recv) = match tokio::time::timeout(STREAM_OPEN_TIMEOUT, conn.accept_bi()).await {
+        Ok(Ok(streams)) => streams,
+        Ok(Err(e)) => {
+            tracing::debug!(%remote, error = %e, "connection ended before opening a stream");
+            return;
+        }
+        Err(_) => {
+            conn.close(2u32.into(), b"no stream opened");
+            return;
+        }
+    };
+    let network = twoparty::VatNetwork::new(recv, send, Side::Server, reader_options(max_payload));
+    let bootstrap = connection::bootstrap(
+        ctx,
+        ConnectionInfo {
+            channel_binding,
+            remote,
+        },
+    );
+    let rpc = RpcSystem::new(Box::new(network), Some(bootstrap.client));
+    if let Err(e) = rpc.await {
+        // Malformed framing or a vanished peer: drop this connection only.
+        tracing::debug!(%remote, error = %e, "connection closed with error");
+        conn.close(3u32.into(), b"protocol error");
+    }
+}

@@ -1,0 +1,211 @@
+//! TLS material and QUIC endpoint configuration.
+//!
+//! The node presents a certificate; clients pin exactly that certificate (its DER
+//! bytes) instead of trusting any authority. There is no "accept any certificate"
+//! path anywhere.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use quicnprotochat_wire::ALPN;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+
+/// File names of the generated pair inside the data directory.
+pub const CERT_FILE: &str = "server-cert.der";
+pub const KEY_FILE: &str = "server-key.der";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot generate certificate: {0}")]
+    Generate(String),
+    #[error("invalid TLS material: {0}")]
+    Invalid(String),
+}
+
+/// The node's certificate and private key.
+pub struct TlsMaterial {
+    pub cert: CertificateDer<'static>,
+    pub key: PrivateKeyDer<'static>,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Loads the configured pair, or the generated pair in `data_dir`, generating it on
+/// first start (key file readable by the owner only).
+pub fn load_or_generate(
+    data_dir: &Path,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+) -> Result<TlsMaterial, TlsError> {
+    let (cert_path, key_path) = match (cert, key) {
+        (Some(c), Some(k)) => (c.to_owned(), k.to_owned()),
+        _ => (data_dir.join(CERT_FILE), data_dir.join(KEY_FILE)),
+    };
+    if cert.is_none() && !cert_path.exists() && !key_path.exists() {
+        generate(&cert_path, &key_path)?;
+    }
+    let cert = CertificateDer::from(read(&cert_path)?);
+    let key = PrivateKeyDer::try_from(read(&key_path)?)
+        .map_err(|e| TlsError::Invalid(format!("{}: {e}", key_path.display())))?;
+    Ok(TlsMaterial { cert, key })
+}
+
+fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |source| TlsError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(err)?;
+    f.write_all(bytes).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+fn generate(cert_path: &Path, key_path: &Path) -> Result<(), TlsError> {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .map_err(|e| TlsError::Generate(e.to_string()))?;
+    // Key first: a crash in between leaves no certificate without its key.
+    write_file(key_path, &certified.signing_key.serialize_der(), 0o600)?;
+    write_file(cert_path, certified.cert.der(), 0o644)?;
+    tracing::info!(cert = %cert_path.display(), "generated a self-signed certificate");
+    Ok(())
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn transport(idle: Duration) -> Arc<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_idle_timeout(Some(idle.try_into().expect("small idle timeout")));
+    t.keep_alive_interval(Some(idle / 3));
+    // One bidirectional stream carries the RPC; refuse more.
+    t.max_concurrent_bidi_streams(1u8.into());
+    t.max_concurrent_uni_streams(0u8.into());
+    Arc::new(t)
+}
+
+/// QUIC server configuration: TLS 1.3 only, our ALPN only.
+pub fn server_config(material: TlsMaterial) -> Result<quinn::ServerConfig, TlsError> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Invalid(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(vec![material.cert], material.key)
+        .map_err(|e| TlsError::Invalid(e.to_string()))?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+        .map_err(|e| TlsError::Invalid(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
+    config.transport_config(transport(Duration::from_secs(30)));
+    Ok(config)
+}
+
+/// QUIC client configuration that trusts exactly `pinned` and nothing else.
+pub fn client_config(pinned: CertificateDer<'static>) -> Result<quinn::ClientConfig, TlsError> {
+    let provider = provider();
+    let verifier = Arc::new(PinnedCertVerifier {
+        pinned,
+        algorithms: provider.signature_verification_algorithms,
+    });
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| TlsError::Invalid(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)
+        .map_err(|e| TlsError::Invalid(e.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(quic));
+    config.transport_config(transport(Duration::from_secs(6)));
+    Ok(config)
+}
+
+/// Accepts the server only if it presents exactly the pinned certificate, and
+/// checks the handshake signature against that certificate's key. (rustls calls
+/// this API "dangerous" because it replaces WebPKI path validation; pinning one
+/// exact certificate is stricter than that validation, not looser.)
+#[derive(Debug)]
+struct PinnedCertVerifier {
+    pinned: CertificateDer<'static>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for PinnedCertVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        if intermediates.is_empty() && end_entity.as_ref() == self.pinned.as_ref() {
+            Ok(ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::ApplicationVerificationFailure,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        // QUIC is TLS 1.3 only.
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.algorithms.supported_schemes()
+    }
+}
+
+/// Reads a pinned certificate file (DER).
+pub fn read_pinned_cert(path: &Path) -> Result<CertificateDer<'static>, TlsError> {
+    Ok(CertificateDer::from(read(path)?))
+}
