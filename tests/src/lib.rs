@@ -1,1 +1,97 @@
+//! Helpers for end-to-end tests: a real node (QUIC, TLS, Cap'n Proto, fsync'd redb)
+//! started in-process on an ephemeral port, and clients connected to it.
 #![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use quicnprotochat::client::{ClientError, NodeConnection, SessionHandle};
+use quicnprotochat::config::ServerConfig;
+use quicnprotochat::server::Server;
+use quicnprotochat::tls;
+use quicnprotochat_crypto::Identity;
+use tokio::sync::oneshot;
+
+/// A node running in this process on 127.0.0.1 with a port of its own.
+pub struct TestNode {
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub config: ServerConfig,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl TestNode {
+    /// Starts a node with default limits on `data_dir`.
+    pub async fn start(data_dir: &Path) -> TestNode {
+        TestNode::start_with(ServerConfig::ephemeral(data_dir)).await
+    }
+
+    /// Starts a node with the given configuration (its `listen` should be port 0).
+    pub async fn start_with(config: ServerConfig) -> TestNode {
+        let server = Server::bind(config.clone()).await.expect("node binds");
+        let addr = server.local_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .expect("node runs");
+        });
+        TestNode {
+            addr,
+            data_dir: config.data_dir.clone(),
+            config,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Gracefully stops the node and waits until its database is closed.
+    pub async fn stop(mut self) {
+        self.stop_inner().await;
+    }
+
+    async fn stop_inner(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("node task ends cleanly");
+        }
+    }
+
+    /// Restarts the node on the same data directory and configuration (new port).
+    pub async fn restart(mut self) -> TestNode {
+        self.stop_inner().await;
+        TestNode::start_with(self.config.clone()).await
+    }
+
+    /// The certificate clients pin.
+    pub fn cert_path(&self) -> PathBuf {
+        self.data_dir.join(tls::CERT_FILE)
+    }
+
+    /// Opens a pinned connection. Must run on a `LocalSet`.
+    pub async fn connect(&self) -> Result<NodeConnection, ClientError> {
+        let pinned = tls::read_pinned_cert(&self.cert_path()).expect("node wrote its certificate");
+        NodeConnection::connect(self.addr, pinned).await
+    }
+
+    /// Connects and authenticates `identity`. Must run on a `LocalSet`.
+    pub async fn session(&self, identity: &Identity) -> (NodeConnection, SessionHandle) {
+        let conn = self.connect().await.expect("connects");
+        let session = conn
+            .authenticate(identity, self.config.auth_token.as_deref())
+            .await
+            .expect("authenticates");
+        (conn, session)
+    }
+}
+
+/// Runs `f` on a `LocalSet` (client objects are `!Send`).
+pub async fn local<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::LocalSet::new().run_until(f).await
+}

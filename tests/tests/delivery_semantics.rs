@@ -1,0 +1,157 @@
+//! The delivery guarantees of docs/semantics.md, against a real in-process node:
+//! seq assignment, durability across restarts, non-destructive fetch, ack,
+//! long-poll, and actor restarts.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use quicnprotochat_crypto::Identity;
+use quicnprotochat_tests::{TestNode, local};
+use quicnprotochat_wire::{ErrorCode, IdentityKey};
+
+fn key(id: &Identity) -> IdentityKey {
+    IdentityKey(id.public_key())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_senders_get_gap_free_seqs_that_survive_restart_until_acked() {
+    const SENDERS: usize = 64;
+    const PER_SENDER: usize = 4;
+    const N: u64 = (SENDERS * PER_SENDER) as u64;
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    let bob = Identity::generate();
+
+    // 64 senders, each on its own connection, all enqueuing into bob's inbox at once.
+    let sent: Vec<(u64, Vec<u8>)> = local(async {
+        let mut tasks = Vec::new();
+        for s in 0..SENDERS {
+            let node = &node;
+            let bob = key(&bob);
+            tasks.push(async move {
+                let (_conn, session) = node.session(&Identity::generate()).await;
+                let sends = (0..PER_SENDER).map(|i| {
+                    let session = session.clone();
+                    async move {
+                        let payload = format!("sender {s} message {i}").into_bytes();
+                        let seq = session.enqueue(&bob, &payload).await.expect("enqueue");
+                        (seq, payload)
+                    }
+                });
+                futures::future::join_all(sends).await
+            });
+        }
+        futures::future::join_all(tasks).await.into_iter().flatten().collect()
+    })
+    .await;
+
+    let seqs: BTreeSet<u64> = sent.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs.len() as u64, N, "no seq handed out twice");
+    assert_eq!(seqs, (1..=N).collect(), "seqs are exactly 1..=N");
+
+    let node = node.restart().await;
+    local(async {
+        let (_conn, bob_session) = node.session(&bob).await;
+        let all = bob_session.fetch(0, 0).await.unwrap();
+        assert_eq!(all.len() as u64, N, "every acknowledged message survived the restart");
+        for (seq, payload) in &sent {
+            assert_eq!(&all[(*seq - 1) as usize].data, payload, "seq {seq} holds what was sent");
+        }
+        // The next seq continues where the last one stopped.
+        let (_c, other) = node.session(&Identity::generate()).await;
+        assert_eq!(other.enqueue(&key(&bob), b"after restart").await.unwrap(), N + 1);
+
+        // Fetch is not destructive.
+        assert_eq!(bob_session.fetch(0, 0).await.unwrap().len() as u64, N + 1);
+        assert_eq!(bob_session.fetch(N - 1, 0).await.unwrap().len(), 2);
+
+        bob_session.ack(N).await.unwrap();
+        let rest = bob_session.fetch(0, 0).await.unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].seq, N + 1);
+    })
+    .await;
+
+    // Acked messages stay gone after a restart, and seqs never go back.
+    let node = node.restart().await;
+    local(async {
+        let (_conn, bob_session) = node.session(&bob).await;
+        let rest = bob_session.fetch(0, 0).await.unwrap();
+        assert_eq!(rest.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![N + 1]);
+        bob_session.ack(N + 1).await.unwrap();
+        assert!(bob_session.fetch(0, 0).await.unwrap().is_empty());
+        let (_c, other) = node.session(&Identity::generate()).await;
+        assert_eq!(other.enqueue(&key(&bob), b"x").await.unwrap(), N + 2);
+    })
+    .await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_respects_after_and_limit_and_acks_are_idempotent_and_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    local(async {
+        let me = Identity::generate();
+        let (_conn, s) = node.session(&me).await;
+        for i in 1..=5u64 {
+            assert_eq!(s.enqueue(&key(&me), &[i as u8]).await.unwrap(), i);
+        }
+        let page = s.fetch(1, 2).await.unwrap();
+        assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 3]);
+        assert!(s.fetch(5, 0).await.unwrap().is_empty());
+
+        let beyond = s.ack(6).await.unwrap_err();
+        assert_eq!(beyond.code(), Some(ErrorCode::BadRequest), "{beyond}");
+        assert_eq!(s.fetch(0, 0).await.unwrap().len(), 5, "a refused ack deletes nothing");
+
+        s.ack(3).await.unwrap();
+        s.ack(2).await.unwrap();
+        s.ack(3).await.unwrap();
+        assert_eq!(
+            s.fetch(0, 0).await.unwrap().iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![4, 5]
+        );
+    })
+    .await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_wait_returns_at_once_waits_for_arrivals_and_times_out_empty() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    local(async {
+        let bob = Identity::generate();
+        let (_c1, bob_s) = node.session(&bob).await;
+        let (_c2, alice_s) = node.session(&Identity::generate()).await;
+
+        let start = Instant::now();
+        let none = bob_s.fetch_wait(0, 0, Duration::from_millis(200)).await.unwrap();
+        assert!(none.is_empty());
+        assert!(start.elapsed() >= Duration::from_millis(150), "it waited");
+
+        // A waiter is woken by an enqueue that happens while it waits.
+        let waiting = bob_s.fetch_wait(0, 0, Duration::from_secs(20));
+        let sending = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            alice_s.enqueue(&key(&bob), b"wake up").await.unwrap()
+        };
+        let start = Instant::now();
+        let (got, seq) = tokio::join!(waiting, sending);
+        let got = got.unwrap();
+        assert_eq!(seq, 1);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].data, b"wake up");
+        assert!(start.elapsed() < Duration::from_secs(15), "woken, not timed out");
+
+        // Something already there: returned at once.
+        let got = bob_s.fetch_wait(0, 0, Duration::from_secs(20)).await.unwrap();
+        assert_eq!(got.len(), 1);
+        // Waiting after the last seq waits again.
+        let none = bob_s.fetch_wait(1, 0, Duration::from_millis(100)).await.unwrap();
+        assert!(none.is_empty());
+    })
+    .await;
+    node.stop().await;
+}
