@@ -223,6 +223,9 @@ async fn serve_connection(ctx: Arc<NodeContext>, conn: quinn::Connection, max_pa
     if let Err(e) = rpc.await {
         // Malformed framing or a vanished peer: drop this connection only.
         tracing::debug!(%remote, error = %e, "connection closed with error");
+        // capnp-rpc has queued an Abort telling the peer why; give it a moment to
+        // arrive before the connection (and anything unsent) is torn down.
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
         conn.close(3u32.into(), b"protocol error");
     }
 }

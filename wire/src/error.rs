@@ -144,11 +144,23 @@ impl CallError {
     }
 }
 
+/// What capnp says when a peer's message exceeds its reader limits. The node cannot
+/// put our code on that refusal (it happens below the RPC layer, and costs the
+/// connection), so the text is recognised here, in one place.
+const CAPNP_TOO_LARGE_MARKERS: [&str; 2] = ["which is too large", "Read limit exceeded"];
+
 impl From<capnp::Error> for CallError {
     fn from(e: capnp::Error) -> Self {
         match (e.kind, WireError::parse(&e.extra)) {
-            (capnp::ErrorKind::Disconnected, _) | (_, None) => CallError::Transport(e.to_string()),
+            (capnp::ErrorKind::Disconnected, _) => CallError::Transport(e.to_string()),
             (_, Some(w)) => CallError::Refused(w),
+            (_, None) if CAPNP_TOO_LARGE_MARKERS.iter().any(|m| e.extra.contains(m)) => {
+                CallError::Refused(WireError::new(
+                    ErrorCode::TooLarge,
+                    format!("the node's read limits refused the message and closed the connection ({})", e.extra),
+                ))
+            }
+            (_, None) => CallError::Transport(e.to_string()),
         }
     }
 }
@@ -172,6 +184,12 @@ mod tests {
         assert_eq!(WireError::parse("STALE_EPOCH:").unwrap().code, ErrorCode::StaleEpoch);
         assert_eq!(WireError::parse("something else: entirely"), None);
         assert_eq!(WireError::parse(""), None);
+    }
+
+    #[test]
+    fn capnp_read_limit_refusals_are_too_large() {
+        let e = capnp::Error::failed("remote exception: Message has 1572885 words, which is too large. To increase the limit on the receiving end, see capnp::message::ReaderOptions.".into());
+        assert_eq!(CallError::from(e).code(), Some(ErrorCode::TooLarge));
     }
 
     #[test]

@@ -254,10 +254,16 @@ impl SessionHandle {
 
     /// Stores `payload` in `recipient`'s inbox; returns its seq (durable).
     pub async fn enqueue(&self, recipient: &IdentityKey, payload: &[u8]) -> Result<u64, ClientError> {
+        self.enqueue_raw(&recipient.0, payload).await
+    }
+
+    /// `enqueue` with the recipient as raw bytes, unchecked: for callers (and
+    /// tests) that must be able to send what the node has to refuse.
+    pub async fn enqueue_raw(&self, recipient: &[u8], payload: &[u8]) -> Result<u64, ClientError> {
         let mut req = self.session.enqueue_request();
         {
             let mut p = req.get();
-            p.set_recipient(&recipient.0);
+            p.set_recipient(recipient);
             p.set_payload(payload);
         }
         let reply = req.send().promise.await?;
