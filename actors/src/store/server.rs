@@ -110,6 +110,13 @@ impl ServerStore {
         self.options
     }
 
+    /// A write transaction outside the writer thread, for tests that drive
+    /// [`WriteBatch`] directly. The node itself writes only through the writer.
+    #[doc(hidden)]
+    pub fn begin_write_for_tests(&self) -> Result<WriteTransaction, StoreError> {
+        self.begin_write()
+    }
+
     pub(crate) fn begin_write(&self) -> Result<WriteTransaction, StoreError> {
         let mut txn = self.db.begin_write()?;
         if !self.options.durable {
