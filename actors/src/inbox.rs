@@ -79,6 +79,7 @@ pub struct RegistryInner {
     settings: InboxSettings,
     supervisor: ActorRef<SupervisorMsg>,
     restarts: Arc<AtomicU64>,
+    retirements: AtomicU64,
 }
 
 /// Finds or spawns the actor of an inbox. Cheap to clone.
@@ -143,6 +144,7 @@ impl InboxRegistry {
                 settings,
                 supervisor,
                 restarts,
+                retirements: AtomicU64::new(0),
             }),
         })
     }
@@ -150,6 +152,11 @@ impl InboxRegistry {
     /// How many inbox actors failed and were replaced.
     pub fn restarts(&self) -> u64 {
         self.inner.restarts.load(Ordering::Relaxed)
+    }
+
+    /// How many inbox actors stopped for being idle.
+    pub fn retirements(&self) -> u64 {
+        self.inner.retirements.load(Ordering::Relaxed)
     }
 
     /// How many inbox actors are alive.
@@ -254,6 +261,7 @@ impl InboxRegistry {
         match actors.get(inbox) {
             Some(e) if e.actor.get_id() == id && e.pending.load(Ordering::Acquire) == 0 => {
                 actors.remove(inbox);
+                inner.retirements.fetch_add(1, Ordering::Relaxed);
                 true
             }
             _ => false,

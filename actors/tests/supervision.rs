@@ -122,15 +122,15 @@ async fn retirement_racing_with_traffic_never_loses_or_repeats_a_seq() {
     // long: retirement and new requests interleave as tightly as they can.
     let rig = rig(Duration::from_millis(1)).await;
     let inbox = IdentityKey([7; 32]);
-    let senders = (0..8u8).map(|s| {
+    let senders = (0..16u8).map(|s| {
         let registry = rig.registry.clone();
         async move {
             let mut seqs = Vec::new();
-            for i in 0..25u8 {
-                seqs.push(enqueue_retrying(&registry, inbox, vec![s, i]).await);
-                if i % 3 == 0 {
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
+            for i in 0..40u8 {
+                // No actor fails here, so retirement must never cost a caller an
+                // error, not even a retryable one.
+                seqs.push(registry.enqueue(inbox, vec![s, i]).await.expect("no error"));
+                tokio::time::sleep(Duration::from_micros(500 + 100 * u64::from(s))).await;
             }
             seqs
         }
@@ -138,8 +138,10 @@ async fn retirement_racing_with_traffic_never_loses_or_repeats_a_seq() {
     let all: Vec<u64> = futures::future::join_all(senders).await.into_iter().flatten().collect();
     let unique: BTreeSet<u64> = all.iter().copied().collect();
     assert_eq!(unique.len(), all.len(), "no seq handed out twice");
-    assert_eq!(unique, (1..=200).collect());
-    assert_eq!(rig.store.stored_count(&inbox).unwrap(), 200);
+    assert_eq!(unique, (1..=640).collect());
+    assert_eq!(rig.store.stored_count(&inbox).unwrap(), 640);
+    eprintln!("retirements during the run: {}", rig.registry.retirements());
+    assert!(rig.registry.retirements() > 0, "the run exercised retirement");
     rig.registry.stop().await;
     rig.writer.shutdown().await;
 }
