@@ -58,15 +58,19 @@ fn refuse(code: ErrorCode, detail: impl Into<String>) -> capnp::Error {
 /// Maps a failure to read the caller's parameters to a typed refusal.
 fn bad_params(e: capnp::Error) -> capnp::Error {
     match e.kind {
-        capnp::ErrorKind::ReadLimitExceeded | capnp::ErrorKind::MessageTooLarge(_) => {
-            refuse(ErrorCode::TooLarge, "request exceeds the node's read limits")
-        }
+        capnp::ErrorKind::ReadLimitExceeded | capnp::ErrorKind::MessageTooLarge(_) => refuse(
+            ErrorCode::TooLarge,
+            "request exceeds the node's read limits",
+        ),
         _ => refuse(ErrorCode::BadRequest, format!("malformed request: {e}")),
     }
 }
 
 fn unimplemented(what: &str) -> capnp::Error {
-    refuse(ErrorCode::Unimplemented, format!("{what} is not available on this node yet"))
+    refuse(
+        ErrorCode::Unimplemented,
+        format!("{what} is not available on this node yet"),
+    )
 }
 
 struct NodeService {
@@ -129,7 +133,8 @@ impl node::Server for NodeService {
     ) -> Result<(), capnp::Error> {
         let p = params.get().map_err(bad_params)?;
         self.check_admission(p.get_auth_token().map_err(bad_params)?)?;
-        let identity = IdentityKey::from_wire(p.get_identity_key().map_err(bad_params)?, "identityKey")?;
+        let identity =
+            IdentityKey::from_wire(p.get_identity_key().map_err(bad_params)?, "identityKey")?;
         let signature = p.get_signature().map_err(bad_params)?;
         // The nonce is consumed whatever the outcome: one signature attempt per challenge.
         let nonce = self
@@ -139,10 +144,12 @@ impl node::Server for NodeService {
         verify_authentication(&nonce, &identity.0, &self.conn.channel_binding, signature)
             .map_err(|_| refuse(ErrorCode::Unauthorized, "signature does not verify"))?;
         tracing::debug!(remote = %self.conn.remote, ?identity, "authenticated");
-        results.get().set_session(capnp_rpc::new_client(SessionService {
-            ctx: self.ctx.clone(),
-            identity,
-        }));
+        results
+            .get()
+            .set_session(capnp_rpc::new_client(SessionService {
+                ctx: self.ctx.clone(),
+                identity,
+            }));
         Ok(())
     }
 
@@ -258,7 +265,8 @@ impl session::Server for SessionService {
         mut results: session::EnqueueResults,
     ) -> Result<(), capnp::Error> {
         let p = params.get().map_err(bad_params)?;
-        let recipient = IdentityKey::from_wire(p.get_recipient().map_err(bad_params)?, "recipient")?;
+        let recipient =
+            IdentityKey::from_wire(p.get_recipient().map_err(bad_params)?, "recipient")?;
         let payload = p.get_payload().map_err(bad_params)?;
         // Refuse before copying a payload that cannot be stored anyway.
         if payload.len() > self.ctx.limits.max_payload {

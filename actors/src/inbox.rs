@@ -51,7 +51,10 @@ pub enum InboxRequest {
     },
     /// Answered (with `()`) as soon as a durable, unacknowledged message with
     /// seq > `after` exists. The caller drops the receiver when it stops waiting.
-    Wait { after: u64, reply: oneshot::Sender<()> },
+    Wait {
+        after: u64,
+        reply: oneshot::Sender<()>,
+    },
     /// Test and chaos hook: make the actor panic, as a bug would.
     #[doc(hidden)]
     Crash,
@@ -165,7 +168,11 @@ impl InboxRegistry {
     }
 
     /// Delivers `request` to the inbox's actor, spawning it if needed.
-    pub async fn send(&self, inbox: IdentityKey, request: InboxRequest) -> Result<(), DeliveryError> {
+    pub async fn send(
+        &self,
+        inbox: IdentityKey,
+        request: InboxRequest,
+    ) -> Result<(), DeliveryError> {
         let mut actors = self.inner.actors.lock().await;
         let mut request = request;
         // At most two tries: an actor that died between its failure and the
@@ -210,9 +217,14 @@ impl InboxRegistry {
     }
 
     /// Stores a message in `inbox`; returns its seq once durable.
-    pub async fn enqueue(&self, inbox: IdentityKey, payload: Vec<u8>) -> Result<u64, DeliveryError> {
+    pub async fn enqueue(
+        &self,
+        inbox: IdentityKey,
+        payload: Vec<u8>,
+    ) -> Result<u64, DeliveryError> {
         let (reply, rx) = oneshot::channel();
-        self.send(inbox, InboxRequest::Enqueue { payload, reply }).await?;
+        self.send(inbox, InboxRequest::Enqueue { payload, reply })
+            .await?;
         rx.await.map_err(|_| DeliveryError::Restarting)?
     }
 
@@ -232,7 +244,8 @@ impl InboxRegistry {
         timeout: Duration,
     ) -> Result<bool, DeliveryError> {
         let (reply, rx) = oneshot::channel();
-        self.send(inbox, InboxRequest::Wait { after, reply }).await?;
+        self.send(inbox, InboxRequest::Wait { after, reply })
+            .await?;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(())) => Ok(true),
             Ok(Err(_)) => Err(DeliveryError::Restarting),
@@ -385,7 +398,8 @@ impl Actor for InboxActor {
                 if state.waiters.is_empty()
                     && state.last_request.elapsed() >= state.args.settings.idle_after
                     && let Some(registry) = state.args.registry.upgrade()
-                    && InboxRegistry::try_retire(&registry, &state.args.inbox, myself.get_id()).await
+                    && InboxRegistry::try_retire(&registry, &state.args.inbox, myself.get_id())
+                        .await
                 {
                     myself.stop(Some("idle".into()));
                 }

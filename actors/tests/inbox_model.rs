@@ -18,9 +18,19 @@ const INBOXES: usize = 2;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Enqueue { inbox: usize, len: usize },
-    Fetch { inbox: usize, after: u64, limit: usize },
-    Ack { inbox: usize, up_to: u64 },
+    Enqueue {
+        inbox: usize,
+        len: usize,
+    },
+    Fetch {
+        inbox: usize,
+        after: u64,
+        limit: usize,
+    },
+    Ack {
+        inbox: usize,
+        up_to: u64,
+    },
     Restart,
 }
 

@@ -82,9 +82,18 @@ async fn a_crashed_inbox_actor_restarts_from_the_store_without_loss_or_gap() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(rig.registry.restarts(), 1);
-    seqs.insert(rig.registry.enqueue(inbox, b"after".to_vec()).await.unwrap());
+    seqs.insert(
+        rig.registry
+            .enqueue(inbox, b"after".to_vec())
+            .await
+            .unwrap(),
+    );
 
-    assert_eq!(seqs, (1..=61).collect(), "gap-free, no reuse across the restart");
+    assert_eq!(
+        seqs,
+        (1..=61).collect(),
+        "gap-free, no reuse across the restart"
+    );
     let stored = rig.store.fetch(&inbox, 0, 1000, usize::MAX).unwrap();
     assert_eq!(stored.len(), 61, "every acknowledged message is stored");
     assert_eq!(rig.store.inbox_meta(&inbox).unwrap().last_seq, 61);
@@ -97,9 +106,15 @@ async fn idle_inbox_actors_stop_and_come_back_where_they_left_off() {
     let rig = rig(Duration::from_millis(300)).await;
     let inboxes: Vec<IdentityKey> = (0..20u8).map(|i| IdentityKey([i; 32])).collect();
     for inbox in &inboxes {
-        assert_eq!(rig.registry.enqueue(*inbox, b"one".to_vec()).await.unwrap(), 1);
+        assert_eq!(
+            rig.registry.enqueue(*inbox, b"one".to_vec()).await.unwrap(),
+            1
+        );
     }
-    assert!(rig.registry.live_actors().await > 0, "actors live while in use");
+    assert!(
+        rig.registry.live_actors().await > 0,
+        "actors live while in use"
+    );
     let mut live = usize::MAX;
     for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -110,7 +125,10 @@ async fn idle_inbox_actors_stop_and_come_back_where_they_left_off() {
     }
     assert_eq!(live, 0, "idle actors stopped");
     for inbox in &inboxes {
-        assert_eq!(rig.registry.enqueue(*inbox, b"two".to_vec()).await.unwrap(), 2);
+        assert_eq!(
+            rig.registry.enqueue(*inbox, b"two".to_vec()).await.unwrap(),
+            2
+        );
     }
     rig.registry.stop().await;
     rig.writer.shutdown().await;
@@ -135,13 +153,20 @@ async fn retirement_racing_with_traffic_never_loses_or_repeats_a_seq() {
             seqs
         }
     });
-    let all: Vec<u64> = futures::future::join_all(senders).await.into_iter().flatten().collect();
+    let all: Vec<u64> = futures::future::join_all(senders)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
     let unique: BTreeSet<u64> = all.iter().copied().collect();
     assert_eq!(unique.len(), all.len(), "no seq handed out twice");
     assert_eq!(unique, (1..=640).collect());
     assert_eq!(rig.store.stored_count(&inbox).unwrap(), 640);
     eprintln!("retirements during the run: {}", rig.registry.retirements());
-    assert!(rig.registry.retirements() > 0, "the run exercised retirement");
+    assert!(
+        rig.registry.retirements() > 0,
+        "the run exercised retirement"
+    );
     rig.registry.stop().await;
     rig.writer.shutdown().await;
 }

@@ -72,7 +72,12 @@ impl std::fmt::Debug for Identity {
 }
 
 fn hex_prefix(bytes: &[u8]) -> String {
-    bytes.iter().take(8).map(|b| format!("{b:02x}")).collect::<String>() + "…"
+    bytes
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>()
+        + "…"
 }
 
 /// Verifies a signature by `public_key` over `message`, strictly (no malleable or
@@ -100,7 +105,11 @@ mod tests {
         let back = Identity::from_secret_bytes(&id.secret_bytes()[..]).unwrap();
         assert_eq!(id.public_key(), back.public_key());
         let shown = format!("{id:?}");
-        let secret_hex: String = id.secret_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        let secret_hex: String = id
+            .secret_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
         assert!(!shown.contains(&secret_hex[..16]));
         assert!(shown.contains("redacted"));
     }
@@ -111,9 +120,21 @@ mod tests {
         let other = Identity::generate();
         let sig = id.sign(b"hello");
         assert_eq!(verify(&id.public_key(), b"hello", &sig), Ok(()));
-        assert_eq!(verify(&id.public_key(), b"hellp", &sig), Err(IdentityError::BadSignature));
-        assert_eq!(verify(&other.public_key(), b"hello", &sig), Err(IdentityError::BadSignature));
-        assert_eq!(verify(&id.public_key(), b"hello", &sig[..63]), Err(IdentityError::BadSignatureLength(63)));
-        assert_eq!(verify(&[0u8; 31], b"hello", &sig), Err(IdentityError::BadPublicKeyLength(31)));
+        assert_eq!(
+            verify(&id.public_key(), b"hellp", &sig),
+            Err(IdentityError::BadSignature)
+        );
+        assert_eq!(
+            verify(&other.public_key(), b"hello", &sig),
+            Err(IdentityError::BadSignature)
+        );
+        assert_eq!(
+            verify(&id.public_key(), b"hello", &sig[..63]),
+            Err(IdentityError::BadSignatureLength(63))
+        );
+        assert_eq!(
+            verify(&[0u8; 31], b"hello", &sig),
+            Err(IdentityError::BadPublicKeyLength(31))
+        );
     }
 }

@@ -88,7 +88,10 @@ impl std::fmt::Debug for ServerConfig {
             .field("data_dir", &self.data_dir)
             .field("tls_cert", &self.tls_cert)
             .field("tls_key", &self.tls_key)
-            .field("auth_token", &self.auth_token.as_ref().map(|_| "<redacted>"))
+            .field(
+                "auth_token",
+                &self.auth_token.as_ref().map(|_| "<redacted>"),
+            )
             .field("queue_limit", &self.queue_limit)
             .field("max_payload", &self.max_payload)
             .finish()
@@ -100,7 +103,9 @@ impl ServerConfig {
     pub fn from_settings(s: FileConfig) -> Result<ServerConfig, ConfigError> {
         let queue_limit = s.queue_limit.unwrap_or(DEFAULT_QUEUE_LIMIT);
         if queue_limit == 0 {
-            return Err(ConfigError::Invalid("queue_limit must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "queue_limit must be at least 1".into(),
+            ));
         }
         let max_payload = s.max_payload.unwrap_or(DEFAULT_MAX_PAYLOAD);
         if max_payload == 0 || max_payload > 64 * 1024 * 1024 {
@@ -120,7 +125,9 @@ impl ServerConfig {
             listen: s
                 .listen
                 .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default")),
-            data_dir: s.data_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            data_dir: s
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
             tls_cert: s.tls_cert,
             tls_key: s.tls_key,
             auth_token: s.auth_token,
@@ -146,10 +153,9 @@ mod tests {
 
     #[test]
     fn flags_win_over_file_and_file_over_defaults() {
-        let file: FileConfig = toml::from_str(
-            "listen = \"127.0.0.1:9000\"\nqueue_limit = 5\nmax_payload = 100\n",
-        )
-        .unwrap();
+        let file: FileConfig =
+            toml::from_str("listen = \"127.0.0.1:9000\"\nqueue_limit = 5\nmax_payload = 100\n")
+                .unwrap();
         let flags = FileConfig {
             queue_limit: Some(7),
             ..FileConfig::default()

@@ -10,13 +10,27 @@ use quicnprotochat::client::commands::{self, ClientOptions};
 use quicnprotochat::config::{FileConfig, ServerConfig};
 
 #[derive(Parser)]
-#[command(name = "quicnprotochat", version, about = "End-to-end encrypted group messaging over QUIC")]
+#[command(
+    name = "quicnprotochat",
+    version,
+    about = "End-to-end encrypted group messaging over QUIC"
+)]
 struct Cli {
     /// Server to connect to (client commands).
-    #[arg(long, global = true, env = "QPC_SERVER", default_value = "127.0.0.1:7000")]
+    #[arg(
+        long,
+        global = true,
+        env = "QPC_SERVER",
+        default_value = "127.0.0.1:7000"
+    )]
     server: String,
     /// The server certificate to trust (exactly this one; client commands).
-    #[arg(long, global = true, env = "QPC_CA_CERT", default_value = "data/server-cert.der")]
+    #[arg(
+        long,
+        global = true,
+        env = "QPC_CA_CERT",
+        default_value = "data/server-cert.der"
+    )]
     ca_cert: PathBuf,
     /// Client state directory (identity and local data).
     #[arg(long, global = true, env = "QPC_STATE")]
@@ -95,7 +109,9 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     match cli.command {
         Command::Server {
             config,

@@ -73,7 +73,8 @@ impl Server {
             config.tls_key.as_deref(),
         )?;
         let store = ServerStore::open(&config.data_dir.join(DB_FILE), StoreOptions::default())?;
-        let (writer, writer_thread) = StoreWriter::start(store.clone()).map_err(ServerError::Thread)?;
+        let (writer, writer_thread) =
+            StoreWriter::start(store.clone()).map_err(ServerError::Thread)?;
         let limits = InboxLimits {
             queue_limit: config.queue_limit,
             max_payload: config.max_payload,
@@ -95,7 +96,10 @@ impl Server {
         let ctx = Arc::new(NodeContext {
             registry,
             store,
-            auth_token: config.auth_token.as_deref().map(|t| TokenHash::of(t.as_bytes())),
+            auth_token: config
+                .auth_token
+                .as_deref()
+                .map(|t| TokenHash::of(t.as_bytes())),
             limits,
             started: Instant::now(),
         });
@@ -110,7 +114,9 @@ impl Server {
 
     /// The address the endpoint is bound to (the real port when bound to port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.endpoint.local_addr().expect("bound endpoint has an address")
+        self.endpoint
+            .local_addr()
+            .expect("bound endpoint has an address")
     }
 
     /// Serves until `shutdown` completes, then stops accepting, lets the writer
@@ -157,7 +163,10 @@ impl Server {
 }
 
 /// Binds and serves; prints `listening on ADDR` once ready.
-pub async fn run(config: ServerConfig, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+pub async fn run(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
     let server = Server::bind(config).await?;
     println!("listening on {}", server.local_addr());
     server.run(shutdown).await
@@ -168,7 +177,10 @@ fn rpc_thread_main(
     mut conns: mpsc::UnboundedReceiver<quinn::Connection>,
     max_payload: usize,
 ) {
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             tracing::error!(error = %e, "cannot start the RPC runtime");
@@ -180,7 +192,11 @@ fn rpc_thread_main(
         let mut tasks = Vec::new();
         while let Some(conn) = conns.recv().await {
             tasks.retain(|t: &tokio::task::JoinHandle<()>| !t.is_finished());
-            tasks.push(tokio::task::spawn_local(serve_connection(ctx.clone(), conn, max_payload)));
+            tasks.push(tokio::task::spawn_local(serve_connection(
+                ctx.clone(),
+                conn,
+                max_payload,
+            )));
         }
         // The endpoint is closed: every connection ends; wait for their tasks.
         for t in tasks {

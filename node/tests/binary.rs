@@ -83,7 +83,10 @@ fn assert_one_line_error(stderr: &str, contains: &str) {
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "one line of error, got {stderr:?}");
     assert!(lines[0].starts_with("error: "), "{stderr:?}");
-    assert!(lines[0].contains(contains), "{stderr:?} should mention {contains:?}");
+    assert!(
+        lines[0].contains(contains),
+        "{stderr:?} should mention {contains:?}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr:?}");
 }
 
@@ -103,14 +106,20 @@ fn health_ping_whoami_against_a_server_process_then_sigterm() {
 
     let (ok, first, err) = client(&["whoami"], server.addr, &ca, &state);
     assert!(ok, "{err}");
-    let hex = first.trim().strip_prefix("identity ").expect("identity line");
+    let hex = first
+        .trim()
+        .strip_prefix("identity ")
+        .expect("identity line");
     assert_eq!(hex.len(), 64);
     let (_, again, _) = client(&["whoami"], server.addr, &ca, &state);
     assert_eq!(first, again, "the profile keeps its identity");
 
     // Key file is private to the owner.
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(data.join(tls::KEY_FILE)).unwrap().permissions().mode();
+    let mode = std::fs::metadata(data.join(tls::KEY_FILE))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o077, 0, "key file mode {mode:o}");
 
     server.signal("-TERM");
@@ -129,17 +138,30 @@ fn unreachable_server_and_wrong_certificate_give_one_line_errors() {
     // A certificate that is not the server's: another node's.
     let other = tempfile::tempdir().unwrap();
     let other_server = ServerProcess::start(other.path(), &[]);
-    let (ok, _, err) = client(&["health"], server.addr, &other.path().join(tls::CERT_FILE), &state);
+    let (ok, _, err) = client(
+        &["health"],
+        server.addr,
+        &other.path().join(tls::CERT_FILE),
+        &state,
+    );
     assert!(!ok);
     assert_one_line_error(&err, "pinned certificate");
     drop(other_server);
 
-    let (ok, _, err) = client(&["health"], server.addr, &dir.path().join("missing.der"), &state);
+    let (ok, _, err) = client(
+        &["health"],
+        server.addr,
+        &dir.path().join("missing.der"),
+        &state,
+    );
     assert!(!ok);
     assert_one_line_error(&err, "server certificate");
 
     // Nobody listens: take a port and let it go.
-    let free = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let free = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let (ok, _, err) = client(&["health"], free, &data.join(tls::CERT_FILE), &state);
     assert!(!ok);
     assert_one_line_error(&err, "cannot reach the server");
@@ -151,10 +173,20 @@ fn wrong_admission_token_is_a_one_line_unauthorized_error() {
     let data = dir.path().join("data");
     let server = ServerProcess::start(&data, &["--auth-token", "sesame"]);
     let ca = data.join(tls::CERT_FILE);
-    let (ok, _, err) = client(&["whoami", "--auth-token", "open up"], server.addr, &ca, &dir.path().join("s"));
+    let (ok, _, err) = client(
+        &["whoami", "--auth-token", "open up"],
+        server.addr,
+        &ca,
+        &dir.path().join("s"),
+    );
     assert!(!ok);
     assert_one_line_error(&err, "UNAUTHORIZED");
-    let (ok, out, err) = client(&["whoami", "--auth-token", "sesame"], server.addr, &ca, &dir.path().join("s"));
+    let (ok, out, err) = client(
+        &["whoami", "--auth-token", "sesame"],
+        server.addr,
+        &ca,
+        &dir.path().join("s"),
+    );
     assert!(ok, "{err}");
     assert!(out.starts_with("identity "));
 }
@@ -163,7 +195,10 @@ fn wrong_admission_token_is_a_one_line_unauthorized_error() {
 fn kill_dash_nine_loses_no_acknowledged_message() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let bob = Identity::generate();
     let bob_key = IdentityKey(bob.public_key());
 
@@ -181,7 +216,10 @@ fn kill_dash_nine_loses_no_acknowledged_message() {
                 let addr = server.addr;
                 senders.push(tokio::task::spawn_local(async move {
                     let conn = NodeConnection::connect(addr, pinned).await.unwrap();
-                    let session = conn.authenticate(&Identity::generate(), None).await.unwrap();
+                    let session = conn
+                        .authenticate(&Identity::generate(), None)
+                        .await
+                        .unwrap();
                     let mut acked = Vec::new();
                     for i in 0..1000u32 {
                         let payload = format!("round {round} sender {s} msg {i}").into_bytes();
@@ -201,7 +239,10 @@ fn kill_dash_nine_loses_no_acknowledged_message() {
             }
             all
         });
-        assert!(!got.is_empty(), "round {round}: some enqueues were acknowledged");
+        assert!(
+            !got.is_empty(),
+            "round {round}: some enqueues were acknowledged"
+        );
         acknowledged.extend(got);
         drop(server);
     }

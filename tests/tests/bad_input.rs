@@ -25,12 +25,18 @@ async fn full_queue_is_refused_typed_and_keeps_what_is_stored() {
         for i in 1..=3u64 {
             assert_eq!(alice.enqueue(&key(&bob), &[i as u8]).await.unwrap(), i);
         }
-        let full = alice.enqueue(&key(&bob), b"one too many").await.unwrap_err();
+        let full = alice
+            .enqueue(&key(&bob), b"one too many")
+            .await
+            .unwrap_err();
         assert_eq!(full.code(), Some(ErrorCode::QueueFull), "{full}");
 
         let (_c2, bob_s) = node.session(&bob).await;
         let stored = bob_s.fetch(0, 0).await.unwrap();
-        assert_eq!(stored.iter().map(|e| e.data.clone()).collect::<Vec<_>>(), vec![vec![1], vec![2], vec![3]]);
+        assert_eq!(
+            stored.iter().map(|e| e.data.clone()).collect::<Vec<_>>(),
+            vec![vec![1], vec![2], vec![3]]
+        );
         // Acking makes room; the refused message did not consume a seq.
         bob_s.ack(1).await.unwrap();
         assert_eq!(alice.enqueue(&key(&bob), b"now fits").await.unwrap(), 4);
@@ -52,19 +58,33 @@ async fn oversized_payload_is_too_large_and_bad_recipient_is_bad_request() {
         let big = alice.enqueue(&key(&bob), &[7u8; 101]).await.unwrap_err();
         assert_eq!(big.code(), Some(ErrorCode::TooLarge), "{big}");
         // Far beyond the node's read limits: still a typed refusal, not a crash.
-        let huge = alice.enqueue(&key(&bob), &vec![0u8; 12 * 1024 * 1024]).await.unwrap_err();
+        let huge = alice
+            .enqueue(&key(&bob), &vec![0u8; 12 * 1024 * 1024])
+            .await
+            .unwrap_err();
         assert_eq!(huge.code(), Some(ErrorCode::TooLarge), "{huge}");
         // That refusal cost the connection; the node serves new ones.
         let (_c3, alice2) = node.session(&Identity::generate()).await;
-        assert_eq!(alice2.enqueue(&key(&bob), b"fine").await.unwrap(), 2, "refusals used no seq");
+        assert_eq!(
+            alice2.enqueue(&key(&bob), b"fine").await.unwrap(),
+            2,
+            "refusals used no seq"
+        );
 
         // A recipient that is not a 32-byte identity key.
         for bad_len in [0usize, 31, 33] {
-            let bad = alice2.enqueue_raw(&vec![1u8; bad_len], b"x").await.unwrap_err();
+            let bad = alice2
+                .enqueue_raw(&vec![1u8; bad_len], b"x")
+                .await
+                .unwrap_err();
             assert_eq!(bad.code(), Some(ErrorCode::BadRequest), "{bad}");
         }
         let (_c4, bob_s) = node.session(&bob).await;
-        assert_eq!(bob_s.fetch(0, 0).await.unwrap().len(), 2, "exactly the accepted ones stored");
+        assert_eq!(
+            bob_s.fetch(0, 0).await.unwrap().len(),
+            2,
+            "exactly the accepted ones stored"
+        );
     })
     .await;
     node.stop().await;
@@ -81,7 +101,11 @@ async fn wrong_or_missing_admission_token_is_unauthorized() {
         for token in [None, Some("wrong horse"), Some("correct hors"), Some("")] {
             let conn = node.connect().await.unwrap();
             let err = conn.authenticate(&me, token).await.err().expect("refused");
-            assert_eq!(err.code(), Some(ErrorCode::Unauthorized), "{token:?}: {err}");
+            assert_eq!(
+                err.code(),
+                Some(ErrorCode::Unauthorized),
+                "{token:?}: {err}"
+            );
             conn.close().await;
         }
         let conn = node.connect().await.unwrap();
@@ -104,12 +128,20 @@ async fn bad_replayed_or_foreign_signatures_are_unauthorized() {
 
         // No challenge asked for.
         let conn = node.connect().await.unwrap();
-        let err = conn.authenticate_raw(&pk, &[0u8; 64], b"").await.err().unwrap();
+        let err = conn
+            .authenticate_raw(&pk, &[0u8; 64], b"")
+            .await
+            .err()
+            .unwrap();
         assert_eq!(err.code(), Some(ErrorCode::Unauthorized), "{err}");
 
         // Garbage signature.
         let _ = conn.challenge().await.unwrap();
-        let err = conn.authenticate_raw(&pk, &[0u8; 64], b"").await.err().unwrap();
+        let err = conn
+            .authenticate_raw(&pk, &[0u8; 64], b"")
+            .await
+            .err()
+            .unwrap();
         assert_eq!(err.code(), Some(ErrorCode::Unauthorized), "{err}");
 
         // A correct signature is single use: the nonce is consumed.
@@ -136,7 +168,11 @@ async fn bad_replayed_or_foreign_signatures_are_unauthorized() {
 
         // Malformed key.
         let _ = conn.challenge().await.unwrap();
-        let err = conn.authenticate_raw(&pk[..31], &sig, b"").await.err().unwrap();
+        let err = conn
+            .authenticate_raw(&pk[..31], &sig, b"")
+            .await
+            .err()
+            .unwrap();
         assert_eq!(err.code(), Some(ErrorCode::BadRequest), "{err}");
     })
     .await;
@@ -152,7 +188,9 @@ async fn a_session_reads_and_acks_only_its_own_inbox() {
         ("fetchWait", session::fetch_wait_params::Owned::introspect()),
         ("ack", session::ack_params::Owned::introspect()),
     ] {
-        let TypeVariant::Struct(raw) = ty.which() else { panic!("struct") };
+        let TypeVariant::Struct(raw) = ty.which() else {
+            panic!("struct")
+        };
         let fields: Vec<String> = capnp::schema::StructSchema::new(raw)
             .get_fields()
             .unwrap()
@@ -180,8 +218,15 @@ async fn a_session_reads_and_acks_only_its_own_inbox() {
         assert_eq!(b.fetch(0, 0).await.unwrap()[0].data, b"for bob");
         assert_eq!(b.fetch(0, 0).await.unwrap().len(), 1);
         // Bob acking "up to 2" is about bob's inbox (which has only seq 1).
-        assert_eq!(b.ack(2).await.unwrap_err().code(), Some(ErrorCode::BadRequest));
-        assert_eq!(a.fetch(0, 0).await.unwrap().len(), 2, "alice's inbox untouched");
+        assert_eq!(
+            b.ack(2).await.unwrap_err().code(),
+            Some(ErrorCode::BadRequest)
+        );
+        assert_eq!(
+            a.fetch(0, 0).await.unwrap().len(),
+            2,
+            "alice's inbox untouched"
+        );
         assert_eq!(a.whoami().await.unwrap().identity_key, key(&alice));
     })
     .await;
@@ -194,7 +239,11 @@ async fn send_raw(node: &TestNode, bytes: &[u8]) -> bool {
     let pinned = quicnprotochat::tls::read_pinned_cert(&node.cert_path()).unwrap();
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(quicnprotochat::tls::client_config(pinned).unwrap());
-    let conn = endpoint.connect(node.addr, "localhost").unwrap().await.unwrap();
+    let conn = endpoint
+        .connect(node.addr, "localhost")
+        .unwrap()
+        .await
+        .unwrap();
     let (mut send, mut recv) = conn.open_bi().await.unwrap();
     send.write_all(bytes).await.unwrap();
     // Keep our side open: the node must act on what it got, not on our FIN.
@@ -225,14 +274,22 @@ async fn garbage_on_the_stream_closes_that_connection_and_the_node_keeps_serving
     .await;
 
     // Random bytes.
-    let garbage: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
-    assert!(send_raw(&node, &garbage).await, "garbage closes the connection");
+    let garbage: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    assert!(
+        send_raw(&node, &garbage).await,
+        "garbage closes the connection"
+    );
     // A frame header announcing a 2 GiB segment: refused without allocating it.
     let mut huge = Vec::new();
     huge.extend_from_slice(&0u32.to_le_bytes()); // one segment
     huge.extend_from_slice(&0x0FFF_FFFFu32.to_le_bytes()); // of 2^28 words
     huge.extend_from_slice(&[0u8; 64]);
-    assert!(send_raw(&node, &huge).await, "oversized frame closes the connection");
+    assert!(
+        send_raw(&node, &huge).await,
+        "oversized frame closes the connection"
+    );
     // Deep garbage structure: 1 segment of 8 words pointing at itself.
     let mut looped = Vec::new();
     looped.extend_from_slice(&0u32.to_le_bytes());
@@ -240,7 +297,10 @@ async fn garbage_on_the_stream_closes_that_connection_and_the_node_keeps_serving
     for _ in 0..8 {
         looped.extend_from_slice(&0xFFFF_FFFC_0000_0000u64.to_le_bytes());
     }
-    assert!(send_raw(&node, &looped).await, "malformed message closes the connection");
+    assert!(
+        send_raw(&node, &looped).await,
+        "malformed message closes the connection"
+    );
 
     local(async {
         let (_c, s) = node.session(&bob).await;

@@ -41,7 +41,11 @@ async fn concurrent_senders_get_gap_free_seqs_that_survive_restart_until_acked()
                 futures::future::join_all(sends).await
             });
         }
-        futures::future::join_all(tasks).await.into_iter().flatten().collect()
+        futures::future::join_all(tasks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
     })
     .await;
 
@@ -53,13 +57,24 @@ async fn concurrent_senders_get_gap_free_seqs_that_survive_restart_until_acked()
     local(async {
         let (_conn, bob_session) = node.session(&bob).await;
         let all = bob_session.fetch(0, 0).await.unwrap();
-        assert_eq!(all.len() as u64, N, "every acknowledged message survived the restart");
+        assert_eq!(
+            all.len() as u64,
+            N,
+            "every acknowledged message survived the restart"
+        );
         for (seq, payload) in &sent {
-            assert_eq!(&all[(*seq - 1) as usize].data, payload, "seq {seq} holds what was sent");
+            assert_eq!(
+                &all[(*seq - 1) as usize].data,
+                payload,
+                "seq {seq} holds what was sent"
+            );
         }
         // The next seq continues where the last one stopped.
         let (_c, other) = node.session(&Identity::generate()).await;
-        assert_eq!(other.enqueue(&key(&bob), b"after restart").await.unwrap(), N + 1);
+        assert_eq!(
+            other.enqueue(&key(&bob), b"after restart").await.unwrap(),
+            N + 1
+        );
 
         // Fetch is not destructive.
         assert_eq!(bob_session.fetch(0, 0).await.unwrap().len() as u64, N + 1);
@@ -103,13 +118,22 @@ async fn fetch_respects_after_and_limit_and_acks_are_idempotent_and_bounded() {
 
         let beyond = s.ack(6).await.unwrap_err();
         assert_eq!(beyond.code(), Some(ErrorCode::BadRequest), "{beyond}");
-        assert_eq!(s.fetch(0, 0).await.unwrap().len(), 5, "a refused ack deletes nothing");
+        assert_eq!(
+            s.fetch(0, 0).await.unwrap().len(),
+            5,
+            "a refused ack deletes nothing"
+        );
 
         s.ack(3).await.unwrap();
         s.ack(2).await.unwrap();
         s.ack(3).await.unwrap();
         assert_eq!(
-            s.fetch(0, 0).await.unwrap().iter().map(|e| e.seq).collect::<Vec<_>>(),
+            s.fetch(0, 0)
+                .await
+                .unwrap()
+                .iter()
+                .map(|e| e.seq)
+                .collect::<Vec<_>>(),
             vec![4, 5]
         );
     })
@@ -127,7 +151,10 @@ async fn fetch_wait_returns_at_once_waits_for_arrivals_and_times_out_empty() {
         let (_c2, alice_s) = node.session(&Identity::generate()).await;
 
         let start = Instant::now();
-        let none = bob_s.fetch_wait(0, 0, Duration::from_millis(200)).await.unwrap();
+        let none = bob_s
+            .fetch_wait(0, 0, Duration::from_millis(200))
+            .await
+            .unwrap();
         assert!(none.is_empty());
         assert!(start.elapsed() >= Duration::from_millis(150), "it waited");
 
@@ -143,13 +170,22 @@ async fn fetch_wait_returns_at_once_waits_for_arrivals_and_times_out_empty() {
         assert_eq!(seq, 1);
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].data, b"wake up");
-        assert!(start.elapsed() < Duration::from_secs(15), "woken, not timed out");
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "woken, not timed out"
+        );
 
         // Something already there: returned at once.
-        let got = bob_s.fetch_wait(0, 0, Duration::from_secs(20)).await.unwrap();
+        let got = bob_s
+            .fetch_wait(0, 0, Duration::from_secs(20))
+            .await
+            .unwrap();
         assert_eq!(got.len(), 1);
         // Waiting after the last seq waits again.
-        let none = bob_s.fetch_wait(1, 0, Duration::from_millis(100)).await.unwrap();
+        let none = bob_s
+            .fetch_wait(1, 0, Duration::from_millis(100))
+            .await
+            .unwrap();
         assert!(none.is_empty());
     })
     .await;

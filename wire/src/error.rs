@@ -157,7 +157,10 @@ impl From<capnp::Error> for CallError {
             (_, None) if CAPNP_TOO_LARGE_MARKERS.iter().any(|m| e.extra.contains(m)) => {
                 CallError::Refused(WireError::new(
                     ErrorCode::TooLarge,
-                    format!("the node's read limits refused the message and closed the connection ({})", e.extra),
+                    format!(
+                        "the node's read limits refused the message and closed the connection ({})",
+                        e.extra
+                    ),
                 ))
             }
             (_, None) => CallError::Transport(e.to_string()),
@@ -181,7 +184,10 @@ mod tests {
     fn parse_finds_the_code_behind_rpc_prefixes() {
         let w = WireError::parse("remote exception: Failed: QUEUE_FULL: inbox holds 1000").unwrap();
         assert_eq!(w, WireError::new(ErrorCode::QueueFull, "inbox holds 1000"));
-        assert_eq!(WireError::parse("STALE_EPOCH:").unwrap().code, ErrorCode::StaleEpoch);
+        assert_eq!(
+            WireError::parse("STALE_EPOCH:").unwrap().code,
+            ErrorCode::StaleEpoch
+        );
         assert_eq!(WireError::parse("something else: entirely"), None);
         assert_eq!(WireError::parse(""), None);
     }

@@ -12,6 +12,7 @@
     missing_docs,
     dead_code
 )]
+#[rustfmt::skip] // generated: compared byte for byte with capnp's output
 #[path = "generated/node_capnp.rs"]
 pub mod node_capnp;
 
@@ -20,7 +21,7 @@ pub mod limits;
 pub mod types;
 
 pub use error::{ErrorCode, WireError};
-pub use types::{Envelope, IdentityKey, IDENTITY_KEY_LEN};
+pub use types::{Envelope, IDENTITY_KEY_LEN, IdentityKey};
 
 /// ALPN protocol id of our QUIC connections; a peer speaking anything else is refused
 /// during the TLS handshake.

@@ -28,6 +28,8 @@ pub fn reader_options(max_payload: usize) -> ReaderOptions {
     let bytes = max_payload.max(MAX_FETCH_BYTES).saturating_mul(2);
     let words = (bytes / 8).saturating_add(64 * 1024);
     let mut options = ReaderOptions::new();
-    options.traversal_limit_in_words(Some(words)).nesting_limit(16);
+    options
+        .traversal_limit_in_words(Some(words))
+        .nesting_limit(16);
     options
 }

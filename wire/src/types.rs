@@ -66,8 +66,9 @@ pub fn read_envelopes(
 ) -> Result<Vec<Envelope>, WireError> {
     let mut out = Vec::with_capacity(list.len() as usize);
     for r in list.iter() {
-        let env = Envelope::read(r)
-            .map_err(|e| WireError::new(ErrorCode::BadRequest, format!("malformed envelope: {e}")))?;
+        let env = Envelope::read(r).map_err(|e| {
+            WireError::new(ErrorCode::BadRequest, format!("malformed envelope: {e}"))
+        })?;
         if let Some(prev) = out.last().map(|p: &Envelope| p.seq)
             && env.seq <= prev
         {

@@ -197,7 +197,10 @@ mod tests {
         assert_eq!(s.ack(1), Ok(None));
         assert_eq!(
             s.ack(6),
-            Err(InboxRefusal::AckBeyondEnd { up_to: 6, highest: 5 })
+            Err(InboxRefusal::AckBeyondEnd {
+                up_to: 6,
+                highest: 5
+            })
         );
         assert_eq!(s.ack(5), Ok(Some(AckRange { from: 3, to: 5 })));
         assert_eq!(s.ack(5), Ok(None));

@@ -10,9 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use quicnprotochat_wire::{Envelope, IdentityKey};
-use redb::{
-    Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
-};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
 use crate::core::inbox::InboxMeta;
 
@@ -41,7 +39,9 @@ pub enum StoreError {
     Storage(#[from] redb::StorageError),
     #[error("commit: {0}")]
     Commit(#[from] redb::CommitError),
-    #[error("database schema version {found} is newer than this node understands ({SCHEMA_VERSION})")]
+    #[error(
+        "database schema version {found} is newer than this node understands ({SCHEMA_VERSION})"
+    )]
     SchemaTooNew { found: u64 },
     #[error("store is unavailable after an earlier write failure: {0}")]
     Poisoned(String),
@@ -152,13 +152,18 @@ impl ServerStore {
         if after == u64::MAX {
             return Ok(out);
         }
-        for entry in idx.range((&inbox.0, start)..=(&inbox.0, u64::MAX))?.take(limit) {
+        for entry in idx
+            .range((&inbox.0, start)..=(&inbox.0, u64::MAX))?
+            .take(limit)
+        {
             let (key, log_key) = entry?;
             let seq = key.value().1;
             let log_key = log_key.value();
             let data = log
                 .get(log_key)?
-                .ok_or_else(|| StoreError::Corrupt(format!("index points to missing log entry {log_key}")))?
+                .ok_or_else(|| {
+                    StoreError::Corrupt(format!("index points to missing log entry {log_key}"))
+                })?
                 .value()
                 .to_vec();
             bytes += data.len();
@@ -226,7 +231,12 @@ impl<'txn> WriteBatch<'txn> {
     /// Stores message `seq` of `inbox`. Seqs of one inbox must arrive in order,
     /// each exactly one above the last stored: anything else is a bug upstream, and
     /// refusing it here keeps a gap or a reuse from ever reaching the disk.
-    pub fn append(&mut self, inbox: &IdentityKey, seq: u64, payload: &[u8]) -> Result<(), StoreError> {
+    pub fn append(
+        &mut self,
+        inbox: &IdentityKey,
+        seq: u64,
+        payload: &[u8],
+    ) -> Result<(), StoreError> {
         let mut m = self.inbox_meta(inbox)?;
         if seq != m.last_seq + 1 {
             return Err(StoreError::Corrupt(format!(

@@ -179,7 +179,10 @@ fn run(store: ServerStore, mut rx: mpsc::UnboundedReceiver<WriteOp>) {
         // A shutdown request ends the batch: what came before it is finished, what
         // came after it is refused.
         let mut shutdown = None;
-        if let Some(pos) = batch.iter().position(|op| matches!(op, WriteOp::Shutdown { .. })) {
+        if let Some(pos) = batch
+            .iter()
+            .position(|op| matches!(op, WriteOp::Shutdown { .. }))
+        {
             for op in batch.drain(pos + 1..) {
                 refuse(op, "node is shutting down");
             }

@@ -70,7 +70,11 @@ pub async fn ping(opts: &ClientOptions) -> Result<String, CommandError> {
     let conn = opts.connect().await?;
     let rtt = conn.ping().await?;
     conn.close().await;
-    Ok(format!("pong from {} in {:.3} ms", opts.server, rtt.as_secs_f64() * 1000.0))
+    Ok(format!(
+        "pong from {} in {:.3} ms",
+        opts.server,
+        rtt.as_secs_f64() * 1000.0
+    ))
 }
 
 /// `whoami`: authenticates with the profile's identity and shows what the node sees.
@@ -78,7 +82,9 @@ pub async fn whoami(opts: &ClientOptions) -> Result<String, CommandError> {
     let state = ClientState::open(&opts.state_dir)?;
     let identity = state.identity()?;
     let conn = opts.connect().await?;
-    let session = conn.authenticate(&identity, opts.auth_token.as_deref()).await?;
+    let session = conn
+        .authenticate(&identity, opts.auth_token.as_deref())
+        .await?;
     let me = session.whoami().await?;
     conn.close().await;
     let mut line = format!("identity {}", me.identity_key.to_hex());

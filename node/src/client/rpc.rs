@@ -93,13 +93,16 @@ impl NodeConnection {
             reason: e.to_string(),
         })?;
         endpoint.set_default_client_config(tls::client_config(pinned)?);
-        let connecting = endpoint
-            .connect(addr, "localhost")
-            .map_err(|e| ClientError::Unreachable {
-                addr,
-                reason: e.to_string(),
-            })?;
-        let connection = connecting.await.map_err(|e| classify_connect_error(addr, e))?;
+        let connecting =
+            endpoint
+                .connect(addr, "localhost")
+                .map_err(|e| ClientError::Unreachable {
+                    addr,
+                    reason: e.to_string(),
+                })?;
+        let connection = connecting
+            .await
+            .map_err(|e| classify_connect_error(addr, e))?;
         let mut channel_binding = [0u8; CHANNEL_BINDING_LEN];
         connection
             .export_keying_material(&mut channel_binding, EXPORTER_LABEL, b"")
@@ -108,12 +111,8 @@ impl NodeConnection {
             .open_bi()
             .await
             .map_err(|e| ClientError::Transport(e.to_string()))?;
-        let network = twoparty::VatNetwork::new(
-            recv,
-            send,
-            Side::Client,
-            reader_options(CLIENT_READ_LIMIT),
-        );
+        let network =
+            twoparty::VatNetwork::new(recv, send, Side::Client, reader_options(CLIENT_READ_LIMIT));
         let mut rpc = RpcSystem::new(Box::new(network), None);
         let node: node::Client = rpc.bootstrap(Side::Server);
         tokio::task::spawn_local(async move {
@@ -141,14 +140,20 @@ impl NodeConnection {
 
     /// One round trip; returns how long it took.
     pub async fn ping(&self) -> Result<Duration, ClientError> {
-        let nonce = u64::from_le_bytes(quicnprotochat_crypto::fresh_nonce()[..8].try_into().expect("8 bytes"));
+        let nonce = u64::from_le_bytes(
+            quicnprotochat_crypto::fresh_nonce()[..8]
+                .try_into()
+                .expect("8 bytes"),
+        );
         let start = Instant::now();
         let mut req = self.node.ping_request();
         req.get().set_nonce(nonce);
         let reply = req.send().promise.await?;
         let elapsed = start.elapsed();
         if reply.get()?.get_nonce() != nonce {
-            return Err(ClientError::Protocol("ping answered with the wrong nonce".into()));
+            return Err(ClientError::Protocol(
+                "ping answered with the wrong nonce".into(),
+            ));
         }
         Ok(elapsed)
     }
@@ -160,11 +165,10 @@ impl NodeConnection {
         auth_token: Option<&str>,
     ) -> Result<SessionHandle, ClientError> {
         let reply = self.node.challenge_request().send().promise.await?;
-        let nonce: [u8; 32] = reply
-            .get()?
-            .get_nonce()?
-            .try_into()
-            .map_err(|_| ClientError::Protocol("challenge nonce has the wrong length".into()))?;
+        let nonce: [u8; 32] =
+            reply.get()?.get_nonce()?.try_into().map_err(|_| {
+                ClientError::Protocol("challenge nonce has the wrong length".into())
+            })?;
         let public = identity.public_key();
         let signature = identity.sign(&auth_transcript(&nonce, &public, &self.channel_binding));
         self.authenticate_raw(&public, &signature, auth_token.unwrap_or("").as_bytes())
@@ -253,7 +257,11 @@ impl SessionHandle {
     }
 
     /// Stores `payload` in `recipient`'s inbox; returns its seq (durable).
-    pub async fn enqueue(&self, recipient: &IdentityKey, payload: &[u8]) -> Result<u64, ClientError> {
+    pub async fn enqueue(
+        &self,
+        recipient: &IdentityKey,
+        payload: &[u8],
+    ) -> Result<u64, ClientError> {
         self.enqueue_raw(&recipient.0, payload).await
     }
 
@@ -276,7 +284,8 @@ impl SessionHandle {
         req.get().set_after(after);
         req.get().set_limit(limit);
         let reply = req.send().promise.await?;
-        read_envelopes(reply.get()?.get_envelopes()?).map_err(|e| ClientError::Protocol(e.to_string()))
+        read_envelopes(reply.get()?.get_envelopes()?)
+            .map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
     /// Like `fetch`, but waits up to `timeout` for something to arrive.
@@ -292,7 +301,8 @@ impl SessionHandle {
         req.get()
             .set_timeout_ms(timeout.as_millis().min(u32::MAX as u128) as u32);
         let reply = req.send().promise.await?;
-        read_envelopes(reply.get()?.get_envelopes()?).map_err(|e| ClientError::Protocol(e.to_string()))
+        read_envelopes(reply.get()?.get_envelopes()?)
+            .map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
     /// Deletes the own inbox's envelopes up to `up_to` (durable on return).
