@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod identity;
+pub mod mls;
 pub mod token;
 
 pub use auth::{

@@ -1,0 +1,357 @@
+//! One MLS group as a member sees it, and every operation on it.
+//!
+//! Commits we create stay *pending* until the caller confirms them (the delivery
+//! service accepted them) or discards them (it answered STALE_EPOCH): our own view
+//! only moves forward with the history everyone else sees.
+
+use openmls::prelude::tls_codec::{Deserialize, Serialize};
+use openmls::prelude::*;
+use openmls_traits::OpenMlsProvider;
+use openmls_traits::storage::{CURRENT_VERSION, StorageProvider};
+
+use super::member::GroupMember;
+use super::{GROUP_NAME_EXTENSION, MAX_PAST_EPOCHS, MlsError, Suite, library};
+
+/// A group this member belongs to.
+pub struct Group {
+    inner: MlsGroup,
+}
+
+/// What a commit we created needs sent: the commit to the group, and for added
+/// members a Welcome.
+#[derive(Debug, Clone)]
+pub struct CommitOutput {
+    /// The epoch the commit was made in (the delivery service's fence key).
+    pub epoch: u64,
+    pub commit: Vec<u8>,
+    pub welcome: Option<Vec<u8>>,
+}
+
+/// What processing one incoming message did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupEvent {
+    /// An application message, with the sender's identity key.
+    Application {
+        sender: Vec<u8>,
+        epoch: u64,
+        plaintext: Vec<u8>,
+    },
+    /// A commit was applied: the group is now at `epoch` with these members.
+    /// `removed_self` means this member is no longer in the group.
+    CommitApplied {
+        sender: Vec<u8>,
+        epoch: u64,
+        members: Vec<Vec<u8>>,
+        removed_self: bool,
+    },
+    /// A proposal was stored; some member will commit it.
+    ProposalStored { sender: Vec<u8> },
+    /// The message is from a later epoch than ours: hold it until the commit that
+    /// gets us there has been processed.
+    NotYet { epoch: u64 },
+    /// The message is from an epoch we no longer keep secrets for (or is a
+    /// handshake message for an epoch already past): it can never be processed.
+    TooOld { epoch: u64 },
+    /// Our own message, echoed back by the delivery service.
+    Own { epoch: u64 },
+}
+
+fn serialize(msg: &MlsMessageOut) -> Result<Vec<u8>, MlsError> {
+    msg.tls_serialize_detached().map_err(library)
+}
+
+fn identity_of(credential: &Credential) -> Vec<u8> {
+    BasicCredential::try_from(credential.clone())
+        .map(|c| c.identity().to_vec())
+        .unwrap_or_default()
+}
+
+fn storage_err(e: impl std::fmt::Debug) -> MlsError {
+    MlsError::Storage(format!("{e:?}"))
+}
+
+impl Group {
+    pub(crate) fn wrap(inner: MlsGroup) -> Group {
+        Group { inner }
+    }
+
+    pub fn group_id(&self) -> Vec<u8> {
+        self.inner.group_id().as_slice().to_vec()
+    }
+
+    pub fn epoch(&self) -> u64 {
+        self.inner.epoch().as_u64()
+    }
+
+    /// A value all members agree on in one epoch; equal authenticators mean the
+    /// same group state (no fork).
+    pub fn epoch_authenticator(&self) -> Vec<u8> {
+        self.inner.epoch_authenticator().as_slice().to_vec()
+    }
+
+    pub fn suite(&self) -> Option<Suite> {
+        Suite::from_ciphersuite(self.inner.ciphersuite())
+    }
+
+    /// The display name set at creation (carried in the group context).
+    pub fn name(&self) -> Option<String> {
+        self.inner
+            .extensions()
+            .unknown(GROUP_NAME_EXTENSION)
+            .map(|e| String::from_utf8_lossy(&e.0).into_owned())
+    }
+
+    /// Identity keys of the current members, in leaf order.
+    pub fn members(&self) -> Vec<Vec<u8>> {
+        self.inner
+            .members()
+            .map(|m| identity_of(&m.credential))
+            .collect()
+    }
+
+    /// Whether this member is still part of the group.
+    pub fn is_active(&self) -> bool {
+        self.inner.is_active()
+    }
+
+    pub fn has_pending_commit(&self) -> bool {
+        self.inner.pending_commit().is_some()
+    }
+
+    fn check_ready(&self) -> Result<(), MlsError> {
+        if !self.inner.is_active() {
+            return Err(MlsError::NotActive);
+        }
+        if self.has_pending_commit() {
+            return Err(MlsError::CommitPending);
+        }
+        Ok(())
+    }
+
+    /// Encrypts an application message for the group.
+    pub fn encrypt<S: StorageProvider<CURRENT_VERSION>>(
+        &mut self,
+        member: &GroupMember<S>,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, MlsError> {
+        if !self.inner.is_active() {
+            return Err(MlsError::NotActive);
+        }
+        let msg = self
+            .inner
+            .create_message(member.provider(), member.signer(), plaintext)
+            .map_err(|e| match e {
+                CreateMessageError::GroupStateError(_) => MlsError::CommitPending,
+                other => library(other),
+            })?;
+        serialize(&msg)
+    }
+
+    /// Adds the owners of `key_packages` (serialized, validated here). Pending
+    /// until [`Group::confirm_commit`].
+    pub fn add_members<S: StorageProvider<CURRENT_VERSION>>(
+        &mut self,
+        member: &GroupMember<S>,
+        key_packages: &[Vec<u8>],
+    ) -> Result<CommitOutput, MlsError> {
+        self.check_ready()?;
+        let crypto = member.provider().crypto();
+        let kps = key_packages
+            .iter()
+            .map(|bytes| {
+                KeyPackageIn::tls_deserialize_exact(bytes)
+                    .map_err(|e| MlsError::InvalidKeyPackage(format!("malformed: {e}")))?
+                    .validate(crypto, ProtocolVersion::Mls10)
+                    .map_err(|e| MlsError::InvalidKeyPackage(e.to_string()))
+            })
+            .collect::<Result<Vec<KeyPackage>, MlsError>>()?;
+        let epoch = self.epoch();
+        let (commit, welcome, _) = self
+            .inner
+            .add_members(member.provider(), member.signer(), &kps)
+            .map_err(|e| MlsError::Rejected(e.to_string()))?;
+        Ok(CommitOutput {
+            epoch,
+            commit: serialize(&commit)?,
+            welcome: Some(serialize(&welcome)?),
+        })
+    }
+
+    /// Removes the members with these identity keys. Pending until confirmed.
+    pub fn remove_members<S: StorageProvider<CURRENT_VERSION>>(
+        &mut self,
+        member: &GroupMember<S>,
+        identity_keys: &[&[u8]],
+    ) -> Result<CommitOutput, MlsError> {
+        self.check_ready()?;
+        let leaves = identity_keys
+            .iter()
+            .map(|id| {
+                self.inner
+                    .members()
+                    .find(|m| identity_of(&m.credential) == *id)
+                    .map(|m| m.index)
+                    .ok_or(MlsError::NoSuchMember)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let epoch = self.epoch();
+        let (commit, welcome, _) = self
+            .inner
+            .remove_members(member.provider(), member.signer(), &leaves)
+            .map_err(|e| MlsError::Rejected(e.to_string()))?;
+        Ok(CommitOutput {
+            epoch,
+            commit: serialize(&commit)?,
+            welcome: welcome.as_ref().map(serialize).transpose()?,
+        })
+    }
+
+    /// Refreshes this member's leaf key material (post-compromise security).
+    /// Pending until confirmed.
+    pub fn self_update<S: StorageProvider<CURRENT_VERSION>>(
+        &mut self,
+        member: &GroupMember<S>,
+    ) -> Result<CommitOutput, MlsError> {
+        self.check_ready()?;
+        let epoch = self.epoch();
+        let bundle = self
+            .inner
+            .self_update(
+                member.provider(),
+                member.signer(),
+                LeafNodeParameters::default(),
+            )
+            .map_err(|e| MlsError::Rejected(e.to_string()))?;
+        let (commit, welcome, _) = bundle.into_messages();
+        Ok(CommitOutput {
+            epoch,
+            commit: serialize(&commit)?,
+            welcome: welcome.as_ref().map(serialize).transpose()?,
+        })
+    }
+
+    /// Asks to leave: returns a proposal that another member must commit.
+    pub fn leave<S: StorageProvider<CURRENT_VERSION>>(
+        &mut self,
+        member: &GroupMember<S>,
+    ) -> Result<Vec<u8>, MlsError> {
+        self.check_ready()?;
+        let proposal = self
+            .inner
+            .leave_group(member.provider(), member.signer())
+            .map_err(|e| MlsError::Rejected(e.to_string()))?;
+        serialize(&proposal)
+    }
+
+    /// Commits every stored proposal (e.g. someone's leave), if there are any.
+    pub fn commit_pending_proposals<S: StorageProvider<CURRENT_VERSION>>(
+        &mut self,
+        member: &GroupMember<S>,
+    ) -> Result<Option<CommitOutput>, MlsError> {
+        self.check_ready()?;
+        if !self.inner.has_pending_proposals() {
+            return Ok(None);
+        }
+        let epoch = self.epoch();
+        let (commit, welcome, _) = self
+            .inner
+            .commit_to_pending_proposals(member.provider(), member.signer())
+            .map_err(|e| MlsError::Rejected(e.to_string()))?;
+        Ok(Some(CommitOutput {
+            epoch,
+            commit: serialize(&commit)?,
+            welcome: welcome.as_ref().map(serialize).transpose()?,
+        }))
+    }
+
+    /// Applies our pending commit: the delivery service accepted it.
+    pub fn confirm_commit<S: StorageProvider<CURRENT_VERSION>>(
+        &mut self,
+        member: &GroupMember<S>,
+    ) -> Result<(), MlsError> {
+        self.inner
+            .merge_pending_commit(member.provider())
+            .map_err(|e| MlsError::Rejected(e.to_string()))
+    }
+
+    /// Drops our pending commit: another commit won this epoch.
+    pub fn discard_commit<S: StorageProvider<CURRENT_VERSION>>(
+        &mut self,
+        member: &GroupMember<S>,
+    ) -> Result<(), MlsError> {
+        self.inner
+            .clear_pending_commit(member.provider().storage())
+            .map_err(storage_err)
+    }
+
+    /// Processes one incoming MLS message (commit, proposal or application).
+    pub fn process<S: StorageProvider<CURRENT_VERSION>>(
+        &mut self,
+        member: &GroupMember<S>,
+        bytes: &[u8],
+    ) -> Result<GroupEvent, MlsError> {
+        let message = MlsMessageIn::tls_deserialize_exact(bytes)
+            .map_err(|e| MlsError::Malformed(e.to_string()))?;
+        let protocol: ProtocolMessage = match message.extract() {
+            MlsMessageBodyIn::PrivateMessage(m) => m.into(),
+            MlsMessageBodyIn::PublicMessage(m) => m.into(),
+            _ => return Err(MlsError::Malformed("not a group message".into())),
+        };
+        if protocol.group_id() != self.inner.group_id() {
+            return Err(MlsError::WrongGroup);
+        }
+        // A removed member holds nothing for later: it can never catch up.
+        if !self.inner.is_active() {
+            return Err(MlsError::NotActive);
+        }
+        let current = self.epoch();
+        let epoch = protocol.epoch().as_u64();
+        if epoch > current {
+            return Ok(GroupEvent::NotYet { epoch });
+        }
+        let is_application = protocol.content_type() == ContentType::Application;
+        if epoch < current && (!is_application || current - epoch > MAX_PAST_EPOCHS as u64) {
+            return Ok(GroupEvent::TooOld { epoch });
+        }
+        let processed = self
+            .inner
+            .process_message(member.provider(), protocol)
+            .map_err(|e| MlsError::Rejected(e.to_string()))?;
+        let sender = identity_of(processed.credential());
+        match processed.into_content() {
+            ProcessedMessageContent::ApplicationMessage(app) => Ok(GroupEvent::Application {
+                sender,
+                epoch,
+                plaintext: app.into_bytes(),
+            }),
+            ProcessedMessageContent::ProposalMessage(proposal) => {
+                self.inner
+                    .store_pending_proposal(member.provider().storage(), *proposal)
+                    .map_err(storage_err)?;
+                Ok(GroupEvent::ProposalStored { sender })
+            }
+            ProcessedMessageContent::StagedCommitMessage(staged) => {
+                let removed_self = staged.self_removed();
+                // Someone else's commit won this epoch: ours can never apply.
+                if self.has_pending_commit() {
+                    self.discard_commit(member)?;
+                }
+                self.inner
+                    .merge_staged_commit(member.provider(), *staged)
+                    .map_err(|e| MlsError::Rejected(e.to_string()))?;
+                Ok(GroupEvent::CommitApplied {
+                    sender,
+                    epoch: self.epoch(),
+                    members: if removed_self { Vec::new() } else { self.members() },
+                    removed_self,
+                })
+            }
+            ProcessedMessageContent::OwnPrivateMessage => Ok(GroupEvent::Own { epoch }),
+            ProcessedMessageContent::ExternalJoinProposalMessage(_) => Err(MlsError::Rejected(
+                "external join proposals are not accepted".into(),
+            )),
+            #[allow(unreachable_patterns)]
+            _ => Err(MlsError::Rejected("unsupported message content".into())),
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! One client's MLS side: its credential, signer and storage, and the operations
+//! that do not need a group yet (KeyPackages, creating and joining groups).
+
+use openmls::prelude::tls_codec::{Deserialize, Serialize};
+use openmls::prelude::*;
+use openmls_basic_credential::SignatureKeyPair;
+use openmls_traits::OpenMlsProvider;
+use openmls_traits::storage::{CURRENT_VERSION, StorageProvider};
+
+use super::group::Group;
+use super::provider::MlsProvider;
+use super::{GROUP_NAME_EXTENSION, MAX_PAST_EPOCHS, MlsError, Suite, library};
+use crate::identity::{Identity, KEY_LEN};
+
+/// A client's MLS identity and storage.
+pub struct GroupMember<S> {
+    provider: MlsProvider<S>,
+    signer: SignatureKeyPair,
+    credential: CredentialWithKey,
+    identity_key: [u8; KEY_LEN],
+}
+
+/// What every leaf we create supports: both suites and our group-name extension.
+fn capabilities() -> Capabilities {
+    let suites: Vec<Ciphersuite> = Suite::ALL.iter().map(|s| s.ciphersuite()).collect();
+    Capabilities::new(
+        None,
+        Some(&suites),
+        Some(&[
+            ExtensionType::Unknown(GROUP_NAME_EXTENSION),
+            ExtensionType::LastResort,
+        ]),
+        None,
+        Some(&[CredentialType::Basic]),
+    )
+}
+
+pub(crate) fn join_config() -> MlsGroupJoinConfig {
+    MlsGroupJoinConfig::builder()
+        .max_past_epochs(MAX_PAST_EPOCHS)
+        .use_ratchet_tree_extension(true)
+        .build()
+}
+
+impl<S: StorageProvider<CURRENT_VERSION>> GroupMember<S> {
+    /// The MLS side of `identity`: its Ed25519 key is both the basic credential
+    /// (identity = public key) and the leaf signature key.
+    pub fn new(identity: &Identity, storage: S) -> Result<GroupMember<S>, MlsError> {
+        let provider = MlsProvider::new(storage);
+        let public = identity.public_key();
+        let signer = SignatureKeyPair::from_raw(
+            SignatureScheme::ED25519,
+            identity.secret_bytes().to_vec(),
+            public.to_vec(),
+        );
+        signer
+            .store(provider.storage())
+            .map_err(|e| MlsError::Storage(format!("{e:?}")))?;
+        let credential = CredentialWithKey {
+            credential: BasicCredential::new(public.to_vec()).into(),
+            signature_key: public.to_vec().into(),
+        };
+        Ok(GroupMember {
+            provider,
+            signer,
+            credential,
+            identity_key: public,
+        })
+    }
+
+    pub fn provider(&self) -> &MlsProvider<S> {
+        &self.provider
+    }
+
+    pub(crate) fn signer(&self) -> &SignatureKeyPair {
+        &self.signer
+    }
+
+    /// The identity key this member signs with.
+    pub fn identity_key(&self) -> [u8; KEY_LEN] {
+        self.identity_key
+    }
+
+    /// A fresh KeyPackage for `suite`, serialized. Its private parts stay in the
+    /// storage until a Welcome consumes them (a last-resort one is never consumed).
+    pub fn generate_key_package(&self, suite: Suite, last_resort: bool) -> Result<Vec<u8>, MlsError> {
+        let mut builder = KeyPackage::builder().leaf_node_capabilities(capabilities());
+        if last_resort {
+            builder = builder.mark_as_last_resort();
+        }
+        let bundle = builder
+            .build(
+                suite.ciphersuite(),
+                &self.provider,
+                &self.signer,
+                self.credential.clone(),
+            )
+            .map_err(library)?;
+        bundle.key_package().tls_serialize_detached().map_err(library)
+    }
+
+    /// Creates a group of one with a fresh random id and the given display name.
+    pub fn create_group(&self, suite: Suite, name: &str) -> Result<Group, MlsError> {
+        let extensions = Extensions::single(Extension::Unknown(
+            GROUP_NAME_EXTENSION,
+            UnknownExtension(name.as_bytes().to_vec()),
+        ))
+        .map_err(library)?;
+        let config = MlsGroupCreateConfig::builder()
+            .ciphersuite(suite.ciphersuite())
+            .capabilities(capabilities())
+            .max_past_epochs(MAX_PAST_EPOCHS)
+            .use_ratchet_tree_extension(true)
+            .with_group_context_extensions(extensions)
+            .build();
+        let group = MlsGroup::new(&self.provider, &self.signer, &config, self.credential.clone())
+            .map_err(library)?;
+        Ok(Group::wrap(group))
+    }
+
+    /// Joins the group a Welcome invites us to (the ratchet tree travels inside).
+    pub fn join(&self, welcome: &[u8]) -> Result<Group, MlsError> {
+        let message = MlsMessageIn::tls_deserialize_exact(welcome)
+            .map_err(|e| MlsError::Malformed(e.to_string()))?;
+        let MlsMessageBodyIn::Welcome(welcome) = message.extract() else {
+            return Err(MlsError::Malformed("not a Welcome".into()));
+        };
+        let staged = StagedWelcome::new_from_welcome(&self.provider, &join_config(), welcome, None)
+            .map_err(|e| MlsError::Rejected(e.to_string()))?;
+        let group = staged
+            .into_group(&self.provider)
+            .map_err(|e| MlsError::Rejected(e.to_string()))?;
+        Ok(Group::wrap(group))
+    }
+
+    /// Loads a group from storage.
+    pub fn load_group(&self, group_id: &[u8]) -> Result<Option<Group>, MlsError> {
+        MlsGroup::load(self.provider.storage(), &GroupId::from_slice(group_id))
+            .map(|g| g.map(Group::wrap))
+            .map_err(|e| MlsError::Storage(format!("{e:?}")))
+    }
+}
+
+/// What a KeyPackage says once it has been validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidatedKeyPackage {
+    /// The identity key in its credential (also its signature key).
+    pub identity_key: Vec<u8>,
+    pub suite: Suite,
+    pub last_resort: bool,
+}
+
+/// Parses and validates a KeyPackage (signature, supported suite, lifetime, and
+/// that its credential names the key that signs it).
+pub fn validate_key_package(bytes: &[u8]) -> Result<ValidatedKeyPackage, MlsError> {
+    let kp_in = KeyPackageIn::tls_deserialize_exact(bytes)
+        .map_err(|e| MlsError::InvalidKeyPackage(format!("malformed: {e}")))?;
+    let crypto = openmls_rust_crypto::RustCrypto::default();
+    let kp = kp_in
+        .validate(&crypto, ProtocolVersion::Mls10)
+        .map_err(|e| MlsError::InvalidKeyPackage(e.to_string()))?;
+    let suite = Suite::from_ciphersuite(kp.ciphersuite())
+        .ok_or_else(|| MlsError::InvalidKeyPackage("unsupported ciphersuite".into()))?;
+    let leaf = kp.leaf_node();
+    let credential = BasicCredential::try_from(leaf.credential().clone())
+        .map_err(|_| MlsError::InvalidKeyPackage("not a basic credential".into()))?;
+    if credential.identity() != leaf.signature_key().as_slice() {
+        return Err(MlsError::InvalidKeyPackage(
+            "credential does not name its signature key".into(),
+        ));
+    }
+    Ok(ValidatedKeyPackage {
+        identity_key: credential.identity().to_vec(),
+        suite,
+        last_resort: kp.last_resort(),
+    })
+}
