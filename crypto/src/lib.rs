@@ -1,10 +1,13 @@
 //! Every cryptographic decision of quicnprotochat lives here, with no sockets, files
 //! or actors: identity keys, the authentication transcript a client signs to prove
-//! who it is on one connection, and how operator tokens are compared. (MLS groups,
-//! the hybrid envelope and OPAQUE join this crate in later issues.)
+//! who it is on one connection, how operator tokens are compared, MLS group
+//! membership (`mls`), the post-quantum hybrid envelope and sealed sender
+//! (`envelope`), and OPAQUE password authentication (`opaque`). Other crates call
+//! this one; nothing else touches openmls, x-wing or opaque-ke directly.
 #![forbid(unsafe_code)]
 
 pub mod auth;
+pub mod envelope;
 pub mod identity;
 pub mod mls;
 pub mod token;
