@@ -10,6 +10,7 @@ pub mod auth;
 pub mod envelope;
 pub mod identity;
 pub mod mls;
+pub mod opaque;
 pub mod token;
 
 pub use auth::{

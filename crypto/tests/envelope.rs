@@ -52,7 +52,10 @@ fn published_keys_verify_only_for_their_identity_and_unchanged() {
     for i in [0usize, 5, 40, 48, 60, 500, bytes.len() - 1] {
         let mut bad = bytes.clone();
         bad[i] ^= 1;
-        assert!(HybridPublicKey::verify(&bad, &r.identity.public_key()).is_err(), "flip at {i}");
+        assert!(
+            HybridPublicKey::verify(&bad, &r.identity.public_key()).is_err(),
+            "flip at {i}"
+        );
     }
     assert_eq!(
         HybridPublicKey::verify(&bytes[1..], &r.identity.public_key()).unwrap_err(),
@@ -96,7 +99,10 @@ fn a_sealed_sender_message_replayed_to_another_recipient_is_refused() {
         EnvelopeError::BadSenderSignature
     );
     // A sealed-sender envelope does not open as a plain one, nor the reverse.
-    assert_eq!(open(&mallory.keys, &env, b"").unwrap_err(), EnvelopeError::Decrypt);
+    assert_eq!(
+        open(&mallory.keys, &env, b"").unwrap_err(),
+        EnvelopeError::Decrypt
+    );
     let plain = seal(&bob.public, &inner, b"");
     assert_eq!(
         open_sealed_sender(&bob.identity.public_key(), &bob.keys, &plain).unwrap_err(),
@@ -134,7 +140,7 @@ fn tamper() -> impl Strategy<Value = Tamper> {
 const HEADER: usize = 1 + 8 + 1120;
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(200))]
+    #![proptest_config(ProptestConfig::with_cases(1000))]
     #[test]
     fn every_tampering_is_refused(
         plaintext in proptest::collection::vec(any::<u8>(), 0..600),

@@ -58,7 +58,11 @@ fn assert_same_state(groups: &[&Group]) {
     let first = groups[0];
     for g in &groups[1..] {
         assert_eq!(g.epoch(), first.epoch());
-        assert_eq!(g.epoch_authenticator(), first.epoch_authenticator(), "no fork");
+        assert_eq!(
+            g.epoch_authenticator(),
+            first.epoch_authenticator(),
+            "no fork"
+        );
         assert_eq!(g.members(), first.members());
     }
 }
@@ -76,10 +80,14 @@ fn invitee_joins_with_the_groups_name_and_everyone_reads_everyone() {
         let people = [&alice, &bob, &carol];
         for from in 0..3 {
             let text = format!("hello from {from} in {suite:?}");
-            let ct = g[from].encrypt(&people[from].member, text.as_bytes()).unwrap();
+            let ct = g[from]
+                .encrypt(&people[from].member, text.as_bytes())
+                .unwrap();
             for to in (0..3).filter(|t| *t != from) {
                 match deliver(&mut g[to], people[to], &ct) {
-                    GroupEvent::Application { sender, plaintext, .. } => {
+                    GroupEvent::Application {
+                        sender, plaintext, ..
+                    } => {
                         assert_eq!(sender, people[from].key());
                         assert_eq!(plaintext, text.as_bytes());
                     }
@@ -103,17 +111,32 @@ fn removed_member_cannot_read_what_follows() {
         }
         assert!(!g[1].is_active());
         match deliver(&mut g[2], &carol, &out.commit) {
-            GroupEvent::CommitApplied { removed_self, members, .. } => {
+            GroupEvent::CommitApplied {
+                removed_self,
+                members,
+                ..
+            } => {
                 assert!(!removed_self);
                 assert_eq!(members, vec![alice.key(), carol.key()]);
             }
             other => panic!("{other:?}"),
         }
         assert_same_state(&[&g[0], &g[2]]);
-        let secret = g[0].encrypt(&alice.member, b"bob must not read this").unwrap();
-        assert!(matches!(g[1].process(&bob.member, &secret), Err(MlsError::NotActive)));
-        assert!(matches!(deliver(&mut g[2], &carol, &secret), GroupEvent::Application { .. }));
-        assert!(matches!(g[1].encrypt(&bob.member, b"x"), Err(MlsError::NotActive)));
+        let secret = g[0]
+            .encrypt(&alice.member, b"bob must not read this")
+            .unwrap();
+        assert!(matches!(
+            g[1].process(&bob.member, &secret),
+            Err(MlsError::NotActive)
+        ));
+        assert!(matches!(
+            deliver(&mut g[2], &carol, &secret),
+            GroupEvent::Application { .. }
+        ));
+        assert!(matches!(
+            g[1].encrypt(&bob.member, b"x"),
+            Err(MlsError::NotActive)
+        ));
     });
 }
 
@@ -133,9 +156,18 @@ fn self_update_and_leave_move_everyone_to_the_same_epoch() {
 
         // carol leaves: her proposal is committed by alice.
         let proposal = g[2].leave(&carol.member).unwrap();
-        assert!(matches!(deliver(&mut g[0], &alice, &proposal), GroupEvent::ProposalStored { .. }));
-        assert!(matches!(deliver(&mut g[1], &bob, &proposal), GroupEvent::ProposalStored { .. }));
-        let out = g[0].commit_pending_proposals(&alice.member).unwrap().expect("a commit");
+        assert!(matches!(
+            deliver(&mut g[0], &alice, &proposal),
+            GroupEvent::ProposalStored { .. }
+        ));
+        assert!(matches!(
+            deliver(&mut g[1], &bob, &proposal),
+            GroupEvent::ProposalStored { .. }
+        ));
+        let out = g[0]
+            .commit_pending_proposals(&alice.member)
+            .unwrap()
+            .expect("a commit");
         g[0].confirm_commit(&alice.member).unwrap();
         deliver(&mut g[1], &bob, &out.commit);
         match deliver(&mut g[2], &carol, &out.commit) {
@@ -163,7 +195,10 @@ fn concurrent_commits_converge_on_the_one_the_delivery_service_accepted() {
         assert!(!g[1].has_pending_commit());
         assert_same_state(&[&g[0], &g[1], &g[2]]);
         // The loser's commit is now from a past epoch: never applied.
-        assert_eq!(g[2].process(&carol.member, &loser.commit).unwrap(), GroupEvent::TooOld { epoch: loser.epoch });
+        assert_eq!(
+            g[2].process(&carol.member, &loser.commit).unwrap(),
+            GroupEvent::TooOld { epoch: loser.epoch }
+        );
         // bob retries on the new epoch.
         let retry = g[1].self_update(&bob.member).unwrap();
         g[1].confirm_commit(&bob.member).unwrap();
@@ -179,22 +214,35 @@ fn future_epoch_is_not_yet_past_epochs_within_the_window_decrypt_older_are_too_o
         let (alice, bob) = (person(), person());
         let mut g = group_of(suite, &[&alice, &bob]);
         let old_epoch = g[1].epoch();
-        let early = g[1].encrypt(&bob.member, b"sent before the commit").unwrap();
+        let early = g[1]
+            .encrypt(&bob.member, b"sent before the commit")
+            .unwrap();
 
         let commit = g[0].self_update(&alice.member).unwrap();
         g[0].confirm_commit(&alice.member).unwrap();
-        let from_future = g[0].encrypt(&alice.member, b"sent after the commit").unwrap();
+        let from_future = g[0]
+            .encrypt(&alice.member, b"sent after the commit")
+            .unwrap();
 
         // bob sees alice's next-epoch message before her commit.
-        assert_eq!(g[1].process(&bob.member, &from_future).unwrap(), GroupEvent::NotYet { epoch: old_epoch + 1 });
+        assert_eq!(
+            g[1].process(&bob.member, &from_future).unwrap(),
+            GroupEvent::NotYet {
+                epoch: old_epoch + 1
+            }
+        );
         deliver(&mut g[1], &bob, &commit.commit);
         match deliver(&mut g[1], &bob, &from_future) {
-            GroupEvent::Application { plaintext, .. } => assert_eq!(plaintext, b"sent after the commit"),
+            GroupEvent::Application { plaintext, .. } => {
+                assert_eq!(plaintext, b"sent after the commit")
+            }
             other => panic!("{other:?}"),
         }
         // bob's message from one epoch back still opens for alice.
         match deliver(&mut g[0], &alice, &early) {
-            GroupEvent::Application { plaintext, epoch, .. } => {
+            GroupEvent::Application {
+                plaintext, epoch, ..
+            } => {
                 assert_eq!(plaintext, b"sent before the commit");
                 assert_eq!(epoch, old_epoch);
             }
@@ -208,7 +256,12 @@ fn future_epoch_is_not_yet_past_epochs_within_the_window_decrypt_older_are_too_o
             g[0].confirm_commit(&alice.member).unwrap();
             deliver(&mut g[1], &bob, &c.commit);
         }
-        assert_eq!(g[0].process(&alice.member, &ancient).unwrap(), GroupEvent::TooOld { epoch: ancient_epoch });
+        assert_eq!(
+            g[0].process(&alice.member, &ancient).unwrap(),
+            GroupEvent::TooOld {
+                epoch: ancient_epoch
+            }
+        );
     });
 }
 
@@ -218,14 +271,26 @@ fn duplicates_and_foreign_messages_are_refused() {
         let (alice, bob) = (person(), person());
         let mut g = group_of(suite, &[&alice, &bob]);
         let ct = g[0].encrypt(&alice.member, b"once").unwrap();
-        assert!(matches!(deliver(&mut g[1], &bob, &ct), GroupEvent::Application { .. }));
-        assert!(matches!(g[1].process(&bob.member, &ct), Err(MlsError::Rejected(_))), "replay refused");
+        assert!(matches!(
+            deliver(&mut g[1], &bob, &ct),
+            GroupEvent::Application { .. }
+        ));
+        assert!(
+            matches!(g[1].process(&bob.member, &ct), Err(MlsError::Rejected(_))),
+            "replay refused"
+        );
 
         let (eve, _) = (person(), ());
         let mut other = eve.member.create_group(suite, "elsewhere").unwrap();
         let foreign = other.encrypt(&eve.member, b"hi").unwrap();
-        assert!(matches!(g[1].process(&bob.member, &foreign), Err(MlsError::WrongGroup)));
-        assert!(matches!(g[1].process(&bob.member, b"garbage"), Err(MlsError::Malformed(_))));
+        assert!(matches!(
+            g[1].process(&bob.member, &foreign),
+            Err(MlsError::WrongGroup)
+        ));
+        assert!(matches!(
+            g[1].process(&bob.member, b"garbage"),
+            Err(MlsError::Malformed(_))
+        ));
         let mut flipped = ct.clone();
         let last = flipped.len() - 1;
         flipped[last] ^= 1;
@@ -242,7 +307,8 @@ fn key_packages_validate_and_say_who_and_what() {
         assert_eq!(v.identity_key, p.key());
         assert_eq!(v.suite, suite);
         assert!(!v.last_resort);
-        let lr = validate_key_package(&p.member.generate_key_package(suite, true).unwrap()).unwrap();
+        let lr =
+            validate_key_package(&p.member.generate_key_package(suite, true).unwrap()).unwrap();
         assert!(lr.last_resort);
         for i in [10, kp.len() / 2, kp.len() - 5] {
             let mut bad = kp.clone();
@@ -260,7 +326,9 @@ fn a_last_resort_key_package_can_be_used_more_than_once() {
         let lr = bob.member.generate_key_package(suite, true).unwrap();
         for creator in [&alice, &carol] {
             let mut g = creator.member.create_group(suite, "x").unwrap();
-            let out = g.add_members(&creator.member, std::slice::from_ref(&lr)).unwrap();
+            let out = g
+                .add_members(&creator.member, std::slice::from_ref(&lr))
+                .unwrap();
             g.confirm_commit(&creator.member).unwrap();
             let joined = bob.member.join(&out.welcome.unwrap()).unwrap();
             assert_eq!(joined.epoch_authenticator(), g.epoch_authenticator());
@@ -273,7 +341,11 @@ fn groups_reload_from_storage() {
     for_each_suite(|suite| {
         let (alice, bob) = (person(), person());
         let g = group_of(suite, &[&alice, &bob]);
-        let reloaded = bob.member.load_group(&g[1].group_id()).unwrap().expect("stored");
+        let reloaded = bob
+            .member
+            .load_group(&g[1].group_id())
+            .unwrap()
+            .expect("stored");
         assert_eq!(reloaded.epoch_authenticator(), g[1].epoch_authenticator());
         assert_eq!(reloaded.name().as_deref(), Some("the crew"));
     });

@@ -98,7 +98,12 @@ impl std::fmt::Debug for HybridKeyPair {
     }
 }
 
-fn signed_bytes(identity_key: &[u8; KEY_LEN], key_id: &[u8; 8], created_at_ms: u64, public: &[u8]) -> Vec<u8> {
+fn signed_bytes(
+    identity_key: &[u8; KEY_LEN],
+    key_id: &[u8; 8],
+    created_at_ms: u64,
+    public: &[u8],
+) -> Vec<u8> {
     let mut m = Vec::with_capacity(SIGNATURE_LABEL.len() + 1 + KEY_LEN + 16 + public.len());
     m.extend_from_slice(SIGNATURE_LABEL);
     m.push(0);
@@ -135,7 +140,10 @@ impl HybridPublicKey {
     }
 
     /// Parses a published key and checks that `expected_identity` signed it.
-    pub fn verify(bytes: &[u8], expected_identity: &[u8; KEY_LEN]) -> Result<HybridPublicKey, EnvelopeError> {
+    pub fn verify(
+        bytes: &[u8],
+        expected_identity: &[u8; KEY_LEN],
+    ) -> Result<HybridPublicKey, EnvelopeError> {
         if bytes.len() != SIGNED_HYBRID_KEY_LEN {
             return Err(EnvelopeError::MalformedKey);
         }
@@ -165,8 +173,8 @@ impl HybridPublicKey {
             &signature,
         )
         .map_err(|_| EnvelopeError::BadKeySignature)?;
-        let encapsulation_key =
-            x_wing::EncapsulationKey::try_from(&public[..]).map_err(|_| EnvelopeError::MalformedKey)?;
+        let encapsulation_key = x_wing::EncapsulationKey::try_from(&public[..])
+            .map_err(|_| EnvelopeError::MalformedKey)?;
         Ok(HybridPublicKey {
             identity_key,
             key_id,

@@ -14,9 +14,9 @@ use sha2::Sha256;
 use x_wing::Decapsulate;
 use zeroize::Zeroizing;
 
+use super::EnvelopeError;
 use super::hybrid_key::{HybridKeyPair, HybridPublicKey};
 use super::padding::{pad, unpad};
-use super::EnvelopeError;
 
 pub const ENVELOPE_VERSION: u8 = 1;
 const KEY_ID_LEN: usize = 8;
@@ -34,7 +34,8 @@ fn derive(shared: &[u8], header: &[u8]) -> (Zeroizing<[u8; 32]>, [u8; 12]) {
     info.push(0);
     info.extend_from_slice(header);
     let mut okm = Zeroizing::new([0u8; 44]);
-    hk.expand(&info, &mut okm[..]).expect("44 bytes is a valid HKDF length");
+    hk.expand(&info, &mut okm[..])
+        .expect("44 bytes is a valid HKDF length");
     let mut key = Zeroizing::new([0u8; 32]);
     key.copy_from_slice(&okm[..32]);
     let nonce: [u8; 12] = okm[32..].try_into().expect("12 bytes");
@@ -84,13 +85,19 @@ pub fn seal_with_randomness(
 }
 
 /// Opens an envelope sealed to `keypair` with the same `aad`.
-pub fn open(keypair: &HybridKeyPair, envelope: &[u8], aad: &[u8]) -> Result<Vec<u8>, EnvelopeError> {
+pub fn open(
+    keypair: &HybridKeyPair,
+    envelope: &[u8],
+    aad: &[u8],
+) -> Result<Vec<u8>, EnvelopeError> {
     if envelope.len() < HEADER_LEN + TAG_LEN {
-        return Err(if envelope.first().is_some_and(|v| *v != ENVELOPE_VERSION) {
-            EnvelopeError::UnsupportedVersion(envelope[0])
-        } else {
-            EnvelopeError::Truncated
-        });
+        return Err(
+            if envelope.first().is_some_and(|v| *v != ENVELOPE_VERSION) {
+                EnvelopeError::UnsupportedVersion(envelope[0])
+            } else {
+                EnvelopeError::Truncated
+            },
+        );
     }
     if envelope[0] != ENVELOPE_VERSION {
         return Err(EnvelopeError::UnsupportedVersion(envelope[0]));
@@ -109,7 +116,13 @@ pub fn open(keypair: &HybridKeyPair, envelope: &[u8], aad: &[u8]) -> Result<Vec<
     aead_aad.extend_from_slice(aad);
     let padded = Zeroizing::new(
         ChaCha20Poly1305::new(Key::from_slice(&key[..]))
-            .decrypt(Nonce::from_slice(&nonce), Payload { msg: ct, aad: &aead_aad })
+            .decrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: ct,
+                    aad: &aead_aad,
+                },
+            )
             .map_err(|_| EnvelopeError::Decrypt)?,
     );
     Ok(unpad(&padded)?.to_vec())

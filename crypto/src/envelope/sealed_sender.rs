@@ -8,9 +8,9 @@
 
 use sha2::{Digest, Sha256};
 
+use super::EnvelopeError;
 use super::hybrid_key::{HybridKeyPair, HybridPublicKey};
 use super::seal::{open, seal, seal_with_randomness};
-use super::EnvelopeError;
 use crate::identity::{self, Identity, KEY_LEN, SIGNATURE_LEN};
 
 const INNER_VERSION: u8 = 1;
@@ -38,8 +38,17 @@ fn signed_bytes(recipient: &[u8; KEY_LEN], payload: &[u8], timestamp_ms: u64) ->
     m
 }
 
-fn inner(sender: &Identity, recipient: &HybridPublicKey, payload: &[u8], timestamp_ms: u64) -> Vec<u8> {
-    let signature = sender.sign(&signed_bytes(recipient.identity_key(), payload, timestamp_ms));
+fn inner(
+    sender: &Identity,
+    recipient: &HybridPublicKey,
+    payload: &[u8],
+    timestamp_ms: u64,
+) -> Vec<u8> {
+    let signature = sender.sign(&signed_bytes(
+        recipient.identity_key(),
+        payload,
+        timestamp_ms,
+    ));
     let mut m = Vec::with_capacity(INNER_HEADER + payload.len());
     m.push(INNER_VERSION);
     m.extend_from_slice(&sender.public_key());
@@ -56,7 +65,11 @@ pub fn seal_sealed_sender(
     payload: &[u8],
     timestamp_ms: u64,
 ) -> Vec<u8> {
-    seal(recipient, &inner(sender, recipient, payload, timestamp_ms), SEALED_SENDER_AAD)
+    seal(
+        recipient,
+        &inner(sender, recipient, payload, timestamp_ms),
+        SEALED_SENDER_AAD,
+    )
 }
 
 /// [`seal_sealed_sender`] with fixed randomness: only for known-answer tests.
@@ -91,11 +104,19 @@ pub fn open_sealed_sender(
         return Err(EnvelopeError::UnsupportedVersion(inner[0]));
     }
     let sender: [u8; KEY_LEN] = inner[1..1 + KEY_LEN].try_into().expect("sized");
-    let timestamp_ms = u64::from_be_bytes(inner[1 + KEY_LEN..1 + KEY_LEN + 8].try_into().expect("sized"));
+    let timestamp_ms = u64::from_be_bytes(
+        inner[1 + KEY_LEN..1 + KEY_LEN + 8]
+            .try_into()
+            .expect("sized"),
+    );
     let signature = &inner[1 + KEY_LEN + 8..INNER_HEADER];
     let payload = &inner[INNER_HEADER..];
-    identity::verify(&sender, &signed_bytes(my_identity_key, payload, timestamp_ms), signature)
-        .map_err(|_| EnvelopeError::BadSenderSignature)?;
+    identity::verify(
+        &sender,
+        &signed_bytes(my_identity_key, payload, timestamp_ms),
+        signature,
+    )
+    .map_err(|_| EnvelopeError::BadSenderSignature)?;
     Ok(SealedMessage {
         sender,
         timestamp_ms,

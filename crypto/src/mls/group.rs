@@ -342,7 +342,11 @@ impl Group {
                 Ok(GroupEvent::CommitApplied {
                     sender,
                     epoch: self.epoch(),
-                    members: if removed_self { Vec::new() } else { self.members() },
+                    members: if removed_self {
+                        Vec::new()
+                    } else {
+                        self.members()
+                    },
                     removed_self,
                 })
             }

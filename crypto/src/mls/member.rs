@@ -83,7 +83,11 @@ impl<S: StorageProvider<CURRENT_VERSION>> GroupMember<S> {
 
     /// A fresh KeyPackage for `suite`, serialized. Its private parts stay in the
     /// storage until a Welcome consumes them (a last-resort one is never consumed).
-    pub fn generate_key_package(&self, suite: Suite, last_resort: bool) -> Result<Vec<u8>, MlsError> {
+    pub fn generate_key_package(
+        &self,
+        suite: Suite,
+        last_resort: bool,
+    ) -> Result<Vec<u8>, MlsError> {
         let mut builder = KeyPackage::builder().leaf_node_capabilities(capabilities());
         if last_resort {
             builder = builder.mark_as_last_resort();
@@ -96,7 +100,10 @@ impl<S: StorageProvider<CURRENT_VERSION>> GroupMember<S> {
                 self.credential.clone(),
             )
             .map_err(library)?;
-        bundle.key_package().tls_serialize_detached().map_err(library)
+        bundle
+            .key_package()
+            .tls_serialize_detached()
+            .map_err(library)
     }
 
     /// Creates a group of one with a fresh random id and the given display name.
@@ -113,8 +120,13 @@ impl<S: StorageProvider<CURRENT_VERSION>> GroupMember<S> {
             .use_ratchet_tree_extension(true)
             .with_group_context_extensions(extensions)
             .build();
-        let group = MlsGroup::new(&self.provider, &self.signer, &config, self.credential.clone())
-            .map_err(library)?;
+        let group = MlsGroup::new(
+            &self.provider,
+            &self.signer,
+            &config,
+            self.credential.clone(),
+        )
+        .map_err(library)?;
         Ok(Group::wrap(group))
     }
 
