@@ -11,12 +11,16 @@ fn register(setup: &ServerSetup, username: &str, password: &[u8]) -> Vec<u8> {
     server_register_finish(&upload).unwrap()
 }
 
+/// The client's and the server's session keys.
+type SessionKeys = (Vec<u8>, Vec<u8>);
+
+/// Logs in; returns the size of the server's answer and the outcome.
 fn login(
     setup: &ServerSetup,
     record: Option<&[u8]>,
     username: &str,
     password: &[u8],
-) -> (usize, Result<(Vec<u8>, Vec<u8>), OpaqueError>) {
+) -> (usize, Result<SessionKeys, OpaqueError>) {
     let (state, request) = client_login_start(password).unwrap();
     let (server_state, response) = server_login_start(setup, record, &request, username).unwrap();
     let len = response.len();
