@@ -75,6 +75,13 @@ impl Group {
         Group { inner }
     }
 
+    /// The OpenMLS group itself, for benchmarks that compare our wrapper with the
+    /// library underneath. Not for production code: it bypasses every rule here.
+    #[doc(hidden)]
+    pub fn openmls_group_mut(&mut self) -> &mut MlsGroup {
+        &mut self.inner
+    }
+
     pub fn group_id(&self) -> Vec<u8> {
         self.inner.group_id().as_slice().to_vec()
     }

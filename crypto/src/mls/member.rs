@@ -72,7 +72,9 @@ impl<S: StorageProvider<CURRENT_VERSION>> GroupMember<S> {
         &self.provider
     }
 
-    pub(crate) fn signer(&self) -> &SignatureKeyPair {
+    /// The leaf signer (for benchmarks that call OpenMLS directly).
+    #[doc(hidden)]
+    pub fn signer(&self) -> &SignatureKeyPair {
         &self.signer
     }
 
