@@ -8,7 +8,9 @@ use std::cell::RefCell;
 
 use divan::Bencher;
 use openmls::prelude::tls_codec::{Deserialize, Serialize};
-use openmls::prelude::{KeyPackageIn, MlsMessageBodyIn, MlsMessageIn, ProtocolMessage, ProtocolVersion};
+use openmls::prelude::{
+    KeyPackageIn, MlsMessageBodyIn, MlsMessageIn, ProtocolMessage, ProtocolVersion,
+};
 use openmls_memory_storage::MemoryStorage;
 use openmls_traits::OpenMlsProvider;
 use quicnprotochat_crypto::Identity;
@@ -38,7 +40,11 @@ struct Case {
 fn cases() -> Vec<Case> {
     Suite::ALL
         .into_iter()
-        .flat_map(|suite| sizes().into_iter().map(move |members| Case { suite, members }))
+        .flat_map(|suite| {
+            sizes()
+                .into_iter()
+                .map(move |members| Case { suite, members })
+        })
         .collect()
 }
 
@@ -81,7 +87,8 @@ mod envelope {
     fn recipient() -> (HybridKeyPair, HybridPublicKey) {
         let id = Identity::generate();
         let keys = HybridKeyPair::generate(0);
-        let public = HybridPublicKey::verify(&keys.signed_public(&id).to_bytes(), &id.public_key()).unwrap();
+        let public =
+            HybridPublicKey::verify(&keys.signed_public(&id).to_bytes(), &id.public_key()).unwrap();
         (keys, public)
     }
 
@@ -140,7 +147,9 @@ mod application {
         let msg = vec![1u8; KIB];
         b.with_inputs(|| {
             let mut p = p.borrow_mut();
-            let Pair { alice, alice_group, .. } = &mut *p;
+            let Pair {
+                alice, alice_group, ..
+            } = &mut *p;
             alice_group.encrypt(alice, &msg).unwrap()
         })
         .bench_local_values(|ct| {
@@ -156,7 +165,9 @@ mod application {
         let msg = vec![1u8; KIB];
         b.with_inputs(|| {
             let mut p = p.borrow_mut();
-            let Pair { alice, alice_group, .. } = &mut *p;
+            let Pair {
+                alice, alice_group, ..
+            } = &mut *p;
             alice_group.encrypt(alice, &msg).unwrap()
         })
         .bench_local_values(|ct| {
@@ -186,7 +197,9 @@ mod add_member {
         b.with_inputs(|| newcomer.generate_key_package(case.suite, false).unwrap())
             .bench_local_values(|kp| {
                 let mut p = p.borrow_mut();
-                let Pair { alice, alice_group, .. } = &mut *p;
+                let Pair {
+                    alice, alice_group, ..
+                } = &mut *p;
                 let out = alice_group.add_members(alice, &[kp]).unwrap();
                 alice_group.discard_commit(alice).unwrap();
                 out
@@ -207,10 +220,16 @@ mod add_member {
         })
         .bench_local_values(|kp| {
             let mut p = p.borrow_mut();
-            let Pair { alice, alice_group, .. } = &mut *p;
+            let Pair {
+                alice, alice_group, ..
+            } = &mut *p;
             let group = alice_group.openmls_group_mut();
-            let out = group.add_members(alice.provider(), alice.signer(), &[kp]).unwrap();
-            group.clear_pending_commit(alice.provider().storage()).unwrap();
+            let out = group
+                .add_members(alice.provider(), alice.signer(), &[kp])
+                .unwrap();
+            group
+                .clear_pending_commit(alice.provider().storage())
+                .unwrap();
             out
         });
     }
@@ -222,7 +241,9 @@ mod add_member {
         b.with_inputs(|| {
             let mut p = p.borrow_mut();
             let suite = p.suite;
-            let Pair { alice, alice_group, .. } = &mut *p;
+            let Pair {
+                alice, alice_group, ..
+            } = &mut *p;
             let kp = member().generate_key_package(suite, false).unwrap();
             let out = alice_group.add_members(alice, &[kp]).unwrap();
             alice_group.confirm_commit(alice).unwrap();
@@ -241,7 +262,9 @@ mod add_member {
         b.with_inputs(|| {
             let mut p = p.borrow_mut();
             let suite = p.suite;
-            let Pair { alice, alice_group, .. } = &mut *p;
+            let Pair {
+                alice, alice_group, ..
+            } = &mut *p;
             let kp = member().generate_key_package(suite, false).unwrap();
             let out = alice_group.add_members(alice, &[kp]).unwrap();
             alice_group.confirm_commit(alice).unwrap();
@@ -250,14 +273,19 @@ mod add_member {
         .bench_local_values(|commit| {
             let mut p = p.borrow_mut();
             let Pair { bob, bob_group, .. } = &mut *p;
-            let msg: ProtocolMessage = match MlsMessageIn::tls_deserialize_exact(&commit).unwrap().extract() {
+            let msg: ProtocolMessage = match MlsMessageIn::tls_deserialize_exact(&commit)
+                .unwrap()
+                .extract()
+            {
                 MlsMessageBodyIn::PrivateMessage(m) => m.into(),
                 MlsMessageBodyIn::PublicMessage(m) => m.into(),
                 _ => unreachable!(),
             };
             let group = bob_group.openmls_group_mut();
             let processed = group.process_message(bob.provider(), msg).unwrap();
-            if let openmls::prelude::ProcessedMessageContent::StagedCommitMessage(staged) = processed.into_content() {
+            if let openmls::prelude::ProcessedMessageContent::StagedCommitMessage(staged) =
+                processed.into_content()
+            {
                 group.merge_staged_commit(bob.provider(), *staged).unwrap();
             }
         });

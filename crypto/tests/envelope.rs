@@ -203,3 +203,13 @@ proptest! {
         ), "{:?}", e);
     }
 }
+
+#[test]
+fn private_key_material_stays_out_of_debug_output() {
+    let keys = HybridKeyPair::from_seed([0x5a; 32], 0);
+    let shown = format!("{keys:?}");
+    assert!(shown.contains("redacted"));
+    assert!(!shown.contains("5a, 5a") && !shown.contains("5a5a") && !shown.contains("90, 90"));
+    let id = Identity::generate();
+    assert!(!format!("{:?}", keys.signed_public(&id)).contains("signature"));
+}
