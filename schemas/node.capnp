@@ -3,7 +3,8 @@
 # Field and method numbers are forever: add new ones at the end, never renumber,
 # never reuse. Errors are Cap'n Proto exceptions whose text starts with a stable
 # code and a colon (QUEUE_FULL, TOO_LARGE, UNAUTHORIZED, RATE_LIMITED, STALE_EPOCH,
-# NOT_FOUND, BAD_REQUEST, UNIMPLEMENTED, UNAVAILABLE); see wire/src/error.rs.
+# NOT_FOUND, BAD_REQUEST, UNIMPLEMENTED, UNAVAILABLE, ALREADY_EXISTS); see
+# wire/src/error.rs.
 #
 # Identity keys are raw Ed25519 public keys (32 bytes); an inbox is named by the
 # identity key that owns it.
@@ -60,6 +61,8 @@ interface Node {
   resume @8 (token :Data, authToken :Data) -> (session :Session, expiresAtMs :UInt64);
 
   enqueueSealed @9 (recipient :Data, payload :Data, accessKey :Data) -> (seq :UInt64);
+  # Sealed sender: no session; the recipient's access key admits the message.
+
   fetchKeyPackage @10 (target :KeyPackageTarget) -> (packages :List(ClaimedKeyPackage));
 }
 
@@ -88,4 +91,10 @@ interface Session {
   commit @7 (groupId :Data, epoch :UInt64, deliveries :List(Delivery)) -> (seqs :List(UInt64));
   logout @8 () -> ();
   setAccessKey @9 (accessKeyHash :Data) -> ();
+  # SHA-256 of the access key sealed senders must present (enqueueSealed).
+
+  removeDevice @10 (identityKey :Data) -> ();
+  # Removes another device of the caller's account; its queued messages are deleted.
+
+  keyPackageStatus @11 () -> (oneTimeRemaining :UInt64, lastResortServed :UInt64);
 }

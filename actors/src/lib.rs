@@ -4,6 +4,7 @@
 //! machines the actors wrap (`core`).
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod connection;
 pub mod core;
 pub mod error;

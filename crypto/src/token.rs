@@ -8,9 +8,24 @@ use subtle::ConstantTimeEq;
 #[derive(Clone)]
 pub struct TokenHash([u8; 32]);
 
+/// A fresh 256-bit session token from the operating system's random source.
+pub fn generate_token() -> [u8; 32] {
+    crate::auth::fresh_nonce()
+}
+
 impl TokenHash {
     pub fn of(token: &[u8]) -> TokenHash {
         TokenHash(Sha256::digest(token).into())
+    }
+
+    /// Restores a hash as stored.
+    pub fn from_digest(digest: [u8; 32]) -> TokenHash {
+        TokenHash(digest)
+    }
+
+    /// The digest, for storage and lookup (never the token itself).
+    pub fn digest(&self) -> [u8; 32] {
+        self.0
     }
 
     /// Whether `presented` is the token; constant time in the token's content.

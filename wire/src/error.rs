@@ -24,6 +24,8 @@ pub enum ErrorCode {
     BadRequest,
     /// The node does not implement this call (yet).
     Unimplemented,
+    /// The thing to create exists already (e.g. a taken username).
+    AlreadyExists,
     /// A transient node-side failure (an actor restarted, the store is unavailable);
     /// nothing the caller had acknowledged is lost; retrying may succeed.
     Unavailable,
@@ -31,7 +33,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for exhaustive tests and parsing.
-    pub const ALL: [ErrorCode; 9] = [
+    pub const ALL: [ErrorCode; 10] = [
         ErrorCode::QueueFull,
         ErrorCode::TooLarge,
         ErrorCode::Unauthorized,
@@ -41,6 +43,7 @@ impl ErrorCode {
         ErrorCode::BadRequest,
         ErrorCode::Unimplemented,
         ErrorCode::Unavailable,
+        ErrorCode::AlreadyExists,
     ];
 
     /// The stable text of the code, as it appears on the wire.
@@ -55,6 +58,7 @@ impl ErrorCode {
             ErrorCode::BadRequest => "BAD_REQUEST",
             ErrorCode::Unimplemented => "UNIMPLEMENTED",
             ErrorCode::Unavailable => "UNAVAILABLE",
+            ErrorCode::AlreadyExists => "ALREADY_EXISTS",
         }
     }
 

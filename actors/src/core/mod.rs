@@ -2,3 +2,4 @@
 //! so property tests can drive them directly. Actors are thin shells around these.
 
 pub mod inbox;
+pub mod rate;

@@ -101,9 +101,25 @@ impl ServerStore {
             txn.open_table(LOG)?;
             txn.open_table(INBOX_IDX)?;
             txn.open_table(INBOX_META)?;
+            use super::auth::*;
+            txn.open_table(SECRETS)?;
+            txn.open_table(USERS)?;
+            txn.open_table(DEVICES)?;
+            txn.open_table(ACCOUNT_DEVICES)?;
+            txn.open_table(SESSIONS)?;
+            txn.open_table(KEY_PACKAGES)?;
+            txn.open_table(LAST_RESORT)?;
+            txn.open_table(KP_STATS)?;
+            txn.open_table(HYBRID_KEYS)?;
+            txn.open_table(ACCESS_KEYS)?;
         }
         txn.commit()?;
         Ok(store)
+    }
+
+    /// The database, for read transactions of other stores' tables.
+    pub(crate) fn db(&self) -> &Database {
+        &self.db
     }
 
     pub fn options(&self) -> StoreOptions {

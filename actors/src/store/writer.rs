@@ -54,8 +54,27 @@ pub enum WriteOp {
         inbox: IdentityKey,
         reply: Reply<InboxMeta>,
     },
+    /// Any other write: applied in arrival order inside the batch's transaction.
+    /// The closure returns what to do once the commit's fate is known. It must
+    /// check every precondition before it writes: a refusal after a write would
+    /// still commit that write with the batch.
+    Custom(CustomWrite),
     /// Finish everything submitted before, then stop.
     Shutdown { done: oneshot::Sender<()> },
+}
+
+/// Called with the commit's outcome once the batch is durable (or failed).
+pub type AfterCommit = Box<dyn FnOnce(Result<(), DeliveryError>) + Send>;
+/// A custom write: applied to the batch's transaction, answered after the commit.
+pub type CustomWrite = Box<dyn FnOnce(&redb::WriteTransaction) -> AfterCommit + Send>;
+
+/// Why a custom transaction failed: the operation's own refusal, or the store.
+#[derive(Debug, thiserror::Error)]
+pub enum TransactError<E> {
+    #[error(transparent)]
+    Refused(E),
+    #[error(transparent)]
+    Store(DeliveryError),
 }
 
 impl WriteOp {
@@ -112,6 +131,30 @@ impl StoreWriter {
         rx.await.map_err(|_| StoreError::WriterGone)?
     }
 
+    /// Runs `f` inside the next batch's write transaction and returns its result
+    /// once that transaction is durable. A refusal (`Err(E)`) is returned as is;
+    /// `f` must not have written anything before refusing.
+    pub async fn transact<T, E, F>(&self, f: F) -> Result<T, TransactError<E>>
+    where
+        T: Send + 'static,
+        E: Send + 'static,
+        F: FnOnce(&redb::WriteTransaction) -> Result<T, E> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        self.submit(WriteOp::Custom(Box::new(move |txn| {
+            let result = f(txn);
+            Box::new(move |commit: Result<(), DeliveryError>| {
+                let _ = tx.send(commit.map(|()| result));
+            })
+        })));
+        match rx.await {
+            Ok(Ok(Ok(value))) => Ok(value),
+            Ok(Ok(Err(refusal))) => Err(TransactError::Refused(refusal)),
+            Ok(Err(store)) => Err(TransactError::Store(store)),
+            Err(_) => Err(TransactError::Store(StoreError::WriterGone.into())),
+        }
+    }
+
     /// Asks the writer to finish what it has and stop; returns when it has.
     pub async fn shutdown(&self) {
         let (done, rx) = oneshot::channel();
@@ -125,6 +168,7 @@ enum Outcome {
     Seq(Reply<u64>, Result<u64, DeliveryError>),
     Unit(Reply<()>, Result<(), DeliveryError>),
     Meta(Reply<InboxMeta>, Result<InboxMeta, DeliveryError>),
+    Custom(AfterCommit),
 }
 
 fn poisoned(why: &str) -> DeliveryError {
@@ -145,6 +189,10 @@ impl Outcome {
             Outcome::Seq(r, v) => answer(r, v, commit_failure),
             Outcome::Unit(r, v) => answer(r, v, commit_failure),
             Outcome::Meta(r, v) => answer(r, v, commit_failure),
+            Outcome::Custom(after) => after(match commit_failure {
+                Some(why) => Err(poisoned(why)),
+                None => Ok(()),
+            }),
         }
     }
 }
@@ -155,6 +203,7 @@ fn refuse(op: WriteOp, why: &str) -> Option<oneshot::Sender<()>> {
         WriteOp::Append { reply, .. } => answer(reply, Err(poisoned(why)), None),
         WriteOp::Ack { reply, .. } => answer(reply, Err(poisoned(why)), None),
         WriteOp::Load { reply, .. } => answer(reply, Err(poisoned(why)), None),
+        WriteOp::Custom(_) => {} // dropping it drops its reply port: the caller sees the writer gone
         WriteOp::Shutdown { done } => return Some(done),
     }
     None
@@ -256,6 +305,7 @@ fn commit_batch(store: &ServerStore, batch: &mut Vec<WriteOp>) -> Result<(), Sto
                         reply,
                         writes.inbox_meta(&inbox).map_err(Into::into),
                     )),
+                    WriteOp::Custom(apply) => outcomes.push(Outcome::Custom(apply(&txn))),
                     WriteOp::Shutdown { .. } => unreachable!("shutdown is taken out of the batch"),
                 }
             }

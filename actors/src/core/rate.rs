@@ -1,0 +1,145 @@
+//! Rate limits: per session, per source address, per claim target. A thin layer
+//! over governor's GCRA limiters (themselves pure state machines over a clock),
+//! so every refusal carries how long to wait.
+
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
+
+/// Limits, per second or per minute, with sane defaults for one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateConfig {
+    /// Enqueues per second per authenticated session (identity).
+    pub enqueue_per_sec_per_session: u32,
+    /// Enqueues (plain and sealed) per second per source address.
+    pub enqueue_per_sec_per_address: u32,
+    /// OPAQUE login and registration attempts per minute per source address.
+    pub logins_per_min_per_address: u32,
+    /// KeyPackage claims per minute per requester address.
+    pub claims_per_min_per_requester: u32,
+    /// KeyPackage claims per minute against one target account or device.
+    pub claims_per_min_per_target: u32,
+}
+
+impl Default for RateConfig {
+    fn default() -> Self {
+        RateConfig {
+            enqueue_per_sec_per_session: 2_000,
+            enqueue_per_sec_per_address: 20_000,
+            logins_per_min_per_address: 30,
+            claims_per_min_per_requester: 120,
+            claims_per_min_per_target: 60,
+        }
+    }
+}
+
+/// A refusal: wait this long before trying again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("rate limit exceeded, retry after {} ms", retry_after.as_millis())]
+pub struct RateLimited {
+    pub retry_after: Duration,
+}
+
+struct Limiter<K: Hash + Eq + Clone> {
+    inner: DefaultKeyedRateLimiter<K>,
+}
+
+impl<K: Hash + Eq + Clone> Limiter<K> {
+    /// `per` events per `period`, with a burst of the same size.
+    fn new(per: u32, period: Duration) -> Limiter<K> {
+        let burst = NonZeroU32::new(per.max(1)).expect("at least one");
+        let quota = Quota::with_period(period / burst.get())
+            .expect("non-zero period")
+            .allow_burst(burst);
+        Limiter {
+            inner: governor::RateLimiter::keyed(quota),
+        }
+    }
+
+    fn check(&self, key: &K) -> Result<(), RateLimited> {
+        self.inner.check_key(key).map_err(|not_until| RateLimited {
+            retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+        })
+    }
+}
+
+/// Every limiter of a node.
+pub struct RateLimits {
+    enqueue_session: Limiter<[u8; 32]>,
+    enqueue_address: Limiter<IpAddr>,
+    logins: Limiter<IpAddr>,
+    claims_requester: Limiter<IpAddr>,
+    claims_target: Limiter<Vec<u8>>,
+}
+
+impl RateLimits {
+    pub fn new(c: RateConfig) -> RateLimits {
+        let sec = Duration::from_secs(1);
+        let min = Duration::from_secs(60);
+        RateLimits {
+            enqueue_session: Limiter::new(c.enqueue_per_sec_per_session, sec),
+            enqueue_address: Limiter::new(c.enqueue_per_sec_per_address, sec),
+            logins: Limiter::new(c.logins_per_min_per_address, min),
+            claims_requester: Limiter::new(c.claims_per_min_per_requester, min),
+            claims_target: Limiter::new(c.claims_per_min_per_target, min),
+        }
+    }
+
+    /// One enqueue by an authenticated session from `address`.
+    pub fn enqueue(&self, session: &[u8; 32], address: IpAddr) -> Result<(), RateLimited> {
+        self.enqueue_session.check(session)?;
+        self.enqueue_address.check(&address)
+    }
+
+    /// One sealed-sender enqueue from `address` (there is no session).
+    pub fn sealed_enqueue(&self, address: IpAddr) -> Result<(), RateLimited> {
+        self.enqueue_address.check(&address)
+    }
+
+    /// One login or registration attempt from `address`.
+    pub fn login(&self, address: IpAddr) -> Result<(), RateLimited> {
+        self.logins.check(&address)
+    }
+
+    /// One KeyPackage claim by `requester` against `target`.
+    pub fn claim(&self, requester: IpAddr, target: &[u8]) -> Result<(), RateLimited> {
+        self.claims_requester.check(&requester)?;
+        self.claims_target.check(&target.to_vec())
+    }
+
+    /// Forgets keys that have been quiet long enough to be back at full burst, so
+    /// the limiters' memory follows recent activity, not all activity ever.
+    pub fn forget_quiet(&self) {
+        self.enqueue_session.inner.retain_recent();
+        self.enqueue_address.inner.retain_recent();
+        self.logins.inner.retain_recent();
+        self.claims_requester.inner.retain_recent();
+        self.claims_target.inner.retain_recent();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_past_the_burst_and_says_how_long_to_wait() {
+        let limits = RateLimits::new(RateConfig {
+            logins_per_min_per_address: 3,
+            ..RateConfig::default()
+        });
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        for _ in 0..3 {
+            limits.login(a).unwrap();
+        }
+        let refused = limits.login(a).unwrap_err();
+        assert!(refused.retry_after > Duration::from_secs(1));
+        assert!(refused.retry_after <= Duration::from_secs(20));
+        limits.login(b).expect("other addresses are not affected");
+    }
+}
