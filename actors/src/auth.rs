@@ -351,6 +351,11 @@ impl AuthService {
             .is_some_and(|s| s.expires_at_ms > now_ms())
     }
 
+    /// When the session with this token hash expires, if it is alive.
+    pub fn session_expiry(&self, token_hash: &[u8; 32]) -> Option<u64> {
+        self.sessions.read().expect("lock").get(token_hash).map(|s| s.expires_at_ms)
+    }
+
     /// Revokes a session.
     pub async fn logout(&self, token_hash: [u8; 32]) -> Result<(), AuthError> {
         self.writer

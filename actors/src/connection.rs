@@ -6,7 +6,7 @@
 //! the rules live in `core`. capnp-rpc is `!Send`, so these objects live on the
 //! connection's local task; everything they call into is `Send`.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,18 +19,64 @@ use quicnprotochat_wire::limits::{MAX_FETCH_BYTES, MAX_FETCH_LIMIT, MAX_FETCH_WA
 use quicnprotochat_wire::node_capnp::{node, session};
 use quicnprotochat_wire::{Envelope, ErrorCode, IdentityKey, WireError};
 
+use crate::auth::{AuthError, AuthService, ClaimTarget};
 use crate::core::inbox::InboxLimits;
+use crate::core::rate::{RateLimited, RateLimits};
 use crate::inbox::InboxRegistry;
 use crate::store::ServerStore;
+use quicnprotochat_crypto::opaque::ServerLoginState;
 
 /// What every connection of a node shares.
 pub struct NodeContext {
     pub registry: InboxRegistry,
     pub store: ServerStore,
+    pub auth: AuthService,
+    pub rates: RateLimits,
     /// Operator admission token, if configured (held only as a hash).
     pub auth_token: Option<TokenHash>,
     pub limits: InboxLimits,
+    /// Whether `enqueueSealed` is served.
+    pub sealed_sender: bool,
     pub started: Instant,
+}
+
+fn rate_limited(r: RateLimited) -> capnp::Error {
+    refuse(ErrorCode::RateLimited, r.to_string())
+}
+
+fn auth_refusal(e: AuthError) -> capnp::Error {
+    if let AuthError::Store(s) = &e {
+        tracing::error!(error = %s, "auth storage failure");
+    }
+    WireError::from(e).into()
+}
+
+/// The one answer to every failed login, whatever failed (no enumeration).
+fn login_refused() -> capnp::Error {
+    auth_refusal(AuthError::Unauthorized)
+}
+
+/// Refuses a payload too large to store before copying it.
+fn check_payload(ctx: &NodeContext, payload: &[u8]) -> Result<(), capnp::Error> {
+    if payload.len() > ctx.limits.max_payload {
+        return Err(WireError::from(crate::DeliveryError::Refused(
+            crate::core::inbox::InboxRefusal::TooLarge {
+                len: payload.len(),
+                max: ctx.limits.max_payload,
+            },
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// Refuses delivery to an inbox no registered device owns (once accounts exist).
+fn check_recipient(ctx: &NodeContext, recipient: &IdentityKey) -> Result<(), capnp::Error> {
+    if ctx.auth.accepts_inbox(recipient) {
+        Ok(())
+    } else {
+        Err(refuse(ErrorCode::NotFound, "no such inbox"))
+    }
 }
 
 /// What the transport knows about one connection.
@@ -48,6 +94,7 @@ pub fn bootstrap(ctx: Arc<NodeContext>, conn: ConnectionInfo) -> node::Client {
         ctx,
         conn,
         nonce: Cell::new(None),
+        login: RefCell::new(None),
     })
 }
 
@@ -76,11 +123,35 @@ fn unimplemented(what: &str) -> capnp::Error {
 struct NodeService {
     ctx: Arc<NodeContext>,
     conn: ConnectionInfo,
-    /// The outstanding challenge; taken (single use) by `authenticate`.
+    /// The outstanding challenge; taken (single use) by whatever proves an identity.
     nonce: Cell<Option<[u8; AUTH_NONCE_LEN]>>,
+    /// An OPAQUE login between its start and finish.
+    login: RefCell<Option<(String, ServerLoginState)>>,
 }
 
 impl NodeService {
+    /// Checks the caller's signature over this connection's challenge; consumes
+    /// the challenge whatever the outcome (one attempt per challenge).
+    fn prove_identity(&self, identity_key: &[u8], signature: &[u8]) -> Result<IdentityKey, capnp::Error> {
+        let identity = IdentityKey::from_wire(identity_key, "identityKey")?;
+        let nonce = self
+            .nonce
+            .take()
+            .ok_or_else(|| refuse(ErrorCode::Unauthorized, "call challenge first"))?;
+        verify_authentication(&nonce, &identity.0, &self.conn.channel_binding, signature)
+            .map_err(|_| refuse(ErrorCode::Unauthorized, "signature does not verify"))?;
+        Ok(identity)
+    }
+
+    fn session(&self, identity: IdentityKey, token_hash: Option<[u8; 32]>) -> session::Client {
+        capnp_rpc::new_client(SessionService {
+            ctx: self.ctx.clone(),
+            identity,
+            token_hash,
+            remote: self.conn.remote,
+        })
+    }
+
     fn check_admission(&self, presented: &[u8]) -> Result<(), capnp::Error> {
         match &self.ctx.auth_token {
             Some(hash) if !hash.matches(presented) => Err(refuse(
@@ -133,81 +204,191 @@ impl node::Server for NodeService {
     ) -> Result<(), capnp::Error> {
         let p = params.get().map_err(bad_params)?;
         self.check_admission(p.get_auth_token().map_err(bad_params)?)?;
-        let identity =
-            IdentityKey::from_wire(p.get_identity_key().map_err(bad_params)?, "identityKey")?;
-        let signature = p.get_signature().map_err(bad_params)?;
-        // The nonce is consumed whatever the outcome: one signature attempt per challenge.
-        let nonce = self
-            .nonce
-            .take()
-            .ok_or_else(|| refuse(ErrorCode::Unauthorized, "call challenge first"))?;
-        verify_authentication(&nonce, &identity.0, &self.conn.channel_binding, signature)
-            .map_err(|_| refuse(ErrorCode::Unauthorized, "signature does not verify"))?;
+        let identity = self.prove_identity(
+            p.get_identity_key().map_err(bad_params)?,
+            p.get_signature().map_err(bad_params)?,
+        )?;
         tracing::debug!(remote = %self.conn.remote, ?identity, "authenticated");
-        results
-            .get()
-            .set_session(capnp_rpc::new_client(SessionService {
-                ctx: self.ctx.clone(),
-                identity,
-            }));
+        results.get().set_session(self.session(identity, None));
         Ok(())
     }
 
     async fn register_start(
         self: Rc<Self>,
-        _: node::RegisterStartParams,
-        _: node::RegisterStartResults,
+        params: node::RegisterStartParams,
+        mut results: node::RegisterStartResults,
     ) -> Result<(), capnp::Error> {
-        Err(unimplemented("registerStart"))
+        let p = params.get().map_err(bad_params)?;
+        self.check_admission(p.get_auth_token().map_err(bad_params)?)?;
+        self.ctx.rates.login(self.conn.remote.ip()).map_err(rate_limited)?;
+        let username = text(p.get_username())?;
+        let response = self
+            .ctx
+            .auth
+            .register_start(&username, p.get_request().map_err(bad_params)?)
+            .map_err(auth_refusal)?;
+        results.get().set_response(&response);
+        Ok(())
     }
 
     async fn register_finish(
         self: Rc<Self>,
-        _: node::RegisterFinishParams,
+        params: node::RegisterFinishParams,
         _: node::RegisterFinishResults,
     ) -> Result<(), capnp::Error> {
-        Err(unimplemented("registerFinish"))
+        let p = params.get().map_err(bad_params)?;
+        let username = text(p.get_username())?;
+        let device = self.prove_identity(
+            p.get_identity_key().map_err(bad_params)?,
+            p.get_signature().map_err(bad_params)?,
+        )?;
+        let upload = p.get_upload().map_err(bad_params)?.to_vec();
+        self.ctx
+            .auth
+            .register_finish(&username, &upload, device)
+            .await
+            .map_err(auth_refusal)?;
+        tracing::info!(%username, "account registered");
+        Ok(())
     }
 
     async fn login_start(
         self: Rc<Self>,
-        _: node::LoginStartParams,
-        _: node::LoginStartResults,
+        params: node::LoginStartParams,
+        mut results: node::LoginStartResults,
     ) -> Result<(), capnp::Error> {
-        Err(unimplemented("loginStart"))
+        let p = params.get().map_err(bad_params)?;
+        self.check_admission(p.get_auth_token().map_err(bad_params)?)?;
+        self.ctx.rates.login(self.conn.remote.ip()).map_err(rate_limited)?;
+        let username = text(p.get_username())?;
+        let (state, response) = self
+            .ctx
+            .auth
+            .login_start(&username, p.get_request().map_err(bad_params)?)
+            .map_err(auth_refusal)?;
+        *self.login.borrow_mut() = Some((username, state));
+        results.get().set_response(&response);
+        Ok(())
     }
 
     async fn login_finish(
         self: Rc<Self>,
-        _: node::LoginFinishParams,
-        _: node::LoginFinishResults,
+        params: node::LoginFinishParams,
+        mut results: node::LoginFinishResults,
     ) -> Result<(), capnp::Error> {
-        Err(unimplemented("loginFinish"))
+        let p = params.get().map_err(bad_params)?;
+        let Some((username, state)) = self.login.borrow_mut().take() else {
+            return Err(login_refused());
+        };
+        // Every failure below answers alike: wrong password, unknown user and a
+        // wrong identity key are indistinguishable to the caller.
+        let device = self
+            .prove_identity(
+                p.get_identity_key().map_err(bad_params)?,
+                p.get_signature().map_err(bad_params)?,
+            )
+            .map_err(|_| login_refused())?;
+        let finalization = p.get_finalization().map_err(bad_params)?.to_vec();
+        let issued = match self.ctx.auth.login_finish(state, &username, &finalization, device).await {
+            Ok(issued) => issued,
+            Err(AuthError::Store(e)) => return Err(auth_refusal(AuthError::Store(e))),
+            Err(_) => return Err(login_refused()),
+        };
+        let mut r = results.get();
+        r.set_session(self.session(device, Some(issued.token_hash)));
+        r.set_token(&issued.token);
+        r.set_expires_at_ms(issued.expires_at_ms);
+        Ok(())
     }
 
     async fn resume(
         self: Rc<Self>,
-        _: node::ResumeParams,
-        _: node::ResumeResults,
+        params: node::ResumeParams,
+        mut results: node::ResumeResults,
     ) -> Result<(), capnp::Error> {
-        Err(unimplemented("resume"))
+        let p = params.get().map_err(bad_params)?;
+        self.check_admission(p.get_auth_token().map_err(bad_params)?)?;
+        self.ctx.rates.login(self.conn.remote.ip()).map_err(rate_limited)?;
+        let (device, token_hash, expires_at_ms) = self
+            .ctx
+            .auth
+            .resume(p.get_token().map_err(bad_params)?)
+            .map_err(auth_refusal)?;
+        let mut r = results.get();
+        r.set_session(self.session(device, Some(token_hash)));
+        r.set_expires_at_ms(expires_at_ms);
+        Ok(())
     }
 
     async fn enqueue_sealed(
         self: Rc<Self>,
-        _: node::EnqueueSealedParams,
-        _: node::EnqueueSealedResults,
+        params: node::EnqueueSealedParams,
+        mut results: node::EnqueueSealedResults,
     ) -> Result<(), capnp::Error> {
-        Err(unimplemented("enqueueSealed"))
+        if !self.ctx.sealed_sender {
+            return Err(unimplemented("sealed-sender delivery (enable with --sealed-sender)"));
+        }
+        self.ctx.rates.sealed_enqueue(self.conn.remote.ip()).map_err(rate_limited)?;
+        let p = params.get().map_err(bad_params)?;
+        let recipient = IdentityKey::from_wire(p.get_recipient().map_err(bad_params)?, "recipient")?;
+        // An unknown recipient has no access key either: one answer for both.
+        let admitted = self
+            .ctx
+            .auth
+            .check_access_key(&recipient, p.get_access_key().map_err(bad_params)?)
+            .map_err(auth_refusal)?;
+        if !admitted || !self.ctx.auth.accepts_inbox(&recipient) {
+            return Err(refuse(ErrorCode::Unauthorized, "wrong access key"));
+        }
+        let payload = p.get_payload().map_err(bad_params)?;
+        check_payload(&self.ctx, payload)?;
+        let seq = self
+            .ctx
+            .registry
+            .enqueue(recipient, payload.to_vec())
+            .await
+            .map_err(WireError::from)?;
+        results.get().set_seq(seq);
+        Ok(())
     }
 
     async fn fetch_key_package(
         self: Rc<Self>,
-        _: node::FetchKeyPackageParams,
-        _: node::FetchKeyPackageResults,
+        params: node::FetchKeyPackageParams,
+        mut results: node::FetchKeyPackageResults,
     ) -> Result<(), capnp::Error> {
-        Err(unimplemented("fetchKeyPackage"))
+        use quicnprotochat_wire::node_capnp::key_package_target::Which;
+        let p = params.get().map_err(bad_params)?;
+        let target = match p.get_target().map_err(bad_params)?.which().map_err(|e| bad_params(e.into()))? {
+            Which::Username(name) => ClaimTarget::Username(text(name)?),
+            Which::IdentityKey(key) => ClaimTarget::Device(IdentityKey::from_wire(key.map_err(bad_params)?, "identityKey")?),
+        };
+        let target_bytes = match &target {
+            ClaimTarget::Username(n) => n.as_bytes().to_vec(),
+            ClaimTarget::Device(d) => d.0.to_vec(),
+        };
+        self.ctx
+            .rates
+            .claim(self.conn.remote.ip(), &target_bytes)
+            .map_err(rate_limited)?;
+        let claimed = self.ctx.auth.claim_key_packages(target).await.map_err(auth_refusal)?;
+        let mut list = results.get().init_packages(claimed.len() as u32);
+        for (i, c) in claimed.iter().enumerate() {
+            let mut b = list.reborrow().get(i as u32);
+            b.set_identity_key(&c.identity_key.0);
+            b.set_key_package(&c.key_package);
+            b.set_hybrid_public_key(&c.hybrid_public_key);
+            b.set_last_resort(c.last_resort);
+        }
+        Ok(())
     }
+}
+
+/// Reads a text parameter.
+fn text(t: capnp::Result<capnp::text::Reader<'_>>) -> Result<String, capnp::Error> {
+    t.map_err(bad_params)?
+        .to_string()
+        .map_err(|_| refuse(ErrorCode::BadRequest, "text is not UTF-8"))
 }
 
 /// Calls on behalf of one authenticated identity. It has no way to name another
@@ -215,9 +396,22 @@ impl node::Server for NodeService {
 struct SessionService {
     ctx: Arc<NodeContext>,
     identity: IdentityKey,
+    /// Set when the session came from a login or resume: it ends with the token.
+    token_hash: Option<[u8; 32]>,
+    remote: std::net::SocketAddr,
 }
 
 impl SessionService {
+    /// Refuses every call once the session's token is revoked or expired.
+    fn check_alive(&self) -> Result<(), capnp::Error> {
+        match &self.token_hash {
+            Some(h) if !self.ctx.auth.session_alive(h) => {
+                Err(refuse(ErrorCode::Unauthorized, "session ended; log in again"))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Reads the own inbox off the store (on the blocking pool: it may touch disk).
     async fn read_inbox(&self, after: u64, limit: u32) -> Result<Vec<Envelope>, capnp::Error> {
         let limit = match limit {
@@ -251,11 +445,17 @@ impl session::Server for SessionService {
         _: session::WhoamiParams,
         mut results: session::WhoamiResults,
     ) -> Result<(), capnp::Error> {
+        self.check_alive()?;
+        let account = self.ctx.auth.account_of(&self.identity);
+        let expires = self
+            .token_hash
+            .and_then(|h| self.ctx.auth.session_expiry(&h))
+            .unwrap_or(0);
         let mut r = results.get();
         r.set_identity_key(&self.identity.0);
-        r.set_username("");
-        r.set_device_count(1);
-        r.set_expires_at_ms(0);
+        r.set_username(account.as_ref().map_or("", |a| a.username.as_str()));
+        r.set_device_count(account.as_ref().map_or(1, |a| a.device_count));
+        r.set_expires_at_ms(expires);
         Ok(())
     }
 
@@ -264,20 +464,18 @@ impl session::Server for SessionService {
         params: session::EnqueueParams,
         mut results: session::EnqueueResults,
     ) -> Result<(), capnp::Error> {
+        self.check_alive()?;
+        self.ctx
+            .rates
+            .enqueue(&self.identity.0, self.remote.ip())
+            .map_err(rate_limited)?;
         let p = params.get().map_err(bad_params)?;
         let recipient =
             IdentityKey::from_wire(p.get_recipient().map_err(bad_params)?, "recipient")?;
+        check_recipient(&self.ctx, &recipient)?;
         let payload = p.get_payload().map_err(bad_params)?;
         // Refuse before copying a payload that cannot be stored anyway.
-        if payload.len() > self.ctx.limits.max_payload {
-            return Err(WireError::from(crate::DeliveryError::Refused(
-                crate::core::inbox::InboxRefusal::TooLarge {
-                    len: payload.len(),
-                    max: self.ctx.limits.max_payload,
-                },
-            ))
-            .into());
-        }
+        check_payload(&self.ctx, payload)?;
         let payload = payload.to_vec();
         let seq = self
             .ctx
@@ -302,6 +500,7 @@ impl session::Server for SessionService {
         params: session::FetchParams,
         mut results: session::FetchResults,
     ) -> Result<(), capnp::Error> {
+        self.check_alive()?;
         let p = params.get().map_err(bad_params)?;
         let list = self.read_inbox(p.get_after(), p.get_limit()).await?;
         write_envelopes(&list, results.get().init_envelopes(list.len() as u32));
@@ -313,6 +512,7 @@ impl session::Server for SessionService {
         params: session::FetchWaitParams,
         mut results: session::FetchWaitResults,
     ) -> Result<(), capnp::Error> {
+        self.check_alive()?;
         let p = params.get().map_err(bad_params)?;
         let (after, limit) = (p.get_after(), p.get_limit());
         let timeout = Duration::from_millis(p.get_timeout_ms().min(MAX_FETCH_WAIT_MS).into());
@@ -337,6 +537,7 @@ impl session::Server for SessionService {
         params: session::AckParams,
         _: session::AckResults,
     ) -> Result<(), capnp::Error> {
+        self.check_alive()?;
         let up_to = params.get().map_err(bad_params)?.get_up_to();
         self.ctx
             .registry
@@ -348,10 +549,24 @@ impl session::Server for SessionService {
 
     async fn upload_key_packages(
         self: Rc<Self>,
-        _: session::UploadKeyPackagesParams,
+        params: session::UploadKeyPackagesParams,
         _: session::UploadKeyPackagesResults,
     ) -> Result<(), capnp::Error> {
-        Err(unimplemented("uploadKeyPackages"))
+        self.check_alive()?;
+        let p = params.get().map_err(bad_params)?;
+        let one_time = p
+            .get_one_time()
+            .map_err(bad_params)?
+            .iter()
+            .map(|d| d.map(|d| d.to_vec()).map_err(bad_params))
+            .collect::<Result<Vec<_>, _>>()?;
+        let last_resort = p.get_last_resort().map_err(bad_params)?.to_vec();
+        let hybrid = p.get_hybrid_public_key().map_err(bad_params)?.to_vec();
+        self.ctx
+            .auth
+            .upload_key_packages(self.identity, one_time, last_resort, hybrid)
+            .await
+            .map_err(auth_refusal)
     }
 
     async fn commit(
@@ -367,14 +582,59 @@ impl session::Server for SessionService {
         _: session::LogoutParams,
         _: session::LogoutResults,
     ) -> Result<(), capnp::Error> {
-        Err(unimplemented("logout"))
+        self.check_alive()?;
+        let Some(hash) = self.token_hash else {
+            return Err(refuse(ErrorCode::BadRequest, "this session did not come from a login"));
+        };
+        self.ctx.auth.logout(hash).await.map_err(auth_refusal)
     }
 
     async fn set_access_key(
         self: Rc<Self>,
-        _: session::SetAccessKeyParams,
+        params: session::SetAccessKeyParams,
         _: session::SetAccessKeyResults,
     ) -> Result<(), capnp::Error> {
-        Err(unimplemented("setAccessKey"))
+        self.check_alive()?;
+        let hash: [u8; 32] = params
+            .get()
+            .map_err(bad_params)?
+            .get_access_key_hash()
+            .map_err(bad_params)?
+            .try_into()
+            .map_err(|_| refuse(ErrorCode::BadRequest, "accessKeyHash must be 32 bytes (SHA-256)"))?;
+        if !self.ctx.auth.accepts_inbox(&self.identity) || self.ctx.auth.account_of(&self.identity).is_none() {
+            return Err(refuse(ErrorCode::BadRequest, "only a registered device can set an access key"));
+        }
+        self.ctx.auth.set_access_key(self.identity, hash).await.map_err(auth_refusal)
+    }
+
+    async fn remove_device(
+        self: Rc<Self>,
+        params: session::RemoveDeviceParams,
+        _: session::RemoveDeviceResults,
+    ) -> Result<(), capnp::Error> {
+        self.check_alive()?;
+        let device = IdentityKey::from_wire(
+            params.get().map_err(bad_params)?.get_identity_key().map_err(bad_params)?,
+            "identityKey",
+        )?;
+        self.ctx.auth.remove_device(self.identity, device).await.map_err(auth_refusal)?;
+        // The device is gone from the directory: nothing new reaches its inbox;
+        // delete what was queued.
+        self.ctx.registry.purge(device).await.map_err(WireError::from)?;
+        Ok(())
+    }
+
+    async fn key_package_status(
+        self: Rc<Self>,
+        _: session::KeyPackageStatusParams,
+        mut results: session::KeyPackageStatusResults,
+    ) -> Result<(), capnp::Error> {
+        self.check_alive()?;
+        let (remaining, served) = self.ctx.auth.key_package_status(&self.identity).map_err(auth_refusal)?;
+        let mut r = results.get();
+        r.set_one_time_remaining(remaining);
+        r.set_last_resort_served(served);
+        Ok(())
     }
 }

@@ -55,6 +55,10 @@ pub enum InboxRequest {
         after: u64,
         reply: oneshot::Sender<()>,
     },
+    /// Delete everything queued (the device was removed); answered once durable.
+    Purge {
+        reply: oneshot::Sender<Result<(), DeliveryError>>,
+    },
     /// Test and chaos hook: make the actor panic, as a bug would.
     #[doc(hidden)]
     Crash,
@@ -253,6 +257,13 @@ impl InboxRegistry {
         }
     }
 
+    /// Deletes every queued message of `inbox`, durably.
+    pub async fn purge(&self, inbox: IdentityKey) -> Result<(), DeliveryError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(inbox, InboxRequest::Purge { reply }).await?;
+        rx.await.map_err(|_| DeliveryError::Restarting)?
+    }
+
     /// Test and chaos hook: makes the inbox's actor panic.
     #[doc(hidden)]
     pub async fn crash(&self, inbox: IdentityKey) -> Result<(), DeliveryError> {
@@ -362,6 +373,19 @@ impl Actor for InboxActor {
                             }
                         }
                     }
+                    InboxRequest::Purge { reply } => match inbox.ack(inbox.assigned()) {
+                        Ok(Some(range)) => state.args.writer.submit(WriteOp::Ack {
+                            inbox: state.args.inbox,
+                            up_to: range.to,
+                            reply,
+                        }),
+                        Ok(None) => {
+                            let _ = reply.send(Ok(()));
+                        }
+                        Err(refusal) => {
+                            let _ = reply.send(Err(refusal.into()));
+                        }
+                    },
                     InboxRequest::Ack { up_to, reply } => match inbox.ack(up_to) {
                         Ok(Some(range)) => state.args.writer.submit(WriteOp::Ack {
                             inbox: state.args.inbox,

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use quicnprotochat_actors::core::rate::RateConfig;
 use quicnprotochat_wire::limits::{DEFAULT_MAX_PAYLOAD, DEFAULT_QUEUE_LIMIT};
 use serde::Deserialize;
 
@@ -36,6 +37,43 @@ pub struct FileConfig {
     pub auth_token: Option<String>,
     pub queue_limit: Option<u64>,
     pub max_payload: Option<usize>,
+    pub sealed_sender: Option<bool>,
+    pub rate_limits: Option<RateLimitsFile>,
+}
+
+/// `[rate_limits]` in the TOML file; unset keys keep their defaults.
+#[derive(Debug, Default, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitsFile {
+    pub enqueue_per_sec_per_session: Option<u32>,
+    pub enqueue_per_sec_per_address: Option<u32>,
+    pub logins_per_min_per_address: Option<u32>,
+    pub claims_per_min_per_requester: Option<u32>,
+    pub claims_per_min_per_target: Option<u32>,
+}
+
+impl RateLimitsFile {
+    fn resolve(self) -> Result<RateConfig, ConfigError> {
+        let d = RateConfig::default();
+        let c = RateConfig {
+            enqueue_per_sec_per_session: self.enqueue_per_sec_per_session.unwrap_or(d.enqueue_per_sec_per_session),
+            enqueue_per_sec_per_address: self.enqueue_per_sec_per_address.unwrap_or(d.enqueue_per_sec_per_address),
+            logins_per_min_per_address: self.logins_per_min_per_address.unwrap_or(d.logins_per_min_per_address),
+            claims_per_min_per_requester: self.claims_per_min_per_requester.unwrap_or(d.claims_per_min_per_requester),
+            claims_per_min_per_target: self.claims_per_min_per_target.unwrap_or(d.claims_per_min_per_target),
+        };
+        let all = [
+            c.enqueue_per_sec_per_session,
+            c.enqueue_per_sec_per_address,
+            c.logins_per_min_per_address,
+            c.claims_per_min_per_requester,
+            c.claims_per_min_per_target,
+        ];
+        if all.contains(&0) {
+            return Err(ConfigError::Invalid("rate limits must be at least 1".into()));
+        }
+        Ok(c)
+    }
 }
 
 impl FileConfig {
@@ -60,6 +98,8 @@ impl FileConfig {
             auth_token: over.auth_token.or(self.auth_token),
             queue_limit: over.queue_limit.or(self.queue_limit),
             max_payload: over.max_payload.or(self.max_payload),
+            sealed_sender: over.sealed_sender.or(self.sealed_sender),
+            rate_limits: over.rate_limits.or(self.rate_limits),
         }
     }
 }
@@ -79,6 +119,9 @@ pub struct ServerConfig {
     pub max_payload: usize,
     /// How long an inbox actor lingers without requests before it stops.
     pub idle_inbox_after: Duration,
+    /// Serve `enqueueSealed` (sealed-sender delivery without a session).
+    pub sealed_sender: bool,
+    pub rate_limits: RateConfig,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -94,6 +137,8 @@ impl std::fmt::Debug for ServerConfig {
             )
             .field("queue_limit", &self.queue_limit)
             .field("max_payload", &self.max_payload)
+            .field("sealed_sender", &self.sealed_sender)
+            .field("rate_limits", &self.rate_limits)
             .finish()
     }
 }
@@ -134,6 +179,8 @@ impl ServerConfig {
             queue_limit,
             max_payload,
             idle_inbox_after: Duration::from_secs(30),
+            sealed_sender: s.sealed_sender.unwrap_or(false),
+            rate_limits: s.rate_limits.unwrap_or_default().resolve()?,
         })
     }
 
@@ -170,6 +217,14 @@ mod tests {
     #[test]
     fn unknown_keys_and_bad_values_are_refused() {
         assert!(toml::from_str::<FileConfig>("lisen = \"x\"").is_err());
+        let zero_rate: FileConfig = toml::from_str("[rate_limits]\nlogins_per_min_per_address = 0\n").unwrap();
+        assert!(ServerConfig::from_settings(zero_rate).is_err());
+        let rates: FileConfig =
+            toml::from_str("sealed_sender = true\n[rate_limits]\nclaims_per_min_per_target = 5\n").unwrap();
+        let c = ServerConfig::from_settings(rates).unwrap();
+        assert!(c.sealed_sender);
+        assert_eq!(c.rate_limits.claims_per_min_per_target, 5);
+        assert_eq!(c.rate_limits.logins_per_min_per_address, RateConfig::default().logins_per_min_per_address);
         let zero = FileConfig {
             queue_limit: Some(0),
             ..FileConfig::default()

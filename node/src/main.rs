@@ -61,6 +61,10 @@ enum Command {
         /// Largest payload in bytes [default: 1048576].
         #[arg(long)]
         max_payload: Option<usize>,
+        /// Serve sealed-sender delivery (enqueue without a session, admitted by
+        /// the recipient's access key).
+        #[arg(long)]
+        sealed_sender: bool,
     },
     /// Check that the server is up: prints `ok`, its version and uptime.
     Health,
@@ -120,6 +124,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             data_dir,
             queue_limit,
             max_payload,
+            sealed_sender,
         } => {
             init_logging("info");
             let file = match &config {
@@ -132,6 +137,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 auth_token: cli.auth_token,
                 queue_limit,
                 max_payload,
+                sealed_sender: sealed_sender.then_some(true),
                 ..FileConfig::default()
             };
             let config = ServerConfig::from_settings(file.overridden_by(flags))?;

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use capnp_rpc::{RpcSystem, rpc_twoparty_capnp::Side, twoparty};
+use quicnprotochat_actors::auth::{AuthError, AuthService};
 use quicnprotochat_actors::connection::{self, ConnectionInfo, NodeContext};
+use quicnprotochat_actors::core::rate::RateLimits;
 use quicnprotochat_actors::core::inbox::InboxLimits;
 use quicnprotochat_actors::inbox::{InboxRegistry, InboxSettings};
 use quicnprotochat_actors::store::writer::StoreWriter;
@@ -45,6 +47,8 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot start the authentication service: {0}")]
+    Auth(#[from] AuthError),
     #[error("cannot start the node's actors: {0}")]
     Actors(String),
     #[error("cannot start a thread: {0}")]
@@ -93,9 +97,13 @@ impl Server {
                 addr: config.listen,
                 source,
             })?;
+        let auth = AuthService::open(store.clone(), writer.clone()).await?;
         let ctx = Arc::new(NodeContext {
             registry,
             store,
+            auth,
+            rates: RateLimits::new(config.rate_limits),
+            sealed_sender: config.sealed_sender,
             auth_token: config
                 .auth_token
                 .as_deref()
@@ -144,8 +152,18 @@ impl Server {
                 });
             }
         };
+        // Rate limiters remember recent keys only.
+        let ctx = self.ctx.clone();
+        let forget = async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                ctx.rates.forget_quiet();
+            }
+        };
         tokio::select! {
             _ = accept => {}
+            _ = forget => {}
             _ = shutdown => {}
         }
         tracing::info!("shutting down");
