@@ -80,10 +80,12 @@ impl From<AuthError> for WireError {
             AuthError::UsernameTaken => ErrorCode::AlreadyExists,
             AuthError::Unauthorized => ErrorCode::Unauthorized,
             AuthError::NotFound(_) => ErrorCode::NotFound,
-            AuthError::Store(d) => return WireError::from(DeliveryError::Store(match d {
-                DeliveryError::Store(s) => StoreError::Corrupt(s.to_string()),
-                other => StoreError::Corrupt(other.to_string()),
-            })),
+            AuthError::Store(d) => {
+                return WireError::from(DeliveryError::Store(match d {
+                    DeliveryError::Store(s) => StoreError::Corrupt(s.to_string()),
+                    other => StoreError::Corrupt(other.to_string()),
+                }));
+            }
         };
         WireError::new(code, e.to_string())
     }
@@ -95,19 +97,26 @@ pub fn check_username(name: &str) -> Result<(), AuthError> {
         return Err(AuthError::BadUsername("must be 3 to 32 characters"));
     }
     if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
-        return Err(AuthError::BadUsername("must start with a lower-case letter"));
+        return Err(AuthError::BadUsername(
+            "must start with a lower-case letter",
+        ));
     }
     if !name
         .chars()
         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
     {
-        return Err(AuthError::BadUsername("may contain only a-z, 0-9, '.', '_' and '-'"));
+        return Err(AuthError::BadUsername(
+            "may contain only a-z, 0-9, '.', '_' and '-'",
+        ));
     }
     Ok(())
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 fn storage<E: Into<redb::Error>>(e: E) -> AuthError {
@@ -171,11 +180,14 @@ impl AuthService {
         let existing = {
             let txn = store.db().begin_read().map_err(storage)?;
             let t = txn.open_table(SECRETS).map_err(storage)?;
-            t.get(OPAQUE_SETUP_KEY).map_err(storage)?.map(|v| v.value().to_vec())
+            t.get(OPAQUE_SETUP_KEY)
+                .map_err(storage)?
+                .map(|v| v.value().to_vec())
         };
         let setup = match existing {
-            Some(bytes) => ServerSetup::from_bytes(&bytes)
-                .map_err(|_| AuthError::from(StoreError::Corrupt("OPAQUE server setup unreadable".into())))?,
+            Some(bytes) => ServerSetup::from_bytes(&bytes).map_err(|_| {
+                AuthError::from(StoreError::Corrupt("OPAQUE server setup unreadable".into()))
+            })?,
             None => {
                 let fresh = ServerSetup::generate();
                 let bytes = fresh.to_bytes().to_vec();
@@ -183,7 +195,8 @@ impl AuthService {
                 writer
                     .transact(move |txn: &WriteTransaction| -> Result<(), AuthError> {
                         let mut t = txn.open_table(SECRETS).map_err(storage)?;
-                        t.insert(OPAQUE_SETUP_KEY, bytes.as_slice()).map_err(storage)?;
+                        t.insert(OPAQUE_SETUP_KEY, bytes.as_slice())
+                            .map_err(storage)?;
                         Ok(())
                     })
                     .await?;
@@ -193,20 +206,40 @@ impl AuthService {
         let (devices, sessions, accounts) = {
             let txn = store.db().begin_read().map_err(storage)?;
             let mut devices = HashMap::new();
-            for e in txn.open_table(DEVICES).map_err(storage)?.iter().map_err(storage)? {
+            for e in txn
+                .open_table(DEVICES)
+                .map_err(storage)?
+                .iter()
+                .map_err(storage)?
+            {
                 let (k, v) = e.map_err(storage)?;
                 devices.insert(IdentityKey(*k.value()), v.value().to_string());
             }
             let now = now_ms();
             let mut sessions = HashMap::new();
-            for e in txn.open_table(SESSIONS).map_err(storage)?.iter().map_err(storage)? {
+            for e in txn
+                .open_table(SESSIONS)
+                .map_err(storage)?
+                .iter()
+                .map_err(storage)?
+            {
                 let (k, v) = e.map_err(storage)?;
                 let (identity, expires_at_ms) = v.value();
                 if expires_at_ms > now {
-                    sessions.insert(*k.value(), SessionRecord { identity: IdentityKey(*identity), expires_at_ms });
+                    sessions.insert(
+                        *k.value(),
+                        SessionRecord {
+                            identity: IdentityKey(*identity),
+                            expires_at_ms,
+                        },
+                    );
                 }
             }
-            let accounts = !txn.open_table(USERS).map_err(storage)?.is_empty().map_err(storage)?;
+            let accounts = !txn
+                .open_table(USERS)
+                .map_err(storage)?
+                .is_empty()
+                .map_err(storage)?;
             (devices, sessions, accounts)
         };
         Ok(AuthService {
@@ -232,7 +265,12 @@ impl AuthService {
 
     /// OPAQUE registration, last step: stores the account with `device` as its
     /// first device (the caller has proven it holds the device's key).
-    pub async fn register_finish(&self, username: &str, upload: &[u8], device: IdentityKey) -> Result<(), AuthError> {
+    pub async fn register_finish(
+        &self,
+        username: &str,
+        upload: &[u8],
+        device: IdentityKey,
+    ) -> Result<(), AuthError> {
         check_username(username)?;
         let record = opaque::server_register_finish(upload).map_err(opaque_err)?;
         let name = username.to_string();
@@ -244,9 +282,13 @@ impl AuthService {
                     return Err(AuthError::UsernameTaken);
                 }
                 if devices.get(&device.0).map_err(storage)?.is_some() {
-                    return Err(AuthError::BadRequest("this identity key already belongs to an account".into()));
+                    return Err(AuthError::BadRequest(
+                        "this identity key already belongs to an account".into(),
+                    ));
                 }
-                users.insert(name.as_str(), record.as_slice()).map_err(storage)?;
+                users
+                    .insert(name.as_str(), record.as_slice())
+                    .map_err(storage)?;
                 devices.insert(&device.0, name.as_str()).map_err(storage)?;
                 txn.open_table(ACCOUNT_DEVICES)
                     .map_err(storage)?
@@ -255,7 +297,10 @@ impl AuthService {
                 Ok(())
             })
             .await?;
-        self.devices.write().expect("lock").insert(device, username.to_string());
+        self.devices
+            .write()
+            .expect("lock")
+            .insert(device, username.to_string());
         self.accounts_exist.store(true, Ordering::Release);
         Ok(())
     }
@@ -263,15 +308,27 @@ impl AuthService {
     fn password_record(&self, username: &str) -> Result<Option<Vec<u8>>, AuthError> {
         let txn = self.store.db().begin_read().map_err(storage)?;
         let users = txn.open_table(USERS).map_err(storage)?;
-        Ok(users.get(username).map_err(storage)?.map(|v| v.value().to_vec()))
+        Ok(users
+            .get(username)
+            .map_err(storage)?
+            .map(|v| v.value().to_vec()))
     }
 
     /// OPAQUE login, first step. Unknown users get an answer from a fake record,
     /// indistinguishable from a real one.
-    pub fn login_start(&self, username: &str, request: &[u8]) -> Result<(ServerLoginState, Vec<u8>), AuthError> {
+    pub fn login_start(
+        &self,
+        username: &str,
+        request: &[u8],
+    ) -> Result<(ServerLoginState, Vec<u8>), AuthError> {
         // A malformed name cannot exist; answer it like any unknown user.
-        let record = if check_username(username).is_ok() { self.password_record(username)? } else { None };
-        opaque::server_login_start(&self.setup, record.as_deref(), request, username).map_err(opaque_err)
+        let record = if check_username(username).is_ok() {
+            self.password_record(username)?
+        } else {
+            None
+        };
+        opaque::server_login_start(&self.setup, record.as_deref(), request, username)
+            .map_err(opaque_err)
     }
 
     /// OPAQUE login, last step, for a caller that has proven it holds `device`'s
@@ -284,7 +341,8 @@ impl AuthService {
         finalization: &[u8],
         device: IdentityKey,
     ) -> Result<IssuedSession, AuthError> {
-        opaque::server_login_finish(state, finalization, username).map_err(|_| AuthError::Unauthorized)?;
+        opaque::server_login_finish(state, finalization, username)
+            .map_err(|_| AuthError::Unauthorized)?;
         // Only a real account can get here: a fake record never verifies.
         let token = generate_token();
         let token_hash = TokenHash::of(&token).digest();
@@ -293,7 +351,10 @@ impl AuthService {
         self.writer
             .transact(move |txn| -> Result<(), AuthError> {
                 let mut devices = txn.open_table(DEVICES).map_err(storage)?;
-                let owner = devices.get(&device.0).map_err(storage)?.map(|v| v.value().to_string());
+                let owner = devices
+                    .get(&device.0)
+                    .map_err(storage)?
+                    .map(|v| v.value().to_string());
                 match owner {
                     Some(o) if o != name => return Err(AuthError::Unauthorized),
                     Some(_) => {}
@@ -312,7 +373,10 @@ impl AuthService {
                 Ok(())
             })
             .await?;
-        self.devices.write().expect("lock").insert(device, username.to_string());
+        self.devices
+            .write()
+            .expect("lock")
+            .insert(device, username.to_string());
         self.sessions.write().expect("lock").insert(
             token_hash,
             SessionRecord {
@@ -334,9 +398,7 @@ impl AuthService {
         // Looked up by SHA-256 of the token: timing can reveal at most something
         // about a hash, which says nothing usable about the token.
         match sessions.get(&hash) {
-            Some(s) if s.expires_at_ms > now_ms() => {
-                Ok((s.identity, hash, s.expires_at_ms))
-            }
+            Some(s) if s.expires_at_ms > now_ms() => Ok((s.identity, hash, s.expires_at_ms)),
             _ => Err(AuthError::Unauthorized),
         }
     }
@@ -353,14 +415,21 @@ impl AuthService {
 
     /// When the session with this token hash expires, if it is alive.
     pub fn session_expiry(&self, token_hash: &[u8; 32]) -> Option<u64> {
-        self.sessions.read().expect("lock").get(token_hash).map(|s| s.expires_at_ms)
+        self.sessions
+            .read()
+            .expect("lock")
+            .get(token_hash)
+            .map(|s| s.expires_at_ms)
     }
 
     /// Revokes a session.
     pub async fn logout(&self, token_hash: [u8; 32]) -> Result<(), AuthError> {
         self.writer
             .transact(move |txn| -> Result<(), AuthError> {
-                txn.open_table(SESSIONS).map_err(storage)?.remove(&token_hash).map_err(storage)?;
+                txn.open_table(SESSIONS)
+                    .map_err(storage)?
+                    .remove(&token_hash)
+                    .map_err(storage)?;
                 Ok(())
             })
             .await?;
@@ -373,14 +442,18 @@ impl AuthService {
     /// Whether anything may be delivered to `inbox`: once accounts exist, only
     /// registered devices have inboxes, so strangers cannot create them.
     pub fn accepts_inbox(&self, inbox: &IdentityKey) -> bool {
-        !self.accounts_exist.load(Ordering::Acquire) || self.devices.read().expect("lock").contains_key(inbox)
+        !self.accounts_exist.load(Ordering::Acquire)
+            || self.devices.read().expect("lock").contains_key(inbox)
     }
 
     /// The account of a device, if it has one.
     pub fn account_of(&self, device: &IdentityKey) -> Option<AccountView> {
         let username = self.devices.read().expect("lock").get(device)?.clone();
         let device_count = self.devices_of(&username).len() as u32;
-        Some(AccountView { username, device_count })
+        Some(AccountView {
+            username,
+            device_count,
+        })
     }
 
     fn devices_of(&self, username: &str) -> Vec<IdentityKey> {
@@ -399,30 +472,49 @@ impl AuthService {
     /// Removes `device` from the account of `by` (a device of the same account).
     /// Its sessions, KeyPackages and keys go with it; the caller then purges its
     /// inbox.
-    pub async fn remove_device(&self, by: IdentityKey, device: IdentityKey) -> Result<(), AuthError> {
+    pub async fn remove_device(
+        &self,
+        by: IdentityKey,
+        device: IdentityKey,
+    ) -> Result<(), AuthError> {
         let account = self.account_of(&by).ok_or(AuthError::Unauthorized)?;
         if self.devices.read().expect("lock").get(&device) != Some(&account.username) {
             return Err(AuthError::NotFound("no such device in this account"));
         }
         if account.device_count <= 1 {
-            return Err(AuthError::BadRequest("cannot remove the account's only device".into()));
+            return Err(AuthError::BadRequest(
+                "cannot remove the account's only device".into(),
+            ));
         }
         let name = account.username.clone();
         let dropped_sessions = self
             .writer
             .transact(move |txn| -> Result<Vec<[u8; 32]>, AuthError> {
-                txn.open_table(DEVICES).map_err(storage)?.remove(&device.0).map_err(storage)?;
+                txn.open_table(DEVICES)
+                    .map_err(storage)?
+                    .remove(&device.0)
+                    .map_err(storage)?;
                 txn.open_table(ACCOUNT_DEVICES)
                     .map_err(storage)?
                     .remove((name.as_str(), &device.0))
                     .map_err(storage)?;
                 let mut kps = txn.open_table(KEY_PACKAGES).map_err(storage)?;
-                kps.retain_in((&device.0, 0)..=(&device.0, u64::MAX), |_, _| false).map_err(storage)?;
+                kps.retain_in((&device.0, 0)..=(&device.0, u64::MAX), |_, _| false)
+                    .map_err(storage)?;
                 for t in [LAST_RESORT, HYBRID_KEYS] {
-                    txn.open_table(t).map_err(storage)?.remove(&device.0).map_err(storage)?;
+                    txn.open_table(t)
+                        .map_err(storage)?
+                        .remove(&device.0)
+                        .map_err(storage)?;
                 }
-                txn.open_table(KP_STATS).map_err(storage)?.remove(&device.0).map_err(storage)?;
-                txn.open_table(ACCESS_KEYS).map_err(storage)?.remove(&device.0).map_err(storage)?;
+                txn.open_table(KP_STATS)
+                    .map_err(storage)?
+                    .remove(&device.0)
+                    .map_err(storage)?;
+                txn.open_table(ACCESS_KEYS)
+                    .map_err(storage)?
+                    .remove(&device.0)
+                    .map_err(storage)?;
                 let mut sessions = txn.open_table(SESSIONS).map_err(storage)?;
                 let mut dropped = Vec::new();
                 for e in sessions.iter().map_err(storage)? {
@@ -458,15 +550,22 @@ impl AuthService {
         hybrid_public_key: Vec<u8>,
     ) -> Result<(), AuthError> {
         if one_time.len() > MAX_UPLOAD {
-            return Err(AuthError::BadRequest(format!("at most {MAX_UPLOAD} KeyPackages per upload")));
+            return Err(AuthError::BadRequest(format!(
+                "at most {MAX_UPLOAD} KeyPackages per upload"
+            )));
         }
         for (i, kp) in one_time.iter().enumerate() {
-            let v = validate_key_package(kp).map_err(|e| AuthError::BadRequest(format!("KeyPackage {i}: {e}")))?;
+            let v = validate_key_package(kp)
+                .map_err(|e| AuthError::BadRequest(format!("KeyPackage {i}: {e}")))?;
             if v.identity_key != device.0 {
-                return Err(AuthError::BadRequest(format!("KeyPackage {i} belongs to another identity")));
+                return Err(AuthError::BadRequest(format!(
+                    "KeyPackage {i} belongs to another identity"
+                )));
             }
             if v.last_resort {
-                return Err(AuthError::BadRequest(format!("KeyPackage {i} is a last-resort package")));
+                return Err(AuthError::BadRequest(format!(
+                    "KeyPackage {i} is a last-resort package"
+                )));
             }
         }
         if !last_resort.is_empty() {
@@ -474,7 +573,8 @@ impl AuthService {
                 .map_err(|e| AuthError::BadRequest(format!("last-resort KeyPackage: {e}")))?;
             if v.identity_key != device.0 || !v.last_resort {
                 return Err(AuthError::BadRequest(
-                    "last-resort KeyPackage must be marked last-resort and belong to this identity".into(),
+                    "last-resort KeyPackage must be marked last-resort and belong to this identity"
+                        .into(),
                 ));
             }
         }
@@ -523,10 +623,15 @@ impl AuthService {
     /// Claims one KeyPackage per device of the target: a one-time package is
     /// deleted in the transaction that returns it; when none is left the
     /// last-resort package is served (and counted).
-    pub async fn claim_key_packages(&self, target: ClaimTarget) -> Result<Vec<ClaimedPackage>, AuthError> {
+    pub async fn claim_key_packages(
+        &self,
+        target: ClaimTarget,
+    ) -> Result<Vec<ClaimedPackage>, AuthError> {
         let devices = match &target {
             ClaimTarget::Username(name) => self.devices_of(name),
-            ClaimTarget::Device(d) if self.devices.read().expect("lock").contains_key(d) => vec![*d],
+            ClaimTarget::Device(d) if self.devices.read().expect("lock").contains_key(d) => {
+                vec![*d]
+            }
             ClaimTarget::Device(_) => Vec::new(),
         };
         if devices.is_empty() {
@@ -541,7 +646,11 @@ impl AuthService {
                 let hybrid = txn.open_table(HYBRID_KEYS).map_err(storage)?;
                 let mut out = Vec::new();
                 for d in devices {
-                    let Some(hybrid_public_key) = hybrid.get(&d.0).map_err(storage)?.map(|v| v.value().to_vec()) else {
+                    let Some(hybrid_public_key) = hybrid
+                        .get(&d.0)
+                        .map_err(storage)?
+                        .map(|v| v.value().to_vec())
+                    else {
                         continue; // never uploaded anything: nothing to serve
                     };
                     let first = kps
@@ -557,10 +666,18 @@ impl AuthService {
                             (kp, false)
                         }
                         None => {
-                            let Some(kp) = last_resort.get(&d.0).map_err(storage)?.map(|v| v.value().to_vec()) else {
+                            let Some(kp) = last_resort
+                                .get(&d.0)
+                                .map_err(storage)?
+                                .map(|v| v.value().to_vec())
+                            else {
                                 continue;
                             };
-                            let (next, served) = stats.get(&d.0).map_err(storage)?.map(|v| v.value()).unwrap_or((0, 0));
+                            let (next, served) = stats
+                                .get(&d.0)
+                                .map_err(storage)?
+                                .map(|v| v.value())
+                                .unwrap_or((0, 0));
                             stats.insert(&d.0, (next, served + 1)).map_err(storage)?;
                             (kp, true)
                         }
@@ -605,7 +722,11 @@ impl AuthService {
 
     /// Sets the hash of the access key senders must present to reach `device`
     /// without a session.
-    pub async fn set_access_key(&self, device: IdentityKey, access_key_hash: [u8; 32]) -> Result<(), AuthError> {
+    pub async fn set_access_key(
+        &self,
+        device: IdentityKey,
+        access_key_hash: [u8; 32],
+    ) -> Result<(), AuthError> {
         self.writer
             .transact(move |txn| -> Result<(), AuthError> {
                 txn.open_table(ACCESS_KEYS)
@@ -620,7 +741,11 @@ impl AuthService {
 
     /// Whether `access_key` opens `device`'s inbox to sealed senders (constant
     /// time in the key; an inbox without an access key opens to nobody).
-    pub fn check_access_key(&self, device: &IdentityKey, access_key: &[u8]) -> Result<bool, AuthError> {
+    pub fn check_access_key(
+        &self,
+        device: &IdentityKey,
+        access_key: &[u8],
+    ) -> Result<bool, AuthError> {
         let txn = self.store.db().begin_read().map_err(storage)?;
         let stored = txn
             .open_table(ACCESS_KEYS)
@@ -646,10 +771,24 @@ mod tests {
 
     #[test]
     fn usernames_follow_the_documented_rules() {
-        for ok in ["bob", "alice.smith", "a-b_c.9", "abcdefghijklmnopqrstuvwxyz012345"] {
+        for ok in [
+            "bob",
+            "alice.smith",
+            "a-b_c.9",
+            "abcdefghijklmnopqrstuvwxyz012345",
+        ] {
             assert!(check_username(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "ab", "Bob", "9lives", "_x", "with space", "ünï", "abcdefghijklmnopqrstuvwxyz0123456"] {
+        for bad in [
+            "",
+            "ab",
+            "Bob",
+            "9lives",
+            "_x",
+            "with space",
+            "ünï",
+            "abcdefghijklmnopqrstuvwxyz0123456",
+        ] {
             assert!(check_username(bad).is_err(), "{bad}");
         }
     }

@@ -132,7 +132,11 @@ struct NodeService {
 impl NodeService {
     /// Checks the caller's signature over this connection's challenge; consumes
     /// the challenge whatever the outcome (one attempt per challenge).
-    fn prove_identity(&self, identity_key: &[u8], signature: &[u8]) -> Result<IdentityKey, capnp::Error> {
+    fn prove_identity(
+        &self,
+        identity_key: &[u8],
+        signature: &[u8],
+    ) -> Result<IdentityKey, capnp::Error> {
         let identity = IdentityKey::from_wire(identity_key, "identityKey")?;
         let nonce = self
             .nonce
@@ -220,7 +224,10 @@ impl node::Server for NodeService {
     ) -> Result<(), capnp::Error> {
         let p = params.get().map_err(bad_params)?;
         self.check_admission(p.get_auth_token().map_err(bad_params)?)?;
-        self.ctx.rates.login(self.conn.remote.ip()).map_err(rate_limited)?;
+        self.ctx
+            .rates
+            .login(self.conn.remote.ip())
+            .map_err(rate_limited)?;
         let username = text(p.get_username())?;
         let response = self
             .ctx
@@ -259,7 +266,10 @@ impl node::Server for NodeService {
     ) -> Result<(), capnp::Error> {
         let p = params.get().map_err(bad_params)?;
         self.check_admission(p.get_auth_token().map_err(bad_params)?)?;
-        self.ctx.rates.login(self.conn.remote.ip()).map_err(rate_limited)?;
+        self.ctx
+            .rates
+            .login(self.conn.remote.ip())
+            .map_err(rate_limited)?;
         let username = text(p.get_username())?;
         let (state, response) = self
             .ctx
@@ -289,7 +299,12 @@ impl node::Server for NodeService {
             )
             .map_err(|_| login_refused())?;
         let finalization = p.get_finalization().map_err(bad_params)?.to_vec();
-        let issued = match self.ctx.auth.login_finish(state, &username, &finalization, device).await {
+        let issued = match self
+            .ctx
+            .auth
+            .login_finish(state, &username, &finalization, device)
+            .await
+        {
             Ok(issued) => issued,
             Err(AuthError::Store(e)) => return Err(auth_refusal(AuthError::Store(e))),
             Err(_) => return Err(login_refused()),
@@ -308,7 +323,10 @@ impl node::Server for NodeService {
     ) -> Result<(), capnp::Error> {
         let p = params.get().map_err(bad_params)?;
         self.check_admission(p.get_auth_token().map_err(bad_params)?)?;
-        self.ctx.rates.login(self.conn.remote.ip()).map_err(rate_limited)?;
+        self.ctx
+            .rates
+            .login(self.conn.remote.ip())
+            .map_err(rate_limited)?;
         let (device, token_hash, expires_at_ms) = self
             .ctx
             .auth
@@ -326,11 +344,17 @@ impl node::Server for NodeService {
         mut results: node::EnqueueSealedResults,
     ) -> Result<(), capnp::Error> {
         if !self.ctx.sealed_sender {
-            return Err(unimplemented("sealed-sender delivery (enable with --sealed-sender)"));
+            return Err(unimplemented(
+                "sealed-sender delivery (enable with --sealed-sender)",
+            ));
         }
-        self.ctx.rates.sealed_enqueue(self.conn.remote.ip()).map_err(rate_limited)?;
+        self.ctx
+            .rates
+            .sealed_enqueue(self.conn.remote.ip())
+            .map_err(rate_limited)?;
         let p = params.get().map_err(bad_params)?;
-        let recipient = IdentityKey::from_wire(p.get_recipient().map_err(bad_params)?, "recipient")?;
+        let recipient =
+            IdentityKey::from_wire(p.get_recipient().map_err(bad_params)?, "recipient")?;
         // An unknown recipient has no access key either: one answer for both.
         let admitted = self
             .ctx
@@ -359,9 +383,17 @@ impl node::Server for NodeService {
     ) -> Result<(), capnp::Error> {
         use quicnprotochat_wire::node_capnp::key_package_target::Which;
         let p = params.get().map_err(bad_params)?;
-        let target = match p.get_target().map_err(bad_params)?.which().map_err(|e| bad_params(e.into()))? {
+        let target = match p
+            .get_target()
+            .map_err(bad_params)?
+            .which()
+            .map_err(|e| bad_params(e.into()))?
+        {
             Which::Username(name) => ClaimTarget::Username(text(name)?),
-            Which::IdentityKey(key) => ClaimTarget::Device(IdentityKey::from_wire(key.map_err(bad_params)?, "identityKey")?),
+            Which::IdentityKey(key) => ClaimTarget::Device(IdentityKey::from_wire(
+                key.map_err(bad_params)?,
+                "identityKey",
+            )?),
         };
         let target_bytes = match &target {
             ClaimTarget::Username(n) => n.as_bytes().to_vec(),
@@ -371,7 +403,12 @@ impl node::Server for NodeService {
             .rates
             .claim(self.conn.remote.ip(), &target_bytes)
             .map_err(rate_limited)?;
-        let claimed = self.ctx.auth.claim_key_packages(target).await.map_err(auth_refusal)?;
+        let claimed = self
+            .ctx
+            .auth
+            .claim_key_packages(target)
+            .await
+            .map_err(auth_refusal)?;
         let mut list = results.get().init_packages(claimed.len() as u32);
         for (i, c) in claimed.iter().enumerate() {
             let mut b = list.reborrow().get(i as u32);
@@ -405,9 +442,10 @@ impl SessionService {
     /// Refuses every call once the session's token is revoked or expired.
     fn check_alive(&self) -> Result<(), capnp::Error> {
         match &self.token_hash {
-            Some(h) if !self.ctx.auth.session_alive(h) => {
-                Err(refuse(ErrorCode::Unauthorized, "session ended; log in again"))
-            }
+            Some(h) if !self.ctx.auth.session_alive(h) => Err(refuse(
+                ErrorCode::Unauthorized,
+                "session ended; log in again",
+            )),
             _ => Ok(()),
         }
     }
@@ -584,7 +622,10 @@ impl session::Server for SessionService {
     ) -> Result<(), capnp::Error> {
         self.check_alive()?;
         let Some(hash) = self.token_hash else {
-            return Err(refuse(ErrorCode::BadRequest, "this session did not come from a login"));
+            return Err(refuse(
+                ErrorCode::BadRequest,
+                "this session did not come from a login",
+            ));
         };
         self.ctx.auth.logout(hash).await.map_err(auth_refusal)
     }
@@ -601,11 +642,25 @@ impl session::Server for SessionService {
             .get_access_key_hash()
             .map_err(bad_params)?
             .try_into()
-            .map_err(|_| refuse(ErrorCode::BadRequest, "accessKeyHash must be 32 bytes (SHA-256)"))?;
-        if !self.ctx.auth.accepts_inbox(&self.identity) || self.ctx.auth.account_of(&self.identity).is_none() {
-            return Err(refuse(ErrorCode::BadRequest, "only a registered device can set an access key"));
+            .map_err(|_| {
+                refuse(
+                    ErrorCode::BadRequest,
+                    "accessKeyHash must be 32 bytes (SHA-256)",
+                )
+            })?;
+        if !self.ctx.auth.accepts_inbox(&self.identity)
+            || self.ctx.auth.account_of(&self.identity).is_none()
+        {
+            return Err(refuse(
+                ErrorCode::BadRequest,
+                "only a registered device can set an access key",
+            ));
         }
-        self.ctx.auth.set_access_key(self.identity, hash).await.map_err(auth_refusal)
+        self.ctx
+            .auth
+            .set_access_key(self.identity, hash)
+            .await
+            .map_err(auth_refusal)
     }
 
     async fn remove_device(
@@ -615,13 +670,25 @@ impl session::Server for SessionService {
     ) -> Result<(), capnp::Error> {
         self.check_alive()?;
         let device = IdentityKey::from_wire(
-            params.get().map_err(bad_params)?.get_identity_key().map_err(bad_params)?,
+            params
+                .get()
+                .map_err(bad_params)?
+                .get_identity_key()
+                .map_err(bad_params)?,
             "identityKey",
         )?;
-        self.ctx.auth.remove_device(self.identity, device).await.map_err(auth_refusal)?;
+        self.ctx
+            .auth
+            .remove_device(self.identity, device)
+            .await
+            .map_err(auth_refusal)?;
         // The device is gone from the directory: nothing new reaches its inbox;
         // delete what was queued.
-        self.ctx.registry.purge(device).await.map_err(WireError::from)?;
+        self.ctx
+            .registry
+            .purge(device)
+            .await
+            .map_err(WireError::from)?;
         Ok(())
     }
 
@@ -631,7 +698,11 @@ impl session::Server for SessionService {
         mut results: session::KeyPackageStatusResults,
     ) -> Result<(), capnp::Error> {
         self.check_alive()?;
-        let (remaining, served) = self.ctx.auth.key_package_status(&self.identity).map_err(auth_refusal)?;
+        let (remaining, served) = self
+            .ctx
+            .auth
+            .key_package_status(&self.identity)
+            .map_err(auth_refusal)?;
         let mut r = results.get();
         r.set_one_time_remaining(remaining);
         r.set_last_resort_served(served);

@@ -56,11 +56,21 @@ impl RateLimitsFile {
     fn resolve(self) -> Result<RateConfig, ConfigError> {
         let d = RateConfig::default();
         let c = RateConfig {
-            enqueue_per_sec_per_session: self.enqueue_per_sec_per_session.unwrap_or(d.enqueue_per_sec_per_session),
-            enqueue_per_sec_per_address: self.enqueue_per_sec_per_address.unwrap_or(d.enqueue_per_sec_per_address),
-            logins_per_min_per_address: self.logins_per_min_per_address.unwrap_or(d.logins_per_min_per_address),
-            claims_per_min_per_requester: self.claims_per_min_per_requester.unwrap_or(d.claims_per_min_per_requester),
-            claims_per_min_per_target: self.claims_per_min_per_target.unwrap_or(d.claims_per_min_per_target),
+            enqueue_per_sec_per_session: self
+                .enqueue_per_sec_per_session
+                .unwrap_or(d.enqueue_per_sec_per_session),
+            enqueue_per_sec_per_address: self
+                .enqueue_per_sec_per_address
+                .unwrap_or(d.enqueue_per_sec_per_address),
+            logins_per_min_per_address: self
+                .logins_per_min_per_address
+                .unwrap_or(d.logins_per_min_per_address),
+            claims_per_min_per_requester: self
+                .claims_per_min_per_requester
+                .unwrap_or(d.claims_per_min_per_requester),
+            claims_per_min_per_target: self
+                .claims_per_min_per_target
+                .unwrap_or(d.claims_per_min_per_target),
         };
         let all = [
             c.enqueue_per_sec_per_session,
@@ -70,7 +80,9 @@ impl RateLimitsFile {
             c.claims_per_min_per_target,
         ];
         if all.contains(&0) {
-            return Err(ConfigError::Invalid("rate limits must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "rate limits must be at least 1".into(),
+            ));
         }
         Ok(c)
     }
@@ -217,14 +229,19 @@ mod tests {
     #[test]
     fn unknown_keys_and_bad_values_are_refused() {
         assert!(toml::from_str::<FileConfig>("lisen = \"x\"").is_err());
-        let zero_rate: FileConfig = toml::from_str("[rate_limits]\nlogins_per_min_per_address = 0\n").unwrap();
+        let zero_rate: FileConfig =
+            toml::from_str("[rate_limits]\nlogins_per_min_per_address = 0\n").unwrap();
         assert!(ServerConfig::from_settings(zero_rate).is_err());
         let rates: FileConfig =
-            toml::from_str("sealed_sender = true\n[rate_limits]\nclaims_per_min_per_target = 5\n").unwrap();
+            toml::from_str("sealed_sender = true\n[rate_limits]\nclaims_per_min_per_target = 5\n")
+                .unwrap();
         let c = ServerConfig::from_settings(rates).unwrap();
         assert!(c.sealed_sender);
         assert_eq!(c.rate_limits.claims_per_min_per_target, 5);
-        assert_eq!(c.rate_limits.logins_per_min_per_address, RateConfig::default().logins_per_min_per_address);
+        assert_eq!(
+            c.rate_limits.logins_per_min_per_address,
+            RateConfig::default().logins_per_min_per_address
+        );
         let zero = FileConfig {
             queue_limit: Some(0),
             ..FileConfig::default()

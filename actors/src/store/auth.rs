@@ -17,7 +17,8 @@ pub const ACCOUNT_DEVICES: TableDefinition<(&str, &[u8; 32]), u64> =
 /// SHA-256 of a session token → (device identity key, expiry ms since the epoch).
 pub const SESSIONS: TableDefinition<&[u8; 32], (&[u8; 32], u64)> = TableDefinition::new("sessions");
 /// (device, package number) → one-time KeyPackage.
-pub const KEY_PACKAGES: TableDefinition<(&[u8; 32], u64), &[u8]> = TableDefinition::new("key_packages");
+pub const KEY_PACKAGES: TableDefinition<(&[u8; 32], u64), &[u8]> =
+    TableDefinition::new("key_packages");
 /// device → last-resort KeyPackage.
 pub const LAST_RESORT: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("last_resort");
 /// device → (next package number, times the last-resort package was served).

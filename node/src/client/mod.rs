@@ -5,5 +5,8 @@ pub mod commands;
 pub mod rpc;
 pub mod state;
 
-pub use rpc::{ClientError, Health, NodeConnection, SessionHandle};
+pub use rpc::{
+    ClaimedKeyPackage, ClientError, Health, KeyPackageTarget, LoggedIn, NodeConnection,
+    SessionHandle,
+};
 pub use state::ClientState;

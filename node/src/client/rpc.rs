@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use capnp_rpc::{RpcSystem, rpc_twoparty_capnp::Side, twoparty};
+use quicnprotochat_crypto::opaque;
 use quicnprotochat_crypto::{CHANNEL_BINDING_LEN, EXPORTER_LABEL, Identity, auth_transcript};
 use quicnprotochat_wire::error::CallError;
 use quicnprotochat_wire::limits::reader_options;
@@ -196,6 +197,201 @@ impl NodeConnection {
         })
     }
 
+    /// Signs this connection's fresh challenge with `identity`.
+    async fn prove(&self, identity: &Identity) -> Result<[u8; 64], ClientError> {
+        let nonce: [u8; 32] =
+            self.challenge().await?.try_into().map_err(|_| {
+                ClientError::Protocol("challenge nonce has the wrong length".into())
+            })?;
+        Ok(identity.sign(&auth_transcript(
+            &nonce,
+            &identity.public_key(),
+            &self.channel_binding,
+        )))
+    }
+
+    /// Creates the account `username` with `password` (OPAQUE: the password never
+    /// leaves this process), with `identity` as its first device.
+    pub async fn register(
+        &self,
+        username: &str,
+        password: &[u8],
+        identity: &Identity,
+        auth_token: Option<&str>,
+    ) -> Result<(), ClientError> {
+        let (state, request) = opaque::client_register_start(password).map_err(opaque_err)?;
+        let mut req = self.node.register_start_request();
+        req.get().set_username(username);
+        req.get().set_request(&request);
+        req.get()
+            .set_auth_token(auth_token.unwrap_or("").as_bytes());
+        let reply = req.send().promise.await?;
+        let response = reply.get()?.get_response()?.to_vec();
+        let upload = opaque::client_register_finish(state, password, &response, username)
+            .map_err(opaque_err)?;
+        let signature = self.prove(identity).await?;
+        let mut req = self.node.register_finish_request();
+        {
+            let mut p = req.get();
+            p.set_username(username);
+            p.set_upload(&upload);
+            p.set_identity_key(&identity.public_key());
+            p.set_signature(&signature);
+        }
+        req.send().promise.await?;
+        Ok(())
+    }
+
+    /// Logs in to `username` with `password` as device `identity` (a device not
+    /// yet in the account joins it). Returns the session and its resumable token.
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &[u8],
+        identity: &Identity,
+        auth_token: Option<&str>,
+    ) -> Result<LoggedIn, ClientError> {
+        let (state, request) = opaque::client_login_start(password).map_err(opaque_err)?;
+        let mut req = self.node.login_start_request();
+        req.get().set_username(username);
+        req.get().set_request(&request);
+        req.get()
+            .set_auth_token(auth_token.unwrap_or("").as_bytes());
+        let reply = req.send().promise.await?;
+        let response = reply.get()?.get_response()?.to_vec();
+        let finish = opaque::client_login_finish(state, password, &response, username);
+        // Whatever happened locally, finish the exchange so the node answers the
+        // same way to every failure; send garbage if the password was wrong.
+        let finalization = match &finish {
+            Ok(f) => f.finalization.clone(),
+            Err(_) => vec![0u8; 64],
+        };
+        let signature = self.prove(identity).await?;
+        let mut req = self.node.login_finish_request();
+        {
+            let mut p = req.get();
+            p.set_finalization(&finalization);
+            p.set_identity_key(&identity.public_key());
+            p.set_signature(&signature);
+        }
+        // The node's answer is the one to report, so every failure reads alike.
+        let reply = req.send().promise.await?;
+        if finish.is_err() {
+            return Err(ClientError::Refused(WireError::new(
+                ErrorCode::Unauthorized,
+                "the node accepted a login the client could not complete",
+            )));
+        }
+        let r = reply.get()?;
+        Ok(LoggedIn {
+            session: SessionHandle {
+                session: r.get_session()?,
+            },
+            token: r.get_token()?.to_vec(),
+            expires_at_ms: r.get_expires_at_ms(),
+        })
+    }
+
+    /// Sends a raw `loginStart` and returns the node's answer: for tests that
+    /// compare answers (enumeration).
+    #[doc(hidden)]
+    pub async fn login_start_raw(
+        &self,
+        username: &str,
+        request: &[u8],
+    ) -> Result<Vec<u8>, ClientError> {
+        let mut req = self.node.login_start_request();
+        req.get().set_username(username);
+        req.get().set_request(request);
+        let reply = req.send().promise.await?;
+        Ok(reply.get()?.get_response()?.to_vec())
+    }
+
+    /// Sends a raw `loginFinish` as given: for tests that must present a wrong
+    /// identity proof.
+    #[doc(hidden)]
+    pub async fn login_finish_raw(
+        &self,
+        finalization: &[u8],
+        identity_key: &[u8],
+        signature: &[u8],
+    ) -> Result<(), ClientError> {
+        let mut req = self.node.login_finish_request();
+        {
+            let mut p = req.get();
+            p.set_finalization(finalization);
+            p.set_identity_key(identity_key);
+            p.set_signature(signature);
+        }
+        req.send().promise.await?;
+        Ok(())
+    }
+
+    /// Resumes a session from its token (after a reconnect).
+    pub async fn resume(
+        &self,
+        token: &[u8],
+        auth_token: Option<&str>,
+    ) -> Result<(SessionHandle, u64), ClientError> {
+        let mut req = self.node.resume_request();
+        req.get().set_token(token);
+        req.get()
+            .set_auth_token(auth_token.unwrap_or("").as_bytes());
+        let reply = req.send().promise.await?;
+        let r = reply.get()?;
+        Ok((
+            SessionHandle {
+                session: r.get_session()?,
+            },
+            r.get_expires_at_ms(),
+        ))
+    }
+
+    /// Claims one KeyPackage per device of a user (or of one device).
+    pub async fn fetch_key_packages(
+        &self,
+        target: &KeyPackageTarget,
+    ) -> Result<Vec<ClaimedKeyPackage>, ClientError> {
+        let mut req = self.node.fetch_key_package_request();
+        match target {
+            KeyPackageTarget::Username(u) => req.get().init_target().set_username(u),
+            KeyPackageTarget::Device(d) => req.get().init_target().set_identity_key(&d.0),
+        }
+        let reply = req.send().promise.await?;
+        reply
+            .get()?
+            .get_packages()?
+            .iter()
+            .map(|p| {
+                Ok(ClaimedKeyPackage {
+                    identity_key: IdentityKey::from_wire(p.get_identity_key()?, "identityKey")
+                        .map_err(ClientError::Refused)?,
+                    key_package: p.get_key_package()?.to_vec(),
+                    hybrid_public_key: p.get_hybrid_public_key()?.to_vec(),
+                    last_resort: p.get_last_resort(),
+                })
+            })
+            .collect()
+    }
+
+    /// Delivers `payload` to `recipient` without a session (sealed sender).
+    pub async fn enqueue_sealed(
+        &self,
+        recipient: &IdentityKey,
+        payload: &[u8],
+        access_key: &[u8],
+    ) -> Result<u64, ClientError> {
+        let mut req = self.node.enqueue_sealed_request();
+        {
+            let mut p = req.get();
+            p.set_recipient(&recipient.0);
+            p.set_payload(payload);
+            p.set_access_key(access_key);
+        }
+        let reply = req.send().promise.await?;
+        Ok(reply.get()?.get_seq())
+    }
+
     /// Asks for a fresh challenge nonce.
     pub async fn challenge(&self) -> Result<Vec<u8>, ClientError> {
         let reply = self.node.challenge_request().send().promise.await?;
@@ -232,6 +428,34 @@ fn classify_connect_error(addr: SocketAddr, e: quinn::ConnectionError) -> Client
     }
 }
 
+fn opaque_err(e: opaque::OpaqueError) -> ClientError {
+    ClientError::Protocol(format!("OPAQUE: {e}"))
+}
+
+/// A successful login.
+pub struct LoggedIn {
+    pub session: SessionHandle,
+    /// Resumable token; keep it secret.
+    pub token: Vec<u8>,
+    pub expires_at_ms: u64,
+}
+
+/// Whose KeyPackages to claim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyPackageTarget {
+    Username(String),
+    Device(IdentityKey),
+}
+
+/// A claimed KeyPackage, as the node returned it (verify before use).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedKeyPackage {
+    pub identity_key: IdentityKey,
+    pub key_package: Vec<u8>,
+    pub hybrid_public_key: Vec<u8>,
+    pub last_resort: bool,
+}
+
 /// An authenticated session: calls on behalf of one identity.
 #[derive(Clone)]
 pub struct SessionHandle {
@@ -243,6 +467,9 @@ pub struct SessionHandle {
 pub struct WhoAmI {
     pub identity_key: IdentityKey,
     pub username: String,
+    pub device_count: u32,
+    /// 0 when the session did not come from a login.
+    pub expires_at_ms: u64,
 }
 
 impl SessionHandle {
@@ -253,7 +480,66 @@ impl SessionHandle {
             identity_key: IdentityKey::from_wire(r.get_identity_key()?, "identityKey")
                 .map_err(ClientError::Refused)?,
             username: r.get_username()?.to_string().map_err(protocol)?,
+            device_count: r.get_device_count(),
+            expires_at_ms: r.get_expires_at_ms(),
         })
+    }
+
+    /// Publishes one-time KeyPackages, optionally a new last-resort package and
+    /// the signed hybrid key (empty = keep what the node has).
+    pub async fn upload_key_packages(
+        &self,
+        one_time: &[Vec<u8>],
+        last_resort: &[u8],
+        hybrid_public_key: &[u8],
+    ) -> Result<(), ClientError> {
+        let mut req = self.session.upload_key_packages_request();
+        {
+            let mut p = req.get();
+            let mut list = p.reborrow().init_one_time(one_time.len() as u32);
+            for (i, kp) in one_time.iter().enumerate() {
+                list.set(i as u32, kp);
+            }
+            p.set_last_resort(last_resort);
+            p.set_hybrid_public_key(hybrid_public_key);
+        }
+        req.send().promise.await?;
+        Ok(())
+    }
+
+    /// How many one-time KeyPackages are left, and how often the last-resort one
+    /// was served.
+    pub async fn key_package_status(&self) -> Result<(u64, u64), ClientError> {
+        let reply = self
+            .session
+            .key_package_status_request()
+            .send()
+            .promise
+            .await?;
+        let r = reply.get()?;
+        Ok((r.get_one_time_remaining(), r.get_last_resort_served()))
+    }
+
+    /// Revokes this session's token.
+    pub async fn logout(&self) -> Result<(), ClientError> {
+        self.session.logout_request().send().promise.await?;
+        Ok(())
+    }
+
+    /// Sets the hash of the access key sealed senders must present.
+    pub async fn set_access_key(&self, access_key_hash: &[u8]) -> Result<(), ClientError> {
+        let mut req = self.session.set_access_key_request();
+        req.get().set_access_key_hash(access_key_hash);
+        req.send().promise.await?;
+        Ok(())
+    }
+
+    /// Removes another device from this account.
+    pub async fn remove_device(&self, device: &IdentityKey) -> Result<(), ClientError> {
+        let mut req = self.session.remove_device_request();
+        req.get().set_identity_key(&device.0);
+        req.send().promise.await?;
+        Ok(())
     }
 
     /// Stores `payload` in `recipient`'s inbox; returns its seq (durable).
