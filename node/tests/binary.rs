@@ -210,10 +210,12 @@ fn kill_dash_nine_loses_no_acknowledged_message() {
         // Enqueue from several connections while the node is killed mid-stream:
         // whatever was answered with a seq must be there after the restart.
         let got: Vec<(u64, Vec<u8>)> = local.block_on(&runtime, async {
+            let acked_so_far = std::rc::Rc::new(std::cell::Cell::new(0usize));
             let mut senders = Vec::new();
             for s in 0..4u8 {
                 let pinned = pinned.clone();
                 let addr = server.addr;
+                let acked_so_far = acked_so_far.clone();
                 senders.push(tokio::task::spawn_local(async move {
                     let conn = NodeConnection::connect(addr, pinned).await.unwrap();
                     let session = conn
@@ -224,14 +226,24 @@ fn kill_dash_nine_loses_no_acknowledged_message() {
                     for i in 0..1000u32 {
                         let payload = format!("round {round} sender {s} msg {i}").into_bytes();
                         match session.enqueue(&bob_key, &payload).await {
-                            Ok(seq) => acked.push((seq, payload)),
+                            Ok(seq) => {
+                                acked.push((seq, payload));
+                                acked_so_far.set(acked_so_far.get() + 1);
+                            }
                             Err(_) => break,
                         }
                     }
                     acked
                 }));
             }
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            // Kill once traffic is flowing (however slow the machine is), at a
+            // point that differs from round to round.
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while acked_so_far.get() < 50 * (round as usize + 1)
+                && std::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
             server.signal("-KILL");
             let mut all = Vec::new();
             for s in senders {
