@@ -70,8 +70,33 @@ enum Command {
     Health,
     /// Measure one round trip to the server.
     Ping,
-    /// Authenticate with this profile's identity and print it.
+    /// Show this profile's identity, and once logged in its account.
     Whoami,
+    /// Create an account with this profile's identity as its first device.
+    /// The password comes from QPC_PASSWORD or a prompt.
+    RegisterUser {
+        #[arg(long)]
+        username: String,
+    },
+    /// Log in (a new device joins the account). Password: QPC_PASSWORD or a prompt.
+    Login {
+        #[arg(long)]
+        username: String,
+    },
+    /// Revoke this profile's session.
+    Logout,
+    /// Verify a user's published keys, or show this device's KeyPackage count.
+    CheckKey {
+        #[arg(long)]
+        username: Option<String>,
+    },
+    /// Publish fresh KeyPackages and rotate the last-resort one.
+    RefreshKeypackage {
+        #[arg(long, default_value_t = commands::DEFAULT_KEY_PACKAGES)]
+        count: usize,
+    },
+    /// Remove another device (identity key in hex) from this account.
+    RemoveDevice { identity: String },
 }
 
 fn default_state_dir() -> PathBuf {
@@ -158,6 +183,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     Command::Health => commands::health(&opts).await,
                     Command::Ping => commands::ping(&opts).await,
                     Command::Whoami => commands::whoami(&opts).await,
+                    Command::RegisterUser { username } => {
+                        let password = commands::read_password(true)?;
+                        commands::register_user(&opts, &username, &password).await
+                    }
+                    Command::Login { username } => {
+                        let password = commands::read_password(false)?;
+                        commands::login(&opts, &username, &password).await
+                    }
+                    Command::Logout => commands::logout(&opts).await,
+                    Command::CheckKey { username } => {
+                        commands::check_key(&opts, username.as_deref()).await
+                    }
+                    Command::RefreshKeypackage { count } => {
+                        commands::refresh_key_packages(&opts, count).await
+                    }
+                    Command::RemoveDevice { identity } => {
+                        commands::remove_device(&opts, &identity).await
+                    }
                     Command::Server { .. } => unreachable!("handled above"),
                 }
             })?;

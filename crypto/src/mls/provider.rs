@@ -18,6 +18,11 @@ impl<S> MlsProvider<S> {
             storage,
         }
     }
+
+    /// The storage provider (also reachable through `OpenMlsProvider`).
+    pub fn storage_provider(&self) -> &S {
+        &self.storage
+    }
 }
 
 impl<S: StorageProvider<CURRENT_VERSION>> OpenMlsProvider for MlsProvider<S> {

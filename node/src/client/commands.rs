@@ -3,8 +3,19 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use crate::client::{ClientError, ClientState, NodeConnection};
+use quicnprotochat_crypto::Identity;
+use quicnprotochat_crypto::envelope::HybridPublicKey;
+use quicnprotochat_crypto::mls::{Suite, validate_key_package};
+use quicnprotochat_wire::IdentityKey;
+
+use crate::client::state::SavedLogin;
+use crate::client::{ClientError, ClientState, KeyPackageTarget, NodeConnection, SessionHandle};
 use crate::tls;
+
+/// One-time KeyPackages uploaded after registering (and on a new device's login).
+pub const DEFAULT_KEY_PACKAGES: usize = 100;
+/// Below this many one-time packages left, the client uploads more by itself.
+pub const REFILL_BELOW: u64 = 10;
 
 /// Where and how a client connects; from global flags and environment.
 #[derive(Debug, Clone)]
@@ -26,6 +37,354 @@ pub enum CommandError {
     Client(#[from] ClientError),
     #[error(transparent)]
     State(#[from] crate::client::state::StateError),
+    #[error("cannot read the password: {0}")]
+    Password(String),
+    #[error("not logged in on this profile: run `quicnprotochat login --username NAME` first")]
+    NotLoggedIn,
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The password: `QPC_PASSWORD` when set, otherwise asked for without echo.
+pub fn read_password(confirm: bool) -> Result<String, CommandError> {
+    if let Ok(p) = std::env::var("QPC_PASSWORD") {
+        return Ok(p);
+    }
+    let p = rpassword::prompt_password("password: ")
+        .map_err(|e| CommandError::Password(e.to_string()))?;
+    if confirm {
+        let again = rpassword::prompt_password("password again: ")
+            .map_err(|e| CommandError::Password(e.to_string()))?;
+        if again != p {
+            return Err(CommandError::Password("the two passwords differ".into()));
+        }
+    }
+    if p.is_empty() {
+        return Err(CommandError::Password("empty password".into()));
+    }
+    Ok(p)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn format_expiry(ms: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    if ms == 0 {
+        "none (challenge session)".into()
+    } else if ms <= now {
+        "expired".into()
+    } else {
+        format!("in {} h", (ms - now) / 3_600_000)
+    }
+}
+
+/// Generates and uploads `count` one-time KeyPackages (and, with `rotate`, a new
+/// last-resort one), plus the hybrid key; saves the KeyPackage secrets first so
+/// a package the node hands out can always be used.
+async fn upload_key_packages(
+    state: &ClientState,
+    identity: &Identity,
+    session: &SessionHandle,
+    count: usize,
+    rotate: bool,
+) -> Result<(), CommandError> {
+    let member = state.mls_member(identity)?;
+    let invalid = |e: quicnprotochat_crypto::mls::MlsError| CommandError::Invalid(e.to_string());
+    let one_time = (0..count)
+        .map(|_| {
+            member
+                .generate_key_package(Suite::Classic, false)
+                .map_err(invalid)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let last_resort = if rotate {
+        member
+            .generate_key_package(Suite::Classic, true)
+            .map_err(invalid)?
+    } else {
+        Vec::new()
+    };
+    state.save_mls(&member)?;
+    let hybrid = state.hybrid_key()?.signed_public(identity).to_bytes();
+    for chunk in one_time.chunks(100).enumerate() {
+        let (i, kps) = chunk;
+        let lr: &[u8] = if i == 0 { &last_resort } else { &[] };
+        session.upload_key_packages(kps, lr, &hybrid).await?;
+    }
+    if one_time.is_empty() {
+        session
+            .upload_key_packages(&[], &last_resort, &hybrid)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Tops up the published one-time KeyPackages when few are left.
+async fn refill_if_low(
+    state: &ClientState,
+    identity: &Identity,
+    session: &SessionHandle,
+) -> Result<(), CommandError> {
+    let (remaining, _) = session.key_package_status().await?;
+    if remaining < REFILL_BELOW {
+        upload_key_packages(
+            state,
+            identity,
+            session,
+            DEFAULT_KEY_PACKAGES - remaining as usize,
+            false,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// A session for this profile: the remembered login when there is one, else a
+/// challenge session for the bare identity.
+async fn open_session(
+    opts: &ClientOptions,
+    conn: &NodeConnection,
+    state: &ClientState,
+    identity: &Identity,
+) -> Result<(SessionHandle, Option<SavedLogin>), CommandError> {
+    match state.saved_login()? {
+        Some(login) if !login.token.is_empty() => {
+            match conn.resume(&login.token, opts.auth_token.as_deref()).await {
+                Ok((session, _)) => Ok((session, Some(login))),
+                Err(e) if e.code() == Some(quicnprotochat_wire::ErrorCode::Unauthorized) => {
+                    Err(CommandError::Invalid(format!(
+                        "the session of {} has ended: log in again",
+                        login.username
+                    )))
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+        _ => Ok((
+            conn.authenticate(identity, opts.auth_token.as_deref())
+                .await?,
+            None,
+        )),
+    }
+}
+
+/// `register-user`: creates the account with this profile's identity as its first
+/// device, logs in, and publishes KeyPackages and the hybrid key.
+pub async fn register_user(
+    opts: &ClientOptions,
+    username: &str,
+    password: &str,
+) -> Result<String, CommandError> {
+    let state = ClientState::open(&opts.state_dir)?;
+    let identity = state.identity()?;
+    let conn = opts.connect().await?;
+    conn.register(
+        username,
+        password.as_bytes(),
+        &identity,
+        opts.auth_token.as_deref(),
+    )
+    .await?;
+    let logged = conn
+        .login(
+            username,
+            password.as_bytes(),
+            &identity,
+            opts.auth_token.as_deref(),
+        )
+        .await?;
+    state.save_login(&SavedLogin {
+        username: username.to_string(),
+        token: logged.token.clone(),
+        expires_at_ms: logged.expires_at_ms,
+    })?;
+    upload_key_packages(
+        &state,
+        &identity,
+        &logged.session,
+        DEFAULT_KEY_PACKAGES,
+        true,
+    )
+    .await?;
+    conn.close().await;
+    Ok(format!(
+        "registered {username} (identity {}); published {DEFAULT_KEY_PACKAGES} KeyPackages, a last-resort one and the hybrid key",
+        hex(&identity.public_key())
+    ))
+}
+
+/// `login`: OPAQUE login as this profile's device; remembers the session token.
+pub async fn login(
+    opts: &ClientOptions,
+    username: &str,
+    password: &str,
+) -> Result<String, CommandError> {
+    let state = ClientState::open(&opts.state_dir)?;
+    let identity = state.identity()?;
+    let conn = opts.connect().await?;
+    let logged = conn
+        .login(
+            username,
+            password.as_bytes(),
+            &identity,
+            opts.auth_token.as_deref(),
+        )
+        .await?;
+    state.save_login(&SavedLogin {
+        username: username.to_string(),
+        token: logged.token.clone(),
+        expires_at_ms: logged.expires_at_ms,
+    })?;
+    // A new device has published nothing yet; an old one may be running low.
+    let (remaining, served) = logged.session.key_package_status().await?;
+    if remaining == 0 && served == 0 {
+        upload_key_packages(
+            &state,
+            &identity,
+            &logged.session,
+            DEFAULT_KEY_PACKAGES,
+            true,
+        )
+        .await?;
+    } else {
+        refill_if_low(&state, &identity, &logged.session).await?;
+    }
+    conn.close().await;
+    Ok(format!(
+        "logged in as {username}; session expires {}",
+        format_expiry(logged.expires_at_ms)
+    ))
+}
+
+/// `check-key`: verifies a user's published keys (claims one package per
+/// device), or shows this device's own package count.
+pub async fn check_key(
+    opts: &ClientOptions,
+    username: Option<&str>,
+) -> Result<String, CommandError> {
+    let state = ClientState::open(&opts.state_dir)?;
+    let identity = state.identity()?;
+    let conn = opts.connect().await?;
+    let out = match username {
+        Some(name) => {
+            let claimed = conn
+                .fetch_key_packages(&KeyPackageTarget::Username(name.to_string()))
+                .await?;
+            let mut lines = Vec::new();
+            for c in claimed {
+                let hybrid = HybridPublicKey::verify(&c.hybrid_public_key, &c.identity_key.0)
+                    .map_err(|e| {
+                        CommandError::Invalid(format!(
+                            "{name}: hybrid key of device {}: {e}",
+                            c.identity_key.to_hex()
+                        ))
+                    })?;
+                let kp = validate_key_package(&c.key_package).map_err(|e| {
+                    CommandError::Invalid(format!(
+                        "{name}: KeyPackage of device {}: {e}",
+                        c.identity_key.to_hex()
+                    ))
+                })?;
+                if kp.identity_key != c.identity_key.0 {
+                    return Err(CommandError::Invalid(format!(
+                        "{name}: KeyPackage does not belong to device {}",
+                        c.identity_key.to_hex()
+                    )));
+                }
+                lines.push(format!(
+                    "device {}: hybrid key {} (fingerprint {}), KeyPackage {:?}{} valid",
+                    c.identity_key.to_hex(),
+                    hex(&hybrid.key_id()),
+                    hex(&hybrid.fingerprint()),
+                    kp.suite,
+                    if c.last_resort { " (last resort)" } else { "" },
+                ));
+            }
+            lines.join("\n")
+        }
+        None => {
+            let (session, _) = open_session(opts, &conn, &state, &identity).await?;
+            let (remaining, served) = session.key_package_status().await?;
+            format!(
+                "{remaining} one-time KeyPackages left; last-resort package served {served} times"
+            )
+        }
+    };
+    conn.close().await;
+    Ok(out)
+}
+
+/// `refresh-keypackage`: uploads fresh one-time packages and rotates the
+/// last-resort one.
+pub async fn refresh_key_packages(
+    opts: &ClientOptions,
+    count: usize,
+) -> Result<String, CommandError> {
+    let state = ClientState::open(&opts.state_dir)?;
+    let identity = state.identity()?;
+    let conn = opts.connect().await?;
+    let (session, login) = open_session(opts, &conn, &state, &identity).await?;
+    if login.is_none() {
+        return Err(CommandError::NotLoggedIn);
+    }
+    upload_key_packages(&state, &identity, &session, count, true).await?;
+    let (remaining, _) = session.key_package_status().await?;
+    conn.close().await;
+    Ok(format!(
+        "uploaded {count} KeyPackages and a new last-resort one; {remaining} one-time packages published"
+    ))
+}
+
+/// `logout`: revokes the remembered session.
+pub async fn logout(opts: &ClientOptions) -> Result<String, CommandError> {
+    let state = ClientState::open(&opts.state_dir)?;
+    let identity = state.identity()?;
+    let conn = opts.connect().await?;
+    let (session, login) = open_session(opts, &conn, &state, &identity).await?;
+    let Some(login) = login else {
+        return Err(CommandError::NotLoggedIn);
+    };
+    session.logout().await?;
+    state.save_login(&SavedLogin {
+        token: Vec::new(),
+        ..login
+    })?;
+    conn.close().await;
+    Ok("logged out".into())
+}
+
+/// `remove-device`: removes another device of this account.
+pub async fn remove_device(opts: &ClientOptions, device_hex: &str) -> Result<String, CommandError> {
+    let device = parse_identity(device_hex)?;
+    let state = ClientState::open(&opts.state_dir)?;
+    let identity = state.identity()?;
+    let conn = opts.connect().await?;
+    let (session, login) = open_session(opts, &conn, &state, &identity).await?;
+    if login.is_none() {
+        return Err(CommandError::NotLoggedIn);
+    }
+    session.remove_device(&device).await?;
+    conn.close().await;
+    Ok(format!("removed device {}", device.to_hex()))
+}
+
+/// Parses a hex identity key given on the command line.
+pub fn parse_identity(hex_key: &str) -> Result<IdentityKey, CommandError> {
+    let bytes = (0..hex_key.len())
+        .step_by(2)
+        .map(|i| {
+            hex_key
+                .get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
+        .collect::<Option<Vec<u8>>>()
+        .ok_or_else(|| CommandError::Invalid(format!("{hex_key:?} is not hex")))?;
+    IdentityKey::from_wire(&bytes, "identity key").map_err(|e| CommandError::Invalid(e.detail))
 }
 
 impl ClientOptions {
@@ -77,19 +436,26 @@ pub async fn ping(opts: &ClientOptions) -> Result<String, CommandError> {
     ))
 }
 
-/// `whoami`: authenticates with the profile's identity and shows what the node sees.
+/// `whoami`: what the node knows of this profile: identity, and once logged in
+/// the username, device count and session expiry.
 pub async fn whoami(opts: &ClientOptions) -> Result<String, CommandError> {
     let state = ClientState::open(&opts.state_dir)?;
     let identity = state.identity()?;
     let conn = opts.connect().await?;
-    let session = conn
-        .authenticate(&identity, opts.auth_token.as_deref())
-        .await?;
+    let (session, login) = open_session(opts, &conn, &state, &identity).await?;
     let me = session.whoami().await?;
+    if login.is_some() {
+        refill_if_low(&state, &identity, &session).await?;
+    }
     conn.close().await;
     let mut line = format!("identity {}", me.identity_key.to_hex());
     if !me.username.is_empty() {
-        line = format!("{} ({line})", me.username);
+        line = format!(
+            "{} ({line}); {} device(s); session expires {}",
+            me.username,
+            me.device_count,
+            format_expiry(me.expires_at_ms)
+        );
     }
     Ok(line)
 }
