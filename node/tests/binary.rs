@@ -282,3 +282,91 @@ fn kill_dash_nine_loses_no_acknowledged_message() {
         }
     });
 }
+
+fn client_env(
+    args: &[&str],
+    server: SocketAddr,
+    ca: &Path,
+    state: &Path,
+    password: &str,
+) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .arg("--server")
+        .arg(server.to_string())
+        .arg("--ca-cert")
+        .arg(ca)
+        .arg("--state")
+        .arg(state)
+        .env("QPC_PASSWORD", password)
+        .env_remove("QPC_AUTH_TOKEN")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn account_commands_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = ServerProcess::start(&data, &[]);
+    let ca = data.join(tls::CERT_FILE);
+    let (phone, laptop) = (dir.path().join("phone"), dir.path().join("laptop"));
+    let run = |args: &[&str], state: &Path, pw: &str| client_env(args, server.addr, &ca, state, pw);
+
+    let (ok, out, err) = run(&["register-user", "--username", "erin"], &phone, "s3cret");
+    assert!(ok, "{err}");
+    assert!(out.starts_with("registered erin (identity "), "{out}");
+    let (ok, out, err) = run(&["whoami"], &phone, "");
+    assert!(ok, "{err}");
+    assert!(
+        out.starts_with("erin (identity ") && out.contains("1 device(s)"),
+        "{out}"
+    );
+    let (ok, out, _) = run(&["check-key"], &phone, "");
+    assert!(
+        ok && out.starts_with("100 one-time KeyPackages left"),
+        "{out}"
+    );
+
+    let (ok, _, err) = run(&["login", "--username", "erin"], &laptop, "wrong");
+    assert!(!ok);
+    assert_one_line_error(&err, "UNAUTHORIZED");
+    let (ok, out, err) = run(&["login", "--username", "erin"], &laptop, "s3cret");
+    assert!(ok, "{err}");
+    assert!(out.starts_with("logged in as erin"), "{out}");
+    let (_, out, _) = run(&["whoami"], &laptop, "");
+    assert!(out.contains("2 device(s)"), "{out}");
+
+    let (ok, out, err) = run(&["check-key", "--username", "erin"], &laptop, "");
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.lines().filter(|l| l.ends_with("valid")).count(),
+        2,
+        "{out}"
+    );
+    let (ok, out, err) = run(&["refresh-keypackage", "--count", "5"], &phone, "");
+    assert!(ok, "{err}");
+    assert!(out.contains("104 one-time packages published"), "{out}");
+
+    let (ok, _, err) = run(
+        &["register-user", "--username", "erin"],
+        &dir.path().join("x"),
+        "pw",
+    );
+    assert!(!ok);
+    assert_one_line_error(&err, "ALREADY_EXISTS");
+    let (ok, out, _) = run(&["logout"], &laptop, "");
+    assert!(ok && out.starts_with("logged out"));
+    // Logged out, the profile still proves its identity, but holds no session.
+    let (ok, out, _) = run(&["whoami"], &laptop, "");
+    assert!(ok && out.contains("session expires none"), "{out}");
+    let (ok, _, err) = run(&["refresh-keypackage"], &laptop, "");
+    assert!(!ok);
+    assert_one_line_error(&err, "not logged in");
+}
