@@ -502,3 +502,38 @@ async fn sealed_sender_is_off_unless_enabled() {
     .await;
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admission_token_guards_registration_login_and_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::ephemeral(dir.path());
+    config.auth_token = Some("let me in".into());
+    let node = TestNode::start_with(config).await;
+    local(async {
+        let d = device();
+        let conn = node.connect().await.unwrap();
+        let err = conn
+            .register("frank", b"pw", &d.id, None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::Unauthorized), "{err}");
+        conn.register("frank", b"pw", &d.id, Some("let me in"))
+            .await
+            .unwrap();
+        let err = conn
+            .login("frank", b"pw", &d.id, Some("nope"))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(err.code(), Some(ErrorCode::Unauthorized), "{err}");
+        let logged = conn
+            .login("frank", b"pw", &d.id, Some("let me in"))
+            .await
+            .unwrap();
+        let err = conn.resume(&logged.token, None).await.err().unwrap();
+        assert_eq!(err.code(), Some(ErrorCode::Unauthorized), "{err}");
+        conn.resume(&logged.token, Some("let me in")).await.unwrap();
+    })
+    .await;
+    node.stop().await;
+}
