@@ -373,32 +373,11 @@ impl Actor for InboxActor {
                             }
                         }
                     }
-                    InboxRequest::Purge { reply } => match inbox.ack(inbox.assigned()) {
-                        Ok(Some(range)) => state.args.writer.submit(WriteOp::Ack {
-                            inbox: state.args.inbox,
-                            up_to: range.to,
-                            reply,
-                        }),
-                        Ok(None) => {
-                            let _ = reply.send(Ok(()));
-                        }
-                        Err(refusal) => {
-                            let _ = reply.send(Err(refusal.into()));
-                        }
-                    },
-                    InboxRequest::Ack { up_to, reply } => match inbox.ack(up_to) {
-                        Ok(Some(range)) => state.args.writer.submit(WriteOp::Ack {
-                            inbox: state.args.inbox,
-                            up_to: range.to,
-                            reply,
-                        }),
-                        Ok(None) => {
-                            let _ = reply.send(Ok(()));
-                        }
-                        Err(refusal) => {
-                            let _ = reply.send(Err(refusal.into()));
-                        }
-                    },
+                    InboxRequest::Purge { reply } => {
+                        let everything = inbox.assigned();
+                        ack(&state.args, inbox, everything, reply);
+                    }
+                    InboxRequest::Ack { up_to, reply } => ack(&state.args, inbox, up_to, reply),
                     InboxRequest::Wait { after, reply } => {
                         if inbox.has_durable_after(after) {
                             let _ = reply.send(());
@@ -430,6 +409,29 @@ impl Actor for InboxActor {
             }
         }
         Ok(())
+    }
+}
+
+/// Applies an ack to the state and hands the deletion to the writer (which
+/// answers once it is durable), or answers at once when there is nothing to do.
+fn ack(
+    args: &InboxArgs,
+    inbox: &mut InboxState,
+    up_to: u64,
+    reply: oneshot::Sender<Result<(), DeliveryError>>,
+) {
+    match inbox.ack(up_to) {
+        Ok(Some(range)) => args.writer.submit(WriteOp::Ack {
+            inbox: args.inbox,
+            up_to: range.to,
+            reply,
+        }),
+        Ok(None) => {
+            let _ = reply.send(Ok(()));
+        }
+        Err(refusal) => {
+            let _ = reply.send(Err(refusal.into()));
+        }
     }
 }
 

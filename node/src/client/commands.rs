@@ -173,6 +173,31 @@ async fn open_session(
     }
 }
 
+/// Logs in and remembers the session in the profile.
+async fn login_and_remember(
+    opts: &ClientOptions,
+    conn: &NodeConnection,
+    state: &ClientState,
+    identity: &Identity,
+    username: &str,
+    password: &str,
+) -> Result<crate::client::LoggedIn, CommandError> {
+    let logged = conn
+        .login(
+            username,
+            password.as_bytes(),
+            identity,
+            opts.auth_token.as_deref(),
+        )
+        .await?;
+    state.save_login(&SavedLogin {
+        username: username.to_string(),
+        token: logged.token.clone(),
+        expires_at_ms: logged.expires_at_ms,
+    })?;
+    Ok(logged)
+}
+
 /// `register-user`: creates the account with this profile's identity as its first
 /// device, logs in, and publishes KeyPackages and the hybrid key.
 pub async fn register_user(
@@ -190,19 +215,7 @@ pub async fn register_user(
         opts.auth_token.as_deref(),
     )
     .await?;
-    let logged = conn
-        .login(
-            username,
-            password.as_bytes(),
-            &identity,
-            opts.auth_token.as_deref(),
-        )
-        .await?;
-    state.save_login(&SavedLogin {
-        username: username.to_string(),
-        token: logged.token.clone(),
-        expires_at_ms: logged.expires_at_ms,
-    })?;
+    let logged = login_and_remember(opts, &conn, &state, &identity, username, password).await?;
     upload_key_packages(
         &state,
         &identity,
@@ -227,19 +240,7 @@ pub async fn login(
     let state = ClientState::open(&opts.state_dir)?;
     let identity = state.identity()?;
     let conn = opts.connect().await?;
-    let logged = conn
-        .login(
-            username,
-            password.as_bytes(),
-            &identity,
-            opts.auth_token.as_deref(),
-        )
-        .await?;
-    state.save_login(&SavedLogin {
-        username: username.to_string(),
-        token: logged.token.clone(),
-        expires_at_ms: logged.expires_at_ms,
-    })?;
+    let logged = login_and_remember(opts, &conn, &state, &identity, username, password).await?;
     // A new device has published nothing yet; an old one may be running low.
     let (remaining, served) = logged.session.key_package_status().await?;
     if remaining == 0 && served == 0 {
