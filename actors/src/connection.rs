@@ -41,6 +41,7 @@ pub struct NodeContext {
 }
 
 fn rate_limited(r: RateLimited) -> capnp::Error {
+    metrics::counter!(crate::telemetry::RATE_LIMITED_TOTAL).increment(1);
     refuse(ErrorCode::RateLimited, r.to_string())
 }
 
@@ -372,6 +373,7 @@ impl node::Server for NodeService {
             .enqueue(recipient, payload.to_vec())
             .await
             .map_err(WireError::from)?;
+        metrics::counter!(crate::telemetry::ENQUEUES_TOTAL).increment(1);
         results.get().set_seq(seq);
         Ok(())
     }
@@ -521,6 +523,7 @@ impl session::Server for SessionService {
             .enqueue(recipient, payload)
             .await
             .map_err(WireError::from)?;
+        metrics::counter!(crate::telemetry::ENQUEUES_TOTAL).increment(1);
         results.get().set_seq(seq);
         Ok(())
     }
@@ -541,6 +544,7 @@ impl session::Server for SessionService {
         self.check_alive()?;
         let p = params.get().map_err(bad_params)?;
         let list = self.read_inbox(p.get_after(), p.get_limit()).await?;
+        metrics::counter!(crate::telemetry::FETCHES_TOTAL).increment(1);
         write_envelopes(&list, results.get().init_envelopes(list.len() as u32));
         Ok(())
     }
@@ -566,6 +570,7 @@ impl session::Server for SessionService {
                 list = self.read_inbox(after, limit).await?;
             }
         }
+        metrics::counter!(crate::telemetry::FETCHES_TOTAL).increment(1);
         write_envelopes(&list, results.get().init_envelopes(list.len() as u32));
         Ok(())
     }
@@ -582,6 +587,7 @@ impl session::Server for SessionService {
             .ack(self.identity, up_to)
             .await
             .map_err(WireError::from)?;
+        metrics::counter!(crate::telemetry::ACKS_TOTAL).increment(1);
         Ok(())
     }
 

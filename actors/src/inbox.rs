@@ -125,6 +125,7 @@ impl Actor for InboxSupervisor {
         if let SupervisionEvent::ActorFailed(cell, reason) = event {
             tracing::warn!(actor = %cell.get_id(), %reason, "inbox actor failed; it restarts from the store on next use");
             restarts.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!(crate::telemetry::ACTOR_RESTARTS_TOTAL).increment(1);
             actors
                 .lock()
                 .await

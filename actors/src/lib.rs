@@ -10,5 +10,6 @@ pub mod core;
 pub mod error;
 pub mod inbox;
 pub mod store;
+pub mod telemetry;
 
 pub use error::DeliveryError;

@@ -38,6 +38,7 @@ pub struct FileConfig {
     pub queue_limit: Option<u64>,
     pub max_payload: Option<usize>,
     pub sealed_sender: Option<bool>,
+    pub metrics_listen: Option<SocketAddr>,
     pub rate_limits: Option<RateLimitsFile>,
 }
 
@@ -111,6 +112,7 @@ impl FileConfig {
             queue_limit: over.queue_limit.or(self.queue_limit),
             max_payload: over.max_payload.or(self.max_payload),
             sealed_sender: over.sealed_sender.or(self.sealed_sender),
+            metrics_listen: over.metrics_listen.or(self.metrics_listen),
             rate_limits: over.rate_limits.or(self.rate_limits),
         }
     }
@@ -134,6 +136,8 @@ pub struct ServerConfig {
     /// Serve `enqueueSealed` (sealed-sender delivery without a session).
     pub sealed_sender: bool,
     pub rate_limits: RateConfig,
+    /// Where to serve Prometheus metrics over HTTP; off when unset.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -151,6 +155,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("max_payload", &self.max_payload)
             .field("sealed_sender", &self.sealed_sender)
             .field("rate_limits", &self.rate_limits)
+            .field("metrics_listen", &self.metrics_listen)
             .finish()
     }
 }
@@ -193,6 +198,7 @@ impl ServerConfig {
             idle_inbox_after: Duration::from_secs(30),
             sealed_sender: s.sealed_sender.unwrap_or(false),
             rate_limits: s.rate_limits.unwrap_or_default().resolve()?,
+            metrics_listen: s.metrics_listen,
         })
     }
 

@@ -65,6 +65,9 @@ enum Command {
         /// the recipient's access key).
         #[arg(long)]
         sealed_sender: bool,
+        /// Serve Prometheus metrics over HTTP on this address (e.g. 127.0.0.1:9100).
+        #[arg(long)]
+        metrics_listen: Option<SocketAddr>,
     },
     /// Check that the server is up: prints `ok`, its version and uptime.
     Health,
@@ -150,6 +153,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             queue_limit,
             max_payload,
             sealed_sender,
+            metrics_listen,
         } => {
             init_logging("info");
             let file = match &config {
@@ -163,6 +167,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 queue_limit,
                 max_payload,
                 sealed_sender: sealed_sender.then_some(true),
+                metrics_listen,
                 ..FileConfig::default()
             };
             let config = ServerConfig::from_settings(file.overridden_by(flags))?;

@@ -17,6 +17,7 @@ use quicnprotochat_actors::core::rate::RateLimits;
 use quicnprotochat_actors::inbox::{InboxRegistry, InboxSettings};
 use quicnprotochat_actors::store::writer::StoreWriter;
 use quicnprotochat_actors::store::{ServerStore, StoreError, StoreOptions};
+use quicnprotochat_actors::telemetry;
 use quicnprotochat_crypto::token::TokenHash;
 use quicnprotochat_crypto::{CHANNEL_BINDING_LEN, EXPORTER_LABEL};
 use quicnprotochat_wire::limits::reader_options;
@@ -58,6 +59,7 @@ pub enum ServerError {
 /// A bound, ready node.
 pub struct Server {
     endpoint: quinn::Endpoint,
+    metrics: Option<tokio::net::TcpListener>,
     ctx: Arc<NodeContext>,
     writer: StoreWriter,
     writer_thread: std::thread::JoinHandle<()>,
@@ -76,6 +78,19 @@ impl Server {
             config.tls_cert.as_deref(),
             config.tls_key.as_deref(),
         )?;
+        // Install the recorder before anything records (the writer sets the depth
+        // gauge as it starts).
+        let metrics = match config.metrics_listen {
+            Some(addr) => {
+                crate::metrics::install();
+                Some(
+                    tokio::net::TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| ServerError::Bind { addr, source })?,
+                )
+            }
+            None => None,
+        };
         let store = ServerStore::open(&config.data_dir.join(DB_FILE), StoreOptions::default())?;
         let (writer, writer_thread) =
             StoreWriter::start(store.clone()).map_err(ServerError::Thread)?;
@@ -113,6 +128,7 @@ impl Server {
         });
         Ok(Server {
             endpoint,
+            metrics,
             ctx,
             writer,
             writer_thread,
@@ -125,6 +141,11 @@ impl Server {
         self.endpoint
             .local_addr()
             .expect("bound endpoint has an address")
+    }
+
+    /// The metrics endpoint's address, when one is configured.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// Serves until `shutdown` completes, then stops accepting, lets the writer
@@ -145,6 +166,7 @@ impl Server {
                 tokio::spawn(async move {
                     match incoming.await {
                         Ok(conn) => {
+                            metrics::counter!(telemetry::CONNECTIONS_TOTAL).increment(1);
                             let _ = conn_tx.send(conn);
                         }
                         Err(e) => tracing::debug!(error = %e, "handshake failed"),
@@ -161,9 +183,16 @@ impl Server {
                 ctx.rates.forget_quiet();
             }
         };
+        let metrics = async {
+            match self.metrics {
+                Some(listener) => crate::metrics::serve(listener, crate::metrics::install()).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = accept => {}
             _ = forget => {}
+            _ = metrics => {}
             _ = shutdown => {}
         }
         tracing::info!("shutting down");
@@ -225,6 +254,12 @@ fn rpc_thread_main(
 
 /// Serves one connection: its single bidirectional stream carries Cap'n Proto RPC.
 async fn serve_connection(ctx: Arc<NodeContext>, conn: quinn::Connection, max_payload: usize) {
+    metrics::gauge!(telemetry::CONNECTIONS_OPEN).increment(1.0);
+    serve_rpc(ctx, conn, max_payload).await;
+    metrics::gauge!(telemetry::CONNECTIONS_OPEN).decrement(1.0);
+}
+
+async fn serve_rpc(ctx: Arc<NodeContext>, conn: quinn::Connection, max_payload: usize) {
     let remote = conn.remote_address();
     let mut channel_binding = [0u8; CHANNEL_BINDING_LEN];
     if conn

@@ -15,6 +15,8 @@ use tokio::sync::oneshot;
 /// A node running in this process on 127.0.0.1 with a port of its own.
 pub struct TestNode {
     pub addr: SocketAddr,
+    /// The Prometheus endpoint, when the configuration asked for one.
+    pub metrics_addr: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub config: ServerConfig,
     stop: Option<oneshot::Sender<()>>,
@@ -31,6 +33,7 @@ impl TestNode {
     pub async fn start_with(config: ServerConfig) -> TestNode {
         let server = Server::bind(config.clone()).await.expect("node binds");
         let addr = server.local_addr();
+        let metrics_addr = server.metrics_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             server
@@ -42,6 +45,7 @@ impl TestNode {
         });
         TestNode {
             addr,
+            metrics_addr,
             data_dir: config.data_dir.clone(),
             config,
             stop: Some(stop),

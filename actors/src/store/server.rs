@@ -191,6 +191,13 @@ impl ServerStore {
         Ok(out)
     }
 
+    /// Number of stored (unacknowledged) messages of all inboxes.
+    pub fn stored_total(&self) -> Result<u64, StoreError> {
+        use redb::ReadableTableMetadata;
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(INBOX_IDX)?.len()?)
+    }
+
     /// Number of stored (unacknowledged) messages of `inbox`; for tests and metrics.
     pub fn stored_count(&self, inbox: &IdentityKey) -> Result<u64, StoreError> {
         let txn = self.db.begin_read()?;
@@ -269,24 +276,25 @@ impl<'txn> WriteBatch<'txn> {
         Ok(())
     }
 
-    /// Deletes every message of `inbox` up to and including `up_to`.
-    pub fn ack(&mut self, inbox: &IdentityKey, up_to: u64) -> Result<(), StoreError> {
+    /// Deletes every message of `inbox` up to and including `up_to`; returns how
+    /// many were deleted.
+    pub fn ack(&mut self, inbox: &IdentityKey, up_to: u64) -> Result<u64, StoreError> {
         let mut m = self.inbox_meta(inbox)?;
         let up_to = up_to.min(m.last_seq);
         if up_to <= m.acked {
-            return Ok(());
+            return Ok(0);
         }
         let removed: Vec<(u64, u64)> = self
             .idx
             .extract_from_if((&inbox.0, m.acked + 1)..=(&inbox.0, up_to), |_, _| true)?
             .map(|e| e.map(|(k, v)| (k.value().1, v.value())))
             .collect::<Result<_, _>>()?;
-        for (_, log_key) in removed {
-            self.log.remove(log_key)?;
+        for (_, log_key) in &removed {
+            self.log.remove(*log_key)?;
         }
         m.acked = up_to;
         self.meta.insert(&inbox.0, (m.last_seq, m.acked))?;
-        Ok(())
+        Ok(removed.len() as u64)
     }
 
     /// Persists the log counter; call once before committing.

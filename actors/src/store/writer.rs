@@ -210,6 +210,9 @@ fn refuse(op: WriteOp, why: &str) -> Option<oneshot::Sender<()>> {
 }
 
 fn run(store: ServerStore, mut rx: mpsc::UnboundedReceiver<WriteOp>) {
+    if let Ok(n) = store.stored_total() {
+        metrics::gauge!(crate::telemetry::QUEUE_DEPTH).set(n as f64);
+    }
     let mut poisoned: Option<String> = None;
     let mut batch: Vec<WriteOp> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
@@ -267,6 +270,8 @@ fn run(store: ServerStore, mut rx: mpsc::UnboundedReceiver<WriteOp>) {
 fn commit_batch(store: &ServerStore, batch: &mut Vec<WriteOp>) -> Result<(), StoreError> {
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut durable: HashMap<IdentityKey, (u64, ActorRef<InboxMsg>)> = HashMap::new();
+    let mut depth_change = 0f64;
+    metrics::histogram!(crate::telemetry::COMMIT_BATCH_SIZE).record(batch.len() as f64);
     let result: Result<(), StoreError> = (|| {
         let txn = store.begin_write()?;
         {
@@ -282,6 +287,7 @@ fn commit_batch(store: &ServerStore, batch: &mut Vec<WriteOp>) -> Result<(), Sto
                     } => {
                         match writes.append(&inbox, seq, &payload) {
                             Ok(()) => {
+                                depth_change += 1.0;
                                 durable.insert(inbox, (seq, notify));
                                 outcomes.push(Outcome::Seq(reply, Ok(seq)));
                             }
@@ -297,10 +303,16 @@ fn commit_batch(store: &ServerStore, batch: &mut Vec<WriteOp>) -> Result<(), Sto
                         inbox,
                         up_to,
                         reply,
-                    } => outcomes.push(Outcome::Unit(
-                        reply,
-                        writes.ack(&inbox, up_to).map_err(Into::into),
-                    )),
+                    } => {
+                        let deleted = writes.ack(&inbox, up_to);
+                        if let Ok(n) = &deleted {
+                            depth_change -= *n as f64;
+                        }
+                        outcomes.push(Outcome::Unit(
+                            reply,
+                            deleted.map(|_| ()).map_err(Into::into),
+                        ))
+                    }
                     WriteOp::Load { inbox, reply } => outcomes.push(Outcome::Meta(
                         reply,
                         writes.inbox_meta(&inbox).map_err(Into::into),
@@ -311,7 +323,10 @@ fn commit_batch(store: &ServerStore, batch: &mut Vec<WriteOp>) -> Result<(), Sto
             }
             writes.finish()?;
         }
+        let started = std::time::Instant::now();
         txn.commit()?;
+        metrics::histogram!(crate::telemetry::COMMIT_SECONDS)
+            .record(started.elapsed().as_secs_f64());
         Ok(())
     })();
     let failure = result.as_ref().err().map(StoreError::to_string);
@@ -319,6 +334,7 @@ fn commit_batch(store: &ServerStore, batch: &mut Vec<WriteOp>) -> Result<(), Sto
         outcome.send(failure.as_deref());
     }
     if failure.is_none() {
+        metrics::gauge!(crate::telemetry::QUEUE_DEPTH).increment(depth_change);
         for (_, (seq, notify)) in durable {
             let _ = notify.send_message(InboxMsg::Durable(seq));
         }

@@ -1,0 +1,55 @@
+//! Names of the node's metrics, in one place. The `metrics` facade makes every
+//! call a no-op until the binary installs a recorder.
+
+pub const CONNECTIONS_TOTAL: &str = "qpc_connections_total";
+pub const CONNECTIONS_OPEN: &str = "qpc_connections_open";
+pub const ENQUEUES_TOTAL: &str = "qpc_enqueues_total";
+pub const FETCHES_TOTAL: &str = "qpc_fetches_total";
+pub const ACKS_TOTAL: &str = "qpc_acks_total";
+pub const QUEUE_DEPTH: &str = "qpc_queue_depth";
+pub const COMMIT_BATCH_SIZE: &str = "qpc_commit_batch_size";
+pub const COMMIT_SECONDS: &str = "qpc_commit_seconds";
+pub const ACTOR_RESTARTS_TOTAL: &str = "qpc_actor_restarts_total";
+pub const RATE_LIMITED_TOTAL: &str = "qpc_rate_limited_total";
+pub const STALE_EPOCH_TOTAL: &str = "qpc_stale_epoch_total";
+
+/// Every counter, so a fresh node reports them at zero rather than not at all.
+pub const COUNTERS: [&str; 7] = [
+    CONNECTIONS_TOTAL,
+    ENQUEUES_TOTAL,
+    FETCHES_TOTAL,
+    ACKS_TOTAL,
+    ACTOR_RESTARTS_TOTAL,
+    RATE_LIMITED_TOTAL,
+    STALE_EPOCH_TOTAL,
+];
+
+/// Registers every metric with its description.
+pub fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(CONNECTIONS_TOTAL, "QUIC connections accepted");
+    describe_gauge!(CONNECTIONS_OPEN, "QUIC connections open now");
+    describe_counter!(ENQUEUES_TOTAL, "messages accepted (durable)");
+    describe_counter!(FETCHES_TOTAL, "fetch and fetchWait calls answered");
+    describe_counter!(ACKS_TOTAL, "ack calls answered");
+    describe_gauge!(
+        QUEUE_DEPTH,
+        "messages stored and not yet acknowledged, all inboxes"
+    );
+    describe_histogram!(COMMIT_BATCH_SIZE, "writes per store transaction");
+    describe_histogram!(
+        COMMIT_SECONDS,
+        Unit::Seconds,
+        "store commit (fsync) latency"
+    );
+    describe_counter!(
+        ACTOR_RESTARTS_TOTAL,
+        "inbox actors replaced after a failure"
+    );
+    describe_counter!(RATE_LIMITED_TOTAL, "requests refused with RATE_LIMITED");
+    describe_counter!(STALE_EPOCH_TOTAL, "commits refused with STALE_EPOCH");
+    for name in COUNTERS {
+        metrics::counter!(name).increment(0);
+    }
+    metrics::gauge!(CONNECTIONS_OPEN).set(0.0);
+}

@@ -1,0 +1,90 @@
+//! The node's Prometheus endpoint serves every metric the operator relies on, and
+//! they move with traffic.
+
+use quicnprotochat::config::ServerConfig;
+use quicnprotochat_crypto::Identity;
+use quicnprotochat_tests::{TestNode, local};
+use quicnprotochat_wire::IdentityKey;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
+    out
+}
+
+/// The value of an unlabelled sample.
+fn value(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("{name} missing"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_metrics_endpoint_serves_the_node_s_dials() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::ephemeral(dir.path());
+    config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    config.rate_limits.enqueue_per_sec_per_session = 3;
+    let node = TestNode::start_with(config).await;
+    let metrics = node.metrics_addr.expect("metrics endpoint bound");
+    let before = scrape(metrics).await;
+    for name in [
+        "qpc_connections_total",
+        "qpc_connections_open",
+        "qpc_enqueues_total",
+        "qpc_fetches_total",
+        "qpc_acks_total",
+        "qpc_actor_restarts_total",
+        "qpc_rate_limited_total",
+        "qpc_stale_epoch_total",
+    ] {
+        assert!(
+            before.contains(&format!("# TYPE {name} ")),
+            "{name} not described:\n{before}"
+        );
+    }
+    local(async {
+        let me = Identity::generate();
+        let (_c, s) = node.session(&me).await;
+        for _ in 0..3 {
+            s.enqueue(&IdentityKey(me.public_key()), b"m")
+                .await
+                .unwrap();
+        }
+        assert!(
+            s.enqueue(&IdentityKey(me.public_key()), b"over")
+                .await
+                .is_err()
+        );
+        s.fetch(0, 0).await.unwrap();
+        s.ack(2).await.unwrap();
+    })
+    .await;
+    let after = scrape(metrics).await;
+    // Other tests in this process may share the recorder: compare differences.
+    assert!(value(&after, "qpc_enqueues_total") - value(&before, "qpc_enqueues_total") >= 3.0);
+    assert!(value(&after, "qpc_fetches_total") - value(&before, "qpc_fetches_total") >= 1.0);
+    assert!(value(&after, "qpc_acks_total") - value(&before, "qpc_acks_total") >= 1.0);
+    assert!(
+        value(&after, "qpc_rate_limited_total") - value(&before, "qpc_rate_limited_total") >= 1.0
+    );
+    assert!(
+        value(&after, "qpc_connections_total") - value(&before, "qpc_connections_total") >= 1.0
+    );
+    assert!(
+        after.contains("qpc_commit_seconds_bucket{le=\"0.001\"}"),
+        "{after}"
+    );
+    assert!(after.contains("qpc_commit_batch_size_bucket"), "{after}");
+    assert!(after.contains("qpc_queue_depth "), "{after}");
+    node.stop().await;
+}
