@@ -1,6 +1,8 @@
-//! Helpers for end-to-end tests: a real node (QUIC, TLS, Cap'n Proto, fsync'd redb)
+//! Helpers for end-to-end tests and the `loadtest` harness (`load`): a real node (QUIC, TLS, Cap'n Proto, fsync'd redb)
 //! started in-process on an ephemeral port, and clients connected to it.
 #![forbid(unsafe_code)]
+
+pub mod load;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,152 @@
+//! `loadtest`: measures a quicnprotochat node. Starts its own node (in this
+//! process, temporary data) unless `--server` names one.
+//!
+//! `cargo run --release -p quicnprotochat-tests --bin loadtest -- enqueue`
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use quicnprotochat_tests::load::{self, DeliverParams, EnqueueParams, Target};
+
+#[derive(Parser)]
+#[command(name = "loadtest", about = "Load tests for a quicnprotochat node")]
+struct Cli {
+    /// Node to test instead of an in-process one (HOST:PORT).
+    #[arg(long, global = true)]
+    server: Option<SocketAddr>,
+    /// Its certificate (with --server).
+    #[arg(long, global = true, default_value = "data/server-cert.der")]
+    ca_cert: PathBuf,
+    /// Print the report as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Seconds to run (timed scenarios).
+    #[arg(long, global = true, default_value_t = 10)]
+    duration: u64,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Durable enqueues per second (and latency) from many calls in flight.
+    Enqueue {
+        #[arg(long, default_value_t = 4)]
+        connections: usize,
+        #[arg(long, default_value_t = 64)]
+        in_flight: usize,
+        #[arg(long, default_value_t = 1000)]
+        inboxes: usize,
+        #[arg(long, default_value_t = 1024)]
+        payload: usize,
+    },
+    /// The store alone (no network): the ceiling for `enqueue`.
+    Store {
+        #[arg(long, default_value_t = 256)]
+        in_flight: usize,
+        #[arg(long, default_value_t = 1000)]
+        inboxes: usize,
+        #[arg(long, default_value_t = 1024)]
+        payload: usize,
+    },
+    /// Enqueue-to-delivery latency with long-polling receivers at an offered rate.
+    Deliver {
+        #[arg(long, default_value_t = 2000)]
+        rate: u64,
+        #[arg(long, default_value_t = 16)]
+        receivers: usize,
+        #[arg(long, default_value_t = 1024)]
+        payload: usize,
+    },
+    /// Open and hold N authenticated connections.
+    Connections {
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+    },
+    /// Fill N inboxes, restart the node, time its return.
+    Inboxes {
+        #[arg(long, default_value_t = 100_000)]
+        count: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let show = !cli.json;
+    let duration = Duration::from_secs(cli.duration);
+    let mut target = match cli.server {
+        Some(addr) => Target::external(addr, cli.ca_cert.clone()),
+        None if matches!(cli.scenario, Scenario::Store { .. }) => {
+            Target::external("127.0.0.1:0".parse()?, cli.ca_cert.clone())
+        }
+        None => Target::in_process()?,
+    };
+    let report = match cli.scenario {
+        Scenario::Enqueue {
+            connections,
+            in_flight,
+            inboxes,
+            payload,
+        } => load::enqueue(
+            &target,
+            &EnqueueParams {
+                connections,
+                in_flight,
+                inboxes,
+                payload,
+                duration,
+            },
+            show,
+        )?,
+        Scenario::Store {
+            in_flight,
+            inboxes,
+            payload,
+        } => load::store(
+            &EnqueueParams {
+                connections: 1,
+                in_flight,
+                inboxes,
+                payload,
+                duration,
+            },
+            show,
+        )?,
+        Scenario::Deliver {
+            rate,
+            receivers,
+            payload,
+        } => load::deliver(
+            &target,
+            &DeliverParams {
+                rate,
+                receivers,
+                payload,
+                duration,
+            },
+            show,
+        )?,
+        Scenario::Connections { count } => load::connections(&target, count, show)?,
+        Scenario::Inboxes { count } => load::inboxes(&mut target, count, show)?,
+    };
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! The load-test harness: scenarios against a real node (QUIC, TLS, Cap'n Proto,
+//! fsync'd redb), latency histograms, and a report for people and machines.
+//!
+//! The node runs in this process on a runtime of its own whose threads are named,
+//! so the node's CPU time can be told apart from the load generator's (which runs
+//! on the calling thread).
+
+mod report;
+mod scenarios;
+mod sys;
+
+pub use report::Report;
+pub use scenarios::*;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use quicnprotochat::config::ServerConfig;
+use quicnprotochat::server::Server;
+use tokio::sync::oneshot;
+
+/// Name prefix of the node's own threads.
+pub const NODE_THREAD: &str = "qpc-node";
+
+/// A node for the load test: in-process on its own runtime, or one that runs
+/// elsewhere (`--server`).
+pub struct Target {
+    pub addr: SocketAddr,
+    pub ca_cert: PathBuf,
+    node: Option<InProcessNode>,
+}
+
+struct InProcessNode {
+    runtime: tokio::runtime::Runtime,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+    config: ServerConfig,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// Limits a load test must not trip over: it measures the store and the wire,
+/// not the abuse protections.
+pub fn load_test_config(data_dir: PathBuf) -> ServerConfig {
+    let mut c = ServerConfig::ephemeral(data_dir);
+    c.queue_limit = 10_000_000;
+    c.rate_limits.enqueue_per_sec_per_session = 10_000_000;
+    c.rate_limits.enqueue_per_sec_per_address = 10_000_000;
+    c.rate_limits.logins_per_min_per_address = 10_000_000;
+    c
+}
+
+impl Target {
+    /// Starts a node in this process on a temporary data directory.
+    pub fn in_process() -> anyhow::Result<Target> {
+        let dir = tempfile::tempdir()?;
+        let config = load_test_config(dir.path().to_path_buf());
+        Target::start(config, Some(dir))
+    }
+
+    /// Starts a node in this process with `config`.
+    pub fn start(config: ServerConfig, dir: Option<tempfile::TempDir>) -> anyhow::Result<Target> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(NODE_THREAD)
+            .enable_all()
+            .build()?;
+        let server = runtime.block_on(Server::bind(config.clone()))?;
+        let addr = server.local_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = runtime.spawn(async move {
+            let _ = server
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        Ok(Target {
+            addr,
+            ca_cert: config.data_dir.join(quicnprotochat::tls::CERT_FILE),
+            node: Some(InProcessNode {
+                runtime,
+                stop: Some(stop),
+                task: Some(task),
+                config,
+                _dir: dir,
+            }),
+        })
+    }
+
+    /// A node that runs elsewhere.
+    pub fn external(addr: SocketAddr, ca_cert: PathBuf) -> Target {
+        Target {
+            addr,
+            ca_cert,
+            node: None,
+        }
+    }
+
+    pub fn is_in_process(&self) -> bool {
+        self.node.is_some()
+    }
+
+    /// Stops the in-process node gracefully and starts it again on the same data;
+    /// returns the time from start until it is bound and serving.
+    pub fn restart(&mut self) -> anyhow::Result<std::time::Duration> {
+        let node = self
+            .node
+            .as_mut()
+            .ok_or_else(|| anyhow::anyhow!("cannot restart an external node"))?;
+        node.shutdown();
+        let started = std::time::Instant::now();
+        let server = node.runtime.block_on(Server::bind(node.config.clone()))?;
+        self.addr = server.local_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        node.task = Some(node.runtime.spawn(async move {
+            let _ = server
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await;
+        }));
+        node.stop = Some(stop);
+        Ok(started.elapsed())
+    }
+
+    /// The store writer and inbox registry of a fresh store, for the `store`
+    /// scenario (no network).
+    pub fn node_runtime(&self) -> Option<&tokio::runtime::Runtime> {
+        self.node.as_ref().map(|n| &n.runtime)
+    }
+}
+
+impl InProcessNode {
+    fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = self.runtime.block_on(task);
+        }
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        if let Some(node) = self.node.as_mut() {
+            node.shutdown();
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! Results: a table for people, JSON for machines.
+
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub count: u64,
+    pub p50_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+}
+
+impl Latency {
+    pub fn of(h: &Histogram<u64>) -> Latency {
+        Latency {
+            count: h.len(),
+            p50_us: h.value_at_quantile(0.50),
+            p99_us: h.value_at_quantile(0.99),
+            p999_us: h.value_at_quantile(0.999),
+            max_us: h.max(),
+        }
+    }
+}
+
+/// A new latency histogram: 1 µs to 60 s, 3 significant digits.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
+}
+
+pub fn record(h: &mut Histogram<u64>, d: Duration) {
+    let _ = h.record((d.as_micros() as u64).clamp(1, 60_000_000));
+}
+
+/// One scenario's outcome.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub scenario: String,
+    /// The parameters it ran with, as given.
+    pub params: Vec<(String, String)>,
+    /// Headline figures, name → value (units in the name).
+    pub figures: Vec<(String, f64)>,
+    pub latency: Option<Latency>,
+    pub errors: u64,
+}
+
+impl Report {
+    pub fn new(scenario: &str) -> Report {
+        Report {
+            scenario: scenario.into(),
+            params: Vec::new(),
+            figures: Vec::new(),
+            latency: None,
+            errors: 0,
+        }
+    }
+
+    pub fn param(mut self, k: &str, v: impl ToString) -> Report {
+        self.params.push((k.into(), v.to_string()));
+        self
+    }
+
+    pub fn figure(&mut self, k: &str, v: f64) {
+        self.figures.push((k.into(), v));
+    }
+
+    pub fn get(&self, k: &str) -> Option<f64> {
+        self.figures.iter().find(|(n, _)| n == k).map(|(_, v)| *v)
+    }
+
+    /// A plain-text table.
+    pub fn table(&self) -> String {
+        let mut out = format!("scenario {}\n", self.scenario);
+        let params: Vec<String> = self
+            .params
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        out += &format!("  params   {}\n", params.join(" "));
+        for (k, v) in &self.figures {
+            out += &format!("  {k:<28} {v:>14.1}\n");
+        }
+        if let Some(l) = &self.latency {
+            out += &format!(
+                "  {:<28} {:>14}\n  {:<28} p50 {} µs  p99 {} µs  p999 {} µs  max {} µs\n",
+                "samples", l.count, "latency", l.p50_us, l.p99_us, l.p999_us, l.max_us
+            );
+        }
+        out += &format!("  {:<28} {:>14}\n", "errors", self.errors);
+        out
+    }
+}

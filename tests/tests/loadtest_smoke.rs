@@ -1,0 +1,76 @@
+//! Every load-test scenario runs for a moment at small sizes, so the harness cannot
+//! rot. These assert that the scenarios work, never how fast (that is for
+//! `loadtest` itself and docs/performance.md).
+
+use std::time::Duration;
+
+use quicnprotochat_tests::load::{self, DeliverParams, EnqueueParams, Target};
+
+fn small() -> EnqueueParams {
+    EnqueueParams {
+        connections: 2,
+        in_flight: 4,
+        inboxes: 10,
+        payload: 256,
+        duration: Duration::from_millis(500),
+    }
+}
+
+#[test]
+fn enqueue_scenario_runs() {
+    let target = Target::in_process().unwrap();
+    let r = load::enqueue(&target, &small(), false).unwrap();
+    assert!(r.get("messages").unwrap() > 0.0, "{}", r.table());
+    assert_eq!(r.errors, 0, "{}", r.table());
+    assert!(r.get("node_cpu_us_per_message").is_some());
+    assert!(
+        serde_json::to_string(&r)
+            .unwrap()
+            .contains("\"scenario\":\"enqueue\"")
+    );
+}
+
+#[test]
+fn store_scenario_runs() {
+    let r = load::store(&small(), false).unwrap();
+    assert!(r.get("messages").unwrap() > 0.0, "{}", r.table());
+}
+
+#[test]
+fn deliver_scenario_delivers_everything_offered() {
+    let target = Target::in_process().unwrap();
+    let r = load::deliver(
+        &target,
+        &DeliverParams {
+            rate: 100,
+            receivers: 2,
+            payload: 64,
+            duration: Duration::from_millis(500),
+        },
+        false,
+    )
+    .unwrap();
+    assert!(r.get("offered").unwrap() > 0.0);
+    assert_eq!(r.get("offered"), r.get("delivered"), "{}", r.table());
+    assert_eq!(r.errors, 0);
+}
+
+#[test]
+fn connections_scenario_runs() {
+    let target = Target::in_process().unwrap();
+    let r = load::connections(&target, 8, false).unwrap();
+    assert_eq!(r.errors, 0, "{}", r.table());
+    assert!(r.get("handshakes_per_s").unwrap() > 0.0);
+}
+
+#[test]
+fn inboxes_scenario_fills_restarts_and_answers() {
+    let mut target = Target::in_process().unwrap();
+    let r = load::inboxes(&mut target, 200, false).unwrap();
+    assert_eq!(r.errors, 0, "{}", r.table());
+    assert!(
+        r.get("restart_to_first_answer_ms").is_some(),
+        "{}",
+        r.table()
+    );
+}
