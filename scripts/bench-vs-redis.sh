@@ -18,16 +18,22 @@ if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/nu
 fi
 
 dir="$(mktemp -d)"
-port=6391
+port="${REDIS_PORT:-6391}"
 redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" --appendonly yes \
     --appendfsync always --save '' --daemonize yes --pidfile "$dir/redis.pid" \
     --logfile "$dir/redis.log"
 cleanup() {
-    [ -f "$dir/redis.pid" ] && kill "$(cat "$dir/redis.pid")" 2>/dev/null || true
+    if [ -f "$dir/redis.pid" ]; then
+        pid="$(cat "$dir/redis.pid")"
+        kill "$pid" 2>/dev/null || true
+        # Wait until it is gone, so the next run finds the port free.
+        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    fi
     rm -rf "$dir"
 }
 trap cleanup EXIT
-for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+redis-cli -p "$port" ping >/dev/null || { echo "redis did not start: $(cat "$dir/redis.log")" >&2; exit 1; }
 
 value="$(head -c 1024 /dev/zero | tr '\0' 'x')"
 redis_rps() {
