@@ -39,7 +39,7 @@ value="$(head -c 1024 /dev/zero | tr '\0' 'x')"
 redis_rps() {
     # XADD of a 1 KiB field into 1,000 stream keys from 64 clients.
     redis-cli -p "$port" flushall >/dev/null
-    redis-benchmark -p "$port" -c 64 -n "$requests" -r 1000 --csv \
+    timeout 300 redis-benchmark -p "$port" -c 64 -n "$requests" -r 1000 --csv \
         XADD "stream:__rand_int__" '*' f "$value" | tail -1 | cut -d, -f2 | tr -d '"'
 }
 
