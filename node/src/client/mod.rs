@@ -7,6 +7,6 @@ pub mod state;
 
 pub use rpc::{
     ClaimedKeyPackage, ClientError, Health, KeyPackageTarget, LoggedIn, NodeConnection,
-    SessionHandle,
+    SessionHandle, client_endpoint,
 };
 pub use state::ClientState;

@@ -75,25 +75,49 @@ pub struct NodeConnection {
     node: node::Client,
     connection: quinn::Connection,
     endpoint: quinn::Endpoint,
+    /// Whether this connection's endpoint is its own (then closing waits for the
+    /// endpoint to go idle, so the close reaches the node).
+    owns_endpoint: bool,
     channel_binding: [u8; CHANNEL_BINDING_LEN],
 }
 
+/// A client QUIC endpoint that trusts exactly `pinned`, for connections to `addr`.
+pub fn client_endpoint(
+    addr: SocketAddr,
+    pinned: CertificateDer<'static>,
+) -> Result<quinn::Endpoint, ClientError> {
+    let bind: SocketAddr = if addr.is_ipv6() {
+        "[::]:0".parse().expect("valid")
+    } else {
+        "0.0.0.0:0".parse().expect("valid")
+    };
+    let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| ClientError::Unreachable {
+        addr,
+        reason: e.to_string(),
+    })?;
+    endpoint.set_default_client_config(tls::client_config(pinned)?);
+    Ok(endpoint)
+}
+
 impl NodeConnection {
-    /// Connects to `addr`, trusting only the certificate `pinned`.
+    /// Connects to `addr`, trusting only the certificate `pinned`, on a client
+    /// endpoint of its own.
     pub async fn connect(
         addr: SocketAddr,
         pinned: CertificateDer<'static>,
     ) -> Result<NodeConnection, ClientError> {
-        let bind: SocketAddr = if addr.is_ipv6() {
-            "[::]:0".parse().expect("valid")
-        } else {
-            "0.0.0.0:0".parse().expect("valid")
-        };
-        let mut endpoint = quinn::Endpoint::client(bind).map_err(|e| ClientError::Unreachable {
-            addr,
-            reason: e.to_string(),
-        })?;
-        endpoint.set_default_client_config(tls::client_config(pinned)?);
+        let endpoint = client_endpoint(addr, pinned)?;
+        let mut conn = NodeConnection::connect_via(&endpoint, addr).await?;
+        conn.owns_endpoint = true;
+        Ok(conn)
+    }
+
+    /// Connects through an existing client endpoint (see [`client_endpoint`]):
+    /// what a process holding many connections (a load generator) should do.
+    pub async fn connect_via(
+        endpoint: &quinn::Endpoint,
+        addr: SocketAddr,
+    ) -> Result<NodeConnection, ClientError> {
         let connecting =
             endpoint
                 .connect(addr, "localhost")
@@ -124,7 +148,8 @@ impl NodeConnection {
         Ok(NodeConnection {
             node,
             connection,
-            endpoint,
+            endpoint: endpoint.clone(),
+            owns_endpoint: false,
             channel_binding,
         })
     }
@@ -406,7 +431,10 @@ impl NodeConnection {
     /// Closes the connection and waits briefly for the close to reach the node.
     pub async fn close(self) {
         self.connection.close(0u32.into(), b"bye");
-        let _ = tokio::time::timeout(Duration::from_millis(500), self.endpoint.wait_idle()).await;
+        if self.owns_endpoint {
+            let _ =
+                tokio::time::timeout(Duration::from_millis(500), self.endpoint.wait_idle()).await;
+        }
     }
 }
 

@@ -95,6 +95,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         None => Target::in_process()?,
     };
+    if target.is_in_process() {
+        eprintln!(
+            "node listening on {} (certificate {})",
+            target.addr,
+            target.ca_cert.display()
+        );
+    }
     let report = match cli.scenario {
         Scenario::Enqueue {
             connections,

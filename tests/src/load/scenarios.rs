@@ -26,7 +26,10 @@ fn run_local<F: std::future::Future>(f: F) -> F::Output {
         .enable_all()
         .build()
         .expect("client runtime");
-    tokio::task::LocalSet::new().block_on(&rt, f)
+    let out = tokio::task::LocalSet::new().block_on(&rt, f);
+    // The endpoint's driver lived on this runtime: never reuse it past it.
+    ENDPOINT.with(|e| e.borrow_mut().take());
+    out
 }
 
 fn progress(show: bool, len: u64, what: &str) -> ProgressBar {
@@ -44,9 +47,29 @@ fn progress(show: bool, len: u64, what: &str) -> ProgressBar {
     bar
 }
 
+thread_local! {
+    /// One client endpoint (one UDP socket) per generator thread for all its
+    /// connections, as a real multi-connection client would have.
+    static ENDPOINT: RefCell<Option<(std::net::SocketAddr, quinn::Endpoint)>> = const { RefCell::new(None) };
+}
+
 async fn connect(target: &Target) -> anyhow::Result<NodeConnection> {
-    let pinned = tls::read_pinned_cert(&target.ca_cert)?;
-    Ok(NodeConnection::connect(target.addr, pinned).await?)
+    let existing = ENDPOINT.with(|e| {
+        e.borrow()
+            .as_ref()
+            .filter(|(addr, _)| *addr == target.addr)
+            .map(|(_, ep)| ep.clone())
+    });
+    let endpoint = match existing {
+        Some(ep) => ep,
+        None => {
+            let pinned = tls::read_pinned_cert(&target.ca_cert)?;
+            let ep = quicnprotochat::client::client_endpoint(target.addr, pinned)?;
+            ENDPOINT.with(|e| *e.borrow_mut() = Some((target.addr, ep.clone())));
+            ep
+        }
+    };
+    Ok(NodeConnection::connect_via(&endpoint, target.addr).await?)
 }
 
 async fn session(target: &Target) -> anyhow::Result<(NodeConnection, SessionHandle)> {
