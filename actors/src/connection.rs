@@ -96,6 +96,7 @@ pub fn bootstrap(ctx: Arc<NodeContext>, conn: ConnectionInfo) -> node::Client {
         conn,
         nonce: Cell::new(None),
         login: RefCell::new(None),
+        admitted: Cell::new(false),
     })
 }
 
@@ -128,6 +129,9 @@ struct NodeService {
     nonce: Cell<Option<[u8; AUTH_NONCE_LEN]>>,
     /// An OPAQUE login between its start and finish.
     login: RefCell<Option<(String, ServerLoginState)>>,
+    /// Whether this connection has presented the admission token (calls that
+    /// carry no token of their own, like registerFinish, need that).
+    admitted: Cell<bool>,
 }
 
 impl NodeService {
@@ -163,8 +167,23 @@ impl NodeService {
                 ErrorCode::Unauthorized,
                 "admission token missing or wrong",
             )),
-            _ => Ok(()),
+            _ => {
+                self.admitted.set(true);
+                Ok(())
+            }
         }
+    }
+
+    /// For calls without a token parameter: the connection must have been
+    /// admitted by an earlier call.
+    fn check_admitted(&self) -> Result<(), capnp::Error> {
+        if self.ctx.auth_token.is_some() && !self.admitted.get() {
+            return Err(refuse(
+                ErrorCode::Unauthorized,
+                "admission token missing or wrong",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -244,6 +263,11 @@ impl node::Server for NodeService {
         params: node::RegisterFinishParams,
         _: node::RegisterFinishResults,
     ) -> Result<(), capnp::Error> {
+        self.check_admitted()?;
+        self.ctx
+            .rates
+            .login(self.conn.remote.ip())
+            .map_err(rate_limited)?;
         let p = params.get().map_err(bad_params)?;
         let username = text(p.get_username())?;
         let device = self.prove_identity(

@@ -267,6 +267,28 @@ impl NodeConnection {
         Ok(())
     }
 
+    /// Sends `registerFinish` alone (after a fresh challenge), skipping
+    /// `registerStart`: for tests of the admission check.
+    #[doc(hidden)]
+    pub async fn register_finish_raw(
+        &self,
+        username: &str,
+        upload: &[u8],
+        identity: &Identity,
+    ) -> Result<(), ClientError> {
+        let signature = self.prove(identity).await?;
+        let mut req = self.node.register_finish_request();
+        {
+            let mut p = req.get();
+            p.set_username(username);
+            p.set_upload(upload);
+            p.set_identity_key(&identity.public_key());
+            p.set_signature(&signature);
+        }
+        req.send().promise.await?;
+        Ok(())
+    }
+
     /// Logs in to `username` with `password` as device `identity` (a device not
     /// yet in the account joins it). Returns the session and its resumable token.
     pub async fn login(
