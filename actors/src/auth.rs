@@ -60,7 +60,7 @@ impl From<StoreError> for AuthError {
 
 impl From<redb::Error> for AuthError {
     fn from(e: redb::Error) -> Self {
-        AuthError::Store(StoreError::Corrupt(e.to_string()).into())
+        AuthError::Store(StoreError::Redb(e).into())
     }
 }
 
@@ -80,11 +80,9 @@ impl From<AuthError> for WireError {
             AuthError::UsernameTaken => ErrorCode::AlreadyExists,
             AuthError::Unauthorized => ErrorCode::Unauthorized,
             AuthError::NotFound(_) => ErrorCode::NotFound,
-            AuthError::Store(d) => {
-                return WireError::from(DeliveryError::Store(match d {
-                    DeliveryError::Store(s) => StoreError::Corrupt(s.to_string()),
-                    other => StoreError::Corrupt(other.to_string()),
-                }));
+            // Details are for the operator's log (connection.rs logs them).
+            AuthError::Store(_) => {
+                return WireError::new(ErrorCode::Unavailable, "storage unavailable");
             }
         };
         WireError::new(code, e.to_string())

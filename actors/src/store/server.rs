@@ -39,6 +39,8 @@ pub enum StoreError {
     Storage(#[from] redb::StorageError),
     #[error("commit: {0}")]
     Commit(#[from] redb::CommitError),
+    #[error("storage: {0}")]
+    Redb(#[from] redb::Error),
     #[error(
         "database schema version {found} is newer than this node understands ({SCHEMA_VERSION})"
     )]
