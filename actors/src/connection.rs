@@ -174,6 +174,20 @@ impl NodeService {
         }
     }
 
+    /// One registration, login or resume attempt: admitted, and within the
+    /// per-address attempt limit.
+    fn admit_login_attempt(&self, presented_token: &[u8]) -> Result<(), capnp::Error> {
+        self.check_admission(presented_token)?;
+        self.count_login_attempt()
+    }
+
+    fn count_login_attempt(&self) -> Result<(), capnp::Error> {
+        self.ctx
+            .rates
+            .login(self.conn.remote.ip())
+            .map_err(rate_limited)
+    }
+
     /// For calls without a token parameter: the connection must have been
     /// admitted by an earlier call.
     fn check_admitted(&self) -> Result<(), capnp::Error> {
@@ -243,11 +257,7 @@ impl node::Server for NodeService {
         mut results: node::RegisterStartResults,
     ) -> Result<(), capnp::Error> {
         let p = params.get().map_err(bad_params)?;
-        self.check_admission(p.get_auth_token().map_err(bad_params)?)?;
-        self.ctx
-            .rates
-            .login(self.conn.remote.ip())
-            .map_err(rate_limited)?;
+        self.admit_login_attempt(p.get_auth_token().map_err(bad_params)?)?;
         let username = text(p.get_username())?;
         let response = self
             .ctx
@@ -264,10 +274,7 @@ impl node::Server for NodeService {
         _: node::RegisterFinishResults,
     ) -> Result<(), capnp::Error> {
         self.check_admitted()?;
-        self.ctx
-            .rates
-            .login(self.conn.remote.ip())
-            .map_err(rate_limited)?;
+        self.count_login_attempt()?;
         let p = params.get().map_err(bad_params)?;
         let username = text(p.get_username())?;
         let device = self.prove_identity(
@@ -290,11 +297,7 @@ impl node::Server for NodeService {
         mut results: node::LoginStartResults,
     ) -> Result<(), capnp::Error> {
         let p = params.get().map_err(bad_params)?;
-        self.check_admission(p.get_auth_token().map_err(bad_params)?)?;
-        self.ctx
-            .rates
-            .login(self.conn.remote.ip())
-            .map_err(rate_limited)?;
+        self.admit_login_attempt(p.get_auth_token().map_err(bad_params)?)?;
         let username = text(p.get_username())?;
         let (state, response) = self
             .ctx
@@ -347,11 +350,7 @@ impl node::Server for NodeService {
         mut results: node::ResumeResults,
     ) -> Result<(), capnp::Error> {
         let p = params.get().map_err(bad_params)?;
-        self.check_admission(p.get_auth_token().map_err(bad_params)?)?;
-        self.ctx
-            .rates
-            .login(self.conn.remote.ip())
-            .map_err(rate_limited)?;
+        self.admit_login_attempt(p.get_auth_token().map_err(bad_params)?)?;
         let (device, token_hash, expires_at_ms) = self
             .ctx
             .auth

@@ -61,22 +61,7 @@ impl Drop for ServerProcess {
 }
 
 fn client(args: &[&str], server: SocketAddr, ca: &Path, state: &Path) -> (bool, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
-        .arg("--server")
-        .arg(server.to_string())
-        .arg("--ca-cert")
-        .arg(ca)
-        .arg("--state")
-        .arg(state)
-        .env_remove("QPC_AUTH_TOKEN")
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    client_env(args, server, ca, state, "")
 }
 
 fn assert_one_line_error(stderr: &str, contains: &str) {
