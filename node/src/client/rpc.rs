@@ -190,15 +190,13 @@ impl NodeConnection {
         identity: &Identity,
         auth_token: Option<&str>,
     ) -> Result<SessionHandle, ClientError> {
-        let reply = self.node.challenge_request().send().promise.await?;
-        let nonce: [u8; 32] =
-            reply.get()?.get_nonce()?.try_into().map_err(|_| {
-                ClientError::Protocol("challenge nonce has the wrong length".into())
-            })?;
-        let public = identity.public_key();
-        let signature = identity.sign(&auth_transcript(&nonce, &public, &self.channel_binding));
-        self.authenticate_raw(&public, &signature, auth_token.unwrap_or("").as_bytes())
-            .await
+        let signature = self.prove(identity).await?;
+        self.authenticate_raw(
+            &identity.public_key(),
+            &signature,
+            auth_token.unwrap_or("").as_bytes(),
+        )
+        .await
     }
 
     /// Sends an `authenticate` call as given, without computing anything: for
@@ -254,22 +252,11 @@ impl NodeConnection {
         let response = reply.get()?.get_response()?.to_vec();
         let upload = opaque::client_register_finish(state, password, &response, username)
             .map_err(opaque_err)?;
-        let signature = self.prove(identity).await?;
-        let mut req = self.node.register_finish_request();
-        {
-            let mut p = req.get();
-            p.set_username(username);
-            p.set_upload(&upload);
-            p.set_identity_key(&identity.public_key());
-            p.set_signature(&signature);
-        }
-        req.send().promise.await?;
-        Ok(())
+        self.register_finish_raw(username, &upload, identity).await
     }
 
-    /// Sends `registerFinish` alone (after a fresh challenge), skipping
-    /// `registerStart`: for tests of the admission check.
-    #[doc(hidden)]
+    /// Proves `identity` on a fresh challenge and sends `registerFinish`. Public
+    /// (hidden) so tests can send it without `registerStart`.
     pub async fn register_finish_raw(
         &self,
         username: &str,
@@ -314,29 +301,17 @@ impl NodeConnection {
             Err(_) => vec![0u8; 64],
         };
         let signature = self.prove(identity).await?;
-        let mut req = self.node.login_finish_request();
-        {
-            let mut p = req.get();
-            p.set_finalization(&finalization);
-            p.set_identity_key(&identity.public_key());
-            p.set_signature(&signature);
-        }
         // The node's answer is the one to report, so every failure reads alike.
-        let reply = req.send().promise.await?;
+        let logged = self
+            .login_finish_raw(&finalization, &identity.public_key(), &signature)
+            .await?;
         if finish.is_err() {
             return Err(ClientError::Refused(WireError::new(
                 ErrorCode::Unauthorized,
                 "the node accepted a login the client could not complete",
             )));
         }
-        let r = reply.get()?;
-        Ok(LoggedIn {
-            session: SessionHandle {
-                session: r.get_session()?,
-            },
-            token: r.get_token()?.to_vec(),
-            expires_at_ms: r.get_expires_at_ms(),
-        })
+        Ok(logged)
     }
 
     /// Sends a raw `loginStart` and returns the node's answer: for tests that
@@ -354,15 +329,14 @@ impl NodeConnection {
         Ok(reply.get()?.get_response()?.to_vec())
     }
 
-    /// Sends a raw `loginFinish` as given: for tests that must present a wrong
-    /// identity proof.
-    #[doc(hidden)]
+    /// Sends `loginFinish` as given (`login` computes the arguments; tests use
+    /// it to present a wrong identity proof).
     pub async fn login_finish_raw(
         &self,
         finalization: &[u8],
         identity_key: &[u8],
         signature: &[u8],
-    ) -> Result<(), ClientError> {
+    ) -> Result<LoggedIn, ClientError> {
         let mut req = self.node.login_finish_request();
         {
             let mut p = req.get();
@@ -370,8 +344,15 @@ impl NodeConnection {
             p.set_identity_key(identity_key);
             p.set_signature(signature);
         }
-        req.send().promise.await?;
-        Ok(())
+        let reply = req.send().promise.await?;
+        let r = reply.get()?;
+        Ok(LoggedIn {
+            session: SessionHandle {
+                session: r.get_session()?,
+            },
+            token: r.get_token()?.to_vec(),
+            expires_at_ms: r.get_expires_at_ms(),
+        })
     }
 
     /// Resumes a session from its token (after a reconnect).
@@ -480,6 +461,15 @@ fn classify_connect_error(addr: SocketAddr, e: quinn::ConnectionError) -> Client
 
 fn opaque_err(e: opaque::OpaqueError) -> ClientError {
     ClientError::Protocol(format!("OPAQUE: {e}"))
+}
+
+impl std::fmt::Debug for LoggedIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoggedIn")
+            .field("token", &"<redacted>")
+            .field("expires_at_ms", &self.expires_at_ms)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A successful login.
