@@ -15,20 +15,24 @@ use quicnprotochat_crypto::token::TokenHash;
 use quicnprotochat_crypto::{
     AUTH_NONCE_LEN, CHANNEL_BINDING_LEN, fresh_nonce, verify_authentication,
 };
-use quicnprotochat_wire::limits::{MAX_FETCH_BYTES, MAX_FETCH_LIMIT, MAX_FETCH_WAIT_MS};
+use quicnprotochat_wire::limits::{
+    MAX_DELIVERIES, MAX_FETCH_BYTES, MAX_FETCH_LIMIT, MAX_FETCH_WAIT_MS,
+};
 use quicnprotochat_wire::node_capnp::{node, session};
 use quicnprotochat_wire::{Envelope, ErrorCode, IdentityKey, WireError};
 
 use crate::auth::{AuthError, AuthService, ClaimTarget};
 use crate::core::inbox::InboxLimits;
 use crate::core::rate::{RateLimited, RateLimits};
-use crate::inbox::InboxRegistry;
+use crate::group::{GroupRegistry, MAX_GROUP_ID_LEN};
+use crate::inbox::{Delivery, InboxRegistry};
 use crate::store::ServerStore;
 use quicnprotochat_crypto::opaque::ServerLoginState;
 
 /// What every connection of a node shares.
 pub struct NodeContext {
     pub registry: InboxRegistry,
+    pub groups: GroupRegistry,
     pub store: ServerStore,
     pub auth: AuthService,
     pub rates: RateLimits,
@@ -493,12 +497,47 @@ impl SessionService {
     }
 }
 
+fn write_seqs(seqs: &[u64], mut out: capnp::primitive_list::Builder<'_, u64>) {
+    for (i, seq) in seqs.iter().enumerate() {
+        out.set(i as u32, *seq);
+    }
+}
+
 fn write_envelopes(
     list: &[Envelope],
     mut out: capnp::struct_list::Builder<'_, quicnprotochat_wire::node_capnp::envelope::Owned>,
 ) {
     for (i, env) in list.iter().enumerate() {
         env.write(out.reborrow().get(i as u32));
+    }
+}
+
+impl SessionService {
+    /// Reads and checks a list of deliveries: every recipient a valid, existing
+    /// inbox, every payload within the limit, and not too many of them.
+    fn deliveries(
+        &self,
+        list: capnp::struct_list::Reader<'_, quicnprotochat_wire::node_capnp::delivery::Owned>,
+    ) -> Result<Vec<Delivery>, capnp::Error> {
+        if list.len() as usize > MAX_DELIVERIES {
+            return Err(refuse(
+                ErrorCode::TooLarge,
+                format!("at most {MAX_DELIVERIES} deliveries per call"),
+            ));
+        }
+        list.iter()
+            .map(|d| {
+                let recipient =
+                    IdentityKey::from_wire(d.get_recipient().map_err(bad_params)?, "recipient")?;
+                check_recipient(&self.ctx, &recipient)?;
+                let payload = d.get_payload().map_err(bad_params)?;
+                check_payload(&self.ctx, payload)?;
+                Ok(Delivery {
+                    recipient,
+                    payload: payload.to_vec(),
+                })
+            })
+            .collect()
     }
 }
 
@@ -553,10 +592,29 @@ impl session::Server for SessionService {
 
     async fn enqueue_batch(
         self: Rc<Self>,
-        _: session::EnqueueBatchParams,
-        _: session::EnqueueBatchResults,
+        params: session::EnqueueBatchParams,
+        mut results: session::EnqueueBatchResults,
     ) -> Result<(), capnp::Error> {
-        Err(unimplemented("enqueueBatch"))
+        self.check_alive()?;
+        let p = params.get().map_err(bad_params)?;
+        let deliveries = self.deliveries(p.get_deliveries().map_err(bad_params)?)?;
+        if deliveries.is_empty() {
+            return Err(refuse(ErrorCode::BadRequest, "no deliveries"));
+        }
+        self.ctx
+            .rates
+            .enqueue_many(&self.identity.0, self.remote.ip(), deliveries.len())
+            .map_err(rate_limited)?;
+        let count = deliveries.len() as u64;
+        let seqs = self
+            .ctx
+            .registry
+            .enqueue_many(deliveries, None)
+            .await
+            .map_err(WireError::from)?;
+        metrics::counter!(crate::telemetry::ENQUEUES_TOTAL).increment(count);
+        write_seqs(&seqs, results.get().init_seqs(seqs.len() as u32));
+        Ok(())
     }
 
     async fn fetch(
@@ -638,10 +696,33 @@ impl session::Server for SessionService {
 
     async fn commit(
         self: Rc<Self>,
-        _: session::CommitParams,
-        _: session::CommitResults,
+        params: session::CommitParams,
+        mut results: session::CommitResults,
     ) -> Result<(), capnp::Error> {
-        Err(unimplemented("commit"))
+        self.check_alive()?;
+        let p = params.get().map_err(bad_params)?;
+        let group_id = p.get_group_id().map_err(bad_params)?;
+        if group_id.is_empty() || group_id.len() > MAX_GROUP_ID_LEN {
+            return Err(refuse(
+                ErrorCode::BadRequest,
+                format!("groupId must be 1 to {MAX_GROUP_ID_LEN} bytes"),
+            ));
+        }
+        let deliveries = self.deliveries(p.get_deliveries().map_err(bad_params)?)?;
+        self.ctx
+            .rates
+            .enqueue_many(&self.identity.0, self.remote.ip(), deliveries.len().max(1))
+            .map_err(rate_limited)?;
+        let count = deliveries.len() as u64;
+        let seqs = self
+            .ctx
+            .groups
+            .commit(group_id, p.get_epoch(), deliveries)
+            .await
+            .map_err(WireError::from)?;
+        metrics::counter!(crate::telemetry::ENQUEUES_TOTAL).increment(count);
+        write_seqs(&seqs, results.get().init_seqs(seqs.len() as u32));
+        Ok(())
     }
 
     async fn logout(

@@ -23,7 +23,7 @@ use tokio::sync::{Mutex, oneshot};
 use crate::core::inbox::{InboxLimits, InboxState};
 use crate::error::DeliveryError;
 use crate::store::StoreError;
-use crate::store::writer::{StoreWriter, WriteOp};
+use crate::store::writer::{FenceWrite, MultiAppend, StoreWriter, WriteOp};
 
 /// Messages to an inbox actor.
 pub enum InboxMsg {
@@ -44,6 +44,15 @@ pub enum InboxRequest {
         payload: Vec<u8>,
         reply: oneshot::Sender<Result<u64, DeliveryError>>,
     },
+    /// Admit `lens.len()` messages for a write that spans several inboxes. On
+    /// success the actor answers a [`Reservation`] and then processes nothing else
+    /// until the coordinator says whether the write went to the store, so the
+    /// reserved seqs are the next ones the store sees for this inbox (or are
+    /// taken back without a gap).
+    Reserve {
+        lens: Vec<usize>,
+        reply: oneshot::Sender<Result<Reservation, DeliveryError>>,
+    },
     /// Delete up to `up_to`; answered once durable.
     Ack {
         up_to: u64,
@@ -62,6 +71,23 @@ pub enum InboxRequest {
     /// Test and chaos hook: make the actor panic, as a bug would.
     #[doc(hidden)]
     Crash,
+}
+
+/// Seqs an inbox actor set aside for a multi-inbox write.
+pub struct Reservation {
+    /// The first of the reserved seqs; the rest follow it.
+    pub first: u64,
+    notify: ActorRef<InboxMsg>,
+    /// Sent once the write was handed to the store writer (the seqs are used);
+    /// dropped unsent when the write is abandoned (the seqs are taken back).
+    submitted: oneshot::Sender<()>,
+}
+
+/// One message of a multi-inbox write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub recipient: IdentityKey,
+    pub payload: Vec<u8>,
 }
 
 /// Settings every inbox actor shares.
@@ -233,6 +259,72 @@ impl InboxRegistry {
         rx.await.map_err(|_| DeliveryError::Restarting)?
     }
 
+    /// Stores every delivery in one store transaction, all or none, with the
+    /// group's new epoch fence if given; returns the seqs in the deliveries' order
+    /// once durable. A refusal by any inbox (full, too large) stores nothing.
+    pub async fn enqueue_many(
+        &self,
+        deliveries: Vec<Delivery>,
+        fence: Option<FenceWrite>,
+    ) -> Result<Vec<u64>, DeliveryError> {
+        // Reserve inbox by inbox in one global order: a reserving actor waits for
+        // its coordinator, so two coordinators must never wait on each other.
+        let mut by_inbox: std::collections::BTreeMap<IdentityKey, Vec<usize>> = Default::default();
+        for (i, d) in deliveries.iter().enumerate() {
+            by_inbox.entry(d.recipient).or_default().push(i);
+        }
+        let mut reservations: Vec<(Reservation, &[usize])> = Vec::with_capacity(by_inbox.len());
+        for (inbox, indices) in &by_inbox {
+            let lens = indices
+                .iter()
+                .map(|&i| deliveries[i].payload.len())
+                .collect();
+            let (reply, rx) = oneshot::channel();
+            let reserved = match self
+                .send(*inbox, InboxRequest::Reserve { lens, reply })
+                .await
+            {
+                Ok(()) => rx.await.unwrap_or(Err(DeliveryError::Restarting)),
+                Err(e) => Err(e),
+            };
+            match reserved {
+                Ok(r) => reservations.push((r, indices)),
+                // Dropping the reservations made so far abandons them.
+                Err(e) => return Err(e),
+            }
+        }
+        let mut seqs = vec![0u64; deliveries.len()];
+        let mut appends = Vec::with_capacity(deliveries.len());
+        let mut payloads: Vec<Option<Vec<u8>>> =
+            deliveries.into_iter().map(|d| Some(d.payload)).collect();
+        let mut submitted = Vec::with_capacity(reservations.len());
+        for ((inbox, _), (r, indices)) in by_inbox.iter().zip(reservations) {
+            for (k, &i) in indices.iter().enumerate() {
+                let seq = r.first + k as u64;
+                seqs[i] = seq;
+                appends.push(MultiAppend {
+                    inbox: *inbox,
+                    seq,
+                    payload: payloads[i].take().unwrap_or_default(),
+                    notify: r.notify.clone(),
+                });
+            }
+            submitted.push(r.submitted);
+        }
+        let (reply, rx) = oneshot::channel();
+        self.inner.writer.submit(WriteOp::AppendMany {
+            appends,
+            fence,
+            reply,
+        });
+        for s in submitted {
+            let _ = s.send(());
+        }
+        let stored = rx.await.map_err(|_| DeliveryError::Restarting)??;
+        debug_assert_eq!(stored.len(), seqs.len());
+        Ok(seqs)
+    }
+
     /// Acknowledges (deletes) messages of `inbox` up to `up_to`, durably.
     pub async fn ack(&self, inbox: IdentityKey, up_to: u64) -> Result<(), DeliveryError> {
         let (reply, rx) = oneshot::channel();
@@ -369,6 +461,26 @@ impl Actor for InboxActor {
                                 notify: myself,
                                 reply,
                             }),
+                            Err(refusal) => {
+                                let _ = reply.send(Err(refusal.into()));
+                            }
+                        }
+                    }
+                    InboxRequest::Reserve { lens, reply } => {
+                        match inbox.admit_many(lens, state.args.settings.limits) {
+                            Ok(run) => {
+                                let (submitted, decision) = oneshot::channel();
+                                let reservation = Reservation {
+                                    first: *run.start(),
+                                    notify: myself.clone(),
+                                    submitted,
+                                };
+                                let used =
+                                    reply.send(Ok(reservation)).is_ok() && decision.await.is_ok();
+                                if !used {
+                                    inbox.release(run);
+                                }
+                            }
                             Err(refusal) => {
                                 let _ = reply.send(Err(refusal.into()));
                             }

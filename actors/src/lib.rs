@@ -8,6 +8,7 @@ pub mod auth;
 pub mod connection;
 pub mod core;
 pub mod error;
+pub mod group;
 pub mod inbox;
 pub mod store;
 pub mod telemetry;

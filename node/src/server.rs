@@ -14,6 +14,7 @@ use quicnprotochat_actors::auth::{AuthError, AuthService};
 use quicnprotochat_actors::connection::{self, ConnectionInfo, NodeContext};
 use quicnprotochat_actors::core::inbox::InboxLimits;
 use quicnprotochat_actors::core::rate::RateLimits;
+use quicnprotochat_actors::group::GroupRegistry;
 use quicnprotochat_actors::inbox::{InboxRegistry, InboxSettings};
 use quicnprotochat_actors::store::writer::StoreWriter;
 use quicnprotochat_actors::store::{ServerStore, StoreError, StoreOptions};
@@ -113,8 +114,12 @@ impl Server {
                 source,
             })?;
         let auth = AuthService::open(store.clone(), writer.clone()).await?;
+        let groups = GroupRegistry::start(registry.clone(), writer.clone())
+            .await
+            .map_err(|e| ServerError::Actors(e.to_string()))?;
         let ctx = Arc::new(NodeContext {
             registry,
+            groups,
             store,
             auth,
             rates: RateLimits::new(config.rate_limits),
@@ -141,6 +146,12 @@ impl Server {
         self.endpoint
             .local_addr()
             .expect("bound endpoint has an address")
+    }
+
+    /// What every connection shares (registries, store): for in-process tests and
+    /// chaos hooks.
+    pub fn context(&self) -> Arc<NodeContext> {
+        self.ctx.clone()
     }
 
     /// The metrics endpoint's address, when one is configured.
@@ -199,6 +210,7 @@ impl Server {
         self.endpoint.close(0u32.into(), b"node shutting down");
         drop(conn_tx);
         let _ = tokio::task::spawn_blocking(move || rpc_thread.join()).await;
+        self.ctx.groups.stop().await;
         self.ctx.registry.stop().await;
         self.writer.shutdown().await;
         let writer_thread = self.writer_thread;

@@ -6,6 +6,9 @@ pub mod load;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use quicnprotochat_actors::connection::NodeContext;
 
 use quicnprotochat::client::{ClientError, NodeConnection, SessionHandle};
 use quicnprotochat::config::ServerConfig;
@@ -21,6 +24,8 @@ pub struct TestNode {
     pub metrics_addr: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub config: ServerConfig,
+    /// Dropped on stop: it holds the database open.
+    ctx: Option<Arc<NodeContext>>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -36,6 +41,7 @@ impl TestNode {
         let server = Server::bind(config.clone()).await.expect("node binds");
         let addr = server.local_addr();
         let metrics_addr = server.metrics_addr();
+        let ctx = server.context();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             server
@@ -50,6 +56,7 @@ impl TestNode {
             metrics_addr,
             data_dir: config.data_dir.clone(),
             config,
+            ctx: Some(ctx),
             stop: Some(stop),
             task: Some(task),
         }
@@ -61,6 +68,7 @@ impl TestNode {
     }
 
     async fn stop_inner(&mut self) {
+        self.ctx = None;
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -73,6 +81,17 @@ impl TestNode {
     pub async fn restart(mut self) -> TestNode {
         self.stop_inner().await;
         TestNode::start_with(self.config.clone()).await
+    }
+
+    /// Chaos hook: makes the actor of `group_id` panic, as a bug would.
+    pub async fn crash_group(&self, group_id: &[u8]) {
+        let groups = &self.ctx.as_ref().expect("node running").groups;
+        let before = groups.restarts();
+        groups.crash(group_id).await.expect("group actor reachable");
+        // Let the supervisor see the failure before the next call.
+        while groups.restarts() == before {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
 
     /// The certificate clients pin.

@@ -18,6 +18,9 @@ pub const MAX_FETCH_WAIT_MS: u32 = 60_000;
 /// whatever its size), so a response stays a bounded message.
 pub const MAX_FETCH_BYTES: usize = 4 * 1024 * 1024;
 
+/// Most deliveries one enqueueBatch or commit carries (a group's member devices).
+pub const MAX_DELIVERIES: usize = 4096;
+
 /// Reader options for every message we read off the wire.
 ///
 /// The traversal limit bounds the words a single incoming message may make us visit:

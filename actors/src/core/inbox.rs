@@ -111,6 +111,20 @@ impl InboxState {
         Ok(first..=self.assigned)
     }
 
+    /// Takes back the run `seqs` that `admit_many` just handed out, when the
+    /// multi-inbox write it was for is abandoned. Only the latest run can be taken
+    /// back (nothing was admitted after it), so no gap appears.
+    pub fn release(&mut self, seqs: std::ops::RangeInclusive<u64>) {
+        debug_assert_eq!(
+            *seqs.end(),
+            self.assigned,
+            "only the latest run is released"
+        );
+        if *seqs.end() == self.assigned && *seqs.start() > self.durable {
+            self.assigned = seqs.start() - 1;
+        }
+    }
+
     /// Records that every seq up to `seq` is committed. Monotone: an older report
     /// changes nothing.
     pub fn mark_durable(&mut self, seq: u64) {
@@ -232,5 +246,16 @@ mod tests {
             Err(InboxRefusal::TooLarge { .. })
         ));
         assert_eq!(s.assigned(), 2);
+    }
+
+    #[test]
+    fn a_released_run_is_handed_out_again() {
+        let mut s = InboxState::recovered(InboxMeta::default());
+        assert_eq!(s.admit(1, LIMITS), Ok(1));
+        let run = s.admit_many([1, 1], LIMITS).unwrap();
+        assert_eq!(run, 2..=3);
+        s.release(run);
+        assert_eq!(s.depth(), 1);
+        assert_eq!(s.admit(1, LIMITS), Ok(2));
     }
 }

@@ -67,6 +67,25 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
     }
 }
 
+impl<K: Hash + Eq + Clone> Limiter<K> {
+    /// `n` events at once. More than the burst can ever allow is refused with the
+    /// time a full burst takes, so the caller learns to split.
+    fn check_n(&self, key: &K, n: usize) -> Result<(), RateLimited> {
+        let Some(n) = u32::try_from(n).ok().and_then(NonZeroU32::new) else {
+            return Ok(());
+        };
+        match self.inner.check_key_n(key, n) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => Err(RateLimited {
+                retry_after: not_until.wait_time_from(DefaultClock::default().now()),
+            }),
+            Err(_) => Err(RateLimited {
+                retry_after: Duration::from_secs(1),
+            }),
+        }
+    }
+}
+
 /// Every limiter of a node.
 pub struct RateLimits {
     enqueue_session: Limiter<[u8; 32]>,
@@ -93,6 +112,17 @@ impl RateLimits {
     pub fn enqueue(&self, session: &[u8; 32], address: IpAddr) -> Result<(), RateLimited> {
         self.enqueue_session.check(session)?;
         self.enqueue_address.check(&address)
+    }
+
+    /// `n` enqueues in one call (a batch or a commit's fan-out).
+    pub fn enqueue_many(
+        &self,
+        session: &[u8; 32],
+        address: IpAddr,
+        n: usize,
+    ) -> Result<(), RateLimited> {
+        self.enqueue_session.check_n(session, n)?;
+        self.enqueue_address.check_n(&address, n)
     }
 
     /// One sealed-sender enqueue from `address` (there is no session).

@@ -18,6 +18,8 @@ const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const INBOX_IDX: TableDefinition<(&[u8; 32], u64), u64> = TableDefinition::new("inbox_idx");
 const INBOX_META: TableDefinition<&[u8; 32], (u64, u64)> = TableDefinition::new("inbox_meta");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Epoch fence per MLS group: group id → the epoch the next commit must be made at.
+const GROUPS: TableDefinition<&[u8], u64> = TableDefinition::new("groups");
 
 const KEY_SCHEMA_VERSION: &str = "schema_version";
 const KEY_NEXT_LOG: &str = "next_log";
@@ -103,6 +105,7 @@ impl ServerStore {
             txn.open_table(LOG)?;
             txn.open_table(INBOX_IDX)?;
             txn.open_table(INBOX_META)?;
+            txn.open_table(GROUPS)?;
             use super::auth::*;
             txn.open_table(SECRETS)?;
             txn.open_table(USERS)?;
@@ -226,6 +229,22 @@ fn read_meta(
         .unwrap_or_default())
 }
 
+/// The persisted epoch fence of `group_id` as of `txn` (`None`: no commit yet).
+pub fn group_fence(txn: &WriteTransaction, group_id: &[u8]) -> Result<Option<u64>, StoreError> {
+    let table = txn.open_table(GROUPS)?;
+    Ok(table.get(group_id)?.map(|v| v.value()))
+}
+
+/// Records that the next commit of `group_id` must be made at `next_epoch`.
+pub fn set_group_fence(
+    txn: &WriteTransaction,
+    group_id: &[u8],
+    next_epoch: u64,
+) -> Result<(), StoreError> {
+    txn.open_table(GROUPS)?.insert(group_id, next_epoch)?;
+    Ok(())
+}
+
 /// The writes of one store transaction. The writer thread opens one per batch.
 pub struct WriteBatch<'txn> {
     log: redb::Table<'txn, u64, &'static [u8]>,
@@ -275,6 +294,29 @@ impl<'txn> WriteBatch<'txn> {
         self.idx.insert((&inbox.0, seq), log_key)?;
         m.last_seq = seq;
         self.meta.insert(&inbox.0, (m.last_seq, m.acked))?;
+        Ok(())
+    }
+
+    /// Whether `seqs` (in order, possibly several per inbox) would each be exactly
+    /// one above the inbox's last stored seq: checked before a multi-inbox write
+    /// touches anything, so it is applied whole or not at all.
+    pub fn check_appends<'a>(
+        &self,
+        seqs: impl IntoIterator<Item = (&'a IdentityKey, u64)>,
+    ) -> Result<(), StoreError> {
+        let mut last: std::collections::HashMap<&IdentityKey, u64> = Default::default();
+        for (inbox, seq) in seqs {
+            let prev = match last.get(inbox) {
+                Some(p) => *p,
+                None => self.inbox_meta(inbox)?.last_seq,
+            };
+            if seq != prev + 1 {
+                return Err(StoreError::Corrupt(format!(
+                    "append of seq {seq} to inbox {inbox:?} whose last seq is {prev}"
+                )));
+            }
+            last.insert(inbox, seq);
+        }
         Ok(())
     }
 

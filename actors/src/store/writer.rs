@@ -41,6 +41,14 @@ pub enum WriteOp {
         notify: ActorRef<InboxMsg>,
         reply: Reply<u64>,
     },
+    /// Store messages in several inboxes in one transaction, all or none, and
+    /// optionally move a group's epoch fence with them (a commit's fan-out).
+    /// Answers the seqs, in order, once durable.
+    AppendMany {
+        appends: Vec<MultiAppend>,
+        fence: Option<FenceWrite>,
+        reply: Reply<Vec<u64>>,
+    },
     /// Delete messages of `inbox` up to `up_to`; answers once durable.
     Ack {
         inbox: IdentityKey,
@@ -63,6 +71,21 @@ pub enum WriteOp {
     Shutdown { done: oneshot::Sender<()> },
 }
 
+/// One message of a [`WriteOp::AppendMany`].
+pub struct MultiAppend {
+    pub inbox: IdentityKey,
+    pub seq: u64,
+    pub payload: Vec<u8>,
+    pub notify: ActorRef<InboxMsg>,
+}
+
+/// A group's new epoch fence, written with the commit that moves it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FenceWrite {
+    pub group_id: Vec<u8>,
+    pub next_epoch: u64,
+}
+
 /// Called with the commit's outcome once the batch is durable (or failed).
 pub type AfterCommit = Box<dyn FnOnce(Result<(), DeliveryError>) + Send>;
 /// A custom write: applied to the batch's transaction, answered after the commit.
@@ -81,6 +104,7 @@ impl WriteOp {
     fn payload_len(&self) -> usize {
         match self {
             WriteOp::Append { payload, .. } => payload.len(),
+            WriteOp::AppendMany { appends, .. } => appends.iter().map(|a| a.payload.len()).sum(),
             _ => 0,
         }
     }
@@ -166,6 +190,7 @@ impl StoreWriter {
 /// What to send once the batch's fate is known.
 enum Outcome {
     Seq(Reply<u64>, Result<u64, DeliveryError>),
+    Seqs(Reply<Vec<u64>>, Result<Vec<u64>, DeliveryError>),
     Unit(Reply<()>, Result<(), DeliveryError>),
     Meta(Reply<InboxMeta>, Result<InboxMeta, DeliveryError>),
     Custom(AfterCommit),
@@ -187,6 +212,7 @@ impl Outcome {
     fn send(self, commit_failure: Option<&str>) {
         match self {
             Outcome::Seq(r, v) => answer(r, v, commit_failure),
+            Outcome::Seqs(r, v) => answer(r, v, commit_failure),
             Outcome::Unit(r, v) => answer(r, v, commit_failure),
             Outcome::Meta(r, v) => answer(r, v, commit_failure),
             Outcome::Custom(after) => after(match commit_failure {
@@ -201,6 +227,7 @@ impl Outcome {
 fn refuse(op: WriteOp, why: &str) -> Option<oneshot::Sender<()>> {
     match op {
         WriteOp::Append { reply, .. } => answer(reply, Err(poisoned(why)), None),
+        WriteOp::AppendMany { reply, .. } => answer(reply, Err(poisoned(why)), None),
         WriteOp::Ack { reply, .. } => answer(reply, Err(poisoned(why)), None),
         WriteOp::Load { reply, .. } => answer(reply, Err(poisoned(why)), None),
         WriteOp::Custom(_) => {} // dropping it drops its reply port: the caller sees the writer gone
@@ -266,6 +293,24 @@ fn run(store: ServerStore, mut rx: mpsc::UnboundedReceiver<WriteOp>) {
     }
 }
 
+/// Applies one multi-inbox write: checks every seq first, so a refusal leaves the
+/// transaction untouched.
+fn append_many(
+    txn: &redb::WriteTransaction,
+    writes: &mut WriteBatch<'_>,
+    appends: &[MultiAppend],
+    fence: Option<&FenceWrite>,
+) -> Result<Vec<u64>, StoreError> {
+    writes.check_appends(appends.iter().map(|a| (&a.inbox, a.seq)))?;
+    for a in appends {
+        writes.append(&a.inbox, a.seq, &a.payload)?;
+    }
+    if let Some(f) = fence {
+        super::server::set_group_fence(txn, &f.group_id, f.next_epoch)?;
+    }
+    Ok(appends.iter().map(|a| a.seq).collect())
+}
+
 /// Applies and commits one batch, then answers every op in it.
 fn commit_batch(store: &ServerStore, batch: &mut Vec<WriteOp>) -> Result<(), StoreError> {
     let mut outcomes = Vec::with_capacity(batch.len());
@@ -298,6 +343,28 @@ fn commit_batch(store: &ServerStore, batch: &mut Vec<WriteOp>) -> Result<(), Sto
                                 outcomes.push(Outcome::Seq(reply, Err(e.into())));
                             }
                         }
+                    }
+                    WriteOp::AppendMany {
+                        appends,
+                        fence,
+                        reply,
+                    } => {
+                        let result = append_many(&txn, &mut writes, &appends, fence.as_ref());
+                        match &result {
+                            Ok(_) => {
+                                depth_change += appends.len() as f64;
+                                for a in appends {
+                                    let e = durable.entry(a.inbox).or_insert((a.seq, a.notify));
+                                    e.0 = e.0.max(a.seq);
+                                }
+                            }
+                            Err(e) => {
+                                for a in appends {
+                                    let _ = a.notify.send_message(InboxMsg::Resync(e.to_string()));
+                                }
+                            }
+                        }
+                        outcomes.push(Outcome::Seqs(reply, result.map_err(Into::into)));
                     }
                     WriteOp::Ack {
                         inbox,

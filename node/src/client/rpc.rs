@@ -380,26 +380,14 @@ impl NodeConnection {
         &self,
         target: &KeyPackageTarget,
     ) -> Result<Vec<ClaimedKeyPackage>, ClientError> {
-        let mut req = self.node.fetch_key_package_request();
-        match target {
-            KeyPackageTarget::Username(u) => req.get().init_target().set_username(u),
-            KeyPackageTarget::Device(d) => req.get().init_target().set_identity_key(&d.0),
+        self.key_directory().fetch_key_packages(target).await
+    }
+
+    /// A handle for KeyPackage claims that lives as long as the connection.
+    pub fn key_directory(&self) -> KeyDirectory {
+        KeyDirectory {
+            node: self.node.clone(),
         }
-        let reply = req.send().promise.await?;
-        reply
-            .get()?
-            .get_packages()?
-            .iter()
-            .map(|p| {
-                Ok(ClaimedKeyPackage {
-                    identity_key: IdentityKey::from_wire(p.get_identity_key()?, "identityKey")
-                        .map_err(ClientError::Refused)?,
-                    key_package: p.get_key_package()?.to_vec(),
-                    hybrid_public_key: p.get_hybrid_public_key()?.to_vec(),
-                    last_resort: p.get_last_resort(),
-                })
-            })
-            .collect()
     }
 
     /// Delivers `payload` to `recipient` without a session (sealed sender).
@@ -494,6 +482,41 @@ pub struct ClaimedKeyPackage {
     pub key_package: Vec<u8>,
     pub hybrid_public_key: Vec<u8>,
     pub last_resort: bool,
+}
+
+/// The node's KeyPackage directory (no session needed).
+#[derive(Clone)]
+pub struct KeyDirectory {
+    node: node::Client,
+}
+
+impl KeyDirectory {
+    /// Claims one KeyPackage per device of a user (or of one device).
+    pub async fn fetch_key_packages(
+        &self,
+        target: &KeyPackageTarget,
+    ) -> Result<Vec<ClaimedKeyPackage>, ClientError> {
+        let mut req = self.node.fetch_key_package_request();
+        match target {
+            KeyPackageTarget::Username(u) => req.get().init_target().set_username(u),
+            KeyPackageTarget::Device(d) => req.get().init_target().set_identity_key(&d.0),
+        }
+        let reply = req.send().promise.await?;
+        reply
+            .get()?
+            .get_packages()?
+            .iter()
+            .map(|p| {
+                Ok(ClaimedKeyPackage {
+                    identity_key: IdentityKey::from_wire(p.get_identity_key()?, "identityKey")
+                        .map_err(ClientError::Refused)?,
+                    key_package: p.get_key_package()?.to_vec(),
+                    hybrid_public_key: p.get_hybrid_public_key()?.to_vec(),
+                    last_resort: p.get_last_resort(),
+                })
+            })
+            .collect()
+    }
 }
 
 /// An authenticated session: calls on behalf of one identity.
@@ -604,6 +627,41 @@ impl SessionHandle {
         Ok(reply.get()?.get_seq())
     }
 
+    /// Stores every `(recipient, payload)` in one durable transaction, all or
+    /// none; returns the seqs in the same order.
+    pub async fn enqueue_batch(
+        &self,
+        deliveries: &[(IdentityKey, Vec<u8>)],
+    ) -> Result<Vec<u64>, ClientError> {
+        let mut req = self.session.enqueue_batch_request();
+        write_deliveries(
+            req.get().init_deliveries(deliveries.len() as u32),
+            deliveries,
+        );
+        let reply = req.send().promise.await?;
+        Ok(reply.get()?.get_seqs()?.iter().collect())
+    }
+
+    /// Offers a commit made at `epoch` of `group_id`; its deliveries are stored
+    /// (one transaction) only if it is the first commit at that epoch, otherwise
+    /// the node answers `STALE_EPOCH`.
+    pub async fn commit(
+        &self,
+        group_id: &[u8],
+        epoch: u64,
+        deliveries: &[(IdentityKey, Vec<u8>)],
+    ) -> Result<Vec<u64>, ClientError> {
+        let mut req = self.session.commit_request();
+        req.get().set_group_id(group_id);
+        req.get().set_epoch(epoch);
+        write_deliveries(
+            req.get().init_deliveries(deliveries.len() as u32),
+            deliveries,
+        );
+        let reply = req.send().promise.await?;
+        Ok(reply.get()?.get_seqs()?.iter().collect())
+    }
+
     /// Envelopes of the own inbox with seq > `after` (0 = as many as allowed).
     pub async fn fetch(&self, after: u64, limit: u32) -> Result<Vec<Envelope>, ClientError> {
         let mut req = self.session.fetch_request();
@@ -637,5 +695,16 @@ impl SessionHandle {
         req.get().set_up_to(up_to);
         req.send().promise.await?;
         Ok(())
+    }
+}
+
+fn write_deliveries(
+    mut list: capnp::struct_list::Builder<'_, quicnprotochat_wire::node_capnp::delivery::Owned>,
+    deliveries: &[(IdentityKey, Vec<u8>)],
+) {
+    for (i, (recipient, payload)) in deliveries.iter().enumerate() {
+        let mut d = list.reborrow().get(i as u32);
+        d.set_recipient(&recipient.0);
+        d.set_payload(payload);
     }
 }

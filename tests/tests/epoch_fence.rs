@@ -1,0 +1,294 @@
+//! The node side of groups against a real node: the epoch fence of `commit`
+//! (first commit per epoch wins, the rest are STALE_EPOCH and store nothing), its
+//! durability across restarts and actor crashes, and `enqueueBatch` storing many
+//! inboxes' messages in one all-or-nothing transaction.
+
+use std::collections::BTreeMap;
+
+use quicnprotochat::client::{ClientError, SessionHandle};
+use quicnprotochat::config::ServerConfig;
+use quicnprotochat_crypto::Identity;
+use quicnprotochat_tests::{TestNode, local};
+use quicnprotochat_wire::{ErrorCode, IdentityKey};
+
+fn key(id: &Identity) -> IdentityKey {
+    IdentityKey(id.public_key())
+}
+
+fn code(r: Result<Vec<u64>, ClientError>) -> Option<ErrorCode> {
+    r.err().and_then(|e| e.code())
+}
+
+/// Everything in `session`'s inbox, as (seq, payload).
+async fn inbox(session: &SessionHandle) -> Vec<(u64, Vec<u8>)> {
+    session
+        .fetch(0, 0)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.seq, e.data))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_commits_one_wins_per_epoch_and_losers_store_nothing() {
+    const MEMBERS: usize = 6;
+    const EPOCHS: u64 = 12;
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    local(async {
+        let ids: Vec<Identity> = (0..MEMBERS).map(|_| Identity::generate()).collect();
+        let mut sessions = Vec::new();
+        for id in &ids {
+            sessions.push(node.session(id).await);
+        }
+        let group = b"group-race".to_vec();
+        let mut winners = Vec::new();
+        for epoch in 0..EPOCHS {
+            // Every member commits at this epoch at once, each to every other member.
+            let attempts = sessions.iter().enumerate().map(|(m, (_, s))| {
+                let deliveries: Vec<(IdentityKey, Vec<u8>)> = ids
+                    .iter()
+                    .enumerate()
+                    .filter(|(o, _)| *o != m)
+                    .map(|(_, o)| (key(o), format!("commit e{epoch} by {m}").into_bytes()))
+                    .collect();
+                let group = group.clone();
+                async move { (m, s.commit(&group, epoch, &deliveries).await) }
+            });
+            let results = futures::future::join_all(attempts).await;
+            let won: Vec<usize> = results
+                .iter()
+                .filter(|(_, r)| r.is_ok())
+                .map(|(m, _)| *m)
+                .collect();
+            assert_eq!(won.len(), 1, "exactly one commit wins epoch {epoch}");
+            for (m, r) in results {
+                if m != won[0] {
+                    assert_eq!(code(r), Some(ErrorCode::StaleEpoch), "loser {m} at {epoch}");
+                }
+            }
+            winners.push(won[0]);
+        }
+        // Each member's inbox holds exactly the winners' commits (not its own), in
+        // epoch order, with gap-free seqs.
+        for (m, (_, s)) in sessions.iter().enumerate() {
+            let got = inbox(s).await;
+            let expected: Vec<Vec<u8>> = winners
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| **w != m)
+                .map(|(e, w)| format!("commit e{e} by {w}").into_bytes())
+                .collect();
+            assert_eq!(
+                got.iter().map(|(_, p)| p.clone()).collect::<Vec<_>>(),
+                expected
+            );
+            assert_eq!(
+                got.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+                (1..=expected.len() as u64).collect::<Vec<_>>()
+            );
+        }
+    })
+    .await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fence_survives_restarts_and_actor_crashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    let alice = Identity::generate();
+    let bob = Identity::generate();
+    let group = b"durable-fence".to_vec();
+    local(async {
+        let (_c, a) = node.session(&alice).await;
+        a.commit(&group, 0, &[(key(&bob), b"e0".to_vec())])
+            .await
+            .unwrap();
+    })
+    .await;
+    let node = node.restart().await;
+    local(async {
+        let (_c, a) = node.session(&alice).await;
+        assert_eq!(
+            code(a.commit(&group, 0, &[(key(&bob), b"again".to_vec())]).await),
+            Some(ErrorCode::StaleEpoch)
+        );
+        a.commit(&group, 1, &[(key(&bob), b"e1".to_vec())])
+            .await
+            .unwrap();
+    })
+    .await;
+    node.crash_group(&group).await;
+    local(async {
+        let (_c, a) = node.session(&alice).await;
+        assert_eq!(
+            code(a.commit(&group, 1, &[(key(&bob), b"again".to_vec())]).await),
+            Some(ErrorCode::StaleEpoch)
+        );
+        // An epoch the group never reached is the caller's error, not a fork.
+        assert_eq!(
+            code(a.commit(&group, 5, &[(key(&bob), b"ahead".to_vec())]).await),
+            Some(ErrorCode::BadRequest)
+        );
+        let (_c, b) = node.session(&bob).await;
+        let got: Vec<Vec<u8>> = inbox(&b).await.into_iter().map(|(_, p)| p).collect();
+        assert_eq!(got, vec![b"e0".to_vec(), b"e1".to_vec()]);
+    })
+    .await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_commit_stores_nothing_and_does_not_move_the_fence() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::ephemeral(dir.path());
+    config.queue_limit = 2;
+    let node = TestNode::start_with(config).await;
+    local(async {
+        let (alice, bob, carol) = (
+            Identity::generate(),
+            Identity::generate(),
+            Identity::generate(),
+        );
+        let (_c, a) = node.session(&alice).await;
+        let (_c, b) = node.session(&bob).await;
+        let (_c, c) = node.session(&carol).await;
+        // Carol's inbox is full.
+        a.enqueue(&key(&carol), b"1").await.unwrap();
+        a.enqueue(&key(&carol), b"2").await.unwrap();
+        let group = b"full".to_vec();
+        let deliveries = [
+            (key(&bob), b"commit".to_vec()),
+            (key(&carol), b"commit".to_vec()),
+        ];
+        assert_eq!(
+            code(a.commit(&group, 0, &deliveries).await),
+            Some(ErrorCode::QueueFull)
+        );
+        assert!(inbox(&b).await.is_empty(), "nothing of the commit stored");
+        // Once carol catches up, the same epoch is still open.
+        c.ack(2).await.unwrap();
+        let seqs = a.commit(&group, 0, &deliveries).await.unwrap();
+        assert_eq!(seqs, vec![1, 3]);
+        assert_eq!(inbox(&b).await, vec![(1, b"commit".to_vec())]);
+        // Too large a payload and a malformed recipient are refused up front.
+        let big = vec![0u8; node.config.max_payload + 1];
+        assert_eq!(
+            code(a.commit(&group, 1, &[(key(&bob), big)]).await),
+            Some(ErrorCode::TooLarge)
+        );
+        let err = a.commit(&[], 1, &deliveries).await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::BadRequest), "{err}");
+    })
+    .await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enqueue_batch_is_one_all_or_nothing_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::ephemeral(dir.path());
+    config.queue_limit = 3;
+    let node = TestNode::start_with(config).await;
+    local(async {
+        let ids: Vec<Identity> = (0..4).map(|_| Identity::generate()).collect();
+        let (_c, sender) = node.session(&Identity::generate()).await;
+        let mut sessions = Vec::new();
+        for id in &ids {
+            sessions.push(node.session(id).await.1);
+        }
+        // Two messages to the same inbox keep their order; seqs come back in the
+        // deliveries' order.
+        let batch: Vec<(IdentityKey, Vec<u8>)> = vec![
+            (key(&ids[0]), b"a1".to_vec()),
+            (key(&ids[1]), b"b1".to_vec()),
+            (key(&ids[0]), b"a2".to_vec()),
+            (key(&ids[2]), b"c1".to_vec()),
+        ];
+        assert_eq!(
+            sender.enqueue_batch(&batch).await.unwrap(),
+            vec![1, 1, 2, 1]
+        );
+        assert_eq!(
+            inbox(&sessions[0]).await,
+            vec![(1, b"a1".to_vec()), (2, b"a2".to_vec())]
+        );
+        // ids[0] has room for one more, not two: the whole batch is refused.
+        let over: Vec<(IdentityKey, Vec<u8>)> = vec![
+            (key(&ids[3]), b"d1".to_vec()),
+            (key(&ids[0]), b"a3".to_vec()),
+            (key(&ids[0]), b"a4".to_vec()),
+        ];
+        assert_eq!(
+            code(sender.enqueue_batch(&over).await),
+            Some(ErrorCode::QueueFull)
+        );
+        assert!(inbox(&sessions[3]).await.is_empty(), "nothing stored");
+        // The refused batch consumed no seq anywhere.
+        assert_eq!(
+            sender
+                .enqueue_batch(&[
+                    (key(&ids[3]), b"d1".to_vec()),
+                    (key(&ids[0]), b"a3".to_vec())
+                ])
+                .await
+                .unwrap(),
+            vec![1, 3]
+        );
+        assert_eq!(
+            code(sender.enqueue_batch(&[]).await),
+            Some(ErrorCode::BadRequest)
+        );
+    })
+    .await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_batches_over_shared_inboxes_neither_deadlock_nor_gap() {
+    const SENDERS: usize = 8;
+    const ROUNDS: usize = 10;
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    local(async {
+        let ids: Vec<Identity> = (0..5).map(|_| Identity::generate()).collect();
+        let tasks = (0..SENDERS).map(|s| {
+            let node = &node;
+            let ids = &ids;
+            async move {
+                let (_c, session) = node.session(&Identity::generate()).await;
+                for r in 0..ROUNDS {
+                    // Each sender names the inboxes in its own order.
+                    let batch: Vec<(IdentityKey, Vec<u8>)> = (0..ids.len())
+                        .map(|i| {
+                            let who = (i + s) % ids.len();
+                            (key(&ids[who]), format!("{s}/{r}").into_bytes())
+                        })
+                        .collect();
+                    session.enqueue_batch(&batch).await.unwrap();
+                }
+            }
+        });
+        futures::future::join_all(tasks).await;
+        for id in &ids {
+            let (_c, s) = node.session(id).await;
+            let got = inbox(&s).await;
+            let seqs: Vec<u64> = got.iter().map(|(s, _)| *s).collect();
+            assert_eq!(seqs, (1..=(SENDERS * ROUNDS) as u64).collect::<Vec<_>>());
+            // Every sender's rounds arrive in the order sent.
+            let mut last: BTreeMap<String, usize> = BTreeMap::new();
+            for (_, p) in got {
+                let text = String::from_utf8(p).unwrap();
+                let (s, r) = text.split_once('/').unwrap();
+                let r: usize = r.parse().unwrap();
+                if let Some(prev) = last.insert(s.to_string(), r) {
+                    assert!(r > prev);
+                }
+            }
+        }
+    })
+    .await;
+    node.stop().await;
+}
