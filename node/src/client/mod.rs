@@ -2,11 +2,13 @@
 //! local state (`state`), and the CLI commands built on them (`commands`).
 
 pub mod commands;
+pub mod message;
+pub mod messenger;
 pub mod rpc;
 pub mod state;
 
 pub use rpc::{
-    ClaimedKeyPackage, ClientError, Health, KeyPackageTarget, LoggedIn, NodeConnection,
-    SessionHandle, client_endpoint,
+    ClaimedKeyPackage, ClientError, Health, KeyDirectory, KeyPackageTarget, LoggedIn,
+    NodeConnection, SessionHandle, client_endpoint,
 };
 pub use state::ClientState;

@@ -9,6 +9,8 @@ use quicnprotochat_crypto::envelope::HybridKeyPair;
 use quicnprotochat_crypto::mls::GroupMember;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
+use crate::client::message::RosterEntry;
+
 const IDENTITY: TableDefinition<&str, &[u8]> = TableDefinition::new("identity");
 const KEY_ED25519_SECRET: &str = "ed25519_secret";
 
@@ -243,5 +245,282 @@ impl ClientState {
             }
         }
         txn.commit().map_err(|e| self.err(e))
+    }
+}
+
+// Groups: what the client keeps besides OpenMLS' own storage. Every change one
+// incoming message or one operation makes (OpenMLS writes, cursor, roster, lines to
+// show, messages held for a later epoch) is committed in ONE transaction, so a
+// crash leaves the profile before or after it, never in between.
+
+/// Group display name → group id (names are local to this profile).
+const GROUP_NAMES: TableDefinition<&str, &[u8]> = TableDefinition::new("group_names");
+/// Group id → display name.
+const GROUP_IDS: TableDefinition<&[u8], &str> = TableDefinition::new("group_ids");
+/// Member identity → (username, signed hybrid key), encoded as a roster entry.
+const ROSTER: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("roster");
+/// "inbox" → the highest seq of the own inbox that has been applied.
+const CURSOR: TableDefinition<&str, u64> = TableDefinition::new("cursor");
+/// seq → an opened message from an epoch the group has not reached yet.
+const HELD: TableDefinition<u64, &[u8]> = TableDefinition::new("held");
+/// (seq, n) → a line to show the user, kept until shown.
+const UNREAD: TableDefinition<(u64, u32), &str> = TableDefinition::new("unread");
+
+/// Where a line to show sits: the seq of the envelope that produced it, and its
+/// place among that envelope's lines.
+pub type LineKey = (u64, u32);
+
+/// The OpenMLS storage as last committed, so a transaction writes only what an
+/// operation changed.
+#[derive(Default)]
+pub struct MlsSnapshot(std::collections::HashMap<Vec<u8>, Vec<u8>>);
+
+/// The writes of one client transaction.
+pub struct ClientTxn<'a> {
+    txn: &'a redb::WriteTransaction,
+}
+
+type TxnResult<T> = Result<T, redb::Error>;
+
+impl ClientTxn<'_> {
+    pub fn set_group(&self, name: &str, group_id: &[u8]) -> TxnResult<()> {
+        self.txn.open_table(GROUP_NAMES)?.insert(name, group_id)?;
+        self.txn.open_table(GROUP_IDS)?.insert(group_id, name)?;
+        Ok(())
+    }
+
+    /// Forgets a group locally (after leaving it or being removed).
+    pub fn forget_group(&self, group_id: &[u8]) -> TxnResult<()> {
+        let name = self
+            .txn
+            .open_table(GROUP_IDS)?
+            .remove(group_id)?
+            .map(|n| n.value().to_string());
+        if let Some(name) = name {
+            self.txn.open_table(GROUP_NAMES)?.remove(name.as_str())?;
+        }
+        Ok(())
+    }
+
+    pub fn put_roster(&self, entry: &RosterEntry) -> TxnResult<()> {
+        self.txn
+            .open_table(ROSTER)?
+            .insert(&entry.identity, encode_roster(entry).as_slice())?;
+        Ok(())
+    }
+
+    pub fn set_cursor(&self, seq: u64) -> TxnResult<()> {
+        self.txn.open_table(CURSOR)?.insert("inbox", seq)?;
+        Ok(())
+    }
+
+    pub fn hold(&self, seq: u64, message: &[u8]) -> TxnResult<()> {
+        self.txn.open_table(HELD)?.insert(seq, message)?;
+        Ok(())
+    }
+
+    pub fn release(&self, seq: u64) -> TxnResult<()> {
+        self.txn.open_table(HELD)?.remove(seq)?;
+        Ok(())
+    }
+
+    pub fn add_line(&self, seq: u64, n: u32, line: &str) -> TxnResult<()> {
+        self.txn.open_table(UNREAD)?.insert((seq, n), line)?;
+        Ok(())
+    }
+
+    pub fn remove_line(&self, key: LineKey) -> TxnResult<()> {
+        self.txn.open_table(UNREAD)?.remove(key)?;
+        Ok(())
+    }
+}
+
+fn encode_roster(e: &RosterEntry) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + e.username.len() + e.hybrid_key.len());
+    out.extend_from_slice(&(e.username.len() as u32).to_be_bytes());
+    out.extend_from_slice(e.username.as_bytes());
+    out.extend_from_slice(&e.hybrid_key);
+    out
+}
+
+fn decode_roster(identity: [u8; 32], bytes: &[u8]) -> Option<RosterEntry> {
+    let len = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+    let name = bytes.get(4..4 + len)?;
+    Some(RosterEntry {
+        identity,
+        username: String::from_utf8(name.to_vec()).ok()?,
+        hybrid_key: bytes.get(4 + len..)?.to_vec(),
+    })
+}
+
+impl ClientState {
+    /// The MLS side and a snapshot of its storage, for [`ClientState::transact`].
+    pub fn mls_member_with_snapshot(
+        &self,
+        identity: &Identity,
+    ) -> Result<(GroupMember<MemoryStorage>, MlsSnapshot), StateError> {
+        let member = self.mls_member(identity)?;
+        let snapshot = MlsSnapshot(self.mls_values(&member)?);
+        Ok((member, snapshot))
+    }
+
+    fn mls_values(
+        &self,
+        member: &GroupMember<MemoryStorage>,
+    ) -> Result<std::collections::HashMap<Vec<u8>, Vec<u8>>, StateError> {
+        Ok(member
+            .provider()
+            .storage_provider()
+            .values
+            .read()
+            .map_err(|_| self.err("MLS storage lock"))?
+            .clone())
+    }
+
+    /// Commits, in one durable transaction, what `member`'s storage changed since
+    /// `snapshot` and the writes `f` makes.
+    pub fn transact(
+        &self,
+        member: &GroupMember<MemoryStorage>,
+        snapshot: &mut MlsSnapshot,
+        f: impl FnOnce(&ClientTxn<'_>) -> TxnResult<()>,
+    ) -> Result<(), StateError> {
+        let current = self.mls_values(member)?;
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        {
+            let mut t = txn.open_table(MLS).map_err(|e| self.err(e))?;
+            for (k, v) in &current {
+                if snapshot.0.get(k) != Some(v) {
+                    t.insert(k.as_slice(), v.as_slice())
+                        .map_err(|e| self.err(e))?;
+                }
+            }
+            for k in snapshot.0.keys() {
+                if !current.contains_key(k) {
+                    t.remove(k.as_slice()).map_err(|e| self.err(e))?;
+                }
+            }
+        }
+        f(&ClientTxn { txn: &txn }).map_err(|e| self.err(e))?;
+        txn.commit().map_err(|e| self.err(e))?;
+        snapshot.0 = current;
+        Ok(())
+    }
+
+    /// Runs `f` in one durable transaction that touches no MLS state.
+    pub fn write(&self, f: impl FnOnce(&ClientTxn<'_>) -> TxnResult<()>) -> Result<(), StateError> {
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        f(&ClientTxn { txn: &txn }).map_err(|e| self.err(e))?;
+        txn.commit().map_err(|e| self.err(e))
+    }
+
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction) -> Result<T, redb::Error>,
+        missing: T,
+    ) -> Result<T, StateError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        match f(&txn) {
+            Ok(v) => Ok(v),
+            Err(redb::Error::TableDoesNotExist(_)) => Ok(missing),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    pub fn group_id(&self, name: &str) -> Result<Option<Vec<u8>>, StateError> {
+        self.read(
+            |t| {
+                Ok(t.open_table(GROUP_NAMES)?
+                    .get(name)?
+                    .map(|v| v.value().to_vec()))
+            },
+            None,
+        )
+    }
+
+    pub fn group_name(&self, group_id: &[u8]) -> Result<Option<String>, StateError> {
+        self.read(
+            |t| {
+                Ok(t.open_table(GROUP_IDS)?
+                    .get(group_id)?
+                    .map(|v| v.value().to_string()))
+            },
+            None,
+        )
+    }
+
+    /// Every group of this profile: (name, id), by name.
+    pub fn groups(&self) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+        self.read(
+            |t| {
+                t.open_table(GROUP_NAMES)?
+                    .iter()?
+                    .map(|e| {
+                        let (k, v) = e?;
+                        Ok((k.value().to_string(), v.value().to_vec()))
+                    })
+                    .collect()
+            },
+            Vec::new(),
+        )
+    }
+
+    pub fn roster_entry(&self, identity: &[u8]) -> Result<Option<RosterEntry>, StateError> {
+        let Ok(identity) = <[u8; 32]>::try_from(identity) else {
+            return Ok(None);
+        };
+        self.read(
+            |t| {
+                Ok(t.open_table(ROSTER)?
+                    .get(&identity)?
+                    .and_then(|v| decode_roster(identity, v.value())))
+            },
+            None,
+        )
+    }
+
+    /// The highest seq of the own inbox already applied.
+    pub fn cursor(&self) -> Result<u64, StateError> {
+        self.read(
+            |t| {
+                Ok(t.open_table(CURSOR)?
+                    .get("inbox")?
+                    .map(|v| v.value())
+                    .unwrap_or(0))
+            },
+            0,
+        )
+    }
+
+    /// Messages waiting for a later epoch, in seq order.
+    pub fn held(&self) -> Result<Vec<(u64, Vec<u8>)>, StateError> {
+        self.read(
+            |t| {
+                t.open_table(HELD)?
+                    .iter()?
+                    .map(|e| {
+                        let (k, v) = e?;
+                        Ok((k.value(), v.value().to_vec()))
+                    })
+                    .collect()
+            },
+            Vec::new(),
+        )
+    }
+
+    /// Lines not yet shown, in the order they arrived.
+    pub fn unread(&self) -> Result<Vec<(LineKey, String)>, StateError> {
+        self.read(
+            |t| {
+                t.open_table(UNREAD)?
+                    .iter()?
+                    .map(|e| {
+                        let (k, v) = e?;
+                        Ok((k.value(), v.value().to_string()))
+                    })
+                    .collect()
+            },
+            Vec::new(),
+        )
     }
 }
