@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use quicnprotochat_actors::connection::NodeContext;
 
-use quicnprotochat::client::{ClientError, NodeConnection, SessionHandle};
+use quicnprotochat::client::commands::enroll;
+use quicnprotochat::client::messenger::Messenger;
+use quicnprotochat::client::{ClientError, ClientState, NodeConnection, SessionHandle};
 use quicnprotochat::config::ServerConfig;
 use quicnprotochat::server::Server;
 use quicnprotochat::tls;
@@ -113,6 +115,46 @@ impl TestNode {
             .await
             .expect("authenticates");
         (conn, session)
+    }
+}
+
+/// A registered user with one device and its own profile, ready for groups.
+pub struct Person {
+    pub messenger: Messenger,
+    pub identity: Identity,
+    pub password: String,
+    /// The profile directory (kept for the person's lifetime).
+    pub dir: tempfile::TempDir,
+    _conn: NodeConnection,
+}
+
+impl TestNode {
+    /// Registers `username` (password "pw-USERNAME") on a fresh profile, publishes
+    /// its keys, and opens its messenger. Must run on a `LocalSet`.
+    pub async fn person(&self, username: &str) -> Person {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let state = ClientState::open(dir.path()).expect("profile opens");
+        let identity = state.identity().expect("identity");
+        let password = format!("pw-{username}");
+        let conn = self.connect().await.expect("connects");
+        let session = enroll(
+            &state,
+            &conn,
+            username,
+            &password,
+            self.config.auth_token.as_deref(),
+        )
+        .await
+        .expect("registers");
+        let messenger = Messenger::open(state, session, conn.key_directory(), username)
+            .expect("messenger opens");
+        Person {
+            messenger,
+            identity,
+            password,
+            dir,
+            _conn: conn,
+        }
     }
 }
 

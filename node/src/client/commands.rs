@@ -175,20 +175,15 @@ async fn open_session(
 
 /// Logs in and remembers the session in the profile.
 async fn login_and_remember(
-    opts: &ClientOptions,
     conn: &NodeConnection,
     state: &ClientState,
     identity: &Identity,
     username: &str,
     password: &str,
+    auth_token: Option<&str>,
 ) -> Result<crate::client::LoggedIn, CommandError> {
     let logged = conn
-        .login(
-            username,
-            password.as_bytes(),
-            identity,
-            opts.auth_token.as_deref(),
-        )
+        .login(username, password.as_bytes(), identity, auth_token)
         .await?;
     state.save_login(&SavedLogin {
         username: username.to_string(),
@@ -208,20 +203,12 @@ pub async fn register_user(
     let state = ClientState::open(&opts.state_dir)?;
     let identity = state.identity()?;
     let conn = opts.connect().await?;
-    conn.register(
-        username,
-        password.as_bytes(),
-        &identity,
-        opts.auth_token.as_deref(),
-    )
-    .await?;
-    let logged = login_and_remember(opts, &conn, &state, &identity, username, password).await?;
-    upload_key_packages(
+    enroll(
         &state,
-        &identity,
-        &logged.session,
-        DEFAULT_KEY_PACKAGES,
-        true,
+        &conn,
+        username,
+        password,
+        opts.auth_token.as_deref(),
     )
     .await?;
     conn.close().await;
@@ -229,6 +216,30 @@ pub async fn register_user(
         "registered {username} (identity {}); published {DEFAULT_KEY_PACKAGES} KeyPackages, a last-resort one and the hybrid key",
         hex(&identity.public_key())
     ))
+}
+
+/// Registers the account with this profile's identity as its first device, logs
+/// in (remembering the session) and publishes KeyPackages and the hybrid key.
+pub async fn enroll(
+    state: &ClientState,
+    conn: &NodeConnection,
+    username: &str,
+    password: &str,
+    auth_token: Option<&str>,
+) -> Result<SessionHandle, CommandError> {
+    let identity = state.identity()?;
+    conn.register(username, password.as_bytes(), &identity, auth_token)
+        .await?;
+    let logged = login_and_remember(conn, state, &identity, username, password, auth_token).await?;
+    upload_key_packages(
+        state,
+        &identity,
+        &logged.session,
+        DEFAULT_KEY_PACKAGES,
+        true,
+    )
+    .await?;
+    Ok(logged.session)
 }
 
 /// `login`: OPAQUE login as this profile's device; remembers the session token.
@@ -240,7 +251,15 @@ pub async fn login(
     let state = ClientState::open(&opts.state_dir)?;
     let identity = state.identity()?;
     let conn = opts.connect().await?;
-    let logged = login_and_remember(opts, &conn, &state, &identity, username, password).await?;
+    let logged = login_and_remember(
+        &conn,
+        &state,
+        &identity,
+        username,
+        password,
+        opts.auth_token.as_deref(),
+    )
+    .await?;
     // A new device has published nothing yet; an old one may be running low.
     let (remaining, served) = logged.session.key_package_status().await?;
     if remaining == 0 && served == 0 {
