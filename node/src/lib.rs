@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod config;
+pub mod demo;
 pub mod metrics;
 pub mod server;
 pub mod tls;

@@ -4,9 +4,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use quicnprotochat::client::commands::{self, ClientOptions};
+use quicnprotochat::client::group_commands;
 use quicnprotochat::config::{FileConfig, ServerConfig};
 
 #[derive(Parser)]
@@ -100,6 +102,71 @@ enum Command {
     },
     /// Remove another device (identity key in hex) from this account.
     RemoveDevice { identity: String },
+    /// Create a group with this device as its only member.
+    CreateGroup {
+        name: String,
+        /// Use the post-quantum (X-Wing) MLS ciphersuite.
+        #[arg(long)]
+        pq: bool,
+    },
+    /// Add every device of each user to a group.
+    Invite {
+        #[arg(long)]
+        group: String,
+        #[arg(required = true)]
+        usernames: Vec<String>,
+    },
+    /// Accept pending invitations; prints the groups joined.
+    Join,
+    /// Send a message to every member of a group.
+    Send {
+        #[arg(long)]
+        group: String,
+        #[arg(required = true)]
+        message: Vec<String>,
+    },
+    /// Print new messages as `[GROUP] SENDER: TEXT`, then exit.
+    Recv {
+        /// Wait up to this many seconds for something to arrive.
+        #[arg(long, default_value_t = 0)]
+        wait: u64,
+    },
+    /// Remove a user's devices from a group.
+    Remove {
+        #[arg(long)]
+        group: String,
+        username: String,
+    },
+    /// Leave a group.
+    Leave {
+        #[arg(long)]
+        group: String,
+    },
+    /// Refresh this device's keys in a group (post-compromise security).
+    Update {
+        #[arg(long)]
+        group: String,
+    },
+    /// List groups with epoch and member count.
+    Groups,
+    /// List a group's members.
+    Members {
+        #[arg(long)]
+        group: String,
+    },
+    /// Chat interactively in a group: lines typed are sent; Ctrl+D exits.
+    Chat {
+        #[arg(long)]
+        group: String,
+    },
+    /// Against --server: register two throwaway users, create a group, exchange
+    /// messages, and print what happened.
+    DemoGroup,
+    /// The whole system in one command: an embedded node on a free port with
+    /// temporary data, three clients, a group conversation with an invite, a
+    /// removal and a self-update; prints the transcript and checks that every
+    /// member ends in the same state.
+    Demo,
 }
 
 fn default_state_dir() -> PathBuf {
@@ -206,10 +273,35 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     Command::RemoveDevice { identity } => {
                         commands::remove_device(&opts, &identity).await
                     }
+                    Command::CreateGroup { name, pq } => {
+                        group_commands::create_group(&opts, &name, pq).await
+                    }
+                    Command::Invite { group, usernames } => {
+                        group_commands::invite(&opts, &group, &usernames).await
+                    }
+                    Command::Join => group_commands::join(&opts).await,
+                    Command::Send { group, message } => {
+                        group_commands::send(&opts, &group, &message.join(" ")).await
+                    }
+                    Command::Recv { wait } => {
+                        group_commands::recv(&opts, Duration::from_secs(wait)).await
+                    }
+                    Command::Remove { group, username } => {
+                        group_commands::remove(&opts, &group, &username).await
+                    }
+                    Command::Leave { group } => group_commands::leave(&opts, &group).await,
+                    Command::Update { group } => group_commands::update(&opts, &group).await,
+                    Command::Groups => group_commands::groups(&opts).await,
+                    Command::Members { group } => group_commands::members(&opts, &group).await,
+                    Command::Chat { group } => group_commands::chat(&opts, &group).await,
+                    Command::DemoGroup => quicnprotochat::demo::demo_group(&opts).await,
+                    Command::Demo => quicnprotochat::demo::demo().await,
                     Command::Server { .. } => unreachable!("handled above"),
                 }
             })?;
-            println!("{line}");
+            if !line.is_empty() {
+                println!("{line}");
+            }
             Ok(())
         }
     }

@@ -146,7 +146,7 @@ async fn refill_if_low(
 
 /// A session for this profile: the remembered login when there is one, else a
 /// challenge session for the bare identity.
-async fn open_session(
+pub(crate) async fn open_session(
     opts: &ClientOptions,
     conn: &NodeConnection,
     state: &ClientState,

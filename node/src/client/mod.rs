@@ -2,6 +2,7 @@
 //! local state (`state`), and the CLI commands built on them (`commands`).
 
 pub mod commands;
+pub mod group_commands;
 pub mod message;
 pub mod messenger;
 pub mod rpc;

@@ -1,0 +1,234 @@
+//! The group commands of the CLI: each opens the profile's messenger on a fresh
+//! connection, does one thing, and says what happened in one line (or, for `recv`
+//! and `chat`, one line per message).
+
+use std::io::Write;
+use std::time::Duration;
+
+use quicnprotochat_crypto::mls::Suite;
+
+use crate::client::ClientState;
+use crate::client::commands::{ClientOptions, CommandError, open_session};
+use crate::client::messenger::{Messenger, MessengerError};
+use crate::client::rpc::NodeConnection;
+
+impl From<MessengerError> for CommandError {
+    fn from(e: MessengerError) -> Self {
+        match e {
+            MessengerError::Client(c) => CommandError::Client(c),
+            MessengerError::State(s) => CommandError::State(s),
+            other => CommandError::Invalid(other.to_string()),
+        }
+    }
+}
+
+/// The profile's messenger, logged in, on a fresh connection (kept alive beside
+/// it: dropping the connection ends the session).
+async fn messenger(opts: &ClientOptions) -> Result<(Messenger, NodeConnection), CommandError> {
+    let state = ClientState::open(&opts.state_dir)?;
+    let identity = state.identity()?;
+    let conn = opts.connect().await?;
+    let (session, login) = open_session(opts, &conn, &state, &identity).await?;
+    let Some(login) = login else {
+        return Err(CommandError::NotLoggedIn);
+    };
+    let m = Messenger::open(state, session, conn.key_directory(), &login.username)?;
+    Ok((m, conn))
+}
+
+/// `create-group NAME [--pq]`.
+pub async fn create_group(
+    opts: &ClientOptions,
+    name: &str,
+    post_quantum: bool,
+) -> Result<String, CommandError> {
+    let (mut m, conn) = messenger(opts).await?;
+    let suite = if post_quantum {
+        Suite::PostQuantum
+    } else {
+        Suite::Classic
+    };
+    m.create_group(name, suite)?;
+    conn.close().await;
+    Ok(format!("created group {name} ({suite:?} ciphersuite)"))
+}
+
+/// `invite --group NAME USERNAME...`.
+pub async fn invite(
+    opts: &ClientOptions,
+    group: &str,
+    users: &[String],
+) -> Result<String, CommandError> {
+    let (mut m, conn) = messenger(opts).await?;
+    let epoch = m.invite(group, users).await?;
+    conn.close().await;
+    Ok(format!(
+        "invited {} to {group}; the group is at epoch {epoch}",
+        users.join(", ")
+    ))
+}
+
+/// `join`: applies pending Welcomes (and everything else waiting) and names the
+/// groups joined; other lines stay for `recv`.
+pub async fn join(opts: &ClientOptions) -> Result<String, CommandError> {
+    let (mut m, conn) = messenger(opts).await?;
+    m.pull(Duration::ZERO).await?;
+    let joined: Vec<_> = m
+        .unread()?
+        .into_iter()
+        .filter(|(_, l)| l.contains("* joined, invited by"))
+        .collect();
+    let keys: Vec<_> = joined.iter().map(|(k, _)| *k).collect();
+    m.mark_shown(&keys)?;
+    conn.close().await;
+    if joined.is_empty() {
+        return Ok("no pending invitations".into());
+    }
+    Ok(joined
+        .into_iter()
+        .map(|(_, l)| l)
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+/// `send --group NAME MESSAGE...`.
+pub async fn send(opts: &ClientOptions, group: &str, text: &str) -> Result<String, CommandError> {
+    let (mut m, conn) = messenger(opts).await?;
+    let seqs = m.send(group, text).await?;
+    conn.close().await;
+    Ok(format!(
+        "sent to {} member device(s) of {group}",
+        seqs.len()
+    ))
+}
+
+/// Prints every line not shown yet, marking each shown right after printing it:
+/// a crash can repeat at most the line being printed, never lose one.
+fn show_unread(m: &Messenger, format: impl Fn(&str) -> String) -> Result<usize, CommandError> {
+    let mut out = std::io::stdout().lock();
+    let unread = m.unread()?;
+    for (key, line) in &unread {
+        writeln!(out, "{}", format(line))
+            .and_then(|_| out.flush())
+            .map_err(|e| CommandError::Invalid(format!("cannot write to stdout: {e}")))?;
+        m.mark_shown(&[*key])?;
+    }
+    Ok(unread.len())
+}
+
+/// `recv [--wait SECS]`: applies the inbox and prints each message as
+/// `[GROUP] SENDER: TEXT`; with `--wait`, first waits that long for something.
+pub async fn recv(opts: &ClientOptions, wait: Duration) -> Result<String, CommandError> {
+    let (mut m, conn) = messenger(opts).await?;
+    // Lines from earlier runs first (e.g. ones that arrived while sending).
+    let mut shown = show_unread(&m, str::to_string)?;
+    m.pull(if shown > 0 { Duration::ZERO } else { wait })
+        .await?;
+    shown += show_unread(&m, str::to_string)?;
+    conn.close().await;
+    Ok(if shown == 0 {
+        "no new messages".into()
+    } else {
+        String::new()
+    })
+}
+
+/// `remove --group NAME USERNAME`.
+pub async fn remove(opts: &ClientOptions, group: &str, user: &str) -> Result<String, CommandError> {
+    let (mut m, conn) = messenger(opts).await?;
+    let epoch = m.remove(group, &[user.to_string()]).await?;
+    conn.close().await;
+    Ok(format!(
+        "removed {user} from {group}; the group is at epoch {epoch}"
+    ))
+}
+
+/// `leave --group NAME`.
+pub async fn leave(opts: &ClientOptions, group: &str) -> Result<String, CommandError> {
+    let (mut m, conn) = messenger(opts).await?;
+    m.leave(group).await?;
+    conn.close().await;
+    Ok(format!(
+        "left {group}; a remaining member's client removes this device"
+    ))
+}
+
+/// `update --group NAME`.
+pub async fn update(opts: &ClientOptions, group: &str) -> Result<String, CommandError> {
+    let (mut m, conn) = messenger(opts).await?;
+    let epoch = m.update(group).await?;
+    conn.close().await;
+    Ok(format!(
+        "refreshed this device's keys in {group}; the group is at epoch {epoch}"
+    ))
+}
+
+/// `groups`: one line per group with epoch and member count.
+pub async fn groups(opts: &ClientOptions) -> Result<String, CommandError> {
+    let (mut m, conn) = messenger(opts).await?;
+    m.pull(Duration::ZERO).await?;
+    let groups = m.groups()?;
+    conn.close().await;
+    if groups.is_empty() {
+        return Ok("no groups".into());
+    }
+    Ok(groups
+        .iter()
+        .map(|g| {
+            format!(
+                "{}  epoch {}  {} member(s)  {:?}",
+                g.name,
+                g.epoch,
+                g.members.len(),
+                g.suite.unwrap_or(Suite::Classic)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+/// `members --group NAME`.
+pub async fn members(opts: &ClientOptions, group: &str) -> Result<String, CommandError> {
+    let (mut m, conn) = messenger(opts).await?;
+    m.pull(Duration::ZERO).await?;
+    let g = m.group(group)?;
+    conn.close().await;
+    Ok(g.members.join("\n"))
+}
+
+/// `chat --group NAME`: stdin lines are sent; incoming messages appear as
+/// `[SENDER] TEXT` (other groups' as `[GROUP] SENDER: TEXT`); Ctrl+D ends it.
+pub async fn chat(opts: &ClientOptions, group: &str) -> Result<String, CommandError> {
+    use tokio::io::AsyncBufReadExt;
+    let (mut m, conn) = messenger(opts).await?;
+    m.group(group)?; // an unknown group is an error before anything else
+    let prefix = format!("[{group}] ");
+    let format = |line: &str| match line.strip_prefix(&prefix) {
+        Some(rest) if !rest.starts_with("* ") => match rest.split_once(": ") {
+            Some((sender, text)) => format!("[{sender}] {text}"),
+            None => line.to_string(),
+        },
+        _ => line.to_string(),
+    };
+    show_unread(&m, format)?;
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    loop {
+        tokio::select! {
+            line = stdin.next_line() => {
+                match line.map_err(|e| CommandError::Invalid(format!("cannot read stdin: {e}")))? {
+                    None => break,
+                    Some(text) if text.trim().is_empty() => {}
+                    Some(text) => {
+                        m.send(group, &text).await?;
+                    }
+                }
+            }
+            pulled = m.pull(Duration::from_secs(10)) => {
+                pulled?;
+            }
+        }
+        show_unread(&m, format)?;
+    }
+    conn.close().await;
+    Ok(String::new())
+}
