@@ -182,29 +182,29 @@ async fn three_party(addr: SocketAddr, cert: &Path) -> Result<String, CommandErr
         .invite(g, &["bob".to_string(), "carol".to_string()])
         .await?;
     println!("alice    invites bob and carol: one commit, two Welcomes (now epoch {epoch})");
-    expect(&bob.read().await?, "joined", "bob")?;
-    expect(&carol.read().await?, "joined", "carol")?;
+    expect(bob.read().await?, "joined", "bob")?;
+    expect(carol.read().await?, "joined", "carol")?;
 
     alice
         .say(g, "Hello both: MLS inside, X-Wing around it.")
         .await?;
     bob.say(g, "Hi alice, hi carol!").await?;
     carol.say(g, "Hello from carol.").await?;
-    expect(&alice.read().await?, "carol: Hello from carol.", "alice")?;
-    expect(&bob.read().await?, "alice: Hello both", "bob")?;
-    expect(&carol.read().await?, "bob: Hi alice", "carol")?;
+    expect(alice.read().await?, "carol: Hello from carol.", "alice")?;
+    expect(bob.read().await?, "alice: Hello both", "bob")?;
+    expect(carol.read().await?, "bob: Hi alice", "carol")?;
 
     let epoch = alice.m.remove(g, &["carol".to_string()]).await?;
     println!("alice    removes carol (now epoch {epoch})");
-    expect(&bob.read().await?, "removed carol", "bob")?;
-    expect(&carol.read().await?, "you were removed", "carol")?;
+    expect(bob.read().await?, "removed carol", "bob")?;
+    expect(carol.read().await?, "you were removed", "carol")?;
 
     let epoch = bob.m.update(g).await?;
     println!("bob      refreshes his keys (self-update, now epoch {epoch})");
-    expect(&alice.read().await?, "bob updated their keys", "alice")?;
+    expect(alice.read().await?, "bob updated their keys", "alice")?;
 
     alice.say(g, "Just the two of us now.").await?;
-    expect(&bob.read().await?, "alice: Just the two of us now.", "bob")?;
+    expect(bob.read().await?, "alice: Just the two of us now.", "bob")?;
     let before = carol.seen.len();
     let carol_after = &carol.read().await?[before..];
     if carol_after.iter().any(|l| l.sender.is_some()) {
@@ -236,10 +236,10 @@ pub async fn demo_group(opts: &ClientOptions) -> Result<String, CommandError> {
     alice.m.create_group(&g, Suite::Classic)?;
     let epoch = alice.m.invite(&g, std::slice::from_ref(&b)).await?;
     println!("{a} creates {g} and invites {b} (epoch {epoch})");
-    expect(&bob.read().await?, "joined", &b)?;
+    expect(bob.read().await?, "joined", &b)?;
     alice.say(&g, "ping").await?;
-    expect(&bob.read().await?, "ping", &b)?;
+    expect(bob.read().await?, "ping", &b)?;
     bob.say(&g, "pong").await?;
-    expect(&alice.read().await?, "pong", &a)?;
+    expect(alice.read().await?, "pong", &a)?;
     check_agreement(&[&alice, &bob], &g)
 }
