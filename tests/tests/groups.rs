@@ -224,9 +224,9 @@ async fn racing_commits_converge_without_forks() {
             assert_no_fork(&refs, "race");
         }
         // And everyone can still read everyone.
-        for i in 0..people.len() {
+        for (i, p) in people.iter_mut().enumerate() {
             let text = format!("from {i}");
-            people[i].messenger.send("race", &text).await.unwrap();
+            p.messenger.send("race", &text).await.unwrap();
         }
         for (i, p) in people.iter_mut().enumerate() {
             let got = said(&pull(&mut p.messenger).await, "race");
