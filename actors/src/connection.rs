@@ -354,12 +354,17 @@ impl node::Server for NodeService {
         mut results: node::ResumeResults,
     ) -> Result<(), capnp::Error> {
         let p = params.get().map_err(bad_params)?;
-        self.admit_login_attempt(p.get_auth_token().map_err(bad_params)?)?;
-        let (device, token_hash, expires_at_ms) = self
-            .ctx
-            .auth
-            .resume(p.get_token().map_err(bad_params)?)
-            .map_err(auth_refusal)?;
+        self.check_admission(p.get_auth_token().map_err(bad_params)?)?;
+        // A valid token is 256 random bits: only failed resumes count against the
+        // login limit, so a client may reconnect as often as it needs to.
+        let (device, token_hash, expires_at_ms) =
+            match self.ctx.auth.resume(p.get_token().map_err(bad_params)?) {
+                Ok(resumed) => resumed,
+                Err(e) => {
+                    self.count_login_attempt()?;
+                    return Err(auth_refusal(e));
+                }
+            };
         let mut r = results.get();
         r.set_session(self.session(device, Some(token_hash)));
         r.set_expires_at_ms(expires_at_ms);

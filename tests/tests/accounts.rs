@@ -537,3 +537,33 @@ async fn the_admission_token_guards_registration_login_and_resume() {
     .await;
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resuming_a_valid_session_is_not_a_login_attempt_but_guessing_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::ephemeral(dir.path());
+    config.rate_limits.logins_per_min_per_address = 8;
+    let node = TestNode::start_with(config).await;
+    local(async {
+        let d = device();
+        let (_conn, _) = register(&node, "rita", "pw", &d).await;
+        let conn = node.connect().await.unwrap();
+        let logged = conn.login("rita", b"pw", &d.id, None).await.unwrap();
+        // Every CLI command reconnects and resumes: far more than the login limit.
+        for _ in 0..12 {
+            conn.resume(&logged.token, None).await.unwrap();
+        }
+        let mut codes = Vec::new();
+        for _ in 0..10 {
+            codes.push(conn.resume(&[7u8; 32], None).await.err().unwrap().code());
+        }
+        assert_eq!(codes[0], Some(ErrorCode::Unauthorized));
+        assert_eq!(
+            codes.last().unwrap(),
+            &Some(ErrorCode::RateLimited),
+            "{codes:?}"
+        );
+    })
+    .await;
+    node.stop().await;
+}

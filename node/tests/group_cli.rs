@@ -1,0 +1,251 @@
+//! Group chat through the built binary, as users run it: a server process and
+//! three client profiles driven through the CLI; the server killed with -9 in the
+//! middle of a conversation; a client killed in the middle of `recv`.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{BIN, ServerProcess, assert_one_line_error, client_env};
+use quicnprotochat::tls;
+
+/// A user of the CLI: a profile directory, and the server to talk to.
+struct User {
+    state: PathBuf,
+    password: String,
+}
+
+impl User {
+    fn new(dir: &Path, name: &str) -> User {
+        User {
+            state: dir.join(name),
+            password: format!("pw-{name}"),
+        }
+    }
+
+    fn run(&self, server: SocketAddr, ca: &Path, args: &[&str]) -> (bool, String, String) {
+        client_env(args, server, ca, &self.state, &self.password)
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    fn ok(&self, server: SocketAddr, ca: &Path, args: &[&str]) -> String {
+        let (ok, out, err) = self.run(server, ca, args);
+        assert!(ok, "{args:?} failed: {err}");
+        out
+    }
+
+    /// `chat --group G` with `lines` on stdin, then Ctrl+D; returns stdout.
+    fn chat(&self, server: SocketAddr, ca: &Path, group: &str, lines: &[String]) -> String {
+        let mut child = Command::new(BIN)
+            .args(["chat", "--group", group, "--server"])
+            .arg(server.to_string())
+            .arg("--ca-cert")
+            .arg(ca)
+            .arg("--state")
+            .arg(&self.state)
+            .env("QPC_PASSWORD", &self.password)
+            .env_remove("QPC_AUTH_TOKEN")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            let mut stdin = child.stdin.take().unwrap();
+            for l in lines {
+                writeln!(stdin, "{l}").unwrap();
+            }
+        } // dropping stdin is Ctrl+D
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "chat failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+fn lines_of(out: &str) -> Vec<String> {
+    out.lines().map(str::to_string).collect()
+}
+
+#[test]
+fn register_create_invite_join_chat_remove_from_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = ServerProcess::start(&data, &[]);
+    let ca = data.join(tls::CERT_FILE);
+    let at = server.addr;
+    let (alice, bob, carol) = (
+        User::new(dir.path(), "alice"),
+        User::new(dir.path(), "bob"),
+        User::new(dir.path(), "carol"),
+    );
+    for (u, name) in [(&alice, "alice"), (&bob, "bob"), (&carol, "carol")] {
+        u.ok(at, &ca, &["register-user", "--username", name]);
+    }
+
+    // Errors first: one line each, non-zero exit.
+    let stranger = User::new(dir.path(), "stranger");
+    let (ok, _, err) = stranger.run(at, &ca, &["groups"]);
+    assert!(!ok);
+    assert_one_line_error(&err, "not logged in");
+    let (ok, _, err) = alice.run(at, &ca, &["send", "--group", "nope", "hi"]);
+    assert!(!ok);
+    assert_one_line_error(&err, "no group named \"nope\"");
+
+    let out = alice.ok(at, &ca, &["create-group", "team"]);
+    assert!(out.starts_with("created group team"), "{out}");
+    let (ok, _, err) = alice.run(at, &ca, &["invite", "--group", "team", "mallory"]);
+    assert!(!ok);
+    assert_one_line_error(&err, "unknown user \"mallory\"");
+    let out = alice.ok(at, &ca, &["invite", "--group", "team", "bob", "carol"]);
+    assert!(out.contains("epoch 1"), "{out}");
+    let out = bob.ok(at, &ca, &["join"]);
+    assert!(out.contains("[team] * joined, invited by alice"), "{out}");
+    carol.ok(at, &ca, &["join"]);
+    assert_eq!(bob.ok(at, &ca, &["recv"]).trim(), "no new messages");
+
+    alice.ok(at, &ca, &["send", "--group", "team", "hello", "team"]);
+    bob.ok(at, &ca, &["send", "--group", "team", "hi", "alice"]);
+    alice.ok(at, &ca, &["send", "--group", "team", "how are you?"]);
+    assert_eq!(
+        lines_of(&carol.ok(at, &ca, &["recv", "--wait", "5"])),
+        vec![
+            "[team] alice: hello team",
+            "[team] bob: hi alice",
+            "[team] alice: how are you?"
+        ]
+    );
+    // bob's own send caught up with alice's first message: recv shows it now.
+    assert_eq!(
+        lines_of(&bob.ok(at, &ca, &["recv"])),
+        vec!["[team] alice: hello team", "[team] alice: how are you?"]
+    );
+    let groups = alice.ok(at, &ca, &["groups"]);
+    assert!(groups.starts_with("team  epoch 1  3 member(s)"), "{groups}");
+    assert_eq!(
+        lines_of(&carol.ok(at, &ca, &["members", "--group", "team"])),
+        vec!["alice", "bob", "carol"]
+    );
+
+    // chat: what was waiting shows as [SENDER] TEXT; typed lines are sent.
+    carol.ok(at, &ca, &["send", "--group", "team", "carol here"]);
+    let out = alice.chat(at, &ca, "team", &["typed in chat".into()]);
+    assert!(out.lines().any(|l| l == "[bob] hi alice"), "{out}");
+    assert!(out.lines().any(|l| l == "[carol] carol here"), "{out}");
+    assert!(
+        bob.ok(at, &ca, &["recv"])
+            .lines()
+            .any(|l| l == "[team] alice: typed in chat")
+    );
+
+    // Removal: carol is told, and reads nothing sent afterwards.
+    let out = alice.ok(at, &ca, &["remove", "--group", "team", "carol"]);
+    assert!(out.contains("epoch 2"), "{out}");
+    let out = carol.ok(at, &ca, &["recv"]);
+    assert!(
+        out.contains("you were removed from the group by alice"),
+        "{out}"
+    );
+    alice.ok(
+        at,
+        &ca,
+        &["send", "--group", "team", "secret after removal"],
+    );
+    let out = carol.ok(at, &ca, &["recv"]);
+    assert!(!out.contains("secret"), "{out}");
+    let (ok, _, err) = carol.run(at, &ca, &["send", "--group", "team", "let me in"]);
+    assert!(!ok);
+    assert_one_line_error(&err, "no group named");
+
+    // Self-update, then everyone is still in step.
+    let out = bob.ok(at, &ca, &["update", "--group", "team"]);
+    assert!(out.contains("epoch 3"), "{out}");
+    alice.ok(at, &ca, &["send", "--group", "team", "after the update"]);
+    let out = bob.ok(at, &ca, &["recv"]);
+    assert!(out.contains("[team] alice: after the update"), "{out}");
+    let a = alice.ok(at, &ca, &["groups"]);
+    assert!(a.starts_with("team  epoch 3  2 member(s)"), "{a}");
+}
+
+#[test]
+fn kill_dash_nine_server_mid_conversation_loses_no_sent_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let ca = data.join(tls::CERT_FILE);
+    let (alice, bob) = (User::new(dir.path(), "alice"), User::new(dir.path(), "bob"));
+    let server = ServerProcess::start(&data, &[]);
+    let at = server.addr;
+    alice.ok(at, &ca, &["register-user", "--username", "alice"]);
+    bob.ok(at, &ca, &["register-user", "--username", "bob"]);
+    alice.ok(at, &ca, &["create-group", "g"]);
+    alice.ok(at, &ca, &["invite", "--group", "g", "bob"]);
+    bob.ok(at, &ca, &["join"]);
+
+    // alice sends in a loop while the node is killed under her.
+    let sender = {
+        let (state, password) = (alice.state.clone(), alice.password.clone());
+        let ca = ca.clone();
+        std::thread::spawn(move || {
+            let alice = User { state, password };
+            let mut delivered = Vec::new();
+            for i in 0..200 {
+                let text = format!("message {i}");
+                let (ok, _, _) = alice.run(at, &ca, &["send", "--group", "g", &text]);
+                if !ok {
+                    break;
+                }
+                delivered.push(text);
+            }
+            delivered
+        })
+    };
+    // Kill once bob has read a few messages, however slow the machine is.
+    let mut shown: Vec<String> = Vec::new();
+    let mut read = |at: SocketAddr, shown: &mut Vec<String>| {
+        for l in bob.ok(at, &ca, &["recv"]).lines() {
+            if let Some(text) = l.strip_prefix("[g] alice: ") {
+                shown.push(text.to_string());
+            }
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while shown.len() < 3 && Instant::now() < deadline {
+        read(at, &mut shown);
+    }
+    server.signal("-KILL");
+    let delivered = sender.join().unwrap();
+    drop(server);
+    assert!(delivered.len() >= 3);
+
+    let server = ServerProcess::start(&data, &[]);
+    let at = server.addr;
+    read(at, &mut shown);
+    // Every send alice was told went through reaches bob exactly once, in order
+    // (a send cut off by the kill may or may not have been stored before it).
+    let indices: Vec<usize> = shown
+        .iter()
+        .map(|t| t.strip_prefix("message ").unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(
+        indices,
+        (0..indices.len()).collect::<Vec<_>>(),
+        "in order, no gap, no duplicate"
+    );
+    assert!(
+        indices.len() == delivered.len() || indices.len() == delivered.len() + 1,
+        "{} acknowledged, {} shown",
+        delivered.len(),
+        indices.len()
+    );
+    // The conversation continues.
+    alice.ok(at, &ca, &["send", "--group", "g", "after the restart"]);
+    let out = bob.ok(at, &ca, &["recv"]);
+    assert!(out.contains("[g] alice: after the restart"), "{out}");
+}
