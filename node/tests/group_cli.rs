@@ -346,3 +346,49 @@ fn a_client_killed_mid_recv_shows_every_message_after_restart() {
     }
     assert_eq!(first, sent, "shown in the order sent");
 }
+
+#[test]
+fn the_demo_runs_end_to_end_and_checks_itself() {
+    let out = Command::new(BIN)
+        .arg("demo")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "bob      reads seq  1 (epoch 1): [demo] * joined, invited by alice",
+        "[demo] * you were removed from the group by alice",
+        "[demo] * bob updated their keys (epoch 3)",
+        "alice and bob agree: epoch 3",
+        "demo finished: every check passed",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in\n{stdout}"
+        );
+    }
+}
+
+#[test]
+fn demo_group_against_a_server_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = ServerProcess::start(&data, &[]);
+    let ca = data.join(tls::CERT_FILE);
+    let (ok, out, err) = client_env(&["demo-group"], server.addr, &ca, dir.path(), "");
+    assert!(ok, "{out}\n{err}");
+    assert!(out.contains(": ping") && out.contains(": pong"), "{out}");
+    assert!(
+        out.trim_end()
+            .lines()
+            .last()
+            .unwrap()
+            .contains(" agree: epoch 1"),
+        "{out}"
+    );
+}
