@@ -158,6 +158,43 @@ impl TestNode {
     }
 }
 
+impl Person {
+    /// Closes this person's messenger and opens the profile again on a new
+    /// connection, as a restarted client process would.
+    pub async fn restart(self, node: &TestNode) -> Person {
+        let Person {
+            messenger,
+            identity,
+            password,
+            dir,
+            _conn,
+        } = self;
+        let username = messenger.username().to_string();
+        drop(messenger);
+        _conn.close().await;
+        let state = ClientState::open(dir.path()).expect("profile reopens");
+        let conn = node.connect().await.expect("connects");
+        let logged = conn
+            .login(
+                &username,
+                password.as_bytes(),
+                &identity,
+                node.config.auth_token.as_deref(),
+            )
+            .await
+            .expect("logs in");
+        let messenger = Messenger::open(state, logged.session, conn.key_directory(), &username)
+            .expect("messenger opens");
+        Person {
+            messenger,
+            identity,
+            password,
+            dir,
+            _conn: conn,
+        }
+    }
+}
+
 /// Runs `f` on a `LocalSet` (client objects are `!Send`).
 pub async fn local<F: std::future::Future>(f: F) -> F::Output {
     tokio::task::LocalSet::new().run_until(f).await

@@ -338,3 +338,37 @@ async fn a_message_from_a_later_epoch_waits_for_its_commit() {
     .await;
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_accepted_while_the_client_died_is_applied_from_its_receipt() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    local(async {
+        let mut alice = node.person("alice").await;
+        let mut bob = node.person("bob").await;
+        alice.messenger.create_group("g", Suite::Classic).unwrap();
+        alice.messenger.invite("g", &["bob".into()]).await.unwrap();
+        pull(&mut bob.messenger).await;
+        let before = alice.messenger.group("g").unwrap().epoch;
+
+        alice.messenger.die_after_next_commit();
+        alice.messenger.update("g").await.unwrap();
+        let mut alice = alice.restart(&node).await;
+        pull(&mut bob.messenger).await;
+        assert_eq!(bob.messenger.group("g").unwrap().epoch, before + 1);
+
+        let lines = pull(&mut alice.messenger).await;
+        assert!(
+            lines.iter().any(|l| l.contains("your change was applied")),
+            "{lines:?}"
+        );
+        assert_no_fork(&[&alice, &bob], "g");
+        bob.messenger.send("g", "still one group").await.unwrap();
+        assert_eq!(
+            said(&pull(&mut alice.messenger).await, "g"),
+            vec!["bob: still one group"]
+        );
+    })
+    .await;
+    node.stop().await;
+}

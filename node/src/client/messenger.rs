@@ -155,6 +155,9 @@ pub struct Messenger {
     username: String,
     /// Groups with proposals (leave requests) waiting for a commit.
     proposals: BTreeSet<Vec<u8>>,
+    /// Test hook: behave as if the process died right after the node accepted
+    /// the next commit (before applying it locally).
+    die_after_next_commit: bool,
 }
 
 impl Messenger {
@@ -184,9 +187,17 @@ impl Messenger {
             directory,
             username: username.to_string(),
             proposals: BTreeSet::new(),
+            die_after_next_commit: false,
         };
         m.state.write(|t| t.put_roster(&me))?;
         Ok(m)
+    }
+
+    /// Test hook: the next accepted commit is left pending, as if the process had
+    /// died before hearing the node's answer.
+    #[doc(hidden)]
+    pub fn die_after_next_commit(&mut self) {
+        self.die_after_next_commit = true;
     }
 
     pub fn username(&self) -> &str {
@@ -470,6 +481,7 @@ impl Messenger {
             self.commit_state(|_| Ok(()))?;
             let deliveries = self.commit_deliveries(gid, &group, &before, &out, added)?;
             match self.session.commit(gid, out.epoch, &deliveries).await {
+                Ok(_) if std::mem::take(&mut self.die_after_next_commit) => return Ok(None),
                 Ok(_) => {
                     group.confirm_commit(&self.member)?;
                     let epoch = group.epoch();
@@ -486,11 +498,15 @@ impl Messenger {
                     self.commit_state(|_| Ok(()))?;
                     self.pull(Duration::ZERO).await?;
                 }
-                Err(e) => {
+                Err(e @ ClientError::Refused(_)) => {
                     group.discard_commit(&self.member)?;
                     self.commit_state(|_| Ok(()))?;
                     return Err(e.into());
                 }
+                // The node may have accepted it before the connection broke: keep
+                // it pending; the next pull applies it from its receipt, or
+                // discards it when there is none.
+                Err(e) => return Err(e.into()),
             }
         }
         Err(MessengerError::CommitRetriesExhausted(MAX_COMMIT_ATTEMPTS))
