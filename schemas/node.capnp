@@ -63,7 +63,9 @@ interface Node {
   enqueueSealed @9 (recipient :Data, payload :Data, accessKey :Data) -> (seq :UInt64);
   # Sealed sender: no session; the recipient's access key admits the message.
 
-  fetchKeyPackage @10 (target :KeyPackageTarget) -> (packages :List(ClaimedKeyPackage));
+  fetchKeyPackage @10 (target :KeyPackageTarget, ciphersuite :UInt16) -> (packages :List(ClaimedKeyPackage));
+  # One package per device of the target, for `ciphersuite` (an MLS ciphersuite
+  # code; 0 means the mandatory one, MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519).
 }
 
 interface Session {
@@ -88,6 +90,8 @@ interface Session {
   # Deletes every envelope with seq <= upTo, durably, before answering.
 
   uploadKeyPackages @6 (oneTime :List(Data), lastResort :Data, hybridPublicKey :Data) -> ();
+  # All packages of one upload are of one ciphersuite; each suite has its own
+  # one-time packages and last-resort package.
   commit @7 (groupId :Data, epoch :UInt64, deliveries :List(Delivery)) -> (seqs :List(UInt64));
   logout @8 () -> ();
   setAccessKey @9 (accessKeyHash :Data) -> ();

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use quicnprotochat_crypto::envelope::HybridPublicKey;
-use quicnprotochat_crypto::mls::validate_key_package;
+use quicnprotochat_crypto::mls::{Suite, validate_key_package};
 use quicnprotochat_crypto::opaque::{self, OpaqueError, ServerLoginState, ServerSetup};
 use quicnprotochat_crypto::token::{TokenHash, generate_token};
 use quicnprotochat_wire::{ErrorCode, IdentityKey, WireError};
@@ -30,6 +30,11 @@ pub const USERNAME_MAX: usize = 32;
 /// Most one-time KeyPackages one upload may carry, and one device may have stored.
 pub const MAX_UPLOAD: usize = 200;
 pub const MAX_STORED_KEY_PACKAGES: u64 = 1000;
+
+/// The `NOT_FOUND` details of a KeyPackage claim: clients tell an unknown user
+/// from one who published nothing for the asked suite by them.
+pub const NO_SUCH_USER: &str = "no such user or device";
+pub const NO_KEY_PACKAGES: &str = "no KeyPackages published for this ciphersuite";
 /// How long a session token lives.
 pub const SESSION_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
@@ -496,16 +501,21 @@ impl AuthService {
                     .map_err(storage)?
                     .remove((name.as_str(), &device.0))
                     .map_err(storage)?;
-                let mut kps = txn.open_table(KEY_PACKAGES).map_err(storage)?;
-                kps.retain_in((&device.0, 0)..=(&device.0, u64::MAX), |_, _| false)
-                    .map_err(storage)?;
-                for t in [LAST_RESORT, HYBRID_KEYS] {
-                    txn.open_table(t)
+                for suite in Suite::ALL {
+                    let t = key_package_tables(suite);
+                    let mut kps = txn.open_table(t.one_time).map_err(storage)?;
+                    kps.retain_in((&device.0, 0)..=(&device.0, u64::MAX), |_, _| false)
+                        .map_err(storage)?;
+                    txn.open_table(t.last_resort)
+                        .map_err(storage)?
+                        .remove(&device.0)
+                        .map_err(storage)?;
+                    txn.open_table(t.stats)
                         .map_err(storage)?
                         .remove(&device.0)
                         .map_err(storage)?;
                 }
-                txn.open_table(KP_STATS)
+                txn.open_table(HYBRID_KEYS)
                     .map_err(storage)?
                     .remove(&device.0)
                     .map_err(storage)?;
@@ -552,9 +562,11 @@ impl AuthService {
                 "at most {MAX_UPLOAD} KeyPackages per upload"
             )));
         }
+        let mut suites = Vec::new();
         for (i, kp) in one_time.iter().enumerate() {
             let v = validate_key_package(kp)
                 .map_err(|e| AuthError::BadRequest(format!("KeyPackage {i}: {e}")))?;
+            suites.push(v.suite);
             if v.identity_key != device.0 {
                 return Err(AuthError::BadRequest(format!(
                     "KeyPackage {i} belongs to another identity"
@@ -575,23 +587,31 @@ impl AuthService {
                         .into(),
                 ));
             }
+            suites.push(v.suite);
         }
+        let suite = suites.first().copied().unwrap_or(Suite::Classic);
+        if suites.iter().any(|s| *s != suite) {
+            return Err(AuthError::BadRequest(
+                "all KeyPackages of one upload must be of one ciphersuite".into(),
+            ));
+        }
+        let tables = key_package_tables(suite);
         if !hybrid_public_key.is_empty() {
             HybridPublicKey::verify(&hybrid_public_key, &device.0)
                 .map_err(|e| AuthError::BadRequest(format!("hybrid public key: {e}")))?;
         }
         self.writer
             .transact(move |txn| -> Result<(), AuthError> {
-                let mut stats = txn.open_table(KP_STATS).map_err(storage)?;
+                let mut stats = txn.open_table(tables.stats).map_err(storage)?;
                 let (next, served) = stats.get(&device.0).map_err(storage)?.map(|v| v.value()).unwrap_or((0, 0));
-                let mut kps = txn.open_table(KEY_PACKAGES).map_err(storage)?;
+                let mut kps = txn.open_table(tables.one_time).map_err(storage)?;
                 let stored = kps.range((&device.0, 0)..=(&device.0, u64::MAX)).map_err(storage)?.count() as u64;
                 if stored + one_time.len() as u64 > MAX_STORED_KEY_PACKAGES {
                     return Err(AuthError::BadRequest(format!(
                         "at most {MAX_STORED_KEY_PACKAGES} KeyPackages may be stored per device ({stored} are)"
                     )));
                 }
-                let has_last_resort = txn.open_table(LAST_RESORT).map_err(storage)?.get(&device.0).map_err(storage)?.is_some();
+                let has_last_resort = txn.open_table(tables.last_resort).map_err(storage)?.get(&device.0).map_err(storage)?.is_some();
                 if last_resort.is_empty() && !has_last_resort {
                     return Err(AuthError::BadRequest("the first upload must include a last-resort KeyPackage".into()));
                 }
@@ -604,7 +624,7 @@ impl AuthService {
                 }
                 stats.insert(&device.0, (next + one_time.len() as u64, served)).map_err(storage)?;
                 if !last_resort.is_empty() {
-                    txn.open_table(LAST_RESORT).map_err(storage)?.insert(&device.0, last_resort.as_slice()).map_err(storage)?;
+                    txn.open_table(tables.last_resort).map_err(storage)?.insert(&device.0, last_resort.as_slice()).map_err(storage)?;
                 }
                 if !hybrid_public_key.is_empty() {
                     txn.open_table(HYBRID_KEYS)
@@ -624,7 +644,9 @@ impl AuthService {
     pub async fn claim_key_packages(
         &self,
         target: ClaimTarget,
+        suite: Suite,
     ) -> Result<Vec<ClaimedPackage>, AuthError> {
+        let tables = key_package_tables(suite);
         let devices = match &target {
             ClaimTarget::Username(name) => self.devices_of(name),
             ClaimTarget::Device(d) if self.devices.read().expect("lock").contains_key(d) => {
@@ -633,14 +655,14 @@ impl AuthService {
             ClaimTarget::Device(_) => Vec::new(),
         };
         if devices.is_empty() {
-            return Err(AuthError::NotFound("no such user or device"));
+            return Err(AuthError::NotFound(NO_SUCH_USER));
         }
         let claimed = self
             .writer
             .transact(move |txn| -> Result<Vec<ClaimedPackage>, AuthError> {
-                let mut kps = txn.open_table(KEY_PACKAGES).map_err(storage)?;
-                let mut stats = txn.open_table(KP_STATS).map_err(storage)?;
-                let last_resort = txn.open_table(LAST_RESORT).map_err(storage)?;
+                let mut kps = txn.open_table(tables.one_time).map_err(storage)?;
+                let mut stats = txn.open_table(tables.stats).map_err(storage)?;
+                let last_resort = txn.open_table(tables.last_resort).map_err(storage)?;
                 let hybrid = txn.open_table(HYBRID_KEYS).map_err(storage)?;
                 let mut out = Vec::new();
                 for d in devices {
@@ -691,7 +713,7 @@ impl AuthService {
             })
             .await?;
         if claimed.is_empty() {
-            return Err(AuthError::NotFound("no KeyPackages published"));
+            return Err(AuthError::NotFound(NO_KEY_PACKAGES));
         }
         Ok(claimed)
     }

@@ -27,6 +27,7 @@ use crate::core::rate::{RateLimited, RateLimits};
 use crate::group::{GroupRegistry, MAX_GROUP_ID_LEN};
 use crate::inbox::{Delivery, InboxRegistry};
 use crate::store::ServerStore;
+use quicnprotochat_crypto::mls::Suite;
 use quicnprotochat_crypto::opaque::ServerLoginState;
 
 /// What every connection of a node shares.
@@ -437,10 +438,16 @@ impl node::Server for NodeService {
             .rates
             .claim(self.conn.remote.ip(), &target_bytes)
             .map_err(rate_limited)?;
+        let suite = Suite::from_code(p.get_ciphersuite()).ok_or_else(|| {
+            refuse(
+                ErrorCode::BadRequest,
+                format!("unsupported ciphersuite {:#06x}", p.get_ciphersuite()),
+            )
+        })?;
         let claimed = self
             .ctx
             .auth
-            .claim_key_packages(target)
+            .claim_key_packages(target, suite)
             .await
             .map_err(auth_refusal)?;
         let mut list = results.get().init_packages(claimed.len() as u32);

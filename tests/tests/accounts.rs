@@ -567,3 +567,64 @@ async fn resuming_a_valid_session_is_not_a_login_attempt_but_guessing_is() {
     .await;
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_packages_are_kept_and_claimed_per_ciphersuite() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    local(async {
+        let d = device();
+        let (conn, s) = register(&node, "quinn", "pw", &d).await;
+        d.publish(&s, 1).await;
+        let directory = conn.key_directory();
+        let target = KeyPackageTarget::Username("quinn".into());
+        // Nothing post-quantum yet: a clear NOT_FOUND, not a classic package.
+        let err = directory
+            .fetch_key_packages(&target, Suite::PostQuantum)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::NotFound), "{err}");
+        assert!(
+            err.to_string()
+                .contains(quicnprotochat_actors::auth::NO_KEY_PACKAGES)
+        );
+
+        // One upload is one suite.
+        let classic = d.mls.generate_key_package(Suite::Classic, false).unwrap();
+        let pq = d
+            .mls
+            .generate_key_package(Suite::PostQuantum, false)
+            .unwrap();
+        let pq_last = d
+            .mls
+            .generate_key_package(Suite::PostQuantum, true)
+            .unwrap();
+        let err = s
+            .upload_key_packages(&[classic, pq.clone()], &[], &[])
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::BadRequest), "{err}");
+        s.upload_key_packages(std::slice::from_ref(&pq), &pq_last, &[])
+            .await
+            .unwrap();
+
+        let claimed = directory
+            .fetch_key_packages(&target, Suite::PostQuantum)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].key_package, pq);
+        assert!(!claimed[0].last_resort);
+        let v = validate_key_package(&claimed[0].key_package).unwrap();
+        assert_eq!(v.suite, Suite::PostQuantum);
+        // Then the post-quantum last-resort one; the classic packages are untouched.
+        let again = directory
+            .fetch_key_packages(&target, Suite::PostQuantum)
+            .await
+            .unwrap();
+        assert!(again[0].last_resort && again[0].key_package == pq_last);
+        assert_eq!(s.key_package_status().await.unwrap(), (1, 0));
+    })
+    .await;
+    node.stop().await;
+}

@@ -63,18 +63,6 @@ async fn invite_chat_remove_update_and_leave() {
             let mut alice = node.person("alice").await;
             let mut bob = node.person("bob").await;
             let mut carol = node.person("carol").await;
-            if suite == Suite::PostQuantum {
-                // Published KeyPackages are for the mandatory suite: inviting
-                // into a post-quantum group says so instead of failing obscurely.
-                alice.messenger.create_group("pq", suite).unwrap();
-                let err = alice
-                    .messenger
-                    .invite("pq", &["bob".into()])
-                    .await
-                    .unwrap_err();
-                assert!(matches!(err, MessengerError::WrongSuite { .. }), "{err}");
-                return;
-            }
             alice.messenger.create_group("team", suite).unwrap();
             assert!(matches!(
                 alice.messenger.create_group("team", suite),

@@ -115,6 +115,9 @@ impl ServerStore {
             txn.open_table(KEY_PACKAGES)?;
             txn.open_table(LAST_RESORT)?;
             txn.open_table(KP_STATS)?;
+            txn.open_table(KEY_PACKAGES_PQ)?;
+            txn.open_table(LAST_RESORT_PQ)?;
+            txn.open_table(KP_STATS_PQ)?;
             txn.open_table(HYBRID_KEYS)?;
             txn.open_table(ACCESS_KEYS)?;
         }

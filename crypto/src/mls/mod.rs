@@ -46,6 +46,19 @@ impl Suite {
     pub fn from_ciphersuite(cs: Ciphersuite) -> Option<Suite> {
         Suite::ALL.into_iter().find(|s| s.ciphersuite() == cs)
     }
+
+    /// The ciphersuite's code on the wire (RFC 9420 registry value).
+    pub fn code(self) -> u16 {
+        self.ciphersuite().into()
+    }
+
+    /// The suite with this wire code; 0 names the mandatory suite.
+    pub fn from_code(code: u16) -> Option<Suite> {
+        if code == 0 {
+            return Some(Suite::Classic);
+        }
+        Suite::ALL.into_iter().find(|s| s.code() == code)
+    }
 }
 
 /// Why an MLS operation failed. Each variant says whose doing it is.

@@ -14,6 +14,9 @@ use crate::tls;
 
 /// One-time KeyPackages uploaded after registering (and on a new device's login).
 pub const DEFAULT_KEY_PACKAGES: usize = 100;
+/// One-time KeyPackages of the post-quantum suite published with each rotation
+/// (its last-resort package serves once they are gone).
+pub const PQ_KEY_PACKAGES: usize = 10;
 /// Below this many one-time packages left, the client uploads more by itself.
 pub const REFILL_BELOW: u64 = 10;
 
@@ -109,6 +112,23 @@ async fn upload_key_packages(
     } else {
         Vec::new()
     };
+    // Post-quantum groups need packages of their own suite: a few one-time ones
+    // and a last-resort one, published with every rotation.
+    let post_quantum = if rotate {
+        let one_time = (0..PQ_KEY_PACKAGES)
+            .map(|_| {
+                member
+                    .generate_key_package(Suite::PostQuantum, false)
+                    .map_err(invalid)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let last_resort = member
+            .generate_key_package(Suite::PostQuantum, true)
+            .map_err(invalid)?;
+        Some((one_time, last_resort))
+    } else {
+        None
+    };
     state.save_mls(&member)?;
     let hybrid = state.hybrid_key()?.signed_public(identity).to_bytes();
     for chunk in one_time.chunks(100).enumerate() {
@@ -119,6 +139,11 @@ async fn upload_key_packages(
     if one_time.is_empty() {
         session
             .upload_key_packages(&[], &last_resort, &hybrid)
+            .await?;
+    }
+    if let Some((one_time, last_resort)) = post_quantum {
+        session
+            .upload_key_packages(&one_time, &last_resort, &hybrid)
             .await?;
     }
     Ok(())

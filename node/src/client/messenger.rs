@@ -13,6 +13,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use openmls_memory_storage::MemoryStorage;
+use quicnprotochat_actors::auth::NO_KEY_PACKAGES;
 use quicnprotochat_crypto::Identity;
 use quicnprotochat_crypto::envelope::{
     HybridKeyPair, HybridPublicKey, open_sealed_sender, seal_sealed_sender,
@@ -46,7 +47,9 @@ pub enum MessengerError {
     NotAMember { user: String, group: String },
     #[error("{user} is already a member of {group}")]
     AlreadyMember { user: String, group: String },
-    #[error("{user} has published no KeyPackage for this group's ciphersuite ({suite:?})")]
+    #[error(
+        "unknown user {user:?}, or no KeyPackage published for this group's ciphersuite ({suite:?})"
+    )]
     WrongSuite { user: String, suite: Suite },
     #[error("{user}'s published keys do not verify: {reason}")]
     BadKeys { user: String, reason: String },
@@ -318,11 +321,18 @@ impl Messenger {
         for user in usernames {
             let claimed = match self
                 .directory
-                .fetch_key_packages(&KeyPackageTarget::Username(user.clone()))
+                .fetch_key_packages(&KeyPackageTarget::Username(user.clone()), suite)
                 .await
             {
-                Err(e) if e.code() == Some(ErrorCode::NotFound) => {
-                    return Err(MessengerError::UnknownUser(user.clone()));
+                Err(ClientError::Refused(w)) if w.code == ErrorCode::NotFound => {
+                    return Err(if w.detail == NO_KEY_PACKAGES {
+                        MessengerError::WrongSuite {
+                            user: user.clone(),
+                            suite,
+                        }
+                    } else {
+                        MessengerError::UnknownUser(user.clone())
+                    });
                 }
                 other => other?,
             };

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use capnp_rpc::{RpcSystem, rpc_twoparty_capnp::Side, twoparty};
+use quicnprotochat_crypto::mls::Suite;
 use quicnprotochat_crypto::opaque;
 use quicnprotochat_crypto::{CHANNEL_BINDING_LEN, EXPORTER_LABEL, Identity, auth_transcript};
 use quicnprotochat_wire::error::CallError;
@@ -375,12 +376,15 @@ impl NodeConnection {
         ))
     }
 
-    /// Claims one KeyPackage per device of a user (or of one device).
+    /// Claims one KeyPackage of the mandatory suite per device of a user (or of
+    /// one device).
     pub async fn fetch_key_packages(
         &self,
         target: &KeyPackageTarget,
     ) -> Result<Vec<ClaimedKeyPackage>, ClientError> {
-        self.key_directory().fetch_key_packages(target).await
+        self.key_directory()
+            .fetch_key_packages(target, Suite::Classic)
+            .await
     }
 
     /// A handle for KeyPackage claims that lives as long as the connection.
@@ -491,12 +495,14 @@ pub struct KeyDirectory {
 }
 
 impl KeyDirectory {
-    /// Claims one KeyPackage per device of a user (or of one device).
+    /// Claims one KeyPackage of `suite` per device of a user (or of one device).
     pub async fn fetch_key_packages(
         &self,
         target: &KeyPackageTarget,
+        suite: Suite,
     ) -> Result<Vec<ClaimedKeyPackage>, ClientError> {
         let mut req = self.node.fetch_key_package_request();
+        req.get().set_ciphersuite(suite.code());
         match target {
             KeyPackageTarget::Username(u) => req.get().init_target().set_username(u),
             KeyPackageTarget::Device(d) => req.get().init_target().set_identity_key(&d.0),
