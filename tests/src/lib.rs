@@ -132,29 +132,34 @@ impl TestNode {
     /// Registers `username` (password "pw-USERNAME") on a fresh profile, publishes
     /// its keys, and opens its messenger. Must run on a `LocalSet`.
     pub async fn person(&self, username: &str) -> Person {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let state = ClientState::open(dir.path()).expect("profile opens");
-        let identity = state.identity().expect("identity");
-        let password = format!("pw-{username}");
         let conn = self.connect().await.expect("connects");
-        let session = enroll(
-            &state,
-            &conn,
-            username,
-            &password,
-            self.config.auth_token.as_deref(),
-        )
-        .await
-        .expect("registers");
-        let messenger = Messenger::open(state, session, conn.key_directory(), username)
-            .expect("messenger opens");
-        Person {
+        Person::enroll(conn, username, self.config.auth_token.as_deref())
+            .await
+            .expect("registers")
+    }
+}
+
+impl Person {
+    /// Registers `username` (password "pw-USERNAME") over `conn` on a fresh
+    /// profile in a temporary directory, publishes its keys, opens its messenger.
+    pub async fn enroll(
+        conn: NodeConnection,
+        username: &str,
+        auth_token: Option<&str>,
+    ) -> anyhow::Result<Person> {
+        let dir = tempfile::tempdir()?;
+        let state = ClientState::open(dir.path())?;
+        let identity = state.identity()?;
+        let password = format!("pw-{username}");
+        let session = enroll(&state, &conn, username, &password, auth_token).await?;
+        let messenger = Messenger::open(state, session, conn.key_directory(), username)?;
+        Ok(Person {
             messenger,
             identity,
             password,
             dir,
             _conn: conn,
-        }
+        })
     }
 }
 

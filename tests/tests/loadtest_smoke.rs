@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use quicnprotochat_tests::load::{self, DeliverParams, EnqueueParams, Target};
+use quicnprotochat_tests::load::{self, DeliverParams, EnqueueParams, GroupParams, Target};
 
 fn small() -> EnqueueParams {
     EnqueueParams {
@@ -73,4 +73,22 @@ fn inboxes_scenario_fills_restarts_and_answers() {
         "{}",
         r.table()
     );
+}
+
+#[test]
+fn groups_scenario_builds_a_group_and_compares_with_openmls() {
+    let target = Target::in_process().unwrap();
+    let r = load::groups(
+        &target,
+        &GroupParams {
+            members: 4,
+            messages: 3,
+        },
+        false,
+    )
+    .unwrap();
+    assert_eq!(r.errors, 0, "{}", r.table());
+    assert_eq!(r.latency.as_ref().unwrap().count, 3, "{}", r.table());
+    assert!(r.get("member_decrypts_per_s").unwrap() > 0.0);
+    assert!(r.get("add_member_ratio_to_openmls").unwrap() > 0.0);
 }

@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use quicnprotochat_tests::load::{self, DeliverParams, EnqueueParams, Target};
+use quicnprotochat_tests::load::{self, DeliverParams, EnqueueParams, GroupParams, Target};
 
 #[derive(Parser)]
 #[command(name = "loadtest", about = "Load tests for a quicnprotochat node")]
@@ -71,6 +71,14 @@ enum Scenario {
     Inboxes {
         #[arg(long, default_value_t = 100_000)]
         count: usize,
+    },
+    /// Real MLS clients in one group: send-to-all-decrypted latency, and one
+    /// add-member commit processed by all, next to OpenMLS' own cost.
+    Groups {
+        #[arg(long, default_value_t = 20)]
+        members: usize,
+        #[arg(long, default_value_t = 50)]
+        messages: usize,
     },
 }
 
@@ -149,6 +157,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         )?,
         Scenario::Connections { count } => load::connections(&target, count, show)?,
         Scenario::Inboxes { count } => load::inboxes(&mut target, count, show)?,
+        Scenario::Groups { members, messages } => {
+            load::groups(&target, &GroupParams { members, messages }, show)?
+        }
     };
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

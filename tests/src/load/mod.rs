@@ -5,10 +5,12 @@
 //! so the node's CPU time can be told apart from the load generator's (which runs
 //! on the calling thread).
 
+mod groups;
 mod report;
 mod scenarios;
 mod sys;
 
+pub use groups::{GroupParams, groups};
 pub use report::Report;
 pub use scenarios::*;
 

@@ -21,7 +21,7 @@ use super::sys::{NODE_THREADS, rss_bytes, thread_cpu_seconds};
 use super::{NODE_THREAD, Report, Target};
 
 /// Runs `f` on a fresh single-threaded runtime with a `LocalSet`.
-fn run_local<F: std::future::Future>(f: F) -> F::Output {
+pub(crate) fn run_local<F: std::future::Future>(f: F) -> F::Output {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -32,7 +32,7 @@ fn run_local<F: std::future::Future>(f: F) -> F::Output {
     out
 }
 
-fn progress(show: bool, len: u64, what: &str) -> ProgressBar {
+pub(crate) fn progress(show: bool, len: u64, what: &str) -> ProgressBar {
     if !show {
         return ProgressBar::hidden();
     }
@@ -53,7 +53,7 @@ thread_local! {
     static ENDPOINT: RefCell<Option<(std::net::SocketAddr, quinn::Endpoint)>> = const { RefCell::new(None) };
 }
 
-async fn connect(target: &Target) -> anyhow::Result<NodeConnection> {
+pub(crate) async fn connect(target: &Target) -> anyhow::Result<NodeConnection> {
     let existing = ENDPOINT.with(|e| {
         e.borrow()
             .as_ref()
