@@ -31,6 +31,9 @@ use crate::client::{ClientError, KeyDirectory, KeyPackageTarget, SessionHandle};
 pub const MAX_COMMIT_ATTEMPTS: u32 = 8;
 /// Most messages held for a later epoch; past that they are reported and dropped.
 pub const MAX_HELD: usize = 1000;
+/// Most bytes of deliveries one commit call carries: well inside the node's
+/// Cap'n Proto read limit (twice the larger of its payload limit and 4 MiB).
+pub const MAX_COMMIT_BYTES: usize = 6 * 1024 * 1024;
 /// Envelopes asked for per fetch.
 const FETCH_BATCH: u32 = 256;
 
@@ -57,6 +60,8 @@ pub enum MessengerError {
     NoKeyFor(String),
     #[error("the group changed {0} times while committing; try again")]
     CommitRetriesExhausted(u32),
+    #[error("the commit's deliveries ({bytes} bytes) exceed what one call may carry")]
+    CommitTooLarge { bytes: usize },
     #[error(transparent)]
     Client(#[from] ClientError),
     #[error(transparent)]
@@ -372,15 +377,32 @@ impl Messenger {
                 });
             }
         }
-        let epoch = self
-            .commit_change(
-                &gid,
-                Change::Add {
-                    key_packages,
-                    added,
-                },
-            )
-            .await?;
+        // One commit carries a Welcome per new device: when that is more than one
+        // call may carry, add them in several commits, halving until each fits.
+        let mut epoch = None;
+        let mut rest: Vec<(Vec<u8>, RosterEntry)> = key_packages.into_iter().zip(added).collect();
+        let mut chunk = rest.len();
+        while !rest.is_empty() {
+            let take = chunk.min(rest.len());
+            let (key_packages, added): (Vec<_>, Vec<_>) = rest[..take].iter().cloned().unzip();
+            match self
+                .commit_change(
+                    &gid,
+                    Change::Add {
+                        key_packages,
+                        added,
+                    },
+                )
+                .await
+            {
+                Ok(e) => {
+                    epoch = e;
+                    rest.drain(..take);
+                }
+                Err(MessengerError::CommitTooLarge { .. }) if take > 1 => chunk = take / 2,
+                Err(e) => return Err(e),
+            }
+        }
         Ok(epoch.unwrap_or_default())
     }
 
@@ -490,6 +512,12 @@ impl Messenger {
             // the node accepted it, the receipt in our inbox lets us apply it.
             self.commit_state(|_| Ok(()))?;
             let deliveries = self.commit_deliveries(gid, &group, &before, &out, added)?;
+            let bytes: usize = deliveries.iter().map(|(_, d)| d.len() + 64).sum();
+            if bytes > MAX_COMMIT_BYTES {
+                group.discard_commit(&self.member)?;
+                self.commit_state(|_| Ok(()))?;
+                return Err(MessengerError::CommitTooLarge { bytes });
+            }
             match self.session.commit(gid, out.epoch, &deliveries).await {
                 Ok(_) if std::mem::take(&mut self.die_after_next_commit) => return Ok(None),
                 Ok(_) => {

@@ -19,9 +19,9 @@ use super::scenarios::{connect, progress, run_local};
 use super::{Report, Target};
 use crate::Person;
 
-/// Invitees per commit while the group is built (keeps each commit's Welcomes
-/// well inside the node's message limits).
-const INVITE_CHUNK: usize = 25;
+/// Invitees per round while the group is built (the Messenger splits a round into
+/// several commits when its Welcomes would not fit in one call).
+const INVITE_CHUNK: usize = 100;
 
 #[derive(Debug, Clone)]
 pub struct GroupParams {

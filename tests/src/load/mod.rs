@@ -48,6 +48,8 @@ pub fn load_test_config(data_dir: PathBuf) -> ServerConfig {
     c.rate_limits.enqueue_per_sec_per_session = 10_000_000;
     c.rate_limits.enqueue_per_sec_per_address = 10_000_000;
     c.rate_limits.logins_per_min_per_address = 10_000_000;
+    c.rate_limits.claims_per_min_per_requester = 10_000_000;
+    c.rate_limits.claims_per_min_per_target = 10_000_000;
     c
 }
 
