@@ -392,3 +392,77 @@ fn demo_group_against_a_server_process() {
         "{out}"
     );
 }
+
+#[test]
+fn chat_reconnects_after_the_server_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let ca = data.join(tls::CERT_FILE);
+    let server = ServerProcess::start(&data, &[]);
+    let at = server.addr;
+    let (alice, bob) = (User::new(dir.path(), "alice"), User::new(dir.path(), "bob"));
+    alice.ok(at, &ca, &["register-user", "--username", "alice"]);
+    bob.ok(at, &ca, &["register-user", "--username", "bob"]);
+    alice.ok(at, &ca, &["create-group", "g"]);
+    alice.ok(at, &ca, &["invite", "--group", "g", "bob"]);
+    bob.ok(at, &ca, &["join"]);
+
+    let mut chat = Command::new(BIN)
+        .args(["chat", "--group", "g", "--server"])
+        .arg(at.to_string())
+        .arg("--ca-cert")
+        .arg(&ca)
+        .arg("--state")
+        .arg(&alice.state)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = chat.stdin.take().unwrap();
+    let stdout = chat.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let wait_for = |bob: &User, at: SocketAddr, text: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if bob.ok(at, &ca, &["recv", "--wait", "2"]).contains(text) {
+                return;
+            }
+        }
+        panic!("bob never got {text:?}");
+    };
+
+    writeln!(stdin, "before the crash").unwrap();
+    wait_for(&bob, at, "[g] alice: before the crash");
+
+    server.signal("-KILL");
+    drop(server);
+    let server = ServerProcess::start_at(&data, &at.to_string(), &[]);
+    assert_eq!(server.addr, at);
+    // Typed while the connection is dead: sent once chat has reconnected.
+    writeln!(stdin, "after the restart").unwrap();
+    wait_for(&bob, at, "[g] alice: after the restart");
+    bob.ok(at, &ca, &["send", "--group", "g", "welcome back"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    while Instant::now() < deadline && !seen.iter().any(|l: &String| l == "[bob] welcome back") {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(500)) {
+            seen.push(l);
+        }
+    }
+    assert!(seen.iter().any(|l| l == "[bob] welcome back"), "{seen:?}");
+    drop(stdin); // Ctrl+D
+    let out = chat.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("reconnected to"), "{err}");
+    reader.join().unwrap();
+}

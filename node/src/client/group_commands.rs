@@ -197,10 +197,12 @@ pub async fn members(opts: &ClientOptions, group: &str) -> Result<String, Comman
 }
 
 /// `chat --group NAME`: stdin lines are sent; incoming messages appear as
-/// `[SENDER] TEXT` (other groups' as `[GROUP] SENDER: TEXT`); Ctrl+D ends it.
+/// `[SENDER] TEXT` (other groups' as `[GROUP] SENDER: TEXT`); Ctrl+D ends it. A
+/// lost connection is re-established with backoff, and a line typed meanwhile is
+/// sent once it is back.
 pub async fn chat(opts: &ClientOptions, group: &str) -> Result<String, CommandError> {
     use tokio::io::AsyncBufReadExt;
-    let (mut m, conn) = messenger(opts).await?;
+    let (mut m, mut conn) = messenger(opts).await?;
     m.group(group)?; // an unknown group is an error before anything else
     let prefix = format!("[{group}] ");
     let format = |line: &str| match line.strip_prefix(&prefix) {
@@ -213,22 +215,67 @@ pub async fn chat(opts: &ClientOptions, group: &str) -> Result<String, CommandEr
     show_unread(&m, format)?;
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     loop {
-        tokio::select! {
+        // What this turn did, and a typed line it could not send.
+        let step: Result<(), (MessengerError, Option<String>)> = tokio::select! {
             line = stdin.next_line() => {
                 match line.map_err(|e| CommandError::Invalid(format!("cannot read stdin: {e}")))? {
                     None => break,
-                    Some(text) if text.trim().is_empty() => {}
-                    Some(text) => {
-                        m.send(group, &text).await?;
-                    }
+                    Some(text) if text.trim().is_empty() => Ok(()),
+                    Some(text) => match m.send(group, &text).await {
+                        Ok(_) => Ok(()),
+                        Err(e) => Err((e, Some(text))),
+                    },
                 }
             }
-            pulled = m.pull(Duration::from_secs(10)) => {
-                pulled?;
+            pulled = m.pull(Duration::from_secs(10)) => pulled.map(|_| ()).map_err(|e| (e, None)),
+        };
+        match step {
+            Ok(()) => {}
+            Err((e, unsent)) if Messenger::is_connection_loss(&e) => {
+                conn = reconnect(opts, &mut m).await?;
+                if let Some(text) = unsent {
+                    m.send(group, &text).await?;
+                }
             }
+            Err((e, _)) => return Err(e.into()),
         }
         show_unread(&m, format)?;
     }
     conn.close().await;
     Ok(String::new())
+}
+
+/// Connects and resumes the profile's session again, waiting longer after each
+/// failed try (up to 30 s); gives up only on a refusal (e.g. the session ended).
+async fn reconnect(
+    opts: &ClientOptions,
+    m: &mut Messenger,
+) -> Result<NodeConnection, CommandError> {
+    let mut delay = Duration::from_millis(250);
+    loop {
+        eprintln!(
+            "connection to {} lost; reconnecting in {} ms",
+            opts.server,
+            delay.as_millis()
+        );
+        tokio::time::sleep(delay).await;
+        let attempt = async {
+            let identity = m.state().identity()?;
+            let conn = opts.connect().await?;
+            let (session, _) = open_session(opts, &conn, m.state(), &identity).await?;
+            Ok::<_, CommandError>((conn, session))
+        };
+        match attempt.await {
+            Ok((conn, session)) => {
+                m.reconnected(session, conn.key_directory());
+                eprintln!("reconnected to {}", opts.server);
+                return Ok(conn);
+            }
+            Err(CommandError::Client(
+                crate::client::ClientError::Transport(_)
+                | crate::client::ClientError::Unreachable { .. },
+            )) => delay = (delay * 2).min(Duration::from_secs(30)),
+            Err(e) => return Err(e),
+        }
+    }
 }

@@ -208,6 +208,21 @@ impl Messenger {
         self.die_after_next_commit = true;
     }
 
+    /// Continues on a new connection's session (after the old one was lost).
+    pub fn reconnected(&mut self, session: SessionHandle, directory: KeyDirectory) {
+        self.session = session;
+        self.directory = directory;
+    }
+
+    /// Whether `e` means the connection to the node is gone (and a new one may
+    /// succeed), rather than a refusal or a local failure.
+    pub fn is_connection_loss(e: &MessengerError) -> bool {
+        matches!(
+            e,
+            MessengerError::Client(ClientError::Transport(_) | ClientError::Unreachable { .. })
+        )
+    }
+
     pub fn username(&self) -> &str {
         &self.username
     }

@@ -16,8 +16,13 @@ pub struct ServerProcess {
 
 impl ServerProcess {
     pub fn start(data_dir: &Path, extra: &[&str]) -> ServerProcess {
+        ServerProcess::start_at(data_dir, "127.0.0.1:0", extra)
+    }
+
+    /// Starts a server on a given address (e.g. the one a killed server had).
+    pub fn start_at(data_dir: &Path, listen: &str, extra: &[&str]) -> ServerProcess {
         let mut child = Command::new(BIN)
-            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["server", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .env("RUST_LOG", "warn")
