@@ -16,6 +16,7 @@ use quicnprotochat_crypto::mls::{GroupMember, Suite};
 
 use super::report::{Latency, histogram, record};
 use super::scenarios::{connect, progress, run_local};
+use super::sys::rss_bytes;
 use super::{Report, Target};
 use crate::Person;
 
@@ -64,7 +65,7 @@ pub fn groups(target: &Target, p: &GroupParams, show_progress: bool) -> anyhow::
         .param("members", p.members)
         .param("messages", p.messages);
     let tag = hex_tag();
-    let (send_hist, decrypts_per_s, add_ours, build) = run_local(async {
+    let (send_hist, decrypts_per_s, add_ours, build, rss) = run_local(async {
         let bar = progress(show_progress, p.members as u64 + 1, "register");
         let mut people = Vec::with_capacity(p.members + 1);
         for i in 0..=p.members {
@@ -89,6 +90,7 @@ pub fn groups(target: &Target, p: &GroupParams, show_progress: bool) -> anyhow::
         }
         bar.finish_and_clear();
         let build = built.elapsed();
+        let rss = rss_bytes();
 
         // Messages: send, then every other member decrypts.
         let mut send_hist = histogram();
@@ -135,10 +137,15 @@ pub fn groups(target: &Target, p: &GroupParams, show_progress: bool) -> anyhow::
             epochs.windows(2).all(|w| w[0] == w[1]),
             "members disagree on the group state"
         );
-        anyhow::Ok((send_hist, decrypts_per_s, add_ours, build))
+        anyhow::Ok((send_hist, decrypts_per_s, add_ours, build, rss))
     })?;
     let add_openmls = openmls_add_member_cost(p.members)?;
     report.figure("build_group_s", build.as_secs_f64());
+    // Node and every member client share this process.
+    report.figure(
+        "process_rss_kib_per_member",
+        rss as f64 / 1024.0 / p.members as f64,
+    );
     report.figure("member_decrypts_per_s", decrypts_per_s);
     report.figure("add_member_all_processed_ms", add_ours.as_secs_f64() * 1e3);
     report.figure(
