@@ -70,6 +70,40 @@ impl User {
     }
 }
 
+/// A server process and alice and bob, registered, in group "g".
+struct Pair {
+    dir: tempfile::TempDir,
+    data: PathBuf,
+    ca: PathBuf,
+    server: ServerProcess,
+    alice: User,
+    bob: User,
+}
+
+impl Pair {
+    fn start() -> Pair {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let ca = data.join(tls::CERT_FILE);
+        let server = ServerProcess::start(&data, &[]);
+        let at = server.addr;
+        let (alice, bob) = (User::new(dir.path(), "alice"), User::new(dir.path(), "bob"));
+        alice.ok(at, &ca, &["register-user", "--username", "alice"]);
+        bob.ok(at, &ca, &["register-user", "--username", "bob"]);
+        alice.ok(at, &ca, &["create-group", "g"]);
+        alice.ok(at, &ca, &["invite", "--group", "g", "bob"]);
+        bob.ok(at, &ca, &["join"]);
+        Pair {
+            dir,
+            data,
+            ca,
+            server,
+            alice,
+            bob,
+        }
+    }
+}
+
 fn lines_of(out: &str) -> Vec<String> {
     out.lines().map(str::to_string).collect()
 }
@@ -176,17 +210,15 @@ fn register_create_invite_join_chat_remove_from_the_cli() {
 
 #[test]
 fn kill_dash_nine_server_mid_conversation_loses_no_sent_message() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let ca = data.join(tls::CERT_FILE);
-    let (alice, bob) = (User::new(dir.path(), "alice"), User::new(dir.path(), "bob"));
-    let server = ServerProcess::start(&data, &[]);
+    let Pair {
+        dir: _dir,
+        data,
+        ca,
+        server,
+        alice,
+        bob,
+    } = Pair::start();
     let at = server.addr;
-    alice.ok(at, &ca, &["register-user", "--username", "alice"]);
-    bob.ok(at, &ca, &["register-user", "--username", "bob"]);
-    alice.ok(at, &ca, &["create-group", "g"]);
-    alice.ok(at, &ca, &["invite", "--group", "g", "bob"]);
-    bob.ok(at, &ca, &["join"]);
 
     // alice sends in a loop while the node is killed under her.
     let sender = {
@@ -252,17 +284,15 @@ fn kill_dash_nine_server_mid_conversation_loses_no_sent_message() {
 
 #[test]
 fn a_client_killed_mid_recv_shows_every_message_after_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let ca = data.join(tls::CERT_FILE);
-    let server = ServerProcess::start(&data, &[]);
+    let Pair {
+        dir: _dir,
+        data: _,
+        ca,
+        server,
+        alice,
+        bob,
+    } = Pair::start();
     let at = server.addr;
-    let (alice, bob) = (User::new(dir.path(), "alice"), User::new(dir.path(), "bob"));
-    alice.ok(at, &ca, &["register-user", "--username", "alice"]);
-    bob.ok(at, &ca, &["register-user", "--username", "bob"]);
-    alice.ok(at, &ca, &["create-group", "g"]);
-    alice.ok(at, &ca, &["invite", "--group", "g", "bob"]);
-    bob.ok(at, &ca, &["join"]);
     let sent: Vec<String> = (0..150).map(|i| format!("m{i:03}")).collect();
     alice.chat(at, &ca, "g", &sent);
 
@@ -395,17 +425,15 @@ fn demo_group_against_a_server_process() {
 
 #[test]
 fn chat_reconnects_after_the_server_restarts() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let ca = data.join(tls::CERT_FILE);
-    let server = ServerProcess::start(&data, &[]);
+    let Pair {
+        dir: _dir,
+        data,
+        ca,
+        server,
+        alice,
+        bob,
+    } = Pair::start();
     let at = server.addr;
-    let (alice, bob) = (User::new(dir.path(), "alice"), User::new(dir.path(), "bob"));
-    alice.ok(at, &ca, &["register-user", "--username", "alice"]);
-    bob.ok(at, &ca, &["register-user", "--username", "bob"]);
-    alice.ok(at, &ca, &["create-group", "g"]);
-    alice.ok(at, &ca, &["invite", "--group", "g", "bob"]);
-    bob.ok(at, &ca, &["join"]);
 
     let mut chat = Command::new(BIN)
         .args(["chat", "--group", "g", "--server"])

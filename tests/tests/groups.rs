@@ -39,6 +39,28 @@ fn said(lines: &[String], group: &str) -> Vec<String> {
         .collect()
 }
 
+/// `n` people named PREFIX0.., the first of whom creates `group` and invites the
+/// rest in one call; all have joined on return.
+async fn group_of(node: &TestNode, prefix: &str, n: usize, group: &str) -> Vec<Person> {
+    let mut people = Vec::new();
+    for i in 0..n {
+        people.push(node.person(&format!("{prefix}{i:02}")).await);
+    }
+    let names: Vec<String> = people[1..]
+        .iter()
+        .map(|p| p.messenger.username().to_string())
+        .collect();
+    people[0]
+        .messenger
+        .create_group(group, Suite::Classic)
+        .unwrap();
+    people[0].messenger.invite(group, &names).await.unwrap();
+    for p in &mut people[1..] {
+        pull(&mut p.messenger).await;
+    }
+    people
+}
+
 /// Every member sees the same epoch and the same epoch authenticator.
 fn assert_no_fork(people: &[&Person], group: &str) {
     let views: Vec<_> = people
@@ -172,22 +194,7 @@ async fn racing_commits_converge_without_forks() {
     let dir = tempfile::tempdir().unwrap();
     let node = TestNode::start(dir.path()).await;
     local(async {
-        let mut people = Vec::new();
-        for i in 0..8 {
-            people.push(node.person(&format!("racer{i}")).await);
-        }
-        let names: Vec<String> = people[1..]
-            .iter()
-            .map(|p| p.messenger.username().to_string())
-            .collect();
-        people[0]
-            .messenger
-            .create_group("race", Suite::Classic)
-            .unwrap();
-        people[0].messenger.invite("race", &names).await.unwrap();
-        for p in &mut people[1..] {
-            pull(&mut p.messenger).await;
-        }
+        let mut people = group_of(&node, "racer", 8, "race").await;
         // Trials with 2, 4 and 8 members committing at the same epoch at once.
         for (trial, racers) in [2usize, 4, 8, 3, 8].into_iter().enumerate() {
             let start = people[0].messenger.group("race").unwrap().epoch;
@@ -230,22 +237,7 @@ async fn a_group_of_twenty_reads_every_message() {
     let dir = tempfile::tempdir().unwrap();
     let node = node_for_many(dir.path()).await;
     local(async {
-        let mut people = Vec::new();
-        for i in 0..20 {
-            people.push(node.person(&format!("member{i:02}")).await);
-        }
-        let names: Vec<String> = people[1..]
-            .iter()
-            .map(|p| p.messenger.username().to_string())
-            .collect();
-        people[0]
-            .messenger
-            .create_group("twenty", Suite::Classic)
-            .unwrap();
-        people[0].messenger.invite("twenty", &names).await.unwrap();
-        for p in &mut people[1..] {
-            pull(&mut p.messenger).await;
-        }
+        let mut people = group_of(&node, "member", 20, "twenty").await;
         for p in &mut people {
             let text = format!("hi from {}", p.messenger.username());
             p.messenger.send("twenty", &text).await.unwrap();

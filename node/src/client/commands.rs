@@ -198,6 +198,33 @@ pub(crate) async fn open_session(
     }
 }
 
+/// A profile with a live login, connected.
+pub(crate) struct LoggedInProfile {
+    pub state: ClientState,
+    pub identity: Identity,
+    pub conn: NodeConnection,
+    pub session: SessionHandle,
+    pub login: SavedLogin,
+}
+
+/// Opens the profile and resumes its login; `NotLoggedIn` when it has none.
+pub(crate) async fn logged_in(opts: &ClientOptions) -> Result<LoggedInProfile, CommandError> {
+    let state = ClientState::open(&opts.state_dir)?;
+    let identity = state.identity()?;
+    let conn = opts.connect().await?;
+    let (session, login) = open_session(opts, &conn, &state, &identity).await?;
+    let Some(login) = login else {
+        return Err(CommandError::NotLoggedIn);
+    };
+    Ok(LoggedInProfile {
+        state,
+        identity,
+        conn,
+        session,
+        login,
+    })
+}
+
 /// Logs in and remembers the session in the profile.
 async fn login_and_remember(
     conn: &NodeConnection,
@@ -370,13 +397,13 @@ pub async fn refresh_key_packages(
     opts: &ClientOptions,
     count: usize,
 ) -> Result<String, CommandError> {
-    let state = ClientState::open(&opts.state_dir)?;
-    let identity = state.identity()?;
-    let conn = opts.connect().await?;
-    let (session, login) = open_session(opts, &conn, &state, &identity).await?;
-    if login.is_none() {
-        return Err(CommandError::NotLoggedIn);
-    }
+    let LoggedInProfile {
+        state,
+        identity,
+        conn,
+        session,
+        ..
+    } = logged_in(opts).await?;
     upload_key_packages(&state, &identity, &session, count, true).await?;
     let (remaining, _) = session.key_package_status().await?;
     conn.close().await;
@@ -387,13 +414,13 @@ pub async fn refresh_key_packages(
 
 /// `logout`: revokes the remembered session.
 pub async fn logout(opts: &ClientOptions) -> Result<String, CommandError> {
-    let state = ClientState::open(&opts.state_dir)?;
-    let identity = state.identity()?;
-    let conn = opts.connect().await?;
-    let (session, login) = open_session(opts, &conn, &state, &identity).await?;
-    let Some(login) = login else {
-        return Err(CommandError::NotLoggedIn);
-    };
+    let LoggedInProfile {
+        state,
+        conn,
+        session,
+        login,
+        ..
+    } = logged_in(opts).await?;
     session.logout().await?;
     state.save_login(&SavedLogin {
         token: Vec::new(),
@@ -406,13 +433,7 @@ pub async fn logout(opts: &ClientOptions) -> Result<String, CommandError> {
 /// `remove-device`: removes another device of this account.
 pub async fn remove_device(opts: &ClientOptions, device_hex: &str) -> Result<String, CommandError> {
     let device = parse_identity(device_hex)?;
-    let state = ClientState::open(&opts.state_dir)?;
-    let identity = state.identity()?;
-    let conn = opts.connect().await?;
-    let (session, login) = open_session(opts, &conn, &state, &identity).await?;
-    if login.is_none() {
-        return Err(CommandError::NotLoggedIn);
-    }
+    let LoggedInProfile { conn, session, .. } = logged_in(opts).await?;
     session.remove_device(&device).await?;
     conn.close().await;
     Ok(format!("removed device {}", device.to_hex()))

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use quicnprotochat_crypto::mls::Suite;
 
-use crate::client::ClientState;
-use crate::client::commands::{ClientOptions, CommandError, open_session};
+use crate::client::commands::{
+    ClientOptions, CommandError, LoggedInProfile, logged_in, open_session,
+};
 use crate::client::messenger::{Messenger, MessengerError};
 use crate::client::rpc::NodeConnection;
 
@@ -25,13 +26,13 @@ impl From<MessengerError> for CommandError {
 /// The profile's messenger, logged in, on a fresh connection (kept alive beside
 /// it: dropping the connection ends the session).
 async fn messenger(opts: &ClientOptions) -> Result<(Messenger, NodeConnection), CommandError> {
-    let state = ClientState::open(&opts.state_dir)?;
-    let identity = state.identity()?;
-    let conn = opts.connect().await?;
-    let (session, login) = open_session(opts, &conn, &state, &identity).await?;
-    let Some(login) = login else {
-        return Err(CommandError::NotLoggedIn);
-    };
+    let LoggedInProfile {
+        state,
+        conn,
+        session,
+        login,
+        ..
+    } = logged_in(opts).await?;
     let m = Messenger::open(state, session, conn.key_directory(), &login.username)?;
     Ok((m, conn))
 }
