@@ -92,7 +92,11 @@ interface Session {
   uploadKeyPackages @6 (oneTime :List(Data), lastResort :Data, hybridPublicKey :Data) -> ();
   # All packages of one upload are of one ciphersuite; each suite has its own
   # one-time packages and last-resort package.
-  commit @7 (groupId :Data, epoch :UInt64, deliveries :List(Delivery)) -> (seqs :List(UInt64));
+  commit @7 (groupId :Data, epoch :UInt64, deliveries :List(Delivery), members :List(Data)) -> (seqs :List(UInt64));
+  # The first commit accepted at (groupId, epoch) wins; later ones are STALE_EPOCH.
+  # `members`: identity keys of the group's members once this commit applies (the
+  # caller among them). Once a group has a commit, only its recorded members may
+  # commit to it (UNAUTHORIZED otherwise), so strangers cannot jam its fence.
   logout @8 () -> ();
   setAccessKey @9 (accessKeyHash :Data) -> ();
   # SHA-256 of the access key sealed senders must present (enqueueSealed).

@@ -525,6 +525,30 @@ fn write_envelopes(
 }
 
 impl SessionService {
+    /// Reads a commit's member list: identity keys, the caller among them.
+    fn members(
+        &self,
+        list: capnp::data_list::Reader<'_>,
+    ) -> Result<std::collections::BTreeSet<[u8; 32]>, capnp::Error> {
+        if list.len() as usize > MAX_DELIVERIES {
+            return Err(refuse(
+                ErrorCode::TooLarge,
+                format!("at most {MAX_DELIVERIES} members"),
+            ));
+        }
+        let members = list
+            .iter()
+            .map(|m| Ok(IdentityKey::from_wire(m.map_err(bad_params)?, "member")?.0))
+            .collect::<Result<std::collections::BTreeSet<_>, capnp::Error>>()?;
+        if !members.contains(&self.identity.0) {
+            return Err(refuse(
+                ErrorCode::BadRequest,
+                "members must name the group's members after the commit, the committer among them",
+            ));
+        }
+        Ok(members)
+    }
+
     /// Reads and checks a list of deliveries: every recipient a valid, existing
     /// inbox, every payload within the limit, and not too many of them.
     fn deliveries(
@@ -721,6 +745,7 @@ impl session::Server for SessionService {
             ));
         }
         let deliveries = self.deliveries(p.get_deliveries().map_err(bad_params)?)?;
+        let members = self.members(p.get_members().map_err(bad_params)?)?;
         self.ctx
             .rates
             .enqueue_many(&self.identity.0, self.remote.ip(), deliveries.len().max(1))
@@ -729,7 +754,7 @@ impl session::Server for SessionService {
         let seqs = self
             .ctx
             .groups
-            .commit(group_id, p.get_epoch(), deliveries)
+            .commit(group_id, p.get_epoch(), self.identity, members, deliveries)
             .await
             .map_err(WireError::from)?;
         metrics::counter!(crate::telemetry::ENQUEUES_TOTAL).increment(count);

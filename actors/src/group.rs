@@ -7,11 +7,11 @@
 //! first commit at an epoch wins, every later one at that epoch is `STALE_EPOCH`,
 //! and every member inbox sees accepted commits in the same order.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use quicnprotochat_wire::{ErrorCode, WireError};
+use quicnprotochat_wire::{ErrorCode, IdentityKey, WireError};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 use tokio::sync::{Mutex, oneshot};
 
@@ -46,6 +46,9 @@ impl From<CommitError> for WireError {
             CommitError::Fence(f @ FenceRefusal::Ahead { .. }) => {
                 WireError::new(ErrorCode::BadRequest, f.to_string())
             }
+            CommitError::Fence(f @ FenceRefusal::NotAMember) => {
+                WireError::new(ErrorCode::Unauthorized, f.to_string())
+            }
             CommitError::Delivery(d) => d.into(),
         }
     }
@@ -55,6 +58,9 @@ impl From<CommitError> for WireError {
 pub enum GroupMsg {
     Commit {
         epoch: u64,
+        committer: IdentityKey,
+        /// The members once the commit applies.
+        members: BTreeSet<[u8; 32]>,
         deliveries: Vec<Delivery>,
         reply: oneshot::Sender<Result<Vec<u64>, CommitError>>,
     },
@@ -173,6 +179,8 @@ impl GroupRegistry {
         &self,
         group_id: &[u8],
         epoch: u64,
+        committer: IdentityKey,
+        members: BTreeSet<[u8; 32]>,
         deliveries: Vec<Delivery>,
     ) -> Result<Vec<u64>, CommitError> {
         let (reply, rx) = oneshot::channel();
@@ -180,6 +188,8 @@ impl GroupRegistry {
             group_id,
             GroupMsg::Commit {
                 epoch,
+                committer,
+                members,
                 deliveries,
                 reply,
             },
@@ -229,7 +239,7 @@ impl Actor for GroupActor {
     ) -> Result<Self::State, ActorProcessingErr> {
         // Read through the writer, so a predecessor's in-flight commit is seen.
         let gid = args.group_id.clone();
-        let next = args
+        let (next, members) = args
             .writer
             .transact(move |txn| group_fence(txn, &gid).map_err(|e| e.to_string()))
             .await
@@ -239,7 +249,7 @@ impl Actor for GroupActor {
             })?;
         Ok(GroupActorState {
             args,
-            fence: EpochFence::recovered(next),
+            fence: EpochFence::recovered(next, members.into_iter().collect()),
         })
     }
 
@@ -252,21 +262,24 @@ impl Actor for GroupActor {
         match message {
             GroupMsg::Commit {
                 epoch,
+                committer,
+                members,
                 deliveries,
                 reply,
             } => {
-                if let Err(refusal) = state.fence.check(epoch) {
+                if let Err(refusal) = state.fence.check(epoch, &committer.0) {
                     if matches!(refusal, FenceRefusal::Stale { .. }) {
                         metrics::counter!(crate::telemetry::STALE_EPOCH_TOTAL).increment(1);
                     }
                     let _ = reply.send(Err(refusal.into()));
                     return Ok(());
                 }
-                let next = state.fence.after_accepting(epoch);
                 let fence = FenceWrite {
                     group_id: state.args.group_id.clone(),
                     next_epoch: epoch + 1,
+                    members: members.iter().copied().collect(),
                 };
+                let next = state.fence.after_accepting(epoch, members);
                 match state
                     .args
                     .inboxes

@@ -43,6 +43,7 @@ async fn racing_commits_one_wins_per_epoch_and_losers_store_nothing() {
             sessions.push(node.session(id).await);
         }
         let group = b"group-race".to_vec();
+        let members: Vec<Vec<u8>> = ids.iter().map(|i| i.public_key().to_vec()).collect();
         let mut winners = Vec::new();
         for epoch in 0..EPOCHS {
             // Every member commits at this epoch at once, each to every other member.
@@ -54,7 +55,8 @@ async fn racing_commits_one_wins_per_epoch_and_losers_store_nothing() {
                     .map(|(_, o)| (key(o), format!("commit e{epoch} by {m}").into_bytes()))
                     .collect();
                 let group = group.clone();
-                async move { (m, s.commit(&group, epoch, &deliveries).await) }
+                let members = &members;
+                async move { (m, s.commit(&group, epoch, members, &deliveries).await) }
             });
             let results = futures::future::join_all(attempts).await;
             let won: Vec<usize> = results
@@ -101,9 +103,10 @@ async fn the_fence_survives_restarts_and_actor_crashes() {
     let alice = Identity::generate();
     let bob = Identity::generate();
     let group = b"durable-fence".to_vec();
+    let ab = vec![alice.public_key().to_vec(), bob.public_key().to_vec()];
     local(async {
         let (_c, a) = node.session(&alice).await;
-        a.commit(&group, 0, &[(key(&bob), b"e0".to_vec())])
+        a.commit(&group, 0, &ab, &[(key(&bob), b"e0".to_vec())])
             .await
             .unwrap();
     })
@@ -112,10 +115,13 @@ async fn the_fence_survives_restarts_and_actor_crashes() {
     local(async {
         let (_c, a) = node.session(&alice).await;
         assert_eq!(
-            code(a.commit(&group, 0, &[(key(&bob), b"again".to_vec())]).await),
+            code(
+                a.commit(&group, 0, &ab, &[(key(&bob), b"again".to_vec())])
+                    .await
+            ),
             Some(ErrorCode::StaleEpoch)
         );
-        a.commit(&group, 1, &[(key(&bob), b"e1".to_vec())])
+        a.commit(&group, 1, &ab, &[(key(&bob), b"e1".to_vec())])
             .await
             .unwrap();
     })
@@ -124,12 +130,18 @@ async fn the_fence_survives_restarts_and_actor_crashes() {
     local(async {
         let (_c, a) = node.session(&alice).await;
         assert_eq!(
-            code(a.commit(&group, 1, &[(key(&bob), b"again".to_vec())]).await),
+            code(
+                a.commit(&group, 1, &ab, &[(key(&bob), b"again".to_vec())])
+                    .await
+            ),
             Some(ErrorCode::StaleEpoch)
         );
         // An epoch the group never reached is the caller's error, not a fork.
         assert_eq!(
-            code(a.commit(&group, 5, &[(key(&bob), b"ahead".to_vec())]).await),
+            code(
+                a.commit(&group, 5, &ab, &[(key(&bob), b"ahead".to_vec())])
+                    .await
+            ),
             Some(ErrorCode::BadRequest)
         );
         let (_c, b) = node.session(&bob).await;
@@ -159,27 +171,32 @@ async fn a_refused_commit_stores_nothing_and_does_not_move_the_fence() {
         a.enqueue(&key(&carol), b"1").await.unwrap();
         a.enqueue(&key(&carol), b"2").await.unwrap();
         let group = b"full".to_vec();
+        let ab = vec![
+            alice.public_key().to_vec(),
+            bob.public_key().to_vec(),
+            carol.public_key().to_vec(),
+        ];
         let deliveries = [
             (key(&bob), b"commit".to_vec()),
             (key(&carol), b"commit".to_vec()),
         ];
         assert_eq!(
-            code(a.commit(&group, 0, &deliveries).await),
+            code(a.commit(&group, 0, &ab, &deliveries).await),
             Some(ErrorCode::QueueFull)
         );
         assert!(inbox(&b).await.is_empty(), "nothing of the commit stored");
         // Once carol catches up, the same epoch is still open.
         c.ack(2).await.unwrap();
-        let seqs = a.commit(&group, 0, &deliveries).await.unwrap();
+        let seqs = a.commit(&group, 0, &ab, &deliveries).await.unwrap();
         assert_eq!(seqs, vec![1, 3]);
         assert_eq!(inbox(&b).await, vec![(1, b"commit".to_vec())]);
         // Too large a payload and a malformed recipient are refused up front.
         let big = vec![0u8; node.config.max_payload + 1];
         assert_eq!(
-            code(a.commit(&group, 1, &[(key(&bob), big)]).await),
+            code(a.commit(&group, 1, &ab, &[(key(&bob), big)]).await),
             Some(ErrorCode::TooLarge)
         );
-        let err = a.commit(&[], 1, &deliveries).await.unwrap_err();
+        let err = a.commit(&[], 1, &ab, &deliveries).await.unwrap_err();
         assert_eq!(err.code(), Some(ErrorCode::BadRequest), "{err}");
     })
     .await;
@@ -288,6 +305,51 @@ async fn concurrent_batches_over_shared_inboxes_neither_deadlock_nor_gap() {
                 }
             }
         }
+    })
+    .await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_members_a_commit_named_may_commit_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    local(async {
+        let (alice, bob, mallory) = (
+            Identity::generate(),
+            Identity::generate(),
+            Identity::generate(),
+        );
+        let (_c, a) = node.session(&alice).await;
+        let (_c, b) = node.session(&bob).await;
+        let (_c, m) = node.session(&mallory).await;
+        let group = b"members-only".to_vec();
+        let ab = vec![alice.public_key().to_vec(), bob.public_key().to_vec()];
+        let to_bob = [(key(&bob), b"commit".to_vec())];
+        // The member list must name the committer.
+        let err = a
+            .commit(&group, 0, &[bob.public_key().to_vec()], &to_bob)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::BadRequest), "{err}");
+        a.commit(&group, 0, &ab, &to_bob).await.unwrap();
+
+        // A stranger who learned the group id cannot take its next epoch.
+        let mallory_list = vec![mallory.public_key().to_vec()];
+        assert_eq!(
+            code(m.commit(&group, 1, &mallory_list, &to_bob).await),
+            Some(ErrorCode::Unauthorized)
+        );
+        assert_eq!(inbox(&b).await.len(), 1, "nothing of mallory's stored");
+        // Bob commits, removing alice; then alice may not commit any more.
+        let to_alice = [(key(&alice), b"you are out".to_vec())];
+        b.commit(&group, 1, &[bob.public_key().to_vec()], &to_alice)
+            .await
+            .unwrap();
+        assert_eq!(
+            code(a.commit(&group, 2, &ab, &to_bob).await),
+            Some(ErrorCode::Unauthorized)
+        );
     })
     .await;
     node.stop().await;

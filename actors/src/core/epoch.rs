@@ -4,14 +4,20 @@
 //! to the next one. The first commit the node accepts at epoch E wins; any later
 //! commit at E is stale, because its author has not yet seen the winner. Commits
 //! from an epoch the node has never reached are refused too: nobody can be there
-//! without a commit the node accepted.
+//! without a commit the node accepted. Once a group has a commit, only the members
+//! it named may commit again, so a stranger who learns a group id cannot take its
+//! epochs (and with them the group) away from its members.
+
+use std::collections::BTreeSet;
 
 /// What the node knows of one group's history.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct EpochFence {
     /// The epoch the next accepted commit must be made at; `None` for a group no
     /// commit was accepted for yet (its creator may start at any epoch).
     next: Option<u64>,
+    /// Who may commit next: the members the last accepted commit named.
+    members: BTreeSet<[u8; 32]>,
 }
 
 /// Why a commit was refused.
@@ -24,12 +30,16 @@ pub enum FenceRefusal {
     /// The commit claims an epoch the group never reached.
     #[error("epoch {epoch} is ahead of the group, which is at epoch {current}")]
     Ahead { epoch: u64, current: u64 },
+    /// The caller is not among the group's members.
+    #[error("not a member of this group")]
+    NotAMember,
 }
 
 impl EpochFence {
-    /// The fence as persisted: the epoch the next commit must be made at.
-    pub fn recovered(next: Option<u64>) -> EpochFence {
-        EpochFence { next }
+    /// The fence as persisted: the epoch the next commit must be made at, and
+    /// who may make it.
+    pub fn recovered(next: Option<u64>, members: BTreeSet<[u8; 32]>) -> EpochFence {
+        EpochFence { next, members }
     }
 
     /// The epoch the next commit must be made at, if any commit was accepted.
@@ -37,8 +47,12 @@ impl EpochFence {
         self.next
     }
 
-    /// Whether a commit made at `epoch` may be accepted. Changes nothing.
-    pub fn check(&self, epoch: u64) -> Result<(), FenceRefusal> {
+    /// Whether `committer`'s commit made at `epoch` may be accepted. Changes
+    /// nothing. Membership is checked first: a stranger learns nothing of the epoch.
+    pub fn check(&self, epoch: u64, committer: &[u8; 32]) -> Result<(), FenceRefusal> {
+        if self.next.is_some() && !self.members.contains(committer) {
+            return Err(FenceRefusal::NotAMember);
+        }
         match self.next {
             None => Ok(()),
             Some(current) if epoch < current => Err(FenceRefusal::Stale { epoch, current }),
@@ -47,13 +61,18 @@ impl EpochFence {
         }
     }
 
-    /// The fence after accepting a commit made at `epoch` (which `check` allowed):
-    /// what must be written in the same transaction as the commit's deliveries.
-    pub fn after_accepting(&self, epoch: u64) -> EpochFence {
-        debug_assert!(self.check(epoch).is_ok());
+    /// The fence after accepting a commit made at `epoch` (which `check` allowed)
+    /// that leaves the group with `members`: what must be written in the same
+    /// transaction as the commit's deliveries.
+    pub fn after_accepting(&self, epoch: u64, members: BTreeSet<[u8; 32]>) -> EpochFence {
         EpochFence {
             next: Some(epoch + 1),
+            members,
         }
+    }
+
+    pub fn members(&self) -> &BTreeSet<[u8; 32]> {
+        &self.members
     }
 }
 
@@ -61,21 +80,29 @@ impl EpochFence {
 mod tests {
     use super::*;
 
+    const A: [u8; 32] = [1; 32];
+    const B: [u8; 32] = [2; 32];
+    const STRANGER: [u8; 32] = [9; 32];
+
+    fn both() -> BTreeSet<[u8; 32]> {
+        [A, B].into_iter().collect()
+    }
+
     #[test]
     fn first_commit_per_epoch_wins_and_the_rest_are_stale() {
         let fence = EpochFence::default();
-        assert_eq!(fence.check(0), Ok(()));
-        let fence = fence.after_accepting(0);
+        assert_eq!(fence.check(0, &A), Ok(()));
+        let fence = fence.after_accepting(0, both());
         assert_eq!(
-            fence.check(0),
+            fence.check(0, &B),
             Err(FenceRefusal::Stale {
                 epoch: 0,
                 current: 1
             })
         );
-        assert_eq!(fence.check(1), Ok(()));
+        assert_eq!(fence.check(1, &B), Ok(()));
         assert_eq!(
-            fence.check(2),
+            fence.check(2, &A),
             Err(FenceRefusal::Ahead {
                 epoch: 2,
                 current: 1
@@ -86,7 +113,17 @@ mod tests {
     #[test]
     fn a_group_first_seen_late_starts_where_its_creator_is() {
         let fence = EpochFence::default();
-        assert_eq!(fence.check(7), Ok(()));
-        assert_eq!(fence.after_accepting(7).next(), Some(8));
+        assert_eq!(fence.check(7, &A), Ok(()));
+        assert_eq!(fence.after_accepting(7, both()).next(), Some(8));
+    }
+
+    #[test]
+    fn only_named_members_commit_and_a_removed_one_no_longer_can() {
+        let fence = EpochFence::default().after_accepting(0, both());
+        assert_eq!(fence.check(1, &STRANGER), Err(FenceRefusal::NotAMember));
+        assert_eq!(fence.check(0, &STRANGER), Err(FenceRefusal::NotAMember));
+        let fence = fence.after_accepting(1, [A].into_iter().collect());
+        assert_eq!(fence.check(2, &B), Err(FenceRefusal::NotAMember));
+        assert_eq!(fence.check(2, &A), Ok(()));
     }
 }

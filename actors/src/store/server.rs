@@ -20,6 +20,8 @@ const INBOX_META: TableDefinition<&[u8; 32], (u64, u64)> = TableDefinition::new(
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Epoch fence per MLS group: group id → the epoch the next commit must be made at.
 const GROUPS: TableDefinition<&[u8], u64> = TableDefinition::new("groups");
+/// group id → identity keys (32 bytes each, concatenated) that may commit next.
+const GROUP_MEMBERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("group_members");
 
 const KEY_SCHEMA_VERSION: &str = "schema_version";
 const KEY_NEXT_LOG: &str = "next_log";
@@ -106,6 +108,7 @@ impl ServerStore {
             txn.open_table(INBOX_IDX)?;
             txn.open_table(INBOX_META)?;
             txn.open_table(GROUPS)?;
+            txn.open_table(GROUP_MEMBERS)?;
             use super::auth::*;
             txn.open_table(SECRETS)?;
             txn.open_table(USERS)?;
@@ -232,19 +235,37 @@ fn read_meta(
         .unwrap_or_default())
 }
 
-/// The persisted epoch fence of `group_id` as of `txn` (`None`: no commit yet).
-pub fn group_fence(txn: &WriteTransaction, group_id: &[u8]) -> Result<Option<u64>, StoreError> {
-    let table = txn.open_table(GROUPS)?;
-    Ok(table.get(group_id)?.map(|v| v.value()))
+/// The persisted epoch fence of `group_id` as of `txn`: the epoch the next commit
+/// must be made at (`None`: no commit yet) and who may make it.
+pub fn group_fence(
+    txn: &WriteTransaction,
+    group_id: &[u8],
+) -> Result<(Option<u64>, Vec<[u8; 32]>), StoreError> {
+    let next = txn.open_table(GROUPS)?.get(group_id)?.map(|v| v.value());
+    let members = txn
+        .open_table(GROUP_MEMBERS)?
+        .get(group_id)?
+        .map(|v| {
+            v.value()
+                .chunks_exact(32)
+                .map(|c| c.try_into().expect("32-byte chunks"))
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok((next, members))
 }
 
-/// Records that the next commit of `group_id` must be made at `next_epoch`.
+/// Records that the next commit of `group_id` must be made at `next_epoch`, by
+/// one of `members`.
 pub fn set_group_fence(
     txn: &WriteTransaction,
     group_id: &[u8],
     next_epoch: u64,
+    members: &[[u8; 32]],
 ) -> Result<(), StoreError> {
     txn.open_table(GROUPS)?.insert(group_id, next_epoch)?;
+    txn.open_table(GROUP_MEMBERS)?
+        .insert(group_id, members.concat().as_slice())?;
     Ok(())
 }
 

@@ -84,6 +84,8 @@ pub struct MultiAppend {
 pub struct FenceWrite {
     pub group_id: Vec<u8>,
     pub next_epoch: u64,
+    /// Who may make the next commit.
+    pub members: Vec<[u8; 32]>,
 }
 
 /// Called with the commit's outcome once the batch is durable (or failed).
@@ -306,7 +308,7 @@ fn append_many(
         writes.append(&a.inbox, a.seq, &a.payload)?;
     }
     if let Some(f) = fence {
-        super::server::set_group_fence(txn, &f.group_id, f.next_epoch)?;
+        super::server::set_group_fence(txn, &f.group_id, f.next_epoch, &f.members)?;
     }
     Ok(appends.iter().map(|a| a.seq).collect())
 }

@@ -116,6 +116,28 @@ impl Group {
             .collect()
     }
 
+    /// Identity keys of the members once our pending commit applies (`None`
+    /// without one): what the delivery service records as who may commit next.
+    pub fn members_after_pending_commit(&self) -> Option<Vec<Vec<u8>>> {
+        let staged = self.inner.pending_commit()?;
+        let removed: Vec<Vec<u8>> = staged
+            .remove_proposals()
+            .filter_map(|r| self.inner.member(r.remove_proposal().removed()))
+            .map(identity_of)
+            .collect();
+        let mut members: Vec<Vec<u8>> = self
+            .members()
+            .into_iter()
+            .filter(|m| !removed.contains(m))
+            .collect();
+        members.extend(
+            staged
+                .add_proposals()
+                .map(|a| identity_of(a.add_proposal().key_package().leaf_node().credential())),
+        );
+        Some(members)
+    }
+
     /// Whether this member is still part of the group.
     pub fn is_active(&self) -> bool {
         self.inner.is_active()

@@ -533,7 +533,12 @@ impl Messenger {
                 self.commit_state(|_| Ok(()))?;
                 return Err(MessengerError::CommitTooLarge { bytes });
             }
-            match self.session.commit(gid, out.epoch, &deliveries).await {
+            let members = group.members_after_pending_commit().unwrap_or_default();
+            match self
+                .session
+                .commit(gid, out.epoch, &members, &deliveries)
+                .await
+            {
                 Ok(_) if std::mem::take(&mut self.die_after_next_commit) => return Ok(None),
                 Ok(_) => {
                     group.confirm_commit(&self.member)?;

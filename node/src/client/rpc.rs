@@ -651,15 +651,24 @@ impl SessionHandle {
     /// Offers a commit made at `epoch` of `group_id`; its deliveries are stored
     /// (one transaction) only if it is the first commit at that epoch, otherwise
     /// the node answers `STALE_EPOCH`.
+    /// `members`: the group's members once the commit applies (this device among
+    /// them); the node lets only them commit next.
     pub async fn commit(
         &self,
         group_id: &[u8],
         epoch: u64,
+        members: &[Vec<u8>],
         deliveries: &[(IdentityKey, Vec<u8>)],
     ) -> Result<Vec<u64>, ClientError> {
         let mut req = self.session.commit_request();
         req.get().set_group_id(group_id);
         req.get().set_epoch(epoch);
+        {
+            let mut list = req.get().init_members(members.len() as u32);
+            for (i, m) in members.iter().enumerate() {
+                list.set(i as u32, m);
+            }
+        }
         write_deliveries(
             req.get().init_deliveries(deliveries.len() as u32),
             deliveries,
