@@ -6,10 +6,16 @@
 //! in ONE store transaction, and only then is the next commit looked at. So the
 //! first commit at an epoch wins, every later one at that epoch is `STALE_EPOCH`,
 //! and every member inbox sees accepted commits in the same order.
+//!
+//! A group actor with nothing to do for a while stops (its fence is on disk), by
+//! the inbox registry's rule: every message is sent under the registry's lock and
+//! counted, and an actor retires only under that lock with no counted message
+//! unprocessed, so nothing sent to it is dropped.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use quicnprotochat_wire::{ErrorCode, IdentityKey, WireError};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
@@ -67,9 +73,17 @@ pub enum GroupMsg {
     /// Test and chaos hook: make the actor panic, as a bug would.
     #[doc(hidden)]
     Crash,
+    /// Periodic check whether the actor may retire (not counted).
+    IdleCheck,
 }
 
-type ActorMap = Arc<Mutex<HashMap<Vec<u8>, ActorRef<GroupMsg>>>>;
+struct Entry {
+    actor: ActorRef<GroupMsg>,
+    /// Messages sent to the actor and not yet taken up by it.
+    pending: Arc<AtomicU64>,
+}
+
+type ActorMap = Arc<Mutex<HashMap<Vec<u8>, Entry>>>;
 
 /// Finds or spawns the actor of a group. Cheap to clone.
 #[derive(Clone)]
@@ -79,6 +93,7 @@ pub struct GroupRegistry {
     writer: StoreWriter,
     supervisor: ActorRef<()>,
     restarts: Arc<AtomicU64>,
+    idle_after: Duration,
 }
 
 struct GroupSupervisor;
@@ -112,16 +127,18 @@ impl Actor for GroupSupervisor {
             actors
                 .lock()
                 .await
-                .retain(|_, a| a.get_id() != cell.get_id());
+                .retain(|_, e| e.actor.get_id() != cell.get_id());
         }
         Ok(())
     }
 }
 
 impl GroupRegistry {
+    /// Starts the registry; group actors idle for `idle_after` stop.
     pub async fn start(
         inboxes: InboxRegistry,
         writer: StoreWriter,
+        idle_after: Duration,
     ) -> Result<GroupRegistry, ractor::SpawnErr> {
         let actors: ActorMap = Arc::default();
         let restarts = Arc::new(AtomicU64::new(0));
@@ -133,7 +150,26 @@ impl GroupRegistry {
             writer,
             supervisor,
             restarts,
+            idle_after,
         })
+    }
+
+    /// How many group actors are alive.
+    pub async fn live_actors(&self) -> usize {
+        self.actors.lock().await.len()
+    }
+
+    /// Forgets the actor `id` of `group_id` if nothing sent to it is unprocessed;
+    /// the caller (that actor) then stops.
+    async fn try_retire(actors: &ActorMap, group_id: &[u8], id: ractor::ActorId) -> bool {
+        let mut actors = actors.lock().await;
+        match actors.get(group_id) {
+            Some(e) if e.actor.get_id() == id && e.pending.load(Ordering::Acquire) == 0 => {
+                actors.remove(group_id);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// How many group actors failed and were replaced.
@@ -145,25 +181,32 @@ impl GroupRegistry {
         let mut actors = self.actors.lock().await;
         let mut msg = msg;
         for _ in 0..2 {
-            let actor = match actors.get(group_id) {
-                Some(a) => a.clone(),
+            let entry = match actors.get(group_id) {
+                Some(e) => e,
                 None => {
+                    let pending = Arc::new(AtomicU64::new(0));
                     let args = GroupArgs {
                         group_id: group_id.to_vec(),
                         inboxes: self.inboxes.clone(),
                         writer: self.writer.clone(),
+                        actors: Arc::downgrade(&self.actors),
+                        pending: pending.clone(),
+                        idle_after: self.idle_after,
                     };
                     let (actor, _) =
                         Actor::spawn_linked(None, GroupActor, args, self.supervisor.get_cell())
                             .await
                             .map_err(|_| DeliveryError::Restarting)?;
-                    actors.insert(group_id.to_vec(), actor.clone());
-                    actor
+                    actors
+                        .entry(group_id.to_vec())
+                        .or_insert(Entry { actor, pending })
                 }
             };
-            match actor.send_message(msg) {
+            entry.pending.fetch_add(1, Ordering::AcqRel);
+            match entry.actor.send_message(msg) {
                 Ok(()) => return Ok(()),
                 Err(ractor::MessagingErr::SendErr(m)) => {
+                    entry.pending.fetch_sub(1, Ordering::AcqRel);
                     actors.remove(group_id);
                     msg = m;
                 }
@@ -206,8 +249,8 @@ impl GroupRegistry {
 
     /// Stops every group actor and the supervisor (node shutdown).
     pub async fn stop(&self) {
-        for (_, a) in self.actors.lock().await.drain() {
-            a.stop(Some("node shutdown".into()));
+        for (_, e) in self.actors.lock().await.drain() {
+            e.actor.stop(Some("node shutdown".into()));
         }
         self.supervisor.stop(Some("node shutdown".into()));
     }
@@ -217,6 +260,9 @@ pub struct GroupArgs {
     group_id: Vec<u8>,
     inboxes: InboxRegistry,
     writer: StoreWriter,
+    actors: std::sync::Weak<Mutex<HashMap<Vec<u8>, Entry>>>,
+    pending: Arc<AtomicU64>,
+    idle_after: Duration,
 }
 
 /// The actor that owns one group's epoch fence.
@@ -225,6 +271,7 @@ pub struct GroupActor;
 pub struct GroupActorState {
     args: GroupArgs,
     fence: EpochFence,
+    last_commit: Instant,
 }
 
 impl Actor for GroupActor {
@@ -234,9 +281,11 @@ impl Actor for GroupActor {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let period = (args.idle_after / 2).max(Duration::from_millis(10));
+        myself.send_interval(period, || GroupMsg::IdleCheck);
         // Read through the writer, so a predecessor's in-flight commit is seen.
         let gid = args.group_id.clone();
         let (next, members) = args
@@ -250,16 +299,29 @@ impl Actor for GroupActor {
         Ok(GroupActorState {
             args,
             fence: EpochFence::recovered(next, members.into_iter().collect()),
+            last_commit: Instant::now(),
         })
     }
 
     async fn handle(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        if !matches!(message, GroupMsg::IdleCheck) {
+            state.args.pending.fetch_sub(1, Ordering::AcqRel);
+        }
         match message {
+            GroupMsg::IdleCheck => {
+                if state.last_commit.elapsed() >= state.args.idle_after
+                    && let Some(actors) = state.args.actors.upgrade()
+                    && GroupRegistry::try_retire(&actors, &state.args.group_id, myself.get_id())
+                        .await
+                {
+                    myself.stop(Some("idle".into()));
+                }
+            }
             GroupMsg::Commit {
                 epoch,
                 committer,
@@ -267,6 +329,7 @@ impl Actor for GroupActor {
                 deliveries,
                 reply,
             } => {
+                state.last_commit = Instant::now();
                 if let Err(refusal) = state.fence.check(epoch, &committer.0) {
                     if matches!(refusal, FenceRefusal::Stale { .. }) {
                         metrics::counter!(crate::telemetry::STALE_EPOCH_TOTAL).increment(1);

@@ -114,9 +114,10 @@ impl Server {
                 source,
             })?;
         let auth = AuthService::open(store.clone(), writer.clone()).await?;
-        let groups = GroupRegistry::start(registry.clone(), writer.clone())
-            .await
-            .map_err(|e| ServerError::Actors(e.to_string()))?;
+        let groups =
+            GroupRegistry::start(registry.clone(), writer.clone(), config.idle_inbox_after)
+                .await
+                .map_err(|e| ServerError::Actors(e.to_string()))?;
         let ctx = Arc::new(NodeContext {
             registry,
             groups,

@@ -85,6 +85,16 @@ impl TestNode {
         TestNode::start_with(self.config.clone()).await
     }
 
+    /// How many group actors are alive in the node.
+    pub async fn live_group_actors(&self) -> usize {
+        self.ctx
+            .as_ref()
+            .expect("node running")
+            .groups
+            .live_actors()
+            .await
+    }
+
     /// Chaos hook: makes the actor of `group_id` panic, as a bug would.
     pub async fn crash_group(&self, group_id: &[u8]) {
         let groups = &self.ctx.as_ref().expect("node running").groups;

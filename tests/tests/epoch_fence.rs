@@ -354,3 +354,37 @@ async fn only_the_members_a_commit_named_may_commit_next() {
     .await;
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_group_actors_retire_without_losing_the_fence_or_a_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::ephemeral(dir.path());
+    config.idle_inbox_after = std::time::Duration::from_millis(20);
+    let node = TestNode::start_with(config).await;
+    local(async {
+        let (alice, bob) = (Identity::generate(), Identity::generate());
+        let (_c, a) = node.session(&alice).await;
+        let ab = vec![alice.public_key().to_vec(), bob.public_key().to_vec()];
+        let to_bob = [(key(&bob), b"c".to_vec())];
+        let group = b"idle".to_vec();
+        // Commits arriving around the moments the actor retires: every one is
+        // answered (never a dropped message), each epoch exactly once.
+        for epoch in 0..30u64 {
+            a.commit(&group, epoch, &ab, &to_bob).await.unwrap();
+            tokio::time::sleep(std::time::Duration::from_millis(epoch % 4 * 10)).await;
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while node.live_group_actors().await > 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(node.live_group_actors().await, 0, "idle actors retire");
+        // A fresh actor reads the fence back from the store.
+        assert_eq!(
+            code(a.commit(&group, 29, &ab, &to_bob).await),
+            Some(ErrorCode::StaleEpoch)
+        );
+        a.commit(&group, 30, &ab, &to_bob).await.unwrap();
+    })
+    .await;
+    node.stop().await;
+}
