@@ -526,7 +526,7 @@ impl Messenger {
             // The pending commit is durable before it leaves: if we crash once
             // the node accepted it, the receipt in our inbox lets us apply it.
             self.commit_state(|_| Ok(()))?;
-            let deliveries = self.commit_deliveries(gid, &group, &before, &out, added)?;
+            let deliveries = self.commit_deliveries(gid, &before, &out, added)?;
             let bytes: usize = deliveries.iter().map(|(_, d)| d.len() + 64).sum();
             if bytes > MAX_COMMIT_BYTES {
                 group.discard_commit(&self.member)?;
@@ -575,7 +575,6 @@ impl Messenger {
     fn commit_deliveries(
         &self,
         gid: &[u8],
-        group: &Group,
         before: &[Vec<u8>],
         out: &CommitOutput,
         added: &[RosterEntry],
@@ -612,7 +611,6 @@ impl Messenger {
                 ));
             }
         }
-        let _ = group;
         let receipt = self
             .group_message(Body::CommitReceipt { epoch: out.epoch }, gid, Vec::new())
             .encode()?;
@@ -868,22 +866,28 @@ impl Messenger {
                 removed_self,
             } => {
                 let after: BTreeSet<Vec<u8>> = members.into_iter().collect();
-                for e in &msg.roster {
-                    if after.contains(e.identity.as_slice())
-                        && HybridPublicKey::verify(&e.hybrid_key, &e.identity).is_ok()
-                    {
-                        // Learn the new members before naming them below.
-                        self.state.write(|t| t.put_roster(e))?;
-                    }
-                }
-                let who = from(&committer, self);
+                // New members' entries are stored with this envelope's other effects.
+                let learned: Vec<RosterEntry> = msg
+                    .roster
+                    .iter()
+                    .filter(|e| {
+                        after.contains(e.identity.as_slice())
+                            && HybridPublicKey::verify(&e.hybrid_key, &e.identity).is_ok()
+                    })
+                    .cloned()
+                    .collect();
+                let name_for = |id: &[u8]| match learned.iter().find(|e| e.identity == id) {
+                    Some(e) => e.username.clone(),
+                    None => self.name_of(id),
+                };
+                let who = name_for(&committer);
                 let text = if removed_self {
                     fx.forget_group = Some(msg.group_id.clone());
                     format!("you were removed from the group by {who}")
                 } else {
                     let names = |set: Vec<&Vec<u8>>| {
                         set.iter()
-                            .map(|m| self.name_of(m))
+                            .map(|m| name_for(m))
                             .collect::<Vec<_>>()
                             .join(", ")
                     };
@@ -908,6 +912,7 @@ impl Messenger {
                     text,
                     epoch: Some(epoch),
                 });
+                fx.roster.extend(learned);
                 if !removed_self {
                     self.release_held(seq, &msg.group_id, fx)?;
                 }
