@@ -143,6 +143,11 @@ impl Group {
         self.inner.is_active()
     }
 
+    /// Whether proposals (e.g. someone's leave) wait for a commit.
+    pub fn has_pending_proposals(&self) -> bool {
+        self.inner.has_pending_proposals()
+    }
+
     pub fn has_pending_commit(&self) -> bool {
         self.inner.pending_commit().is_some()
     }

@@ -161,8 +161,6 @@ pub struct Messenger {
     session: SessionHandle,
     directory: KeyDirectory,
     username: String,
-    /// Groups with proposals (leave requests) waiting for a commit.
-    proposals: BTreeSet<Vec<u8>>,
     /// Test hook: behave as if the process died right after the node accepted
     /// the next commit (before applying it locally).
     die_after_next_commit: bool,
@@ -194,7 +192,6 @@ impl Messenger {
             session,
             directory,
             username: username.to_string(),
-            proposals: BTreeSet::new(),
             die_after_next_commit: false,
         };
         m.state.write(|t| t.put_roster(&me))?;
@@ -645,18 +642,16 @@ impl Messenger {
             }
             self.session.ack(cursor).await?;
         }
-        // A pending commit with no receipt after a full pull was never accepted.
         for (_, gid) in self.state.groups()? {
-            if let Ok(mut g) = self.load(&gid)
-                && g.has_pending_commit()
-            {
+            let Ok(mut g) = self.load(&gid) else { continue };
+            // A pending commit with no receipt after a full pull was never accepted.
+            if g.has_pending_commit() {
                 g.discard_commit(&self.member)?;
                 self.commit_state(|_| Ok(()))?;
             }
-        }
-        // Someone asked to leave: commit it (the fence picks one committer).
-        while let Some(gid) = self.proposals.pop_first() {
-            if self.state.group_name(&gid)?.is_some() {
+            // Someone asked to leave: commit it (the fence picks one committer). The
+            // proposal is in the profile, so this also happens after a restart.
+            if g.has_pending_proposals() {
                 Box::pin(self.commit_change(&gid, Change::PendingProposals)).await?;
             }
         }
@@ -918,7 +913,6 @@ impl Messenger {
                 }
             }
             GroupEvent::ProposalStored { sender } => {
-                self.proposals.insert(msg.group_id.clone());
                 fx.lines.push(notice(
                     seq,
                     Some(name),
