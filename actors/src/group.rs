@@ -7,23 +7,20 @@
 //! first commit at an epoch wins, every later one at that epoch is `STALE_EPOCH`,
 //! and every member inbox sees accepted commits in the same order.
 //!
-//! A group actor with nothing to do for a while stops (its fence is on disk), by
-//! the inbox registry's rule: every message is sent under the registry's lock and
-//! counted, and an actor retires only under that lock with no counted message
-//! unprocessed, so nothing sent to it is dropped.
+//! A group actor with nothing to do for a while stops (its fence is on disk);
+//! [`crate::registry`] makes sure that drops no message.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use quicnprotochat_wire::{ErrorCode, IdentityKey, WireError};
-use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
-use tokio::sync::{Mutex, oneshot};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::oneshot;
 
 use crate::core::epoch::{EpochFence, FenceRefusal};
 use crate::error::DeliveryError;
 use crate::inbox::{Delivery, InboxRegistry};
+use crate::registry::{Membership, Registry};
 use crate::store::server::group_fence;
 use crate::store::writer::{FenceWrite, StoreWriter, TransactError};
 
@@ -77,60 +74,13 @@ pub enum GroupMsg {
     IdleCheck,
 }
 
-struct Entry {
-    actor: ActorRef<GroupMsg>,
-    /// Messages sent to the actor and not yet taken up by it.
-    pending: Arc<AtomicU64>,
-}
-
-type ActorMap = Arc<Mutex<HashMap<Vec<u8>, Entry>>>;
-
 /// Finds or spawns the actor of a group. Cheap to clone.
 #[derive(Clone)]
 pub struct GroupRegistry {
-    actors: ActorMap,
+    actors: Registry<Vec<u8>, GroupMsg>,
     inboxes: InboxRegistry,
     writer: StoreWriter,
-    supervisor: ActorRef<()>,
-    restarts: Arc<AtomicU64>,
     idle_after: Duration,
-}
-
-struct GroupSupervisor;
-
-impl Actor for GroupSupervisor {
-    type Msg = ();
-    type State = (ActorMap, Arc<AtomicU64>);
-    type Arguments = (ActorMap, Arc<AtomicU64>);
-
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        args: Self::Arguments,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(args)
-    }
-
-    async fn handle_supervisor_evt(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        event: SupervisionEvent,
-        (actors, restarts): &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        // A failed group actor is forgotten; the next commit for the group spawns a
-        // fresh one, which reloads the fence through the writer (after every write
-        // its predecessor submitted).
-        if let SupervisionEvent::ActorFailed(cell, reason) = event {
-            tracing::warn!(actor = %cell.get_id(), %reason, "group actor failed; it restarts from the store on next use");
-            restarts.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!(crate::telemetry::ACTOR_RESTARTS_TOTAL).increment(1);
-            actors
-                .lock()
-                .await
-                .retain(|_, e| e.actor.get_id() != cell.get_id());
-        }
-        Ok(())
-    }
 }
 
 impl GroupRegistry {
@@ -140,80 +90,35 @@ impl GroupRegistry {
         writer: StoreWriter,
         idle_after: Duration,
     ) -> Result<GroupRegistry, ractor::SpawnErr> {
-        let actors: ActorMap = Arc::default();
-        let restarts = Arc::new(AtomicU64::new(0));
-        let (supervisor, _) =
-            Actor::spawn(None, GroupSupervisor, (actors.clone(), restarts.clone())).await?;
         Ok(GroupRegistry {
-            actors,
+            actors: Registry::start("group").await?,
             inboxes,
             writer,
-            supervisor,
-            restarts,
             idle_after,
         })
     }
 
-    /// How many group actors are alive.
-    pub async fn live_actors(&self) -> usize {
-        self.actors.lock().await.len()
-    }
-
-    /// Forgets the actor `id` of `group_id` if nothing sent to it is unprocessed;
-    /// the caller (that actor) then stops.
-    async fn try_retire(actors: &ActorMap, group_id: &[u8], id: ractor::ActorId) -> bool {
-        let mut actors = actors.lock().await;
-        match actors.get(group_id) {
-            Some(e) if e.actor.get_id() == id && e.pending.load(Ordering::Acquire) == 0 => {
-                actors.remove(group_id);
-                true
-            }
-            _ => false,
-        }
-    }
-
     /// How many group actors failed and were replaced.
     pub fn restarts(&self) -> u64 {
-        self.restarts.load(Ordering::Relaxed)
+        self.actors.restarts()
+    }
+
+    /// How many group actors are alive.
+    pub async fn live_actors(&self) -> usize {
+        self.actors.live_actors().await
     }
 
     async fn send(&self, group_id: &[u8], msg: GroupMsg) -> Result<(), DeliveryError> {
-        let mut actors = self.actors.lock().await;
-        let mut msg = msg;
-        for _ in 0..2 {
-            let entry = match actors.get(group_id) {
-                Some(e) => e,
-                None => {
-                    let pending = Arc::new(AtomicU64::new(0));
-                    let args = GroupArgs {
-                        group_id: group_id.to_vec(),
-                        inboxes: self.inboxes.clone(),
-                        writer: self.writer.clone(),
-                        actors: Arc::downgrade(&self.actors),
-                        pending: pending.clone(),
-                        idle_after: self.idle_after,
-                    };
-                    let (actor, _) =
-                        Actor::spawn_linked(None, GroupActor, args, self.supervisor.get_cell())
-                            .await
-                            .map_err(|_| DeliveryError::Restarting)?;
-                    actors
-                        .entry(group_id.to_vec())
-                        .or_insert(Entry { actor, pending })
+        self.actors
+            .send(&group_id.to_vec(), msg, GroupActor, |membership| {
+                GroupArgs {
+                    inboxes: self.inboxes.clone(),
+                    writer: self.writer.clone(),
+                    membership,
+                    idle_after: self.idle_after,
                 }
-            };
-            entry.pending.fetch_add(1, Ordering::AcqRel);
-            match entry.actor.send_message(msg) {
-                Ok(()) => return Ok(()),
-                Err(ractor::MessagingErr::SendErr(m)) => {
-                    entry.pending.fetch_sub(1, Ordering::AcqRel);
-                    actors.remove(group_id);
-                    msg = m;
-                }
-                Err(_) => return Err(DeliveryError::Restarting),
-            }
-        }
-        Err(DeliveryError::Restarting)
+            })
+            .await
     }
 
     /// Accepts the commit made at `epoch` if it is the first at that epoch, storing
@@ -249,23 +154,20 @@ impl GroupRegistry {
 
     /// Stops every group actor and the supervisor (node shutdown).
     pub async fn stop(&self) {
-        for (_, e) in self.actors.lock().await.drain() {
-            e.actor.stop(Some("node shutdown".into()));
-        }
-        self.supervisor.stop(Some("node shutdown".into()));
+        self.actors.stop().await;
     }
 }
 
 pub struct GroupArgs {
-    group_id: Vec<u8>,
     inboxes: InboxRegistry,
     writer: StoreWriter,
-    actors: std::sync::Weak<Mutex<HashMap<Vec<u8>, Entry>>>,
-    pending: Arc<AtomicU64>,
+    /// The group (its id) and its place in the registry.
+    membership: Membership<Vec<u8>, GroupMsg>,
     idle_after: Duration,
 }
 
 /// The actor that owns one group's epoch fence.
+#[derive(Clone)]
 pub struct GroupActor;
 
 pub struct GroupActorState {
@@ -287,7 +189,7 @@ impl Actor for GroupActor {
         let period = (args.idle_after / 2).max(Duration::from_millis(10));
         myself.send_interval(period, || GroupMsg::IdleCheck);
         // Read through the writer, so a predecessor's in-flight commit is seen.
-        let gid = args.group_id.clone();
+        let gid = args.membership.key().clone();
         let (next, members) = args
             .writer
             .transact(move |txn| group_fence(txn, &gid).map_err(|e| e.to_string()))
@@ -310,14 +212,12 @@ impl Actor for GroupActor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         if !matches!(message, GroupMsg::IdleCheck) {
-            state.args.pending.fetch_sub(1, Ordering::AcqRel);
+            state.args.membership.taken();
         }
         match message {
             GroupMsg::IdleCheck => {
                 if state.last_commit.elapsed() >= state.args.idle_after
-                    && let Some(actors) = state.args.actors.upgrade()
-                    && GroupRegistry::try_retire(&actors, &state.args.group_id, myself.get_id())
-                        .await
+                    && state.args.membership.try_retire(myself.get_id()).await
                 {
                     myself.stop(Some("idle".into()));
                 }
@@ -338,7 +238,7 @@ impl Actor for GroupActor {
                     return Ok(());
                 }
                 let fence = FenceWrite {
-                    group_id: state.args.group_id.clone(),
+                    group_id: state.args.membership.key().clone(),
                     next_epoch: epoch + 1,
                     members: members.iter().copied().collect(),
                 };

@@ -4,24 +4,20 @@
 //! enforces limits and holds long-poll waiters, but never waits for the disk: it
 //! hands each write and the caller's reply port to the [`StoreWriter`] and goes on.
 //!
-//! The [`InboxRegistry`] finds or spawns the actor for an inbox. Its invariant: at
-//! most one live actor per inbox. Every message is sent under the registry's lock
-//! and counted; an idle actor retires only under the same lock and only when no
-//! counted message is still in its mailbox, so nothing sent to it is ever dropped,
-//! and its successor loads its marks through the writer (after every write of the
-//! predecessor has committed).
+//! The [`InboxRegistry`] finds or spawns the actor for an inbox (see
+//! [`crate::registry`]: at most one live actor per inbox, idle ones retire without
+//! dropping a message); a successor loads its marks through the writer, after every
+//! write of its predecessor has committed.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use quicnprotochat_wire::IdentityKey;
-use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
-use tokio::sync::{Mutex, oneshot};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::oneshot;
 
 use crate::core::inbox::{InboxLimits, InboxState};
 use crate::error::DeliveryError;
+use crate::registry::{Membership, Registry};
 use crate::store::StoreError;
 use crate::store::writer::{FenceWrite, MultiAppend, StoreWriter, WriteOp};
 
@@ -99,66 +95,12 @@ pub struct InboxSettings {
     pub idle_after: Duration,
 }
 
-pub struct Entry {
-    actor: ActorRef<InboxMsg>,
-    pending: Arc<AtomicU64>,
-}
-
-type ActorMap = Arc<Mutex<HashMap<IdentityKey, Entry>>>;
-
-pub struct RegistryInner {
-    actors: ActorMap,
-    writer: StoreWriter,
-    settings: InboxSettings,
-    supervisor: ActorRef<SupervisorMsg>,
-    restarts: Arc<AtomicU64>,
-    retirements: AtomicU64,
-}
-
 /// Finds or spawns the actor of an inbox. Cheap to clone.
 #[derive(Clone)]
 pub struct InboxRegistry {
-    inner: Arc<RegistryInner>,
-}
-
-/// The registry's supervisor actor only receives supervision events.
-pub enum SupervisorMsg {}
-
-struct InboxSupervisor;
-
-impl Actor for InboxSupervisor {
-    type Msg = SupervisorMsg;
-    type State = (ActorMap, Arc<AtomicU64>);
-    type Arguments = (ActorMap, Arc<AtomicU64>);
-
-    async fn pre_start(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        args: Self::Arguments,
-    ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(args)
-    }
-
-    async fn handle_supervisor_evt(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        event: SupervisionEvent,
-        (actors, restarts): &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        // A failed inbox actor is forgotten; the next request for its inbox spawns a
-        // fresh one, which reloads from the store. Its in-flight callers saw their
-        // reply ports dropped, which they report as retryable.
-        if let SupervisionEvent::ActorFailed(cell, reason) = event {
-            tracing::warn!(actor = %cell.get_id(), %reason, "inbox actor failed; it restarts from the store on next use");
-            restarts.fetch_add(1, Ordering::Relaxed);
-            metrics::counter!(crate::telemetry::ACTOR_RESTARTS_TOTAL).increment(1);
-            actors
-                .lock()
-                .await
-                .retain(|_, e| e.actor.get_id() != cell.get_id());
-        }
-        Ok(())
-    }
+    actors: Registry<IdentityKey, InboxMsg>,
+    writer: StoreWriter,
+    settings: InboxSettings,
 }
 
 impl InboxRegistry {
@@ -167,35 +109,26 @@ impl InboxRegistry {
         writer: StoreWriter,
         settings: InboxSettings,
     ) -> Result<InboxRegistry, ractor::SpawnErr> {
-        let actors: ActorMap = Arc::default();
-        let restarts = Arc::new(AtomicU64::new(0));
-        let (supervisor, _) =
-            Actor::spawn(None, InboxSupervisor, (actors.clone(), restarts.clone())).await?;
         Ok(InboxRegistry {
-            inner: Arc::new(RegistryInner {
-                actors,
-                writer,
-                settings,
-                supervisor,
-                restarts,
-                retirements: AtomicU64::new(0),
-            }),
+            actors: Registry::start("inbox").await?,
+            writer,
+            settings,
         })
     }
 
     /// How many inbox actors failed and were replaced.
     pub fn restarts(&self) -> u64 {
-        self.inner.restarts.load(Ordering::Relaxed)
+        self.actors.restarts()
     }
 
     /// How many inbox actors stopped for being idle.
     pub fn retirements(&self) -> u64 {
-        self.inner.retirements.load(Ordering::Relaxed)
+        self.actors.retirements()
     }
 
     /// How many inbox actors are alive.
     pub async fn live_actors(&self) -> usize {
-        self.inner.actors.lock().await.len()
+        self.actors.live_actors().await
     }
 
     /// Delivers `request` to the inbox's actor, spawning it if needed.
@@ -204,47 +137,18 @@ impl InboxRegistry {
         inbox: IdentityKey,
         request: InboxRequest,
     ) -> Result<(), DeliveryError> {
-        let mut actors = self.inner.actors.lock().await;
-        let mut request = request;
-        // At most two tries: an actor that died between its failure and the
-        // supervisor's cleanup is replaced once.
-        for _ in 0..2 {
-            let entry = match actors.get(&inbox) {
-                Some(e) => e,
-                None => {
-                    let pending = Arc::new(AtomicU64::new(0));
-                    let args = InboxArgs {
-                        inbox,
-                        writer: self.inner.writer.clone(),
-                        settings: self.inner.settings,
-                        registry: Arc::downgrade(&self.inner),
-                        pending: pending.clone(),
-                    };
-                    let (actor, _) = Actor::spawn_linked(
-                        None,
-                        InboxActor,
-                        args,
-                        self.inner.supervisor.get_cell(),
-                    )
-                    .await
-                    .map_err(|_| DeliveryError::Restarting)?;
-                    actors.entry(inbox).or_insert(Entry { actor, pending })
-                }
-            };
-            entry.pending.fetch_add(1, Ordering::AcqRel);
-            match entry.actor.send_message(InboxMsg::Request(request)) {
-                Ok(()) => return Ok(()),
-                Err(e) => {
-                    entry.pending.fetch_sub(1, Ordering::AcqRel);
-                    actors.remove(&inbox);
-                    request = match e {
-                        ractor::MessagingErr::SendErr(InboxMsg::Request(r)) => r,
-                        _ => return Err(DeliveryError::Restarting),
-                    };
-                }
-            }
-        }
-        Err(DeliveryError::Restarting)
+        self.actors
+            .send(
+                &inbox,
+                InboxMsg::Request(request),
+                InboxActor,
+                |membership| InboxArgs {
+                    writer: self.writer.clone(),
+                    settings: self.settings,
+                    membership,
+                },
+            )
+            .await
     }
 
     /// Stores a message in `inbox`; returns its seq once durable.
@@ -312,7 +216,7 @@ impl InboxRegistry {
             submitted.push(r.submitted);
         }
         let (reply, rx) = oneshot::channel();
-        self.inner.writer.submit(WriteOp::AppendMany {
+        self.writer.submit(WriteOp::AppendMany {
             appends,
             fence,
             reply,
@@ -365,36 +269,25 @@ impl InboxRegistry {
 
     /// Stops every inbox actor and the supervisor (node shutdown).
     pub async fn stop(&self) {
-        let mut actors = self.inner.actors.lock().await;
-        for (_, e) in actors.drain() {
-            e.actor.stop(Some("node shutdown".into()));
-        }
-        self.inner.supervisor.stop(Some("node shutdown".into()));
-    }
-
-    /// Retires the actor `id` of `inbox` if nothing sent to it is still unprocessed.
-    async fn try_retire(inner: &RegistryInner, inbox: &IdentityKey, id: ractor::ActorId) -> bool {
-        let mut actors = inner.actors.lock().await;
-        match actors.get(inbox) {
-            Some(e) if e.actor.get_id() == id && e.pending.load(Ordering::Acquire) == 0 => {
-                actors.remove(inbox);
-                inner.retirements.fetch_add(1, Ordering::Relaxed);
-                true
-            }
-            _ => false,
-        }
+        self.actors.stop().await;
     }
 }
 
 pub struct InboxArgs {
-    inbox: IdentityKey,
     writer: StoreWriter,
     settings: InboxSettings,
-    registry: std::sync::Weak<RegistryInner>,
-    pending: Arc<AtomicU64>,
+    /// The inbox (its key) and its place in the registry.
+    membership: Membership<IdentityKey, InboxMsg>,
+}
+
+impl InboxArgs {
+    fn inbox(&self) -> IdentityKey {
+        *self.membership.key()
+    }
 }
 
 /// The actor that owns one inbox's state.
+#[derive(Clone)]
 pub struct InboxActor;
 
 pub struct InboxActorState {
@@ -432,7 +325,7 @@ impl Actor for InboxActor {
     ) -> Result<(), ActorProcessingErr> {
         // Requests wait in the mailbox until this load is done. Loading through the
         // writer orders it after every write a predecessor actor submitted.
-        let meta = state.args.writer.load(state.args.inbox).await?;
+        let meta = state.args.writer.load(state.args.inbox()).await?;
         state.inbox = Some(InboxState::recovered(meta));
         Ok(())
     }
@@ -449,13 +342,13 @@ impl Actor for InboxActor {
             .ok_or_else(|| StoreError::Corrupt("inbox used before load".into()))?;
         match message {
             InboxMsg::Request(request) => {
-                state.args.pending.fetch_sub(1, Ordering::AcqRel);
+                state.args.membership.taken();
                 state.last_request = Instant::now();
                 match request {
                     InboxRequest::Enqueue { payload, reply } => {
                         match inbox.admit(payload.len(), state.args.settings.limits) {
                             Ok(seq) => state.args.writer.submit(WriteOp::Append {
-                                inbox: state.args.inbox,
+                                inbox: state.args.inbox(),
                                 seq,
                                 payload,
                                 notify: myself,
@@ -513,9 +406,7 @@ impl Actor for InboxActor {
                 state.waiters.retain(|(_, w)| !w.is_closed());
                 if state.waiters.is_empty()
                     && state.last_request.elapsed() >= state.args.settings.idle_after
-                    && let Some(registry) = state.args.registry.upgrade()
-                    && InboxRegistry::try_retire(&registry, &state.args.inbox, myself.get_id())
-                        .await
+                    && state.args.membership.try_retire(myself.get_id()).await
                 {
                     myself.stop(Some("idle".into()));
                 }
@@ -535,7 +426,7 @@ fn ack(
 ) {
     match inbox.ack(up_to) {
         Ok(Some(range)) => args.writer.submit(WriteOp::Ack {
-            inbox: args.inbox,
+            inbox: args.inbox(),
             up_to: range.to,
             reply,
         }),
