@@ -38,17 +38,26 @@ impl User {
         out
     }
 
-    /// `chat --group G` with `lines` on stdin, then Ctrl+D; returns stdout.
-    fn chat(&self, server: SocketAddr, ca: &Path, group: &str, lines: &[String]) -> String {
-        let mut child = Command::new(BIN)
-            .args(["chat", "--group", group, "--server"])
+    /// The binary with `args`, this user's profile, and the server's address and
+    /// certificate; for commands that run alongside the test (chat, recv to kill).
+    fn command(&self, server: SocketAddr, ca: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .arg("--server")
             .arg(server.to_string())
             .arg("--ca-cert")
             .arg(ca)
             .arg("--state")
             .arg(&self.state)
             .env("QPC_PASSWORD", &self.password)
-            .env_remove("QPC_AUTH_TOKEN")
+            .env_remove("QPC_AUTH_TOKEN");
+        c
+    }
+
+    /// `chat --group G` with `lines` on stdin, then Ctrl+D; returns stdout.
+    fn chat(&self, server: SocketAddr, ca: &Path, group: &str, lines: &[String]) -> String {
+        let mut child = self
+            .command(server, ca, &["chat", "--group", group])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -301,13 +310,8 @@ fn a_client_killed_mid_recv_shows_every_message_after_restart() {
     let mut shown: Vec<String> = Vec::new();
     let kills = [Duration::from_millis(60), Duration::from_millis(250)];
     let mut run_and_kill = |kill_after: Option<Duration>| {
-        let mut child = Command::new(BIN)
-            .args(["recv", "--server"])
-            .arg(at.to_string())
-            .arg("--ca-cert")
-            .arg(&ca)
-            .arg("--state")
-            .arg(&bob.state)
+        let mut child = bob
+            .command(at, &ca, &["recv"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -435,13 +439,8 @@ fn chat_reconnects_after_the_server_restarts() {
     } = Pair::start();
     let at = server.addr;
 
-    let mut chat = Command::new(BIN)
-        .args(["chat", "--group", "g", "--server"])
-        .arg(at.to_string())
-        .arg("--ca-cert")
-        .arg(&ca)
-        .arg("--state")
-        .arg(&alice.state)
+    let mut chat = alice
+        .command(at, &ca, &["chat", "--group", "g"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
