@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use quicnprotochat::client::messenger::{Messenger, MessengerError};
+use quicnprotochat::client::messenger::{CrashPoint, Messenger, MessengerError};
 use quicnprotochat::config::ServerConfig;
 use quicnprotochat_crypto::mls::Suite;
 use quicnprotochat_tests::{Person, TestNode, local};
@@ -331,7 +331,9 @@ async fn a_commit_accepted_while_the_client_died_is_applied_from_its_receipt() {
         pull(&mut bob.messenger).await;
         let before = alice.messenger.group("g").unwrap().epoch;
 
-        alice.messenger.die_after_next_commit();
+        alice
+            .messenger
+            .die_in_next_commit(CrashPoint::AfterAcceptance);
         alice.messenger.update("g").await.unwrap();
         let mut alice = alice.restart(&node).await;
         pull(&mut bob.messenger).await;
@@ -348,6 +350,36 @@ async fn a_commit_accepted_while_the_client_died_is_applied_from_its_receipt() {
             said(&pull(&mut alice.messenger).await, "g"),
             vec!["bob: still one group"]
         );
+    })
+    .await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_saved_but_never_sent_is_discarded_and_redone() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    local(async {
+        let mut alice = node.person("alice").await;
+        let mut bob = node.person("bob").await;
+        alice.messenger.create_group("g", Suite::Classic).unwrap();
+        alice.messenger.invite("g", &["bob".into()]).await.unwrap();
+        pull(&mut bob.messenger).await;
+        let before = alice.messenger.group("g").unwrap().epoch;
+
+        // The process dies with the commit saved as pending, before sending it.
+        alice
+            .messenger
+            .die_in_next_commit(CrashPoint::BeforeSending);
+        alice.messenger.update("g").await.unwrap();
+        let mut alice = alice.restart(&node).await;
+        // No receipt in the inbox: it never reached the node, so it is dropped,
+        // and the next change goes through.
+        pull(&mut alice.messenger).await;
+        assert_eq!(alice.messenger.group("g").unwrap().epoch, before);
+        assert_eq!(alice.messenger.update("g").await.unwrap(), before + 1);
+        pull(&mut bob.messenger).await;
+        assert_no_fork(&[&alice, &bob], "g");
     })
     .await;
     node.stop().await;

@@ -161,9 +161,18 @@ pub struct Messenger {
     session: SessionHandle,
     directory: KeyDirectory,
     username: String,
-    /// Test hook: behave as if the process died right after the node accepted
-    /// the next commit (before applying it locally).
-    die_after_next_commit: bool,
+    /// Test hook: behave as if the process died at this point of the next commit.
+    die_at: Option<CrashPoint>,
+}
+
+/// Where a test makes the next commit stop, as if the process had died there.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// The pending commit is saved, nothing was sent.
+    BeforeSending,
+    /// The node accepted the commit; we never heard.
+    AfterAcceptance,
 }
 
 impl Messenger {
@@ -192,17 +201,17 @@ impl Messenger {
             session,
             directory,
             username: username.to_string(),
-            die_after_next_commit: false,
+            die_at: None,
         };
         m.state.write(|t| t.put_roster(&me))?;
         Ok(m)
     }
 
-    /// Test hook: the next accepted commit is left pending, as if the process had
-    /// died before hearing the node's answer.
+    /// Test hook: the next commit stops at `point` and is left pending, as if
+    /// the process had died there.
     #[doc(hidden)]
-    pub fn die_after_next_commit(&mut self) {
-        self.die_after_next_commit = true;
+    pub fn die_in_next_commit(&mut self, point: CrashPoint) {
+        self.die_at = Some(point);
     }
 
     /// Continues on a new connection's session (after the old one was lost).
@@ -530,13 +539,20 @@ impl Messenger {
                 self.commit_state(|_| Ok(()))?;
                 return Err(MessengerError::CommitTooLarge { bytes });
             }
+            if self.die_at == Some(CrashPoint::BeforeSending) {
+                self.die_at = None;
+                return Ok(None);
+            }
             let members = group.members_after_pending_commit().unwrap_or_default();
             match self
                 .session
                 .commit(gid, out.epoch, &members, &deliveries)
                 .await
             {
-                Ok(_) if std::mem::take(&mut self.die_after_next_commit) => return Ok(None),
+                Ok(_) if self.die_at == Some(CrashPoint::AfterAcceptance) => {
+                    self.die_at = None;
+                    return Ok(None);
+                }
                 Ok(_) => {
                     group.confirm_commit(&self.member)?;
                     let epoch = group.epoch();
