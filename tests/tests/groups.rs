@@ -61,6 +61,16 @@ async fn group_of(node: &TestNode, prefix: &str, n: usize, group: &str) -> Vec<P
     people
 }
 
+/// alice and bob, both members of group "g" (alice created it).
+async fn alice_and_bob_in_g(node: &TestNode) -> (Person, Person) {
+    let mut alice = node.person("alice").await;
+    let mut bob = node.person("bob").await;
+    alice.messenger.create_group("g", Suite::Classic).unwrap();
+    alice.messenger.invite("g", &["bob".into()]).await.unwrap();
+    pull(&mut bob.messenger).await;
+    (alice, bob)
+}
+
 /// Every member sees the same epoch and the same epoch authenticator.
 fn assert_no_fork(people: &[&Person], group: &str) {
     let views: Vec<_> = people
@@ -266,11 +276,7 @@ async fn a_message_from_a_later_epoch_waits_for_its_commit() {
     let dir = tempfile::tempdir().unwrap();
     let node = TestNode::start(dir.path()).await;
     local(async {
-        let mut alice = node.person("alice").await;
-        let mut bob = node.person("bob").await;
-        alice.messenger.create_group("g", Suite::Classic).unwrap();
-        alice.messenger.invite("g", &["bob".into()]).await.unwrap();
-        pull(&mut bob.messenger).await;
+        let (mut alice, mut bob) = alice_and_bob_in_g(&node).await;
         alice.messenger.update("g").await.unwrap();
         alice
             .messenger
@@ -324,11 +330,7 @@ async fn a_commit_accepted_while_the_client_died_is_applied_from_its_receipt() {
     let dir = tempfile::tempdir().unwrap();
     let node = TestNode::start(dir.path()).await;
     local(async {
-        let mut alice = node.person("alice").await;
-        let mut bob = node.person("bob").await;
-        alice.messenger.create_group("g", Suite::Classic).unwrap();
-        alice.messenger.invite("g", &["bob".into()]).await.unwrap();
-        pull(&mut bob.messenger).await;
+        let (mut alice, mut bob) = alice_and_bob_in_g(&node).await;
         let before = alice.messenger.group("g").unwrap().epoch;
 
         alice
@@ -360,11 +362,7 @@ async fn a_commit_saved_but_never_sent_is_discarded_and_redone() {
     let dir = tempfile::tempdir().unwrap();
     let node = TestNode::start(dir.path()).await;
     local(async {
-        let mut alice = node.person("alice").await;
-        let mut bob = node.person("bob").await;
-        alice.messenger.create_group("g", Suite::Classic).unwrap();
-        alice.messenger.invite("g", &["bob".into()]).await.unwrap();
-        pull(&mut bob.messenger).await;
+        let (mut alice, mut bob) = alice_and_bob_in_g(&node).await;
         let before = alice.messenger.group("g").unwrap().epoch;
 
         // The process dies with the commit saved as pending, before sending it.
