@@ -12,7 +12,6 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use openmls_memory_storage::MemoryStorage;
 use quicnprotochat_actors::auth::NO_KEY_PACKAGES;
 use quicnprotochat_crypto::Identity;
 use quicnprotochat_crypto::envelope::{
@@ -24,7 +23,8 @@ use quicnprotochat_crypto::mls::{
 use quicnprotochat_wire::{ErrorCode, IdentityKey};
 
 use crate::client::message::{Body, ClientMessage, RosterEntry};
-use crate::client::state::{ClientState, ClientTxn, LineKey, MlsSnapshot, StateError};
+use crate::client::mls_store::RedbMlsStorage;
+use crate::client::state::{ClientState, ClientTxn, LineKey, StateError};
 use crate::client::{ClientError, KeyDirectory, KeyPackageTarget, SessionHandle};
 
 /// How often an outgoing commit is rebuilt after losing the epoch race.
@@ -156,8 +156,7 @@ pub struct Messenger {
     state: ClientState,
     identity: Identity,
     hybrid: HybridKeyPair,
-    member: GroupMember<MemoryStorage>,
-    snapshot: MlsSnapshot,
+    member: GroupMember<RedbMlsStorage>,
     session: SessionHandle,
     directory: KeyDirectory,
     username: String,
@@ -186,7 +185,7 @@ impl Messenger {
     ) -> Result<Messenger, MessengerError> {
         let identity = state.identity()?;
         let hybrid = state.hybrid_key()?;
-        let (member, snapshot) = state.mls_member_with_snapshot(&identity)?;
+        let member = state.mls_member(&identity)?;
         let me = RosterEntry {
             identity: identity.public_key(),
             username: username.to_string(),
@@ -197,7 +196,6 @@ impl Messenger {
             identity,
             hybrid,
             member,
-            snapshot,
             session,
             directory,
             username: username.to_string(),
@@ -253,7 +251,9 @@ impl Messenger {
         &mut self,
         f: impl FnOnce(&ClientTxn<'_>) -> Result<(), redb::Error>,
     ) -> Result<(), MessengerError> {
-        Ok(self.state.transact(&self.member, &mut self.snapshot, f)?)
+        Ok(self
+            .state
+            .transact(self.member.provider().storage_provider(), f)?)
     }
 
     fn name_of(&self, identity: &[u8]) -> String {
@@ -776,6 +776,8 @@ impl Messenger {
         let group = match self.member.join(&msg.mls) {
             Ok(g) => g,
             Err(e) => {
+                // Nothing of a failed join is kept (this envelope wrote nothing else).
+                self.member.provider().storage_provider().rollback();
                 fx.lines.push(notice(
                     seq,
                     None,
@@ -836,9 +838,13 @@ impl Messenger {
     ) -> Result<(), MessengerError> {
         let mut group = self.load(&msg.group_id)?;
         let before: BTreeSet<Vec<u8>> = group.members().into_iter().collect();
+        let storage = self.member.provider().storage_provider();
+        let checkpoint = storage.checkpoint();
         let event = match group.process(&self.member, &msg.mls) {
             Ok(e) => e,
             Err(e) => {
+                // Whatever OpenMLS wrote before refusing is not kept.
+                storage.restore(checkpoint);
                 fx.lines.push(notice(
                     seq,
                     Some(name),

@@ -5,6 +5,7 @@ pub mod commands;
 pub mod group_commands;
 pub mod message;
 pub mod messenger;
+pub mod mls_store;
 pub mod rpc;
 pub mod state;
 

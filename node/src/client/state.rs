@@ -3,13 +3,15 @@
 
 use std::path::{Path, PathBuf};
 
-use openmls_memory_storage::MemoryStorage;
+use std::sync::Arc;
+
 use quicnprotochat_crypto::Identity;
 use quicnprotochat_crypto::envelope::HybridKeyPair;
 use quicnprotochat_crypto::mls::GroupMember;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::client::message::RosterEntry;
+use crate::client::mls_store::RedbMlsStorage;
 
 const IDENTITY: TableDefinition<&str, &[u8]> = TableDefinition::new("identity");
 const KEY_ED25519_SECRET: &str = "ed25519_secret";
@@ -30,7 +32,7 @@ pub enum StateError {
 
 /// An opened client profile.
 pub struct ClientState {
-    db: Database,
+    db: Arc<Database>,
     path: PathBuf,
 }
 
@@ -51,7 +53,10 @@ impl ClientState {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        Ok(ClientState { db, path })
+        Ok(ClientState {
+            db: Arc::new(db),
+            path,
+        })
     }
 
     fn err(&self, e: impl std::fmt::Display) -> StateError {
@@ -90,7 +95,6 @@ impl ClientState {
 
 const LOGIN: TableDefinition<&str, &[u8]> = TableDefinition::new("login");
 const HYBRID: TableDefinition<&str, &[u8]> = TableDefinition::new("hybrid_key");
-const MLS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("mls_storage");
 
 /// A login remembered between runs.
 #[derive(Clone)]
@@ -199,52 +203,23 @@ impl ClientState {
         Ok(key)
     }
 
-    /// The device's MLS side, with the OpenMLS storage this profile kept.
+    /// A fresh view of the profile's OpenMLS storage with an empty overlay: each
+    /// independent user of MLS state (a group actor, a join) takes its own.
+    pub fn mls_storage(&self) -> RedbMlsStorage {
+        RedbMlsStorage::new(self.db.clone())
+    }
+
+    /// The device's MLS side over its own view of the profile's OpenMLS storage.
     pub fn mls_member(
         &self,
         identity: &Identity,
-    ) -> Result<GroupMember<MemoryStorage>, StateError> {
-        let storage = MemoryStorage::default();
-        {
-            let txn = self.db.begin_read().map_err(|e| self.err(e))?;
-            match txn.open_table(MLS) {
-                Ok(t) => {
-                    let mut values = storage
-                        .values
-                        .write()
-                        .map_err(|_| self.err("MLS storage lock"))?;
-                    for e in t.iter().map_err(|e| self.err(e))? {
-                        let (k, v) = e.map_err(|e| self.err(e))?;
-                        values.insert(k.value().to_vec(), v.value().to_vec());
-                    }
-                }
-                Err(redb::TableError::TableDoesNotExist(_)) => {}
-                Err(e) => return Err(self.err(e)),
-            }
-        }
-        GroupMember::new(identity, storage).map_err(|e| self.err(e))
+    ) -> Result<GroupMember<RedbMlsStorage>, StateError> {
+        GroupMember::new(identity, self.mls_storage()).map_err(|e| self.err(e))
     }
 
-    /// Writes the MLS storage back, all of it in one transaction: after a crash
-    /// the profile holds the state before or after an operation, never a mix.
-    pub fn save_mls(&self, member: &GroupMember<MemoryStorage>) -> Result<(), StateError> {
-        let values = member
-            .provider()
-            .storage_provider()
-            .values
-            .read()
-            .map_err(|_| self.err("MLS storage lock"))?
-            .clone();
-        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
-        {
-            let mut t = txn.open_table(MLS).map_err(|e| self.err(e))?;
-            t.retain(|_, _| false).map_err(|e| self.err(e))?;
-            for (k, v) in &values {
-                t.insert(k.as_slice(), v.as_slice())
-                    .map_err(|e| self.err(e))?;
-            }
-        }
-        txn.commit().map_err(|e| self.err(e))
+    /// Commits what `member` wrote to its storage, in one transaction.
+    pub fn save_mls(&self, member: &GroupMember<RedbMlsStorage>) -> Result<(), StateError> {
+        self.transact(member.provider().storage_provider(), |_| Ok(()))
     }
 }
 
@@ -269,11 +244,6 @@ const UNREAD: TableDefinition<(u64, u32), &str> = TableDefinition::new("unread")
 /// Where a line to show sits: the seq of the envelope that produced it, and its
 /// place among that envelope's lines.
 pub type LineKey = (u64, u32);
-
-/// The OpenMLS storage as last committed, so a transaction writes only what an
-/// operation changed.
-#[derive(Default)]
-pub struct MlsSnapshot(std::collections::HashMap<Vec<u8>, Vec<u8>>);
 
 /// The writes of one client transaction.
 pub struct ClientTxn<'a> {
@@ -354,57 +324,19 @@ fn decode_roster(identity: [u8; 32], bytes: &[u8]) -> Option<RosterEntry> {
 }
 
 impl ClientState {
-    /// The MLS side and a snapshot of its storage, for [`ClientState::transact`].
-    pub fn mls_member_with_snapshot(
-        &self,
-        identity: &Identity,
-    ) -> Result<(GroupMember<MemoryStorage>, MlsSnapshot), StateError> {
-        let member = self.mls_member(identity)?;
-        let snapshot = MlsSnapshot(self.mls_values(&member)?);
-        Ok((member, snapshot))
-    }
-
-    fn mls_values(
-        &self,
-        member: &GroupMember<MemoryStorage>,
-    ) -> Result<std::collections::HashMap<Vec<u8>, Vec<u8>>, StateError> {
-        Ok(member
-            .provider()
-            .storage_provider()
-            .values
-            .read()
-            .map_err(|_| self.err("MLS storage lock"))?
-            .clone())
-    }
-
-    /// Commits, in one durable transaction, what `member`'s storage changed since
-    /// `snapshot` and the writes `f` makes.
+    /// Commits, in one durable transaction, what `storage` has written since its
+    /// last commit and the writes `f` makes. On any failure neither reaches disk
+    /// and the storage's uncommitted writes are dropped, so memory matches disk.
     pub fn transact(
         &self,
-        member: &GroupMember<MemoryStorage>,
-        snapshot: &mut MlsSnapshot,
+        storage: &RedbMlsStorage,
         f: impl FnOnce(&ClientTxn<'_>) -> TxnResult<()>,
     ) -> Result<(), StateError> {
-        let current = self.mls_values(member)?;
+        let overlay = storage.take_overlay();
         let txn = self.db.begin_write().map_err(|e| self.err(e))?;
-        {
-            let mut t = txn.open_table(MLS).map_err(|e| self.err(e))?;
-            for (k, v) in &current {
-                if snapshot.0.get(k) != Some(v) {
-                    t.insert(k.as_slice(), v.as_slice())
-                        .map_err(|e| self.err(e))?;
-                }
-            }
-            for k in snapshot.0.keys() {
-                if !current.contains_key(k) {
-                    t.remove(k.as_slice()).map_err(|e| self.err(e))?;
-                }
-            }
-        }
+        RedbMlsStorage::write_overlay(&txn, &overlay).map_err(|e| self.err(e))?;
         f(&ClientTxn { txn: &txn }).map_err(|e| self.err(e))?;
-        txn.commit().map_err(|e| self.err(e))?;
-        snapshot.0 = current;
-        Ok(())
+        txn.commit().map_err(|e| self.err(e))
     }
 
     /// Runs `f` in one durable transaction that touches no MLS state.
