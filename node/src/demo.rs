@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use quicnprotochat_crypto::mls::Suite;
 
+use crate::client::actors::NodeAddress;
 use crate::client::commands::{ClientOptions, CommandError, enroll};
 use crate::client::messenger::{Line, Messenger};
 use crate::client::{ClientState, NodeConnection};
@@ -23,7 +24,6 @@ struct Participant {
     m: Messenger,
     /// Every line this participant has read.
     seen: Vec<Line>,
-    _conn: NodeConnection,
     _dir: tempfile::TempDir,
 }
 
@@ -44,16 +44,27 @@ impl Participant {
             path: cert.to_owned(),
             reason: e.to_string(),
         })?;
-        let conn = NodeConnection::connect(addr, pinned).await?;
+        let conn = NodeConnection::connect(addr, pinned.clone()).await?;
         let password = hex::encode(rand_bytes());
-        let session = enroll(&state, &conn, name, &password, auth_token).await?;
-        let m = Messenger::open(state, session, conn.key_directory(), name)?;
+        enroll(&state, &conn, name, &password, auth_token).await?;
+        conn.close().await;
+        // From here on the participant is its client actor tree, on a connection
+        // of its own that resumes the session enrolment remembered.
+        let m = Messenger::start(
+            state,
+            NodeAddress {
+                addr,
+                pinned,
+                auth_token: auth_token.map(str::to_string),
+                reconnect_patience: Duration::from_secs(5),
+            },
+        )
+        .await?;
         println!("{name:<8} registered (OPAQUE), published KeyPackages and an X-Wing key");
         Ok(Participant {
             name: name.to_string(),
             m,
             seen: Vec::new(),
-            _conn: conn,
             _dir: dir,
         })
     }
@@ -105,11 +116,11 @@ fn rand_bytes() -> [u8; 32] {
 }
 
 /// Checks that everyone in `group` holds the same epoch and authenticator.
-fn check_agreement(people: &[&Participant], group: &str) -> Result<String, CommandError> {
-    let views = people
-        .iter()
-        .map(|p| p.m.group(group).map_err(CommandError::from))
-        .collect::<Result<Vec<_>, _>>()?;
+async fn check_agreement(people: &[&Participant], group: &str) -> Result<String, CommandError> {
+    let mut views = Vec::new();
+    for p in people {
+        views.push(p.m.group(group).await?);
+    }
     for (p, v) in people.iter().zip(&views) {
         if v.epoch != views[0].epoch || v.epoch_authenticator != views[0].epoch_authenticator {
             return Err(failed(
@@ -175,7 +186,7 @@ async fn three_party(addr: SocketAddr, cert: &Path) -> Result<String, CommandErr
     let mut bob = Participant::register(addr, cert, "bob", None).await?;
     let mut carol = Participant::register(addr, cert, "carol", None).await?;
 
-    alice.m.create_group(g, Suite::Classic)?;
+    alice.m.create_group(g, Suite::Classic).await?;
     println!("alice    creates group {g:?} (epoch 0)");
     let epoch = alice
         .m
@@ -214,7 +225,7 @@ async fn three_party(addr: SocketAddr, cert: &Path) -> Result<String, CommandErr
         ));
     }
     println!("carol    cannot read anything sent after her removal");
-    let agreement = check_agreement(&[&alice, &bob], g)?;
+    let agreement = check_agreement(&[&alice, &bob], g).await?;
     Ok(format!("{agreement}\ndemo finished: every check passed"))
 }
 
@@ -233,7 +244,7 @@ pub async fn demo_group(opts: &ClientOptions) -> Result<String, CommandError> {
     let mut alice = Participant::register(addr, &opts.ca_cert, &a, token).await?;
     let mut bob = Participant::register(addr, &opts.ca_cert, &b, token).await?;
     let g = format!("demo-{tag}");
-    alice.m.create_group(&g, Suite::Classic)?;
+    alice.m.create_group(&g, Suite::Classic).await?;
     let epoch = alice.m.invite(&g, std::slice::from_ref(&b)).await?;
     println!("{a} creates {g} and invites {b} (epoch {epoch})");
     expect(bob.read().await?, "joined", &b)?;
@@ -241,5 +252,5 @@ pub async fn demo_group(opts: &ClientOptions) -> Result<String, CommandError> {
     expect(bob.read().await?, "ping", &b)?;
     bob.say(&g, "pong").await?;
     expect(alice.read().await?, "pong", &a)?;
-    check_agreement(&[&alice, &bob], &g)
+    check_agreement(&[&alice, &bob], &g).await
 }

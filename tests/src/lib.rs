@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use quicnprotochat_actors::connection::NodeContext;
 
+use quicnprotochat::client::actors::NodeAddress;
 use quicnprotochat::client::commands::enroll;
 use quicnprotochat::client::messenger::Messenger;
 use quicnprotochat::client::{ClientError, ClientState, NodeConnection, SessionHandle};
@@ -128,22 +129,33 @@ impl TestNode {
     }
 }
 
-/// A registered user with one device and its own profile, ready for groups.
+/// A registered user with one device and its own profile, ready for groups: its
+/// messenger is the client's actor tree, on a connection of its own.
 pub struct Person {
     pub messenger: Messenger,
     pub identity: Identity,
     pub password: String,
     /// The profile directory (kept for the person's lifetime).
     pub dir: tempfile::TempDir,
-    _conn: NodeConnection,
+    address: NodeAddress,
 }
 
 impl TestNode {
+    /// How clients reach this node (reconnecting for up to 10 s).
+    pub fn address(&self) -> NodeAddress {
+        NodeAddress {
+            addr: self.addr,
+            pinned: tls::read_pinned_cert(&self.cert_path()).expect("node wrote its certificate"),
+            auth_token: self.config.auth_token.clone(),
+            reconnect_patience: std::time::Duration::from_secs(10),
+        }
+    }
+
     /// Registers `username` (password "pw-USERNAME") on a fresh profile, publishes
-    /// its keys, and opens its messenger. Must run on a `LocalSet`.
+    /// its keys, and starts its messenger. Must run on a `LocalSet`.
     pub async fn person(&self, username: &str) -> Person {
         let conn = self.connect().await.expect("connects");
-        Person::enroll(conn, username, self.config.auth_token.as_deref())
+        Person::enroll(conn, self.address(), username)
             .await
             .expect("registers")
     }
@@ -151,62 +163,64 @@ impl TestNode {
 
 impl Person {
     /// Registers `username` (password "pw-USERNAME") over `conn` on a fresh
-    /// profile in a temporary directory, publishes its keys, opens its messenger.
+    /// profile in a temporary directory, publishes its keys, closes `conn` and
+    /// starts the messenger against `address`.
     pub async fn enroll(
         conn: NodeConnection,
+        address: NodeAddress,
         username: &str,
-        auth_token: Option<&str>,
     ) -> anyhow::Result<Person> {
         let dir = tempfile::tempdir()?;
         let state = ClientState::open(dir.path())?;
         let identity = state.identity()?;
         let password = format!("pw-{username}");
-        let session = enroll(&state, &conn, username, &password, auth_token).await?;
-        let messenger = Messenger::open(state, session, conn.key_directory(), username)?;
+        enroll(
+            &state,
+            &conn,
+            username,
+            &password,
+            address.auth_token.as_deref(),
+        )
+        .await?;
+        conn.close().await;
+        let messenger = Messenger::start(state, address.clone()).await?;
         Ok(Person {
             messenger,
             identity,
             password,
             dir,
-            _conn: conn,
+            address,
         })
     }
-}
 
-impl Person {
-    /// Closes this person's messenger and opens the profile again on a new
-    /// connection, as a restarted client process would.
+    /// Stops this person's messenger and opens the profile again, as a restarted
+    /// client process would (reaching `node`, which may have restarted too).
     pub async fn restart(self, node: &TestNode) -> Person {
         let Person {
             messenger,
             identity,
             password,
             dir,
-            _conn,
+            address: _,
         } = self;
-        let username = messenger.username().to_string();
-        drop(messenger);
-        _conn.close().await;
+        messenger.close().await;
         let state = ClientState::open(dir.path()).expect("profile reopens");
-        let conn = node.connect().await.expect("connects");
-        let logged = conn
-            .login(
-                &username,
-                password.as_bytes(),
-                &identity,
-                node.config.auth_token.as_deref(),
-            )
+        let address = node.address();
+        let messenger = Messenger::start(state, address.clone())
             .await
-            .expect("logs in");
-        let messenger = Messenger::open(state, logged.session, conn.key_directory(), &username)
-            .expect("messenger opens");
+            .expect("messenger starts");
         Person {
             messenger,
             identity,
             password,
             dir,
-            _conn: conn,
+            address,
         }
+    }
+
+    /// Where this person's messenger connects.
+    pub fn address(&self) -> &NodeAddress {
+        &self.address
     }
 }
 

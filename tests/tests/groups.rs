@@ -53,6 +53,7 @@ async fn group_of(node: &TestNode, prefix: &str, n: usize, group: &str) -> Vec<P
     people[0]
         .messenger
         .create_group(group, Suite::Classic)
+        .await
         .unwrap();
     people[0].messenger.invite(group, &names).await.unwrap();
     for p in &mut people[1..] {
@@ -65,18 +66,27 @@ async fn group_of(node: &TestNode, prefix: &str, n: usize, group: &str) -> Vec<P
 async fn alice_and_bob_in_g(node: &TestNode) -> (Person, Person) {
     let mut alice = node.person("alice").await;
     let mut bob = node.person("bob").await;
-    alice.messenger.create_group("g", Suite::Classic).unwrap();
+    alice
+        .messenger
+        .create_group("g", Suite::Classic)
+        .await
+        .unwrap();
     alice.messenger.invite("g", &["bob".into()]).await.unwrap();
     pull(&mut bob.messenger).await;
     (alice, bob)
 }
 
 /// Every member sees the same epoch and the same epoch authenticator.
-fn assert_no_fork(people: &[&Person], group: &str) {
-    let views: Vec<_> = people
-        .iter()
-        .map(|p| p.messenger.group(group).expect("member has the group"))
-        .collect();
+async fn assert_no_fork(people: &[&Person], group: &str) {
+    let mut views = Vec::new();
+    for p in people {
+        views.push(
+            p.messenger
+                .group(group)
+                .await
+                .expect("member has the group"),
+        );
+    }
     for v in &views[1..] {
         assert_eq!(v.epoch, views[0].epoch, "same epoch");
         assert_eq!(
@@ -95,9 +105,9 @@ async fn invite_chat_remove_update_and_leave() {
             let mut alice = node.person("alice").await;
             let mut bob = node.person("bob").await;
             let mut carol = node.person("carol").await;
-            alice.messenger.create_group("team", suite).unwrap();
+            alice.messenger.create_group("team", suite).await.unwrap();
             assert!(matches!(
-                alice.messenger.create_group("team", suite),
+                alice.messenger.create_group("team", suite).await,
                 Err(MessengerError::GroupExists(_))
             ));
             alice
@@ -108,9 +118,9 @@ async fn invite_chat_remove_update_and_leave() {
             let joined = pull(&mut bob.messenger).await;
             assert!(joined[0].contains("joined, invited by alice"), "{joined:?}");
             pull(&mut carol.messenger).await;
-            assert_no_fork(&[&alice, &bob, &carol], "team");
+            assert_no_fork(&[&alice, &bob, &carol], "team").await;
             assert_eq!(
-                bob.messenger.group("team").unwrap().members,
+                bob.messenger.group("team").await.unwrap().members,
                 vec!["alice", "bob", "carol"]
             );
 
@@ -161,11 +171,11 @@ async fn invite_chat_remove_update_and_leave() {
             assert_eq!(said(&lines, "team"), vec!["alice: carol is gone"]);
 
             // Self-update moves the epoch; everyone follows.
-            let before = bob.messenger.group("team").unwrap().epoch;
+            let before = bob.messenger.group("team").await.unwrap().epoch;
             let after = bob.messenger.update("team").await.unwrap();
             assert_eq!(after, before + 1);
             pull(&mut alice.messenger).await;
-            assert_no_fork(&[&alice, &bob], "team");
+            assert_no_fork(&[&alice, &bob], "team").await;
             alice.messenger.send("team", "after update").await.unwrap();
             assert_eq!(
                 said(&pull(&mut bob.messenger).await, "team"),
@@ -180,7 +190,7 @@ async fn invite_chat_remove_update_and_leave() {
                 "{lines:?}"
             );
             assert_eq!(
-                alice.messenger.group("team").unwrap().members,
+                alice.messenger.group("team").await.unwrap().members,
                 vec!["alice"]
             );
 
@@ -207,7 +217,7 @@ async fn racing_commits_converge_without_forks() {
         let mut people = group_of(&node, "racer", 8, "race").await;
         // Trials with 2, 4 and 8 members committing at the same epoch at once.
         for (trial, racers) in [2usize, 4, 8, 3, 8].into_iter().enumerate() {
-            let start = people[0].messenger.group("race").unwrap().epoch;
+            let start = people[0].messenger.group("race").await.unwrap().epoch;
             let commits = people[..racers]
                 .iter_mut()
                 .map(|p| async move { p.messenger.update("race").await });
@@ -226,7 +236,7 @@ async fn racing_commits_converge_without_forks() {
                 pull(&mut p.messenger).await;
             }
             let refs: Vec<&Person> = people.iter().collect();
-            assert_no_fork(&refs, "race");
+            assert_no_fork(&refs, "race").await;
         }
         // And everyone can still read everyone.
         for (i, p) in people.iter_mut().enumerate() {
@@ -265,7 +275,7 @@ async fn a_group_of_twenty_reads_every_message() {
             assert!(!by_sender.contains_key(&me));
         }
         let refs: Vec<&Person> = people.iter().collect();
-        assert_no_fork(&refs, "twenty");
+        assert_no_fork(&refs, "twenty").await;
     })
     .await;
     node.stop().await;
@@ -311,7 +321,7 @@ async fn a_message_from_a_later_epoch_waits_for_its_commit() {
             "held, then shown after its commit: {lines:?}"
         );
         assert!(bob.messenger.state().held().unwrap().is_empty());
-        assert_no_fork(&[&alice, &bob], "g");
+        assert_no_fork(&[&alice, &bob], "g").await;
 
         // Replayed envelopes (same bytes again) are refused, not applied twice.
         for e in &envs {
@@ -319,7 +329,7 @@ async fn a_message_from_a_later_epoch_waits_for_its_commit() {
         }
         let lines = pull(&mut bob.messenger).await;
         assert!(said(&lines, "g").is_empty(), "{lines:?}");
-        assert_no_fork(&[&alice, &bob], "g");
+        assert_no_fork(&[&alice, &bob], "g").await;
     })
     .await;
     node.stop().await;
@@ -331,7 +341,7 @@ async fn a_commit_accepted_while_the_client_died_is_applied_from_its_receipt() {
     let node = TestNode::start(dir.path()).await;
     local(async {
         let (mut alice, mut bob) = alice_and_bob_in_g(&node).await;
-        let before = alice.messenger.group("g").unwrap().epoch;
+        let before = alice.messenger.group("g").await.unwrap().epoch;
 
         alice
             .messenger
@@ -339,14 +349,14 @@ async fn a_commit_accepted_while_the_client_died_is_applied_from_its_receipt() {
         alice.messenger.update("g").await.unwrap();
         let mut alice = alice.restart(&node).await;
         pull(&mut bob.messenger).await;
-        assert_eq!(bob.messenger.group("g").unwrap().epoch, before + 1);
+        assert_eq!(bob.messenger.group("g").await.unwrap().epoch, before + 1);
 
         let lines = pull(&mut alice.messenger).await;
         assert!(
             lines.iter().any(|l| l.contains("your change was applied")),
             "{lines:?}"
         );
-        assert_no_fork(&[&alice, &bob], "g");
+        assert_no_fork(&[&alice, &bob], "g").await;
         bob.messenger.send("g", "still one group").await.unwrap();
         assert_eq!(
             said(&pull(&mut alice.messenger).await, "g"),
@@ -363,7 +373,7 @@ async fn a_commit_saved_but_never_sent_is_discarded_and_redone() {
     let node = TestNode::start(dir.path()).await;
     local(async {
         let (mut alice, mut bob) = alice_and_bob_in_g(&node).await;
-        let before = alice.messenger.group("g").unwrap().epoch;
+        let before = alice.messenger.group("g").await.unwrap().epoch;
 
         // The process dies with the commit saved as pending, before sending it.
         alice
@@ -374,10 +384,10 @@ async fn a_commit_saved_but_never_sent_is_discarded_and_redone() {
         // No receipt in the inbox: it never reached the node, so it is dropped,
         // and the next change goes through.
         pull(&mut alice.messenger).await;
-        assert_eq!(alice.messenger.group("g").unwrap().epoch, before);
+        assert_eq!(alice.messenger.group("g").await.unwrap().epoch, before);
         assert_eq!(alice.messenger.update("g").await.unwrap(), before + 1);
         pull(&mut bob.messenger).await;
-        assert_no_fork(&[&alice, &bob], "g");
+        assert_no_fork(&[&alice, &bob], "g").await;
     })
     .await;
     node.stop().await;

@@ -75,7 +75,7 @@ async fn run(seed: u64) {
             .iter()
             .map(|p| p.messenger.username().to_string())
             .collect();
-        people[0].messenger.create_group("f", Suite::Classic).unwrap();
+        people[0].messenger.create_group("f", Suite::Classic).await.unwrap();
         people[0].messenger.invite("f", &names).await.unwrap();
         // A raw session per member: the test's hand in its inbox.
         let mut raws = Vec::new();
@@ -122,10 +122,10 @@ async fn run(seed: u64) {
             shown[i].extend(shown_lines(p).await);
         }
 
-        let views: Vec<_> = people
-            .iter()
-            .map(|p| p.messenger.group("f").unwrap())
-            .collect();
+        let mut views = Vec::new();
+        for p in &people {
+            views.push(p.messenger.group("f").await.unwrap());
+        }
         for v in &views {
             assert_eq!(
                 (v.epoch, &v.epoch_authenticator),

@@ -466,14 +466,31 @@ impl ClientOptions {
     /// Opens a pinned connection to the configured server.
     pub async fn connect(&self) -> Result<NodeConnection, CommandError> {
         let addr = self.server_addr()?;
-        let pinned = tls::read_pinned_cert(&self.ca_cert).map_err(|e| CommandError::CaCert {
+        Ok(NodeConnection::connect(addr, self.pinned_cert()?).await?)
+    }
+
+    fn pinned_cert(&self) -> Result<rustls::pki_types::CertificateDer<'static>, CommandError> {
+        tls::read_pinned_cert(&self.ca_cert).map_err(|e| CommandError::CaCert {
             path: self.ca_cert.clone(),
             reason: match e {
                 tls::TlsError::Read { source, .. } => source.to_string(),
                 other => other.to_string(),
             },
-        })?;
-        Ok(NodeConnection::connect(addr, pinned).await?)
+        })
+    }
+
+    /// The node as the client's session actor reaches it (and reaches it again,
+    /// for up to `reconnect_patience`, after a lost connection).
+    pub fn node_address(
+        &self,
+        reconnect_patience: std::time::Duration,
+    ) -> Result<crate::client::actors::NodeAddress, CommandError> {
+        Ok(crate::client::actors::NodeAddress {
+            addr: self.server_addr()?,
+            pinned: self.pinned_cert()?,
+            auth_token: self.auth_token.clone(),
+            reconnect_patience,
+        })
     }
 }
 

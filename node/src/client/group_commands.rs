@@ -7,11 +7,10 @@ use std::time::Duration;
 
 use quicnprotochat_crypto::mls::Suite;
 
-use crate::client::commands::{
-    ClientOptions, CommandError, LoggedInProfile, logged_in, open_session,
-};
+use crate::client::ClientState;
+use crate::client::actors::session::ConnectionEvent;
+use crate::client::commands::{ClientOptions, CommandError};
 use crate::client::messenger::{Messenger, MessengerError};
-use crate::client::rpc::NodeConnection;
 
 impl From<MessengerError> for CommandError {
     fn from(e: MessengerError) -> Self {
@@ -23,18 +22,26 @@ impl From<MessengerError> for CommandError {
     }
 }
 
-/// The profile's messenger, logged in, on a fresh connection (kept alive beside
-/// it: dropping the connection ends the session).
-async fn messenger(opts: &ClientOptions) -> Result<(Messenger, NodeConnection), CommandError> {
-    let LoggedInProfile {
-        state,
-        conn,
-        session,
-        login,
-        ..
-    } = logged_in(opts).await?;
-    let m = Messenger::open(state, session, conn.key_directory(), &login.username)?;
-    Ok((m, conn))
+/// How long a one-shot command waits for a lost connection to come back.
+const COMMAND_PATIENCE: Duration = Duration::from_secs(5);
+/// How long `chat` keeps trying to get a lost connection back.
+const CHAT_PATIENCE: Duration = Duration::from_secs(24 * 3600);
+
+/// The profile's messenger (its actor tree), connected and resumed.
+async fn messenger_with(
+    opts: &ClientOptions,
+    patience: Duration,
+) -> Result<Messenger, CommandError> {
+    let state = ClientState::open(&opts.state_dir)?;
+    if state.saved_login()?.is_none_or(|l| l.token.is_empty()) {
+        return Err(CommandError::NotLoggedIn);
+    }
+    let address = opts.node_address(patience)?;
+    Ok(Messenger::start(state, address).await?)
+}
+
+async fn messenger(opts: &ClientOptions) -> Result<Messenger, CommandError> {
+    messenger_with(opts, COMMAND_PATIENCE).await
 }
 
 /// `create-group NAME [--pq]`.
@@ -43,14 +50,14 @@ pub async fn create_group(
     name: &str,
     post_quantum: bool,
 ) -> Result<String, CommandError> {
-    let (mut m, conn) = messenger(opts).await?;
+    let mut m = messenger(opts).await?;
     let suite = if post_quantum {
         Suite::PostQuantum
     } else {
         Suite::Classic
     };
-    m.create_group(name, suite)?;
-    conn.close().await;
+    m.create_group(name, suite).await?;
+    m.close().await;
     Ok(format!("created group {name} ({suite:?} ciphersuite)"))
 }
 
@@ -60,9 +67,9 @@ pub async fn invite(
     group: &str,
     users: &[String],
 ) -> Result<String, CommandError> {
-    let (mut m, conn) = messenger(opts).await?;
+    let mut m = messenger(opts).await?;
     let epoch = m.invite(group, users).await?;
-    conn.close().await;
+    m.close().await;
     Ok(format!(
         "invited {} to {group}; the group is at epoch {epoch}",
         users.join(", ")
@@ -72,7 +79,7 @@ pub async fn invite(
 /// `join`: applies pending Welcomes (and everything else waiting) and names the
 /// groups joined; other lines stay for `recv`.
 pub async fn join(opts: &ClientOptions) -> Result<String, CommandError> {
-    let (mut m, conn) = messenger(opts).await?;
+    let mut m = messenger(opts).await?;
     m.pull(Duration::ZERO).await?;
     let joined: Vec<_> = m
         .unread()?
@@ -81,7 +88,7 @@ pub async fn join(opts: &ClientOptions) -> Result<String, CommandError> {
         .collect();
     let keys: Vec<_> = joined.iter().map(|(k, _)| *k).collect();
     m.mark_shown(&keys)?;
-    conn.close().await;
+    m.close().await;
     if joined.is_empty() {
         return Ok("no pending invitations".into());
     }
@@ -94,9 +101,9 @@ pub async fn join(opts: &ClientOptions) -> Result<String, CommandError> {
 
 /// `send --group NAME MESSAGE...`.
 pub async fn send(opts: &ClientOptions, group: &str, text: &str) -> Result<String, CommandError> {
-    let (mut m, conn) = messenger(opts).await?;
+    let mut m = messenger(opts).await?;
     let seqs = m.send(group, text).await?;
-    conn.close().await;
+    m.close().await;
     Ok(format!(
         "sent to {} member device(s) of {group}",
         seqs.len()
@@ -120,13 +127,13 @@ fn show_unread(m: &Messenger, format: impl Fn(&str) -> String) -> Result<usize, 
 /// `recv [--wait SECS]`: applies the inbox and prints each message as
 /// `[GROUP] SENDER: TEXT`; with `--wait`, first waits that long for something.
 pub async fn recv(opts: &ClientOptions, wait: Duration) -> Result<String, CommandError> {
-    let (mut m, conn) = messenger(opts).await?;
+    let mut m = messenger(opts).await?;
     // Lines from earlier runs first (e.g. ones that arrived while sending).
     let mut shown = show_unread(&m, str::to_string)?;
     m.pull(if shown > 0 { Duration::ZERO } else { wait })
         .await?;
     shown += show_unread(&m, str::to_string)?;
-    conn.close().await;
+    m.close().await;
     Ok(if shown == 0 {
         "no new messages".into()
     } else {
@@ -136,9 +143,9 @@ pub async fn recv(opts: &ClientOptions, wait: Duration) -> Result<String, Comman
 
 /// `remove --group NAME USERNAME`.
 pub async fn remove(opts: &ClientOptions, group: &str, user: &str) -> Result<String, CommandError> {
-    let (mut m, conn) = messenger(opts).await?;
+    let mut m = messenger(opts).await?;
     let epoch = m.remove(group, &[user.to_string()]).await?;
-    conn.close().await;
+    m.close().await;
     Ok(format!(
         "removed {user} from {group}; the group is at epoch {epoch}"
     ))
@@ -146,9 +153,9 @@ pub async fn remove(opts: &ClientOptions, group: &str, user: &str) -> Result<Str
 
 /// `leave --group NAME`.
 pub async fn leave(opts: &ClientOptions, group: &str) -> Result<String, CommandError> {
-    let (mut m, conn) = messenger(opts).await?;
+    let mut m = messenger(opts).await?;
     m.leave(group).await?;
-    conn.close().await;
+    m.close().await;
     Ok(format!(
         "left {group}; a remaining member's client removes this device"
     ))
@@ -156,9 +163,9 @@ pub async fn leave(opts: &ClientOptions, group: &str) -> Result<String, CommandE
 
 /// `update --group NAME`.
 pub async fn update(opts: &ClientOptions, group: &str) -> Result<String, CommandError> {
-    let (mut m, conn) = messenger(opts).await?;
+    let mut m = messenger(opts).await?;
     let epoch = m.update(group).await?;
-    conn.close().await;
+    m.close().await;
     Ok(format!(
         "refreshed this device's keys in {group}; the group is at epoch {epoch}"
     ))
@@ -166,10 +173,10 @@ pub async fn update(opts: &ClientOptions, group: &str) -> Result<String, Command
 
 /// `groups`: one line per group with epoch and member count.
 pub async fn groups(opts: &ClientOptions) -> Result<String, CommandError> {
-    let (mut m, conn) = messenger(opts).await?;
+    let mut m = messenger(opts).await?;
     m.pull(Duration::ZERO).await?;
-    let groups = m.groups()?;
-    conn.close().await;
+    let groups = m.groups().await?;
+    m.close().await;
     if groups.is_empty() {
         return Ok("no groups".into());
     }
@@ -190,21 +197,21 @@ pub async fn groups(opts: &ClientOptions) -> Result<String, CommandError> {
 
 /// `members --group NAME`.
 pub async fn members(opts: &ClientOptions, group: &str) -> Result<String, CommandError> {
-    let (mut m, conn) = messenger(opts).await?;
+    let mut m = messenger(opts).await?;
     m.pull(Duration::ZERO).await?;
-    let g = m.group(group)?;
-    conn.close().await;
+    let g = m.group(group).await?;
+    m.close().await;
     Ok(g.members.join("\n"))
 }
 
 /// `chat --group NAME`: stdin lines are sent; incoming messages appear as
 /// `[SENDER] TEXT` (other groups' as `[GROUP] SENDER: TEXT`); Ctrl+D ends it. A
-/// lost connection is re-established with backoff, and a line typed meanwhile is
-/// sent once it is back.
+/// lost connection is re-established by the session actor, with backoff; a line
+/// typed meanwhile is sent once it is back.
 pub async fn chat(opts: &ClientOptions, group: &str) -> Result<String, CommandError> {
     use tokio::io::AsyncBufReadExt;
-    let (mut m, mut conn) = messenger(opts).await?;
-    m.group(group)?; // an unknown group is an error before anything else
+    let mut m = messenger_with(opts, CHAT_PATIENCE).await?;
+    m.group(group).await?; // an unknown group is an error before anything else
     let prefix = format!("[{group}] ");
     let format = |line: &str| match line.strip_prefix(&prefix) {
         Some(rest) if !rest.starts_with("* ") => match rest.split_once(": ") {
@@ -214,69 +221,60 @@ pub async fn chat(opts: &ClientOptions, group: &str) -> Result<String, CommandEr
         _ => line.to_string(),
     };
     show_unread(&m, format)?;
+    let mut events = m.connection_events();
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    // Lines typed but not yet delivered (the connection was down), oldest first.
+    let mut unsent: std::collections::VecDeque<String> = Default::default();
     loop {
-        // What this turn did, and a typed line it could not send.
-        let step: Result<(), (MessengerError, Option<String>)> = tokio::select! {
+        while let Some(text) = unsent.front() {
+            match m.send(group, text).await {
+                Ok(_) => {
+                    unsent.pop_front();
+                }
+                Err(e) if Messenger::is_connection_loss(&e) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let step: Result<(), MessengerError> = tokio::select! {
             line = stdin.next_line() => {
                 match line.map_err(|e| CommandError::Invalid(format!("cannot read stdin: {e}")))? {
                     None => break,
                     Some(text) if text.trim().is_empty() => Ok(()),
-                    Some(text) => match m.send(group, &text).await {
-                        Ok(_) => Ok(()),
-                        Err(e) => Err((e, Some(text))),
-                    },
+                    Some(text) => {
+                        unsent.push_back(text);
+                        Ok(())
+                    }
                 }
             }
-            pulled = m.pull(Duration::from_secs(10)) => pulled.map(|_| ()).map_err(|e| (e, None)),
+            pulled = m.pull(Duration::from_secs(10)) => pulled.map(|_| ()),
+            event = events.recv() => {
+                match event {
+                    Ok(ConnectionEvent::Lost) => eprintln!("connection to {} lost", opts.server),
+                    Ok(ConnectionEvent::Retrying { delay }) => eprintln!(
+                        "cannot reach {}; retrying in {} ms",
+                        opts.server,
+                        delay.as_millis()
+                    ),
+                    Ok(ConnectionEvent::Reconnected) => eprintln!("reconnected to {}", opts.server),
+                    Err(_) => {} // lagged: later events still come
+                }
+                Ok(())
+            }
         };
         match step {
             Ok(()) => {}
-            Err((e, unsent)) if Messenger::is_connection_loss(&e) => {
-                conn = reconnect(opts, &mut m).await?;
-                if let Some(text) = unsent {
-                    m.send(group, &text).await?;
-                }
-            }
-            Err((e, _)) => return Err(e.into()),
+            // The next request waits for the session actor to reconnect.
+            Err(e) if Messenger::is_connection_loss(&e) => {}
+            Err(e) => return Err(e.into()),
         }
         show_unread(&m, format)?;
     }
-    conn.close().await;
-    Ok(String::new())
-}
-
-/// Connects and resumes the profile's session again, waiting longer after each
-/// failed try (up to 30 s); gives up only on a refusal (e.g. the session ended).
-async fn reconnect(
-    opts: &ClientOptions,
-    m: &mut Messenger,
-) -> Result<NodeConnection, CommandError> {
-    let mut delay = Duration::from_millis(250);
-    loop {
+    if !unsent.is_empty() {
         eprintln!(
-            "connection to {} lost; reconnecting in {} ms",
-            opts.server,
-            delay.as_millis()
+            "{} line(s) typed while disconnected were not sent",
+            unsent.len()
         );
-        tokio::time::sleep(delay).await;
-        let attempt = async {
-            let identity = m.state().identity()?;
-            let conn = opts.connect().await?;
-            let (session, _) = open_session(opts, &conn, m.state(), &identity).await?;
-            Ok::<_, CommandError>((conn, session))
-        };
-        match attempt.await {
-            Ok((conn, session)) => {
-                m.reconnected(session, conn.key_directory());
-                eprintln!("reconnected to {}", opts.server);
-                return Ok(conn);
-            }
-            Err(CommandError::Client(
-                crate::client::ClientError::Transport(_)
-                | crate::client::ClientError::Unreachable { .. },
-            )) => delay = (delay * 2).min(Duration::from_secs(30)),
-            Err(e) => return Err(e),
-        }
     }
+    m.close().await;
+    Ok(String::new())
 }

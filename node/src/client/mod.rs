@@ -1,6 +1,7 @@
 //! The client side: a pinned QUIC connection with typed calls (`rpc`), the client's
 //! local state (`state`), and the CLI commands built on them (`commands`).
 
+pub mod actors;
 pub mod commands;
 pub mod group_commands;
 pub mod message;

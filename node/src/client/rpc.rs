@@ -38,6 +38,9 @@ pub enum ClientError {
     Transport(String),
     #[error("the server sent an invalid answer: {0}")]
     Protocol(String),
+    /// The profile has no usable session (never logged in, or the session ended).
+    #[error("{0}")]
+    Session(String),
 }
 
 impl ClientError {

@@ -70,7 +70,7 @@ pub fn groups(target: &Target, p: &GroupParams, show_progress: bool) -> anyhow::
         let mut people = Vec::with_capacity(p.members + 1);
         for i in 0..=p.members {
             let conn = connect(target).await?;
-            people.push(Person::enroll(conn, &format!("g{tag}m{i}"), None).await?);
+            people.push(Person::enroll(conn, target.address()?, &format!("g{tag}m{i}")).await?);
             bar.inc(1);
         }
         bar.finish_and_clear();
@@ -81,7 +81,10 @@ pub fn groups(target: &Target, p: &GroupParams, show_progress: bool) -> anyhow::
             .collect();
 
         let built = Instant::now();
-        people[0].messenger.create_group("load", Suite::Classic)?;
+        people[0]
+            .messenger
+            .create_group("load", Suite::Classic)
+            .await?;
         let bar = progress(show_progress, names.len() as u64, "build group");
         for chunk in names.chunks(INVITE_CHUNK) {
             people[0].messenger.invite("load", chunk).await?;
@@ -123,16 +126,17 @@ pub fn groups(target: &Target, p: &GroupParams, show_progress: bool) -> anyhow::
         anyhow::ensure!(
             people[newcomer_index]
                 .messenger
-                .group("load")?
+                .group("load")
+                .await?
                 .members
                 .len()
                 == people.len(),
             "the newcomer did not join"
         );
-        let epochs: Vec<Vec<u8>> = people
-            .iter()
-            .map(|m| m.messenger.group("load").map(|g| g.epoch_authenticator))
-            .collect::<Result<_, _>>()?;
+        let mut epochs: Vec<Vec<u8>> = Vec::new();
+        for m in &people {
+            epochs.push(m.messenger.group("load").await?.epoch_authenticator);
+        }
         anyhow::ensure!(
             epochs.windows(2).all(|w| w[0] == w[1]),
             "members disagree on the group state"

@@ -26,6 +26,18 @@ pub const NODE_THREAD: &str = "qpc-node";
 
 /// A node for the load test: in-process on its own runtime, or one that runs
 /// elsewhere (`--server`).
+impl Target {
+    /// How the client actor trees of the harness reach the node.
+    pub fn address(&self) -> anyhow::Result<quicnprotochat::client::actors::NodeAddress> {
+        Ok(quicnprotochat::client::actors::NodeAddress {
+            addr: self.addr,
+            pinned: quicnprotochat::tls::read_pinned_cert(&self.ca_cert)?,
+            auth_token: None,
+            reconnect_patience: std::time::Duration::from_secs(10),
+        })
+    }
+}
+
 pub struct Target {
     pub addr: SocketAddr,
     pub ca_cert: PathBuf,

@@ -1,0 +1,764 @@
+//! A group actor: owns one MLS group of the profile. Every epoch transition of the
+//! group goes through its mailbox, one at a time: incoming messages (in the seq
+//! order the receiver hands them over), our own commits, application messages.
+//!
+//! A message from a later epoch is held, durably, until the commit that gets
+//! there; our own commits are made pending, offered to the node's epoch fence and
+//! confirmed or discarded by its answer (`STALE_EPOCH`: the caller catches up on
+//! the inbox through the receiver and asks again, so this actor never waits on the
+//! receiver, which may be waiting on it).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use quicnprotochat_actors::auth::NO_KEY_PACKAGES;
+use quicnprotochat_crypto::envelope::{HybridPublicKey, seal_sealed_sender};
+use quicnprotochat_crypto::mls::{
+    CommitOutput, Group, GroupEvent, GroupMember, MlsError, validate_key_package,
+};
+use quicnprotochat_wire::{ErrorCode, IdentityKey};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use super::session::SessionMsg;
+use super::supervisor::SessionSlot;
+use super::{Effects, Profile, ask_session, notice, now_ms, short_hex};
+use crate::client::message::{Body, ClientMessage, RosterEntry};
+use crate::client::messenger::{
+    CrashPoint, GroupSummary, Line, MAX_COMMIT_BYTES, MAX_HELD, MessengerError,
+};
+use crate::client::mls_store::RedbMlsStorage;
+use crate::client::{ClientError, KeyPackageTarget};
+
+/// The kinds of commit a member makes.
+#[derive(Debug, Clone)]
+pub(crate) enum Change {
+    Add {
+        key_packages: Vec<Vec<u8>>,
+        added: Vec<RosterEntry>,
+    },
+    /// Every device of these users.
+    RemoveUsers(Vec<String>),
+    Update,
+    PendingProposals,
+}
+
+/// How one commit attempt ended.
+#[derive(Debug)]
+pub(crate) enum CommitOutcome {
+    /// Accepted and applied: the group's new epoch.
+    Applied(u64),
+    /// There was nothing to commit.
+    Nothing,
+    /// Another commit won the epoch: catch up on the inbox, then ask again.
+    Stale,
+    /// A test crash point stopped it.
+    Interrupted,
+}
+
+type Reply<T> = RpcReplyPort<Result<T, MessengerError>>;
+
+pub(crate) enum GroupMsg {
+    /// Applies one incoming envelope of this group (a group message or our commit
+    /// receipt) and commits it with the cursor at `seq`.
+    Apply {
+        seq: u64,
+        sender: [u8; 32],
+        msg: ClientMessage,
+        raw: Vec<u8>,
+        reply: Reply<Vec<Line>>,
+    },
+    /// Encrypts `text` for the group and delivers it to every other member device.
+    Send {
+        text: String,
+        reply: Reply<Vec<u64>>,
+    },
+    /// Claims and verifies KeyPackages of these users for this group's suite.
+    PrepareInvite {
+        usernames: Vec<String>,
+        reply: Reply<(Vec<Vec<u8>>, Vec<RosterEntry>)>,
+    },
+    /// One commit attempt of `change`.
+    Commit {
+        change: Change,
+        crash_at: Option<CrashPoint>,
+        reply: Reply<CommitOutcome>,
+    },
+    /// Proposes our removal to the others and forgets the group here.
+    Leave {
+        reply: Reply<()>,
+    },
+    /// After a full pull: discards a pending commit that got no receipt (it was
+    /// never accepted); answers whether proposals wait to be committed.
+    Sweep {
+        reply: Reply<bool>,
+    },
+    Summary {
+        reply: Reply<GroupSummary>,
+    },
+}
+
+pub(crate) struct GroupArgs {
+    pub profile: Arc<Profile>,
+    pub session: SessionSlot,
+    pub group_id: Vec<u8>,
+}
+
+pub(crate) struct GroupState {
+    profile: Arc<Profile>,
+    session: SessionSlot,
+    gid: Vec<u8>,
+    /// This actor's own view of the OpenMLS storage.
+    member: GroupMember<RedbMlsStorage>,
+}
+
+#[derive(Default)]
+pub(crate) struct GroupActor;
+
+/// A held message: the sealed sender's identity, then the client message.
+fn encode_held(sender: &[u8; 32], msg: &[u8]) -> Vec<u8> {
+    let mut out = sender.to_vec();
+    out.extend_from_slice(msg);
+    out
+}
+
+fn decode_held(bytes: &[u8]) -> Option<([u8; 32], ClientMessage)> {
+    let sender: [u8; 32] = bytes.get(..32)?.try_into().ok()?;
+    Some((sender, ClientMessage::decode(&bytes[32..]).ok()?))
+}
+
+impl GroupState {
+    fn storage(&self) -> &RedbMlsStorage {
+        self.member.provider().storage_provider()
+    }
+
+    fn session(&self) -> ActorRef<SessionMsg> {
+        self.session
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn load(&self) -> Result<Group, MessengerError> {
+        self.member
+            .load_group(&self.gid)?
+            .ok_or_else(|| MessengerError::UnknownGroup(short_hex(&self.gid)))
+    }
+
+    fn name(&self) -> Result<String, MessengerError> {
+        self.profile
+            .state
+            .group_name(&self.gid)?
+            .ok_or_else(|| MessengerError::UnknownGroup(short_hex(&self.gid)))
+    }
+
+    /// Commits this actor's MLS writes (and `f`'s) in one transaction.
+    fn save(
+        &self,
+        f: impl FnOnce(&crate::client::state::ClientTxn<'_>) -> Result<(), redb::Error>,
+    ) -> Result<(), MessengerError> {
+        Ok(self.profile.state.transact(self.storage(), f)?)
+    }
+
+    async fn send(&mut self, text: &str) -> Result<Vec<u64>, MessengerError> {
+        let mut group = self.load()?;
+        let ciphertext = group.encrypt(&self.member, text.as_bytes())?;
+        // The ratchet moved: persist that before anything leaves, so a crash can
+        // never make us reuse a message key.
+        self.save(|_| Ok(()))?;
+        let msg = self
+            .profile
+            .group_message(Body::Group, &self.gid, ciphertext)
+            .encode()?;
+        let deliveries = self
+            .profile
+            .others(&group)
+            .iter()
+            .map(|m| self.profile.seal(m, &msg))
+            .collect::<Result<Vec<_>, _>>()?;
+        if deliveries.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(
+            ask_session(&self.session(), |reply| SessionMsg::EnqueueBatch {
+                deliveries,
+                reply,
+            })
+            .await?,
+        )
+    }
+
+    async fn leave(&mut self) -> Result<(), MessengerError> {
+        let mut group = self.load()?;
+        let proposal = group.leave(&self.member)?;
+        let msg = self
+            .profile
+            .group_message(Body::Group, &self.gid, proposal)
+            .encode()?;
+        let deliveries = self
+            .profile
+            .others(&group)
+            .iter()
+            .map(|m| self.profile.seal(m, &msg))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.save(|_| Ok(()))?;
+        if !deliveries.is_empty() {
+            ask_session(&self.session(), |reply| SessionMsg::EnqueueBatch {
+                deliveries,
+                reply,
+            })
+            .await?;
+        }
+        let gid = self.gid.clone();
+        self.save(|t| t.forget_group(&gid))
+    }
+
+    async fn prepare_invite(
+        &mut self,
+        usernames: &[String],
+    ) -> Result<(Vec<Vec<u8>>, Vec<RosterEntry>), MessengerError> {
+        let group = self.load()?;
+        let group_name = self.name()?;
+        let suite = group
+            .suite()
+            .unwrap_or(quicnprotochat_crypto::mls::Suite::Classic);
+        let present: BTreeSet<Vec<u8>> = group.members().into_iter().collect();
+        let mut key_packages = Vec::new();
+        let mut added = Vec::new();
+        for user in usernames {
+            let target = KeyPackageTarget::Username(user.clone());
+            let claimed = match ask_session(&self.session(), |reply| SessionMsg::FetchKeyPackages {
+                target,
+                suite,
+                reply,
+            })
+            .await
+            {
+                Err(ClientError::Refused(w)) if w.code == ErrorCode::NotFound => {
+                    return Err(if w.detail == NO_KEY_PACKAGES {
+                        MessengerError::WrongSuite {
+                            user: user.clone(),
+                            suite,
+                        }
+                    } else {
+                        MessengerError::UnknownUser(user.clone())
+                    });
+                }
+                other => other?,
+            };
+            let mut fresh = 0;
+            for c in claimed {
+                if present.contains(c.identity_key.0.as_slice()) {
+                    continue;
+                }
+                let bad = |reason: String| MessengerError::BadKeys {
+                    user: user.clone(),
+                    reason,
+                };
+                HybridPublicKey::verify(&c.hybrid_public_key, &c.identity_key.0)
+                    .map_err(|e| bad(e.to_string()))?;
+                let kp = validate_key_package(&c.key_package).map_err(|e| bad(e.to_string()))?;
+                if kp.identity_key != c.identity_key.0 {
+                    return Err(bad("KeyPackage of another device".into()));
+                }
+                if kp.suite != suite {
+                    return Err(MessengerError::WrongSuite {
+                        user: user.clone(),
+                        suite,
+                    });
+                }
+                key_packages.push(c.key_package);
+                added.push(RosterEntry {
+                    identity: c.identity_key.0,
+                    username: user.clone(),
+                    hybrid_key: c.hybrid_public_key,
+                });
+                fresh += 1;
+            }
+            if fresh == 0 {
+                return Err(MessengerError::AlreadyMember {
+                    user: user.clone(),
+                    group: group_name.clone(),
+                });
+            }
+        }
+        Ok((key_packages, added))
+    }
+
+    /// One attempt at committing `change` through the node's epoch fence.
+    async fn commit(
+        &mut self,
+        change: &Change,
+        crash_at: Option<CrashPoint>,
+    ) -> Result<CommitOutcome, MessengerError> {
+        let mut group = self.load()?;
+        let before = self.profile.others(&group);
+        let (out, added): (CommitOutput, &[RosterEntry]) = match change {
+            Change::Add {
+                key_packages,
+                added,
+            } => (group.add_members(&self.member, key_packages)?, added),
+            Change::RemoveUsers(users) => {
+                let mut gone = Vec::new();
+                for user in users {
+                    let devices: Vec<Vec<u8>> = group
+                        .members()
+                        .into_iter()
+                        .filter(|m| self.profile.name_of(m) == *user)
+                        .collect();
+                    if devices.is_empty() {
+                        return Err(MessengerError::NotAMember {
+                            user: user.clone(),
+                            group: self.name()?,
+                        });
+                    }
+                    gone.extend(devices);
+                }
+                let ids: Vec<&[u8]> = gone.iter().map(|i| i.as_slice()).collect();
+                (group.remove_members(&self.member, &ids)?, &[])
+            }
+            Change::Update => (group.self_update(&self.member)?, &[]),
+            Change::PendingProposals => match group.commit_pending_proposals(&self.member)? {
+                Some(out) => (out, &[]),
+                None => return Ok(CommitOutcome::Nothing),
+            },
+        };
+        // The pending commit is durable before it leaves: if we crash once the
+        // node accepted it, the receipt in our inbox lets us apply it.
+        self.save(|_| Ok(()))?;
+        let deliveries = self.commit_deliveries(&before, &out, added)?;
+        let bytes: usize = deliveries.iter().map(|(_, d)| d.len() + 64).sum();
+        if bytes > MAX_COMMIT_BYTES {
+            group.discard_commit(&self.member)?;
+            self.save(|_| Ok(()))?;
+            return Err(MessengerError::CommitTooLarge { bytes });
+        }
+        if crash_at == Some(CrashPoint::BeforeSending) {
+            return Ok(CommitOutcome::Interrupted);
+        }
+        let members = group.members_after_pending_commit().unwrap_or_default();
+        let group_id = self.gid.clone();
+        let epoch = out.epoch;
+        let answer = ask_session(&self.session(), |reply| SessionMsg::Commit {
+            group_id,
+            epoch,
+            members,
+            deliveries,
+            reply,
+        })
+        .await;
+        match answer {
+            Ok(_) if crash_at == Some(CrashPoint::AfterAcceptance) => {
+                Ok(CommitOutcome::Interrupted)
+            }
+            Ok(_) => {
+                group.confirm_commit(&self.member)?;
+                let epoch = group.epoch();
+                self.save(|t| {
+                    for e in added {
+                        t.put_roster(e)?;
+                    }
+                    Ok(())
+                })?;
+                Ok(CommitOutcome::Applied(epoch))
+            }
+            Err(e) if e.code() == Some(ErrorCode::StaleEpoch) => {
+                group.discard_commit(&self.member)?;
+                self.save(|_| Ok(()))?;
+                Ok(CommitOutcome::Stale)
+            }
+            Err(e @ ClientError::Refused(_)) => {
+                group.discard_commit(&self.member)?;
+                self.save(|_| Ok(()))?;
+                Err(e.into())
+            }
+            // The node may have accepted it before the connection broke: keep it
+            // pending; the next pull applies it from its receipt, or discards it
+            // when there is none.
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The commit for every other member before it (removed ones included, so
+    /// they learn it), Welcomes for added devices, and our own receipt.
+    fn commit_deliveries(
+        &self,
+        before: &[Vec<u8>],
+        out: &CommitOutput,
+        added: &[RosterEntry],
+    ) -> Result<Vec<(IdentityKey, Vec<u8>)>, MessengerError> {
+        let p = &self.profile;
+        let mut commit = p.group_message(Body::Group, &self.gid, out.commit.clone());
+        commit.roster = added.to_vec();
+        let commit = commit.encode()?;
+        let mut deliveries = before
+            .iter()
+            .map(|m| p.seal(m, &commit))
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(welcome) = &out.welcome
+            && !added.is_empty()
+        {
+            let mut roster: Vec<RosterEntry> = before
+                .iter()
+                .filter_map(|m| p.state.roster_entry(m).ok().flatten())
+                .collect();
+            roster.push(p.my_entry());
+            roster.extend(added.iter().cloned());
+            let mut msg = p.group_message(Body::Welcome, &self.gid, welcome.clone());
+            msg.roster = roster;
+            let msg = msg.encode()?;
+            for a in added {
+                let key = HybridPublicKey::verify(&a.hybrid_key, &a.identity).map_err(|e| {
+                    MessengerError::BadKeys {
+                        user: a.username.clone(),
+                        reason: e.to_string(),
+                    }
+                })?;
+                deliveries.push((
+                    IdentityKey(a.identity),
+                    seal_sealed_sender(&p.identity, &key, &msg, now_ms()),
+                ));
+            }
+        }
+        let receipt = p
+            .group_message(
+                Body::CommitReceipt { epoch: out.epoch },
+                &self.gid,
+                Vec::new(),
+            )
+            .encode()?;
+        deliveries.push(p.seal(&p.me(), &receipt)?);
+        Ok(deliveries)
+    }
+
+    fn sweep(&mut self) -> Result<bool, MessengerError> {
+        let mut g = self.load()?;
+        if g.has_pending_commit() {
+            g.discard_commit(&self.member)?;
+            self.save(|_| Ok(()))?;
+        }
+        Ok(g.has_pending_proposals())
+    }
+
+    fn summary(&self) -> Result<GroupSummary, MessengerError> {
+        let group = self.load()?;
+        Ok(GroupSummary {
+            name: self.name()?,
+            epoch: group.epoch(),
+            members: group
+                .members()
+                .iter()
+                .map(|m| self.profile.name_of(m))
+                .collect(),
+            suite: group.suite(),
+            epoch_authenticator: group.epoch_authenticator(),
+            group_id: self.gid.clone(),
+        })
+    }
+
+    /// Applies an incoming envelope of this group; commits it with the cursor.
+    fn apply(
+        &mut self,
+        seq: u64,
+        sender: [u8; 32],
+        msg: &ClientMessage,
+        raw: &[u8],
+    ) -> Result<Effects, MessengerError> {
+        let mut fx = Effects::default();
+        let name = self.name()?;
+        match msg.body {
+            Body::CommitReceipt { epoch } => {
+                let mut group = self.load()?;
+                if group.epoch() == epoch && group.has_pending_commit() {
+                    group.confirm_commit(&self.member)?;
+                    fx.lines.push(Line {
+                        seq,
+                        group: Some(name),
+                        sender: None,
+                        text: format!("your change was applied (epoch {})", group.epoch()),
+                        epoch: Some(group.epoch()),
+                    });
+                    self.release_held(seq, &mut fx)?;
+                }
+            }
+            Body::Group => self.apply_group_message(seq, &name, sender, msg, raw, &mut fx, true)?,
+            Body::Welcome => {} // the receiver joins groups
+        }
+        self.profile.commit_envelope(self.storage(), seq, &fx)?;
+        Ok(fx)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn apply_group_message(
+        &mut self,
+        seq: u64,
+        name: &str,
+        sender: [u8; 32],
+        msg: &ClientMessage,
+        raw: &[u8],
+        fx: &mut Effects,
+        may_hold: bool,
+    ) -> Result<(), MessengerError> {
+        let mut group = self.load()?;
+        let before: BTreeSet<Vec<u8>> = group.members().into_iter().collect();
+        let checkpoint = self.storage().checkpoint();
+        let event = match group.process(&self.member, &msg.mls) {
+            Ok(e) => e,
+            Err(e) => {
+                // Whatever OpenMLS wrote before refusing is not kept.
+                self.storage().restore(checkpoint);
+                fx.lines.push(notice(
+                    seq,
+                    Some(name),
+                    format!(
+                        "a message from {} was rejected: {e}",
+                        self.profile.name_of(&sender)
+                    ),
+                ));
+                return Ok(());
+            }
+        };
+        let p = self.profile.clone();
+        match event {
+            GroupEvent::Application {
+                sender: mls_sender,
+                epoch,
+                plaintext,
+            } => {
+                if mls_sender != sender {
+                    fx.lines.push(notice(
+                        seq,
+                        Some(name),
+                        "a message whose envelope and MLS senders differ was dropped".into(),
+                    ));
+                    return Ok(());
+                }
+                fx.lines.push(Line {
+                    seq,
+                    group: Some(name.to_string()),
+                    sender: Some(p.name_of(&mls_sender)),
+                    text: String::from_utf8_lossy(&plaintext).into_owned(),
+                    epoch: Some(epoch),
+                });
+            }
+            GroupEvent::CommitApplied {
+                sender: committer,
+                epoch,
+                members,
+                removed_self,
+            } => {
+                let after: BTreeSet<Vec<u8>> = members.into_iter().collect();
+                // New members' entries are stored with this envelope's other effects.
+                let learned: Vec<RosterEntry> = msg
+                    .roster
+                    .iter()
+                    .filter(|e| {
+                        after.contains(e.identity.as_slice())
+                            && HybridPublicKey::verify(&e.hybrid_key, &e.identity).is_ok()
+                    })
+                    .cloned()
+                    .collect();
+                let name_for = |id: &[u8]| match learned.iter().find(|e| e.identity == id) {
+                    Some(e) => e.username.clone(),
+                    None => p.name_of(id),
+                };
+                let who = name_for(&committer);
+                let text = if removed_self {
+                    fx.forget_group = Some(msg.group_id.clone());
+                    format!("you were removed from the group by {who}")
+                } else {
+                    let names = |set: Vec<&Vec<u8>>| {
+                        set.iter()
+                            .map(|m| name_for(m))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
+                    let added: Vec<&Vec<u8>> = after.difference(&before).collect();
+                    let removed: Vec<&Vec<u8>> = before.difference(&after).collect();
+                    let mut parts = Vec::new();
+                    if !added.is_empty() {
+                        parts.push(format!("added {}", names(added)));
+                    }
+                    if !removed.is_empty() {
+                        parts.push(format!("removed {}", names(removed)));
+                    }
+                    if parts.is_empty() {
+                        parts.push("updated their keys".into());
+                    }
+                    format!("{who} {} (epoch {epoch})", parts.join(", "))
+                };
+                fx.lines.push(Line {
+                    seq,
+                    group: Some(name.to_string()),
+                    sender: None,
+                    text,
+                    epoch: Some(epoch),
+                });
+                fx.roster.extend(learned);
+                if !removed_self {
+                    self.release_held(seq, fx)?;
+                }
+            }
+            GroupEvent::ProposalStored { sender } => {
+                fx.lines.push(notice(
+                    seq,
+                    Some(name),
+                    format!("{} asked to leave", p.name_of(&sender)),
+                ));
+            }
+            GroupEvent::NotYet { epoch } => {
+                if !may_hold {
+                    return Err(MessengerError::Mls(MlsError::Rejected(format!(
+                        "held message still from the future epoch {epoch}"
+                    ))));
+                }
+                if p.state.held()?.len() >= MAX_HELD {
+                    fx.lines.push(notice(
+                        seq,
+                        Some(name),
+                        format!("a message from epoch {epoch} was dropped: too many messages waiting for their epoch"),
+                    ));
+                } else {
+                    fx.hold = Some(encode_held(&sender, raw));
+                }
+            }
+            GroupEvent::TooOld { epoch } => fx.lines.push(notice(
+                seq,
+                Some(name),
+                format!(
+                    "a message from {} (epoch {epoch}) arrived too late to be read",
+                    p.name_of(&sender)
+                ),
+            )),
+            GroupEvent::Own { .. } => {}
+        }
+        Ok(())
+    }
+
+    /// Retries, in seq order, the messages of this group that waited for a later
+    /// epoch.
+    fn release_held(&mut self, seq: u64, fx: &mut Effects) -> Result<(), MessengerError> {
+        let name = self.name()?;
+        for (held_seq, bytes) in self.profile.state.held()? {
+            let Some((sender, msg)) = decode_held(&bytes) else {
+                fx.release.push(held_seq);
+                continue;
+            };
+            if msg.group_id != self.gid {
+                continue;
+            }
+            let current = self.load()?.epoch();
+            let mut probe = Effects::default();
+            match self.apply_group_message(
+                seq,
+                &name,
+                sender,
+                &msg,
+                &bytes[32..],
+                &mut probe,
+                false,
+            ) {
+                Ok(()) => {
+                    fx.release.push(held_seq);
+                    fx.lines.extend(probe.lines);
+                    fx.roster.extend(probe.roster);
+                    if probe.forget_group.is_some() {
+                        fx.forget_group = probe.forget_group;
+                    }
+                }
+                // Still from a later epoch: keep waiting.
+                Err(MessengerError::Mls(MlsError::Rejected(_)))
+                    if self.load()?.epoch() == current => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Actor for GroupActor {
+    type Msg = GroupMsg;
+    type State = GroupState;
+    type Arguments = GroupArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<GroupMsg>,
+        args: GroupArgs,
+    ) -> Result<GroupState, ActorProcessingErr> {
+        let member = args.profile.state.mls_member(&args.profile.identity)?;
+        Ok(GroupState {
+            profile: args.profile,
+            session: args.session,
+            gid: args.group_id,
+            member,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<GroupMsg>,
+        msg: GroupMsg,
+        state: &mut GroupState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Every operation either commits what it wrote or leaves nothing behind.
+        fn settle<T>(
+            state: &GroupState,
+            r: Result<T, MessengerError>,
+        ) -> Result<T, MessengerError> {
+            if r.is_err() {
+                state.storage().rollback();
+            }
+            r
+        }
+        let mut forgotten = false;
+        match msg {
+            GroupMsg::Apply {
+                seq,
+                sender,
+                msg,
+                raw,
+                reply,
+            } => {
+                let r = state.apply(seq, sender, &msg, &raw);
+                let r = settle(state, r).map(|fx| {
+                    forgotten = fx.forget_group.is_some();
+                    fx.lines
+                });
+                let _ = reply.send(r);
+            }
+            GroupMsg::Send { text, reply } => {
+                let r = state.send(&text).await;
+                let _ = reply.send(settle(state, r));
+            }
+            GroupMsg::PrepareInvite { usernames, reply } => {
+                let r = state.prepare_invite(&usernames).await;
+                let _ = reply.send(settle(state, r));
+            }
+            GroupMsg::Commit {
+                change,
+                crash_at,
+                reply,
+            } => {
+                let r = state.commit(&change, crash_at).await;
+                let _ = reply.send(settle(state, r));
+            }
+            GroupMsg::Leave { reply } => {
+                let r = state.leave().await;
+                forgotten = r.is_ok();
+                let _ = reply.send(settle(state, r));
+            }
+            GroupMsg::Sweep { reply } => {
+                let r = state.sweep();
+                let _ = reply.send(settle(state, r));
+            }
+            GroupMsg::Summary { reply } => {
+                let _ = reply.send(state.summary());
+            }
+        }
+        if forgotten {
+            // The profile no longer has this group: nothing more for this actor.
+            myself.stop(Some("group forgotten".into()));
+        }
+        Ok(())
+    }
+}

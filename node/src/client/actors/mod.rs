@@ -1,0 +1,237 @@
+//! The client's actor tree (DESIGN.md, "Client: the actor tree"):
+//!
+//! ```text
+//! ClientSupervisor     starts the others, owns the group registry
+//! ├── SessionActor     the QUIC connection + Cap'n Proto client (its own thread:
+//! │                    capnp-rpc is !Send); connects, resumes, reconnects with backoff
+//! ├── ReceiverActor    fetch / fetchWait; opens each envelope, strictly in seq order,
+//! │                    routes it by group id; joins groups from Welcomes; acks
+//! ├── GroupActor(gid)  owns one group's MLS state: every epoch transition of that
+//! │                    group (incoming or our own) goes through its mailbox
+//! └── client store     redb: identity, hybrid key, OpenMLS storage, groups, cursor
+//! ```
+//!
+//! Each group actor and the receiver have their own view of the OpenMLS storage
+//! (`RedbMlsStorage`): one MLS operation commits its writes, with the cursor and
+//! whatever else it changed, in one redb transaction.
+//!
+//! The [`crate::client::messenger::Messenger`] is the handle applications hold.
+
+pub(crate) mod group;
+pub(crate) mod receiver;
+pub(crate) mod session;
+pub(crate) mod supervisor;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use quicnprotochat_crypto::Identity;
+use quicnprotochat_crypto::envelope::{HybridKeyPair, HybridPublicKey, seal_sealed_sender};
+use quicnprotochat_crypto::mls::Group;
+use quicnprotochat_wire::IdentityKey;
+use ractor::{ActorRef, RpcReplyPort};
+use rustls::pki_types::CertificateDer;
+
+use crate::client::ClientError;
+use crate::client::message::{Body, ClientMessage, RosterEntry};
+use crate::client::messenger::{Line, MessengerError};
+use crate::client::mls_store::RedbMlsStorage;
+use crate::client::state::{ClientState, ClientTxn};
+
+/// Where the node is and how to reach it again after a lost connection.
+#[derive(Clone)]
+pub struct NodeAddress {
+    pub addr: SocketAddr,
+    /// The node's certificate: the only one trusted.
+    pub pinned: CertificateDer<'static>,
+    /// The operator's admission token, if the node requires one.
+    pub auth_token: Option<String>,
+    /// How long a request waits for a lost connection to come back (with
+    /// backoff) before it fails; the first connection is tried once.
+    pub reconnect_patience: Duration,
+}
+
+impl std::fmt::Debug for NodeAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeAddress")
+            .field("addr", &self.addr)
+            .field(
+                "auth_token",
+                &self.auth_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field("reconnect_patience", &self.reconnect_patience)
+            .finish()
+    }
+}
+
+/// The profile every actor of the tree works for (shared, read-mostly).
+pub(crate) struct Profile {
+    pub state: ClientState,
+    pub identity: Identity,
+    pub hybrid: HybridKeyPair,
+    pub username: String,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn short_hex(id: &[u8]) -> String {
+    id.iter().take(4).map(|b| format!("{b:02x}")).collect()
+}
+
+impl Profile {
+    pub fn me(&self) -> [u8; 32] {
+        self.identity.public_key()
+    }
+
+    pub fn my_entry(&self) -> RosterEntry {
+        RosterEntry {
+            identity: self.identity.public_key(),
+            username: self.username.clone(),
+            hybrid_key: self.hybrid.signed_public(&self.identity).to_bytes(),
+        }
+    }
+
+    pub fn name_of(&self, identity: &[u8]) -> String {
+        match self.state.roster_entry(identity) {
+            Ok(Some(e)) => e.username,
+            _ => short_hex(identity),
+        }
+    }
+
+    /// Seals `msg` to `recipient` with its verified hybrid key.
+    pub fn seal(
+        &self,
+        recipient: &[u8],
+        msg: &[u8],
+    ) -> Result<(IdentityKey, Vec<u8>), MessengerError> {
+        let entry = self
+            .state
+            .roster_entry(recipient)?
+            .ok_or_else(|| MessengerError::NoKeyFor(short_hex(recipient)))?;
+        let key = HybridPublicKey::verify(&entry.hybrid_key, &entry.identity).map_err(|e| {
+            MessengerError::BadKeys {
+                user: entry.username.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        Ok((
+            IdentityKey(entry.identity),
+            seal_sealed_sender(&self.identity, &key, msg, now_ms()),
+        ))
+    }
+
+    pub fn group_message(&self, body: Body, group_id: &[u8], mls: Vec<u8>) -> ClientMessage {
+        ClientMessage {
+            body,
+            group_id: group_id.to_vec(),
+            mls,
+            sender_name: self.username.clone(),
+            roster: Vec::new(),
+        }
+    }
+
+    /// Members other than this device.
+    pub fn others(&self, group: &Group) -> Vec<Vec<u8>> {
+        let me = self.me();
+        group
+            .members()
+            .into_iter()
+            .filter(|m| m.as_slice() != me)
+            .collect()
+    }
+
+    /// Commits, in one transaction, the MLS writes in `storage`, the effects of
+    /// applying the envelope `seq`, and the cursor moved to `seq`.
+    pub fn commit_envelope(
+        &self,
+        storage: &RedbMlsStorage,
+        seq: u64,
+        fx: &Effects,
+    ) -> Result<(), MessengerError> {
+        Ok(self.state.transact(storage, |t| fx.write(t, seq))?)
+    }
+}
+
+/// What applying one envelope changes besides the MLS state.
+#[derive(Default)]
+pub(crate) struct Effects {
+    pub lines: Vec<Line>,
+    pub roster: Vec<RosterEntry>,
+    pub set_group: Option<(String, Vec<u8>)>,
+    pub forget_group: Option<Vec<u8>>,
+    pub hold: Option<Vec<u8>>,
+    pub release: Vec<u64>,
+}
+
+impl Effects {
+    fn write(&self, t: &ClientTxn<'_>, seq: u64) -> Result<(), redb::Error> {
+        for e in &self.roster {
+            t.put_roster(e)?;
+        }
+        if let Some((name, gid)) = &self.set_group {
+            t.set_group(name, gid)?;
+        }
+        if let Some(gid) = &self.forget_group {
+            t.forget_group(gid)?;
+        }
+        if let Some(held) = &self.hold {
+            t.hold(seq, held)?;
+        }
+        for s in &self.release {
+            t.release(*s)?;
+        }
+        for (n, line) in self.lines.iter().enumerate() {
+            t.add_line(seq, n as u32, &line.display())?;
+        }
+        t.set_cursor(seq)
+    }
+}
+
+pub(crate) fn notice(seq: u64, group: Option<&str>, text: String) -> Line {
+    Line {
+        seq,
+        group: group.map(str::to_string),
+        sender: None,
+        text,
+        epoch: None,
+    }
+}
+
+/// Asks `actor` and waits for its answer; an actor that stopped (or failed while
+/// answering) is a typed error, not a hang.
+pub(crate) async fn ask<M, T>(
+    actor: &ActorRef<M>,
+    what: &'static str,
+    build: impl FnOnce(RpcReplyPort<Result<T, MessengerError>>) -> M,
+) -> Result<T, MessengerError>
+where
+    M: ractor::Message,
+    T: Send + 'static,
+{
+    match actor.call(build, None).await {
+        Ok(ractor::rpc::CallResult::Success(r)) => r,
+        Ok(_) => Err(MessengerError::ActorStopped(what)),
+        Err(_) => Err(MessengerError::ActorStopped(what)),
+    }
+}
+
+/// Like [`ask`], for the session actor's answers (client errors).
+pub(crate) async fn ask_session<T>(
+    actor: &ActorRef<session::SessionMsg>,
+    build: impl FnOnce(RpcReplyPort<Result<T, ClientError>>) -> session::SessionMsg,
+) -> Result<T, ClientError>
+where
+    T: Send + 'static,
+{
+    match actor.call(build, None).await {
+        Ok(ractor::rpc::CallResult::Success(r)) => r,
+        _ => Err(ClientError::Transport(
+            "the client's session actor stopped".into(),
+        )),
+    }
+}

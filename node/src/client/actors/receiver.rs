@@ -1,0 +1,298 @@
+//! The receiver actor: takes envelopes from the own inbox and applies them
+//! strictly in seq order, each exactly once: it opens the hybrid seal, routes
+//! group traffic to the group's actor (which commits the envelope's effects with
+//! the cursor in one transaction) and joins groups from Welcomes itself. The inbox
+//! is acked only up to what is durably applied.
+//!
+//! Fetches run outside its mailbox (the answer comes back as a message), so a
+//! long-poll never blocks a catch-up another caller asks for; two fetches that
+//! overlap are harmless because nothing at or below the cursor is applied again.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quicnprotochat_crypto::envelope::{HybridPublicKey, open_sealed_sender};
+use quicnprotochat_crypto::mls::GroupMember;
+use quicnprotochat_wire::Envelope;
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use super::group::GroupMsg;
+use super::session::SessionMsg;
+use super::supervisor::{SessionSlot, SupervisorMsg};
+use super::{Effects, Profile, ask, ask_session, notice};
+use crate::client::ClientError;
+use crate::client::message::{Body, ClientMessage};
+use crate::client::messenger::{Line, MessengerError};
+use crate::client::mls_store::RedbMlsStorage;
+
+/// Envelopes asked for per fetch.
+const FETCH_BATCH: u32 = 256;
+
+type PullReply = RpcReplyPort<Result<Vec<Line>, MessengerError>>;
+
+/// One caller's pull: fetch, apply, ack, until the inbox is empty.
+pub(crate) struct PullJob {
+    reply: PullReply,
+    lines: Vec<Line>,
+}
+
+pub(crate) enum ReceiverMsg {
+    /// Applies everything waiting; with a non-zero `wait`, first waits up to that
+    /// long for something to arrive. Answers the lines produced.
+    Pull { wait: Duration, reply: PullReply },
+    /// A fetch of `job` came back.
+    Fetched {
+        job: PullJob,
+        result: Result<Vec<Envelope>, ClientError>,
+    },
+}
+
+pub(crate) struct ReceiverArgs {
+    pub profile: Arc<Profile>,
+    pub session: SessionSlot,
+    pub supervisor: ActorRef<SupervisorMsg>,
+}
+
+pub(crate) struct ReceiverState {
+    profile: Arc<Profile>,
+    session: SessionSlot,
+    supervisor: ActorRef<SupervisorMsg>,
+    /// The MLS view used to join groups (and to commit envelopes that touch no
+    /// group): its own overlay, apart from every group actor's.
+    joiner: GroupMember<RedbMlsStorage>,
+    /// The highest seq applied (durably: it is stored with each envelope).
+    cursor: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct ReceiverActor;
+
+impl ReceiverState {
+    fn session(&self) -> ActorRef<SessionMsg> {
+        self.session
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn fetch(&self, myself: &ActorRef<ReceiverMsg>, job: PullJob, wait: Duration) {
+        let session = self.session();
+        let myself = myself.clone();
+        let after = self.cursor;
+        tokio::spawn(async move {
+            let result = ask_session(&session, |reply| SessionMsg::Fetch {
+                after,
+                limit: FETCH_BATCH,
+                wait,
+                reply,
+            })
+            .await;
+            let _ = myself.cast(ReceiverMsg::Fetched { job, result });
+        });
+    }
+
+    /// Applies a fetched batch in seq order; whether anything new was applied.
+    async fn apply_batch(
+        &mut self,
+        mut envelopes: Vec<Envelope>,
+        job: &mut PullJob,
+    ) -> Result<bool, MessengerError> {
+        envelopes.sort_by_key(|e| e.seq);
+        let mut applied = false;
+        for env in envelopes {
+            if env.seq <= self.cursor {
+                continue; // a duplicate: already applied
+            }
+            job.lines.extend(self.apply(env.seq, &env.data).await?);
+            self.cursor = env.seq;
+            applied = true;
+        }
+        if applied {
+            let up_to = self.cursor;
+            ask_session(&self.session(), |reply| SessionMsg::Ack { up_to, reply }).await?;
+        }
+        Ok(applied)
+    }
+
+    /// Applies one envelope: its effects and the cursor commit together.
+    async fn apply(&mut self, seq: u64, data: &[u8]) -> Result<Vec<Line>, MessengerError> {
+        let mut fx = Effects::default();
+        let me = self.profile.me();
+        match open_sealed_sender(&me, &self.profile.hybrid, data) {
+            Err(e) => fx.lines.push(notice(
+                seq,
+                None,
+                format!("message {seq} could not be opened: {e}"),
+            )),
+            Ok(sealed) => match ClientMessage::decode(&sealed.payload) {
+                Err(e) => fx.lines.push(notice(
+                    seq,
+                    None,
+                    format!("message {seq} is malformed: {e}"),
+                )),
+                Ok(msg) => match msg.body {
+                    Body::Welcome => self.join(seq, &msg, &mut fx)?,
+                    Body::Group | Body::CommitReceipt { .. } => {
+                        let known = self.profile.state.group_name(&msg.group_id)?.is_some();
+                        let ours = matches!(msg.body, Body::Group) || sealed.sender == me;
+                        if known && ours {
+                            let group = self.group(&msg.group_id).await?;
+                            return ask(&group, "group actor", |reply| GroupMsg::Apply {
+                                seq,
+                                sender: sealed.sender,
+                                msg,
+                                raw: sealed.payload,
+                                reply,
+                            })
+                            .await;
+                        }
+                        // A receipt of a group already left, or one someone else
+                        // sent (only we can confirm our commits): nothing to do.
+                        if matches!(msg.body, Body::Group) {
+                            fx.lines.push(notice(
+                                seq,
+                                None,
+                                format!(
+                                    "a message for a group this profile is not in (from {})",
+                                    msg.sender_name
+                                ),
+                            ));
+                        }
+                    }
+                },
+            },
+        }
+        let storage = self.joiner.provider().storage_provider();
+        if let Err(e) = self.profile.commit_envelope(storage, seq, &fx) {
+            storage.rollback();
+            return Err(e);
+        }
+        Ok(fx.lines)
+    }
+
+    async fn group(&self, gid: &[u8]) -> Result<ActorRef<GroupMsg>, MessengerError> {
+        let gid = gid.to_vec();
+        ask(&self.supervisor, "client supervisor", |reply| {
+            SupervisorMsg::Group { gid, reply }
+        })
+        .await
+    }
+
+    /// Joins the group a Welcome invites us to (nothing kept when it cannot).
+    fn join(
+        &mut self,
+        seq: u64,
+        msg: &ClientMessage,
+        fx: &mut Effects,
+    ) -> Result<(), MessengerError> {
+        let group = match self.joiner.join(&msg.mls) {
+            Ok(g) => g,
+            Err(e) => {
+                self.joiner.provider().storage_provider().rollback();
+                fx.lines.push(notice(
+                    seq,
+                    None,
+                    format!(
+                        "an invitation from {} could not be used: {e}",
+                        msg.sender_name
+                    ),
+                ));
+                return Ok(());
+            }
+        };
+        let members: BTreeSet<Vec<u8>> = group.members().into_iter().collect();
+        let me = self.profile.me();
+        for e in &msg.roster {
+            if members.contains(e.identity.as_slice())
+                && e.identity != me
+                && HybridPublicKey::verify(&e.hybrid_key, &e.identity).is_ok()
+            {
+                fx.roster.push(e.clone());
+            }
+        }
+        let wanted = group.name().unwrap_or_else(|| "unnamed".into());
+        let mut name = wanted.clone();
+        let mut n = 2;
+        while self
+            .profile
+            .state
+            .group_id(&name)?
+            .is_some_and(|g| g != group.group_id())
+        {
+            name = format!("{wanted}-{n}");
+            n += 1;
+        }
+        fx.lines.push(Line {
+            seq,
+            group: Some(name.clone()),
+            sender: None,
+            text: format!(
+                "joined, invited by {} ({} members, epoch {})",
+                msg.sender_name,
+                members.len(),
+                group.epoch()
+            ),
+            epoch: Some(group.epoch()),
+        });
+        fx.set_group = Some((name, group.group_id()));
+        Ok(())
+    }
+}
+
+impl Actor for ReceiverActor {
+    type Msg = ReceiverMsg;
+    type State = ReceiverState;
+    type Arguments = ReceiverArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<ReceiverMsg>,
+        args: ReceiverArgs,
+    ) -> Result<ReceiverState, ActorProcessingErr> {
+        let joiner = args.profile.state.mls_member(&args.profile.identity)?;
+        let cursor = args.profile.state.cursor()?;
+        Ok(ReceiverState {
+            profile: args.profile,
+            session: args.session,
+            supervisor: args.supervisor,
+            joiner,
+            cursor,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<ReceiverMsg>,
+        msg: ReceiverMsg,
+        state: &mut ReceiverState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ReceiverMsg::Pull { wait, reply } => {
+                let job = PullJob {
+                    reply,
+                    lines: Vec::new(),
+                };
+                state.fetch(&myself, job, wait);
+            }
+            ReceiverMsg::Fetched { mut job, result } => {
+                let outcome = match result {
+                    Err(e) => Err(e.into()),
+                    Ok(envelopes) if envelopes.is_empty() => Ok(false),
+                    Ok(envelopes) => state.apply_batch(envelopes, &mut job).await.map(|_| true),
+                };
+                match outcome {
+                    // Something came: there may be more.
+                    Ok(true) => state.fetch(&myself, job, Duration::ZERO),
+                    Ok(false) => {
+                        let _ = job.reply.send(Ok(job.lines));
+                    }
+                    Err(e) => {
+                        let _ = job.reply.send(Err(e));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
