@@ -224,6 +224,30 @@ impl Person {
     }
 }
 
+/// Applies the inbox; returns every line not shown yet (also those produced
+/// while an earlier operation caught up) and marks them shown.
+pub async fn pull_shown(m: &mut Messenger) -> Vec<String> {
+    m.pull(std::time::Duration::ZERO).await.expect("pull");
+    let unread = m.unread().unwrap();
+    let keys: Vec<_> = unread.iter().map(|(k, _)| *k).collect();
+    m.mark_shown(&keys).unwrap();
+    unread.into_iter().map(|(_, l)| l).collect()
+}
+
+/// alice and bob, both members of group "g" (alice created it).
+pub async fn alice_and_bob_in_g(node: &TestNode) -> (Person, Person) {
+    let mut alice = node.person("alice").await;
+    let mut bob = node.person("bob").await;
+    alice
+        .messenger
+        .create_group("g", quicnprotochat_crypto::mls::Suite::Classic)
+        .await
+        .unwrap();
+    alice.messenger.invite("g", &["bob".into()]).await.unwrap();
+    pull_shown(&mut bob.messenger).await;
+    (alice, bob)
+}
+
 /// Runs `f` on a `LocalSet` (client objects are `!Send`).
 pub async fn local<F: std::future::Future>(f: F) -> F::Output {
     tokio::task::LocalSet::new().run_until(f).await

@@ -9,17 +9,7 @@ use std::time::Duration;
 use quicnprotochat::client::messenger::{CrashPoint, Messenger, MessengerError};
 use quicnprotochat::config::ServerConfig;
 use quicnprotochat_crypto::mls::Suite;
-use quicnprotochat_tests::{Person, TestNode, local};
-
-/// Applies the inbox; returns every line not shown yet (also those produced
-/// while an earlier operation caught up) and marks them shown.
-async fn pull(m: &mut Messenger) -> Vec<String> {
-    m.pull(Duration::ZERO).await.expect("pull");
-    let unread = m.unread().unwrap();
-    let keys: Vec<_> = unread.iter().map(|(k, _)| *k).collect();
-    m.mark_shown(&keys).unwrap();
-    unread.into_iter().map(|(_, l)| l).collect()
-}
+use quicnprotochat_tests::{Person, TestNode, alice_and_bob_in_g, local, pull_shown as pull};
 
 /// A node whose login limit lets a test register many users from one address.
 async fn node_for_many(dir: &std::path::Path) -> TestNode {
@@ -60,20 +50,6 @@ async fn group_of(node: &TestNode, prefix: &str, n: usize, group: &str) -> Vec<P
         pull(&mut p.messenger).await;
     }
     people
-}
-
-/// alice and bob, both members of group "g" (alice created it).
-async fn alice_and_bob_in_g(node: &TestNode) -> (Person, Person) {
-    let mut alice = node.person("alice").await;
-    let mut bob = node.person("bob").await;
-    alice
-        .messenger
-        .create_group("g", Suite::Classic)
-        .await
-        .unwrap();
-    alice.messenger.invite("g", &["bob".into()]).await.unwrap();
-    pull(&mut bob.messenger).await;
-    (alice, bob)
 }
 
 /// Every member sees the same epoch and the same epoch authenticator.

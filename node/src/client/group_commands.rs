@@ -235,6 +235,8 @@ pub async fn chat(opts: &ClientOptions, group: &str) -> Result<String, CommandEr
                 Err(e) => return Err(e.into()),
             }
         }
+        // Sending caught up on the inbox: show what came.
+        show_unread(&m, format)?;
         let step: Result<(), MessengerError> = tokio::select! {
             line = stdin.next_line() => {
                 match line.map_err(|e| CommandError::Invalid(format!("cannot read stdin: {e}")))? {
@@ -269,6 +271,17 @@ pub async fn chat(opts: &ClientOptions, group: &str) -> Result<String, CommandEr
         }
         show_unread(&m, format)?;
     }
+    // Ctrl+D: what is typed is sent before leaving, if the connection allows.
+    while let Some(text) = unsent.pop_front() {
+        if let Err(e) = m.send(group, &text).await {
+            unsent.push_front(text);
+            if !Messenger::is_connection_loss(&e) {
+                return Err(e.into());
+            }
+            break;
+        }
+    }
+    show_unread(&m, format)?;
     if !unsent.is_empty() {
         eprintln!(
             "{} line(s) typed while disconnected were not sent",

@@ -241,12 +241,22 @@ impl Messenger {
         &self.profile.state
     }
 
-    /// How many group actors are running now.
-    pub async fn live_group_actors(&self) -> Result<usize, MessengerError> {
+    /// How many group actors are running now, and how many have failed so far
+    /// (each restarted from the profile on its next use).
+    pub async fn group_actors(&self) -> Result<(usize, u64), MessengerError> {
         ask(&self.supervisor, "client supervisor", |reply| {
             SupervisorMsg::LiveGroups { reply }
         })
         .await
+    }
+
+    /// Test hook: makes the actor of group `name` fail, as a bug would.
+    #[doc(hidden)]
+    pub async fn crash_group_actor(&self, name: &str) -> Result<(), MessengerError> {
+        let group = self.group_actor(name).await?;
+        group
+            .cast(GroupMsg::Crash)
+            .map_err(|_| MessengerError::ActorStopped("group actor"))
     }
 
     async fn group_actor(&self, name: &str) -> Result<ActorRef<GroupMsg>, MessengerError> {

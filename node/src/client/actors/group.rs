@@ -95,6 +95,9 @@ pub(crate) enum GroupMsg {
     Summary {
         reply: Reply<GroupSummary>,
     },
+    /// Test hook: fail, as a bug in the actor would.
+    #[doc(hidden)]
+    Crash,
 }
 
 pub(crate) struct GroupArgs {
@@ -754,6 +757,7 @@ impl Actor for GroupActor {
             GroupMsg::Summary { reply } => {
                 let _ = reply.send(state.summary());
             }
+            GroupMsg::Crash => return Err("test hook: group actor crash".into()),
         }
         if forgotten {
             // The profile no longer has this group: nothing more for this actor.

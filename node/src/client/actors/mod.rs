@@ -22,6 +22,8 @@ pub(crate) mod receiver;
 pub(crate) mod session;
 pub(crate) mod supervisor;
 
+pub use session::ConnectionEvent;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -8,7 +8,9 @@ use std::sync::{Arc, RwLock};
 
 use quicnprotochat_crypto::mls::Suite;
 use ractor::thread_local::{ThreadLocalActor, ThreadLocalActorSpawner};
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{
+    Actor, ActorCell, ActorProcessingErr, ActorRef, ActorStatus, RpcReplyPort, SupervisionEvent,
+};
 use tokio::sync::broadcast;
 
 use super::group::{GroupActor, GroupArgs, GroupMsg};
@@ -36,8 +38,8 @@ pub(crate) enum SupervisorMsg {
     },
     /// The receiver (for pulls).
     Receiver { reply: Reply<ActorRef<ReceiverMsg>> },
-    /// How many group actors are running (for tests and metrics).
-    LiveGroups { reply: Reply<usize> },
+    /// How many group actors are running, and how many have failed so far.
+    LiveGroups { reply: Reply<(usize, u64)> },
 }
 
 pub(crate) struct SupervisorArgs {
@@ -57,6 +59,8 @@ pub(crate) struct SupervisorState {
     session: SessionSlot,
     receiver: ActorRef<ReceiverMsg>,
     groups: HashMap<Vec<u8>, ActorRef<GroupMsg>>,
+    /// Group actors that failed (each is restarted on next use).
+    group_restarts: u64,
 }
 
 #[derive(Default)]
@@ -108,7 +112,14 @@ impl SupervisorState {
         myself: &ActorRef<SupervisorMsg>,
         gid: Vec<u8>,
     ) -> Result<ActorRef<GroupMsg>, MessengerError> {
-        if let Some(g) = self.groups.get(&gid) {
+        // A stopped actor whose exit the supervisor has not handled yet is
+        // replaced now rather than handed out.
+        if let Some(g) = self.groups.get(&gid)
+            && matches!(
+                g.get_status(),
+                ActorStatus::Starting | ActorStatus::Running | ActorStatus::Upgrading
+            )
+        {
             return Ok(g.clone());
         }
         if self.profile.state.group_name(&gid)?.is_none() {
@@ -149,6 +160,10 @@ impl SupervisorState {
     fn forget(&mut self, who: &ActorCell) {
         self.groups.retain(|_, g| g.get_id() != who.get_id());
     }
+
+    fn restarts(&mut self) -> u64 {
+        self.group_restarts
+    }
 }
 
 impl Actor for ClientSupervisor {
@@ -180,6 +195,7 @@ impl Actor for ClientSupervisor {
             session,
             receiver,
             groups: HashMap::new(),
+            group_restarts: 0,
         })
     }
 
@@ -219,7 +235,12 @@ impl Actor for ClientSupervisor {
                 let _ = reply.send(Ok(state.receiver.clone()));
             }
             SupervisorMsg::LiveGroups { reply } => {
-                let _ = reply.send(Ok(state.groups.len()));
+                let live = state
+                    .groups
+                    .values()
+                    .filter(|g| g.get_status() == ActorStatus::Running)
+                    .count();
+                let _ = reply.send(Ok((live, state.restarts())));
             }
         }
         Ok(())
@@ -264,6 +285,7 @@ impl Actor for ClientSupervisor {
             // for the group starts a fresh one from the store.
             if let Some(e) = failed {
                 tracing::warn!(error = %e, "client group actor failed; restarted on next use");
+                state.group_restarts += 1;
             }
             state.forget(&who);
         }
