@@ -4,9 +4,8 @@
 //! a group of 20; messages from a future epoch held until their commit arrives.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
 
-use quicnprotochat::client::messenger::{CrashPoint, Messenger, MessengerError};
+use quicnprotochat::client::messenger::{CrashPoint, MessengerError};
 use quicnprotochat::config::ServerConfig;
 use quicnprotochat_crypto::mls::Suite;
 use quicnprotochat_tests::{Person, TestNode, alice_and_bob_in_g, local, pull_shown as pull};
