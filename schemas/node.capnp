@@ -92,11 +92,14 @@ interface Session {
   uploadKeyPackages @6 (oneTime :List(Data), lastResort :Data, hybridPublicKey :Data) -> ();
   # All packages of one upload are of one ciphersuite; each suite has its own
   # one-time packages and last-resort package.
-  commit @7 (groupId :Data, epoch :UInt64, deliveries :List(Delivery), members :List(Data)) -> (seqs :List(UInt64));
+  commit @7 (groupId :Data, epoch :UInt64, deliveries :List(Delivery), members :List(Data), mlsCommit :Data) -> (seqs :List(UInt64));
   # The first commit accepted at (groupId, epoch) wins; later ones are STALE_EPOCH.
   # `members`: identity keys of the group's members once this commit applies (the
   # caller among them). Once a group has a commit, only its recorded members may
   # commit to it (UNAUTHORIZED otherwise), so strangers cannot jam its fence.
+  # `mlsCommit`: the MLS commit itself (a PrivateMessage: only its header is clear);
+  # the node checks that its group id and epoch are the call's (BAD_REQUEST if not),
+  # since the deliveries are sealed and show it nothing.
   logout @8 () -> ();
   setAccessKey @9 (accessKeyHash :Data) -> ();
   # SHA-256 of the access key sealed senders must present (enqueueSealed).

@@ -744,6 +744,11 @@ impl session::Server for SessionService {
                 format!("groupId must be 1 to {MAX_GROUP_ID_LEN} bytes"),
             ));
         }
+        check_commit_header(
+            p.get_mls_commit().map_err(bad_params)?,
+            group_id,
+            p.get_epoch(),
+        )?;
         let deliveries = self.deliveries(p.get_deliveries().map_err(bad_params)?)?;
         let members = self.members(p.get_members().map_err(bad_params)?)?;
         self.ctx
@@ -855,4 +860,28 @@ impl session::Server for SessionService {
         r.set_last_resort_served(served);
         Ok(())
     }
+}
+
+/// The commit a `commit` call offers must be an MLS commit of the call's group
+/// at the call's epoch, as its clear header says: the deliveries are sealed per
+/// recipient, so this header is the one part of the commit the node can read.
+fn check_commit_header(mls_commit: &[u8], group_id: &[u8], epoch: u64) -> Result<(), capnp::Error> {
+    if mls_commit.is_empty() {
+        return Err(refuse(
+            ErrorCode::BadRequest,
+            "mlsCommit is missing: a commit call carries the MLS commit it offers",
+        ));
+    }
+    let header = quicnprotochat_crypto::mls::commit_header(mls_commit)
+        .map_err(|e| refuse(ErrorCode::BadRequest, format!("mlsCommit: {e}")))?;
+    if header.group_id != group_id || header.epoch != epoch {
+        return Err(refuse(
+            ErrorCode::BadRequest,
+            format!(
+                "mlsCommit is a commit of another group or epoch (its header says epoch {}, the call {epoch})",
+                header.epoch
+            ),
+        ));
+    }
+    Ok(())
 }

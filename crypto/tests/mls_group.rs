@@ -350,3 +350,48 @@ fn groups_reload_from_storage() {
         assert_eq!(reloaded.name().as_deref(), Some("the crew"));
     });
 }
+
+#[test]
+fn a_commits_clear_header_names_its_group_and_epoch_and_nothing_else_passes_as_a_commit() {
+    use quicnprotochat_crypto::mls::{CommitHeader, commit_header};
+    for_each_suite(|suite| {
+        let (alice, bob) = (person(), person());
+        let mut groups = group_of(suite, &[&alice, &bob]);
+        let gid = groups[0].group_id();
+        let epoch = groups[0].epoch();
+        let out = groups[0].self_update(&alice.member).unwrap();
+        // Commits are PrivateMessages: the header is all the node can read.
+        assert_eq!(
+            commit_header(&out.commit).unwrap(),
+            CommitHeader {
+                group_id: gid.clone(),
+                epoch
+            }
+        );
+        groups[0].confirm_commit(&alice.member).unwrap();
+        deliver(&mut groups[1], &bob, &out.commit);
+
+        let app = groups[1].encrypt(&bob.member, b"hi").unwrap();
+        assert!(matches!(commit_header(&app), Err(MlsError::Malformed(_))));
+        let welcome = {
+            let carol = person();
+            let kp = carol.member.generate_key_package(suite, false).unwrap();
+            let out = groups[0].add_members(&alice.member, &[kp]).unwrap();
+            out.welcome.unwrap()
+        };
+        assert!(matches!(
+            commit_header(&welcome),
+            Err(MlsError::Malformed(_))
+        ));
+        assert!(matches!(
+            commit_header(b"\x00\x01garbage"),
+            Err(MlsError::Malformed(_))
+        ));
+        let mut trailing = out.commit.clone();
+        trailing.push(0);
+        assert!(matches!(
+            commit_header(&trailing),
+            Err(MlsError::Malformed(_))
+        ));
+    });
+}

@@ -248,6 +248,33 @@ pub async fn alice_and_bob_in_g(node: &TestNode) -> (Person, Person) {
     (alice, bob)
 }
 
+/// An MLS commit as the node sees one in `commit(…, mlsCommit)`: a PrivateMessage
+/// (RFC 9420 §6.3) whose clear header names `group_id` and `epoch`, with opaque
+/// bytes where sender data and content are encrypted. For tests of the node's
+/// fence, which cannot decrypt (and never tries) what it fences.
+pub fn mls_commit(group_id: &[u8], epoch: u64) -> Vec<u8> {
+    fn opaque(out: &mut Vec<u8>, bytes: &[u8]) {
+        // MLS variable-length vector: a 1, 2 or 4 byte length prefix.
+        let len = bytes.len();
+        if len < 1 << 6 {
+            out.push(len as u8);
+        } else if len < 1 << 14 {
+            out.extend_from_slice(&((len as u16) | 0x4000).to_be_bytes());
+        } else {
+            out.extend_from_slice(&((len as u32) | 0x8000_0000).to_be_bytes());
+        }
+        out.extend_from_slice(bytes);
+    }
+    let mut out = vec![0, 1, 0, 2]; // mls10, mls_private_message
+    opaque(&mut out, group_id);
+    out.extend_from_slice(&epoch.to_be_bytes());
+    out.push(3); // content type: commit
+    opaque(&mut out, b""); // authenticated data
+    opaque(&mut out, &[0x5a; 32]); // encrypted sender data
+    opaque(&mut out, &[0xa5; 64]); // ciphertext
+    out
+}
+
 /// Runs `f` on a `LocalSet` (client objects are `!Send`).
 pub async fn local<F: std::future::Future>(f: F) -> F::Output {
     tokio::task::LocalSet::new().run_until(f).await

@@ -43,6 +43,7 @@ async fn each_group_has_its_own_actor_and_a_left_group_stops_its_actor() {
         assert_eq!(live, 1);
     })
     .await;
+    node.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,6 +85,7 @@ async fn a_failed_group_actor_is_restarted_from_the_profile_and_loses_nothing() 
         assert_eq!(a.epoch_authenticator, b.epoch_authenticator);
     })
     .await;
+    node.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,4 +171,5 @@ async fn a_long_poll_in_flight_does_not_hold_up_a_send() {
         assert_eq!(lines, vec!["[g] alice: late".to_string()]);
     })
     .await;
+    node.stop().await;
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use quicnprotochat::client::{ClientError, SessionHandle};
 use quicnprotochat::config::ServerConfig;
 use quicnprotochat_crypto::Identity;
-use quicnprotochat_tests::{TestNode, local};
+use quicnprotochat_tests::{TestNode, local, mls_commit};
 use quicnprotochat_wire::{ErrorCode, IdentityKey};
 
 fn key(id: &Identity) -> IdentityKey {
@@ -56,7 +56,19 @@ async fn racing_commits_one_wins_per_epoch_and_losers_store_nothing() {
                     .collect();
                 let group = group.clone();
                 let members = &members;
-                async move { (m, s.commit(&group, epoch, members, &deliveries).await) }
+                async move {
+                    (
+                        m,
+                        s.commit(
+                            &group,
+                            epoch,
+                            members,
+                            &deliveries,
+                            &mls_commit(&group, epoch),
+                        )
+                        .await,
+                    )
+                }
             });
             let results = futures::future::join_all(attempts).await;
             let won: Vec<usize> = results
@@ -106,9 +118,15 @@ async fn the_fence_survives_restarts_and_actor_crashes() {
     let ab = vec![alice.public_key().to_vec(), bob.public_key().to_vec()];
     local(async {
         let (_c, a) = node.session(&alice).await;
-        a.commit(&group, 0, &ab, &[(key(&bob), b"e0".to_vec())])
-            .await
-            .unwrap();
+        a.commit(
+            &group,
+            0,
+            &ab,
+            &[(key(&bob), b"e0".to_vec())],
+            &mls_commit(&group, 0),
+        )
+        .await
+        .unwrap();
     })
     .await;
     let node = node.restart().await;
@@ -116,14 +134,26 @@ async fn the_fence_survives_restarts_and_actor_crashes() {
         let (_c, a) = node.session(&alice).await;
         assert_eq!(
             code(
-                a.commit(&group, 0, &ab, &[(key(&bob), b"again".to_vec())])
-                    .await
+                a.commit(
+                    &group,
+                    0,
+                    &ab,
+                    &[(key(&bob), b"again".to_vec())],
+                    &mls_commit(&group, 0)
+                )
+                .await
             ),
             Some(ErrorCode::StaleEpoch)
         );
-        a.commit(&group, 1, &ab, &[(key(&bob), b"e1".to_vec())])
-            .await
-            .unwrap();
+        a.commit(
+            &group,
+            1,
+            &ab,
+            &[(key(&bob), b"e1".to_vec())],
+            &mls_commit(&group, 1),
+        )
+        .await
+        .unwrap();
     })
     .await;
     node.crash_group(&group).await;
@@ -131,16 +161,28 @@ async fn the_fence_survives_restarts_and_actor_crashes() {
         let (_c, a) = node.session(&alice).await;
         assert_eq!(
             code(
-                a.commit(&group, 1, &ab, &[(key(&bob), b"again".to_vec())])
-                    .await
+                a.commit(
+                    &group,
+                    1,
+                    &ab,
+                    &[(key(&bob), b"again".to_vec())],
+                    &mls_commit(&group, 1)
+                )
+                .await
             ),
             Some(ErrorCode::StaleEpoch)
         );
         // An epoch the group never reached is the caller's error, not a fork.
         assert_eq!(
             code(
-                a.commit(&group, 5, &ab, &[(key(&bob), b"ahead".to_vec())])
-                    .await
+                a.commit(
+                    &group,
+                    5,
+                    &ab,
+                    &[(key(&bob), b"ahead".to_vec())],
+                    &mls_commit(&group, 5)
+                )
+                .await
             ),
             Some(ErrorCode::BadRequest)
         );
@@ -181,23 +223,84 @@ async fn a_refused_commit_stores_nothing_and_does_not_move_the_fence() {
             (key(&carol), b"commit".to_vec()),
         ];
         assert_eq!(
-            code(a.commit(&group, 0, &ab, &deliveries).await),
+            code(
+                a.commit(&group, 0, &ab, &deliveries, &mls_commit(&group, 0))
+                    .await
+            ),
             Some(ErrorCode::QueueFull)
         );
         assert!(inbox(&b).await.is_empty(), "nothing of the commit stored");
         // Once carol catches up, the same epoch is still open.
         c.ack(2).await.unwrap();
-        let seqs = a.commit(&group, 0, &ab, &deliveries).await.unwrap();
+        let seqs = a
+            .commit(&group, 0, &ab, &deliveries, &mls_commit(&group, 0))
+            .await
+            .unwrap();
         assert_eq!(seqs, vec![1, 3]);
         assert_eq!(inbox(&b).await, vec![(1, b"commit".to_vec())]);
         // Too large a payload and a malformed recipient are refused up front.
         let big = vec![0u8; node.config.max_payload + 1];
         assert_eq!(
-            code(a.commit(&group, 1, &ab, &[(key(&bob), big)]).await),
+            code(
+                a.commit(&group, 1, &ab, &[(key(&bob), big)], &mls_commit(&group, 1))
+                    .await
+            ),
             Some(ErrorCode::TooLarge)
         );
-        let err = a.commit(&[], 1, &ab, &deliveries).await.unwrap_err();
+        let err = a
+            .commit(&[], 1, &ab, &deliveries, &mls_commit(&[], 1))
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Some(ErrorCode::BadRequest), "{err}");
+    })
+    .await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_whose_clear_mls_header_names_another_group_or_epoch_is_refused_and_stores_nothing()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    local(async {
+        let (alice, bob) = (Identity::generate(), Identity::generate());
+        let (_c, a) = node.session(&alice).await;
+        let (_c, b) = node.session(&bob).await;
+        let group = b"headers".to_vec();
+        let ab = vec![alice.public_key().to_vec(), bob.public_key().to_vec()];
+        let to_bob = [(key(&bob), b"commit".to_vec())];
+        // A real MLS application message is not a commit.
+        let app = {
+            use openmls_memory_storage::MemoryStorage;
+            use quicnprotochat_crypto::mls::{GroupMember, Suite};
+            let member = GroupMember::new(&alice, MemoryStorage::default()).unwrap();
+            let mut g = member.create_group(Suite::Classic, "x").unwrap();
+            g.encrypt(&member, b"hi").unwrap()
+        };
+        let refused = [
+            ("another epoch", mls_commit(&group, 1)),
+            ("another group", mls_commit(b"other", 0)),
+            ("an application message", app),
+            ("garbage", b"\x00\x01\x00\x02junk".to_vec()),
+            ("nothing", Vec::new()),
+        ];
+        for (what, commit) in refused {
+            let err = a
+                .commit(&group, 0, &ab, &to_bob, &commit)
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), Some(ErrorCode::BadRequest), "{what}: {err}");
+            assert!(err.to_string().contains("mlsCommit"), "{what}: {err}");
+        }
+        assert!(
+            inbox(&b).await.is_empty(),
+            "nothing of a refused commit stored"
+        );
+        // The epoch is still open to a commit whose header matches.
+        a.commit(&group, 0, &ab, &to_bob, &mls_commit(&group, 0))
+            .await
+            .unwrap();
+        assert_eq!(inbox(&b).await, vec![(1, b"commit".to_vec())]);
     })
     .await;
     node.stop().await;
@@ -328,26 +431,46 @@ async fn only_the_members_a_commit_named_may_commit_next() {
         let to_bob = [(key(&bob), b"commit".to_vec())];
         // The member list must name the committer.
         let err = a
-            .commit(&group, 0, &[bob.public_key().to_vec()], &to_bob)
+            .commit(
+                &group,
+                0,
+                &[bob.public_key().to_vec()],
+                &to_bob,
+                &mls_commit(&group, 0),
+            )
             .await
             .unwrap_err();
         assert_eq!(err.code(), Some(ErrorCode::BadRequest), "{err}");
-        a.commit(&group, 0, &ab, &to_bob).await.unwrap();
+        a.commit(&group, 0, &ab, &to_bob, &mls_commit(&group, 0))
+            .await
+            .unwrap();
 
         // A stranger who learned the group id cannot take its next epoch.
         let mallory_list = vec![mallory.public_key().to_vec()];
         assert_eq!(
-            code(m.commit(&group, 1, &mallory_list, &to_bob).await),
+            code(
+                m.commit(&group, 1, &mallory_list, &to_bob, &mls_commit(&group, 1))
+                    .await
+            ),
             Some(ErrorCode::Unauthorized)
         );
         assert_eq!(inbox(&b).await.len(), 1, "nothing of mallory's stored");
         // Bob commits, removing alice; then alice may not commit any more.
         let to_alice = [(key(&alice), b"you are out".to_vec())];
-        b.commit(&group, 1, &[bob.public_key().to_vec()], &to_alice)
-            .await
-            .unwrap();
+        b.commit(
+            &group,
+            1,
+            &[bob.public_key().to_vec()],
+            &to_alice,
+            &mls_commit(&group, 1),
+        )
+        .await
+        .unwrap();
         assert_eq!(
-            code(a.commit(&group, 2, &ab, &to_bob).await),
+            code(
+                a.commit(&group, 2, &ab, &to_bob, &mls_commit(&group, 2))
+                    .await
+            ),
             Some(ErrorCode::Unauthorized)
         );
     })
@@ -370,7 +493,9 @@ async fn idle_group_actors_retire_without_losing_the_fence_or_a_commit() {
         // Commits arriving around the moments the actor retires: every one is
         // answered (never a dropped message), each epoch exactly once.
         for epoch in 0..30u64 {
-            a.commit(&group, epoch, &ab, &to_bob).await.unwrap();
+            a.commit(&group, epoch, &ab, &to_bob, &mls_commit(&group, epoch))
+                .await
+                .unwrap();
             tokio::time::sleep(std::time::Duration::from_millis(epoch % 4 * 10)).await;
         }
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -380,10 +505,15 @@ async fn idle_group_actors_retire_without_losing_the_fence_or_a_commit() {
         assert_eq!(node.live_group_actors().await, 0, "idle actors retire");
         // A fresh actor reads the fence back from the store.
         assert_eq!(
-            code(a.commit(&group, 29, &ab, &to_bob).await),
+            code(
+                a.commit(&group, 29, &ab, &to_bob, &mls_commit(&group, 29))
+                    .await
+            ),
             Some(ErrorCode::StaleEpoch)
         );
-        a.commit(&group, 30, &ab, &to_bob).await.unwrap();
+        a.commit(&group, 30, &ab, &to_bob, &mls_commit(&group, 30))
+            .await
+            .unwrap();
     })
     .await;
     node.stop().await;

@@ -7,10 +7,12 @@
 //! into events ("applied", "not yet", "too old").
 
 mod group;
+mod header;
 mod member;
 mod provider;
 
 pub use group::{CommitOutput, Group, GroupEvent};
+pub use header::{CommitHeader, commit_header};
 pub use member::{GroupMember, ValidatedKeyPackage, validate_key_package};
 pub use provider::MlsProvider;
 

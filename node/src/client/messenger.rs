@@ -474,6 +474,10 @@ impl Messenger {
 impl Drop for Messenger {
     fn drop(&mut self) {
         if self.stopped.is_some() {
+            // The session actor lives on a thread of its own: told directly, it
+            // closes the connection even if this runtime is going down and the
+            // supervisor never gets to stop it.
+            self.session_actor().stop(None);
             self.supervisor.stop(None);
         }
     }

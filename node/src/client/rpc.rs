@@ -655,17 +655,20 @@ impl SessionHandle {
     /// (one transaction) only if it is the first commit at that epoch, otherwise
     /// the node answers `STALE_EPOCH`.
     /// `members`: the group's members once the commit applies (this device among
-    /// them); the node lets only them commit next.
+    /// them); the node lets only them commit next. `mls_commit`: the commit
+    /// itself, whose clear header the node checks against `group_id` and `epoch`.
     pub async fn commit(
         &self,
         group_id: &[u8],
         epoch: u64,
         members: &[Vec<u8>],
         deliveries: &[(IdentityKey, Vec<u8>)],
+        mls_commit: &[u8],
     ) -> Result<Vec<u64>, ClientError> {
         let mut req = self.session.commit_request();
         req.get().set_group_id(group_id);
         req.get().set_epoch(epoch);
+        req.get().set_mls_commit(mls_commit);
         {
             let mut list = req.get().init_members(members.len() as u32);
             for (i, m) in members.iter().enumerate() {

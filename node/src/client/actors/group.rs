@@ -341,11 +341,13 @@ impl GroupState {
         let members = group.members_after_pending_commit().unwrap_or_default();
         let group_id = self.gid.clone();
         let epoch = out.epoch;
+        let mls_commit = out.commit.clone();
         let answer = ask_session(&self.session(), |reply| SessionMsg::Commit {
             group_id,
             epoch,
             members,
             deliveries,
+            mls_commit,
             reply,
         })
         .await;

@@ -66,6 +66,7 @@ pub(crate) enum SessionMsg {
         epoch: u64,
         members: Vec<Vec<u8>>,
         deliveries: Vec<(IdentityKey, Vec<u8>)>,
+        mls_commit: Vec<u8>,
         reply: Reply<Vec<u64>>,
     },
     FetchKeyPackages {
@@ -283,11 +284,13 @@ impl ThreadLocalActor for SessionActor {
                 epoch,
                 members,
                 deliveries,
+                mls_commit,
                 reply,
             } => {
                 state
                     .run(&myself, reply, move |s, _| async move {
-                        s.commit(&group_id, epoch, &members, &deliveries).await
+                        s.commit(&group_id, epoch, &members, &deliveries, &mls_commit)
+                            .await
                     })
                     .await
             }
