@@ -162,22 +162,28 @@ impl GroupState {
         Ok(self.profile.state.transact(self.storage(), f)?)
     }
 
-    async fn send(&mut self, text: &str) -> Result<Vec<u64>, MessengerError> {
-        let mut group = self.load()?;
-        let ciphertext = group.encrypt(&self.member, text.as_bytes())?;
-        // The ratchet moved: persist that before anything leaves, so a crash can
-        // never make us reuse a message key.
-        self.save(|_| Ok(()))?;
+    /// `mls` (a group message) sealed to every other member device.
+    fn sealed_to_others(
+        &self,
+        group: &Group,
+        mls: Vec<u8>,
+    ) -> Result<Vec<(IdentityKey, Vec<u8>)>, MessengerError> {
         let msg = self
             .profile
-            .group_message(Body::Group, &self.gid, ciphertext)
+            .group_message(Body::Group, &self.gid, mls)
             .encode()?;
-        let deliveries = self
-            .profile
-            .others(&group)
+        self.profile
+            .others(group)
             .iter()
             .map(|m| self.profile.seal(m, &msg))
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect()
+    }
+
+    /// Delivers in one batch; the seqs (none when there is nobody to send to).
+    async fn enqueue(
+        &self,
+        deliveries: Vec<(IdentityKey, Vec<u8>)>,
+    ) -> Result<Vec<u64>, MessengerError> {
         if deliveries.is_empty() {
             return Ok(Vec::new());
         }
@@ -190,27 +196,24 @@ impl GroupState {
         )
     }
 
+    async fn send(&mut self, text: &str) -> Result<Vec<u64>, MessengerError> {
+        let mut group = self.load()?;
+        let ciphertext = group.encrypt(&self.member, text.as_bytes())?;
+        let deliveries = self.sealed_to_others(&group, ciphertext)?;
+        // The ratchet moved: persist that before anything leaves, so a crash can
+        // never make us reuse a message key.
+        self.save(|_| Ok(()))?;
+        self.enqueue(deliveries).await
+    }
+
     async fn leave(&mut self) -> Result<(), MessengerError> {
         let mut group = self.load()?;
         let proposal = group.leave(&self.member)?;
-        let msg = self
-            .profile
-            .group_message(Body::Group, &self.gid, proposal)
-            .encode()?;
-        let deliveries = self
-            .profile
-            .others(&group)
-            .iter()
-            .map(|m| self.profile.seal(m, &msg))
-            .collect::<Result<Vec<_>, _>>()?;
+        // Sealed before the proposal is kept: a member we cannot seal to fails
+        // the leave without leaving a proposal of ours behind.
+        let deliveries = self.sealed_to_others(&group, proposal)?;
         self.save(|_| Ok(()))?;
-        if !deliveries.is_empty() {
-            ask_session(&self.session(), |reply| SessionMsg::EnqueueBatch {
-                deliveries,
-                reply,
-            })
-            .await?;
-        }
+        self.enqueue(deliveries).await?;
         let gid = self.gid.clone();
         self.save(|t| t.forget_group(&gid))
     }
