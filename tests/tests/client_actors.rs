@@ -173,3 +173,36 @@ async fn a_long_poll_in_flight_does_not_hold_up_a_send() {
     .await;
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followed_inbox_is_applied_as_messages_arrive_without_being_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    local(async {
+        let (mut alice, bob) = alice_and_bob_in_g(&node).await;
+        let mut arrivals = bob.messenger.follow().await.unwrap();
+        for text in ["one", "two", "three"] {
+            alice.messenger.send("g", text).await.unwrap();
+            // Bob's receiver long-polls by itself; he only waits for the notice.
+            tokio::time::timeout(Duration::from_secs(30), arrivals.recv())
+                .await
+                .expect("a notice while following")
+                .expect("still following")
+                .unwrap();
+        }
+        let unread: Vec<String> = bob
+            .messenger
+            .unread()
+            .unwrap()
+            .into_iter()
+            .map(|(_, l)| l)
+            .filter(|l| !l.contains(" * "))
+            .collect();
+        assert_eq!(
+            unread,
+            vec!["[g] alice: one", "[g] alice: two", "[g] alice: three"]
+        );
+    })
+    .await;
+    node.stop().await;
+}

@@ -205,9 +205,10 @@ pub async fn members(opts: &ClientOptions, group: &str) -> Result<String, Comman
 }
 
 /// `chat --group NAME`: stdin lines are sent; incoming messages appear as
-/// `[SENDER] TEXT` (other groups' as `[GROUP] SENDER: TEXT`); Ctrl+D ends it. A
-/// lost connection is re-established by the session actor, with backoff; a line
-/// typed meanwhile is sent once it is back.
+/// `[SENDER] TEXT` (other groups' as `[GROUP] SENDER: TEXT`) as the receiver,
+/// following the inbox, applies them; Ctrl+D ends it. A lost connection is
+/// re-established by the session actor, with backoff; a line typed meanwhile is
+/// sent once it is back.
 pub async fn chat(opts: &ClientOptions, group: &str) -> Result<String, CommandError> {
     use tokio::io::AsyncBufReadExt;
     let mut m = messenger_with(opts, CHAT_PATIENCE).await?;
@@ -222,6 +223,7 @@ pub async fn chat(opts: &ClientOptions, group: &str) -> Result<String, CommandEr
     };
     show_unread(&m, format)?;
     let mut events = m.connection_events();
+    let mut arrivals = m.follow().await?;
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     // Lines typed but not yet delivered (the connection was down), oldest first.
     let mut unsent: std::collections::VecDeque<String> = Default::default();
@@ -248,7 +250,16 @@ pub async fn chat(opts: &ClientOptions, group: &str) -> Result<String, CommandEr
                     }
                 }
             }
-            pulled = m.pull(Duration::from_secs(10)) => pulled.map(|_| ()),
+            arrived = arrivals.recv() => match arrived {
+                // Something was applied: settle what a full pull settles.
+                Some(Ok(())) => m.pull(Duration::ZERO).await.map(|_| ()),
+                Some(Err(e)) => Err(e),
+                // The receiver restarted: follow the new one.
+                None => {
+                    arrivals = m.follow().await?;
+                    Ok(())
+                }
+            },
             event = events.recv() => {
                 match event {
                     Ok(ConnectionEvent::Lost) => eprintln!("connection to {} lost", opts.server),

@@ -271,6 +271,26 @@ impl Messenger {
         .await
     }
 
+    /// Has the receiver long-poll the inbox in a loop and apply what arrives,
+    /// telling the returned channel after each batch it applied (an error when a
+    /// fetch failed; after a lost connection it keeps trying). Lines produced are
+    /// in [`Messenger::unread`]; a [`Messenger::pull`] on each notice also settles
+    /// pending commits and proposals. Following stops when the channel is dropped.
+    pub async fn follow(
+        &self,
+    ) -> Result<tokio::sync::mpsc::UnboundedReceiver<Result<(), MessengerError>>, MessengerError>
+    {
+        let receiver = ask(&self.supervisor, "client supervisor", |reply| {
+            SupervisorMsg::Receiver { reply }
+        })
+        .await?;
+        let (to, notices) = tokio::sync::mpsc::unbounded_channel();
+        receiver
+            .cast(ReceiverMsg::Follow { to })
+            .map_err(|_| MessengerError::ActorStopped("receiver"))?;
+        Ok(notices)
+    }
+
     /// Has the receiver apply the inbox (waiting up to `wait` for something).
     async fn catch_up(&self, wait: Duration) -> Result<Vec<Line>, MessengerError> {
         let receiver = ask(&self.supervisor, "client supervisor", |reply| {

@@ -7,6 +7,10 @@
 //! Fetches run outside its mailbox (the answer comes back as a message), so a
 //! long-poll never blocks a catch-up another caller asks for; two fetches that
 //! overlap are harmless because nothing at or below the cursor is applied again.
+//!
+//! Callers either pull (apply what is there, optionally waiting for something
+//! first) or follow: the receiver then long-polls in a loop for as long as the
+//! follower listens, and tells it after every batch it applied.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -23,17 +27,32 @@ use super::supervisor::{SessionSlot, SupervisorMsg};
 use super::{Effects, Profile, ask, ask_session, notice};
 use crate::client::ClientError;
 use crate::client::message::{Body, ClientMessage};
-use crate::client::messenger::{Line, MessengerError};
+use crate::client::messenger::{Line, Messenger, MessengerError};
 use crate::client::mls_store::RedbMlsStorage;
 
 /// Envelopes asked for per fetch.
 const FETCH_BATCH: u32 = 256;
 
+/// How long one long-poll of a follow waits (the node caps it anyway).
+const FOLLOW_WAIT: Duration = Duration::from_secs(25);
+/// Pause before a follow retries after a lost connection.
+const FOLLOW_RETRY: Duration = Duration::from_secs(1);
+
 type PullReply = RpcReplyPort<Result<Vec<Line>, MessengerError>>;
 
-/// One caller's pull: fetch, apply, ack, until the inbox is empty.
+/// Told after each batch the receiver applied (or why following stopped working).
+pub type Follower = tokio::sync::mpsc::UnboundedSender<Result<(), MessengerError>>;
+
+/// Who a chain of fetches works for.
+enum Owner {
+    /// A caller's pull: fetch, apply, ack, until the inbox is empty; then answer.
+    Caller(PullReply),
+    /// The follow loop: long-poll again whenever the inbox is empty.
+    Follow,
+}
+
 pub(crate) struct PullJob {
-    reply: PullReply,
+    owner: Owner,
     lines: Vec<Line>,
 }
 
@@ -41,6 +60,11 @@ pub(crate) enum ReceiverMsg {
     /// Applies everything waiting; with a non-zero `wait`, first waits up to that
     /// long for something to arrive. Answers the lines produced.
     Pull { wait: Duration, reply: PullReply },
+    /// Long-poll in a loop, telling `to` after each applied batch, until `to`
+    /// is closed (a newer follower replaces an older one).
+    Follow { to: Follower },
+    /// The follow loop's next fetch (after a pause).
+    Resume,
     /// A fetch of `job` came back.
     Fetched {
         job: PullJob,
@@ -63,6 +87,9 @@ pub(crate) struct ReceiverState {
     joiner: GroupMember<RedbMlsStorage>,
     /// The highest seq applied (durably: it is stored with each envelope).
     cursor: u64,
+    follower: Option<Follower>,
+    /// Whether the follow loop has a fetch in flight (or a retry pending).
+    following: bool,
 }
 
 #[derive(Default)]
@@ -90,6 +117,24 @@ impl ReceiverState {
             .await;
             let _ = myself.cast(ReceiverMsg::Fetched { job, result });
         });
+    }
+
+    /// Starts the follow loop's next fetch unless one is in flight or nobody
+    /// listens any more.
+    fn follow(&mut self, myself: &ActorRef<ReceiverMsg>, wait: Duration) {
+        if self.following {
+            return;
+        }
+        if self.follower.as_ref().is_none_or(|f| f.is_closed()) {
+            self.follower = None;
+            return;
+        }
+        self.following = true;
+        let job = PullJob {
+            owner: Owner::Follow,
+            lines: Vec::new(),
+        };
+        self.fetch(myself, job, wait);
     }
 
     /// Applies a fetched batch in seq order; whether anything new was applied.
@@ -258,6 +303,8 @@ impl Actor for ReceiverActor {
             supervisor: args.supervisor,
             joiner,
             cursor,
+            follower: None,
+            following: false,
         })
     }
 
@@ -270,25 +317,70 @@ impl Actor for ReceiverActor {
         match msg {
             ReceiverMsg::Pull { wait, reply } => {
                 let job = PullJob {
-                    reply,
+                    owner: Owner::Caller(reply),
                     lines: Vec::new(),
                 };
                 state.fetch(&myself, job, wait);
             }
+            ReceiverMsg::Follow { to } => {
+                state.follower = Some(to);
+                state.follow(&myself, Duration::ZERO);
+            }
+            ReceiverMsg::Resume => {
+                state.following = false;
+                state.follow(&myself, FOLLOW_WAIT);
+            }
             ReceiverMsg::Fetched { mut job, result } => {
+                // Ok(true): the batch had envelopes, so there may be more.
                 let outcome = match result {
                     Err(e) => Err(e.into()),
                     Ok(envelopes) if envelopes.is_empty() => Ok(false),
-                    Ok(envelopes) => state.apply_batch(envelopes, &mut job).await.map(|_| true),
+                    Ok(envelopes) => match state.apply_batch(envelopes, &mut job).await {
+                        Ok(applied) => {
+                            if let (true, Some(f)) = (applied, &state.follower) {
+                                let _ = f.send(Ok(()));
+                            }
+                            Ok(true)
+                        }
+                        Err(e) => Err(e),
+                    },
                 };
-                match outcome {
+                match (job.owner, outcome) {
                     // Something came: there may be more.
-                    Ok(true) => state.fetch(&myself, job, Duration::ZERO),
-                    Ok(false) => {
-                        let _ = job.reply.send(Ok(job.lines));
+                    (owner @ Owner::Caller(_), Ok(true)) => {
+                        let job = PullJob {
+                            owner,
+                            lines: job.lines,
+                        };
+                        state.fetch(&myself, job, Duration::ZERO)
                     }
-                    Err(e) => {
-                        let _ = job.reply.send(Err(e));
+                    (Owner::Caller(reply), Ok(false)) => {
+                        let _ = reply.send(Ok(job.lines));
+                    }
+                    (Owner::Caller(reply), Err(e)) => {
+                        let _ = reply.send(Err(e));
+                    }
+                    (Owner::Follow, Ok(more)) => {
+                        state.following = false;
+                        let wait = if more { Duration::ZERO } else { FOLLOW_WAIT };
+                        state.follow(&myself, wait);
+                    }
+                    (Owner::Follow, Err(e)) => {
+                        let lost = Messenger::is_connection_loss(&e);
+                        if let Some(f) = &state.follower
+                            && f.send(Err(e)).is_ok()
+                            && lost
+                        {
+                            // The session actor reconnects on the next request.
+                            let myself = myself.clone();
+                            tokio::spawn(async move {
+                                tokio::time::sleep(FOLLOW_RETRY).await;
+                                let _ = myself.cast(ReceiverMsg::Resume);
+                            });
+                        } else {
+                            state.following = false;
+                            state.follower = None;
+                        }
                     }
                 }
             }
