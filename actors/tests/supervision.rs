@@ -140,28 +140,43 @@ async fn retirement_racing_with_traffic_never_loses_or_repeats_a_seq() {
     // long: retirement and new requests interleave as tightly as they can.
     let rig = rig(Duration::from_millis(1)).await;
     let inbox = IdentityKey([7; 32]);
-    let senders = (0..16u8).map(|s| {
-        let registry = rig.registry.clone();
-        async move {
-            let mut seqs = Vec::new();
-            for i in 0..40u8 {
-                // No actor fails here, so retirement must never cost a caller an
-                // error, not even a retryable one.
-                seqs.push(registry.enqueue(inbox, vec![s, i]).await.expect("no error"));
-                tokio::time::sleep(Duration::from_micros(500 + 100 * u64::from(s))).await;
+    const ROUNDS: u64 = 3;
+    let mut all: Vec<u64> = Vec::new();
+    for round in 0..ROUNDS {
+        let senders = (0..16u8).map(|s| {
+            let registry = rig.registry.clone();
+            async move {
+                let mut seqs = Vec::new();
+                for i in 0..40u8 {
+                    // No actor fails here, so retirement must never cost a caller
+                    // an error, not even a retryable one.
+                    seqs.push(
+                        registry
+                            .enqueue(inbox, vec![s, i, round as u8])
+                            .await
+                            .expect("no error"),
+                    );
+                    tokio::time::sleep(Duration::from_micros(500 + 100 * u64::from(s))).await;
+                }
+                seqs
             }
-            seqs
-        }
-    });
-    let all: Vec<u64> = futures::future::join_all(senders)
-        .await
-        .into_iter()
-        .flatten()
-        .collect();
+        });
+        all.extend(
+            futures::future::join_all(senders)
+                .await
+                .into_iter()
+                .flatten(),
+        );
+        // A quiet spell between rounds: the actor retires for certain at least
+        // here (within a round, whether 1 ms of quiet occurs depends on the
+        // machine's load), and the next round's first requests meet it retiring
+        // or just gone.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let unique: BTreeSet<u64> = all.iter().copied().collect();
     assert_eq!(unique.len(), all.len(), "no seq handed out twice");
-    assert_eq!(unique, (1..=640).collect());
-    assert_eq!(rig.store.stored_count(&inbox).unwrap(), 640);
+    assert_eq!(unique, (1..=640 * ROUNDS).collect());
+    assert_eq!(rig.store.stored_count(&inbox).unwrap(), 640 * ROUNDS);
     eprintln!("retirements during the run: {}", rig.registry.retirements());
     assert!(
         rig.registry.retirements() > 0,

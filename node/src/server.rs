@@ -32,6 +32,8 @@ pub const DB_FILE: &str = "node.redb";
 
 /// How long a new connection may take to open its RPC stream.
 const STREAM_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long shutdown waits for open connections' tasks to end.
+const CONNECTION_DRAIN: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -258,9 +260,20 @@ fn rpc_thread_main(
                 max_payload,
             )));
         }
-        // The endpoint is closed: every connection ends; wait for their tasks.
-        for t in tasks {
-            let _ = t.await;
+        // The endpoint is closed: every connection ends; wait for their tasks, but
+        // not forever: a connection whose I/O can no longer be driven (the
+        // endpoint's driver may already be gone when the process is exiting) must
+        // not hold up shutdown. Whatever a task had acknowledged is durable already.
+        let drained = async {
+            for t in tasks {
+                let _ = t.await;
+            }
+        };
+        if tokio::time::timeout(CONNECTION_DRAIN, drained)
+            .await
+            .is_err()
+        {
+            tracing::warn!("connections still open after shutdown; dropping them");
         }
     });
 }
