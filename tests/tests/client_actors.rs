@@ -206,3 +206,21 @@ async fn a_followed_inbox_is_applied_as_messages_arrive_without_being_asked() {
     .await;
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_messenger_releases_the_profile_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    local(async {
+        let (_alice, mut bob) = alice_and_bob_in_g(&node).await;
+        // A restarted client process opens the same profile right away: every
+        // actor of the old tree must have let go of the file by then.
+        for _ in 0..10 {
+            bob = bob.restart(&node).await;
+            pull_shown(&mut bob.messenger).await;
+        }
+        assert_eq!(bob.messenger.group("g").await.unwrap().members.len(), 2);
+    })
+    .await;
+    node.stop().await;
+}

@@ -196,12 +196,22 @@ impl Messenger {
         Ok(m)
     }
 
-    /// Stops the actor tree; the connection is closed cleanly.
+    /// Stops the actor tree; the connection is closed cleanly. On return the
+    /// profile's file is released (the same profile may be opened again).
     pub async fn close(mut self) {
         self.supervisor.stop(None);
         if let Some(stopped) = self.stopped.take() {
             let _ = stopped.await;
         }
+        // Each actor lets go of the profile as its task ends, a moment after it
+        // reports itself stopped.
+        for _ in 0..1000 {
+            if Arc::strong_count(&self.profile) == 1 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tracing::warn!("client actors still hold the profile after closing");
     }
 
     fn session_actor(&self) -> ActorRef<SessionMsg> {
