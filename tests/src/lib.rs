@@ -137,7 +137,6 @@ pub struct Person {
     pub password: String,
     /// The profile directory (kept for the person's lifetime).
     pub dir: tempfile::TempDir,
-    address: NodeAddress,
 }
 
 impl TestNode {
@@ -183,13 +182,12 @@ impl Person {
         )
         .await?;
         conn.close().await;
-        let messenger = Messenger::start(state, address.clone()).await?;
+        let messenger = Messenger::start(state, address).await?;
         Ok(Person {
             messenger,
             identity,
             password,
             dir,
-            address,
         })
     }
 
@@ -201,12 +199,10 @@ impl Person {
             identity,
             password,
             dir,
-            address: _,
         } = self;
         messenger.close().await;
         let state = ClientState::open(dir.path()).expect("profile reopens");
-        let address = node.address();
-        let messenger = Messenger::start(state, address.clone())
+        let messenger = Messenger::start(state, node.address())
             .await
             .expect("messenger starts");
         Person {
@@ -214,13 +210,7 @@ impl Person {
             identity,
             password,
             dir,
-            address,
         }
-    }
-
-    /// Where this person's messenger connects.
-    pub fn address(&self) -> &NodeAddress {
-        &self.address
     }
 }
 

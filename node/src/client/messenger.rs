@@ -191,7 +191,7 @@ impl Messenger {
             crash_at: None,
             stopped: Some(stopped),
         };
-        let session = m.session_actor();
+        let session = m.session.get();
         ask_session(&session, |reply| SessionMsg::Connect { reply }).await?;
         Ok(m)
     }
@@ -212,13 +212,6 @@ impl Messenger {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         tracing::warn!("client actors still hold the profile after closing");
-    }
-
-    fn session_actor(&self) -> ActorRef<SessionMsg> {
-        self.session
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
     }
 
     /// What happens to the connection (lost, retrying, back), as it happens.
@@ -507,7 +500,7 @@ impl Drop for Messenger {
             // The session actor lives on a thread of its own: told directly, it
             // closes the connection even if this runtime is going down and the
             // supervisor never gets to stop it.
-            self.session_actor().stop(None);
+            self.session.get().stop(None);
             self.supervisor.stop(None);
         }
     }

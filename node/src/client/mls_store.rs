@@ -22,7 +22,6 @@ use std::sync::{Arc, Mutex};
 
 use openmls_traits::storage::*;
 use redb::{Database, ReadableDatabase, TableDefinition};
-use serde::Serialize;
 
 /// The table holding OpenMLS' records (name kept from the mirrored layout).
 pub(crate) const MLS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("mls_storage");
@@ -133,14 +132,6 @@ impl RedbMlsStorage {
             .map(|v| v.value().to_vec()))
     }
 
-    fn reader(&self) -> Access<'_> {
-        Access(self)
-    }
-
-    fn writer(&self) -> Access<'_> {
-        Access(self)
-    }
-
     fn write<const VERSION: u16>(
         &self,
         label: &[u8],
@@ -223,23 +214,6 @@ impl RedbMlsStorage {
     }
 }
 
-/// Record access for the trait methods that address a storage key directly.
-struct Access<'a>(&'a RedbMlsStorage);
-
-impl Access<'_> {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, MlsStoreError> {
-        self.0.get_raw(key)
-    }
-
-    fn insert(&self, key: Vec<u8>, value: Vec<u8>) {
-        self.0.lock().insert(key, Some(value));
-    }
-
-    fn remove(&self, key: &[u8]) {
-        self.0.lock().insert(key.to_vec(), None);
-    }
-}
-
 const KEY_PACKAGE_LABEL: &[u8] = b"KeyPackage";
 const PSK_LABEL: &[u8] = b"Psk";
 const ENCRYPTION_KEY_PAIR_LABEL: &[u8] = b"EncryptionKeyPair";
@@ -312,12 +286,11 @@ impl StorageProvider<CURRENT_VERSION> for RedbMlsStorage {
         group_id: &GroupId,
         interim_transcript_hash: &InterimTranscriptHash,
     ) -> Result<(), Self::Error> {
-        let values = self.writer();
-        let key = build_key::<CURRENT_VERSION, &GroupId>(INTERIM_TRANSCRIPT_HASH_LABEL, group_id);
-        let value = serde_json::to_vec(&interim_transcript_hash)?;
-
-        values.insert(key, value);
-        Ok(())
+        self.write::<CURRENT_VERSION>(
+            INTERIM_TRANSCRIPT_HASH_LABEL,
+            &serde_json::to_vec(group_id)?,
+            serde_json::to_vec(interim_transcript_hash)?,
+        )
     }
 
     fn write_context<
@@ -328,12 +301,11 @@ impl StorageProvider<CURRENT_VERSION> for RedbMlsStorage {
         group_id: &GroupId,
         group_context: &GroupContext,
     ) -> Result<(), Self::Error> {
-        let values = self.writer();
-        let key = build_key::<CURRENT_VERSION, &GroupId>(GROUP_CONTEXT_LABEL, group_id);
-        let value = serde_json::to_vec(&group_context)?;
-
-        values.insert(key, value);
-        Ok(())
+        self.write::<CURRENT_VERSION>(
+            GROUP_CONTEXT_LABEL,
+            &serde_json::to_vec(group_id)?,
+            serde_json::to_vec(group_context)?,
+        )
     }
 
     fn write_confirmation_tag<
@@ -344,12 +316,11 @@ impl StorageProvider<CURRENT_VERSION> for RedbMlsStorage {
         group_id: &GroupId,
         confirmation_tag: &ConfirmationTag,
     ) -> Result<(), Self::Error> {
-        let values = self.writer();
-        let key = build_key::<CURRENT_VERSION, &GroupId>(CONFIRMATION_TAG_LABEL, group_id);
-        let value = serde_json::to_vec(&confirmation_tag)?;
-
-        values.insert(key, value);
-        Ok(())
+        self.write::<CURRENT_VERSION>(
+            CONFIRMATION_TAG_LABEL,
+            &serde_json::to_vec(group_id)?,
+            serde_json::to_vec(confirmation_tag)?,
+        )
     }
 
     fn write_signature_key_pair<
@@ -360,13 +331,11 @@ impl StorageProvider<CURRENT_VERSION> for RedbMlsStorage {
         public_key: &SignaturePublicKey,
         signature_key_pair: &SignatureKeyPair,
     ) -> Result<(), Self::Error> {
-        let values = self.writer();
-        let key =
-            build_key::<CURRENT_VERSION, &SignaturePublicKey>(SIGNATURE_KEY_PAIR_LABEL, public_key);
-        let value = serde_json::to_vec(&signature_key_pair)?;
-
-        values.insert(key, value);
-        Ok(())
+        self.write::<CURRENT_VERSION>(
+            SIGNATURE_KEY_PAIR_LABEL,
+            &serde_json::to_vec(public_key)?,
+            serde_json::to_vec(signature_key_pair)?,
+        )
     }
 
     fn queued_proposal_refs<
@@ -412,15 +381,7 @@ impl StorageProvider<CURRENT_VERSION> for RedbMlsStorage {
         &self,
         group_id: &GroupId,
     ) -> Result<Option<TreeSync>, Self::Error> {
-        let values = self.reader();
-        let key = build_key::<CURRENT_VERSION, &GroupId>(TREE_LABEL, group_id);
-
-        let Some(value) = values.get(&key)? else {
-            return Ok(None);
-        };
-        let value = serde_json::from_slice(&value)?;
-
-        Ok(value)
+        self.read(TREE_LABEL, &serde_json::to_vec(group_id)?)
     }
 
     fn group_context<
@@ -430,15 +391,7 @@ impl StorageProvider<CURRENT_VERSION> for RedbMlsStorage {
         &self,
         group_id: &GroupId,
     ) -> Result<Option<GroupContext>, Self::Error> {
-        let values = self.reader();
-        let key = build_key::<CURRENT_VERSION, &GroupId>(GROUP_CONTEXT_LABEL, group_id);
-
-        let Some(value) = values.get(&key)? else {
-            return Ok(None);
-        };
-        let value = serde_json::from_slice(&value)?;
-
-        Ok(value)
+        self.read(GROUP_CONTEXT_LABEL, &serde_json::to_vec(group_id)?)
     }
 
     fn interim_transcript_hash<
@@ -448,15 +401,10 @@ impl StorageProvider<CURRENT_VERSION> for RedbMlsStorage {
         &self,
         group_id: &GroupId,
     ) -> Result<Option<InterimTranscriptHash>, Self::Error> {
-        let values = self.reader();
-        let key = build_key::<CURRENT_VERSION, &GroupId>(INTERIM_TRANSCRIPT_HASH_LABEL, group_id);
-
-        let Some(value) = values.get(&key)? else {
-            return Ok(None);
-        };
-        let value = serde_json::from_slice(&value)?;
-
-        Ok(value)
+        self.read(
+            INTERIM_TRANSCRIPT_HASH_LABEL,
+            &serde_json::to_vec(group_id)?,
+        )
     }
 
     fn confirmation_tag<
@@ -466,15 +414,7 @@ impl StorageProvider<CURRENT_VERSION> for RedbMlsStorage {
         &self,
         group_id: &GroupId,
     ) -> Result<Option<ConfirmationTag>, Self::Error> {
-        let values = self.reader();
-        let key = build_key::<CURRENT_VERSION, &GroupId>(CONFIRMATION_TAG_LABEL, group_id);
-
-        let Some(value) = values.get(&key)? else {
-            return Ok(None);
-        };
-        let value = serde_json::from_slice(&value)?;
-
-        Ok(value)
+        self.read(CONFIRMATION_TAG_LABEL, &serde_json::to_vec(group_id)?)
     }
 
     fn signature_key_pair<
@@ -484,17 +424,7 @@ impl StorageProvider<CURRENT_VERSION> for RedbMlsStorage {
         &self,
         public_key: &SignaturePublicKey,
     ) -> Result<Option<SignatureKeyPair>, Self::Error> {
-        let values = self.reader();
-
-        let key =
-            build_key::<CURRENT_VERSION, &SignaturePublicKey>(SIGNATURE_KEY_PAIR_LABEL, public_key);
-
-        let Some(value) = values.get(&key)? else {
-            return Ok(None);
-        };
-        let value = serde_json::from_slice(&value)?;
-
-        Ok(value)
+        self.read(SIGNATURE_KEY_PAIR_LABEL, &serde_json::to_vec(public_key)?)
     }
 
     fn write_key_package<
@@ -789,8 +719,7 @@ impl StorageProvider<CURRENT_VERSION> for RedbMlsStorage {
         let key = epoch_key_pairs_id(group_id, epoch, leaf_index)?;
         let storage_key = build_key_from_vec::<CURRENT_VERSION>(EPOCH_KEY_PAIRS_LABEL, key);
 
-        let values = self.reader();
-        let value = values.get(&storage_key)?;
+        let value = self.get_raw(&storage_key)?;
 
         if let Some(value) = value {
             return Ok(serde_json::from_slice(&value)?);
@@ -822,19 +751,14 @@ impl StorageProvider<CURRENT_VERSION> for RedbMlsStorage {
         // Get all proposal refs for this group.
         let proposal_refs: Vec<ProposalRef> =
             self.read_list(PROPOSAL_QUEUE_REFS_LABEL, &serde_json::to_vec(group_id)?)?;
-        let values = self.writer();
         for proposal_ref in proposal_refs {
             // Delete all proposals.
-            let key =
-                build_key::<CURRENT_VERSION, _>(QUEUED_PROPOSAL_LABEL, (group_id, proposal_ref));
-            values.remove(&key);
+            let key = serde_json::to_vec(&(group_id, proposal_ref))?;
+            self.delete::<CURRENT_VERSION>(QUEUED_PROPOSAL_LABEL, &key)?;
         }
 
         // Delete the proposal refs from the store.
-        let key = build_key::<CURRENT_VERSION, &GroupId>(PROPOSAL_QUEUE_REFS_LABEL, group_id);
-        values.remove(&key);
-
-        Ok(())
+        self.delete::<CURRENT_VERSION>(PROPOSAL_QUEUE_REFS_LABEL, &serde_json::to_vec(group_id)?)
     }
 
     fn mls_group_join_config<
@@ -953,13 +877,6 @@ fn build_key_from_vec<const V: u16>(label: &[u8], key: Vec<u8>) -> Vec<u8> {
     key_out.extend_from_slice(&key);
     key_out.extend_from_slice(&u16::to_be_bytes(V));
     key_out
-}
-
-fn build_key<const V: u16, K: Serialize>(label: &[u8], key: K) -> Vec<u8> {
-    build_key_from_vec::<V>(
-        label,
-        serde_json::to_vec(&key).expect("storage keys are plain data and always encode"),
-    )
 }
 
 fn epoch_key_pairs_id(

@@ -134,13 +134,6 @@ impl GroupState {
         self.member.provider().storage_provider()
     }
 
-    fn session(&self) -> ActorRef<SessionMsg> {
-        self.session
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
     fn load(&self) -> Result<Group, MessengerError> {
         self.member
             .load_group(&self.gid)?
@@ -188,7 +181,7 @@ impl GroupState {
             return Ok(Vec::new());
         }
         Ok(
-            ask_session(&self.session(), |reply| SessionMsg::EnqueueBatch {
+            ask_session(&self.session.get(), |reply| SessionMsg::EnqueueBatch {
                 deliveries,
                 reply,
             })
@@ -232,25 +225,26 @@ impl GroupState {
         let mut added = Vec::new();
         for user in usernames {
             let target = KeyPackageTarget::Username(user.clone());
-            let claimed = match ask_session(&self.session(), |reply| SessionMsg::FetchKeyPackages {
-                target,
-                suite,
-                reply,
-            })
-            .await
-            {
-                Err(ClientError::Refused(w)) if w.code == ErrorCode::NotFound => {
-                    return Err(if w.detail == NO_KEY_PACKAGES {
-                        MessengerError::WrongSuite {
-                            user: user.clone(),
-                            suite,
-                        }
-                    } else {
-                        MessengerError::UnknownUser(user.clone())
-                    });
-                }
-                other => other?,
-            };
+            let claimed =
+                match ask_session(&self.session.get(), |reply| SessionMsg::FetchKeyPackages {
+                    target,
+                    suite,
+                    reply,
+                })
+                .await
+                {
+                    Err(ClientError::Refused(w)) if w.code == ErrorCode::NotFound => {
+                        return Err(if w.detail == NO_KEY_PACKAGES {
+                            MessengerError::WrongSuite {
+                                user: user.clone(),
+                                suite,
+                            }
+                        } else {
+                            MessengerError::UnknownUser(user.clone())
+                        });
+                    }
+                    other => other?,
+                };
             let mut fresh = 0;
             for c in claimed {
                 if present.contains(c.identity_key.0.as_slice()) {
@@ -345,7 +339,7 @@ impl GroupState {
         let group_id = self.gid.clone();
         let epoch = out.epoch;
         let mls_commit = out.commit.clone();
-        let answer = ask_session(&self.session(), |reply| SessionMsg::Commit {
+        let answer = ask_session(&self.session.get(), |reply| SessionMsg::Commit {
             group_id,
             epoch,
             members,

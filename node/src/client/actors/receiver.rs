@@ -96,15 +96,8 @@ pub(crate) struct ReceiverState {
 pub(crate) struct ReceiverActor;
 
 impl ReceiverState {
-    fn session(&self) -> ActorRef<SessionMsg> {
-        self.session
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
     fn fetch(&self, myself: &ActorRef<ReceiverMsg>, job: PullJob, wait: Duration) {
-        let session = self.session();
+        let session = self.session.get();
         let myself = myself.clone();
         let after = self.cursor;
         tokio::spawn(async move {
@@ -155,7 +148,11 @@ impl ReceiverState {
         }
         if applied {
             let up_to = self.cursor;
-            ask_session(&self.session(), |reply| SessionMsg::Ack { up_to, reply }).await?;
+            ask_session(&self.session.get(), |reply| SessionMsg::Ack {
+                up_to,
+                reply,
+            })
+            .await?;
         }
         Ok(applied)
     }

@@ -19,8 +19,24 @@ use super::session::{ConnectionEvent, SessionActor, SessionArgs, SessionMsg};
 use super::{NodeAddress, Profile};
 use crate::client::messenger::{MessengerError, validate_group_name};
 
-/// The current session actor; replaced when the supervisor restarts it.
-pub(crate) type SessionSlot = Arc<RwLock<ActorRef<SessionMsg>>>;
+/// The current session actor, shared by everyone who sends it requests; the
+/// supervisor puts a fresh one in when it restarts it.
+#[derive(Clone)]
+pub(crate) struct SessionSlot(Arc<RwLock<ActorRef<SessionMsg>>>);
+
+impl SessionSlot {
+    fn new(actor: ActorRef<SessionMsg>) -> SessionSlot {
+        SessionSlot(Arc::new(RwLock::new(actor)))
+    }
+
+    pub fn get(&self) -> ActorRef<SessionMsg> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn replace(&self, actor: ActorRef<SessionMsg>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = actor;
+    }
+}
 
 type Reply<T> = RpcReplyPort<Result<T, MessengerError>>;
 
@@ -160,10 +176,6 @@ impl SupervisorState {
     fn forget(&mut self, who: &ActorCell) {
         self.groups.retain(|_, g| g.get_id() != who.get_id());
     }
-
-    fn restarts(&mut self) -> u64 {
-        self.group_restarts
-    }
 }
 
 impl Actor for ClientSupervisor {
@@ -184,7 +196,7 @@ impl Actor for ClientSupervisor {
             &args.spawner,
         )
         .await?;
-        let session: SessionSlot = Arc::new(RwLock::new(session));
+        let session = SessionSlot::new(session);
         let receiver = spawn_receiver(&myself, &args.profile, &session).await?;
         let _ = args.session.send(session.clone());
         Ok(SupervisorState {
@@ -209,11 +221,7 @@ impl Actor for ClientSupervisor {
             let _ = g.stop_and_wait(None, None).await;
         }
         let _ = state.receiver.stop_and_wait(None, None).await;
-        let session = state
-            .session
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
+        let session = state.session.get();
         let _ = session.stop_and_wait(None, None).await;
         Ok(())
     }
@@ -240,7 +248,7 @@ impl Actor for ClientSupervisor {
                     .values()
                     .filter(|g| g.get_status() == ActorStatus::Running)
                     .count();
-                let _ = reply.send(Ok((live, state.restarts())));
+                let _ = reply.send(Ok((live, state.group_restarts)));
             }
         }
         Ok(())
@@ -257,11 +265,7 @@ impl Actor for ClientSupervisor {
             SupervisionEvent::ActorFailed(who, e) => (who.clone(), Some(e.to_string())),
             _ => return Ok(()),
         };
-        let session_id = state
-            .session
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get_id();
+        let session_id = state.session.get().get_id();
         if who.get_id() == state.receiver.get_id() {
             if let Some(e) = failed {
                 tracing::warn!(error = %e, "client receiver failed; restarting it");
@@ -278,7 +282,7 @@ impl Actor for ClientSupervisor {
                     &state.spawner,
                 )
                 .await?;
-                *state.session.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+                state.session.replace(fresh);
             }
         } else {
             // A group actor stopped (group forgotten) or failed: the next message
