@@ -66,6 +66,12 @@ interface Node {
   fetchKeyPackage @10 (target :KeyPackageTarget, ciphersuite :UInt16) -> (packages :List(ClaimedKeyPackage));
   # One package per device of the target, for `ciphersuite` (an MLS ciphersuite
   # code; 0 means the mandatory one, MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519).
+
+  peekKeyPackages @11 (target :KeyPackageTarget, ciphersuite :UInt16) -> (packages :List(ClaimedKeyPackage));
+  # What fetchKeyPackage would serve, without consuming anything: per device of
+  # the target, its hybrid public key and its last-resort package (reusable by
+  # design; serving it here is not counted). For checking someone's published
+  # keys: a look never uses up their one-time packages.
 }
 
 interface Session {

@@ -647,13 +647,7 @@ impl AuthService {
         suite: Suite,
     ) -> Result<Vec<ClaimedPackage>, AuthError> {
         let tables = key_package_tables(suite);
-        let devices = match &target {
-            ClaimTarget::Username(name) => self.devices_of(name),
-            ClaimTarget::Device(d) if self.devices.read().expect("lock").contains_key(d) => {
-                vec![*d]
-            }
-            ClaimTarget::Device(_) => Vec::new(),
-        };
+        let devices = self.target_devices(&target);
         if devices.is_empty() {
             return Err(AuthError::NotFound(NO_SUCH_USER));
         }
@@ -716,6 +710,54 @@ impl AuthService {
             return Err(AuthError::NotFound(NO_KEY_PACKAGES));
         }
         Ok(claimed)
+    }
+
+    /// What a claim against `target` would serve, consuming nothing: per device
+    /// with published keys, its hybrid key and last-resort package of `suite`
+    /// (reusable by design, so serving it here is not counted as served).
+    pub fn peek_key_packages(
+        &self,
+        target: &ClaimTarget,
+        suite: Suite,
+    ) -> Result<Vec<ClaimedPackage>, AuthError> {
+        let devices = self.target_devices(target);
+        if devices.is_empty() {
+            return Err(AuthError::NotFound(NO_SUCH_USER));
+        }
+        let tables = key_package_tables(suite);
+        let txn = self.store.db().begin_read().map_err(storage)?;
+        let last_resort = txn.open_table(tables.last_resort).map_err(storage)?;
+        let hybrid = txn.open_table(HYBRID_KEYS).map_err(storage)?;
+        let mut out = Vec::new();
+        for d in devices {
+            let (Some(h), Some(kp)) = (
+                hybrid.get(&d.0).map_err(storage)?,
+                last_resort.get(&d.0).map_err(storage)?,
+            ) else {
+                continue;
+            };
+            out.push(ClaimedPackage {
+                identity_key: d,
+                key_package: kp.value().to_vec(),
+                hybrid_public_key: h.value().to_vec(),
+                last_resort: true,
+            });
+        }
+        if out.is_empty() {
+            return Err(AuthError::NotFound(NO_KEY_PACKAGES));
+        }
+        Ok(out)
+    }
+
+    /// The registered devices a claim against `target` is for.
+    fn target_devices(&self, target: &ClaimTarget) -> Vec<IdentityKey> {
+        match target {
+            ClaimTarget::Username(name) => self.devices_of(name),
+            ClaimTarget::Device(d) if self.devices.read().expect("lock").contains_key(d) => {
+                vec![*d]
+            }
+            ClaimTarget::Device(_) => Vec::new(),
+        }
     }
 
     /// How many one-time packages `device` has left, and how often its last-resort

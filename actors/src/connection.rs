@@ -21,7 +21,7 @@ use quicnprotochat_wire::limits::{
 use quicnprotochat_wire::node_capnp::{node, session};
 use quicnprotochat_wire::{Envelope, ErrorCode, IdentityKey, WireError};
 
-use crate::auth::{AuthError, AuthService, ClaimTarget};
+use crate::auth::{AuthError, AuthService, ClaimTarget, ClaimedPackage};
 use crate::core::inbox::InboxLimits;
 use crate::core::rate::{RateLimited, RateLimits};
 use crate::group::{GroupRegistry, MAX_GROUP_ID_LEN};
@@ -35,7 +35,7 @@ pub struct NodeContext {
     pub registry: InboxRegistry,
     pub groups: GroupRegistry,
     pub store: ServerStore,
-    pub auth: AuthService,
+    pub auth: Arc<AuthService>,
     pub rates: RateLimits,
     /// Operator admission token, if configured (held only as a hash).
     pub auth_token: Option<TokenHash>,
@@ -45,8 +45,14 @@ pub struct NodeContext {
     pub started: Instant,
 }
 
+/// A request over a rate limit: counted (the node logs a summary of these each
+/// minute, so a flood cannot flood the log too) and refused with a retry hint.
 fn rate_limited(r: RateLimited) -> capnp::Error {
     metrics::counter!(crate::telemetry::RATE_LIMITED_TOTAL).increment(1);
+    tracing::debug!(
+        retry_after_ms = r.retry_after.as_millis() as u64,
+        "rate limited"
+    );
     refuse(ErrorCode::RateLimited, r.to_string())
 }
 
@@ -193,6 +199,13 @@ impl NodeService {
             .map_err(rate_limited)
     }
 
+    /// Logs a refused login attempt for the operator (never a secret: the
+    /// address and what failed).
+    fn log_refused_login(&self, call: &'static str, why: &'static str) {
+        metrics::counter!(crate::telemetry::LOGINS_FAILED_TOTAL, "call" => call).increment(1);
+        tracing::info!(remote = %self.conn.remote, call, why, "login refused");
+    }
+
     /// For calls without a token parameter: the connection must have been
     /// admitted by an earlier call.
     fn check_admitted(&self) -> Result<(), capnp::Error> {
@@ -247,10 +260,30 @@ impl node::Server for NodeService {
     ) -> Result<(), capnp::Error> {
         let p = params.get().map_err(bad_params)?;
         self.check_admission(p.get_auth_token().map_err(bad_params)?)?;
-        let identity = self.prove_identity(
+        // Only failures count against the login limit: a registered device may
+        // reconnect as often as it needs to, a guesser may not.
+        let proven = self.prove_identity(
             p.get_identity_key().map_err(bad_params)?,
             p.get_signature().map_err(bad_params)?,
-        )?;
+        );
+        let identity = match proven {
+            Ok(identity) => identity,
+            Err(e) => {
+                self.count_login_attempt()?;
+                self.log_refused_login("authenticate", "signature does not verify");
+                return Err(e);
+            }
+        };
+        // Once accounts exist, a key proves nothing by itself: only a registered
+        // device gets a session (others register or log in first).
+        if !self.ctx.auth.accepts_inbox(&identity) {
+            self.count_login_attempt()?;
+            self.log_refused_login("authenticate", "not a registered device");
+            return Err(refuse(
+                ErrorCode::Unauthorized,
+                "not a registered device of this node: register or log in",
+            ));
+        }
         tracing::debug!(remote = %self.conn.remote, ?identity, "authenticated");
         results.get().set_session(self.session(identity, None));
         Ok(())
@@ -330,7 +363,10 @@ impl node::Server for NodeService {
                 p.get_identity_key().map_err(bad_params)?,
                 p.get_signature().map_err(bad_params)?,
             )
-            .map_err(|_| login_refused())?;
+            .map_err(|_| {
+                self.log_refused_login("login", "identity proof does not verify");
+                login_refused()
+            })?;
         let finalization = p.get_finalization().map_err(bad_params)?.to_vec();
         let issued = match self
             .ctx
@@ -340,8 +376,13 @@ impl node::Server for NodeService {
         {
             Ok(issued) => issued,
             Err(AuthError::Store(e)) => return Err(auth_refusal(AuthError::Store(e))),
-            Err(_) => return Err(login_refused()),
+            Err(_) => {
+                self.log_refused_login("login", "wrong password or another account's device");
+                return Err(login_refused());
+            }
         };
+        metrics::counter!(crate::telemetry::LOGINS_TOTAL, "call" => "login").increment(1);
+        tracing::info!(remote = %self.conn.remote, %username, ?device, "logged in");
         let mut r = results.get();
         r.set_session(self.session(device, Some(issued.token_hash)));
         r.set_token(&issued.token);
@@ -363,9 +404,12 @@ impl node::Server for NodeService {
                 Ok(resumed) => resumed,
                 Err(e) => {
                     self.count_login_attempt()?;
+                    self.log_refused_login("resume", "unknown, expired or revoked token");
                     return Err(auth_refusal(e));
                 }
             };
+        metrics::counter!(crate::telemetry::LOGINS_TOTAL, "call" => "resume").increment(1);
+        tracing::debug!(remote = %self.conn.remote, ?device, "session resumed");
         let mut r = results.get();
         r.set_session(self.session(device, Some(token_hash)));
         r.set_expires_at_ms(expires_at_ms);
@@ -416,10 +460,45 @@ impl node::Server for NodeService {
         params: node::FetchKeyPackageParams,
         mut results: node::FetchKeyPackageResults,
     ) -> Result<(), capnp::Error> {
-        use quicnprotochat_wire::node_capnp::key_package_target::Which;
         let p = params.get().map_err(bad_params)?;
-        let target = match p
-            .get_target()
+        let (target, suite) = self.key_package_request(p.get_target(), p.get_ciphersuite())?;
+        let claimed = self
+            .ctx
+            .auth
+            .claim_key_packages(target, suite)
+            .await
+            .map_err(auth_refusal)?;
+        write_packages(&claimed, results.get().init_packages(claimed.len() as u32));
+        Ok(())
+    }
+
+    async fn peek_key_packages(
+        self: Rc<Self>,
+        params: node::PeekKeyPackagesParams,
+        mut results: node::PeekKeyPackagesResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get().map_err(bad_params)?;
+        let (target, suite) = self.key_package_request(p.get_target(), p.get_ciphersuite())?;
+        let auth = self.ctx.auth.clone();
+        let peeked = blocking(move || auth.peek_key_packages(&target, suite))
+            .await?
+            .map_err(auth_refusal)?;
+        write_packages(&peeked, results.get().init_packages(peeked.len() as u32));
+        Ok(())
+    }
+}
+
+impl NodeService {
+    /// Reads a KeyPackage request's target and suite and counts it against the
+    /// claim limits: per requester, and per (requester, target), so that nobody
+    /// can use up the claims of a target for everyone else.
+    fn key_package_request(
+        &self,
+        target: capnp::Result<quicnprotochat_wire::node_capnp::key_package_target::Reader<'_>>,
+        ciphersuite: u16,
+    ) -> Result<(ClaimTarget, Suite), capnp::Error> {
+        use quicnprotochat_wire::node_capnp::key_package_target::Which;
+        let target = match target
             .map_err(bad_params)?
             .which()
             .map_err(|e| bad_params(e.into()))?
@@ -438,28 +517,40 @@ impl node::Server for NodeService {
             .rates
             .claim(self.conn.remote.ip(), &target_bytes)
             .map_err(rate_limited)?;
-        let suite = Suite::from_code(p.get_ciphersuite()).ok_or_else(|| {
+        let suite = Suite::from_code(ciphersuite).ok_or_else(|| {
             refuse(
                 ErrorCode::BadRequest,
-                format!("unsupported ciphersuite {:#06x}", p.get_ciphersuite()),
+                format!("unsupported ciphersuite {ciphersuite:#06x}"),
             )
         })?;
-        let claimed = self
-            .ctx
-            .auth
-            .claim_key_packages(target, suite)
-            .await
-            .map_err(auth_refusal)?;
-        let mut list = results.get().init_packages(claimed.len() as u32);
-        for (i, c) in claimed.iter().enumerate() {
-            let mut b = list.reborrow().get(i as u32);
-            b.set_identity_key(&c.identity_key.0);
-            b.set_key_package(&c.key_package);
-            b.set_hybrid_public_key(&c.hybrid_public_key);
-            b.set_last_resort(c.last_resort);
-        }
-        Ok(())
+        Ok((target, suite))
     }
+}
+
+fn write_packages(
+    packages: &[ClaimedPackage],
+    mut list: capnp::struct_list::Builder<
+        '_,
+        quicnprotochat_wire::node_capnp::claimed_key_package::Owned,
+    >,
+) {
+    for (i, c) in packages.iter().enumerate() {
+        let mut b = list.reborrow().get(i as u32);
+        b.set_identity_key(&c.identity_key.0);
+        b.set_key_package(&c.key_package);
+        b.set_hybrid_public_key(&c.hybrid_public_key);
+        b.set_last_resort(c.last_resort);
+    }
+}
+
+/// Runs a synchronous read (redb, validation) on the blocking pool, so the RPC
+/// thread that serves every connection never waits on a disk.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, capnp::Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| refuse(ErrorCode::Unavailable, "a node task failed"))
 }
 
 /// Reads a text parameter.
@@ -480,15 +571,20 @@ struct SessionService {
 }
 
 impl SessionService {
-    /// Refuses every call once the session's token is revoked or expired.
+    /// Refuses every call once the session's token is revoked or expired, or
+    /// its device is no longer registered (removed from its account).
     fn check_alive(&self) -> Result<(), capnp::Error> {
-        match &self.token_hash {
-            Some(h) if !self.ctx.auth.session_alive(h) => Err(refuse(
+        let ended = match &self.token_hash {
+            Some(h) => !self.ctx.auth.session_alive(h),
+            None => !self.ctx.auth.accepts_inbox(&self.identity),
+        };
+        if ended {
+            return Err(refuse(
                 ErrorCode::Unauthorized,
                 "session ended; log in again",
-            )),
-            _ => Ok(()),
+            ));
         }
+        Ok(())
     }
 
     /// Reads the own inbox off the store (on the blocking pool: it may touch disk).

@@ -17,7 +17,7 @@ use quicnprotochat_wire::{ErrorCode, IdentityKey, WireError};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
 
-use crate::core::epoch::{EpochFence, FenceRefusal};
+use crate::core::epoch::{EpochFence, FenceRefusal, check_reaches_members};
 use crate::error::DeliveryError;
 use crate::inbox::{Delivery, InboxRegistry};
 use crate::registry::{Membership, Registry};
@@ -51,6 +51,9 @@ impl From<CommitError> for WireError {
             }
             CommitError::Fence(f @ FenceRefusal::NotAMember) => {
                 WireError::new(ErrorCode::Unauthorized, f.to_string())
+            }
+            CommitError::Fence(f @ FenceRefusal::Undelivered { .. }) => {
+                WireError::new(ErrorCode::BadRequest, f.to_string())
             }
             CommitError::Delivery(d) => d.into(),
         }
@@ -131,6 +134,11 @@ impl GroupRegistry {
         members: BTreeSet<[u8; 32]>,
         deliveries: Vec<Delivery>,
     ) -> Result<Vec<u64>, CommitError> {
+        check_reaches_members(
+            &members,
+            &committer.0,
+            deliveries.iter().map(|d| &d.recipient.0),
+        )?;
         let (reply, rx) = oneshot::channel();
         self.send(
             group_id,

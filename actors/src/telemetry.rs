@@ -12,9 +12,16 @@ pub const COMMIT_SECONDS: &str = "qpc_commit_seconds";
 pub const ACTOR_RESTARTS_TOTAL: &str = "qpc_actor_restarts_total";
 pub const RATE_LIMITED_TOTAL: &str = "qpc_rate_limited_total";
 pub const STALE_EPOCH_TOTAL: &str = "qpc_stale_epoch_total";
+pub const LOGINS_TOTAL: &str = "qpc_logins_total";
+pub const LOGINS_FAILED_TOTAL: &str = "qpc_logins_failed_total";
+pub const CONNECTIONS_REFUSED_TOTAL: &str = "qpc_connections_refused_total";
+pub use quicnprotochat_wire::error::REFUSALS_TOTAL;
 
 /// Every counter, so a fresh node reports them at zero rather than not at all.
-pub const COUNTERS: [&str; 7] = [
+pub const COUNTERS: [&str; 10] = [
+    LOGINS_TOTAL,
+    LOGINS_FAILED_TOTAL,
+    CONNECTIONS_REFUSED_TOTAL,
     CONNECTIONS_TOTAL,
     ENQUEUES_TOTAL,
     FETCHES_TOTAL,
@@ -48,6 +55,19 @@ pub fn describe() {
     );
     describe_counter!(RATE_LIMITED_TOTAL, "requests refused with RATE_LIMITED");
     describe_counter!(STALE_EPOCH_TOTAL, "commits refused with STALE_EPOCH");
+    describe_counter!(
+        LOGINS_TOTAL,
+        "sessions opened by OPAQUE login or token resume"
+    );
+    describe_counter!(
+        LOGINS_FAILED_TOTAL,
+        "refused login, resume and authenticate attempts, by call"
+    );
+    describe_counter!(
+        CONNECTIONS_REFUSED_TOTAL,
+        "QUIC connections refused over a connection cap, by cap"
+    );
+    describe_counter!(REFUSALS_TOTAL, "typed refusals sent to clients, by code");
     for name in COUNTERS {
         metrics::counter!(name).increment(0);
     }

@@ -1,6 +1,8 @@
-//! The Prometheus endpoint: the process-wide recorder and a minimal HTTP/1.1
-//! responder that serves its text format on any GET (Prometheus needs no more,
-//! and it spares the node an HTTP stack).
+//! The operator's HTTP endpoint: the process-wide metrics recorder and a minimal
+//! HTTP/1.1 responder (Prometheus and a load balancer need no more, and it spares
+//! the node an HTTP stack). `GET /metrics` serves the Prometheus text format,
+//! `GET /healthz` answers whether the node serves; any other path is 404, any
+//! other method 405.
 
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -57,8 +59,41 @@ pub async fn serve(listener: TcpListener, handle: PrometheusHandle) {
     }
 }
 
+/// What one request asks for, read from its request line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Metrics,
+    Health,
+    NotFound,
+    MethodNotAllowed,
+    BadRequest,
+}
+
+/// Routes a request by its head (`METHOD PATH HTTP/1.x`); a query string is
+/// ignored.
+pub fn route(head: &[u8]) -> Route {
+    let line = head
+        .split(|b| *b == b'\r' || *b == b'\n')
+        .next()
+        .unwrap_or(&[]);
+    let mut parts = line.split(|b| *b == b' ');
+    let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
+        return Route::BadRequest;
+    };
+    let path = target.split(|b| *b == b'?').next().unwrap_or(&[]);
+    let found = match path {
+        b"/metrics" => Route::Metrics,
+        b"/healthz" => Route::Health,
+        _ => return Route::NotFound,
+    };
+    match method {
+        b"GET" | b"HEAD" => found,
+        _ => Route::MethodNotAllowed,
+    }
+}
+
 async fn answer(mut stream: TcpStream, handle: &PrometheusHandle) -> std::io::Result<()> {
-    // Read the request head (bounded); its content does not matter.
+    // Read the request head (bounded); only its request line matters.
     let mut head = Vec::with_capacity(1024);
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
@@ -68,12 +103,55 @@ async fn answer(mut stream: TcpStream, handle: &PrometheusHandle) -> std::io::Re
         }
         head.extend_from_slice(&buf[..n]);
     }
-    handle.run_upkeep();
-    let body = handle.render();
+    let (status, content_type, body) = match route(&head) {
+        Route::Metrics => {
+            handle.run_upkeep();
+            ("200 OK", "text/plain; version=0.0.4", handle.render())
+        }
+        // The endpoint runs inside the node's process and runtime: when it can
+        // answer, the node serves.
+        Route::Health => ("200 OK", "text/plain", "ok\n".to_string()),
+        Route::NotFound => (
+            "404 Not Found",
+            "text/plain",
+            "not found: try /metrics or /healthz\n".to_string(),
+        ),
+        Route::MethodNotAllowed => (
+            "405 Method Not Allowed",
+            "text/plain",
+            "only GET\n".to_string(),
+        ),
+        Route::BadRequest => ("400 Bad Request", "text/plain", "bad request\n".to_string()),
+    };
+    let head_only = head.starts_with(b"HEAD ");
     let response = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
+        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
+        body.len(),
+        if head_only { "" } else { body.as_str() }
     );
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_by_method_and_path() {
+        assert_eq!(
+            route(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n"),
+            Route::Metrics
+        );
+        assert_eq!(route(b"GET /metrics?x=1 HTTP/1.1\r\n\r\n"), Route::Metrics);
+        assert_eq!(route(b"HEAD /healthz HTTP/1.1\r\n\r\n"), Route::Health);
+        assert_eq!(route(b"GET / HTTP/1.1\r\n\r\n"), Route::NotFound);
+        assert_eq!(route(b"GET /metricsx HTTP/1.1\r\n\r\n"), Route::NotFound);
+        assert_eq!(
+            route(b"POST /metrics HTTP/1.1\r\n\r\n"),
+            Route::MethodNotAllowed
+        );
+        assert_eq!(route(b""), Route::BadRequest);
+        assert_eq!(route(b"garbage"), Route::BadRequest);
+    }
 }

@@ -16,6 +16,7 @@ use quicnprotochat_actors::core::inbox::InboxLimits;
 use quicnprotochat_actors::core::rate::RateLimits;
 use quicnprotochat_actors::group::GroupRegistry;
 use quicnprotochat_actors::inbox::{InboxRegistry, InboxSettings};
+use quicnprotochat_actors::store::private_fs::private_dir;
 use quicnprotochat_actors::store::writer::StoreWriter;
 use quicnprotochat_actors::store::{ServerStore, StoreError, StoreOptions};
 use quicnprotochat_actors::telemetry;
@@ -72,7 +73,8 @@ pub struct Server {
 impl Server {
     /// Opens the store, starts the actors and binds the QUIC endpoint.
     pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> {
-        std::fs::create_dir_all(&config.data_dir).map_err(|source| ServerError::DataDir {
+        // Owner-only: the database and the TLS key inside hold secrets.
+        private_dir(&config.data_dir).map_err(|source| ServerError::DataDir {
             path: config.data_dir.clone(),
             source,
         })?;
@@ -124,7 +126,7 @@ impl Server {
             registry,
             groups,
             store,
-            auth,
+            auth: Arc::new(auth),
             rates: RateLimits::new(config.rate_limits),
             sealed_sender: config.sealed_sender,
             auth_token: config
@@ -195,6 +197,14 @@ impl Server {
             loop {
                 tick.tick().await;
                 ctx.rates.forget_quiet();
+                // One line a minute, however many: a flood must not flood the log.
+                let refused = ctx.rates.take_refused();
+                if refused > 0 {
+                    tracing::warn!(
+                        refused,
+                        "rate limiting: requests refused in the last minute"
+                    );
+                }
             }
         };
         let metrics = async {

@@ -63,6 +63,16 @@ pub fn load_or_generate(
     };
     if cert.is_none() && !cert_path.exists() && !key_path.exists() {
         generate(&cert_path, &key_path)?;
+    } else if cert.is_none() && key_path.exists() {
+        // The node's own key in its data folder: owner-only, even if an older
+        // version or a copy left it wider. An operator's own key file elsewhere
+        // is the operator's to protect.
+        quicnprotochat_actors::store::private_fs::private_file(&key_path).map_err(|source| {
+            TlsError::Write {
+                path: key_path.clone(),
+                source,
+            }
+        })?;
     }
     let cert = CertificateDer::from(read(&cert_path)?);
     let key = PrivateKeyDer::try_from(read(&key_path)?)

@@ -493,3 +493,28 @@ fn chat_reconnects_after_the_server_restarts() {
     assert!(err.contains("reconnected to"), "{err}");
     reader.join().unwrap();
 }
+
+#[test]
+fn a_message_cannot_fake_another_senders_line_or_drive_the_terminal() {
+    let p = Pair::start();
+    let at = p.server.addr;
+    let forged = "hi\n[g] bob: please send me your password\u{1b}[31m";
+    p.alice.ok(at, &p.ca, &["send", "--group", "g", forged]);
+    let out = p.bob.ok(at, &p.ca, &["recv", "--wait", "5"]);
+    assert_eq!(
+        lines_of(&out),
+        vec!["[g] alice: hi\\n[g] bob: please send me your password\\u{1b}[31m"]
+    );
+    assert!(!out.contains('\u{1b}'), "{out:?}");
+    // chat shows the same text as [SENDER] TEXT, still on one line (bob's
+    // typed line makes chat catch up on the inbox before it ends).
+    p.alice.ok(at, &p.ca, &["send", "--group", "g", forged]);
+    let out = p.bob.chat(at, &p.ca, "g", &["ok".into()]);
+    assert!(
+        lines_of(&out)
+            .contains(&"[alice] hi\\n[g] bob: please send me your password\\u{1b}[31m".into()),
+        "{out:?}"
+    );
+    assert!(!out.contains('\u{1b}'), "{out:?}");
+    assert!(!out.lines().any(|l| l.starts_with("[g] bob")), "{out:?}");
+}

@@ -107,6 +107,20 @@ impl TestNode {
         }
     }
 
+    /// What the node's store holds for `inbox` (a look behind the wire, for
+    /// checking what was deleted).
+    pub fn stored(
+        &self,
+        inbox: &quicnprotochat_wire::IdentityKey,
+    ) -> Vec<quicnprotochat_wire::Envelope> {
+        self.ctx
+            .as_ref()
+            .expect("node running")
+            .store
+            .fetch(inbox, 0, usize::MAX, usize::MAX)
+            .expect("store readable")
+    }
+
     /// The certificate clients pin.
     pub fn cert_path(&self) -> PathBuf {
         self.data_dir.join(tls::CERT_FILE)

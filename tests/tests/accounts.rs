@@ -355,10 +355,12 @@ async fn strangers_cannot_create_inboxes_and_removed_devices_stop_receiving() {
             "the removed device's session ended: {err}"
         );
         assert_eq!(phone_s.whoami().await.unwrap().device_count, 1);
-        // Its queued messages are gone (an authenticated look at the inbox).
+        // Its key alone no longer opens a session, and its queued messages are
+        // gone.
         let c = node.connect().await.unwrap();
-        let raw = c.authenticate(&laptop.id, None).await.unwrap();
-        assert!(raw.fetch(0, 0).await.unwrap().is_empty());
+        let err = c.authenticate(&laptop.id, None).await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::Unauthorized), "{err}");
+        assert!(node.stored(&laptop.key()).is_empty());
         // The last device cannot be removed.
         let err = phone_s.remove_device(&phone.key()).await.unwrap_err();
         assert_eq!(err.code(), Some(ErrorCode::BadRequest), "{err}");
@@ -624,6 +626,99 @@ async fn key_packages_are_kept_and_claimed_per_ciphersuite() {
             .unwrap();
         assert!(again[0].last_resort && again[0].key_package == pq_last);
         assert_eq!(s.key_package_status().await.unwrap(), (1, 0));
+    })
+    .await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_accounts_exist_only_registered_devices_authenticate_and_guessing_is_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::ephemeral(dir.path());
+    // Registering and logging in erin takes 3 attempts; 3 are left for guessing.
+    config.rate_limits.logins_per_min_per_address = 6;
+    let node = TestNode::start_with(config).await;
+    local(async {
+        // A node without accounts serves bare identities (tests, load runs).
+        let early = Identity::generate();
+        let conn = node.connect().await.unwrap();
+        let early_s = conn
+            .authenticate(&early, None)
+            .await
+            .expect("no accounts yet: a key is enough");
+        early_s.fetch(0, 0).await.unwrap();
+
+        let phone = device();
+        let (_c, phone_s) = register(&node, "erin", "pw", &phone).await;
+        // The registered device may still use its key alone, as often as it
+        // likes (successes are not login attempts).
+        for _ in 0..5 {
+            let c = node.connect().await.unwrap();
+            let s = c.authenticate(&phone.id, None).await.unwrap();
+            assert_eq!(s.whoami().await.unwrap().username, "erin");
+        }
+        // A stranger's key gets no session, and guessing is rate-limited.
+        let mut codes = Vec::new();
+        for _ in 0..5 {
+            let c = node.connect().await.unwrap();
+            let err = c
+                .authenticate(&Identity::generate(), None)
+                .await
+                .unwrap_err();
+            codes.push(err.code());
+        }
+        assert_eq!(codes[0], Some(ErrorCode::Unauthorized), "{codes:?}");
+        assert!(
+            codes.contains(&Some(ErrorCode::RateLimited)),
+            "failed attempts count against the login limit: {codes:?}"
+        );
+        // The session a bare key got before accounts existed ends with them.
+        let err = early_s.fetch(0, 0).await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::Unauthorized), "{err}");
+        phone_s.fetch(0, 0).await.expect("registered devices go on");
+    })
+    .await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn looking_at_someones_keys_consumes_none_of_their_packages() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    local(async {
+        let bob = device();
+        let (_c, bob_s) = register(&node, "bob", "pw", &bob).await;
+        bob.publish(&bob_s, 2).await;
+        let stranger = node.connect().await.unwrap();
+        for _ in 0..5 {
+            let seen = stranger
+                .peek_key_packages(&KeyPackageTarget::Username("bob".into()))
+                .await
+                .unwrap();
+            assert_eq!(seen.len(), 1);
+            assert!(seen[0].last_resort);
+            assert_eq!(seen[0].identity_key, bob.key());
+            assert!(
+                validate_key_package(&seen[0].key_package)
+                    .unwrap()
+                    .last_resort
+            );
+            quicnprotochat_crypto::envelope::HybridPublicKey::verify(
+                &seen[0].hybrid_public_key,
+                &bob.key().0,
+            )
+            .unwrap();
+        }
+        assert_eq!(
+            bob_s.key_package_status().await.unwrap(),
+            (2, 0),
+            "no one-time package used, the last-resort one not counted as served"
+        );
+        let err = stranger
+            .peek_key_packages(&KeyPackageTarget::Username("nobody".into()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::NotFound), "{err}");
     })
     .await;
     node.stop().await;

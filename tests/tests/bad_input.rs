@@ -100,7 +100,7 @@ async fn wrong_or_missing_admission_token_is_unauthorized() {
         let me = Identity::generate();
         for token in [None, Some("wrong horse"), Some("correct hors"), Some("")] {
             let conn = node.connect().await.unwrap();
-            let err = conn.authenticate(&me, token).await.err().expect("refused");
+            let err = conn.authenticate(&me, token).await.expect_err("refused");
             assert_eq!(
                 err.code(),
                 Some(ErrorCode::Unauthorized),

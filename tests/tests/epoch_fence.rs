@@ -518,3 +518,44 @@ async fn idle_group_actors_retire_without_losing_the_fence_or_a_commit() {
     .await;
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_that_does_not_reach_every_member_it_names_is_refused_and_writes_no_fence() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    local(async {
+        let (alice, bob, carol) = (
+            Identity::generate(),
+            Identity::generate(),
+            Identity::generate(),
+        );
+        let (_c, a) = node.session(&alice).await;
+        let (_c, b) = node.session(&bob).await;
+        let group = b"undelivered".to_vec();
+        let abc = vec![
+            alice.public_key().to_vec(),
+            bob.public_key().to_vec(),
+            carol.public_key().to_vec(),
+        ];
+        let commit = mls_commit(&group, 0);
+        // No deliveries at all: only a fence would be written.
+        let err = a.commit(&group, 0, &abc, &[], &commit).await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::BadRequest), "{err}");
+        assert!(err.to_string().contains("2 member(s)"), "{err}");
+        // Carol is named but gets nothing.
+        let to_bob = [(key(&bob), b"commit".to_vec())];
+        let err = a
+            .commit(&group, 0, &abc, &to_bob, &commit)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::BadRequest), "{err}");
+        assert!(inbox(&b).await.is_empty(), "nothing of it stored");
+        // No fence was written: bob, not yet a recorded member, may still
+        // start the group at epoch 0.
+        let ab = vec![alice.public_key().to_vec(), bob.public_key().to_vec()];
+        let to_alice = [(key(&alice), b"commit".to_vec())];
+        b.commit(&group, 0, &ab, &to_alice, &commit).await.unwrap();
+    })
+    .await;
+    node.stop().await;
+}

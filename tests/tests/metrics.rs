@@ -7,13 +7,18 @@ use quicnprotochat_tests::{TestNode, local};
 use quicnprotochat_wire::IdentityKey;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-async fn scrape(addr: std::net::SocketAddr) -> String {
+async fn get(addr: std::net::SocketAddr, path: &str) -> String {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
         .await
         .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    let out = get(addr, "/metrics").await;
     assert!(out.starts_with("HTTP/1.1 200 OK"), "{out}");
     out
 }
@@ -70,6 +75,18 @@ async fn the_metrics_endpoint_serves_the_node_s_dials() {
     })
     .await;
     let after = scrape(metrics).await;
+    // Health has its own path; other paths are not metrics.
+    let health = get(metrics, "/healthz").await;
+    assert!(health.starts_with("HTTP/1.1 200 OK"), "{health}");
+    assert!(health.ends_with("\r\n\r\nok\n"), "{health}");
+    for path in ["/", "/favicon.ico", "/metrics/x"] {
+        let other = get(metrics, path).await;
+        assert!(
+            other.starts_with("HTTP/1.1 404 Not Found"),
+            "{path}: {other}"
+        );
+        assert!(!other.contains("qpc_"), "{path}: {other}");
+    }
     // Other tests in this process may share the recorder: compare differences.
     assert!(value(&after, "qpc_enqueues_total") - value(&before, "qpc_enqueues_total") >= 3.0);
     assert!(value(&after, "qpc_fetches_total") - value(&before, "qpc_fetches_total") >= 1.0);

@@ -117,8 +117,14 @@ impl WireError {
     }
 }
 
+/// Name of the counter of refusals by code (`code` label). Counted here because
+/// every typed refusal a node sends passes through this one conversion; clients
+/// only convert the other way, and without an installed recorder it is a no-op.
+pub const REFUSALS_TOTAL: &str = "qpc_refusals_total";
+
 impl From<WireError> for capnp::Error {
     fn from(e: WireError) -> Self {
+        metrics::counter!(REFUSALS_TOTAL, "code" => e.code.as_str()).increment(1);
         let text = format!("{}: {}", e.code, e.detail);
         match e.code {
             ErrorCode::Unimplemented => capnp::Error::unimplemented(text),

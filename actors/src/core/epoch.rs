@@ -33,6 +33,30 @@ pub enum FenceRefusal {
     /// The caller is not among the group's members.
     #[error("not a member of this group")]
     NotAMember,
+    /// The commit names members it is not delivered to. A commit is the group's
+    /// history: a member that never receives it cannot follow the group, and a
+    /// commit delivered to nobody would only write a fence (disk) for free.
+    #[error("{missing} member(s) named by the commit get no delivery of it")]
+    Undelivered { missing: usize },
+}
+
+/// Whether a commit leaving the group with `members` reaches each of them
+/// (the committer aside) among `recipients`. Recipients beyond the members
+/// (a removed member learning of its removal) are allowed.
+pub fn check_reaches_members<'a>(
+    members: &BTreeSet<[u8; 32]>,
+    committer: &[u8; 32],
+    recipients: impl IntoIterator<Item = &'a [u8; 32]>,
+) -> Result<(), FenceRefusal> {
+    let reached: BTreeSet<&[u8; 32]> = recipients.into_iter().collect();
+    let missing = members
+        .iter()
+        .filter(|m| *m != committer && !reached.contains(m))
+        .count();
+    if missing > 0 {
+        return Err(FenceRefusal::Undelivered { missing });
+    }
+    Ok(())
 }
 
 impl EpochFence {
@@ -115,6 +139,22 @@ mod tests {
         let fence = EpochFence::default();
         assert_eq!(fence.check(7, &A), Ok(()));
         assert_eq!(fence.after_accepting(7, both()).next(), Some(8));
+    }
+
+    #[test]
+    fn a_commit_must_reach_every_member_but_its_committer() {
+        assert_eq!(check_reaches_members(&both(), &A, [&B]), Ok(()));
+        assert_eq!(check_reaches_members(&both(), &A, [&B, &STRANGER]), Ok(()));
+        assert_eq!(
+            check_reaches_members(&both(), &A, [&STRANGER]),
+            Err(FenceRefusal::Undelivered { missing: 1 })
+        );
+        assert_eq!(
+            check_reaches_members(&both(), &STRANGER, []),
+            Err(FenceRefusal::Undelivered { missing: 2 })
+        );
+        let alone = [A].into_iter().collect();
+        assert_eq!(check_reaches_members(&alone, &A, []), Ok(()));
     }
 
     #[test]

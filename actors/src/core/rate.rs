@@ -5,6 +5,7 @@
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -21,7 +22,9 @@ pub struct RateConfig {
     pub logins_per_min_per_address: u32,
     /// KeyPackage claims per minute per requester address.
     pub claims_per_min_per_requester: u32,
-    /// KeyPackage claims per minute against one target account or device.
+    /// KeyPackage claims per minute by one requester address against one target
+    /// account or device. Per requester, not per target alone: a limit shared by
+    /// all requesters would let one of them keep a target un-addable for everyone.
     pub claims_per_min_per_target: u32,
 }
 
@@ -88,11 +91,14 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
 
 /// Every limiter of a node.
 pub struct RateLimits {
+    /// Refusals since the last [`RateLimits::take_refused`], for the operator's
+    /// log summary.
+    refused: AtomicU64,
     enqueue_session: Limiter<[u8; 32]>,
     enqueue_address: Limiter<IpAddr>,
     logins: Limiter<IpAddr>,
     claims_requester: Limiter<IpAddr>,
-    claims_target: Limiter<Vec<u8>>,
+    claims_target: Limiter<(IpAddr, Vec<u8>)>,
 }
 
 impl RateLimits {
@@ -100,6 +106,7 @@ impl RateLimits {
         let sec = Duration::from_secs(1);
         let min = Duration::from_secs(60);
         RateLimits {
+            refused: AtomicU64::new(0),
             enqueue_session: Limiter::new(c.enqueue_per_sec_per_session, sec),
             enqueue_address: Limiter::new(c.enqueue_per_sec_per_address, sec),
             logins: Limiter::new(c.logins_per_min_per_address, min),
@@ -110,8 +117,11 @@ impl RateLimits {
 
     /// One enqueue by an authenticated session from `address`.
     pub fn enqueue(&self, session: &[u8; 32], address: IpAddr) -> Result<(), RateLimited> {
-        self.enqueue_session.check(session)?;
-        self.enqueue_address.check(&address)
+        self.counted(
+            self.enqueue_session
+                .check(session)
+                .and_then(|()| self.enqueue_address.check(&address)),
+        )
     }
 
     /// `n` enqueues in one call (a batch or a commit's fan-out).
@@ -121,24 +131,42 @@ impl RateLimits {
         address: IpAddr,
         n: usize,
     ) -> Result<(), RateLimited> {
-        self.enqueue_session.check_n(session, n)?;
-        self.enqueue_address.check_n(&address, n)
+        self.counted(
+            self.enqueue_session
+                .check_n(session, n)
+                .and_then(|()| self.enqueue_address.check_n(&address, n)),
+        )
     }
 
     /// One sealed-sender enqueue from `address` (there is no session).
     pub fn sealed_enqueue(&self, address: IpAddr) -> Result<(), RateLimited> {
-        self.enqueue_address.check(&address)
+        self.counted(self.enqueue_address.check(&address))
     }
 
     /// One login or registration attempt from `address`.
     pub fn login(&self, address: IpAddr) -> Result<(), RateLimited> {
-        self.logins.check(&address)
+        self.counted(self.logins.check(&address))
     }
 
-    /// One KeyPackage claim by `requester` against `target`.
+    fn counted(&self, r: Result<(), RateLimited>) -> Result<(), RateLimited> {
+        if r.is_err() {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        r
+    }
+
+    /// How many requests were refused since the last call (and resets the count).
+    pub fn take_refused(&self) -> u64 {
+        self.refused.swap(0, Ordering::Relaxed)
+    }
+
+    /// One KeyPackage claim (or look) by `requester` against `target`.
     pub fn claim(&self, requester: IpAddr, target: &[u8]) -> Result<(), RateLimited> {
-        self.claims_requester.check(&requester)?;
-        self.claims_target.check(&target.to_vec())
+        self.counted(
+            self.claims_requester
+                .check(&requester)
+                .and_then(|()| self.claims_target.check(&(requester, target.to_vec()))),
+        )
     }
 
     /// Forgets keys that have been quiet long enough to be back at full burst, so
@@ -171,5 +199,39 @@ mod tests {
         assert!(refused.retry_after > Duration::from_secs(1));
         assert!(refused.retry_after <= Duration::from_secs(20));
         limits.login(b).expect("other addresses are not affected");
+        assert_eq!(limits.take_refused(), 1);
+        assert_eq!(limits.take_refused(), 0);
+    }
+
+    #[test]
+    fn one_requester_cannot_use_up_a_target_s_claims_for_everyone() {
+        let limits = RateLimits::new(RateConfig {
+            claims_per_min_per_target: 2,
+            ..RateConfig::default()
+        });
+        let attacker: IpAddr = "127.0.0.9".parse().unwrap();
+        let friend: IpAddr = "127.0.0.2".parse().unwrap();
+        limits.claim(attacker, b"bob").unwrap();
+        limits.claim(attacker, b"bob").unwrap();
+        assert!(limits.claim(attacker, b"bob").is_err());
+        limits
+            .claim(friend, b"bob")
+            .expect("bob stays addable for others");
+        limits
+            .claim(attacker, b"carol")
+            .expect("other targets unaffected");
+    }
+
+    #[test]
+    fn claims_per_requester_are_capped_across_targets() {
+        let limits = RateLimits::new(RateConfig {
+            claims_per_min_per_requester: 3,
+            ..RateConfig::default()
+        });
+        let a: IpAddr = "127.0.0.3".parse().unwrap();
+        for t in [b"t1", b"t2", b"t3"] {
+            limits.claim(a, t).unwrap();
+        }
+        assert!(limits.claim(a, b"t4").is_err());
     }
 }

@@ -55,6 +55,11 @@ pub enum StoreError {
     WriterGone,
     #[error("inconsistent store: {0}")]
     Corrupt(String),
+    #[error("cannot make {path} owner-only: {source}")]
+    Permissions {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// How the store commits.
@@ -87,7 +92,13 @@ pub struct ServerStore {
 
 impl ServerStore {
     /// Opens (or creates) the node's database and makes sure every table exists.
+    /// Opens (or creates) the node's database at `path`, owner-only (0600): it
+    /// holds the OPAQUE server setup and the password records.
     pub fn open(path: &Path, options: StoreOptions) -> Result<ServerStore, StoreError> {
+        super::private_fs::private_file(path).map_err(|source| StoreError::Permissions {
+            path: path.to_owned(),
+            source,
+        })?;
         let db = Database::create(path)?;
         let store = ServerStore {
             db: Arc::new(db),

@@ -333,8 +333,9 @@ pub async fn login(
     ))
 }
 
-/// `check-key`: verifies a user's published keys (claims one package per
-/// device), or shows this device's own package count.
+/// `check-key`: verifies a user's published keys (their hybrid keys and
+/// last-resort packages: looking consumes none of their one-time packages), or
+/// shows this device's own package count.
 pub async fn check_key(
     opts: &ClientOptions,
     username: Option<&str>,
@@ -345,7 +346,7 @@ pub async fn check_key(
     let out = match username {
         Some(name) => {
             let claimed = conn
-                .fetch_key_packages(&KeyPackageTarget::Username(name.to_string()))
+                .peek_key_packages(&KeyPackageTarget::Username(name.to_string()))
                 .await?;
             let mut lines = Vec::new();
             for c in claimed {

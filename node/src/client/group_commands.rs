@@ -10,6 +10,7 @@ use quicnprotochat_crypto::mls::Suite;
 use crate::client::ClientState;
 use crate::client::actors::session::ConnectionEvent;
 use crate::client::commands::{ClientOptions, CommandError};
+use crate::client::display::escape_untrusted;
 use crate::client::messenger::{Messenger, MessengerError};
 
 impl From<MessengerError> for CommandError {
@@ -116,7 +117,9 @@ fn show_unread(m: &Messenger, format: impl Fn(&str) -> String) -> Result<usize, 
     let mut out = std::io::stdout().lock();
     let unread = m.unread()?;
     for (key, line) in &unread {
-        writeln!(out, "{}", format(line))
+        // Lines are escaped as they are made; lines stored by older versions
+        // were not.
+        writeln!(out, "{}", format(&escape_untrusted(line)))
             .and_then(|_| out.flush())
             .map_err(|e| CommandError::Invalid(format!("cannot write to stdout: {e}")))?;
         m.mark_shown(&[*key])?;
@@ -185,7 +188,7 @@ pub async fn groups(opts: &ClientOptions) -> Result<String, CommandError> {
         .map(|g| {
             format!(
                 "{}  epoch {}  {} member(s)  {:?}",
-                g.name,
+                escape_untrusted(&g.name),
                 g.epoch,
                 g.members.len(),
                 g.suite.unwrap_or(Suite::Classic)
@@ -201,7 +204,11 @@ pub async fn members(opts: &ClientOptions, group: &str) -> Result<String, Comman
     m.pull(Duration::ZERO).await?;
     let g = m.group(group).await?;
     m.close().await;
-    Ok(g.members.join("\n"))
+    Ok(g.members
+        .iter()
+        .map(|m| escape_untrusted(m))
+        .collect::<Vec<_>>()
+        .join("\n"))
 }
 
 /// `chat --group NAME`: stdin lines are sent; incoming messages appear as

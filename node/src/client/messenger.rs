@@ -91,12 +91,15 @@ pub struct Line {
 }
 
 impl Line {
-    /// `[GROUP] SENDER: TEXT`, or `[GROUP] * NOTICE`.
+    /// `[GROUP] SENDER: TEXT`, or `[GROUP] * NOTICE`: one line whatever the
+    /// parts hold (control characters in them are shown escaped).
     pub fn display(&self) -> String {
-        let group = self.group.as_deref().unwrap_or("-");
+        use crate::client::display::escape_untrusted as esc;
+        let group = esc(self.group.as_deref().unwrap_or("-"));
+        let text = esc(&self.text);
         match &self.sender {
-            Some(s) => format!("[{group}] {s}: {}", self.text),
-            None => format!("[{group}] * {}", self.text),
+            Some(s) => format!("[{group}] {}: {text}", esc(s)),
+            None => format!("[{group}] * {text}"),
         }
     }
 }

@@ -390,6 +390,16 @@ impl NodeConnection {
             .await
     }
 
+    /// What a claim of the classic suite would serve, consuming nothing.
+    pub async fn peek_key_packages(
+        &self,
+        target: &KeyPackageTarget,
+    ) -> Result<Vec<ClaimedKeyPackage>, ClientError> {
+        self.key_directory()
+            .peek_key_packages(target, Suite::Classic)
+            .await
+    }
+
     /// A handle for KeyPackage claims that lives as long as the connection.
     pub fn key_directory(&self) -> KeyDirectory {
         KeyDirectory {
@@ -506,32 +516,65 @@ impl KeyDirectory {
     ) -> Result<Vec<ClaimedKeyPackage>, ClientError> {
         let mut req = self.node.fetch_key_package_request();
         req.get().set_ciphersuite(suite.code());
-        match target {
-            KeyPackageTarget::Username(u) => req.get().init_target().set_username(u),
-            KeyPackageTarget::Device(d) => req.get().init_target().set_identity_key(&d.0),
-        }
+        set_target(req.get().init_target(), target);
         let reply = req.send().promise.await?;
-        reply
-            .get()?
-            .get_packages()?
-            .iter()
-            .map(|p| {
-                Ok(ClaimedKeyPackage {
-                    identity_key: IdentityKey::from_wire(p.get_identity_key()?, "identityKey")
-                        .map_err(ClientError::Refused)?,
-                    key_package: p.get_key_package()?.to_vec(),
-                    hybrid_public_key: p.get_hybrid_public_key()?.to_vec(),
-                    last_resort: p.get_last_resort(),
-                })
-            })
-            .collect()
+        read_packages(reply.get()?.get_packages()?)
     }
+
+    /// What a claim would serve, consuming nothing: per device, its hybrid key
+    /// and last-resort package of `suite`. For checking someone's keys.
+    pub async fn peek_key_packages(
+        &self,
+        target: &KeyPackageTarget,
+        suite: Suite,
+    ) -> Result<Vec<ClaimedKeyPackage>, ClientError> {
+        let mut req = self.node.peek_key_packages_request();
+        req.get().set_ciphersuite(suite.code());
+        set_target(req.get().init_target(), target);
+        let reply = req.send().promise.await?;
+        read_packages(reply.get()?.get_packages()?)
+    }
+}
+
+fn set_target(
+    mut out: quicnprotochat_wire::node_capnp::key_package_target::Builder<'_>,
+    target: &KeyPackageTarget,
+) {
+    match target {
+        KeyPackageTarget::Username(u) => out.set_username(u),
+        KeyPackageTarget::Device(d) => out.set_identity_key(&d.0),
+    }
+}
+
+fn read_packages(
+    list: capnp::struct_list::Reader<
+        '_,
+        quicnprotochat_wire::node_capnp::claimed_key_package::Owned,
+    >,
+) -> Result<Vec<ClaimedKeyPackage>, ClientError> {
+    list.iter()
+        .map(|p| {
+            Ok(ClaimedKeyPackage {
+                identity_key: IdentityKey::from_wire(p.get_identity_key()?, "identityKey")
+                    .map_err(ClientError::Refused)?,
+                key_package: p.get_key_package()?.to_vec(),
+                hybrid_public_key: p.get_hybrid_public_key()?.to_vec(),
+                last_resort: p.get_last_resort(),
+            })
+        })
+        .collect()
 }
 
 /// An authenticated session: calls on behalf of one identity.
 #[derive(Clone)]
 pub struct SessionHandle {
     session: session::Client,
+}
+
+impl std::fmt::Debug for SessionHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionHandle")
+    }
 }
 
 /// What `whoami` reports.

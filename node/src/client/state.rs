@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use std::sync::Arc;
 
+use quicnprotochat_actors::store::private_fs::{private_dir, private_file};
 use quicnprotochat_crypto::Identity;
 use quicnprotochat_crypto::envelope::HybridKeyPair;
 use quicnprotochat_crypto::mls::GroupMember;
@@ -37,18 +38,19 @@ pub struct ClientState {
 }
 
 impl ClientState {
-    /// Opens the profile in `dir`, creating it (owner-only permissions) on first use.
+    /// Opens the profile in `dir`, creating it on first use. The folder is
+    /// owner-only (0700) and the database file too (0600): both are tightened if
+    /// they were wider.
     pub fn open(dir: &Path) -> Result<ClientState, StateError> {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|source| StateError::Dir {
-                path: dir.to_owned(),
-                source,
-            })?;
+        private_dir(dir).map_err(|source| StateError::Dir {
+            path: dir.to_owned(),
+            source,
+        })?;
         let path = dir.join(STATE_FILE);
+        private_file(&path).map_err(|e| StateError::Store {
+            path: path.clone(),
+            message: format!("cannot make it owner-only: {e}"),
+        })?;
         let db = Database::create(&path).map_err(|e| StateError::Store {
             path: path.clone(),
             message: e.to_string(),
