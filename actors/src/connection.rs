@@ -22,6 +22,7 @@ use quicnprotochat_wire::node_capnp::{node, session};
 use quicnprotochat_wire::{Envelope, ErrorCode, IdentityKey, WireError};
 
 use crate::auth::{AuthError, AuthService, ClaimTarget, ClaimedPackage};
+use crate::core::budget::{CallPermit, ConnectionBudget, NodeBudget, OverBudget};
 use crate::core::inbox::InboxLimits;
 use crate::core::rate::{RateLimited, RateLimits};
 use crate::group::{GroupRegistry, MAX_GROUP_ID_LEN};
@@ -42,11 +43,41 @@ pub struct NodeContext {
     pub limits: InboxLimits,
     /// Whether `enqueueSealed` is served.
     pub sealed_sender: bool,
+    /// What calls in flight may hold, per connection and in all.
+    pub budget: NodeBudget,
     pub started: Instant,
 }
 
 /// A request over a rate limit: counted (the node logs a summary of these each
 /// minute, so a flood cannot flood the log too) and refused with a retry hint.
+/// Admits one call whose request is `size` long against the connection's
+/// budget; the permit is held until the call is answered.
+fn admit(
+    budget: &ConnectionBudget,
+    size: capnp::Result<capnp::MessageSize>,
+) -> Result<CallPermit, capnp::Error> {
+    let words = size.map_err(bad_params)?.word_count;
+    budget.admit(words.saturating_mul(8)).map_err(over_budget)
+}
+
+/// Admits one call that carries no parameters worth counting.
+fn admit_call(budget: &ConnectionBudget) -> Result<CallPermit, capnp::Error> {
+    budget.admit(0).map_err(over_budget)
+}
+
+fn over_budget(e: OverBudget) -> capnp::Error {
+    metrics::counter!(crate::telemetry::OVER_BUDGET_TOTAL).increment(1);
+    tracing::debug!(reason = %e, "call refused over budget");
+    match e {
+        // The caller's own doing: it pipelines more than it may.
+        OverBudget::Calls { .. } | OverBudget::ConnectionBytes { .. } => {
+            refuse(ErrorCode::RateLimited, e.to_string())
+        }
+        // Load on the node as a whole.
+        OverBudget::NodeBytes { .. } => refuse(ErrorCode::Unavailable, e.to_string()),
+    }
+}
+
 fn rate_limited(r: RateLimited) -> capnp::Error {
     metrics::counter!(crate::telemetry::RATE_LIMITED_TOTAL).increment(1);
     tracing::debug!(
@@ -103,6 +134,7 @@ pub struct ConnectionInfo {
 /// The bootstrap capability of a connection.
 pub fn bootstrap(ctx: Arc<NodeContext>, conn: ConnectionInfo) -> node::Client {
     capnp_rpc::new_client(NodeService {
+        budget: ctx.budget.connection(),
         ctx,
         conn,
         nonce: Cell::new(None),
@@ -136,6 +168,8 @@ fn unimplemented(what: &str) -> capnp::Error {
 struct NodeService {
     ctx: Arc<NodeContext>,
     conn: ConnectionInfo,
+    /// Shared with every session this connection opens.
+    budget: ConnectionBudget,
     /// The outstanding challenge; taken (single use) by whatever proves an identity.
     nonce: Cell<Option<[u8; AUTH_NONCE_LEN]>>,
     /// An OPAQUE login between its start and finish.
@@ -166,6 +200,7 @@ impl NodeService {
     fn session(&self, identity: IdentityKey, token_hash: Option<[u8; 32]>) -> session::Client {
         capnp_rpc::new_client(SessionService {
             ctx: self.ctx.clone(),
+            budget: self.budget.clone(),
             identity,
             token_hash,
             remote: self.conn.remote,
@@ -225,6 +260,7 @@ impl node::Server for NodeService {
         _: node::HealthParams,
         mut results: node::HealthResults,
     ) -> Result<(), capnp::Error> {
+        let _call = admit_call(&self.budget)?;
         let mut r = results.get();
         r.set_status("ok");
         r.set_version(env!("CARGO_PKG_VERSION"));
@@ -237,6 +273,7 @@ impl node::Server for NodeService {
         params: node::PingParams,
         mut results: node::PingResults,
     ) -> Result<(), capnp::Error> {
+        let _call = admit_call(&self.budget)?;
         let nonce = params.get().map_err(bad_params)?.get_nonce();
         results.get().set_nonce(nonce);
         Ok(())
@@ -247,6 +284,7 @@ impl node::Server for NodeService {
         _: node::ChallengeParams,
         mut results: node::ChallengeResults,
     ) -> Result<(), capnp::Error> {
+        let _call = admit_call(&self.budget)?;
         let nonce = fresh_nonce();
         self.nonce.set(Some(nonce));
         results.get().set_nonce(&nonce);
@@ -259,6 +297,7 @@ impl node::Server for NodeService {
         mut results: node::AuthenticateResults,
     ) -> Result<(), capnp::Error> {
         let p = params.get().map_err(bad_params)?;
+        let _call = admit(&self.budget, p.total_size())?;
         self.check_admission(p.get_auth_token().map_err(bad_params)?)?;
         // Only failures count against the login limit: a registered device may
         // reconnect as often as it needs to, a guesser may not.
@@ -295,6 +334,7 @@ impl node::Server for NodeService {
         mut results: node::RegisterStartResults,
     ) -> Result<(), capnp::Error> {
         let p = params.get().map_err(bad_params)?;
+        let _call = admit(&self.budget, p.total_size())?;
         self.admit_login_attempt(p.get_auth_token().map_err(bad_params)?)?;
         let username = text(p.get_username())?;
         let response = self
@@ -314,6 +354,7 @@ impl node::Server for NodeService {
         self.check_admitted()?;
         self.count_login_attempt()?;
         let p = params.get().map_err(bad_params)?;
+        let _call = admit(&self.budget, p.total_size())?;
         let username = text(p.get_username())?;
         let device = self.prove_identity(
             p.get_identity_key().map_err(bad_params)?,
@@ -335,6 +376,7 @@ impl node::Server for NodeService {
         mut results: node::LoginStartResults,
     ) -> Result<(), capnp::Error> {
         let p = params.get().map_err(bad_params)?;
+        let _call = admit(&self.budget, p.total_size())?;
         self.admit_login_attempt(p.get_auth_token().map_err(bad_params)?)?;
         let username = text(p.get_username())?;
         let (state, response) = self
@@ -353,6 +395,7 @@ impl node::Server for NodeService {
         mut results: node::LoginFinishResults,
     ) -> Result<(), capnp::Error> {
         let p = params.get().map_err(bad_params)?;
+        let _call = admit(&self.budget, p.total_size())?;
         let Some((username, state)) = self.login.borrow_mut().take() else {
             return Err(login_refused());
         };
@@ -396,6 +439,7 @@ impl node::Server for NodeService {
         mut results: node::ResumeResults,
     ) -> Result<(), capnp::Error> {
         let p = params.get().map_err(bad_params)?;
+        let _call = admit(&self.budget, p.total_size())?;
         self.check_admission(p.get_auth_token().map_err(bad_params)?)?;
         // A valid token is 256 random bits: only failed resumes count against the
         // login limit, so a client may reconnect as often as it needs to.
@@ -431,6 +475,7 @@ impl node::Server for NodeService {
             .sealed_enqueue(self.conn.remote.ip())
             .map_err(rate_limited)?;
         let p = params.get().map_err(bad_params)?;
+        let _call = admit(&self.budget, p.total_size())?;
         let recipient =
             IdentityKey::from_wire(p.get_recipient().map_err(bad_params)?, "recipient")?;
         // An unknown recipient has no access key either: one answer for both.
@@ -461,6 +506,7 @@ impl node::Server for NodeService {
         mut results: node::FetchKeyPackageResults,
     ) -> Result<(), capnp::Error> {
         let p = params.get().map_err(bad_params)?;
+        let _call = admit(&self.budget, p.total_size())?;
         let (target, suite) = self.key_package_request(p.get_target(), p.get_ciphersuite())?;
         let claimed = self
             .ctx
@@ -478,6 +524,7 @@ impl node::Server for NodeService {
         mut results: node::PeekKeyPackagesResults,
     ) -> Result<(), capnp::Error> {
         let p = params.get().map_err(bad_params)?;
+        let _call = admit(&self.budget, p.total_size())?;
         let (target, suite) = self.key_package_request(p.get_target(), p.get_ciphersuite())?;
         let auth = self.ctx.auth.clone();
         let peeked = blocking(move || auth.peek_key_packages(&target, suite))
@@ -564,6 +611,7 @@ fn text(t: capnp::Result<capnp::text::Reader<'_>>) -> Result<String, capnp::Erro
 /// inbox for fetch or ack: its own is fixed at construction.
 struct SessionService {
     ctx: Arc<NodeContext>,
+    budget: ConnectionBudget,
     identity: IdentityKey,
     /// Set when the session came from a login or resume: it ends with the token.
     token_hash: Option<[u8; 32]>,
@@ -679,6 +727,7 @@ impl session::Server for SessionService {
         _: session::WhoamiParams,
         mut results: session::WhoamiResults,
     ) -> Result<(), capnp::Error> {
+        let _call = admit_call(&self.budget)?;
         self.check_alive()?;
         let account = self.ctx.auth.account_of(&self.identity);
         let expires = self
@@ -704,6 +753,7 @@ impl session::Server for SessionService {
             .enqueue(&self.identity.0, self.remote.ip())
             .map_err(rate_limited)?;
         let p = params.get().map_err(bad_params)?;
+        let _call = admit(&self.budget, p.total_size())?;
         let recipient =
             IdentityKey::from_wire(p.get_recipient().map_err(bad_params)?, "recipient")?;
         check_recipient(&self.ctx, &recipient)?;
@@ -729,6 +779,7 @@ impl session::Server for SessionService {
     ) -> Result<(), capnp::Error> {
         self.check_alive()?;
         let p = params.get().map_err(bad_params)?;
+        let _call = admit(&self.budget, p.total_size())?;
         let deliveries = self.deliveries(p.get_deliveries().map_err(bad_params)?)?;
         if deliveries.is_empty() {
             return Err(refuse(ErrorCode::BadRequest, "no deliveries"));
@@ -756,6 +807,7 @@ impl session::Server for SessionService {
     ) -> Result<(), capnp::Error> {
         self.check_alive()?;
         let p = params.get().map_err(bad_params)?;
+        let _call = admit(&self.budget, p.total_size())?;
         let list = self.read_inbox(p.get_after(), p.get_limit()).await?;
         metrics::counter!(crate::telemetry::FETCHES_TOTAL).increment(1);
         write_envelopes(&list, results.get().init_envelopes(list.len() as u32));
@@ -769,6 +821,7 @@ impl session::Server for SessionService {
     ) -> Result<(), capnp::Error> {
         self.check_alive()?;
         let p = params.get().map_err(bad_params)?;
+        let _call = admit(&self.budget, p.total_size())?;
         let (after, limit) = (p.get_after(), p.get_limit());
         let timeout = Duration::from_millis(p.get_timeout_ms().min(MAX_FETCH_WAIT_MS).into());
         let mut list = self.read_inbox(after, limit).await?;
@@ -793,6 +846,7 @@ impl session::Server for SessionService {
         params: session::AckParams,
         _: session::AckResults,
     ) -> Result<(), capnp::Error> {
+        let _call = admit_call(&self.budget)?;
         self.check_alive()?;
         let up_to = params.get().map_err(bad_params)?.get_up_to();
         self.ctx
@@ -811,6 +865,7 @@ impl session::Server for SessionService {
     ) -> Result<(), capnp::Error> {
         self.check_alive()?;
         let p = params.get().map_err(bad_params)?;
+        let _call = admit(&self.budget, p.total_size())?;
         let one_time = p
             .get_one_time()
             .map_err(bad_params)?
@@ -833,6 +888,7 @@ impl session::Server for SessionService {
     ) -> Result<(), capnp::Error> {
         self.check_alive()?;
         let p = params.get().map_err(bad_params)?;
+        let _call = admit(&self.budget, p.total_size())?;
         let group_id = p.get_group_id().map_err(bad_params)?;
         if group_id.is_empty() || group_id.len() > MAX_GROUP_ID_LEN {
             return Err(refuse(
@@ -868,6 +924,7 @@ impl session::Server for SessionService {
         _: session::LogoutParams,
         _: session::LogoutResults,
     ) -> Result<(), capnp::Error> {
+        let _call = admit_call(&self.budget)?;
         self.check_alive()?;
         let Some(hash) = self.token_hash else {
             return Err(refuse(
@@ -883,6 +940,7 @@ impl session::Server for SessionService {
         params: session::SetAccessKeyParams,
         _: session::SetAccessKeyResults,
     ) -> Result<(), capnp::Error> {
+        let _call = admit_call(&self.budget)?;
         self.check_alive()?;
         let hash: [u8; 32] = params
             .get()
@@ -916,6 +974,7 @@ impl session::Server for SessionService {
         params: session::RemoveDeviceParams,
         _: session::RemoveDeviceResults,
     ) -> Result<(), capnp::Error> {
+        let _call = admit_call(&self.budget)?;
         self.check_alive()?;
         let device = IdentityKey::from_wire(
             params
@@ -945,6 +1004,7 @@ impl session::Server for SessionService {
         _: session::KeyPackageStatusParams,
         mut results: session::KeyPackageStatusResults,
     ) -> Result<(), capnp::Error> {
+        let _call = admit_call(&self.budget)?;
         self.check_alive()?;
         let (remaining, served) = self
             .ctx

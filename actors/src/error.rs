@@ -27,6 +27,7 @@ impl From<DeliveryError> for WireError {
             DeliveryError::Refused(InboxRefusal::QueueFull { .. }) => ErrorCode::QueueFull,
             DeliveryError::Refused(InboxRefusal::TooLarge { .. }) => ErrorCode::TooLarge,
             DeliveryError::Refused(InboxRefusal::AckBeyondEnd { .. }) => ErrorCode::BadRequest,
+            DeliveryError::Refused(InboxRefusal::TooManyWaiters { .. }) => ErrorCode::RateLimited,
             DeliveryError::Store(_) | DeliveryError::Restarting => ErrorCode::Unavailable,
         };
         // Store details are for the operator's log, not for remote parties.

@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 use crate::core::epoch::{EpochFence, FenceRefusal, check_reaches_members};
 use crate::error::DeliveryError;
 use crate::inbox::{Delivery, InboxRegistry};
-use crate::registry::{Membership, Registry};
+use crate::registry::{Capacity, Membership, Registry};
 use crate::store::server::group_fence;
 use crate::store::writer::{FenceWrite, StoreWriter, TransactError};
 
@@ -75,6 +75,8 @@ pub enum GroupMsg {
     Crash,
     /// Periodic check whether the actor may retire (not counted).
     IdleCheck,
+    /// The registry is at capacity: retire now (not counted; the fence is on disk).
+    Retire,
 }
 
 /// Finds or spawns the actor of a group. Cheap to clone.
@@ -87,14 +89,23 @@ pub struct GroupRegistry {
 }
 
 impl GroupRegistry {
-    /// Starts the registry; group actors idle for `idle_after` stop.
+    /// Starts the registry; group actors idle for `idle_after` stop, and past
+    /// `live_actors` idle ones are asked to retire early.
     pub async fn start(
         inboxes: InboxRegistry,
         writer: StoreWriter,
         idle_after: Duration,
+        live_actors: usize,
     ) -> Result<GroupRegistry, ractor::SpawnErr> {
         Ok(GroupRegistry {
-            actors: Registry::start("group").await?,
+            actors: Registry::start(
+                "group",
+                Capacity {
+                    live: live_actors,
+                    retire: || GroupMsg::Retire,
+                },
+            )
+            .await?,
             inboxes,
             writer,
             idle_after,
@@ -219,14 +230,14 @@ impl Actor for GroupActor {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        if !matches!(message, GroupMsg::IdleCheck) {
+        if !matches!(message, GroupMsg::IdleCheck | GroupMsg::Retire) {
             state.args.membership.taken();
         }
         match message {
-            GroupMsg::IdleCheck => {
-                if state.last_commit.elapsed() >= state.args.idle_after
-                    && state.args.membership.try_retire(myself.get_id()).await
-                {
+            GroupMsg::IdleCheck | GroupMsg::Retire => {
+                let idle = matches!(message, GroupMsg::Retire)
+                    || state.last_commit.elapsed() >= state.args.idle_after;
+                if idle && state.args.membership.try_retire(myself.get_id()).await {
                     myself.stop(Some("idle".into()));
                 }
             }

@@ -15,9 +15,9 @@ use quicnprotochat_wire::IdentityKey;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
 
-use crate::core::inbox::{InboxLimits, InboxState};
+use crate::core::inbox::{InboxLimits, InboxRefusal, InboxState};
 use crate::error::DeliveryError;
-use crate::registry::{Membership, Registry};
+use crate::registry::{Capacity, Membership, Registry};
 use crate::store::StoreError;
 use crate::store::writer::{FenceWrite, MultiAppend, StoreWriter, WriteOp};
 
@@ -31,6 +31,9 @@ pub enum InboxMsg {
     Resync(String),
     /// Periodic check whether the actor may retire.
     IdleCheck,
+    /// The registry is at capacity: retire now unless something is held that
+    /// only memory has (a long-poll waiter).
+    Retire,
 }
 
 /// What callers ask of an inbox.
@@ -54,11 +57,12 @@ pub enum InboxRequest {
         up_to: u64,
         reply: oneshot::Sender<Result<(), DeliveryError>>,
     },
-    /// Answered (with `()`) as soon as a durable, unacknowledged message with
+    /// Answered (with `Ok`) as soon as a durable, unacknowledged message with
     /// seq > `after` exists. The caller drops the receiver when it stops waiting.
+    /// Refused at once when the inbox has as many waiters as it may hold.
     Wait {
         after: u64,
-        reply: oneshot::Sender<()>,
+        reply: oneshot::Sender<Result<(), DeliveryError>>,
     },
     /// Delete everything queued (the device was removed); answered once durable.
     Purge {
@@ -93,6 +97,10 @@ pub struct InboxSettings {
     /// An actor with no waiters and no request for this long stops (its state is on
     /// disk), so a million idle inboxes cost disk, not memory.
     pub idle_after: Duration,
+    /// Long-poll waiters one inbox holds at once.
+    pub long_polls: usize,
+    /// Inbox actors alive at once; past it, idle ones are asked to retire early.
+    pub live_actors: usize,
 }
 
 /// Finds or spawns the actor of an inbox. Cheap to clone.
@@ -110,7 +118,14 @@ impl InboxRegistry {
         settings: InboxSettings,
     ) -> Result<InboxRegistry, ractor::SpawnErr> {
         Ok(InboxRegistry {
-            actors: Registry::start("inbox").await?,
+            actors: Registry::start(
+                "inbox",
+                Capacity {
+                    live: settings.live_actors,
+                    retire: || InboxMsg::Retire,
+                },
+            )
+            .await?,
             writer,
             settings,
         })
@@ -248,7 +263,8 @@ impl InboxRegistry {
         self.send(inbox, InboxRequest::Wait { after, reply })
             .await?;
         match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(())) => Ok(true),
+            Ok(Ok(Ok(()))) => Ok(true),
+            Ok(Ok(Err(refused))) => Err(refused),
             Ok(Err(_)) => Err(DeliveryError::Restarting),
             Err(_) => Ok(false),
         }
@@ -294,7 +310,7 @@ pub struct InboxActorState {
     args: InboxArgs,
     /// `None` until the marks are loaded in `post_start`.
     inbox: Option<InboxState>,
-    waiters: Vec<(u64, oneshot::Sender<()>)>,
+    waiters: Vec<Waiter>,
     last_request: Instant,
 }
 
@@ -386,10 +402,16 @@ impl Actor for InboxActor {
                     InboxRequest::Ack { up_to, reply } => ack(&state.args, inbox, up_to, reply),
                     InboxRequest::Wait { after, reply } => {
                         if inbox.has_durable_after(after) {
-                            let _ = reply.send(());
+                            let _ = reply.send(Ok(()));
                         } else {
                             state.waiters.retain(|(_, w)| !w.is_closed());
-                            state.waiters.push((after, reply));
+                            let max = state.args.settings.long_polls;
+                            if state.waiters.len() >= max {
+                                let _ =
+                                    reply.send(Err(InboxRefusal::TooManyWaiters { max }.into()));
+                            } else {
+                                state.waiters.push((after, reply));
+                            }
                         }
                     }
                     InboxRequest::Crash => panic!("inbox actor crash requested"),
@@ -402,10 +424,12 @@ impl Actor for InboxActor {
             InboxMsg::Resync(why) => {
                 return Err(format!("inbox state out of step with the store: {why}").into());
             }
-            InboxMsg::IdleCheck => {
+            InboxMsg::IdleCheck | InboxMsg::Retire => {
                 state.waiters.retain(|(_, w)| !w.is_closed());
+                let idle = matches!(message, InboxMsg::Retire)
+                    || state.last_request.elapsed() >= state.args.settings.idle_after;
                 if state.waiters.is_empty()
-                    && state.last_request.elapsed() >= state.args.settings.idle_after
+                    && idle
                     && state.args.membership.try_retire(myself.get_id()).await
                 {
                     myself.stop(Some("idle".into()));
@@ -439,12 +463,14 @@ fn ack(
     }
 }
 
-fn wake_ready(waiters: &mut Vec<(u64, oneshot::Sender<()>)>, inbox: &InboxState) {
+type Waiter = (u64, oneshot::Sender<Result<(), DeliveryError>>);
+
+fn wake_ready(waiters: &mut Vec<Waiter>, inbox: &InboxState) {
     let mut i = 0;
     while i < waiters.len() {
         if inbox.has_durable_after(waiters[i].0) {
             let (_, w) = waiters.swap_remove(i);
-            let _ = w.send(());
+            let _ = w.send(Ok(()));
         } else {
             i += 1;
         }

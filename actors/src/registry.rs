@@ -31,6 +31,18 @@ struct Inner<K, M> {
     supervisor: ActorRef<()>,
     restarts: Arc<AtomicU64>,
     retirements: AtomicU64,
+    capacity: Capacity<M>,
+    /// Times the registry was at capacity when spawning (also picks where the
+    /// next search for idle actors starts).
+    pressure: AtomicU64,
+}
+
+/// How many actors may live at once, and the message that asks one to retire
+/// if it can (sent outside the count, so an actor with nothing else pending may
+/// leave).
+pub struct Capacity<M> {
+    pub live: usize,
+    pub retire: fn() -> M,
 }
 
 /// The registry of one kind of actor, keyed by `K`, taking messages `M`. Cheap to
@@ -132,8 +144,12 @@ where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     M: Message,
 {
-    /// Starts an empty registry and its supervisor; `what` names the actors in logs.
-    pub async fn start(what: &'static str) -> Result<Registry<K, M>, ractor::SpawnErr> {
+    /// Starts an empty registry and its supervisor; `what` names the actors in
+    /// logs. Past `capacity.live` actors, each spawn asks idle ones to retire.
+    pub async fn start(
+        what: &'static str,
+        capacity: Capacity<M>,
+    ) -> Result<Registry<K, M>, ractor::SpawnErr> {
         let actors: ActorMap<K, M> = Arc::default();
         let restarts = Arc::new(AtomicU64::new(0));
         let supervisor = Supervisor {
@@ -148,8 +164,38 @@ where
                 supervisor,
                 restarts,
                 retirements: AtomicU64::new(0),
+                capacity,
+                pressure: AtomicU64::new(0),
             }),
         })
+    }
+
+    /// How often a spawn found the registry at capacity.
+    pub fn pressure(&self) -> u64 {
+        self.inner.pressure.load(Ordering::Relaxed)
+    }
+
+    /// At capacity: asks some actors with nothing pending to retire (they do
+    /// unless they hold something only memory has, like a long-poll waiter). A
+    /// share of the live actors per call, searched from a moving start, so the
+    /// same busy ones are not asked over and over.
+    fn relieve_pressure(&self, actors: &HashMap<K, Entry<M>>) {
+        let round = self.inner.pressure.fetch_add(1, Ordering::Relaxed);
+        let live = actors.len();
+        if live == 0 {
+            return;
+        }
+        let start = (round as usize).wrapping_mul(7919) % live;
+        let wanted = (live / 64).max(2);
+        actors
+            .values()
+            .skip(start)
+            .chain(actors.values().take(start))
+            .filter(|e| e.pending.load(Ordering::Acquire) == 0)
+            .take(wanted)
+            .for_each(|e| {
+                let _ = e.actor.send_message((self.inner.capacity.retire)());
+            });
     }
 
     /// How many actors failed and were replaced.
@@ -187,6 +233,9 @@ where
             let entry = match actors.get(key) {
                 Some(e) => e,
                 None => {
+                    if actors.len() >= self.inner.capacity.live {
+                        self.relieve_pressure(&actors);
+                    }
                     let pending = Arc::new(AtomicU64::new(0));
                     let membership = Membership {
                         key: key.clone(),

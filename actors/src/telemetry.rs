@@ -15,10 +15,13 @@ pub const STALE_EPOCH_TOTAL: &str = "qpc_stale_epoch_total";
 pub const LOGINS_TOTAL: &str = "qpc_logins_total";
 pub const LOGINS_FAILED_TOTAL: &str = "qpc_logins_failed_total";
 pub const CONNECTIONS_REFUSED_TOTAL: &str = "qpc_connections_refused_total";
+pub const OVER_BUDGET_TOTAL: &str = "qpc_calls_over_budget_total";
+pub const BYTES_IN_FLIGHT: &str = "qpc_call_bytes_in_flight";
 pub use quicnprotochat_wire::error::REFUSALS_TOTAL;
 
 /// Every counter, so a fresh node reports them at zero rather than not at all.
-pub const COUNTERS: [&str; 10] = [
+pub const COUNTERS: [&str; 11] = [
+    OVER_BUDGET_TOTAL,
     LOGINS_TOTAL,
     LOGINS_FAILED_TOTAL,
     CONNECTIONS_REFUSED_TOTAL,
@@ -66,6 +69,14 @@ pub fn describe() {
     describe_counter!(
         CONNECTIONS_REFUSED_TOTAL,
         "QUIC connections refused over a connection cap, by cap"
+    );
+    describe_counter!(
+        OVER_BUDGET_TOTAL,
+        "calls refused over a connection's or the node's in-flight budget"
+    );
+    describe_gauge!(
+        BYTES_IN_FLIGHT,
+        "request bytes held by calls in flight, all connections"
     );
     describe_counter!(REFUSALS_TOTAL, "typed refusals sent to clients, by code");
     for name in COUNTERS {

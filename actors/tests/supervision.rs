@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use quicnprotochat_actors::DeliveryError;
-use quicnprotochat_actors::core::inbox::InboxLimits;
+use quicnprotochat_actors::core::inbox::{InboxLimits, InboxRefusal};
 use quicnprotochat_actors::inbox::{InboxRegistry, InboxSettings};
 use quicnprotochat_actors::store::writer::StoreWriter;
 use quicnprotochat_actors::store::{ServerStore, StoreOptions};
@@ -20,6 +20,10 @@ struct Rig {
 }
 
 async fn rig(idle_after: Duration) -> Rig {
+    rig_with(idle_after, 1_000_000).await
+}
+
+async fn rig_with(idle_after: Duration, live_actors: usize) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let store = ServerStore::open(&dir.path().join("node.redb"), StoreOptions::default()).unwrap();
     let (writer, _thread) = StoreWriter::start(store.clone()).unwrap();
@@ -31,6 +35,8 @@ async fn rig(idle_after: Duration) -> Rig {
                 max_payload: 1024,
             },
             idle_after,
+            long_polls: 2,
+            live_actors,
         },
     )
     .await
@@ -182,6 +188,73 @@ async fn retirement_racing_with_traffic_never_loses_or_repeats_a_seq() {
         rig.registry.retirements() > 0,
         "the run exercised retirement"
     );
+    rig.registry.stop().await;
+    rig.writer.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_live_cap_idle_actors_retire_early_and_lose_nothing() {
+    const CAP: usize = 10;
+    // Idle retirement is an hour away: only pressure can retire anything here.
+    let rig = rig_with(Duration::from_secs(3600), CAP).await;
+    let inboxes: Vec<IdentityKey> = (0..200u8).map(|i| IdentityKey([i; 32])).collect();
+    let mut high_water = 0;
+    for inbox in &inboxes {
+        assert_eq!(
+            rig.registry.enqueue(*inbox, b"one".to_vec()).await.unwrap(),
+            1
+        );
+        high_water = high_water.max(rig.registry.live_actors().await);
+    }
+    assert!(rig.registry.retirements() > 0, "pressure retired actors");
+    // Retirement runs in the actors, after the spawn that asked for it: the
+    // live count may overshoot by what is in flight, never grow with the
+    // number of inboxes.
+    assert!(
+        high_water <= 4 * CAP,
+        "live actors reached {high_water} for a cap of {CAP} over 200 inboxes"
+    );
+    // Every inbox comes back where it left off (seq 2, nothing lost).
+    for inbox in &inboxes {
+        assert_eq!(
+            rig.registry.enqueue(*inbox, b"two".to_vec()).await.unwrap(),
+            2
+        );
+        assert_eq!(rig.store.fetch(inbox, 0, 10, usize::MAX).unwrap().len(), 2);
+    }
+    rig.registry.stop().await;
+    rig.writer.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_inbox_holds_so_many_long_polls_and_refuses_more() {
+    let rig = rig(Duration::from_secs(60)).await; // 2 long-polls per inbox
+    let inbox = IdentityKey([7; 32]);
+    let long = Duration::from_secs(30);
+    let waits: Vec<_> = (0..3)
+        .map(|_| {
+            let r = rig.registry.clone();
+            tokio::spawn(async move { r.wait(inbox, 0, long).await })
+        })
+        .collect();
+    // Nothing arrives, so the first to finish is the one over the cap.
+    let (first, _, rest) = futures::future::select_all(waits).await;
+    let refused = first.unwrap().expect_err("a third long-poll is refused");
+    assert!(
+        matches!(
+            refused,
+            DeliveryError::Refused(InboxRefusal::TooManyWaiters { max: 2 })
+        ),
+        "{refused}"
+    );
+    // The two waiting ones are served as a message arrives.
+    rig.registry.enqueue(inbox, b"m".to_vec()).await.unwrap();
+    for w in rest {
+        assert!(w.await.unwrap().unwrap());
+    }
+    // And with them gone, there is room again.
+    rig.registry.enqueue(inbox, b"n".to_vec()).await.unwrap();
+    assert!(rig.registry.wait(inbox, 1, long).await.unwrap());
     rig.registry.stop().await;
     rig.writer.shutdown().await;
 }

@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use quicnprotochat_actors::core::admission::AdmissionConfig;
+use quicnprotochat_actors::core::budget::BudgetConfig;
 use quicnprotochat_actors::core::rate::RateConfig;
 use quicnprotochat_wire::limits::{DEFAULT_MAX_PAYLOAD, DEFAULT_QUEUE_LIMIT};
 use serde::Deserialize;
@@ -40,6 +42,93 @@ pub struct FileConfig {
     pub sealed_sender: Option<bool>,
     pub metrics_listen: Option<SocketAddr>,
     pub rate_limits: Option<RateLimitsFile>,
+    pub limits: Option<LimitsFile>,
+}
+
+/// `[limits]` in the TOML file: what the node holds at most; unset keys keep
+/// their defaults.
+#[derive(Debug, Default, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    pub connections: Option<u32>,
+    pub connections_per_address: Option<u32>,
+    pub calls_per_connection: Option<u32>,
+    pub bytes_per_connection: Option<u64>,
+    pub bytes_in_flight: Option<u64>,
+    pub long_polls_per_inbox: Option<u32>,
+    pub live_inboxes: Option<u32>,
+}
+
+/// What the node holds at most, resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub admission: AdmissionConfig,
+    pub budget: BudgetConfig,
+    /// Long-polls (`fetchWait`) waiting on one inbox at once.
+    pub long_polls_per_inbox: u32,
+    /// Inbox actors alive at once; past it, idle ones retire early.
+    pub live_inboxes: u32,
+}
+
+/// Default of `long_polls_per_inbox`: a few devices' worth of reconnects.
+pub const DEFAULT_LONG_POLLS_PER_INBOX: u32 = 8;
+/// Default of `live_inboxes` (~3 KiB each: ~150 MiB at most).
+pub const DEFAULT_LIVE_INBOXES: u32 = 50_000;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            admission: AdmissionConfig::default(),
+            budget: BudgetConfig::default(),
+            long_polls_per_inbox: DEFAULT_LONG_POLLS_PER_INBOX,
+            live_inboxes: DEFAULT_LIVE_INBOXES,
+        }
+    }
+}
+
+impl LimitsFile {
+    fn resolve(self, max_payload: usize) -> Result<Limits, ConfigError> {
+        let d = Limits::default();
+        let l = Limits {
+            admission: AdmissionConfig {
+                connections: self.connections.unwrap_or(d.admission.connections),
+                connections_per_address: self
+                    .connections_per_address
+                    .unwrap_or(d.admission.connections_per_address),
+            },
+            budget: BudgetConfig {
+                calls_per_connection: self
+                    .calls_per_connection
+                    .unwrap_or(d.budget.calls_per_connection),
+                bytes_per_connection: self
+                    .bytes_per_connection
+                    .unwrap_or(d.budget.bytes_per_connection),
+                bytes_per_node: self.bytes_in_flight.unwrap_or(d.budget.bytes_per_node),
+            },
+            long_polls_per_inbox: self.long_polls_per_inbox.unwrap_or(d.long_polls_per_inbox),
+            live_inboxes: self.live_inboxes.unwrap_or(d.live_inboxes),
+        };
+        let counts = [
+            l.admission.connections,
+            l.admission.connections_per_address,
+            l.budget.calls_per_connection,
+            l.long_polls_per_inbox,
+            l.live_inboxes,
+        ];
+        if counts.contains(&0) || l.budget.bytes_per_connection == 0 {
+            return Err(ConfigError::Invalid("limits must be at least 1".into()));
+        }
+        if l.budget.bytes_per_connection < max_payload as u64
+            || l.budget.bytes_per_node < l.budget.bytes_per_connection
+        {
+            return Err(ConfigError::Invalid(
+                "limits: bytes_per_connection must hold at least one max_payload, and \
+                 bytes_in_flight at least one connection's bytes"
+                    .into(),
+            ));
+        }
+        Ok(l)
+    }
 }
 
 /// `[rate_limits]` in the TOML file; unset keys keep their defaults.
@@ -114,6 +203,7 @@ impl FileConfig {
             sealed_sender: over.sealed_sender.or(self.sealed_sender),
             metrics_listen: over.metrics_listen.or(self.metrics_listen),
             rate_limits: over.rate_limits.or(self.rate_limits),
+            limits: over.limits.or(self.limits),
         }
     }
 }
@@ -138,6 +228,8 @@ pub struct ServerConfig {
     pub rate_limits: RateConfig,
     /// Where to serve Prometheus metrics over HTTP; off when unset.
     pub metrics_listen: Option<SocketAddr>,
+    /// What the node holds at most (connections, calls, waiters, actors).
+    pub limits: Limits,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -156,6 +248,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("sealed_sender", &self.sealed_sender)
             .field("rate_limits", &self.rate_limits)
             .field("metrics_listen", &self.metrics_listen)
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -199,6 +292,7 @@ impl ServerConfig {
             sealed_sender: s.sealed_sender.unwrap_or(false),
             rate_limits: s.rate_limits.unwrap_or_default().resolve()?,
             metrics_listen: s.metrics_listen,
+            limits: s.limits.unwrap_or_default().resolve(max_payload)?,
         })
     }
 
@@ -253,6 +347,25 @@ mod tests {
             ..FileConfig::default()
         };
         assert!(ServerConfig::from_settings(zero).is_err());
+        let limits: FileConfig =
+            toml::from_str("[limits]\nconnections_per_address = 3\nlong_polls_per_inbox = 2\n")
+                .unwrap();
+        let c = ServerConfig::from_settings(limits).unwrap();
+        assert_eq!(c.limits.admission.connections_per_address, 3);
+        assert_eq!(c.limits.long_polls_per_inbox, 2);
+        assert_eq!(c.limits.budget, BudgetConfig::default());
+        for bad in [
+            "[limits]\nconnections = 0\n",
+            "[limits]\nbytes_per_connection = 1000\n",
+            "[limits]\nbytes_in_flight = 1048576\nbytes_per_connection = 2097152\n",
+            "[limits]\nlive_actors = 5\n",
+        ] {
+            let parsed = toml::from_str::<FileConfig>(bad);
+            assert!(
+                parsed.is_err() || ServerConfig::from_settings(parsed.unwrap()).is_err(),
+                "{bad}"
+            );
+        }
         let half_tls = FileConfig {
             tls_cert: Some("c.der".into()),
             ..FileConfig::default()

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use capnp_rpc::{RpcSystem, rpc_twoparty_capnp::Side, twoparty};
 use quicnprotochat_actors::auth::{AuthError, AuthService};
 use quicnprotochat_actors::connection::{self, ConnectionInfo, NodeContext};
+use quicnprotochat_actors::core::admission::{ConnectionGate, ConnectionSlot};
+use quicnprotochat_actors::core::budget::NodeBudget;
 use quicnprotochat_actors::core::inbox::InboxLimits;
 use quicnprotochat_actors::core::rate::RateLimits;
 use quicnprotochat_actors::group::GroupRegistry;
@@ -63,6 +65,7 @@ pub enum ServerError {
 /// A bound, ready node.
 pub struct Server {
     endpoint: quinn::Endpoint,
+    gate: ConnectionGate,
     metrics: Option<tokio::net::TcpListener>,
     ctx: Arc<NodeContext>,
     writer: StoreWriter,
@@ -108,6 +111,8 @@ impl Server {
             InboxSettings {
                 limits,
                 idle_after: config.idle_inbox_after,
+                long_polls: config.limits.long_polls_per_inbox as usize,
+                live_actors: config.limits.live_inboxes as usize,
             },
         )
         .await
@@ -118,10 +123,14 @@ impl Server {
                 source,
             })?;
         let auth = AuthService::open(store.clone(), writer.clone()).await?;
-        let groups =
-            GroupRegistry::start(registry.clone(), writer.clone(), config.idle_inbox_after)
-                .await
-                .map_err(|e| ServerError::Actors(e.to_string()))?;
+        let groups = GroupRegistry::start(
+            registry.clone(),
+            writer.clone(),
+            config.idle_inbox_after,
+            config.limits.live_inboxes as usize,
+        )
+        .await
+        .map_err(|e| ServerError::Actors(e.to_string()))?;
         let ctx = Arc::new(NodeContext {
             registry,
             groups,
@@ -134,9 +143,11 @@ impl Server {
                 .as_deref()
                 .map(|t| TokenHash::of(t.as_bytes())),
             limits,
+            budget: NodeBudget::new(config.limits.budget),
             started: Instant::now(),
         });
         Ok(Server {
+            gate: ConnectionGate::new(config.limits.admission),
             endpoint,
             metrics,
             ctx,
@@ -178,12 +189,23 @@ impl Server {
 
         let accept = async {
             while let Some(incoming) = self.endpoint.accept().await {
+                // Capped before the handshake: a refusal costs one packet.
+                let slot = match self.gate.admit(incoming.remote_address().ip()) {
+                    Ok(slot) => slot,
+                    Err(full) => {
+                        metrics::counter!(telemetry::CONNECTIONS_REFUSED_TOTAL, "cap" => full.cap())
+                            .increment(1);
+                        tracing::debug!(remote = %incoming.remote_address(), %full, "connection refused");
+                        incoming.refuse();
+                        continue;
+                    }
+                };
                 let conn_tx = conn_tx.clone();
                 tokio::spawn(async move {
                     match incoming.await {
                         Ok(conn) => {
                             metrics::counter!(telemetry::CONNECTIONS_TOTAL).increment(1);
-                            let _ = conn_tx.send(conn);
+                            let _ = conn_tx.send((conn, slot));
                         }
                         Err(e) => tracing::debug!(error = %e, "handshake failed"),
                     }
@@ -193,9 +215,14 @@ impl Server {
         // Rate limiters remember recent keys only.
         let ctx = self.ctx.clone();
         let forget = async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(60));
-            loop {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            for second in 1u64.. {
                 tick.tick().await;
+                metrics::gauge!(telemetry::BYTES_IN_FLIGHT)
+                    .set(ctx.budget.bytes_in_flight() as f64);
+                if second % 60 != 0 {
+                    continue;
+                }
                 ctx.rates.forget_quiet();
                 // One line a minute, however many: a flood must not flood the log.
                 let refused = ctx.rates.take_refused();
@@ -246,7 +273,7 @@ pub async fn run(
 
 fn rpc_thread_main(
     ctx: Arc<NodeContext>,
-    mut conns: mpsc::UnboundedReceiver<quinn::Connection>,
+    mut conns: mpsc::UnboundedReceiver<(quinn::Connection, ConnectionSlot)>,
     max_payload: usize,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -262,11 +289,13 @@ fn rpc_thread_main(
     let local = tokio::task::LocalSet::new();
     local.block_on(&runtime, async move {
         let mut tasks = Vec::new();
-        while let Some(conn) = conns.recv().await {
+        // Holds at most one entry per open connection (the gate caps them).
+        while let Some((conn, slot)) = conns.recv().await {
             tasks.retain(|t: &tokio::task::JoinHandle<()>| !t.is_finished());
             tasks.push(tokio::task::spawn_local(serve_connection(
                 ctx.clone(),
                 conn,
+                slot,
                 max_payload,
             )));
         }
@@ -289,10 +318,17 @@ fn rpc_thread_main(
 }
 
 /// Serves one connection: its single bidirectional stream carries Cap'n Proto RPC.
-async fn serve_connection(ctx: Arc<NodeContext>, conn: quinn::Connection, max_payload: usize) {
+/// Serves one connection; its slot is freed when it ends.
+async fn serve_connection(
+    ctx: Arc<NodeContext>,
+    conn: quinn::Connection,
+    slot: ConnectionSlot,
+    max_payload: usize,
+) {
     metrics::gauge!(telemetry::CONNECTIONS_OPEN).increment(1.0);
     serve_rpc(ctx, conn, max_payload).await;
     metrics::gauge!(telemetry::CONNECTIONS_OPEN).decrement(1.0);
+    drop(slot);
 }
 
 async fn serve_rpc(ctx: Arc<NodeContext>, conn: quinn::Connection, max_payload: usize) {

@@ -121,6 +121,11 @@ impl TestNode {
             .expect("store readable")
     }
 
+    /// What calls in flight hold, node-wide (counters for memory-bound tests).
+    pub fn budget(&self) -> quicnprotochat_actors::core::budget::NodeBudget {
+        self.ctx.as_ref().expect("node running").budget.clone()
+    }
+
     /// The certificate clients pin.
     pub fn cert_path(&self) -> PathBuf {
         self.data_dir.join(tls::CERT_FILE)

@@ -34,6 +34,8 @@ pub enum InboxRefusal {
     TooLarge { len: usize, max: usize },
     #[error("cannot ack up to seq {up_to}: the highest seq of this inbox is {highest}")]
     AckBeyondEnd { up_to: u64, highest: u64 },
+    #[error("this inbox already has {max} long-polls waiting; retry when one returns")]
+    TooManyWaiters { max: usize },
 }
 
 /// A range of seqs `from..=to` to delete, decided by an ack.

@@ -1,6 +1,8 @@
 //! Pure state machines: the rules of the node with no I/O, no clocks and no actors,
 //! so property tests can drive them directly. Actors are thin shells around these.
 
+pub mod admission;
+pub mod budget;
 pub mod epoch;
 pub mod inbox;
 pub mod rate;

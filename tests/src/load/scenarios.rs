@@ -214,6 +214,8 @@ pub fn store(p: &EnqueueParams, show_progress: bool) -> anyhow::Result<Report> {
                     max_payload: p.payload.max(1),
                 },
                 idle_after: Duration::from_secs(60),
+                long_polls: 8,
+                live_actors: 1_000_000,
             },
         )
         .await?;

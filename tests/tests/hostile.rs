@@ -1,0 +1,135 @@
+//! A node under hostile load keeps its memory bounded and serves everyone else:
+//! pipelined writes beyond a connection's budget are refused with a retry hint,
+//! connections beyond the caps are refused before their handshake. Scaled-down
+//! versions of the probes in docs/performance.md, asserted on the node's own
+//! counters.
+
+use std::time::Duration;
+
+use quicnprotochat::config::ServerConfig;
+use quicnprotochat_crypto::Identity;
+use quicnprotochat_tests::{TestNode, local};
+use quicnprotochat_wire::{ErrorCode, IdentityKey};
+
+const KIB: u64 = 1024;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_pipelined_writes_holds_bounded_memory_and_others_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::ephemeral(dir.path());
+    config.max_payload = 256 * KIB as usize;
+    config.queue_limit = 100_000;
+    config.rate_limits.enqueue_per_sec_per_session = 1_000_000;
+    config.rate_limits.enqueue_per_sec_per_address = 1_000_000;
+    config.limits.budget.calls_per_connection = 16;
+    config.limits.budget.bytes_per_connection = 1024 * KIB;
+    config.limits.budget.bytes_per_node = 2 * 1024 * KIB;
+    let node_cap = config.limits.budget.bytes_per_node;
+    let node = TestNode::start_with(config).await;
+    local(async {
+        const FLOODERS: usize = 3;
+        const CALLS: usize = 48;
+        let payload = vec![7u8; 200 * KIB as usize];
+        let mut flooders = Vec::new();
+        for _ in 0..FLOODERS {
+            let id = Identity::generate();
+            let (c, s) = node.session(&id).await;
+            flooders.push((c, s, IdentityKey(id.public_key())));
+        }
+        let bystander = node.connect().await.unwrap();
+        // Every flooder pipelines CALLS writes at once while a bystander pings.
+        let floods = flooders.iter().map(|(_, s, me)| {
+            let calls = (0..CALLS).map(|_| s.enqueue(me, &payload));
+            futures::future::join_all(calls)
+        });
+        let pings = async {
+            let mut answered = 0;
+            for _ in 0..20 {
+                if bystander.ping().await.is_ok() {
+                    answered += 1;
+                }
+            }
+            answered
+        };
+        let (results, answered) = tokio::join!(futures::future::join_all(floods), pings);
+        assert_eq!(answered, 20, "the bystander's pings are all answered");
+        let mut accepted = 0;
+        let mut refused = 0;
+        for (i, per_flooder) in results.into_iter().enumerate() {
+            let mut seqs = Vec::new();
+            for r in per_flooder {
+                match r {
+                    Ok(seq) => seqs.push(seq),
+                    Err(e) => {
+                        let code = e.code();
+                        assert!(
+                            matches!(code, Some(ErrorCode::RateLimited | ErrorCode::Unavailable)),
+                            "a refusal over budget is typed and retryable: {e}"
+                        );
+                        assert!(e.to_string().contains("retry"), "{e}");
+                        refused += 1;
+                    }
+                }
+            }
+            // What was accepted is stored, gap-free.
+            seqs.sort();
+            assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+            assert_eq!(node.stored(&flooders[i].2).len(), seqs.len());
+            accepted += seqs.len();
+        }
+        assert!(refused > 0, "the flood went over the budget");
+        assert!(accepted > 0, "and what fits the budget is served");
+        let budget = node.budget();
+        assert!(
+            budget.peak_bytes_in_flight() <= node_cap,
+            "calls held at most {} bytes at once, the cap is {node_cap}",
+            budget.peak_bytes_in_flight()
+        );
+        assert_eq!(budget.bytes_in_flight(), 0, "everything given back");
+        // Once the flood is answered, the flooders are served again.
+        let (_, s, me) = &flooders[0];
+        s.enqueue(me, &payload)
+            .await
+            .expect("served after the flood");
+    })
+    .await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_the_per_address_cap_are_refused_and_slots_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::ephemeral(dir.path());
+    config.limits.admission.connections_per_address = 3;
+    let node = TestNode::start_with(config).await;
+    local(async {
+        let mut open = Vec::new();
+        for _ in 0..3 {
+            let c = node.connect().await.expect("within the cap");
+            c.ping().await.unwrap();
+            open.push(c);
+        }
+        let refused = node.connect().await;
+        assert!(
+            refused.is_err(),
+            "a fourth connection from one address is refused"
+        );
+        // A closed connection frees its slot.
+        open.pop().unwrap().close().await;
+        let mut reconnected = None;
+        for _ in 0..100 {
+            if let Ok(c) = node.connect().await {
+                reconnected = Some(c);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let c = reconnected.expect("the freed slot is usable");
+        c.ping().await.unwrap();
+        for c in open {
+            c.ping().await.expect("the others were never disturbed");
+        }
+    })
+    .await;
+    node.stop().await;
+}
