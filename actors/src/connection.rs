@@ -21,7 +21,7 @@ use quicnprotochat_wire::limits::{
 use quicnprotochat_wire::node_capnp::{node, session};
 use quicnprotochat_wire::{Envelope, ErrorCode, IdentityKey, WireError};
 
-use crate::auth::{AuthError, AuthService, ClaimTarget, ClaimedPackage};
+use crate::auth::{AuthError, AuthService, ClaimTarget, ClaimedPackage, check_upload};
 use crate::core::budget::{CallPermit, ConnectionBudget, NodeBudget, OverBudget};
 use crate::core::inbox::InboxLimits;
 use crate::core::rate::{RateLimited, RateLimits};
@@ -337,10 +337,11 @@ impl node::Server for NodeService {
         let _call = admit(&self.budget, p.total_size())?;
         self.admit_login_attempt(p.get_auth_token().map_err(bad_params)?)?;
         let username = text(p.get_username())?;
-        let response = self
-            .ctx
-            .auth
-            .register_start(&username, p.get_request().map_err(bad_params)?)
+        let request = p.get_request().map_err(bad_params)?.to_vec();
+        // OPAQUE and a database read: off the RPC thread.
+        let auth = self.ctx.auth.clone();
+        let response = blocking(move || auth.register_start(&username, &request))
+            .await?
             .map_err(auth_refusal)?;
         results.get().set_response(&response);
         Ok(())
@@ -379,10 +380,12 @@ impl node::Server for NodeService {
         let _call = admit(&self.budget, p.total_size())?;
         self.admit_login_attempt(p.get_auth_token().map_err(bad_params)?)?;
         let username = text(p.get_username())?;
-        let (state, response) = self
-            .ctx
-            .auth
-            .login_start(&username, p.get_request().map_err(bad_params)?)
+        let request = p.get_request().map_err(bad_params)?.to_vec();
+        // OPAQUE and a database read: off the RPC thread.
+        let auth = self.ctx.auth.clone();
+        let name = username.clone();
+        let (state, response) = blocking(move || auth.login_start(&name, &request))
+            .await?
             .map_err(auth_refusal)?;
         *self.login.borrow_mut() = Some((username, state));
         results.get().set_response(&response);
@@ -479,10 +482,10 @@ impl node::Server for NodeService {
         let recipient =
             IdentityKey::from_wire(p.get_recipient().map_err(bad_params)?, "recipient")?;
         // An unknown recipient has no access key either: one answer for both.
-        let admitted = self
-            .ctx
-            .auth
-            .check_access_key(&recipient, p.get_access_key().map_err(bad_params)?)
+        let access_key = p.get_access_key().map_err(bad_params)?.to_vec();
+        let auth = self.ctx.auth.clone();
+        let admitted = blocking(move || auth.check_access_key(&recipient, &access_key))
+            .await?
             .map_err(auth_refusal)?;
         if !admitted || !self.ctx.auth.accepts_inbox(&recipient) {
             return Err(refuse(ErrorCode::Unauthorized, "wrong access key"));
@@ -874,9 +877,14 @@ impl session::Server for SessionService {
             .collect::<Result<Vec<_>, _>>()?;
         let last_resort = p.get_last_resort().map_err(bad_params)?.to_vec();
         let hybrid = p.get_hybrid_public_key().map_err(bad_params)?.to_vec();
+        let device = self.identity;
+        // Validation is CPU work: off the RPC thread.
+        let checked = blocking(move || check_upload(device, one_time, last_resort, hybrid))
+            .await?
+            .map_err(auth_refusal)?;
         self.ctx
             .auth
-            .upload_key_packages(self.identity, one_time, last_resort, hybrid)
+            .store_upload(checked)
             .await
             .map_err(auth_refusal)
     }
@@ -1006,10 +1014,10 @@ impl session::Server for SessionService {
     ) -> Result<(), capnp::Error> {
         let _call = admit_call(&self.budget)?;
         self.check_alive()?;
-        let (remaining, served) = self
-            .ctx
-            .auth
-            .key_package_status(&self.identity)
+        let auth = self.ctx.auth.clone();
+        let device = self.identity;
+        let (remaining, served) = blocking(move || auth.key_package_status(&device))
+            .await?
             .map_err(auth_refusal)?;
         let mut r = results.get();
         r.set_one_time_remaining(remaining);

@@ -74,7 +74,7 @@ proptest! {
     fn store_and_state_machine_match_the_model(ops in proptest::collection::vec(op(), 1..40)) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node.redb");
-        let options = StoreOptions { durable: true, two_phase_commit: false };
+        let options = StoreOptions { durable: true, two_phase_commit: false, ..StoreOptions::default() };
         let mut store = ServerStore::open(&path, options).unwrap();
         let mut states: Vec<InboxState> = (0..INBOXES)
             .map(|i| InboxState::recovered(store.inbox_meta(&inbox_key(i)).unwrap()))

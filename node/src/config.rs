@@ -7,6 +7,7 @@ use std::time::Duration;
 use quicnprotochat_actors::core::admission::AdmissionConfig;
 use quicnprotochat_actors::core::budget::BudgetConfig;
 use quicnprotochat_actors::core::rate::RateConfig;
+use quicnprotochat_actors::store::server::DEFAULT_CACHE_BYTES;
 use quicnprotochat_wire::limits::{DEFAULT_MAX_PAYLOAD, DEFAULT_QUEUE_LIMIT};
 use serde::Deserialize;
 
@@ -41,6 +42,7 @@ pub struct FileConfig {
     pub max_payload: Option<usize>,
     pub sealed_sender: Option<bool>,
     pub metrics_listen: Option<SocketAddr>,
+    pub rpc_threads: Option<usize>,
     pub rate_limits: Option<RateLimitsFile>,
     pub limits: Option<LimitsFile>,
 }
@@ -57,6 +59,7 @@ pub struct LimitsFile {
     pub bytes_in_flight: Option<u64>,
     pub long_polls_per_inbox: Option<u32>,
     pub live_inboxes: Option<u32>,
+    pub store_cache_bytes: Option<usize>,
 }
 
 /// What the node holds at most, resolved.
@@ -68,6 +71,8 @@ pub struct Limits {
     pub long_polls_per_inbox: u32,
     /// Inbox actors alive at once; past it, idle ones retire early.
     pub live_inboxes: u32,
+    /// Page cache of the node's database.
+    pub store_cache_bytes: usize,
 }
 
 /// Default of `long_polls_per_inbox`: a few devices' worth of reconnects.
@@ -82,6 +87,7 @@ impl Default for Limits {
             budget: BudgetConfig::default(),
             long_polls_per_inbox: DEFAULT_LONG_POLLS_PER_INBOX,
             live_inboxes: DEFAULT_LIVE_INBOXES,
+            store_cache_bytes: DEFAULT_CACHE_BYTES,
         }
     }
 }
@@ -107,6 +113,7 @@ impl LimitsFile {
             },
             long_polls_per_inbox: self.long_polls_per_inbox.unwrap_or(d.long_polls_per_inbox),
             live_inboxes: self.live_inboxes.unwrap_or(d.live_inboxes),
+            store_cache_bytes: self.store_cache_bytes.unwrap_or(d.store_cache_bytes),
         };
         let counts = [
             l.admission.connections,
@@ -202,6 +209,7 @@ impl FileConfig {
             max_payload: over.max_payload.or(self.max_payload),
             sealed_sender: over.sealed_sender.or(self.sealed_sender),
             metrics_listen: over.metrics_listen.or(self.metrics_listen),
+            rpc_threads: over.rpc_threads.or(self.rpc_threads),
             rate_limits: over.rate_limits.or(self.rate_limits),
             limits: over.limits.or(self.limits),
         }
@@ -230,6 +238,8 @@ pub struct ServerConfig {
     pub metrics_listen: Option<SocketAddr>,
     /// What the node holds at most (connections, calls, waiters, actors).
     pub limits: Limits,
+    /// Threads that serve connections' Cap'n Proto RPC (default: one per core).
+    pub rpc_threads: usize,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -249,6 +259,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("rate_limits", &self.rate_limits)
             .field("metrics_listen", &self.metrics_listen)
             .field("limits", &self.limits)
+            .field("rpc_threads", &self.rpc_threads)
             .finish()
     }
 }
@@ -293,6 +304,15 @@ impl ServerConfig {
             rate_limits: s.rate_limits.unwrap_or_default().resolve()?,
             metrics_listen: s.metrics_listen,
             limits: s.limits.unwrap_or_default().resolve(max_payload)?,
+            rpc_threads: match s.rpc_threads {
+                Some(0) => {
+                    return Err(ConfigError::Invalid(
+                        "rpc_threads must be at least 1".into(),
+                    ));
+                }
+                Some(n) => n,
+                None => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            },
         })
     }
 

@@ -65,6 +65,8 @@ pub enum ServerError {
 /// A bound, ready node.
 pub struct Server {
     endpoint: quinn::Endpoint,
+    /// Threads serving connections' RPC systems.
+    rpc_threads: usize,
     gate: ConnectionGate,
     metrics: Option<tokio::net::TcpListener>,
     ctx: Arc<NodeContext>,
@@ -99,7 +101,13 @@ impl Server {
             }
             None => None,
         };
-        let store = ServerStore::open(&config.data_dir.join(DB_FILE), StoreOptions::default())?;
+        let store = ServerStore::open(
+            &config.data_dir.join(DB_FILE),
+            StoreOptions {
+                cache_bytes: config.limits.store_cache_bytes,
+                ..StoreOptions::default()
+            },
+        )?;
         let (writer, writer_thread) =
             StoreWriter::start(store.clone()).map_err(ServerError::Thread)?;
         let limits = InboxLimits {
@@ -147,6 +155,7 @@ impl Server {
             started: Instant::now(),
         });
         Ok(Server {
+            rpc_threads: config.rpc_threads,
             gate: ConnectionGate::new(config.limits.admission),
             endpoint,
             metrics,
@@ -178,14 +187,24 @@ impl Server {
     /// Serves until `shutdown` completes, then stops accepting, lets the writer
     /// finish every commit in flight and closes the database.
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-        let (conn_tx, conn_rx) = mpsc::unbounded_channel();
-        let ctx = self.ctx.clone();
+        // capnp-rpc is !Send: a connection's RPC system stays on the thread it
+        // starts on. Several such threads share the connections (round robin), so
+        // one busy connection slows only its thread's share.
         let max_payload = self.max_payload;
-        // capnp-rpc is !Send: every connection's RPC system runs on this one thread.
-        let rpc_thread = std::thread::Builder::new()
-            .name("rpc".into())
-            .spawn(move || rpc_thread_main(ctx, conn_rx, max_payload))
-            .map_err(ServerError::Thread)?;
+        let mut rpc_threads = Vec::new();
+        let mut conn_txs = Vec::new();
+        for i in 0..self.rpc_threads {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let ctx = self.ctx.clone();
+            rpc_threads.push(
+                std::thread::Builder::new()
+                    .name(format!("rpc-{i}"))
+                    .spawn(move || rpc_thread_main(ctx, rx, max_payload))
+                    .map_err(ServerError::Thread)?,
+            );
+            conn_txs.push(tx);
+        }
+        let next_thread = std::sync::atomic::AtomicUsize::new(0);
 
         let accept = async {
             while let Some(incoming) = self.endpoint.accept().await {
@@ -200,7 +219,8 @@ impl Server {
                         continue;
                     }
                 };
-                let conn_tx = conn_tx.clone();
+                let i = next_thread.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let conn_tx = conn_txs[i % conn_txs.len()].clone();
                 tokio::spawn(async move {
                     match incoming.await {
                         Ok(conn) => {
@@ -248,8 +268,13 @@ impl Server {
         }
         tracing::info!("shutting down");
         self.endpoint.close(0u32.into(), b"node shutting down");
-        drop(conn_tx);
-        let _ = tokio::task::spawn_blocking(move || rpc_thread.join()).await;
+        drop(conn_txs);
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in rpc_threads {
+                let _ = t.join();
+            }
+        })
+        .await;
         self.ctx.groups.stop().await;
         self.ctx.registry.stop().await;
         self.writer.shutdown().await;

@@ -23,6 +23,16 @@ async fn scrape(addr: std::net::SocketAddr) -> String {
     out
 }
 
+/// The value of a sample with labels (`name{labels}`), 0 when absent.
+fn labelled(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(name_and_labels)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
 /// The value of an unlabelled sample.
 fn value(text: &str, name: &str) -> f64 {
     text.lines()
@@ -72,6 +82,24 @@ async fn the_metrics_endpoint_serves_the_node_s_dials() {
         );
         s.fetch(0, 0).await.unwrap();
         s.ack(2).await.unwrap();
+        // A wrong password and a bare key refused once accounts exist.
+        let conn = node.connect().await.unwrap();
+        conn.register("mia", b"right", &Identity::generate(), None)
+            .await
+            .unwrap();
+        let guess = node.connect().await.unwrap();
+        assert!(
+            guess
+                .login("mia", b"wrong", &Identity::generate(), None)
+                .await
+                .is_err()
+        );
+        assert!(
+            guess
+                .authenticate(&Identity::generate(), None)
+                .await
+                .is_err()
+        );
     })
     .await;
     let after = scrape(metrics).await;
@@ -97,6 +125,18 @@ async fn the_metrics_endpoint_serves_the_node_s_dials() {
     assert!(
         value(&after, "qpc_connections_total") - value(&before, "qpc_connections_total") >= 1.0
     );
+    // Refusals are counted by code, failed logins by call.
+    for (sample, at_least) in [
+        ("qpc_refusals_total{code=\"RATE_LIMITED\"}", 1.0),
+        ("qpc_refusals_total{code=\"UNAUTHORIZED\"}", 2.0),
+        ("qpc_logins_failed_total{call=\"login\"}", 1.0),
+        ("qpc_logins_failed_total{call=\"authenticate\"}", 1.0),
+    ] {
+        assert!(
+            labelled(&after, sample) - labelled(&before, sample) >= at_least,
+            "{sample}:\n{after}"
+        );
+    }
     assert!(
         after.contains("qpc_commit_seconds_bucket{le=\"0.001\"}"),
         "{after}"

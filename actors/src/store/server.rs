@@ -72,13 +72,21 @@ pub struct StoreOptions {
     /// redb's non-cryptographic checksum, which bytes chosen by remote parties could
     /// otherwise be crafted against.
     pub two_phase_commit: bool,
+    /// Memory redb may use to cache pages. redb's own default (1 GiB) is most
+    /// of a node's memory under write load: recently written payloads stay
+    /// cached (measured: 1.2 GB RSS after 6 s of 1 MiB enqueues).
+    pub cache_bytes: usize,
 }
+
+/// Default page cache of the node's database.
+pub const DEFAULT_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             durable: true,
             two_phase_commit: true,
+            cache_bytes: DEFAULT_CACHE_BYTES,
         }
     }
 }
@@ -99,7 +107,9 @@ impl ServerStore {
             path: path.to_owned(),
             source,
         })?;
-        let db = Database::create(path)?;
+        let db = redb::Builder::new()
+            .set_cache_size(options.cache_bytes)
+            .create(path)?;
         let store = ServerStore {
             db: Arc::new(db),
             options,

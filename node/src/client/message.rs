@@ -204,6 +204,13 @@ mod tests {
     }
 
     proptest! {
+        /// The fuzz target of the format: arbitrary bytes are a value or a typed
+        /// error, never a panic (`scripts/fuzz.sh` runs many more cases).
+        #[test]
+        fn decoding_arbitrary_bytes_never_panics(data in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            let _ = ClientMessage::decode(&data);
+        }
+
         #[test]
         fn round_trips(m in arb_message()) {
             prop_assert_eq!(ClientMessage::decode(&m.encode().unwrap()).unwrap(), m);

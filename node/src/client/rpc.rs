@@ -431,6 +431,13 @@ impl NodeConnection {
         Ok(reply.get()?.get_nonce()?.to_vec())
     }
 
+    /// The bootstrap capability as generated code sees it: for tests that send
+    /// requests no well-behaved client would (fuzzing).
+    #[doc(hidden)]
+    pub fn raw_node(&self) -> node::Client {
+        self.node.clone()
+    }
+
     /// The channel binding both ends derive from this connection's TLS session.
     pub fn channel_binding(&self) -> [u8; CHANNEL_BINDING_LEN] {
         self.channel_binding
@@ -588,6 +595,12 @@ pub struct WhoAmI {
 }
 
 impl SessionHandle {
+    /// The session capability as generated code sees it (fuzzing).
+    #[doc(hidden)]
+    pub fn raw_session(&self) -> session::Client {
+        self.session.clone()
+    }
+
     pub async fn whoami(&self) -> Result<WhoAmI, ClientError> {
         let reply = self.session.whoami_request().send().promise.await?;
         let r = reply.get()?;

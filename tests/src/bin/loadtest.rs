@@ -72,6 +72,15 @@ enum Scenario {
         #[arg(long, default_value_t = 100_000)]
         count: usize,
     },
+    /// `ping` latency of a quiet client while a storm of heavy calls runs beside
+    /// it: `--storm none|keypackages|longpolls`.
+    Stall {
+        #[arg(long, default_value = "none")]
+        storm: String,
+        /// Storm connections (keypackages) or long-polling sessions (longpolls).
+        #[arg(long, default_value_t = 4)]
+        size: usize,
+    },
     /// Real MLS clients in one group: send-to-all-decrypted latency, and one
     /// add-member commit processed by all, next to OpenMLS' own cost.
     Groups {
@@ -157,6 +166,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         )?,
         Scenario::Connections { count } => load::connections(&target, count, show)?,
         Scenario::Inboxes { count } => load::inboxes(&mut target, count, show)?,
+        Scenario::Stall { storm, size } => {
+            let storm = match storm.as_str() {
+                "none" => load::Storm::None,
+                "keypackages" => load::Storm::KeyPackages { connections: size },
+                "longpolls" => load::Storm::LongPolls { pollers: size },
+                other => anyhow::bail!("unknown storm {other:?}: none, keypackages or longpolls"),
+            };
+            load::stall(&target, storm, duration, show)?
+        }
         Scenario::Groups { members, messages } => {
             load::groups(&target, &GroupParams { members, messages }, show)?
         }

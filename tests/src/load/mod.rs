@@ -8,11 +8,13 @@
 mod groups;
 mod report;
 mod scenarios;
+mod stall;
 mod sys;
 
 pub use groups::{GroupParams, groups};
 pub use report::Report;
 pub use scenarios::*;
+pub use stall::{Storm, stall};
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

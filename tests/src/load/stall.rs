@@ -1,0 +1,132 @@
+//! `stall`: how long a quiet client's `ping` takes while a storm of heavy calls
+//! from others runs beside it. It measures whether one busy client can slow
+//! everyone's answers (one RPC thread doing CPU or disk work for a storm would).
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use openmls_memory_storage::MemoryStorage;
+use quicnprotochat_crypto::Identity;
+use quicnprotochat_crypto::envelope::HybridKeyPair;
+use quicnprotochat_crypto::mls::{GroupMember, Suite};
+
+use super::report::{Latency, histogram, record};
+use super::scenarios::{connect, progress, run_local};
+use super::{Report, Target};
+
+/// What runs beside the pinger.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Storm {
+    /// Nothing: the baseline.
+    None,
+    /// Connections each uploading 200 KeyPackages again and again (the node
+    /// validates every one: signatures, lifetimes).
+    KeyPackages { connections: usize },
+    /// Sessions each holding a long-poll open (spread over connections of 25).
+    LongPolls { pollers: usize },
+}
+
+/// Long-poll sessions per storm connection.
+const POLLERS_PER_CONNECTION: usize = 25;
+/// KeyPackages per upload (the node's maximum).
+const UPLOAD: usize = 200;
+
+pub fn stall(
+    target: &Target,
+    storm: Storm,
+    duration: Duration,
+    show_progress: bool,
+) -> anyhow::Result<Report> {
+    let mut report = Report::new("stall").param("storm", format!("{storm:?}"));
+    let (hist, storm_calls, storm_errors) = run_local(async {
+        let stop = Rc::new(Cell::new(false));
+        let calls = Rc::new(Cell::new(0u64));
+        let errors = Rc::new(Cell::new(0u64));
+        let mut tasks = Vec::new();
+        let mut held = Vec::new();
+        match storm {
+            Storm::None => {}
+            Storm::KeyPackages { connections } => {
+                for _ in 0..connections {
+                    let conn = connect(target).await?;
+                    // One device's packages, made once, uploaded over and over.
+                    let id = Identity::generate();
+                    let member = GroupMember::new(&id, MemoryStorage::default())?;
+                    let kps = (0..UPLOAD)
+                        .map(|_| member.generate_key_package(Suite::Classic, false))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let last = member.generate_key_package(Suite::Classic, true)?;
+                    let hybrid = HybridKeyPair::generate(1).signed_public(&id).to_bytes();
+                    // The session must be the packages' device: authenticate as it.
+                    let s_dev = conn.authenticate(&id, None).await?;
+                    let (stop, calls, errors) = (stop.clone(), calls.clone(), errors.clone());
+                    tasks.push(tokio::task::spawn_local(async move {
+                        while !stop.get() {
+                            // Refused once 1,000 are stored; validated all the same.
+                            if s_dev
+                                .upload_key_packages(&kps, &last, &hybrid)
+                                .await
+                                .is_err()
+                            {
+                                errors.set(errors.get() + 1);
+                            }
+                            calls.set(calls.get() + 1);
+                        }
+                    }));
+                    held.push(conn);
+                }
+            }
+            Storm::LongPolls { pollers } => {
+                let bar = progress(show_progress, pollers as u64, "long-polls");
+                let mut started = 0;
+                while started < pollers {
+                    let conn = connect(target).await?;
+                    for _ in 0..POLLERS_PER_CONNECTION.min(pollers - started) {
+                        let s = conn.authenticate(&Identity::generate(), None).await?;
+                        let (stop, calls, errors) = (stop.clone(), calls.clone(), errors.clone());
+                        tasks.push(tokio::task::spawn_local(async move {
+                            while !stop.get() {
+                                match s.fetch_wait(0, 0, Duration::from_secs(5)).await {
+                                    Ok(_) => calls.set(calls.get() + 1),
+                                    Err(_) => errors.set(errors.get() + 1),
+                                }
+                            }
+                        }));
+                        started += 1;
+                    }
+                    held.push(conn);
+                    bar.set_position(started as u64);
+                }
+                bar.finish_and_clear();
+                // Let every long-poll reach the node before measuring.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+        let pinger = connect(target).await?;
+        let mut hist = histogram();
+        let start = Instant::now();
+        while start.elapsed() < duration {
+            let t = Instant::now();
+            if pinger.ping().await.is_ok() {
+                record(&mut hist, t.elapsed());
+            } else {
+                errors.set(errors.get() + 1);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.set(true);
+        pinger.close().await;
+        for conn in held {
+            conn.close().await;
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        anyhow::Ok((hist, calls.get(), errors.get()))
+    })?;
+    report.latency = Some(Latency::of(&hist));
+    report.figure("storm_calls", storm_calls as f64);
+    report.errors = storm_errors;
+    Ok(report)
+}
