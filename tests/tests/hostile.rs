@@ -133,3 +133,94 @@ async fn connections_past_the_per_address_cap_are_refused_and_slots_come_back() 
     .await;
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_max_rate_sender_into_one_inbox_and_a_handshake_storm_leave_others_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::ephemeral(dir.path());
+    config.queue_limit = 200;
+    config.limits.budget.calls_per_connection = 32;
+    config.limits.admission.connections_per_address = 64;
+    let node_cap = config.limits.budget.bytes_per_node;
+    let node = TestNode::start_with(config).await;
+    local(async {
+        let victim = IdentityKey(Identity::generate().public_key());
+        let (_fc, flooder) = node.session(&Identity::generate()).await;
+        let (alice, bob) = (Identity::generate(), Identity::generate());
+        let (_ac, a) = node.session(&alice).await;
+        let (_bc, b) = node.session(&bob).await;
+        let stop = std::rc::Rc::new(std::cell::Cell::new(false));
+        // The flood: 64 enqueues in flight into one inbox, again and again.
+        let flood = {
+            let stop = stop.clone();
+            async move {
+                let mut codes = std::collections::BTreeMap::new();
+                while !stop.get() {
+                    let calls = (0..64).map(|_| flooder.enqueue(&victim, &[1u8; 1024]));
+                    for r in futures::future::join_all(calls).await {
+                        let code = match r {
+                            Ok(_) => "stored".to_string(),
+                            Err(e) => format!("{:?}", e.code().expect("a typed refusal")),
+                        };
+                        *codes.entry(code).or_insert(0u32) += 1;
+                    }
+                }
+                codes
+            }
+        };
+        // The handshake storm: connections opened and closed back to back.
+        let storm = {
+            let stop = stop.clone();
+            let node = &node;
+            async move {
+                let (mut opened, mut refused) = (0u32, 0u32);
+                while !stop.get() {
+                    let batch = futures::future::join_all((0..16).map(|_| node.connect())).await;
+                    for c in batch {
+                        match c {
+                            Ok(c) => {
+                                opened += 1;
+                                c.close().await;
+                            }
+                            Err(_) => refused += 1,
+                        }
+                    }
+                }
+                (opened, refused)
+            }
+        };
+        // Meanwhile alice and bob talk: every message arrives, in order.
+        let talk = async {
+            for i in 0..50u32 {
+                let seq = a
+                    .enqueue(&IdentityKey(bob.public_key()), &i.to_le_bytes())
+                    .await;
+                assert_eq!(
+                    seq.expect("alice is served during the flood"),
+                    u64::from(i) + 1
+                );
+            }
+            let got = b.fetch(0, 0).await.expect("bob is served during the flood");
+            assert_eq!(got.len(), 50);
+            stop.set(true);
+        };
+        let (codes, (opened, _refused), ()) = tokio::join!(flood, storm, talk);
+        assert_eq!(
+            codes.get("stored"),
+            Some(&200),
+            "the inbox holds its limit: {codes:?}"
+        );
+        assert!(
+            codes
+                .keys()
+                .all(|k| ["stored", "QueueFull", "RateLimited"].contains(&k.as_str())),
+            "every refusal is QUEUE_FULL or RATE_LIMITED: {codes:?}"
+        );
+        assert!(opened > 0, "handshakes went through");
+        let budget = node.budget();
+        assert!(budget.peak_bytes_in_flight() <= node_cap);
+        assert_eq!(budget.bytes_in_flight(), 0);
+    })
+    .await;
+    node.stop().await;
+}
