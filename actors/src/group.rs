@@ -24,8 +24,7 @@ use crate::registry::{Capacity, Membership, Registry};
 use crate::store::server::group_fence;
 use crate::store::writer::{FenceWrite, StoreWriter, TransactError};
 
-/// Longest group id the node keeps (MLS group ids are usually 16–32 bytes).
-pub const MAX_GROUP_ID_LEN: usize = 256;
+pub use crate::core::commit::MAX_GROUP_ID_LEN;
 
 /// Why a commit was not accepted.
 #[derive(Debug, thiserror::Error)]

@@ -3,6 +3,7 @@
 
 pub mod admission;
 pub mod budget;
+pub mod commit;
 pub mod epoch;
 pub mod inbox;
 pub mod rate;

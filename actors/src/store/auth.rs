@@ -1,8 +1,13 @@
-//! The Authentication Service's tables. Written only through the store writer's
-//! custom transactions (`auth.rs`), read with plain read transactions.
+//! The Authentication Service's tables, and the typed operations on them that
+//! the service runs inside the store writer's transactions. Written only through
+//! the writer, read with plain read transactions.
 
 use quicnprotochat_crypto::mls::Suite;
-use redb::TableDefinition;
+use quicnprotochat_wire::IdentityKey;
+use redb::{ReadableTable, TableDefinition, WriteTransaction};
+
+use crate::auth::ClaimedPackage;
+use crate::store::StoreError;
 
 /// Node secrets: the OPAQUE server setup.
 pub const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
@@ -59,3 +64,82 @@ pub fn key_package_tables(suite: Suite) -> KeyPackageTables {
 pub const HYBRID_KEYS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("hybrid_keys");
 /// device → SHA-256 of its sealed-sender access key.
 pub const ACCESS_KEYS: TableDefinition<&[u8; 32], &[u8; 32]> = TableDefinition::new("access_keys");
+
+/// Deletes every row of `device` (a device of `username`): its directory
+/// entries, KeyPackages of every suite, hybrid key, access key and sessions.
+/// Returns the hashes of the sessions it ended.
+pub fn remove_device_rows(
+    txn: &WriteTransaction,
+    username: &str,
+    device: &IdentityKey,
+) -> Result<Vec<[u8; 32]>, StoreError> {
+    txn.open_table(DEVICES)?.remove(&device.0)?;
+    txn.open_table(ACCOUNT_DEVICES)?.remove((username, &device.0))?;
+    for suite in Suite::ALL {
+        let t = key_package_tables(suite);
+        let mut kps = txn.open_table(t.one_time)?;
+        kps.retain_in((&device.0, 0)..=(&device.0, u64::MAX), |_, _| false)?;
+        txn.open_table(t.last_resort)?.remove(&device.0)?;
+        txn.open_table(t.stats)?.remove(&device.0)?;
+    }
+    txn.open_table(HYBRID_KEYS)?.remove(&device.0)?;
+    txn.open_table(ACCESS_KEYS)?.remove(&device.0)?;
+    let mut sessions = txn.open_table(SESSIONS)?;
+    let mut dropped = Vec::new();
+    for e in sessions.iter()? {
+        let (k, v) = e?;
+        if v.value().0 == &device.0 {
+            dropped.push(*k.value());
+        }
+    }
+    for k in &dropped {
+        sessions.remove(k)?;
+    }
+    Ok(dropped)
+}
+
+/// Claims one KeyPackage of `tables`' suite per device of `devices` that
+/// published keys: a one-time package is deleted as it is returned; when none
+/// is left the last-resort one is served and counted.
+pub fn claim_packages(
+    txn: &WriteTransaction,
+    tables: KeyPackageTables,
+    devices: Vec<IdentityKey>,
+) -> Result<Vec<ClaimedPackage>, StoreError> {
+    let mut kps = txn.open_table(tables.one_time)?;
+    let mut stats = txn.open_table(tables.stats)?;
+    let last_resort = txn.open_table(tables.last_resort)?;
+    let hybrid = txn.open_table(HYBRID_KEYS)?;
+    let mut out = Vec::new();
+    for d in devices {
+        let Some(hybrid_public_key) = hybrid.get(&d.0)?.map(|v| v.value().to_vec()) else {
+            continue; // never uploaded anything: nothing to serve
+        };
+        let first = kps
+            .range((&d.0, 0)..=(&d.0, u64::MAX))?
+            .next()
+            .transpose()?
+            .map(|(k, v)| (k.value().1, v.value().to_vec()));
+        let (key_package, is_last_resort) = match first {
+            Some((n, kp)) => {
+                kps.remove((&d.0, n))?;
+                (kp, false)
+            }
+            None => {
+                let Some(kp) = last_resort.get(&d.0)?.map(|v| v.value().to_vec()) else {
+                    continue;
+                };
+                let (next, served) = stats.get(&d.0)?.map(|v| v.value()).unwrap_or((0, 0));
+                stats.insert(&d.0, (next, served + 1))?;
+                (kp, true)
+            }
+        };
+        out.push(ClaimedPackage {
+            identity_key: d,
+            key_package,
+            hybrid_public_key,
+            last_resort: is_last_resort,
+        });
+    }
+    Ok(out)
+}

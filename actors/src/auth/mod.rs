@@ -10,120 +10,29 @@
 use std::collections::HashMap;
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use quicnprotochat_crypto::envelope::HybridPublicKey;
-use quicnprotochat_crypto::mls::{Suite, validate_key_package};
-use quicnprotochat_crypto::opaque::{self, OpaqueError, ServerLoginState, ServerSetup};
+use quicnprotochat_crypto::mls::Suite;
+use quicnprotochat_crypto::opaque::{self, ServerLoginState, ServerSetup};
 use quicnprotochat_crypto::token::{TokenHash, generate_token};
-use quicnprotochat_wire::{ErrorCode, IdentityKey, WireError};
+use quicnprotochat_wire::IdentityKey;
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
-use crate::error::DeliveryError;
+mod error;
+mod rules;
+
 use crate::store::auth::*;
-use crate::store::writer::{StoreWriter, TransactError};
+use crate::store::writer::StoreWriter;
 use crate::store::{ServerStore, StoreError};
-
-/// Shortest and longest username.
-pub const USERNAME_MIN: usize = 3;
-pub const USERNAME_MAX: usize = 32;
-/// Most one-time KeyPackages one upload may carry, and one device may have stored.
-pub const MAX_UPLOAD: usize = 200;
-pub const MAX_STORED_KEY_PACKAGES: u64 = 1000;
-
-/// The `NOT_FOUND` details of a KeyPackage claim: clients tell an unknown user
-/// from one who published nothing for the asked suite by them.
-pub const NO_SUCH_USER: &str = "no such user or device";
-pub const NO_KEY_PACKAGES: &str = "no KeyPackages published for this ciphersuite";
-/// How long a session token lives.
-pub const SESSION_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
-
-/// Why the Authentication Service refused.
-#[derive(Debug, thiserror::Error)]
-pub enum AuthError {
-    #[error("invalid username: {0}")]
-    BadUsername(&'static str),
-    #[error("username is taken")]
-    UsernameTaken,
-    /// One answer for wrong password, unknown user, wrong identity key, expired or
-    /// revoked token: the caller learns nothing about which.
-    #[error("wrong username, password, identity key or token")]
-    Unauthorized,
-    #[error("{0}")]
-    NotFound(&'static str),
-    #[error("{0}")]
-    BadRequest(String),
-    #[error("storage: {0}")]
-    Store(#[from] DeliveryError),
-}
-
-impl From<StoreError> for AuthError {
-    fn from(e: StoreError) -> Self {
-        AuthError::Store(e.into())
-    }
-}
-
-impl From<redb::Error> for AuthError {
-    fn from(e: redb::Error) -> Self {
-        AuthError::Store(StoreError::Redb(e).into())
-    }
-}
-
-impl From<TransactError<AuthError>> for AuthError {
-    fn from(e: TransactError<AuthError>) -> Self {
-        match e {
-            TransactError::Refused(a) => a,
-            TransactError::Store(s) => AuthError::Store(s),
-        }
-    }
-}
-
-impl From<AuthError> for WireError {
-    fn from(e: AuthError) -> Self {
-        let code = match &e {
-            AuthError::BadUsername(_) | AuthError::BadRequest(_) => ErrorCode::BadRequest,
-            AuthError::UsernameTaken => ErrorCode::AlreadyExists,
-            AuthError::Unauthorized => ErrorCode::Unauthorized,
-            AuthError::NotFound(_) => ErrorCode::NotFound,
-            // Details are for the operator's log (connection.rs logs them).
-            AuthError::Store(_) => {
-                return WireError::new(ErrorCode::Unavailable, "storage unavailable");
-            }
-        };
-        WireError::new(code, e.to_string())
-    }
-}
-
-/// Checks a username: 3–32 characters of `a-z 0-9 . _ -`, starting with a letter.
-pub fn check_username(name: &str) -> Result<(), AuthError> {
-    if name.len() < USERNAME_MIN || name.len() > USERNAME_MAX {
-        return Err(AuthError::BadUsername("must be 3 to 32 characters"));
-    }
-    if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
-        return Err(AuthError::BadUsername(
-            "must start with a lower-case letter",
-        ));
-    }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
-    {
-        return Err(AuthError::BadUsername(
-            "may contain only a-z, 0-9, '.', '_' and '-'",
-        ));
-    }
-    Ok(())
-}
+pub use error::AuthError;
+use error::opaque_err;
+pub use rules::*;
 
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
-}
-
-fn storage<E: Into<redb::Error>>(e: E) -> AuthError {
-    AuthError::from(e.into())
 }
 
 /// A live session.
@@ -181,11 +90,9 @@ impl AuthService {
     /// the device directory and the live sessions.
     pub async fn open(store: ServerStore, writer: StoreWriter) -> Result<AuthService, AuthError> {
         let existing = {
-            let txn = store.db().begin_read().map_err(storage)?;
-            let t = txn.open_table(SECRETS).map_err(storage)?;
-            t.get(OPAQUE_SETUP_KEY)
-                .map_err(storage)?
-                .map(|v| v.value().to_vec())
+            let txn = store.db().begin_read()?;
+            let t = txn.open_table(SECRETS)?;
+            t.get(OPAQUE_SETUP_KEY)?.map(|v| v.value().to_vec())
         };
         let setup = match existing {
             Some(bytes) => ServerSetup::from_bytes(&bytes).map_err(|_| {
@@ -197,9 +104,8 @@ impl AuthService {
                 // Another writer cannot race us: the node opens its store once.
                 writer
                     .transact(move |txn: &WriteTransaction| -> Result<(), AuthError> {
-                        let mut t = txn.open_table(SECRETS).map_err(storage)?;
-                        t.insert(OPAQUE_SETUP_KEY, bytes.as_slice())
-                            .map_err(storage)?;
+                        let mut t = txn.open_table(SECRETS)?;
+                        t.insert(OPAQUE_SETUP_KEY, bytes.as_slice())?;
                         Ok(())
                     })
                     .await?;
@@ -207,26 +113,16 @@ impl AuthService {
             }
         };
         let (devices, sessions, accounts) = {
-            let txn = store.db().begin_read().map_err(storage)?;
+            let txn = store.db().begin_read()?;
             let mut devices = HashMap::new();
-            for e in txn
-                .open_table(DEVICES)
-                .map_err(storage)?
-                .iter()
-                .map_err(storage)?
-            {
-                let (k, v) = e.map_err(storage)?;
+            for e in txn.open_table(DEVICES)?.iter()? {
+                let (k, v) = e?;
                 devices.insert(IdentityKey(*k.value()), v.value().to_string());
             }
             let now = now_ms();
             let mut sessions = HashMap::new();
-            for e in txn
-                .open_table(SESSIONS)
-                .map_err(storage)?
-                .iter()
-                .map_err(storage)?
-            {
-                let (k, v) = e.map_err(storage)?;
+            for e in txn.open_table(SESSIONS)?.iter()? {
+                let (k, v) = e?;
                 let (identity, expires_at_ms) = v.value();
                 if expires_at_ms > now {
                     sessions.insert(
@@ -238,11 +134,7 @@ impl AuthService {
                     );
                 }
             }
-            let accounts = !txn
-                .open_table(USERS)
-                .map_err(storage)?
-                .is_empty()
-                .map_err(storage)?;
+            let accounts = !txn.open_table(USERS)?.is_empty()?;
             (devices, sessions, accounts)
         };
         Ok(AuthService {
@@ -279,24 +171,20 @@ impl AuthService {
         let name = username.to_string();
         self.writer
             .transact(move |txn| -> Result<(), AuthError> {
-                let mut users = txn.open_table(USERS).map_err(storage)?;
-                let mut devices = txn.open_table(DEVICES).map_err(storage)?;
-                if users.get(name.as_str()).map_err(storage)?.is_some() {
+                let mut users = txn.open_table(USERS)?;
+                let mut devices = txn.open_table(DEVICES)?;
+                if users.get(name.as_str())?.is_some() {
                     return Err(AuthError::UsernameTaken);
                 }
-                if devices.get(&device.0).map_err(storage)?.is_some() {
+                if devices.get(&device.0)?.is_some() {
                     return Err(AuthError::BadRequest(
                         "this identity key already belongs to an account".into(),
                     ));
                 }
-                users
-                    .insert(name.as_str(), record.as_slice())
-                    .map_err(storage)?;
-                devices.insert(&device.0, name.as_str()).map_err(storage)?;
-                txn.open_table(ACCOUNT_DEVICES)
-                    .map_err(storage)?
-                    .insert((name.as_str(), &device.0), now_ms())
-                    .map_err(storage)?;
+                users.insert(name.as_str(), record.as_slice())?;
+                devices.insert(&device.0, name.as_str())?;
+                txn.open_table(ACCOUNT_DEVICES)?
+                    .insert((name.as_str(), &device.0), now_ms())?;
                 Ok(())
             })
             .await?;
@@ -309,12 +197,9 @@ impl AuthService {
     }
 
     fn password_record(&self, username: &str) -> Result<Option<Vec<u8>>, AuthError> {
-        let txn = self.store.db().begin_read().map_err(storage)?;
-        let users = txn.open_table(USERS).map_err(storage)?;
-        Ok(users
-            .get(username)
-            .map_err(storage)?
-            .map(|v| v.value().to_vec()))
+        let txn = self.store.db().begin_read()?;
+        let users = txn.open_table(USERS)?;
+        Ok(users.get(username)?.map(|v| v.value().to_vec()))
     }
 
     /// OPAQUE login, first step. Unknown users get an answer from a fake record,
@@ -353,26 +238,19 @@ impl AuthService {
         let name = username.to_string();
         self.writer
             .transact(move |txn| -> Result<(), AuthError> {
-                let mut devices = txn.open_table(DEVICES).map_err(storage)?;
-                let owner = devices
-                    .get(&device.0)
-                    .map_err(storage)?
-                    .map(|v| v.value().to_string());
+                let mut devices = txn.open_table(DEVICES)?;
+                let owner = devices.get(&device.0)?.map(|v| v.value().to_string());
                 match owner {
                     Some(o) if o != name => return Err(AuthError::Unauthorized),
                     Some(_) => {}
                     None => {
-                        devices.insert(&device.0, name.as_str()).map_err(storage)?;
-                        txn.open_table(ACCOUNT_DEVICES)
-                            .map_err(storage)?
-                            .insert((name.as_str(), &device.0), now_ms())
-                            .map_err(storage)?;
+                        devices.insert(&device.0, name.as_str())?;
+                        txn.open_table(ACCOUNT_DEVICES)?
+                            .insert((name.as_str(), &device.0), now_ms())?;
                     }
                 }
-                txn.open_table(SESSIONS)
-                    .map_err(storage)?
-                    .insert(&token_hash, (&device.0, expires_at_ms))
-                    .map_err(storage)?;
+                txn.open_table(SESSIONS)?
+                    .insert(&token_hash, (&device.0, expires_at_ms))?;
                 Ok(())
             })
             .await?;
@@ -429,10 +307,7 @@ impl AuthService {
     pub async fn logout(&self, token_hash: [u8; 32]) -> Result<(), AuthError> {
         self.writer
             .transact(move |txn| -> Result<(), AuthError> {
-                txn.open_table(SESSIONS)
-                    .map_err(storage)?
-                    .remove(&token_hash)
-                    .map_err(storage)?;
+                txn.open_table(SESSIONS)?.remove(&token_hash)?;
                 Ok(())
             })
             .await?;
@@ -493,48 +368,7 @@ impl AuthService {
         let dropped_sessions = self
             .writer
             .transact(move |txn| -> Result<Vec<[u8; 32]>, AuthError> {
-                txn.open_table(DEVICES)
-                    .map_err(storage)?
-                    .remove(&device.0)
-                    .map_err(storage)?;
-                txn.open_table(ACCOUNT_DEVICES)
-                    .map_err(storage)?
-                    .remove((name.as_str(), &device.0))
-                    .map_err(storage)?;
-                for suite in Suite::ALL {
-                    let t = key_package_tables(suite);
-                    let mut kps = txn.open_table(t.one_time).map_err(storage)?;
-                    kps.retain_in((&device.0, 0)..=(&device.0, u64::MAX), |_, _| false)
-                        .map_err(storage)?;
-                    txn.open_table(t.last_resort)
-                        .map_err(storage)?
-                        .remove(&device.0)
-                        .map_err(storage)?;
-                    txn.open_table(t.stats)
-                        .map_err(storage)?
-                        .remove(&device.0)
-                        .map_err(storage)?;
-                }
-                txn.open_table(HYBRID_KEYS)
-                    .map_err(storage)?
-                    .remove(&device.0)
-                    .map_err(storage)?;
-                txn.open_table(ACCESS_KEYS)
-                    .map_err(storage)?
-                    .remove(&device.0)
-                    .map_err(storage)?;
-                let mut sessions = txn.open_table(SESSIONS).map_err(storage)?;
-                let mut dropped = Vec::new();
-                for e in sessions.iter().map_err(storage)? {
-                    let (k, v) = e.map_err(storage)?;
-                    if v.value().0 == &device.0 {
-                        dropped.push(*k.value());
-                    }
-                }
-                for k in &dropped {
-                    sessions.remove(k).map_err(storage)?;
-                }
-                Ok(dropped)
+                Ok(remove_device_rows(txn, &name, &device)?)
             })
             .await?;
         self.devices.write().expect("lock").remove(&device);
@@ -575,35 +409,35 @@ impl AuthService {
         let tables = key_package_tables(suite);
         self.writer
             .transact(move |txn| -> Result<(), AuthError> {
-                let mut stats = txn.open_table(tables.stats).map_err(storage)?;
-                let (next, served) = stats.get(&device.0).map_err(storage)?.map(|v| v.value()).unwrap_or((0, 0));
-                let mut kps = txn.open_table(tables.one_time).map_err(storage)?;
-                let stored = kps.range((&device.0, 0)..=(&device.0, u64::MAX)).map_err(storage)?.count() as u64;
+                let mut stats = txn.open_table(tables.stats)?;
+                let (next, served) = stats.get(&device.0)?.map(|v| v.value()).unwrap_or((0, 0));
+                let mut kps = txn.open_table(tables.one_time)?;
+                let stored = kps.range((&device.0, 0)..=(&device.0, u64::MAX))?.count() as u64;
                 if stored + one_time.len() as u64 > MAX_STORED_KEY_PACKAGES {
                     return Err(AuthError::BadRequest(format!(
                         "at most {MAX_STORED_KEY_PACKAGES} KeyPackages may be stored per device ({stored} are)"
                     )));
                 }
-                let has_last_resort = txn.open_table(tables.last_resort).map_err(storage)?.get(&device.0).map_err(storage)?.is_some();
+                let has_last_resort = txn.open_table(tables.last_resort)?.get(&device.0)?.is_some();
                 if last_resort.is_empty() && !has_last_resort {
                     return Err(AuthError::BadRequest("the first upload must include a last-resort KeyPackage".into()));
                 }
-                let has_hybrid = txn.open_table(HYBRID_KEYS).map_err(storage)?.get(&device.0).map_err(storage)?.is_some();
+                let has_hybrid = txn.open_table(HYBRID_KEYS)?.get(&device.0)?.is_some();
                 if hybrid_public_key.is_empty() && !has_hybrid {
                     return Err(AuthError::BadRequest("the first upload must include the hybrid public key".into()));
                 }
                 for (i, kp) in one_time.iter().enumerate() {
-                    kps.insert((&device.0, next + i as u64), kp.as_slice()).map_err(storage)?;
+                    kps.insert((&device.0, next + i as u64), kp.as_slice())?;
                 }
-                stats.insert(&device.0, (next + one_time.len() as u64, served)).map_err(storage)?;
+                stats.insert(&device.0, (next + one_time.len() as u64, served))?;
                 if !last_resort.is_empty() {
-                    txn.open_table(tables.last_resort).map_err(storage)?.insert(&device.0, last_resort.as_slice()).map_err(storage)?;
+                    txn.open_table(tables.last_resort)?.insert(&device.0, last_resort.as_slice())?;
                 }
                 if !hybrid_public_key.is_empty() {
                     txn.open_table(HYBRID_KEYS)
-                        .map_err(storage)?
+                        ?
                         .insert(&device.0, hybrid_public_key.as_slice())
-                        .map_err(storage)?;
+                        ?;
                 }
                 Ok(())
             })
@@ -627,56 +461,7 @@ impl AuthService {
         let claimed = self
             .writer
             .transact(move |txn| -> Result<Vec<ClaimedPackage>, AuthError> {
-                let mut kps = txn.open_table(tables.one_time).map_err(storage)?;
-                let mut stats = txn.open_table(tables.stats).map_err(storage)?;
-                let last_resort = txn.open_table(tables.last_resort).map_err(storage)?;
-                let hybrid = txn.open_table(HYBRID_KEYS).map_err(storage)?;
-                let mut out = Vec::new();
-                for d in devices {
-                    let Some(hybrid_public_key) = hybrid
-                        .get(&d.0)
-                        .map_err(storage)?
-                        .map(|v| v.value().to_vec())
-                    else {
-                        continue; // never uploaded anything: nothing to serve
-                    };
-                    let first = kps
-                        .range((&d.0, 0)..=(&d.0, u64::MAX))
-                        .map_err(storage)?
-                        .next()
-                        .transpose()
-                        .map_err(storage)?
-                        .map(|(k, v)| (k.value().1, v.value().to_vec()));
-                    let (key_package, is_last_resort) = match first {
-                        Some((n, kp)) => {
-                            kps.remove((&d.0, n)).map_err(storage)?;
-                            (kp, false)
-                        }
-                        None => {
-                            let Some(kp) = last_resort
-                                .get(&d.0)
-                                .map_err(storage)?
-                                .map(|v| v.value().to_vec())
-                            else {
-                                continue;
-                            };
-                            let (next, served) = stats
-                                .get(&d.0)
-                                .map_err(storage)?
-                                .map(|v| v.value())
-                                .unwrap_or((0, 0));
-                            stats.insert(&d.0, (next, served + 1)).map_err(storage)?;
-                            (kp, true)
-                        }
-                    };
-                    out.push(ClaimedPackage {
-                        identity_key: d,
-                        key_package,
-                        hybrid_public_key,
-                        last_resort: is_last_resort,
-                    });
-                }
-                Ok(out)
+                Ok(claim_packages(txn, tables, devices)?)
             })
             .await?;
         if claimed.is_empty() {
@@ -698,15 +483,12 @@ impl AuthService {
             return Err(AuthError::NotFound(NO_SUCH_USER));
         }
         let tables = key_package_tables(suite);
-        let txn = self.store.db().begin_read().map_err(storage)?;
-        let last_resort = txn.open_table(tables.last_resort).map_err(storage)?;
-        let hybrid = txn.open_table(HYBRID_KEYS).map_err(storage)?;
+        let txn = self.store.db().begin_read()?;
+        let last_resort = txn.open_table(tables.last_resort)?;
+        let hybrid = txn.open_table(HYBRID_KEYS)?;
         let mut out = Vec::new();
         for d in devices {
-            let (Some(h), Some(kp)) = (
-                hybrid.get(&d.0).map_err(storage)?,
-                last_resort.get(&d.0).map_err(storage)?,
-            ) else {
+            let (Some(h), Some(kp)) = (hybrid.get(&d.0)?, last_resort.get(&d.0)?) else {
                 continue;
             };
             out.push(ClaimedPackage {
@@ -736,18 +518,14 @@ impl AuthService {
     /// How many one-time packages `device` has left, and how often its last-resort
     /// package was served.
     pub fn key_package_status(&self, device: &IdentityKey) -> Result<(u64, u64), AuthError> {
-        let txn = self.store.db().begin_read().map_err(storage)?;
+        let txn = self.store.db().begin_read()?;
         let remaining = txn
-            .open_table(KEY_PACKAGES)
-            .map_err(storage)?
-            .range((&device.0, 0)..=(&device.0, u64::MAX))
-            .map_err(storage)?
+            .open_table(KEY_PACKAGES)?
+            .range((&device.0, 0)..=(&device.0, u64::MAX))?
             .count() as u64;
         let served = txn
-            .open_table(KP_STATS)
-            .map_err(storage)?
-            .get(&device.0)
-            .map_err(storage)?
+            .open_table(KP_STATS)?
+            .get(&device.0)?
             .map(|v| v.value().1)
             .unwrap_or(0);
         Ok((remaining, served))
@@ -756,18 +534,22 @@ impl AuthService {
     // ---- sealed sender ----------------------------------------------------------------
 
     /// Sets the hash of the access key senders must present to reach `device`
-    /// without a session.
+    /// without a session. Only a device of an account has one (a bare key on a
+    /// node without accounts has nobody to give the key to).
     pub async fn set_access_key(
         &self,
         device: IdentityKey,
         access_key_hash: [u8; 32],
     ) -> Result<(), AuthError> {
+        if self.account_of(&device).is_none() {
+            return Err(AuthError::BadRequest(
+                "only a registered device can set an access key".into(),
+            ));
+        }
         self.writer
             .transact(move |txn| -> Result<(), AuthError> {
-                txn.open_table(ACCESS_KEYS)
-                    .map_err(storage)?
-                    .insert(&device.0, &access_key_hash)
-                    .map_err(storage)?;
+                txn.open_table(ACCESS_KEYS)?
+                    .insert(&device.0, &access_key_hash)?;
                 Ok(())
             })
             .await?;
@@ -781,120 +563,11 @@ impl AuthService {
         device: &IdentityKey,
         access_key: &[u8],
     ) -> Result<bool, AuthError> {
-        let txn = self.store.db().begin_read().map_err(storage)?;
+        let txn = self.store.db().begin_read()?;
         let stored = txn
-            .open_table(ACCESS_KEYS)
-            .map_err(storage)?
-            .get(&device.0)
-            .map_err(storage)?
+            .open_table(ACCESS_KEYS)?
+            .get(&device.0)?
             .map(|v| *v.value());
         Ok(stored.is_some_and(|hash| TokenHash::from_digest(hash).matches(access_key)))
-    }
-}
-
-/// A KeyPackage upload whose content passed [`check_upload`].
-pub struct CheckedUpload {
-    device: IdentityKey,
-    suite: Suite,
-    one_time: Vec<Vec<u8>>,
-    last_resort: Vec<u8>,
-    hybrid_public_key: Vec<u8>,
-}
-
-/// The rules of an upload that need no stored state: at most [`MAX_UPLOAD`]
-/// one-time packages, each valid (signature, suite, lifetime), naming `device`
-/// and not marked last-resort; the last-resort one marked so; one suite for all;
-/// the hybrid key signed by `device`. Pure CPU work, no I/O.
-pub fn check_upload(
-    device: IdentityKey,
-    one_time: Vec<Vec<u8>>,
-    last_resort: Vec<u8>,
-    hybrid_public_key: Vec<u8>,
-) -> Result<CheckedUpload, AuthError> {
-    if one_time.len() > MAX_UPLOAD {
-        return Err(AuthError::BadRequest(format!(
-            "at most {MAX_UPLOAD} KeyPackages per upload"
-        )));
-    }
-    let mut suites = Vec::new();
-    for (i, kp) in one_time.iter().enumerate() {
-        let v = validate_key_package(kp)
-            .map_err(|e| AuthError::BadRequest(format!("KeyPackage {i}: {e}")))?;
-        suites.push(v.suite);
-        if v.identity_key != device.0 {
-            return Err(AuthError::BadRequest(format!(
-                "KeyPackage {i} belongs to another identity"
-            )));
-        }
-        if v.last_resort {
-            return Err(AuthError::BadRequest(format!(
-                "KeyPackage {i} is a last-resort package"
-            )));
-        }
-    }
-    if !last_resort.is_empty() {
-        let v = validate_key_package(&last_resort)
-            .map_err(|e| AuthError::BadRequest(format!("last-resort KeyPackage: {e}")))?;
-        if v.identity_key != device.0 || !v.last_resort {
-            return Err(AuthError::BadRequest(
-                "last-resort KeyPackage must be marked last-resort and belong to this identity"
-                    .into(),
-            ));
-        }
-        suites.push(v.suite);
-    }
-    let suite = suites.first().copied().unwrap_or(Suite::Classic);
-    if suites.iter().any(|s| *s != suite) {
-        return Err(AuthError::BadRequest(
-            "all KeyPackages of one upload must be of one ciphersuite".into(),
-        ));
-    }
-    if !hybrid_public_key.is_empty() {
-        HybridPublicKey::verify(&hybrid_public_key, &device.0)
-            .map_err(|e| AuthError::BadRequest(format!("hybrid public key: {e}")))?;
-    }
-    Ok(CheckedUpload {
-        device,
-        suite,
-        one_time,
-        last_resort,
-        hybrid_public_key,
-    })
-}
-
-fn opaque_err(e: OpaqueError) -> AuthError {
-    match e {
-        OpaqueError::Malformed => AuthError::BadRequest("malformed OPAQUE message".into()),
-        OpaqueError::Unauthorized => AuthError::Unauthorized,
-        OpaqueError::Protocol(p) => AuthError::BadRequest(p),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn usernames_follow_the_documented_rules() {
-        for ok in [
-            "bob",
-            "alice.smith",
-            "a-b_c.9",
-            "abcdefghijklmnopqrstuvwxyz012345",
-        ] {
-            assert!(check_username(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "",
-            "ab",
-            "Bob",
-            "9lives",
-            "_x",
-            "with space",
-            "ünï",
-            "abcdefghijklmnopqrstuvwxyz0123456",
-        ] {
-            assert!(check_username(bad).is_err(), "{bad}");
-        }
     }
 }

@@ -1,0 +1,89 @@
+//! Why the Authentication Service refuses, and how that reaches the wire.
+
+use quicnprotochat_crypto::opaque::OpaqueError;
+use quicnprotochat_wire::{ErrorCode, WireError};
+
+use crate::error::DeliveryError;
+use crate::store::StoreError;
+use crate::store::writer::TransactError;
+
+/// Why the Authentication Service refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("invalid username: {0}")]
+    BadUsername(&'static str),
+    #[error("username is taken")]
+    UsernameTaken,
+    /// One answer for wrong password, unknown user, wrong identity key, expired or
+    /// revoked token: the caller learns nothing about which.
+    #[error("wrong username, password, identity key or token")]
+    Unauthorized,
+    #[error("{0}")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("storage: {0}")]
+    Store(#[from] DeliveryError),
+}
+
+impl From<StoreError> for AuthError {
+    fn from(e: StoreError) -> Self {
+        AuthError::Store(e.into())
+    }
+}
+
+impl From<redb::Error> for AuthError {
+    fn from(e: redb::Error) -> Self {
+        AuthError::Store(StoreError::Redb(e).into())
+    }
+}
+
+impl From<TransactError<AuthError>> for AuthError {
+    fn from(e: TransactError<AuthError>) -> Self {
+        match e {
+            TransactError::Refused(a) => a,
+            TransactError::Store(s) => AuthError::Store(s),
+        }
+    }
+}
+
+impl From<AuthError> for WireError {
+    fn from(e: AuthError) -> Self {
+        let code = match &e {
+            AuthError::BadUsername(_) | AuthError::BadRequest(_) => ErrorCode::BadRequest,
+            AuthError::UsernameTaken => ErrorCode::AlreadyExists,
+            AuthError::Unauthorized => ErrorCode::Unauthorized,
+            AuthError::NotFound(_) => ErrorCode::NotFound,
+            // Details are for the operator's log (connection.rs logs them).
+            AuthError::Store(_) => {
+                return WireError::new(ErrorCode::Unavailable, "storage unavailable");
+            }
+        };
+        WireError::new(code, e.to_string())
+    }
+}
+
+/// redb's error types convert into [`AuthError::Store`], so `?` works on them.
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for AuthError {
+            fn from(e: $t) -> Self {
+                AuthError::from(redb::Error::from(e))
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+pub(super) fn opaque_err(e: OpaqueError) -> AuthError {
+    match e {
+        OpaqueError::Malformed => AuthError::BadRequest("malformed OPAQUE message".into()),
+        OpaqueError::Unauthorized => AuthError::Unauthorized,
+        OpaqueError::Protocol(p) => AuthError::BadRequest(p),
+    }
+}

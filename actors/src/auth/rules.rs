@@ -1,0 +1,143 @@
+//! The account and KeyPackage rules that need no stored state: what a username
+//! may be, what an upload must hold. Pure functions, no I/O.
+
+use quicnprotochat_crypto::envelope::HybridPublicKey;
+use quicnprotochat_crypto::mls::{Suite, validate_key_package};
+use quicnprotochat_wire::IdentityKey;
+use std::time::Duration;
+
+use super::AuthError;
+
+/// Shortest and longest username.
+pub const USERNAME_MIN: usize = 3;
+pub const USERNAME_MAX: usize = 32;
+/// Most one-time KeyPackages one upload may carry, and one device may have stored.
+pub const MAX_UPLOAD: usize = 200;
+pub const MAX_STORED_KEY_PACKAGES: u64 = 1000;
+
+/// The `NOT_FOUND` details of a KeyPackage claim: clients tell an unknown user
+/// from one who published nothing for the asked suite by them.
+pub const NO_SUCH_USER: &str = "no such user or device";
+pub const NO_KEY_PACKAGES: &str = "no KeyPackages published for this ciphersuite";
+/// How long a session token lives.
+pub const SESSION_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Checks a username: 3–32 characters of `a-z 0-9 . _ -`, starting with a letter.
+pub fn check_username(name: &str) -> Result<(), AuthError> {
+    if name.len() < USERNAME_MIN || name.len() > USERNAME_MAX {
+        return Err(AuthError::BadUsername("must be 3 to 32 characters"));
+    }
+    if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+        return Err(AuthError::BadUsername(
+            "must start with a lower-case letter",
+        ));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'))
+    {
+        return Err(AuthError::BadUsername(
+            "may contain only a-z, 0-9, '.', '_' and '-'",
+        ));
+    }
+    Ok(())
+}
+
+/// A KeyPackage upload whose content passed [`check_upload`].
+pub struct CheckedUpload {
+    pub(super) device: IdentityKey,
+    pub(super) suite: Suite,
+    pub(super) one_time: Vec<Vec<u8>>,
+    pub(super) last_resort: Vec<u8>,
+    pub(super) hybrid_public_key: Vec<u8>,
+}
+
+/// The rules of an upload that need no stored state: at most [`MAX_UPLOAD`]
+/// one-time packages, each valid (signature, suite, lifetime), naming `device`
+/// and not marked last-resort; the last-resort one marked so; one suite for all;
+/// the hybrid key signed by `device`. Pure CPU work, no I/O.
+pub fn check_upload(
+    device: IdentityKey,
+    one_time: Vec<Vec<u8>>,
+    last_resort: Vec<u8>,
+    hybrid_public_key: Vec<u8>,
+) -> Result<CheckedUpload, AuthError> {
+    if one_time.len() > MAX_UPLOAD {
+        return Err(AuthError::BadRequest(format!(
+            "at most {MAX_UPLOAD} KeyPackages per upload"
+        )));
+    }
+    let mut suites = Vec::new();
+    for (i, kp) in one_time.iter().enumerate() {
+        let v = validate_key_package(kp)
+            .map_err(|e| AuthError::BadRequest(format!("KeyPackage {i}: {e}")))?;
+        suites.push(v.suite);
+        if v.identity_key != device.0 {
+            return Err(AuthError::BadRequest(format!(
+                "KeyPackage {i} belongs to another identity"
+            )));
+        }
+        if v.last_resort {
+            return Err(AuthError::BadRequest(format!(
+                "KeyPackage {i} is a last-resort package"
+            )));
+        }
+    }
+    if !last_resort.is_empty() {
+        let v = validate_key_package(&last_resort)
+            .map_err(|e| AuthError::BadRequest(format!("last-resort KeyPackage: {e}")))?;
+        if v.identity_key != device.0 || !v.last_resort {
+            return Err(AuthError::BadRequest(
+                "last-resort KeyPackage must be marked last-resort and belong to this identity"
+                    .into(),
+            ));
+        }
+        suites.push(v.suite);
+    }
+    let suite = suites.first().copied().unwrap_or(Suite::Classic);
+    if suites.iter().any(|s| *s != suite) {
+        return Err(AuthError::BadRequest(
+            "all KeyPackages of one upload must be of one ciphersuite".into(),
+        ));
+    }
+    if !hybrid_public_key.is_empty() {
+        HybridPublicKey::verify(&hybrid_public_key, &device.0)
+            .map_err(|e| AuthError::BadRequest(format!("hybrid public key: {e}")))?;
+    }
+    Ok(CheckedUpload {
+        device,
+        suite,
+        one_time,
+        last_resort,
+        hybrid_public_key,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames_follow_the_documented_rules() {
+        for ok in [
+            "bob",
+            "alice.smith",
+            "a-b_c.9",
+            "abcdefghijklmnopqrstuvwxyz012345",
+        ] {
+            assert!(check_username(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "ab",
+            "Bob",
+            "9lives",
+            "_x",
+            "with space",
+            "ünï",
+            "abcdefghijklmnopqrstuvwxyz0123456",
+        ] {
+            assert!(check_username(bad).is_err(), "{bad}");
+        }
+    }
+}

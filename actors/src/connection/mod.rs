@@ -1,0 +1,185 @@
+//! The Cap'n Proto service of one connection: decode, check, forward.
+//!
+//! `node_service` serves the bootstrap capability, `session_service` the
+//! capability a login hands out; this module holds what both share (the node's
+//! context, budgets, mapping refusals to the wire).
+//!
+//! `NodeService` is the bootstrap capability a connection starts with; a successful
+//! `authenticate` hands out a `SessionService` bound to one identity. Method bodies
+//! only translate between the wire and the owners of state (inbox registry, store);
+//! the rules live in `core`. capnp-rpc is `!Send`, so these objects live on the
+//! connection's local task; everything they call into is `Send`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use capnp::capability::Rc;
+use quicnprotochat_crypto::token::TokenHash;
+use quicnprotochat_crypto::{
+    AUTH_NONCE_LEN, CHANNEL_BINDING_LEN, fresh_nonce, verify_authentication,
+};
+use quicnprotochat_wire::limits::{
+    MAX_DELIVERIES, MAX_FETCH_BYTES, MAX_FETCH_LIMIT, MAX_FETCH_WAIT_MS,
+};
+use quicnprotochat_wire::node_capnp::{node, session};
+use quicnprotochat_wire::{Envelope, ErrorCode, IdentityKey, WireError};
+
+use crate::auth::{AuthError, AuthService, ClaimTarget, ClaimedPackage, check_upload};
+use crate::core::budget::{CallPermit, ConnectionBudget, NodeBudget, OverBudget};
+use crate::core::inbox::InboxLimits;
+use crate::core::rate::{RateLimited, RateLimits};
+use crate::group::GroupRegistry;
+use crate::inbox::{Delivery, InboxRegistry};
+use crate::store::ServerStore;
+use quicnprotochat_crypto::mls::Suite;
+use quicnprotochat_crypto::opaque::ServerLoginState;
+
+mod node_service;
+mod session_service;
+
+use node_service::NodeService;
+use session_service::SessionService;
+
+/// What every connection of a node shares.
+pub struct NodeContext {
+    pub registry: InboxRegistry,
+    pub groups: GroupRegistry,
+    pub store: ServerStore,
+    pub auth: Arc<AuthService>,
+    pub rates: RateLimits,
+    /// Operator admission token, if configured (held only as a hash).
+    pub auth_token: Option<TokenHash>,
+    pub limits: InboxLimits,
+    /// Whether `enqueueSealed` is served.
+    pub sealed_sender: bool,
+    /// What calls in flight may hold, per connection and in all.
+    pub budget: NodeBudget,
+    pub started: Instant,
+}
+
+/// Admits one call whose request is `size` long against the connection's
+/// budget; the permit is held until the call is answered.
+fn admit(
+    budget: &ConnectionBudget,
+    size: capnp::Result<capnp::MessageSize>,
+) -> Result<CallPermit, capnp::Error> {
+    let words = size.map_err(bad_params)?.word_count;
+    budget.admit(words.saturating_mul(8)).map_err(over_budget)
+}
+
+/// Admits one call that carries no parameters worth counting.
+fn admit_call(budget: &ConnectionBudget) -> Result<CallPermit, capnp::Error> {
+    budget.admit(0).map_err(over_budget)
+}
+
+fn over_budget(e: OverBudget) -> capnp::Error {
+    metrics::counter!(crate::telemetry::OVER_BUDGET_TOTAL).increment(1);
+    tracing::debug!(reason = %e, "call refused over budget");
+    match e {
+        // The caller's own doing: it pipelines more than it may.
+        OverBudget::Calls { .. } | OverBudget::ConnectionBytes { .. } => {
+            refuse(ErrorCode::RateLimited, e.to_string())
+        }
+        // Load on the node as a whole.
+        OverBudget::NodeBytes { .. } => refuse(ErrorCode::Unavailable, e.to_string()),
+    }
+}
+
+/// A request over a rate limit: counted (the node logs a summary of these each
+/// minute, so a flood cannot flood the log too) and refused with a retry hint.
+fn rate_limited(r: RateLimited) -> capnp::Error {
+    metrics::counter!(crate::telemetry::RATE_LIMITED_TOTAL).increment(1);
+    tracing::debug!(
+        retry_after_ms = r.retry_after.as_millis() as u64,
+        "rate limited"
+    );
+    refuse(ErrorCode::RateLimited, r.to_string())
+}
+
+fn auth_refusal(e: AuthError) -> capnp::Error {
+    if let AuthError::Store(s) = &e {
+        tracing::error!(error = %s, "auth storage failure");
+    }
+    WireError::from(e).into()
+}
+
+/// The one answer to every failed login, whatever failed (no enumeration).
+fn login_refused() -> capnp::Error {
+    auth_refusal(AuthError::Unauthorized)
+}
+
+/// Refuses a payload too large to store before copying it.
+fn check_payload(ctx: &NodeContext, payload: &[u8]) -> Result<(), capnp::Error> {
+    if payload.len() > ctx.limits.max_payload {
+        return Err(WireError::from(crate::DeliveryError::Refused(
+            crate::core::inbox::InboxRefusal::TooLarge {
+                len: payload.len(),
+                max: ctx.limits.max_payload,
+            },
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// Refuses delivery to an inbox no registered device owns (once accounts exist).
+fn check_recipient(ctx: &NodeContext, recipient: &IdentityKey) -> Result<(), capnp::Error> {
+    if ctx.auth.accepts_inbox(recipient) {
+        Ok(())
+    } else {
+        Err(refuse(ErrorCode::NotFound, "no such inbox"))
+    }
+}
+
+/// What the transport knows about one connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionInfo {
+    /// Secret exported from this connection's TLS session; signatures over it are
+    /// worthless on any other connection.
+    pub channel_binding: [u8; CHANNEL_BINDING_LEN],
+    pub remote: std::net::SocketAddr,
+}
+
+/// The bootstrap capability of a connection.
+pub fn bootstrap(ctx: Arc<NodeContext>, conn: ConnectionInfo) -> node::Client {
+    capnp_rpc::new_client(NodeService::new(ctx, conn))
+}
+
+fn refuse(code: ErrorCode, detail: impl Into<String>) -> capnp::Error {
+    WireError::new(code, detail).into()
+}
+
+/// Maps a failure to read the caller's parameters to a typed refusal.
+fn bad_params(e: capnp::Error) -> capnp::Error {
+    match e.kind {
+        capnp::ErrorKind::ReadLimitExceeded | capnp::ErrorKind::MessageTooLarge(_) => refuse(
+            ErrorCode::TooLarge,
+            "request exceeds the node's read limits",
+        ),
+        _ => refuse(ErrorCode::BadRequest, format!("malformed request: {e}")),
+    }
+}
+
+fn unimplemented(what: &str) -> capnp::Error {
+    refuse(
+        ErrorCode::Unimplemented,
+        format!("{what} is not available on this node yet"),
+    )
+}
+
+/// Runs a synchronous read (redb, validation) on the blocking pool, so the RPC
+/// thread that serves every connection never waits on a disk.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, capnp::Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|_| refuse(ErrorCode::Unavailable, "a node task failed"))
+}
+
+/// Reads a text parameter.
+fn text(t: capnp::Result<capnp::text::Reader<'_>>) -> Result<String, capnp::Error> {
+    t.map_err(bad_params)?
+        .to_string()
+        .map_err(|_| refuse(ErrorCode::BadRequest, "text is not UTF-8"))
+}

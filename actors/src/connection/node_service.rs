@@ -1,0 +1,447 @@
+//! The bootstrap capability: health, the ways to a session (challenge,
+//! authenticate, OPAQUE registration and login, resume), sealed-sender delivery
+//! and the KeyPackage directory.
+
+use std::cell::{Cell, RefCell};
+
+use super::*;
+
+pub(super) struct NodeService {
+    ctx: Arc<NodeContext>,
+    conn: ConnectionInfo,
+    /// Shared with every session this connection opens.
+    budget: ConnectionBudget,
+    /// The outstanding challenge; taken (single use) by whatever proves an identity.
+    nonce: Cell<Option<[u8; AUTH_NONCE_LEN]>>,
+    /// An OPAQUE login between its start and finish.
+    login: RefCell<Option<(String, ServerLoginState)>>,
+    /// Whether this connection has presented the admission token (calls that
+    /// carry no token of their own, like registerFinish, need that).
+    admitted: Cell<bool>,
+}
+
+impl NodeService {
+    /// A fresh connection's bootstrap service, with a budget of its own.
+    pub(super) fn new(ctx: Arc<NodeContext>, conn: ConnectionInfo) -> NodeService {
+        NodeService {
+            budget: ctx.budget.connection(),
+            ctx,
+            conn,
+            nonce: Cell::new(None),
+            login: RefCell::new(None),
+            admitted: Cell::new(false),
+        }
+    }
+
+    /// Checks the caller's signature over this connection's challenge; consumes
+    /// the challenge whatever the outcome (one attempt per challenge).
+    fn prove_identity(
+        &self,
+        identity_key: &[u8],
+        signature: &[u8],
+    ) -> Result<IdentityKey, capnp::Error> {
+        let identity = IdentityKey::from_wire(identity_key, "identityKey")?;
+        let nonce = self
+            .nonce
+            .take()
+            .ok_or_else(|| refuse(ErrorCode::Unauthorized, "call challenge first"))?;
+        verify_authentication(&nonce, &identity.0, &self.conn.channel_binding, signature)
+            .map_err(|_| refuse(ErrorCode::Unauthorized, "signature does not verify"))?;
+        Ok(identity)
+    }
+
+    fn session(&self, identity: IdentityKey, token_hash: Option<[u8; 32]>) -> session::Client {
+        capnp_rpc::new_client(SessionService::new(
+            self.ctx.clone(),
+            self.budget.clone(),
+            identity,
+            token_hash,
+            self.conn.remote,
+        ))
+    }
+
+    fn check_admission(&self, presented: &[u8]) -> Result<(), capnp::Error> {
+        match &self.ctx.auth_token {
+            Some(hash) if !hash.matches(presented) => Err(refuse(
+                ErrorCode::Unauthorized,
+                "admission token missing or wrong",
+            )),
+            _ => {
+                self.admitted.set(true);
+                Ok(())
+            }
+        }
+    }
+
+    /// One registration, login or resume attempt: admitted, and within the
+    /// per-address attempt limit.
+    fn admit_login_attempt(&self, presented_token: &[u8]) -> Result<(), capnp::Error> {
+        self.check_admission(presented_token)?;
+        self.count_login_attempt()
+    }
+
+    fn count_login_attempt(&self) -> Result<(), capnp::Error> {
+        self.ctx
+            .rates
+            .login(self.conn.remote.ip())
+            .map_err(rate_limited)
+    }
+
+    /// Logs a refused login attempt for the operator (never a secret: the
+    /// address and what failed).
+    fn log_refused_login(&self, call: &'static str, why: &'static str) {
+        metrics::counter!(crate::telemetry::LOGINS_FAILED_TOTAL, "call" => call).increment(1);
+        tracing::info!(remote = %self.conn.remote, call, why, "login refused");
+    }
+
+    /// For calls without a token parameter: the connection must have been
+    /// admitted by an earlier call.
+    fn check_admitted(&self) -> Result<(), capnp::Error> {
+        if self.ctx.auth_token.is_some() && !self.admitted.get() {
+            return Err(refuse(
+                ErrorCode::Unauthorized,
+                "admission token missing or wrong",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl node::Server for NodeService {
+    async fn health(
+        self: Rc<Self>,
+        _: node::HealthParams,
+        mut results: node::HealthResults,
+    ) -> Result<(), capnp::Error> {
+        let _call = admit_call(&self.budget)?;
+        let mut r = results.get();
+        r.set_status("ok");
+        r.set_version(env!("CARGO_PKG_VERSION"));
+        r.set_uptime_ms(self.ctx.started.elapsed().as_millis() as u64);
+        Ok(())
+    }
+
+    async fn ping(
+        self: Rc<Self>,
+        params: node::PingParams,
+        mut results: node::PingResults,
+    ) -> Result<(), capnp::Error> {
+        let _call = admit_call(&self.budget)?;
+        let nonce = params.get().map_err(bad_params)?.get_nonce();
+        results.get().set_nonce(nonce);
+        Ok(())
+    }
+
+    async fn challenge(
+        self: Rc<Self>,
+        _: node::ChallengeParams,
+        mut results: node::ChallengeResults,
+    ) -> Result<(), capnp::Error> {
+        let _call = admit_call(&self.budget)?;
+        let nonce = fresh_nonce();
+        self.nonce.set(Some(nonce));
+        results.get().set_nonce(&nonce);
+        Ok(())
+    }
+
+    async fn authenticate(
+        self: Rc<Self>,
+        params: node::AuthenticateParams,
+        mut results: node::AuthenticateResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get().map_err(bad_params)?;
+        let _call = admit(&self.budget, p.total_size())?;
+        self.check_admission(p.get_auth_token().map_err(bad_params)?)?;
+        // Only failures count against the login limit: a registered device may
+        // reconnect as often as it needs to, a guesser may not.
+        let proven = self.prove_identity(
+            p.get_identity_key().map_err(bad_params)?,
+            p.get_signature().map_err(bad_params)?,
+        );
+        let identity = match proven {
+            Ok(identity) => identity,
+            Err(e) => {
+                self.count_login_attempt()?;
+                self.log_refused_login("authenticate", "signature does not verify");
+                return Err(e);
+            }
+        };
+        // Once accounts exist, a key proves nothing by itself: only a registered
+        // device gets a session (others register or log in first).
+        if !self.ctx.auth.accepts_inbox(&identity) {
+            self.count_login_attempt()?;
+            self.log_refused_login("authenticate", "not a registered device");
+            return Err(refuse(
+                ErrorCode::Unauthorized,
+                "not a registered device of this node: register or log in",
+            ));
+        }
+        tracing::debug!(remote = %self.conn.remote, ?identity, "authenticated");
+        results.get().set_session(self.session(identity, None));
+        Ok(())
+    }
+
+    async fn register_start(
+        self: Rc<Self>,
+        params: node::RegisterStartParams,
+        mut results: node::RegisterStartResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get().map_err(bad_params)?;
+        let _call = admit(&self.budget, p.total_size())?;
+        self.admit_login_attempt(p.get_auth_token().map_err(bad_params)?)?;
+        let username = text(p.get_username())?;
+        let request = p.get_request().map_err(bad_params)?.to_vec();
+        // OPAQUE and a database read: off the RPC thread.
+        let auth = self.ctx.auth.clone();
+        let response = blocking(move || auth.register_start(&username, &request))
+            .await?
+            .map_err(auth_refusal)?;
+        results.get().set_response(&response);
+        Ok(())
+    }
+
+    async fn register_finish(
+        self: Rc<Self>,
+        params: node::RegisterFinishParams,
+        _: node::RegisterFinishResults,
+    ) -> Result<(), capnp::Error> {
+        self.check_admitted()?;
+        self.count_login_attempt()?;
+        let p = params.get().map_err(bad_params)?;
+        let _call = admit(&self.budget, p.total_size())?;
+        let username = text(p.get_username())?;
+        let device = self.prove_identity(
+            p.get_identity_key().map_err(bad_params)?,
+            p.get_signature().map_err(bad_params)?,
+        )?;
+        let upload = p.get_upload().map_err(bad_params)?.to_vec();
+        self.ctx
+            .auth
+            .register_finish(&username, &upload, device)
+            .await
+            .map_err(auth_refusal)?;
+        tracing::info!(%username, "account registered");
+        Ok(())
+    }
+
+    async fn login_start(
+        self: Rc<Self>,
+        params: node::LoginStartParams,
+        mut results: node::LoginStartResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get().map_err(bad_params)?;
+        let _call = admit(&self.budget, p.total_size())?;
+        self.admit_login_attempt(p.get_auth_token().map_err(bad_params)?)?;
+        let username = text(p.get_username())?;
+        let request = p.get_request().map_err(bad_params)?.to_vec();
+        // OPAQUE and a database read: off the RPC thread.
+        let auth = self.ctx.auth.clone();
+        let name = username.clone();
+        let (state, response) = blocking(move || auth.login_start(&name, &request))
+            .await?
+            .map_err(auth_refusal)?;
+        *self.login.borrow_mut() = Some((username, state));
+        results.get().set_response(&response);
+        Ok(())
+    }
+
+    async fn login_finish(
+        self: Rc<Self>,
+        params: node::LoginFinishParams,
+        mut results: node::LoginFinishResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get().map_err(bad_params)?;
+        let _call = admit(&self.budget, p.total_size())?;
+        let Some((username, state)) = self.login.borrow_mut().take() else {
+            return Err(login_refused());
+        };
+        // Every failure below answers alike: wrong password, unknown user and a
+        // wrong identity key are indistinguishable to the caller.
+        let device = self
+            .prove_identity(
+                p.get_identity_key().map_err(bad_params)?,
+                p.get_signature().map_err(bad_params)?,
+            )
+            .map_err(|_| {
+                self.log_refused_login("login", "identity proof does not verify");
+                login_refused()
+            })?;
+        let finalization = p.get_finalization().map_err(bad_params)?.to_vec();
+        let issued = match self
+            .ctx
+            .auth
+            .login_finish(state, &username, &finalization, device)
+            .await
+        {
+            Ok(issued) => issued,
+            Err(AuthError::Store(e)) => return Err(auth_refusal(AuthError::Store(e))),
+            Err(_) => {
+                self.log_refused_login("login", "wrong password or another account's device");
+                return Err(login_refused());
+            }
+        };
+        metrics::counter!(crate::telemetry::LOGINS_TOTAL, "call" => "login").increment(1);
+        tracing::info!(remote = %self.conn.remote, %username, ?device, "logged in");
+        let mut r = results.get();
+        r.set_session(self.session(device, Some(issued.token_hash)));
+        r.set_token(&issued.token);
+        r.set_expires_at_ms(issued.expires_at_ms);
+        Ok(())
+    }
+
+    async fn resume(
+        self: Rc<Self>,
+        params: node::ResumeParams,
+        mut results: node::ResumeResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get().map_err(bad_params)?;
+        let _call = admit(&self.budget, p.total_size())?;
+        self.check_admission(p.get_auth_token().map_err(bad_params)?)?;
+        // A valid token is 256 random bits: only failed resumes count against the
+        // login limit, so a client may reconnect as often as it needs to.
+        let (device, token_hash, expires_at_ms) =
+            match self.ctx.auth.resume(p.get_token().map_err(bad_params)?) {
+                Ok(resumed) => resumed,
+                Err(e) => {
+                    self.count_login_attempt()?;
+                    self.log_refused_login("resume", "unknown, expired or revoked token");
+                    return Err(auth_refusal(e));
+                }
+            };
+        metrics::counter!(crate::telemetry::LOGINS_TOTAL, "call" => "resume").increment(1);
+        tracing::debug!(remote = %self.conn.remote, ?device, "session resumed");
+        let mut r = results.get();
+        r.set_session(self.session(device, Some(token_hash)));
+        r.set_expires_at_ms(expires_at_ms);
+        Ok(())
+    }
+
+    async fn enqueue_sealed(
+        self: Rc<Self>,
+        params: node::EnqueueSealedParams,
+        mut results: node::EnqueueSealedResults,
+    ) -> Result<(), capnp::Error> {
+        if !self.ctx.sealed_sender {
+            return Err(unimplemented(
+                "sealed-sender delivery (enable with --sealed-sender)",
+            ));
+        }
+        self.ctx
+            .rates
+            .sealed_enqueue(self.conn.remote.ip())
+            .map_err(rate_limited)?;
+        let p = params.get().map_err(bad_params)?;
+        let _call = admit(&self.budget, p.total_size())?;
+        let recipient =
+            IdentityKey::from_wire(p.get_recipient().map_err(bad_params)?, "recipient")?;
+        // An unknown recipient has no access key either: one answer for both.
+        let access_key = p.get_access_key().map_err(bad_params)?.to_vec();
+        let auth = self.ctx.auth.clone();
+        let admitted = blocking(move || auth.check_access_key(&recipient, &access_key))
+            .await?
+            .map_err(auth_refusal)?;
+        if !admitted || !self.ctx.auth.accepts_inbox(&recipient) {
+            return Err(refuse(ErrorCode::Unauthorized, "wrong access key"));
+        }
+        let payload = p.get_payload().map_err(bad_params)?;
+        check_payload(&self.ctx, payload)?;
+        let seq = self
+            .ctx
+            .registry
+            .enqueue(recipient, payload.to_vec())
+            .await
+            .map_err(WireError::from)?;
+        metrics::counter!(crate::telemetry::ENQUEUES_TOTAL).increment(1);
+        results.get().set_seq(seq);
+        Ok(())
+    }
+
+    async fn fetch_key_package(
+        self: Rc<Self>,
+        params: node::FetchKeyPackageParams,
+        mut results: node::FetchKeyPackageResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get().map_err(bad_params)?;
+        let _call = admit(&self.budget, p.total_size())?;
+        let (target, suite) = self.key_package_request(p.get_target(), p.get_ciphersuite())?;
+        let claimed = self
+            .ctx
+            .auth
+            .claim_key_packages(target, suite)
+            .await
+            .map_err(auth_refusal)?;
+        write_packages(&claimed, results.get().init_packages(claimed.len() as u32));
+        Ok(())
+    }
+
+    async fn peek_key_packages(
+        self: Rc<Self>,
+        params: node::PeekKeyPackagesParams,
+        mut results: node::PeekKeyPackagesResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get().map_err(bad_params)?;
+        let _call = admit(&self.budget, p.total_size())?;
+        let (target, suite) = self.key_package_request(p.get_target(), p.get_ciphersuite())?;
+        let auth = self.ctx.auth.clone();
+        let peeked = blocking(move || auth.peek_key_packages(&target, suite))
+            .await?
+            .map_err(auth_refusal)?;
+        write_packages(&peeked, results.get().init_packages(peeked.len() as u32));
+        Ok(())
+    }
+}
+
+impl NodeService {
+    /// Reads a KeyPackage request's target and suite and counts it against the
+    /// claim limits: per requester, and per (requester, target), so that nobody
+    /// can use up the claims of a target for everyone else.
+    fn key_package_request(
+        &self,
+        target: capnp::Result<quicnprotochat_wire::node_capnp::key_package_target::Reader<'_>>,
+        ciphersuite: u16,
+    ) -> Result<(ClaimTarget, Suite), capnp::Error> {
+        use quicnprotochat_wire::node_capnp::key_package_target::Which;
+        let target = match target
+            .map_err(bad_params)?
+            .which()
+            .map_err(|e| bad_params(e.into()))?
+        {
+            Which::Username(name) => ClaimTarget::Username(text(name)?),
+            Which::IdentityKey(key) => ClaimTarget::Device(IdentityKey::from_wire(
+                key.map_err(bad_params)?,
+                "identityKey",
+            )?),
+        };
+        let target_bytes = match &target {
+            ClaimTarget::Username(n) => n.as_bytes().to_vec(),
+            ClaimTarget::Device(d) => d.0.to_vec(),
+        };
+        self.ctx
+            .rates
+            .claim(self.conn.remote.ip(), &target_bytes)
+            .map_err(rate_limited)?;
+        let suite = Suite::from_code(ciphersuite).ok_or_else(|| {
+            refuse(
+                ErrorCode::BadRequest,
+                format!("unsupported ciphersuite {ciphersuite:#06x}"),
+            )
+        })?;
+        Ok((target, suite))
+    }
+}
+
+fn write_packages(
+    packages: &[ClaimedPackage],
+    mut list: capnp::struct_list::Builder<
+        '_,
+        quicnprotochat_wire::node_capnp::claimed_key_package::Owned,
+    >,
+) {
+    for (i, c) in packages.iter().enumerate() {
+        let mut b = list.reborrow().get(i as u32);
+        b.set_identity_key(&c.identity_key.0);
+        b.set_key_package(&c.key_package);
+        b.set_hybrid_public_key(&c.hybrid_public_key);
+        b.set_last_resort(c.last_resort);
+    }
+}

@@ -1,0 +1,428 @@
+//! The capability of one authenticated device: its own inbox (fetch, long-poll,
+//! ack), delivery to others (enqueue, batches, group commits), its keys and
+//! account.
+
+use super::*;
+use crate::core::commit::{CommitCallRefusal, check_commit_header, check_group_id, check_members};
+
+/// Calls on behalf of one authenticated identity. It has no way to name another
+/// inbox for fetch or ack: its own is fixed at construction.
+pub(super) struct SessionService {
+    ctx: Arc<NodeContext>,
+    budget: ConnectionBudget,
+    identity: IdentityKey,
+    /// Set when the session came from a login or resume: it ends with the token.
+    token_hash: Option<[u8; 32]>,
+    remote: std::net::SocketAddr,
+}
+
+impl SessionService {
+    pub(super) fn new(
+        ctx: Arc<NodeContext>,
+        budget: ConnectionBudget,
+        identity: IdentityKey,
+        token_hash: Option<[u8; 32]>,
+        remote: std::net::SocketAddr,
+    ) -> SessionService {
+        SessionService {
+            ctx,
+            budget,
+            identity,
+            token_hash,
+            remote,
+        }
+    }
+
+    /// Refuses every call once the session's token is revoked or expired, or
+    /// its device is no longer registered (removed from its account).
+    fn check_alive(&self) -> Result<(), capnp::Error> {
+        let ended = match &self.token_hash {
+            Some(h) => !self.ctx.auth.session_alive(h),
+            None => !self.ctx.auth.accepts_inbox(&self.identity),
+        };
+        if ended {
+            return Err(refuse(
+                ErrorCode::Unauthorized,
+                "session ended; log in again",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads the own inbox off the store (on the blocking pool: it may touch disk).
+    async fn read_inbox(&self, after: u64, limit: u32) -> Result<Vec<Envelope>, capnp::Error> {
+        let limit = match limit {
+            0 => MAX_FETCH_LIMIT,
+            n => n.min(MAX_FETCH_LIMIT),
+        } as usize;
+        let store = self.ctx.store.clone();
+        let inbox = self.identity;
+        tokio::task::spawn_blocking(move || store.fetch(&inbox, after, limit, MAX_FETCH_BYTES))
+            .await
+            .map_err(|_| refuse(ErrorCode::Unavailable, "fetch task failed"))?
+            .map_err(|e| {
+                tracing::error!(error = %e, "fetch failed");
+                refuse(ErrorCode::Unavailable, "storage unavailable")
+            })
+    }
+}
+
+fn write_seqs(seqs: &[u64], mut out: capnp::primitive_list::Builder<'_, u64>) {
+    for (i, seq) in seqs.iter().enumerate() {
+        out.set(i as u32, *seq);
+    }
+}
+
+fn write_envelopes(
+    list: &[Envelope],
+    mut out: capnp::struct_list::Builder<'_, quicnprotochat_wire::node_capnp::envelope::Owned>,
+) {
+    for (i, env) in list.iter().enumerate() {
+        env.write(out.reborrow().get(i as u32));
+    }
+}
+
+impl SessionService {
+    /// Reads a commit's member list: identity keys, the caller among them.
+    fn members(
+        &self,
+        list: capnp::data_list::Reader<'_>,
+    ) -> Result<std::collections::BTreeSet<[u8; 32]>, capnp::Error> {
+        if list.len() as usize > MAX_DELIVERIES {
+            return Err(commit_refusal(CommitCallRefusal::TooManyMembers));
+        }
+        let members = list
+            .iter()
+            .map(|m| Ok(IdentityKey::from_wire(m.map_err(bad_params)?, "member")?.0))
+            .collect::<Result<std::collections::BTreeSet<_>, capnp::Error>>()?;
+        check_members(&members, &self.identity.0).map_err(commit_refusal)?;
+        Ok(members)
+    }
+
+    /// Reads and checks a list of deliveries: every recipient a valid, existing
+    /// inbox, every payload within the limit, and not too many of them.
+    fn deliveries(
+        &self,
+        list: capnp::struct_list::Reader<'_, quicnprotochat_wire::node_capnp::delivery::Owned>,
+    ) -> Result<Vec<Delivery>, capnp::Error> {
+        if list.len() as usize > MAX_DELIVERIES {
+            return Err(refuse(
+                ErrorCode::TooLarge,
+                format!("at most {MAX_DELIVERIES} deliveries per call"),
+            ));
+        }
+        list.iter()
+            .map(|d| {
+                let recipient =
+                    IdentityKey::from_wire(d.get_recipient().map_err(bad_params)?, "recipient")?;
+                check_recipient(&self.ctx, &recipient)?;
+                let payload = d.get_payload().map_err(bad_params)?;
+                check_payload(&self.ctx, payload)?;
+                Ok(Delivery {
+                    recipient,
+                    payload: payload.to_vec(),
+                })
+            })
+            .collect()
+    }
+}
+
+impl session::Server for SessionService {
+    async fn whoami(
+        self: Rc<Self>,
+        _: session::WhoamiParams,
+        mut results: session::WhoamiResults,
+    ) -> Result<(), capnp::Error> {
+        let _call = admit_call(&self.budget)?;
+        self.check_alive()?;
+        let account = self.ctx.auth.account_of(&self.identity);
+        let expires = self
+            .token_hash
+            .and_then(|h| self.ctx.auth.session_expiry(&h))
+            .unwrap_or(0);
+        let mut r = results.get();
+        r.set_identity_key(&self.identity.0);
+        r.set_username(account.as_ref().map_or("", |a| a.username.as_str()));
+        r.set_device_count(account.as_ref().map_or(1, |a| a.device_count));
+        r.set_expires_at_ms(expires);
+        Ok(())
+    }
+
+    async fn enqueue(
+        self: Rc<Self>,
+        params: session::EnqueueParams,
+        mut results: session::EnqueueResults,
+    ) -> Result<(), capnp::Error> {
+        self.check_alive()?;
+        self.ctx
+            .rates
+            .enqueue(&self.identity.0, self.remote.ip())
+            .map_err(rate_limited)?;
+        let p = params.get().map_err(bad_params)?;
+        let _call = admit(&self.budget, p.total_size())?;
+        let recipient =
+            IdentityKey::from_wire(p.get_recipient().map_err(bad_params)?, "recipient")?;
+        check_recipient(&self.ctx, &recipient)?;
+        let payload = p.get_payload().map_err(bad_params)?;
+        // Refuse before copying a payload that cannot be stored anyway.
+        check_payload(&self.ctx, payload)?;
+        let payload = payload.to_vec();
+        let seq = self
+            .ctx
+            .registry
+            .enqueue(recipient, payload)
+            .await
+            .map_err(WireError::from)?;
+        metrics::counter!(crate::telemetry::ENQUEUES_TOTAL).increment(1);
+        results.get().set_seq(seq);
+        Ok(())
+    }
+
+    async fn enqueue_batch(
+        self: Rc<Self>,
+        params: session::EnqueueBatchParams,
+        mut results: session::EnqueueBatchResults,
+    ) -> Result<(), capnp::Error> {
+        self.check_alive()?;
+        let p = params.get().map_err(bad_params)?;
+        let _call = admit(&self.budget, p.total_size())?;
+        let deliveries = self.deliveries(p.get_deliveries().map_err(bad_params)?)?;
+        if deliveries.is_empty() {
+            return Err(refuse(ErrorCode::BadRequest, "no deliveries"));
+        }
+        self.ctx
+            .rates
+            .enqueue_many(&self.identity.0, self.remote.ip(), deliveries.len())
+            .map_err(rate_limited)?;
+        let count = deliveries.len() as u64;
+        let seqs = self
+            .ctx
+            .registry
+            .enqueue_many(deliveries, None)
+            .await
+            .map_err(WireError::from)?;
+        metrics::counter!(crate::telemetry::ENQUEUES_TOTAL).increment(count);
+        write_seqs(&seqs, results.get().init_seqs(seqs.len() as u32));
+        Ok(())
+    }
+
+    async fn fetch(
+        self: Rc<Self>,
+        params: session::FetchParams,
+        mut results: session::FetchResults,
+    ) -> Result<(), capnp::Error> {
+        self.check_alive()?;
+        let p = params.get().map_err(bad_params)?;
+        let _call = admit(&self.budget, p.total_size())?;
+        let list = self.read_inbox(p.get_after(), p.get_limit()).await?;
+        metrics::counter!(crate::telemetry::FETCHES_TOTAL).increment(1);
+        write_envelopes(&list, results.get().init_envelopes(list.len() as u32));
+        Ok(())
+    }
+
+    async fn fetch_wait(
+        self: Rc<Self>,
+        params: session::FetchWaitParams,
+        mut results: session::FetchWaitResults,
+    ) -> Result<(), capnp::Error> {
+        self.check_alive()?;
+        let p = params.get().map_err(bad_params)?;
+        let _call = admit(&self.budget, p.total_size())?;
+        let (after, limit) = (p.get_after(), p.get_limit());
+        let timeout = Duration::from_millis(p.get_timeout_ms().min(MAX_FETCH_WAIT_MS).into());
+        let mut list = self.read_inbox(after, limit).await?;
+        if list.is_empty() && !timeout.is_zero() {
+            let arrived = self
+                .ctx
+                .registry
+                .wait(self.identity, after, timeout)
+                .await
+                .map_err(WireError::from)?;
+            if arrived {
+                list = self.read_inbox(after, limit).await?;
+            }
+        }
+        metrics::counter!(crate::telemetry::FETCHES_TOTAL).increment(1);
+        write_envelopes(&list, results.get().init_envelopes(list.len() as u32));
+        Ok(())
+    }
+
+    async fn ack(
+        self: Rc<Self>,
+        params: session::AckParams,
+        _: session::AckResults,
+    ) -> Result<(), capnp::Error> {
+        let _call = admit_call(&self.budget)?;
+        self.check_alive()?;
+        let up_to = params.get().map_err(bad_params)?.get_up_to();
+        self.ctx
+            .registry
+            .ack(self.identity, up_to)
+            .await
+            .map_err(WireError::from)?;
+        metrics::counter!(crate::telemetry::ACKS_TOTAL).increment(1);
+        Ok(())
+    }
+
+    async fn upload_key_packages(
+        self: Rc<Self>,
+        params: session::UploadKeyPackagesParams,
+        _: session::UploadKeyPackagesResults,
+    ) -> Result<(), capnp::Error> {
+        self.check_alive()?;
+        let p = params.get().map_err(bad_params)?;
+        let _call = admit(&self.budget, p.total_size())?;
+        let one_time = p
+            .get_one_time()
+            .map_err(bad_params)?
+            .iter()
+            .map(|d| d.map(|d| d.to_vec()).map_err(bad_params))
+            .collect::<Result<Vec<_>, _>>()?;
+        let last_resort = p.get_last_resort().map_err(bad_params)?.to_vec();
+        let hybrid = p.get_hybrid_public_key().map_err(bad_params)?.to_vec();
+        let device = self.identity;
+        // Validation is CPU work: off the RPC thread.
+        let checked = blocking(move || check_upload(device, one_time, last_resort, hybrid))
+            .await?
+            .map_err(auth_refusal)?;
+        self.ctx
+            .auth
+            .store_upload(checked)
+            .await
+            .map_err(auth_refusal)
+    }
+
+    async fn commit(
+        self: Rc<Self>,
+        params: session::CommitParams,
+        mut results: session::CommitResults,
+    ) -> Result<(), capnp::Error> {
+        self.check_alive()?;
+        let p = params.get().map_err(bad_params)?;
+        let _call = admit(&self.budget, p.total_size())?;
+        let group_id = p.get_group_id().map_err(bad_params)?;
+        check_group_id(group_id).map_err(commit_refusal)?;
+        check_commit_header(
+            p.get_mls_commit().map_err(bad_params)?,
+            group_id,
+            p.get_epoch(),
+        )
+        .map_err(commit_refusal)?;
+        let deliveries = self.deliveries(p.get_deliveries().map_err(bad_params)?)?;
+        let members = self.members(p.get_members().map_err(bad_params)?)?;
+        self.ctx
+            .rates
+            .enqueue_many(&self.identity.0, self.remote.ip(), deliveries.len().max(1))
+            .map_err(rate_limited)?;
+        let count = deliveries.len() as u64;
+        let seqs = self
+            .ctx
+            .groups
+            .commit(group_id, p.get_epoch(), self.identity, members, deliveries)
+            .await
+            .map_err(WireError::from)?;
+        metrics::counter!(crate::telemetry::ENQUEUES_TOTAL).increment(count);
+        write_seqs(&seqs, results.get().init_seqs(seqs.len() as u32));
+        Ok(())
+    }
+
+    async fn logout(
+        self: Rc<Self>,
+        _: session::LogoutParams,
+        _: session::LogoutResults,
+    ) -> Result<(), capnp::Error> {
+        let _call = admit_call(&self.budget)?;
+        self.check_alive()?;
+        let Some(hash) = self.token_hash else {
+            return Err(refuse(
+                ErrorCode::BadRequest,
+                "this session did not come from a login",
+            ));
+        };
+        self.ctx.auth.logout(hash).await.map_err(auth_refusal)
+    }
+
+    async fn set_access_key(
+        self: Rc<Self>,
+        params: session::SetAccessKeyParams,
+        _: session::SetAccessKeyResults,
+    ) -> Result<(), capnp::Error> {
+        let _call = admit_call(&self.budget)?;
+        self.check_alive()?;
+        let hash: [u8; 32] = params
+            .get()
+            .map_err(bad_params)?
+            .get_access_key_hash()
+            .map_err(bad_params)?
+            .try_into()
+            .map_err(|_| {
+                refuse(
+                    ErrorCode::BadRequest,
+                    "accessKeyHash must be 32 bytes (SHA-256)",
+                )
+            })?;
+        self.ctx
+            .auth
+            .set_access_key(self.identity, hash)
+            .await
+            .map_err(auth_refusal)
+    }
+
+    async fn remove_device(
+        self: Rc<Self>,
+        params: session::RemoveDeviceParams,
+        _: session::RemoveDeviceResults,
+    ) -> Result<(), capnp::Error> {
+        let _call = admit_call(&self.budget)?;
+        self.check_alive()?;
+        let device = IdentityKey::from_wire(
+            params
+                .get()
+                .map_err(bad_params)?
+                .get_identity_key()
+                .map_err(bad_params)?,
+            "identityKey",
+        )?;
+        self.ctx
+            .auth
+            .remove_device(self.identity, device)
+            .await
+            .map_err(auth_refusal)?;
+        // The device is gone from the directory: nothing new reaches its inbox;
+        // delete what was queued.
+        self.ctx
+            .registry
+            .purge(device)
+            .await
+            .map_err(WireError::from)?;
+        Ok(())
+    }
+
+    async fn key_package_status(
+        self: Rc<Self>,
+        _: session::KeyPackageStatusParams,
+        mut results: session::KeyPackageStatusResults,
+    ) -> Result<(), capnp::Error> {
+        let _call = admit_call(&self.budget)?;
+        self.check_alive()?;
+        let auth = self.ctx.auth.clone();
+        let device = self.identity;
+        let (remaining, served) = blocking(move || auth.key_package_status(&device))
+            .await?
+            .map_err(auth_refusal)?;
+        let mut r = results.get();
+        r.set_one_time_remaining(remaining);
+        r.set_last_resort_served(served);
+        Ok(())
+    }
+}
+
+/// A malformed commit call: `TOO_LARGE` for its size, `BAD_REQUEST` otherwise.
+fn commit_refusal(e: CommitCallRefusal) -> capnp::Error {
+    let code = if e.is_too_large() {
+        ErrorCode::TooLarge
+    } else {
+        ErrorCode::BadRequest
+    };
+    refuse(code, e.to_string())
+}

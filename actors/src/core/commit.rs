@@ -1,0 +1,122 @@
+//! What a `commit` call must be before the group's fence is even asked: rules on
+//! the call itself, with no state and no I/O (the fence's own rules are in
+//! [`super::epoch`]).
+
+use std::collections::BTreeSet;
+
+use quicnprotochat_wire::limits::MAX_DELIVERIES;
+
+/// Longest group id the node keeps (MLS group ids are usually 16–32 bytes).
+pub const MAX_GROUP_ID_LEN: usize = 256;
+
+/// Why a commit call is malformed: the caller's doing; nothing is stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommitCallRefusal {
+    #[error("groupId must be 1 to {MAX_GROUP_ID_LEN} bytes")]
+    GroupIdLength,
+    #[error("at most {MAX_DELIVERIES} members")]
+    TooManyMembers,
+    #[error("members must name the group's members after the commit, the committer among them")]
+    CommitterNotAMember,
+    #[error("mlsCommit is missing: a commit call carries the MLS commit it offers")]
+    MissingCommit,
+    #[error("mlsCommit: {0}")]
+    MalformedCommit(String),
+    #[error(
+        "mlsCommit is a commit of another group or epoch (its header says epoch {header_epoch}, the call {call_epoch})"
+    )]
+    HeaderMismatch { header_epoch: u64, call_epoch: u64 },
+}
+
+impl CommitCallRefusal {
+    /// Whether the call was refused for its size rather than its content.
+    pub fn is_too_large(&self) -> bool {
+        matches!(self, CommitCallRefusal::TooManyMembers)
+    }
+}
+
+/// The group id must be 1 to [`MAX_GROUP_ID_LEN`] bytes.
+pub fn check_group_id(group_id: &[u8]) -> Result<(), CommitCallRefusal> {
+    if group_id.is_empty() || group_id.len() > MAX_GROUP_ID_LEN {
+        return Err(CommitCallRefusal::GroupIdLength);
+    }
+    Ok(())
+}
+
+/// The members a commit names: at most [`MAX_DELIVERIES`], the committer among
+/// them.
+pub fn check_members(
+    members: &BTreeSet<[u8; 32]>,
+    committer: &[u8; 32],
+) -> Result<(), CommitCallRefusal> {
+    if members.len() > MAX_DELIVERIES {
+        return Err(CommitCallRefusal::TooManyMembers);
+    }
+    if !members.contains(committer) {
+        return Err(CommitCallRefusal::CommitterNotAMember);
+    }
+    Ok(())
+}
+
+/// The commit a call offers must be an MLS commit of the call's group at the
+/// call's epoch, as its clear header says: the deliveries are sealed per
+/// recipient, so this header is the one part of the commit the node can read.
+pub fn check_commit_header(
+    mls_commit: &[u8],
+    group_id: &[u8],
+    epoch: u64,
+) -> Result<(), CommitCallRefusal> {
+    if mls_commit.is_empty() {
+        return Err(CommitCallRefusal::MissingCommit);
+    }
+    let header = quicnprotochat_crypto::mls::commit_header(mls_commit)
+        .map_err(|e| CommitCallRefusal::MalformedCommit(e.to_string()))?;
+    if header.group_id != group_id || header.epoch != epoch {
+        return Err(CommitCallRefusal::HeaderMismatch {
+            header_epoch: header.epoch,
+            call_epoch: epoch,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_ids_and_member_lists_are_bounded_and_name_the_committer() {
+        assert_eq!(check_group_id(b""), Err(CommitCallRefusal::GroupIdLength));
+        assert_eq!(
+            check_group_id(&[0; MAX_GROUP_ID_LEN + 1]),
+            Err(CommitCallRefusal::GroupIdLength)
+        );
+        check_group_id(&[0; MAX_GROUP_ID_LEN]).unwrap();
+        let members: BTreeSet<[u8; 32]> = [[1; 32], [2; 32]].into_iter().collect();
+        check_members(&members, &[1; 32]).unwrap();
+        assert_eq!(
+            check_members(&members, &[3; 32]),
+            Err(CommitCallRefusal::CommitterNotAMember)
+        );
+        let many: BTreeSet<[u8; 32]> = (0..=MAX_DELIVERIES as u32)
+            .map(|i| {
+                let mut k = [0u8; 32];
+                k[..4].copy_from_slice(&i.to_le_bytes());
+                k
+            })
+            .collect();
+        assert!(check_members(&many, &[0; 32]).unwrap_err().is_too_large());
+    }
+
+    #[test]
+    fn a_missing_or_garbage_commit_is_refused() {
+        assert_eq!(
+            check_commit_header(b"", b"g", 0),
+            Err(CommitCallRefusal::MissingCommit)
+        );
+        assert!(matches!(
+            check_commit_header(b"garbage", b"g", 0),
+            Err(CommitCallRefusal::MalformedCommit(_))
+        ));
+    }
+}
