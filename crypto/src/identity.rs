@@ -9,16 +9,22 @@ pub const KEY_LEN: usize = 32;
 /// Length of an Ed25519 signature.
 pub const SIGNATURE_LEN: usize = 64;
 
+/// Why an identity key or signature was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum IdentityError {
+    /// A stored secret of the wrong length (a damaged profile).
     #[error("identity secret key must be {KEY_LEN} bytes, got {0}")]
     BadSecretLength(usize),
+    /// A public key of the wrong length.
     #[error("public key must be {KEY_LEN} bytes, got {0}")]
     BadPublicKeyLength(usize),
+    /// 32 bytes that are no Ed25519 public key.
     #[error("public key is not a valid Ed25519 point")]
     BadPublicKey,
+    /// A signature of the wrong length.
     #[error("signature must be {SIGNATURE_LEN} bytes, got {0}")]
     BadSignatureLength(usize),
+    /// A signature that does not verify.
     #[error("signature does not verify")]
     BadSignature,
 }
@@ -53,10 +59,12 @@ impl Identity {
         Zeroizing::new(self.signing.to_bytes())
     }
 
+    /// The public key: the identity as others know it.
     pub fn public_key(&self) -> [u8; KEY_LEN] {
         self.signing.verifying_key().to_bytes()
     }
 
+    /// Signs `message` (Ed25519).
     pub fn sign(&self, message: &[u8]) -> [u8; SIGNATURE_LEN] {
         self.signing.sign(message).to_bytes()
     }

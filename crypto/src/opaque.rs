@@ -83,6 +83,7 @@ fn protocol(e: opaque_ke::errors::ProtocolError) -> OpaqueError {
 pub struct ServerSetup(opaque_ke::ServerSetup<Suite>);
 
 impl ServerSetup {
+    /// A fresh server setup (OPRF seed and AKE key pair).
     pub fn generate() -> ServerSetup {
         ServerSetup(opaque_ke::ServerSetup::new(&mut rand08::rngs::OsRng))
     }
@@ -92,6 +93,7 @@ impl ServerSetup {
         Zeroizing::new(self.0.serialize().to_vec())
     }
 
+    /// Reads a setup written by [`ServerSetup::to_bytes`].
     pub fn from_bytes(bytes: &[u8]) -> Result<ServerSetup, OpaqueError> {
         opaque_ke::ServerSetup::deserialize(bytes)
             .map(ServerSetup)

@@ -14,6 +14,7 @@ pub fn generate_token() -> [u8; 32] {
 }
 
 impl TokenHash {
+    /// The hash of `token` (SHA-256).
     pub fn of(token: &[u8]) -> TokenHash {
         TokenHash(Sha256::digest(token).into())
     }

@@ -1,6 +1,9 @@
 //! Helpers for end-to-end tests and the `loadtest` harness (`load`): a real node (QUIC, TLS, Cap'n Proto, fsync'd redb)
 //! started in-process on an ephemeral port, and clients connected to it.
 #![forbid(unsafe_code)]
+// Debt: items here are not all documented yet; wire and crypto are (the
+// workspace lint table enforces `missing_docs` there).
+#![allow(missing_docs)]
 
 pub mod load;
 

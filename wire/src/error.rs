@@ -86,11 +86,14 @@ impl fmt::Display for ErrorCode {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{code}: {detail}")]
 pub struct WireError {
+    /// Whose fault it is and what the caller can do (stable on the wire).
     pub code: ErrorCode,
+    /// For humans only; never parsed.
     pub detail: String,
 }
 
 impl WireError {
+    /// A refusal with `code` and a human-readable `detail`.
     pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
         WireError {
             code,
@@ -138,8 +141,10 @@ impl From<WireError> for capnp::Error {
 /// of the transport / RPC layer itself.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CallError {
+    /// The node refused the call with a typed error.
     #[error("refused: {0}")]
     Refused(WireError),
+    /// The connection or the RPC layer failed; the call's fate is unknown.
     #[error("connection failed: {0}")]
     Transport(String),
 }

@@ -41,11 +41,14 @@ impl std::fmt::Debug for IdentityKey {
 /// One stored message of an inbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
+    /// Its place in the inbox: gap-free, increasing, never reused.
     pub seq: u64,
+    /// The payload as the sender gave it.
     pub data: Vec<u8>,
 }
 
 impl Envelope {
+    /// Reads an envelope off the wire.
     pub fn read(reader: envelope::Reader<'_>) -> capnp::Result<Envelope> {
         Ok(Envelope {
             seq: reader.get_seq(),
@@ -53,6 +56,7 @@ impl Envelope {
         })
     }
 
+    /// Writes the envelope onto the wire.
     pub fn write(&self, mut builder: envelope::Builder<'_>) {
         builder.set_seq(self.seq);
         builder.set_data(&self.data);

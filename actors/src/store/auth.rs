@@ -74,7 +74,8 @@ pub fn remove_device_rows(
     device: &IdentityKey,
 ) -> Result<Vec<[u8; 32]>, StoreError> {
     txn.open_table(DEVICES)?.remove(&device.0)?;
-    txn.open_table(ACCOUNT_DEVICES)?.remove((username, &device.0))?;
+    txn.open_table(ACCOUNT_DEVICES)?
+        .remove((username, &device.0))?;
     for suite in Suite::ALL {
         let t = key_package_tables(suite);
         let mut kps = txn.open_table(t.one_time)?;

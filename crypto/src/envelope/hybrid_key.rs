@@ -9,7 +9,7 @@ use super::EnvelopeError;
 use crate::identity::{self, Identity, KEY_LEN, SIGNATURE_LEN};
 
 /// Length of an X-Wing encapsulation (public) key.
-pub const XWING_PUBLIC_LEN: usize = x_wing::ENCAPSULATION_KEY_SIZE;
+pub(crate) const XWING_PUBLIC_LEN: usize = x_wing::ENCAPSULATION_KEY_SIZE;
 /// Length of a serialized signed hybrid public key.
 pub const SIGNED_HYBRID_KEY_LEN: usize = 1 + KEY_LEN + 8 + 8 + XWING_PUBLIC_LEN + SIGNATURE_LEN;
 
@@ -53,6 +53,7 @@ impl HybridKeyPair {
         &self.seed
     }
 
+    /// When the key pair was made (ms since the Unix epoch).
     pub fn created_at_ms(&self) -> u64 {
         self.created_at_ms
     }
@@ -67,6 +68,7 @@ impl HybridKeyPair {
         exported.as_slice().try_into().expect("exact size")
     }
 
+    /// The short id envelopes name this key by.
     pub fn key_id(&self) -> [u8; 8] {
         key_id_of(&self.public_bytes())
     }
@@ -185,14 +187,17 @@ impl HybridPublicKey {
         })
     }
 
+    /// The identity (Ed25519 key) that signed this key.
     pub fn identity_key(&self) -> &[u8; KEY_LEN] {
         &self.identity_key
     }
 
+    /// The short id envelopes name this key by.
     pub fn key_id(&self) -> [u8; 8] {
         self.key_id
     }
 
+    /// When the key pair was made (ms since the Unix epoch).
     pub fn created_at_ms(&self) -> u64 {
         self.created_at_ms
     }

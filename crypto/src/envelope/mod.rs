@@ -25,22 +25,31 @@ pub use sealed_sender::{
 /// what is safe to reveal.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum EnvelopeError {
+    /// Shorter than any envelope can be.
     #[error("envelope too short")]
     Truncated,
+    /// A format version this build does not know.
     #[error("unsupported envelope version {0}")]
     UnsupportedVersion(u8),
+    /// Sealed to another hybrid key than the one at hand.
     #[error("envelope is for another key")]
     WrongKey,
+    /// Tampered with, or sealed with other associated data.
     #[error("envelope does not decrypt")]
     Decrypt,
+    /// Decrypted, but the padding inside is not ours.
     #[error("envelope padding is malformed")]
     BadPadding,
+    /// A sealed-sender envelope whose sender signature fails.
     #[error("sender signature does not verify")]
     BadSenderSignature,
+    /// A published hybrid key of the wrong length or version.
     #[error("hybrid public key is malformed")]
     MalformedKey,
+    /// A published hybrid key whose identity signature fails.
     #[error("hybrid public key signature does not verify")]
     BadKeySignature,
+    /// A published hybrid key signed by another identity than expected.
     #[error("hybrid public key belongs to another identity")]
     WrongIdentity,
 }

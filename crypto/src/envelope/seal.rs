@@ -18,6 +18,7 @@ use super::EnvelopeError;
 use super::hybrid_key::{HybridKeyPair, HybridPublicKey};
 use super::padding::{pad, unpad};
 
+/// The format version every envelope starts with.
 pub const ENVELOPE_VERSION: u8 = 1;
 const KEY_ID_LEN: usize = 8;
 const KEM_CT_LEN: usize = x_wing::CIPHERTEXT_SIZE;

@@ -23,8 +23,11 @@ pub const SEALED_SENDER_AAD: &[u8] = b"quicnprotochat/sealed-sender";
 /// An opened sealed-sender message with its verified sender.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SealedMessage {
+    /// The sender's identity key (its signature verified).
     pub sender: [u8; KEY_LEN],
+    /// When the sender sealed it (ms since the Unix epoch), as it signed.
     pub timestamp_ms: u64,
+    /// What the sender sent.
     pub payload: Vec<u8>,
 }
 

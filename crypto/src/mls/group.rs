@@ -23,7 +23,9 @@ pub struct Group {
 pub struct CommitOutput {
     /// The epoch the commit was made in (the delivery service's fence key).
     pub epoch: u64,
+    /// The commit, for every member (an `MLSMessage`).
     pub commit: Vec<u8>,
+    /// The Welcome for members it adds, if any.
     pub welcome: Option<Vec<u8>>,
 }
 
@@ -32,28 +34,47 @@ pub struct CommitOutput {
 pub enum GroupEvent {
     /// An application message, with the sender's identity key.
     Application {
+        /// The sender's identity key.
         sender: Vec<u8>,
+        /// The epoch it was sent in.
         epoch: u64,
+        /// What it says.
         plaintext: Vec<u8>,
     },
     /// A commit was applied: the group is now at `epoch` with these members.
     /// `removed_self` means this member is no longer in the group.
     CommitApplied {
+        /// The committer's identity key.
         sender: Vec<u8>,
+        /// The epoch the group is in now.
         epoch: u64,
+        /// Every member's identity key after the commit.
         members: Vec<Vec<u8>>,
+        /// Whether the commit removed this member.
         removed_self: bool,
     },
     /// A proposal was stored; some member will commit it.
-    ProposalStored { sender: Vec<u8> },
+    ProposalStored {
+        /// The proposer's identity key.
+        sender: Vec<u8>,
+    },
     /// The message is from a later epoch than ours: hold it until the commit that
     /// gets us there has been processed.
-    NotYet { epoch: u64 },
+    NotYet {
+        /// The message's epoch.
+        epoch: u64,
+    },
     /// The message is from an epoch we no longer keep secrets for (or is a
     /// handshake message for an epoch already past): it can never be processed.
-    TooOld { epoch: u64 },
+    TooOld {
+        /// The message's epoch.
+        epoch: u64,
+    },
     /// Our own message, echoed back by the delivery service.
-    Own { epoch: u64 },
+    Own {
+        /// The message's epoch.
+        epoch: u64,
+    },
 }
 
 fn serialize(msg: &MlsMessageOut) -> Result<Vec<u8>, MlsError> {
@@ -82,10 +103,12 @@ impl Group {
         &mut self.inner
     }
 
+    /// The MLS group id.
     pub fn group_id(&self) -> Vec<u8> {
         self.inner.group_id().as_slice().to_vec()
     }
 
+    /// The epoch this member is in.
     pub fn epoch(&self) -> u64 {
         self.inner.epoch().as_u64()
     }
@@ -96,6 +119,7 @@ impl Group {
         self.inner.epoch_authenticator().as_slice().to_vec()
     }
 
+    /// The group's suite, if this build speaks it.
     pub fn suite(&self) -> Option<Suite> {
         Suite::from_ciphersuite(self.inner.ciphersuite())
     }
@@ -148,6 +172,7 @@ impl Group {
         self.inner.has_pending_proposals()
     }
 
+    /// Whether a commit of ours is made but not yet merged or discarded.
     pub fn has_pending_commit(&self) -> bool {
         self.inner.pending_commit().is_some()
     }

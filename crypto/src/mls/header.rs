@@ -11,7 +11,9 @@ use super::MlsError;
 /// The clear header of a commit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommitHeader {
+    /// The group the commit is for.
     pub group_id: Vec<u8>,
+    /// The epoch it was made in.
     pub epoch: u64,
 }
 

@@ -68,6 +68,7 @@ impl<S: StorageProvider<CURRENT_VERSION>> GroupMember<S> {
         })
     }
 
+    /// The crypto and storage provider this member's groups use.
     pub fn provider(&self) -> &MlsProvider<S> {
         &self.provider
     }
@@ -160,7 +161,9 @@ impl<S: StorageProvider<CURRENT_VERSION>> GroupMember<S> {
 pub struct ValidatedKeyPackage {
     /// The identity key in its credential (also its signature key).
     pub identity_key: Vec<u8>,
+    /// Its ciphersuite.
     pub suite: Suite,
+    /// Whether it carries the last-resort extension (reusable).
     pub last_resort: bool,
 }
 

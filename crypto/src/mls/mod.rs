@@ -36,8 +36,10 @@ pub enum Suite {
 }
 
 impl Suite {
+    /// Every suite this build speaks.
     pub const ALL: [Suite; 2] = [Suite::Classic, Suite::PostQuantum];
 
+    /// The MLS ciphersuite behind the name.
     pub fn ciphersuite(self) -> Ciphersuite {
         match self {
             Suite::Classic => Ciphersuite::MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519,
@@ -45,6 +47,7 @@ impl Suite {
         }
     }
 
+    /// The suite of an MLS ciphersuite, if this build speaks it.
     pub fn from_ciphersuite(cs: Ciphersuite) -> Option<Suite> {
         Suite::ALL.into_iter().find(|s| s.ciphersuite() == cs)
     }

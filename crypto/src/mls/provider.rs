@@ -12,6 +12,7 @@ pub struct MlsProvider<S> {
 }
 
 impl<S> MlsProvider<S> {
+    /// A provider over `storage` with the Rust crypto backend.
     pub fn new(storage: S) -> Self {
         MlsProvider {
             crypto: RustCrypto::default(),

@@ -6,21 +6,21 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_quicnprotochat");
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_quicnprotochat");
 
 /// A server child process; killed on drop so a failing test leaves nothing behind.
-pub struct ServerProcess {
-    pub child: Child,
-    pub addr: SocketAddr,
+pub(crate) struct ServerProcess {
+    pub(crate) child: Child,
+    pub(crate) addr: SocketAddr,
 }
 
 impl ServerProcess {
-    pub fn start(data_dir: &Path, extra: &[&str]) -> ServerProcess {
+    pub(crate) fn start(data_dir: &Path, extra: &[&str]) -> ServerProcess {
         ServerProcess::start_at(data_dir, "127.0.0.1:0", extra)
     }
 
     /// Starts a server on a given address (e.g. the one a killed server had).
-    pub fn start_at(data_dir: &Path, listen: &str, extra: &[&str]) -> ServerProcess {
+    pub(crate) fn start_at(data_dir: &Path, listen: &str, extra: &[&str]) -> ServerProcess {
         let mut child = Command::new(BIN)
             .args(["server", "--listen", listen, "--data-dir"])
             .arg(data_dir)
@@ -42,7 +42,7 @@ impl ServerProcess {
         ServerProcess { child, addr }
     }
 
-    pub fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         let status = Command::new("kill")
             .args([sig, &self.child.id().to_string()])
             .status()
@@ -58,7 +58,7 @@ impl Drop for ServerProcess {
     }
 }
 
-pub fn client(
+pub(crate) fn client(
     args: &[&str],
     server: SocketAddr,
     ca: &Path,
@@ -67,7 +67,7 @@ pub fn client(
     client_env(args, server, ca, state, "")
 }
 
-pub fn assert_one_line_error(stderr: &str, contains: &str) {
+pub(crate) fn assert_one_line_error(stderr: &str, contains: &str) {
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "one line of error, got {stderr:?}");
     assert!(lines[0].starts_with("error: "), "{stderr:?}");
@@ -78,7 +78,7 @@ pub fn assert_one_line_error(stderr: &str, contains: &str) {
     assert!(!stderr.contains("panicked"), "{stderr:?}");
 }
 
-pub fn client_env(
+pub(crate) fn client_env(
     args: &[&str],
     server: SocketAddr,
     ca: &Path,

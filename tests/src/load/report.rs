@@ -28,11 +28,11 @@ impl Latency {
 }
 
 /// A new latency histogram: 1 µs to 60 s, 3 significant digits.
-pub fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
 }
 
-pub fn record(h: &mut Histogram<u64>, d: Duration) {
+pub(crate) fn record(h: &mut Histogram<u64>, d: Duration) {
     let _ = h.record((d.as_micros() as u64).clamp(1, 60_000_000));
 }
 

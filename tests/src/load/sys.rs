@@ -2,7 +2,7 @@
 //! node's threads.
 
 /// Resident set size of this process, in bytes.
-pub fn rss_bytes() -> u64 {
+pub(crate) fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -17,7 +17,7 @@ pub fn rss_bytes() -> u64 {
 
 /// CPU seconds (user + system) used so far by this process's threads whose name
 /// starts with one of `prefixes`.
-pub fn thread_cpu_seconds(prefixes: &[&str]) -> f64 {
+pub(crate) fn thread_cpu_seconds(prefixes: &[&str]) -> f64 {
     // Linux reports in clock ticks; USER_HZ is 100 on every platform we run on.
     const TICKS_PER_SECOND: f64 = 100.0;
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
@@ -48,4 +48,4 @@ pub fn thread_cpu_seconds(prefixes: &[&str]) -> f64 {
 }
 
 /// Names of every thread that does the node's work.
-pub const NODE_THREADS: [&str; 3] = [super::NODE_THREAD, "store-writer", "rpc"];
+pub(crate) const NODE_THREADS: [&str; 3] = [super::NODE_THREAD, "store-writer", "rpc"];

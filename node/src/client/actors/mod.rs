@@ -86,11 +86,11 @@ pub(crate) fn short_hex(id: &[u8]) -> String {
 }
 
 impl Profile {
-    pub fn me(&self) -> [u8; 32] {
+    pub(crate) fn me(&self) -> [u8; 32] {
         self.identity.public_key()
     }
 
-    pub fn my_entry(&self) -> RosterEntry {
+    pub(crate) fn my_entry(&self) -> RosterEntry {
         RosterEntry {
             identity: self.identity.public_key(),
             username: self.username.clone(),
@@ -98,7 +98,7 @@ impl Profile {
         }
     }
 
-    pub fn name_of(&self, identity: &[u8]) -> String {
+    pub(crate) fn name_of(&self, identity: &[u8]) -> String {
         match self.state.roster_entry(identity) {
             Ok(Some(e)) => e.username,
             _ => short_hex(identity),
@@ -106,7 +106,7 @@ impl Profile {
     }
 
     /// Seals `msg` to `recipient` with its verified hybrid key.
-    pub fn seal(
+    pub(crate) fn seal(
         &self,
         recipient: &[u8],
         msg: &[u8],
@@ -127,7 +127,7 @@ impl Profile {
         ))
     }
 
-    pub fn group_message(&self, body: Body, group_id: &[u8], mls: Vec<u8>) -> ClientMessage {
+    pub(crate) fn group_message(&self, body: Body, group_id: &[u8], mls: Vec<u8>) -> ClientMessage {
         ClientMessage {
             body,
             group_id: group_id.to_vec(),
@@ -138,7 +138,7 @@ impl Profile {
     }
 
     /// Members other than this device.
-    pub fn others(&self, group: &Group) -> Vec<Vec<u8>> {
+    pub(crate) fn others(&self, group: &Group) -> Vec<Vec<u8>> {
         let me = self.me();
         group
             .members()
@@ -149,7 +149,7 @@ impl Profile {
 
     /// Commits, in one transaction, the MLS writes in `storage`, the effects of
     /// applying the envelope `seq`, and the cursor moved to `seq`.
-    pub fn commit_envelope(
+    pub(crate) fn commit_envelope(
         &self,
         storage: &RedbMlsStorage,
         seq: u64,

@@ -41,7 +41,7 @@ const FOLLOW_RETRY: Duration = Duration::from_secs(1);
 type PullReply = RpcReplyPort<Result<Vec<Line>, MessengerError>>;
 
 /// Told after each batch the receiver applied (or why following stopped working).
-pub type Follower = tokio::sync::mpsc::UnboundedSender<Result<(), MessengerError>>;
+pub(crate) type Follower = tokio::sync::mpsc::UnboundedSender<Result<(), MessengerError>>;
 
 /// Who a chain of fetches works for.
 enum Owner {

@@ -29,7 +29,7 @@ impl SessionSlot {
         SessionSlot(Arc::new(RwLock::new(actor)))
     }
 
-    pub fn get(&self) -> ActorRef<SessionMsg> {
+    pub(crate) fn get(&self) -> ActorRef<SessionMsg> {
         self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
