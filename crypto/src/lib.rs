@@ -6,6 +6,7 @@
 //! this one; nothing else touches openmls, x-wing or opaque-ke directly.
 #![forbid(unsafe_code)]
 
+pub mod at_rest;
 pub mod auth;
 pub mod envelope;
 pub mod identity;

@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use openmls_traits::storage::*;
+use quicnprotochat_crypto::at_rest::ProfileKey;
 use redb::{Database, ReadableDatabase, TableDefinition};
 
 /// The table holding OpenMLS' records (name kept from the mirrored layout).
@@ -53,14 +54,25 @@ pub struct Checkpoint(Overlay);
 pub struct RedbMlsStorage {
     db: Arc<Database>,
     overlay: Mutex<Overlay>,
+    /// Values are sealed with it on disk (the overlay holds them in the clear).
+    key: Arc<ProfileKey>,
 }
 
 impl RedbMlsStorage {
-    pub fn new(db: Arc<Database>) -> RedbMlsStorage {
+    /// A view over the profile's database whose values are sealed with `key`.
+    pub fn new(db: Arc<Database>, key: Arc<ProfileKey>) -> RedbMlsStorage {
         RedbMlsStorage {
             db,
             overlay: Mutex::new(Overlay::new()),
+            key,
         }
+    }
+
+    /// The name an MLS value is sealed under.
+    pub(crate) fn sealed_name(storage_key: &[u8]) -> Vec<u8> {
+        let mut name = b"mls_storage/".to_vec();
+        name.extend_from_slice(storage_key);
+        name
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Overlay> {
@@ -96,8 +108,9 @@ impl RedbMlsStorage {
         !self.lock().is_empty()
     }
 
-    /// Applies `overlay` inside `txn` (the caller commits).
+    /// Applies `overlay` inside `txn`, sealing every value (the caller commits).
     pub(crate) fn write_overlay(
+        &self,
         txn: &redb::WriteTransaction,
         overlay: &Overlay,
     ) -> Result<(), redb::Error> {
@@ -105,7 +118,8 @@ impl RedbMlsStorage {
         for (k, v) in overlay {
             match v {
                 Some(v) => {
-                    t.insert(k.as_slice(), v.as_slice())?;
+                    let sealed = self.key.seal(&Self::sealed_name(k), v);
+                    t.insert(k.as_slice(), sealed.as_slice())?;
                 }
                 None => {
                     t.remove(k.as_slice())?;
@@ -126,10 +140,15 @@ impl RedbMlsStorage {
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
             Err(e) => return Err(err(&e)),
         };
-        Ok(table
-            .get(key)
-            .map_err(|e| err(&e))?
-            .map(|v| v.value().to_vec()))
+        match table.get(key).map_err(|e| err(&e))? {
+            Some(v) => Ok(Some(
+                self.key
+                    .open(&Self::sealed_name(key), v.value())
+                    .map_err(|e| err(&e))?
+                    .to_vec(),
+            )),
+            None => Ok(None),
+        }
     }
 
     fn write<const VERSION: u16>(

@@ -8,6 +8,7 @@ pub mod group_commands;
 pub mod message;
 pub mod messenger;
 pub mod mls_store;
+pub mod profile_key;
 pub mod rpc;
 pub mod state;
 

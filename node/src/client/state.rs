@@ -1,5 +1,8 @@
 //! The client's local state: one redb file per profile, holding the identity, the
 //! hybrid key, the remembered login and the OpenMLS storage (KeyPackage secrets).
+//! Those secrets are sealed at rest with the profile key (`profile_key`), which
+//! lives outside the database; values written by older versions are sealed when
+//! the profile opens.
 
 use std::path::{Path, PathBuf};
 
@@ -7,12 +10,18 @@ use std::sync::Arc;
 
 use quicnprotochat_actors::store::private_fs::{private_dir, private_file};
 use quicnprotochat_crypto::Identity;
+use quicnprotochat_crypto::at_rest::{ProfileKey, is_sealed};
 use quicnprotochat_crypto::envelope::HybridKeyPair;
 use quicnprotochat_crypto::mls::GroupMember;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 
 use crate::client::message::RosterEntry;
-use crate::client::mls_store::RedbMlsStorage;
+use crate::client::mls_store::{MLS, RedbMlsStorage};
+use crate::client::profile_key::{KeyFileError, key_file_for, load_or_create};
+
+/// Page cache of a profile's database (redb's own default is 1 GiB, far more
+/// than a client needs).
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 const IDENTITY: TableDefinition<&str, &[u8]> = TableDefinition::new("identity");
 const KEY_ED25519_SECRET: &str = "ed25519_secret";
@@ -29,12 +38,27 @@ pub enum StateError {
     },
     #[error("client state {path}: {message}")]
     Store { path: PathBuf, message: String },
+    #[error(transparent)]
+    Key(#[from] KeyFileError),
 }
+
+/// The name a secret is sealed under: its table and key.
+fn sealed_name(table: &str, key: &[u8]) -> Vec<u8> {
+    let mut name = Vec::with_capacity(table.len() + 1 + key.len());
+    name.extend_from_slice(table.as_bytes());
+    name.push(b'/');
+    name.extend_from_slice(key);
+    name
+}
+
+/// The tables whose values are secrets (keyed by text).
+const SECRET_TABLES: [TableDefinition<&str, &[u8]>; 3] = [IDENTITY, LOGIN, HYBRID];
 
 /// An opened client profile.
 pub struct ClientState {
     db: Arc<Database>,
     path: PathBuf,
+    key: Arc<ProfileKey>,
 }
 
 impl ClientState {
@@ -51,14 +75,69 @@ impl ClientState {
             path: path.clone(),
             message: format!("cannot make it owner-only: {e}"),
         })?;
-        let db = Database::create(&path).map_err(|e| StateError::Store {
+        let store_err = |e: &dyn std::fmt::Display| StateError::Store {
             path: path.clone(),
             message: e.to_string(),
-        })?;
-        Ok(ClientState {
+        };
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(&path)
+            .map_err(|e| store_err(&e))?;
+        // A new key only for a profile that has no sealed secret yet: a lost key
+        // file must be an error, not a silent new identity.
+        let sealed = has_sealed_identity(&db).map_err(|e| store_err(&e))?;
+        let key = load_or_create(&key_file_for(dir), !sealed)?;
+        let state = ClientState {
             db: Arc::new(db),
             path,
-        })
+            key: Arc::new(key),
+        };
+        state.seal_legacy_values()?;
+        Ok(state)
+    }
+
+    /// Seals, in one transaction, every secret an older version stored in the
+    /// clear.
+    fn seal_legacy_values(&self) -> Result<(), StateError> {
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        let mut sealed = 0usize;
+        for table in SECRET_TABLES {
+            let mut t = txn.open_table(table).map_err(|e| self.err(e))?;
+            let legacy: Vec<(String, Vec<u8>)> = t
+                .iter()
+                .map_err(|e| self.err(e))?
+                .filter_map(|e| e.ok())
+                .filter(|(_, v)| !is_sealed(v.value()))
+                .map(|(k, v)| (k.value().to_string(), v.value().to_vec()))
+                .collect();
+            for (k, v) in legacy {
+                let value = self.key.seal(&sealed_name(table.name(), k.as_bytes()), &v);
+                t.insert(k.as_str(), value.as_slice())
+                    .map_err(|e| self.err(e))?;
+                sealed += 1;
+            }
+        }
+        {
+            let mut t = txn.open_table(MLS).map_err(|e| self.err(e))?;
+            let legacy: Vec<(Vec<u8>, Vec<u8>)> = t
+                .iter()
+                .map_err(|e| self.err(e))?
+                .filter_map(|e| e.ok())
+                .filter(|(_, v)| !is_sealed(v.value()))
+                .map(|(k, v)| (k.value().to_vec(), v.value().to_vec()))
+                .collect();
+            for (k, v) in legacy {
+                let value = self.key.seal(&RedbMlsStorage::sealed_name(&k), &v);
+                t.insert(k.as_slice(), value.as_slice())
+                    .map_err(|e| self.err(e))?;
+                sealed += 1;
+            }
+        }
+        if sealed == 0 {
+            txn.abort().map_err(|e| self.err(e))?;
+            return Ok(());
+        }
+        txn.commit().map_err(|e| self.err(e))
     }
 
     fn err(&self, e: impl std::fmt::Display) -> StateError {
@@ -75,7 +154,7 @@ impl ClientState {
             if let Ok(table) = txn.open_table(IDENTITY)
                 && let Some(secret) = table.get(KEY_ED25519_SECRET).map_err(|e| self.err(e))?
             {
-                return Identity::from_secret_bytes(secret.value()).map_err(|e| self.err(e));
+                return self.identity_from(secret.value());
             }
         }
         let identity = Identity::generate();
@@ -84,15 +163,43 @@ impl ClientState {
             let mut table = txn.open_table(IDENTITY).map_err(|e| self.err(e))?;
             // Another process may have raced us: keep whichever was stored first.
             if let Some(existing) = table.get(KEY_ED25519_SECRET).map_err(|e| self.err(e))? {
-                return Identity::from_secret_bytes(existing.value()).map_err(|e| self.err(e));
+                return self.identity_from(existing.value());
             }
+            let sealed = self.key.seal(
+                &sealed_name(IDENTITY.name(), KEY_ED25519_SECRET.as_bytes()),
+                &identity.secret_bytes()[..],
+            );
             table
-                .insert(KEY_ED25519_SECRET, &identity.secret_bytes()[..])
+                .insert(KEY_ED25519_SECRET, sealed.as_slice())
                 .map_err(|e| self.err(e))?;
         }
         txn.commit().map_err(|e| self.err(e))?;
         Ok(identity)
     }
+
+    fn identity_from(&self, stored: &[u8]) -> Result<Identity, StateError> {
+        let secret = self
+            .key
+            .open(
+                &sealed_name(IDENTITY.name(), KEY_ED25519_SECRET.as_bytes()),
+                stored,
+            )
+            .map_err(|e| self.err(e))?;
+        Identity::from_secret_bytes(&secret).map_err(|e| self.err(e))
+    }
+}
+
+/// Whether the profile's identity secret is sealed (so its key file must exist).
+fn has_sealed_identity(db: &Database) -> Result<bool, redb::Error> {
+    let txn = db.begin_read()?;
+    let table = match txn.open_table(IDENTITY) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(table
+        .get(KEY_ED25519_SECRET)?
+        .is_some_and(|v| is_sealed(v.value())))
 }
 
 const LOGIN: TableDefinition<&str, &[u8]> = TableDefinition::new("login");
@@ -124,10 +231,15 @@ impl ClientState {
     ) -> Result<Option<Vec<u8>>, StateError> {
         let txn = self.db.begin_read().map_err(|e| self.err(e))?;
         match txn.open_table(table) {
-            Ok(t) => Ok(t
-                .get(key)
-                .map_err(|e| self.err(e))?
-                .map(|v| v.value().to_vec())),
+            Ok(t) => match t.get(key).map_err(|e| self.err(e))? {
+                Some(v) => Ok(Some(
+                    self.key
+                        .open(&sealed_name(table.name(), key.as_bytes()), v.value())
+                        .map_err(|e| self.err(e))?
+                        .to_vec(),
+                )),
+                None => Ok(None),
+            },
             Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
             Err(e) => Err(self.err(e)),
         }
@@ -142,7 +254,8 @@ impl ClientState {
         {
             let mut t = txn.open_table(table).map_err(|e| self.err(e))?;
             for (k, v) in entries {
-                t.insert(*k, *v).map_err(|e| self.err(e))?;
+                let sealed = self.key.seal(&sealed_name(table.name(), k.as_bytes()), v);
+                t.insert(*k, sealed.as_slice()).map_err(|e| self.err(e))?;
             }
         }
         txn.commit().map_err(|e| self.err(e))
@@ -208,7 +321,7 @@ impl ClientState {
     /// A fresh view of the profile's OpenMLS storage with an empty overlay: each
     /// independent user of MLS state (a group actor, a join) takes its own.
     pub fn mls_storage(&self) -> RedbMlsStorage {
-        RedbMlsStorage::new(self.db.clone())
+        RedbMlsStorage::new(self.db.clone(), self.key.clone())
     }
 
     /// The device's MLS side over its own view of the profile's OpenMLS storage.
@@ -336,7 +449,9 @@ impl ClientState {
     ) -> Result<(), StateError> {
         let overlay = storage.take_overlay();
         let txn = self.db.begin_write().map_err(|e| self.err(e))?;
-        RedbMlsStorage::write_overlay(&txn, &overlay).map_err(|e| self.err(e))?;
+        storage
+            .write_overlay(&txn, &overlay)
+            .map_err(|e| self.err(e))?;
         f(&ClientTxn { txn: &txn }).map_err(|e| self.err(e))?;
         txn.commit().map_err(|e| self.err(e))
     }
