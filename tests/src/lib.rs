@@ -129,6 +129,32 @@ impl TestNode {
         self.ctx.as_ref().expect("node running").budget.clone()
     }
 
+    /// Opens a raw pinned QUIC connection, writes `bytes` on its stream and keeps
+    /// our side open (the node must act on what it got, not on our FIN); returns
+    /// whether the node closed the stream or connection within `wait`.
+    pub async fn write_raw(&self, bytes: &[u8], wait: std::time::Duration) -> bool {
+        let pinned = tls::read_pinned_cert(&self.cert_path()).expect("node wrote its certificate");
+        let mut endpoint =
+            quinn::Endpoint::client("127.0.0.1:0".parse().expect("address")).expect("endpoint");
+        endpoint.set_default_client_config(tls::client_config(pinned).expect("client config"));
+        let conn = endpoint
+            .connect(self.addr, "localhost")
+            .expect("connect")
+            .await
+            .expect("handshake");
+        let (mut send, mut recv) = conn.open_bi().await.expect("stream");
+        let _ = send.write_all(bytes).await;
+        let closed = tokio::time::timeout(wait, async {
+            let mut buf = [0u8; 1024];
+            while let Ok(Some(_)) = recv.read(&mut buf).await {}
+        })
+        .await
+        .is_ok();
+        conn.close(0u32.into(), b"");
+        endpoint.wait_idle().await;
+        closed
+    }
+
     /// The certificate clients pin.
     pub fn cert_path(&self) -> PathBuf {
         self.data_dir.join(tls::CERT_FILE)

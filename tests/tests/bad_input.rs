@@ -233,35 +233,6 @@ async fn a_session_reads_and_acks_only_its_own_inbox() {
     node.stop().await;
 }
 
-/// Opens a raw pinned QUIC connection and writes `bytes` on its stream; returns
-/// whether the node closed the stream or connection within a few seconds.
-async fn send_raw(node: &TestNode, bytes: &[u8]) -> bool {
-    let pinned = quicnprotochat::tls::read_pinned_cert(&node.cert_path()).unwrap();
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(quicnprotochat::tls::client_config(pinned).unwrap());
-    let conn = endpoint
-        .connect(node.addr, "localhost")
-        .unwrap()
-        .await
-        .unwrap();
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    send.write_all(bytes).await.unwrap();
-    // Keep our side open: the node must act on what it got, not on our FIN.
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        let mut buf = [0u8; 1024];
-        loop {
-            match recv.read(&mut buf).await {
-                Ok(Some(_)) => continue,
-                Ok(None) | Err(_) => return,
-            }
-        }
-    })
-    .await
-    .is_ok();
-    conn.close(0u32.into(), b"");
-    closed
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_on_the_stream_closes_that_connection_and_the_node_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
@@ -278,7 +249,7 @@ async fn garbage_on_the_stream_closes_that_connection_and_the_node_keeps_serving
         .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
         .collect();
     assert!(
-        send_raw(&node, &garbage).await,
+        node.write_raw(&garbage, Duration::from_secs(5)).await,
         "garbage closes the connection"
     );
     // A frame header announcing a 2 GiB segment: refused without allocating it.
@@ -287,7 +258,7 @@ async fn garbage_on_the_stream_closes_that_connection_and_the_node_keeps_serving
     huge.extend_from_slice(&0x0FFF_FFFFu32.to_le_bytes()); // of 2^28 words
     huge.extend_from_slice(&[0u8; 64]);
     assert!(
-        send_raw(&node, &huge).await,
+        node.write_raw(&huge, Duration::from_secs(5)).await,
         "oversized frame closes the connection"
     );
     // Deep garbage structure: 1 segment of 8 words pointing at itself.
@@ -298,7 +269,7 @@ async fn garbage_on_the_stream_closes_that_connection_and_the_node_keeps_serving
         looped.extend_from_slice(&0xFFFF_FFFC_0000_0000u64.to_le_bytes());
     }
     assert!(
-        send_raw(&node, &looped).await,
+        node.write_raw(&looped, Duration::from_secs(5)).await,
         "malformed message closes the connection"
     );
 

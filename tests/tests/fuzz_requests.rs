@@ -303,27 +303,6 @@ async fn every_fuzzed_request_gets_an_answer_or_a_typed_refusal() {
     node.stop().await;
 }
 
-/// Writes `frame` on a fresh stream and waits briefly for the node to act on it.
-async fn write_raw(node: &TestNode, frame: &[u8]) {
-    let pinned = quicnprotochat::tls::read_pinned_cert(&node.cert_path()).unwrap();
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(quicnprotochat::tls::client_config(pinned).unwrap());
-    let conn = endpoint
-        .connect(node.addr, "localhost")
-        .unwrap()
-        .await
-        .unwrap();
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    let _ = send.write_all(frame).await;
-    let _ = tokio::time::timeout(Duration::from_millis(200), async {
-        let mut buf = [0u8; 1024];
-        while let Ok(Some(_)) = recv.read(&mut buf).await {}
-    })
-    .await;
-    conn.close(0u32.into(), b"");
-    endpoint.wait_idle().await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn framed_garbage_never_takes_the_node_down() {
     let dir = tempfile::tempdir().unwrap();
@@ -358,7 +337,7 @@ async fn framed_garbage_never_takes_the_node_down() {
     );
     for _ in 0..(cases() / 10).max(8) {
         let frame = frames.new_tree(&mut runner).unwrap().current();
-        write_raw(&node, &frame).await;
+        node.write_raw(&frame, Duration::from_millis(200)).await;
     }
     local(async {
         let (_c, s) = node.session(&Identity::generate()).await;
