@@ -154,6 +154,11 @@ impl Server {
             budget: NodeBudget::new(config.limits.budget),
             started: Instant::now(),
         });
+        match ctx.purge_orphaned_inboxes().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(inboxes = n, "purged inboxes of removed devices"),
+            Err(e) => tracing::warn!(error = %e, "could not purge inboxes of removed devices"),
+        }
         Ok(Server {
             rpc_threads: config.rpc_threads,
             gate: ConnectionGate::new(config.limits.admission),

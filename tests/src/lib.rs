@@ -124,6 +124,12 @@ impl TestNode {
             .expect("store readable")
     }
 
+    /// What every connection of the node shares: for chaos hooks that do half of
+    /// an operation, as a crash would.
+    pub fn context(&self) -> Arc<NodeContext> {
+        self.ctx.as_ref().expect("node running").clone()
+    }
+
     /// What calls in flight hold, node-wide (counters for memory-bound tests).
     pub fn budget(&self) -> quicnprotochat_actors::core::budget::NodeBudget {
         self.ctx.as_ref().expect("node running").budget.clone()

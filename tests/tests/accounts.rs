@@ -723,3 +723,34 @@ async fn looking_at_someones_keys_consumes_none_of_their_packages() {
     .await;
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_removing_a_device_and_purging_its_inbox_loses_the_purge_not_the_promise() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    let (phone, laptop) = (device(), device());
+    local(async {
+        let (_c1, phone_s) = register(&node, "fay", "pw", &phone).await;
+        let conn = node.connect().await.unwrap();
+        conn.login("fay", b"pw", &laptop.id, None).await.unwrap();
+        phone_s.enqueue(&laptop.key(), b"queued").await.unwrap();
+        // The removal commits; the node dies before the purge that follows it.
+        node.context()
+            .auth
+            .remove_device(phone.key(), laptop.key())
+            .await
+            .unwrap();
+    })
+    .await;
+    assert_eq!(
+        node.stored(&laptop.key()).len(),
+        1,
+        "the crash left it behind"
+    );
+    let node = node.restart().await;
+    assert!(
+        node.stored(&laptop.key()).is_empty(),
+        "a restarted node deletes what no registered device can fetch"
+    );
+    node.stop().await;
+}

@@ -57,6 +57,27 @@ pub struct NodeContext {
     pub started: Instant,
 }
 
+impl NodeContext {
+    /// Deletes what is queued for inboxes no registered device owns any more:
+    /// removing a device purges its inbox right after the removal commits, and a
+    /// crash in between would leave its messages behind. Run at start; returns
+    /// how many inboxes it purged.
+    pub async fn purge_orphaned_inboxes(&self) -> Result<usize, crate::DeliveryError> {
+        let store = self.store.clone();
+        let inboxes = tokio::task::spawn_blocking(move || store.inboxes_with_messages())
+            .await
+            .map_err(|_| crate::DeliveryError::Restarting)??;
+        let mut purged = 0;
+        for inbox in inboxes {
+            if !self.auth.accepts_inbox(&inbox) {
+                self.registry.purge(inbox).await?;
+                purged += 1;
+            }
+        }
+        Ok(purged)
+    }
+}
+
 /// Admits one call whose request is `size` long against the connection's
 /// budget; the permit is held until the call is answered.
 fn admit(

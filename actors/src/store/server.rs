@@ -176,6 +176,21 @@ impl ServerStore {
     }
 
     /// The persisted marks of an inbox (all zero for one never used).
+    /// Every inbox that holds unacknowledged messages.
+    pub fn inboxes_with_messages(&self) -> Result<Vec<IdentityKey>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(INBOX_META)?;
+        let mut out = Vec::new();
+        for e in table.iter()? {
+            let (k, v) = e?;
+            let (last_seq, acked) = v.value();
+            if last_seq > acked {
+                out.push(IdentityKey(*k.value()));
+            }
+        }
+        Ok(out)
+    }
+
     pub fn inbox_meta(&self, inbox: &IdentityKey) -> Result<InboxMeta, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(INBOX_META)?;
