@@ -754,3 +754,67 @@ async fn a_crash_between_removing_a_device_and_purging_its_inbox_loses_the_purge
     );
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fence_of_a_group_whose_members_are_all_removed_is_collected() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    let (phone, laptop) = (device(), device());
+    let group = b"abandoned".to_vec();
+    local(async {
+        let (_c1, phone_s) = register(&node, "gus", "pw", &phone).await;
+        let conn = node.connect().await.unwrap();
+        let laptop_s = conn
+            .login("gus", b"pw", &laptop.id, None)
+            .await
+            .unwrap()
+            .session;
+        // A group of the laptop alone, then the laptop is removed.
+        let only_laptop = vec![laptop.key().0.to_vec()];
+        laptop_s
+            .commit(
+                &group,
+                0,
+                &only_laptop,
+                &[],
+                &quicnprotochat_tests::mls_commit(&group, 0),
+            )
+            .await
+            .unwrap();
+        let err = phone_s
+            .commit(
+                &group,
+                1,
+                &[phone.key().0.to_vec()],
+                &[],
+                &quicnprotochat_tests::mls_commit(&group, 1),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::Unauthorized), "{err}");
+        phone_s.remove_device(&laptop.key()).await.unwrap();
+    })
+    .await;
+    // Collected at the next start: nobody can ever commit to it again.
+    let node = node.restart().await;
+    local(async {
+        let conn = node.connect().await.unwrap();
+        let phone_s = conn
+            .login("gus", b"pw", &phone.id, None)
+            .await
+            .unwrap()
+            .session;
+        phone_s
+            .commit(
+                &group,
+                5,
+                &[phone.key().0.to_vec()],
+                &[],
+                &quicnprotochat_tests::mls_commit(&group, 5),
+            )
+            .await
+            .expect("the group id is free again");
+    })
+    .await;
+    node.stop().await;
+}

@@ -319,6 +319,11 @@ impl AuthService {
 
     /// Whether anything may be delivered to `inbox`: once accounts exist, only
     /// registered devices have inboxes, so strangers cannot create them.
+    /// Whether any account exists (from then on only registered devices act).
+    pub fn accounts_exist(&self) -> bool {
+        self.accounts_exist.load(Ordering::Acquire)
+    }
+
     pub fn accepts_inbox(&self, inbox: &IdentityKey) -> bool {
         !self.accounts_exist.load(Ordering::Acquire)
             || self.devices.read().expect("lock").contains_key(inbox)

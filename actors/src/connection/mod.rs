@@ -45,6 +45,8 @@ pub struct NodeContext {
     pub registry: InboxRegistry,
     pub groups: GroupRegistry,
     pub store: ServerStore,
+    /// The store's one writer (for maintenance writes outside any call).
+    pub writer: crate::store::writer::StoreWriter,
     pub auth: Arc<AuthService>,
     pub rates: RateLimits,
     /// Operator admission token, if configured (held only as a hash).
@@ -75,6 +77,29 @@ impl NodeContext {
             }
         }
         Ok(purged)
+    }
+}
+
+impl NodeContext {
+    /// Deletes the epoch fences of groups none of whose members is a registered
+    /// device any more (once accounts exist): nobody can commit to them again, so
+    /// they would only fill the disk. The group id becomes free. Returns how many.
+    pub async fn collect_dead_group_fences(&self) -> Result<usize, crate::DeliveryError> {
+        if !self.auth.accounts_exist() {
+            return Ok(0);
+        }
+        let auth = self.auth.clone();
+        self.writer
+            .transact(move |txn| {
+                crate::store::server::collect_dead_group_fences(txn, &|m| {
+                    auth.accepts_inbox(&IdentityKey(*m))
+                })
+            })
+            .await
+            .map_err(|e| match e {
+                crate::store::writer::TransactError::Refused(s) => s.into(),
+                crate::store::writer::TransactError::Store(d) => d,
+            })
     }
 }
 

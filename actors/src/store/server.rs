@@ -293,6 +293,32 @@ pub fn group_fence(
 
 /// Records that the next commit of `group_id` must be made at `next_epoch`, by
 /// one of `members`.
+/// Deletes the fences of the groups none of whose members `is_member_alive`
+/// (checked again inside this transaction, so a fence that changed meanwhile
+/// stays). Returns how many were deleted.
+pub fn collect_dead_group_fences(
+    txn: &WriteTransaction,
+    is_member_alive: &dyn Fn(&[u8; 32]) -> bool,
+) -> Result<usize, StoreError> {
+    let mut members_table = txn.open_table(GROUP_MEMBERS)?;
+    let dead: Vec<Vec<u8>> = members_table
+        .iter()?
+        .filter_map(|e| e.ok())
+        .filter(|(_, v)| {
+            !v.value()
+                .chunks_exact(32)
+                .any(|c| is_member_alive(c.try_into().expect("32-byte chunks")))
+        })
+        .map(|(k, _)| k.value().to_vec())
+        .collect();
+    let mut groups = txn.open_table(GROUPS)?;
+    for g in &dead {
+        members_table.remove(g.as_slice())?;
+        groups.remove(g.as_slice())?;
+    }
+    Ok(dead.len())
+}
+
 pub fn set_group_fence(
     txn: &WriteTransaction,
     group_id: &[u8],
