@@ -21,7 +21,7 @@ use crate::core::epoch::{EpochFence, FenceRefusal, check_reaches_members};
 use crate::error::DeliveryError;
 use crate::inbox::{Delivery, InboxRegistry};
 use crate::registry::{Capacity, Membership, Registry};
-use crate::store::server::group_fence;
+use crate::store::server::{group_fence, groups_created};
 use crate::store::writer::{FenceWrite, StoreWriter, TransactError};
 
 pub use crate::core::commit::MAX_GROUP_ID_LEN;
@@ -51,7 +51,8 @@ impl From<CommitError> for WireError {
             CommitError::Fence(f @ FenceRefusal::NotAMember) => {
                 WireError::new(ErrorCode::Unauthorized, f.to_string())
             }
-            CommitError::Fence(f @ FenceRefusal::Undelivered { .. }) => {
+            CommitError::Fence(f @ FenceRefusal::Undelivered { .. })
+            | CommitError::Fence(f @ FenceRefusal::TooManyGroups { .. }) => {
                 WireError::new(ErrorCode::BadRequest, f.to_string())
             }
             CommitError::Delivery(d) => d.into(),
@@ -84,30 +85,39 @@ pub struct GroupRegistry {
     actors: Registry<Vec<u8>, GroupMsg>,
     inboxes: InboxRegistry,
     writer: StoreWriter,
-    idle_after: Duration,
+    settings: GroupSettings,
+}
+
+/// What every group actor shares.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupSettings {
+    /// A group actor with no commit for this long stops.
+    pub idle_after: Duration,
+    /// Group actors alive at once; past it idle ones are asked to retire early.
+    pub live_actors: usize,
+    /// Groups one device may create (live fences it started).
+    pub groups_per_device: u64,
 }
 
 impl GroupRegistry {
-    /// Starts the registry; group actors idle for `idle_after` stop, and past
-    /// `live_actors` idle ones are asked to retire early.
+    /// Starts the registry.
     pub async fn start(
         inboxes: InboxRegistry,
         writer: StoreWriter,
-        idle_after: Duration,
-        live_actors: usize,
+        settings: GroupSettings,
     ) -> Result<GroupRegistry, ractor::SpawnErr> {
         Ok(GroupRegistry {
             actors: Registry::start(
                 "group",
                 Capacity {
-                    live: live_actors,
+                    live: settings.live_actors,
                     retire: || GroupMsg::Retire,
                 },
             )
             .await?,
             inboxes,
             writer,
-            idle_after,
+            settings,
         })
     }
 
@@ -128,7 +138,7 @@ impl GroupRegistry {
                     inboxes: self.inboxes.clone(),
                     writer: self.writer.clone(),
                     membership,
-                    idle_after: self.idle_after,
+                    settings: self.settings,
                 }
             })
             .await
@@ -181,7 +191,7 @@ pub struct GroupArgs {
     writer: StoreWriter,
     /// The group (its id) and its place in the registry.
     membership: Membership<Vec<u8>, GroupMsg>,
-    idle_after: Duration,
+    settings: GroupSettings,
 }
 
 /// The actor that owns one group's epoch fence.
@@ -204,7 +214,7 @@ impl Actor for GroupActor {
         myself: ActorRef<Self::Msg>,
         args: Self::Arguments,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let period = (args.idle_after / 2).max(Duration::from_millis(10));
+        let period = (args.settings.idle_after / 2).max(Duration::from_millis(10));
         myself.send_interval(period, || GroupMsg::IdleCheck);
         // Read through the writer, so a predecessor's in-flight commit is seen.
         let gid = args.membership.key().clone();
@@ -235,7 +245,7 @@ impl Actor for GroupActor {
         match message {
             GroupMsg::IdleCheck | GroupMsg::Retire => {
                 let idle = matches!(message, GroupMsg::Retire)
-                    || state.last_commit.elapsed() >= state.args.idle_after;
+                    || state.last_commit.elapsed() >= state.args.settings.idle_after;
                 if idle && state.args.membership.try_retire(myself.get_id()).await {
                     myself.stop(Some("idle".into()));
                 }
@@ -255,10 +265,40 @@ impl Actor for GroupActor {
                     let _ = reply.send(Err(refusal.into()));
                     return Ok(());
                 }
+                // A commit that creates the group counts against its device's
+                // quota (read through the writer, after every earlier write).
+                let creator = if state.fence.next().is_none() {
+                    let max = state.args.settings.groups_per_device;
+                    let device = committer.0;
+                    let created = state
+                        .args
+                        .writer
+                        .transact(move |txn| groups_created(txn, &device))
+                        .await;
+                    match created {
+                        Ok(n) if n >= max => {
+                            let refusal = FenceRefusal::TooManyGroups { max };
+                            let _ = reply.send(Err(refusal.into()));
+                            return Ok(());
+                        }
+                        Ok(_) => Some(device),
+                        Err(e) => {
+                            let e = match e {
+                                TransactError::Refused(s) => DeliveryError::from(s),
+                                TransactError::Store(d) => d,
+                            };
+                            let _ = reply.send(Err(e.into()));
+                            return Ok(());
+                        }
+                    }
+                } else {
+                    None
+                };
                 let fence = FenceWrite {
                     group_id: state.args.membership.key().clone(),
                     next_epoch: epoch + 1,
                     members: members.iter().copied().collect(),
+                    creator,
                 };
                 let next = state.fence.after_accepting(epoch, members);
                 match state

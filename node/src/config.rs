@@ -60,6 +60,7 @@ pub struct LimitsFile {
     pub long_polls_per_inbox: Option<u32>,
     pub live_inboxes: Option<u32>,
     pub store_cache_bytes: Option<usize>,
+    pub groups_per_device: Option<u64>,
 }
 
 /// What the node holds at most, resolved.
@@ -73,10 +74,14 @@ pub struct Limits {
     pub live_inboxes: u32,
     /// Page cache of the node's database.
     pub store_cache_bytes: usize,
+    /// Groups one device may create (fences it started that are still kept).
+    pub groups_per_device: u64,
 }
 
 /// Default of `long_polls_per_inbox`: a few devices' worth of reconnects.
 pub const DEFAULT_LONG_POLLS_PER_INBOX: u32 = 8;
+/// Default of `groups_per_device`: far beyond a person's, far below a disk's worth.
+pub const DEFAULT_GROUPS_PER_DEVICE: u64 = 10_000;
 /// Default of `live_inboxes` (~3 KiB each: ~150 MiB at most).
 pub const DEFAULT_LIVE_INBOXES: u32 = 50_000;
 
@@ -88,6 +93,7 @@ impl Default for Limits {
             long_polls_per_inbox: DEFAULT_LONG_POLLS_PER_INBOX,
             live_inboxes: DEFAULT_LIVE_INBOXES,
             store_cache_bytes: DEFAULT_CACHE_BYTES,
+            groups_per_device: DEFAULT_GROUPS_PER_DEVICE,
         }
     }
 }
@@ -114,6 +120,7 @@ impl LimitsFile {
             long_polls_per_inbox: self.long_polls_per_inbox.unwrap_or(d.long_polls_per_inbox),
             live_inboxes: self.live_inboxes.unwrap_or(d.live_inboxes),
             store_cache_bytes: self.store_cache_bytes.unwrap_or(d.store_cache_bytes),
+            groups_per_device: self.groups_per_device.unwrap_or(d.groups_per_device),
         };
         let counts = [
             l.admission.connections,
@@ -122,7 +129,7 @@ impl LimitsFile {
             l.long_polls_per_inbox,
             l.live_inboxes,
         ];
-        if counts.contains(&0) || l.budget.bytes_per_connection == 0 {
+        if counts.contains(&0) || l.budget.bytes_per_connection == 0 || l.groups_per_device == 0 {
             return Err(ConfigError::Invalid("limits must be at least 1".into()));
         }
         if l.budget.bytes_per_connection < max_payload as u64

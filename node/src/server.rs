@@ -16,7 +16,7 @@ use quicnprotochat_actors::core::admission::{ConnectionGate, ConnectionSlot};
 use quicnprotochat_actors::core::budget::NodeBudget;
 use quicnprotochat_actors::core::inbox::InboxLimits;
 use quicnprotochat_actors::core::rate::RateLimits;
-use quicnprotochat_actors::group::GroupRegistry;
+use quicnprotochat_actors::group::{GroupRegistry, GroupSettings};
 use quicnprotochat_actors::inbox::{InboxRegistry, InboxSettings};
 use quicnprotochat_actors::store::private_fs::private_dir;
 use quicnprotochat_actors::store::writer::StoreWriter;
@@ -134,8 +134,11 @@ impl Server {
         let groups = GroupRegistry::start(
             registry.clone(),
             writer.clone(),
-            config.idle_inbox_after,
-            config.limits.live_inboxes as usize,
+            GroupSettings {
+                idle_after: config.idle_inbox_after,
+                live_actors: config.limits.live_inboxes as usize,
+                groups_per_device: config.limits.groups_per_device,
+            },
         )
         .await
         .map_err(|e| ServerError::Actors(e.to_string()))?;

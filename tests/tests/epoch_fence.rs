@@ -559,3 +559,58 @@ async fn a_commit_that_does_not_reach_every_member_it_names_is_refused_and_write
     .await;
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_creates_so_many_groups_and_no_more_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::ephemeral(dir.path());
+    config.limits.groups_per_device = 2;
+    let node = TestNode::start_with(config).await;
+    let me = Identity::generate();
+    let solo = vec![me.public_key().to_vec()];
+    local(async {
+        let (_c, s) = node.session(&me).await;
+        for g in [&b"one"[..], b"two"] {
+            s.commit(g, 0, &solo, &[], &mls_commit(g, 0)).await.unwrap();
+        }
+        let err = s
+            .commit(b"three", 0, &solo, &[], &mls_commit(b"three", 0))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::BadRequest), "{err}");
+        assert!(err.to_string().contains("2 groups"), "{err}");
+        // Commits to groups it already has are not creations.
+        s.commit(b"one", 1, &solo, &[], &mls_commit(b"one", 1))
+            .await
+            .expect("an existing group goes on");
+    })
+    .await;
+    let node = node.restart().await;
+    local(async {
+        let (_c, s) = node.session(&me).await;
+        let err = s
+            .commit(b"three", 0, &solo, &[], &mls_commit(b"three", 0))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some(ErrorCode::BadRequest),
+            "the count survives a restart: {err}"
+        );
+        // Another device has its own quota.
+        let them = Identity::generate();
+        let (_c2, other) = node.session(&them).await;
+        other
+            .commit(
+                b"three",
+                0,
+                &[them.public_key().to_vec()],
+                &[],
+                &mls_commit(b"three", 0),
+            )
+            .await
+            .expect("another device's quota is its own");
+    })
+    .await;
+    node.stop().await;
+}

@@ -38,6 +38,9 @@ pub enum FenceRefusal {
     /// commit delivered to nobody would only write a fence (disk) for free.
     #[error("{missing} member(s) named by the commit get no delivery of it")]
     Undelivered { missing: usize },
+    /// The committer created as many groups as one device may have.
+    #[error("this device created {max} groups, the most one device may have")]
+    TooManyGroups { max: u64 },
 }
 
 /// Whether a commit leaving the group with `members` reaches each of them

@@ -22,6 +22,10 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const GROUPS: TableDefinition<&[u8], u64> = TableDefinition::new("groups");
 /// group id → identity keys (32 bytes each, concatenated) that may commit next.
 const GROUP_MEMBERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("group_members");
+/// Group id → the device whose commit created its fence.
+const GROUP_CREATORS: TableDefinition<&[u8], &[u8; 32]> = TableDefinition::new("group_creators");
+/// Device → how many live fences it created (its group quota).
+const GROUPS_CREATED: TableDefinition<&[u8; 32], u64> = TableDefinition::new("groups_created");
 
 const KEY_SCHEMA_VERSION: &str = "schema_version";
 const KEY_NEXT_LOG: &str = "next_log";
@@ -130,6 +134,8 @@ impl ServerStore {
             txn.open_table(INBOX_META)?;
             txn.open_table(GROUPS)?;
             txn.open_table(GROUP_MEMBERS)?;
+            txn.open_table(GROUP_CREATORS)?;
+            txn.open_table(GROUPS_CREATED)?;
             use super::auth::*;
             txn.open_table(SECRETS)?;
             txn.open_table(USERS)?;
@@ -312,19 +318,46 @@ pub fn collect_dead_group_fences(
         .map(|(k, _)| k.value().to_vec())
         .collect();
     let mut groups = txn.open_table(GROUPS)?;
+    let mut creators = txn.open_table(GROUP_CREATORS)?;
+    let mut created = txn.open_table(GROUPS_CREATED)?;
     for g in &dead {
         members_table.remove(g.as_slice())?;
         groups.remove(g.as_slice())?;
+        let creator = creators.remove(g.as_slice())?.map(|c| *c.value());
+        if let Some(c) = creator {
+            let n = created.get(&c)?.map_or(0, |v| v.value());
+            if n <= 1 {
+                created.remove(&c)?;
+            } else {
+                created.insert(&c, n - 1)?;
+            }
+        }
     }
     Ok(dead.len())
 }
 
+/// How many live group fences `device` created.
+pub fn groups_created(txn: &WriteTransaction, device: &[u8; 32]) -> Result<u64, StoreError> {
+    Ok(txn
+        .open_table(GROUPS_CREATED)?
+        .get(device)?
+        .map_or(0, |v| v.value()))
+}
+
+/// Writes a group's fence; `creator` is set for the commit that creates it (and
+/// counts against that device's quota).
 pub fn set_group_fence(
     txn: &WriteTransaction,
     group_id: &[u8],
     next_epoch: u64,
     members: &[[u8; 32]],
+    creator: Option<&[u8; 32]>,
 ) -> Result<(), StoreError> {
+    if let Some(c) = creator {
+        txn.open_table(GROUP_CREATORS)?.insert(group_id, c)?;
+        let n = groups_created(txn, c)?;
+        txn.open_table(GROUPS_CREATED)?.insert(c, n + 1)?;
+    }
     txn.open_table(GROUPS)?.insert(group_id, next_epoch)?;
     txn.open_table(GROUP_MEMBERS)?
         .insert(group_id, members.concat().as_slice())?;

@@ -86,6 +86,8 @@ pub struct FenceWrite {
     pub next_epoch: u64,
     /// Who may make the next commit.
     pub members: Vec<[u8; 32]>,
+    /// Set when this commit creates the group's fence: the device it counts for.
+    pub creator: Option<[u8; 32]>,
 }
 
 /// Called with the commit's outcome once the batch is durable (or failed).
@@ -308,7 +310,13 @@ fn append_many(
         writes.append(&a.inbox, a.seq, &a.payload)?;
     }
     if let Some(f) = fence {
-        super::server::set_group_fence(txn, &f.group_id, f.next_epoch, &f.members)?;
+        super::server::set_group_fence(
+            txn,
+            &f.group_id,
+            f.next_epoch,
+            &f.members,
+            f.creator.as_ref(),
+        )?;
     }
     Ok(appends.iter().map(|a| a.seq).collect())
 }
