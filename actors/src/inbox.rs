@@ -231,11 +231,13 @@ impl InboxRegistry {
             submitted.push(r.submitted);
         }
         let (reply, rx) = oneshot::channel();
-        self.writer.submit(WriteOp::AppendMany {
-            appends,
-            fence,
-            reply,
-        });
+        self.writer
+            .submit(WriteOp::AppendMany {
+                appends,
+                fence,
+                reply,
+            })
+            .await;
         for s in submitted {
             let _ = s.send(());
         }
@@ -363,13 +365,19 @@ impl Actor for InboxActor {
                 match request {
                     InboxRequest::Enqueue { payload, reply } => {
                         match inbox.admit(payload.len(), state.args.settings.limits) {
-                            Ok(seq) => state.args.writer.submit(WriteOp::Append {
-                                inbox: state.args.inbox(),
-                                seq,
-                                payload,
-                                notify: myself,
-                                reply,
-                            }),
+                            Ok(seq) => {
+                                state
+                                    .args
+                                    .writer
+                                    .submit(WriteOp::Append {
+                                        inbox: state.args.inbox(),
+                                        seq,
+                                        payload,
+                                        notify: myself,
+                                        reply,
+                                    })
+                                    .await
+                            }
                             Err(refusal) => {
                                 let _ = reply.send(Err(refusal.into()));
                             }
@@ -397,9 +405,11 @@ impl Actor for InboxActor {
                     }
                     InboxRequest::Purge { reply } => {
                         let everything = inbox.assigned();
-                        ack(&state.args, inbox, everything, reply);
+                        ack(&state.args, inbox, everything, reply).await;
                     }
-                    InboxRequest::Ack { up_to, reply } => ack(&state.args, inbox, up_to, reply),
+                    InboxRequest::Ack { up_to, reply } => {
+                        ack(&state.args, inbox, up_to, reply).await
+                    }
                     InboxRequest::Wait { after, reply } => {
                         if inbox.has_durable_after(after) {
                             let _ = reply.send(Ok(()));
@@ -442,18 +452,22 @@ impl Actor for InboxActor {
 
 /// Applies an ack to the state and hands the deletion to the writer (which
 /// answers once it is durable), or answers at once when there is nothing to do.
-fn ack(
+async fn ack(
     args: &InboxArgs,
     inbox: &mut InboxState,
     up_to: u64,
     reply: oneshot::Sender<Result<(), DeliveryError>>,
 ) {
     match inbox.ack(up_to) {
-        Ok(Some(range)) => args.writer.submit(WriteOp::Ack {
-            inbox: args.inbox(),
-            up_to: range.to,
-            reply,
-        }),
+        Ok(Some(range)) => {
+            args.writer
+                .submit(WriteOp::Ack {
+                    inbox: args.inbox(),
+                    up_to: range.to,
+                    reply,
+                })
+                .await
+        }
         Ok(None) => {
             let _ = reply.send(Ok(()));
         }

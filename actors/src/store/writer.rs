@@ -117,29 +117,35 @@ impl WriteOp {
 /// Handle to the writer thread. Cheap to clone.
 #[derive(Clone)]
 pub struct StoreWriter {
-    tx: mpsc::UnboundedSender<WriteOp>,
+    tx: mpsc::Sender<WriteOp>,
 }
+
+/// Writes queued for the writer at most; a full queue makes submitters wait
+/// (inbox actors, and through their mailboxes the calls in flight, which the
+/// call budget bounds in turn) instead of buffering without limit.
+pub const QUEUE_CAPACITY: usize = 4096;
 
 impl StoreWriter {
     /// Starts the writer thread over `store`.
     pub fn start(store: ServerStore) -> std::io::Result<(StoreWriter, JoinHandle<()>)> {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || run(store, rx))?;
         Ok((StoreWriter { tx }, handle))
     }
 
-    /// Queues a write. If the writer is gone, the op (and its reply port) is dropped,
-    /// which the caller sees as a closed reply channel.
-    pub fn submit(&self, op: WriteOp) {
-        let _ = self.tx.send(op);
+    /// Queues a write, waiting while the queue is full. If the writer is gone,
+    /// the op (and its reply port) is dropped, which the caller sees as a closed
+    /// reply channel.
+    pub async fn submit(&self, op: WriteOp) {
+        let _ = self.tx.send(op).await;
     }
 
     /// Loads an inbox's marks in write order (see [`WriteOp::Load`]).
     pub async fn load(&self, inbox: IdentityKey) -> Result<InboxMeta, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.submit(WriteOp::Load { inbox, reply });
+        self.submit(WriteOp::Load { inbox, reply }).await;
         match rx.await {
             Ok(Ok(meta)) => Ok(meta),
             Ok(Err(DeliveryError::Store(e))) => Err(e),
@@ -155,7 +161,8 @@ impl StoreWriter {
             inbox,
             up_to,
             reply,
-        });
+        })
+        .await;
         rx.await.map_err(|_| StoreError::WriterGone)?
     }
 
@@ -174,7 +181,8 @@ impl StoreWriter {
             Box::new(move |commit: Result<(), DeliveryError>| {
                 let _ = tx.send(commit.map(|()| result));
             })
-        })));
+        })))
+        .await;
         match rx.await {
             Ok(Ok(Ok(value))) => Ok(value),
             Ok(Ok(Err(refusal))) => Err(TransactError::Refused(refusal)),
@@ -186,7 +194,7 @@ impl StoreWriter {
     /// Asks the writer to finish what it has and stop; returns when it has.
     pub async fn shutdown(&self) {
         let (done, rx) = oneshot::channel();
-        self.submit(WriteOp::Shutdown { done });
+        self.submit(WriteOp::Shutdown { done }).await;
         let _ = rx.await;
     }
 }
@@ -240,7 +248,7 @@ fn refuse(op: WriteOp, why: &str) -> Option<oneshot::Sender<()>> {
     None
 }
 
-fn run(store: ServerStore, mut rx: mpsc::UnboundedReceiver<WriteOp>) {
+fn run(store: ServerStore, mut rx: mpsc::Receiver<WriteOp>) {
     if let Ok(n) = store.stored_total() {
         metrics::gauge!(crate::telemetry::QUEUE_DEPTH).set(n as f64);
     }
