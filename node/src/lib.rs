@@ -6,6 +6,7 @@
 // workspace lint table enforces `missing_docs` there).
 #![allow(missing_docs)]
 
+pub mod backpressure;
 pub mod client;
 pub mod config;
 pub mod demo;

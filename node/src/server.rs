@@ -401,6 +401,8 @@ async fn serve_rpc(ctx: Arc<NodeContext>, conn: quinn::Connection, max_payload: 
             return;
         }
     };
+    // Requests are read only while replies can be written (see `backpressure`).
+    let (recv, send) = crate::backpressure::couple(recv, send);
     let network = twoparty::VatNetwork::new(recv, send, Side::Server, reader_options(max_payload));
     let bootstrap = connection::bootstrap(
         ctx,

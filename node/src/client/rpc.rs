@@ -122,6 +122,25 @@ impl NodeConnection {
         endpoint: &quinn::Endpoint,
         addr: SocketAddr,
     ) -> Result<NodeConnection, ClientError> {
+        Self::connect_inner(endpoint, addr, None).await
+    }
+
+    /// Test hook: a connection that stops reading the node's replies while
+    /// `pause` says so, as a hostile client would.
+    #[doc(hidden)]
+    pub async fn connect_with_reply_pause(
+        endpoint: &quinn::Endpoint,
+        addr: SocketAddr,
+        pause: std::rc::Rc<ReplyPause>,
+    ) -> Result<NodeConnection, ClientError> {
+        Self::connect_inner(endpoint, addr, Some(pause)).await
+    }
+
+    async fn connect_inner(
+        endpoint: &quinn::Endpoint,
+        addr: SocketAddr,
+        pause: Option<std::rc::Rc<ReplyPause>>,
+    ) -> Result<NodeConnection, ClientError> {
         let connecting =
             endpoint
                 .connect(addr, "localhost")
@@ -140,6 +159,7 @@ impl NodeConnection {
             .open_bi()
             .await
             .map_err(|e| ClientError::Transport(e.to_string()))?;
+        let recv = PausableReader { inner: recv, pause };
         let network =
             twoparty::VatNetwork::new(recv, send, Side::Client, reader_options(CLIENT_READ_LIMIT));
         let mut rpc = RpcSystem::new(Box::new(network), None);
@@ -570,6 +590,51 @@ fn read_packages(
             })
         })
         .collect()
+}
+
+/// Test hook: whether a connection reads the node's replies (see
+/// [`NodeConnection::connect_with_reply_pause`]).
+#[doc(hidden)]
+#[derive(Default)]
+pub struct ReplyPause {
+    paused: std::cell::Cell<bool>,
+    waker: std::cell::RefCell<Option<std::task::Waker>>,
+}
+
+impl ReplyPause {
+    /// Stops reading replies.
+    pub fn pause(&self) {
+        self.paused.set(true);
+    }
+
+    /// Reads replies again.
+    pub fn resume(&self) {
+        self.paused.set(false);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+}
+
+struct PausableReader<R> {
+    inner: R,
+    pause: Option<std::rc::Rc<ReplyPause>>,
+}
+
+impl<R: futures::io::AsyncRead + Unpin> futures::io::AsyncRead for PausableReader<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if let Some(p) = &self.pause
+            && p.paused.get()
+        {
+            *p.waker.borrow_mut() = Some(cx.waker().clone());
+            return std::task::Poll::Pending;
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
 }
 
 /// An authenticated session: calls on behalf of one identity.

@@ -1,0 +1,77 @@
+//! A client that sends requests but never reads the replies cannot make the node
+//! queue replies without limit: the node stops reading that connection's
+//! requests while its replies cannot be written, and serves them all once the
+//! client reads again. (Its own test binary: it counts answered calls with the
+//! process-wide metrics recorder.)
+
+use std::rc::Rc;
+use std::time::Duration;
+
+use quicnprotochat::client::NodeConnection;
+use quicnprotochat::client::rpc::ReplyPause;
+use quicnprotochat::config::ServerConfig;
+use quicnprotochat::tls;
+use quicnprotochat_crypto::Identity;
+use quicnprotochat_tests::{TestNode, local};
+use quicnprotochat_wire::IdentityKey;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+async fn fetches_answered(metrics: std::net::SocketAddr) -> f64 {
+    let mut s = tokio::net::TcpStream::connect(metrics).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out.lines()
+        .find_map(|l| l.strip_prefix("qpc_fetches_total "))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_nobody_reads_stop_the_reading_of_requests_not_grow_a_queue() {
+    const FETCHES: usize = 120;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::ephemeral(dir.path());
+    config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    let node = TestNode::start_with(config).await;
+    let metrics = node.metrics_addr.unwrap();
+    local(async {
+        // An inbox whose every fetch answers about 1 MiB.
+        let me = Identity::generate();
+        let (_c, s) = node.session(&me).await;
+        for _ in 0..4 {
+            s.enqueue(&IdentityKey(me.public_key()), &vec![9u8; 256 * 1024])
+                .await
+                .unwrap();
+        }
+        let pinned = tls::read_pinned_cert(&node.cert_path()).unwrap();
+        let endpoint = quicnprotochat::client::client_endpoint(node.addr, pinned).unwrap();
+        let pause = Rc::new(ReplyPause::default());
+        let conn = NodeConnection::connect_with_reply_pause(&endpoint, node.addr, pause.clone())
+            .await
+            .unwrap();
+        let hostile = conn.authenticate(&me, None).await.unwrap();
+        let before = fetches_answered(metrics).await;
+        pause.pause();
+        let calls: Vec<_> = (0..FETCHES)
+            .map(|_| {
+                let s = hostile.clone();
+                tokio::task::spawn_local(async move { s.fetch(0, 0).await })
+            })
+            .collect();
+        // Let the node answer all it will while nobody reads.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let answered_unread = fetches_answered(metrics).await - before;
+        assert!(
+            answered_unread < (FETCHES / 2) as f64,
+            "{answered_unread} of {FETCHES} 1 MiB replies were built for a client that reads none"
+        );
+        // The client reads again: every call is answered, nothing lost.
+        pause.resume();
+        for c in calls {
+            assert_eq!(c.await.unwrap().unwrap().len(), 4);
+        }
+        assert_eq!(fetches_answered(metrics).await - before, FETCHES as f64);
+    })
+    .await;
+    node.stop().await;
+}
