@@ -62,12 +62,17 @@ impl From<CommitError> for WireError {
 
 /// Messages to a group actor.
 pub enum GroupMsg {
+    /// Offer a commit made at `epoch`; answered with the deliveries' seqs or a refusal.
     Commit {
+        /// The epoch the commit was made in.
         epoch: u64,
+        /// Who commits (must be a member once the group has a commit).
         committer: IdentityKey,
         /// The members once the commit applies.
         members: BTreeSet<[u8; 32]>,
+        /// The commit (and Welcomes, receipt) for each recipient.
         deliveries: Vec<Delivery>,
+        /// Where the outcome goes.
         reply: oneshot::Sender<Result<Vec<u64>, CommitError>>,
     },
     /// Test and chaos hook: make the actor panic, as a bug would.
@@ -186,6 +191,7 @@ impl GroupRegistry {
     }
 }
 
+/// What a group actor starts from.
 pub struct GroupArgs {
     inboxes: InboxRegistry,
     writer: StoreWriter,
@@ -198,6 +204,7 @@ pub struct GroupArgs {
 #[derive(Clone)]
 pub struct GroupActor;
 
+/// A group actor's state: its fence, as persisted.
 pub struct GroupActorState {
     args: GroupArgs,
     fence: EpochFence,

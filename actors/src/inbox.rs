@@ -40,7 +40,9 @@ pub enum InboxMsg {
 pub enum InboxRequest {
     /// Store a message; answered with its seq once durable.
     Enqueue {
+        /// What to store.
         payload: Vec<u8>,
+        /// Answered with the seq once durable.
         reply: oneshot::Sender<Result<u64, DeliveryError>>,
     },
     /// Admit `lens.len()` messages for a write that spans several inboxes. On
@@ -49,23 +51,30 @@ pub enum InboxRequest {
     /// reserved seqs are the next ones the store sees for this inbox (or are
     /// taken back without a gap).
     Reserve {
+        /// The payload lengths of the messages to admit.
         lens: Vec<usize>,
+        /// Answered with the reservation.
         reply: oneshot::Sender<Result<Reservation, DeliveryError>>,
     },
     /// Delete up to `up_to`; answered once durable.
     Ack {
+        /// Delete everything up to this seq.
         up_to: u64,
+        /// Answered once the deletion is durable.
         reply: oneshot::Sender<Result<(), DeliveryError>>,
     },
     /// Answered (with `Ok`) as soon as a durable, unacknowledged message with
     /// seq > `after` exists. The caller drops the receiver when it stops waiting.
     /// Refused at once when the inbox has as many waiters as it may hold.
     Wait {
+        /// Wake for a durable message after this seq.
         after: u64,
+        /// Answered when one exists, or refused over the waiter cap.
         reply: oneshot::Sender<Result<(), DeliveryError>>,
     },
     /// Delete everything queued (the device was removed); answered once durable.
     Purge {
+        /// Answered once the deletion is durable.
         reply: oneshot::Sender<Result<(), DeliveryError>>,
     },
     /// Test and chaos hook: make the actor panic, as a bug would.
@@ -86,13 +95,16 @@ pub struct Reservation {
 /// One message of a multi-inbox write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
+    /// The inbox it goes to.
     pub recipient: IdentityKey,
+    /// What it says (opaque to the node).
     pub payload: Vec<u8>,
 }
 
 /// Settings every inbox actor shares.
 #[derive(Debug, Clone, Copy)]
 pub struct InboxSettings {
+    /// Queue depth and payload limits.
     pub limits: InboxLimits,
     /// An actor with no waiters and no request for this long stops (its state is on
     /// disk), so a million idle inboxes cost disk, not memory.
@@ -291,6 +303,7 @@ impl InboxRegistry {
     }
 }
 
+/// What an inbox actor starts from.
 pub struct InboxArgs {
     writer: StoreWriter,
     settings: InboxSettings,
@@ -308,6 +321,7 @@ impl InboxArgs {
 #[derive(Clone)]
 pub struct InboxActor;
 
+/// An inbox actor's state: its marks and long-poll waiters.
 pub struct InboxActorState {
     args: InboxArgs,
     /// `None` until the marks are loaded in `post_start`.

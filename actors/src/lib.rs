@@ -3,9 +3,6 @@
 //! decodes calls and forwards them; the redb stores (`store`); and the pure state
 //! machines the actors wrap (`core`).
 #![forbid(unsafe_code)]
-// Debt: items here are not all documented yet; wire and crypto are (the
-// workspace lint table enforces `missing_docs` there).
-#![allow(missing_docs)]
 
 pub mod auth;
 pub mod connection;

@@ -41,7 +41,9 @@ struct Inner<K, M> {
 /// if it can (sent outside the count, so an actor with nothing else pending may
 /// leave).
 pub struct Capacity<M> {
+    /// Actors alive at once before spawns ask idle ones to retire.
     pub live: usize,
+    /// Makes the message that asks an actor to retire if it can.
     pub retire: fn() -> M,
 }
 
@@ -68,6 +70,7 @@ pub struct Membership<K, M> {
 }
 
 impl<K: Hash + Eq, M> Membership<K, M> {
+    /// The key this actor owns.
     pub fn key(&self) -> &K {
         &self.key
     }

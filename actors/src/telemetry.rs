@@ -1,21 +1,37 @@
 //! Names of the node's metrics, in one place. The `metrics` facade makes every
 //! call a no-op until the binary installs a recorder.
 
+/// QUIC connections accepted (counter).
 pub const CONNECTIONS_TOTAL: &str = "qpc_connections_total";
+/// QUIC connections open now (gauge).
 pub const CONNECTIONS_OPEN: &str = "qpc_connections_open";
+/// Messages accepted, durable (counter).
 pub const ENQUEUES_TOTAL: &str = "qpc_enqueues_total";
+/// `fetch` and `fetchWait` answered (counter).
 pub const FETCHES_TOTAL: &str = "qpc_fetches_total";
+/// `ack` answered (counter).
 pub const ACKS_TOTAL: &str = "qpc_acks_total";
+/// Messages stored and not yet acknowledged (gauge).
 pub const QUEUE_DEPTH: &str = "qpc_queue_depth";
+/// Writes per store transaction (histogram).
 pub const COMMIT_BATCH_SIZE: &str = "qpc_commit_batch_size";
+/// Store commit (fsync) latency (histogram).
 pub const COMMIT_SECONDS: &str = "qpc_commit_seconds";
+/// Actors replaced after a failure (counter).
 pub const ACTOR_RESTARTS_TOTAL: &str = "qpc_actor_restarts_total";
+/// Requests refused with `RATE_LIMITED` (counter).
 pub const RATE_LIMITED_TOTAL: &str = "qpc_rate_limited_total";
+/// Commits refused with `STALE_EPOCH` (counter).
 pub const STALE_EPOCH_TOTAL: &str = "qpc_stale_epoch_total";
+/// Sessions opened by login or resume, by call (counter).
 pub const LOGINS_TOTAL: &str = "qpc_logins_total";
+/// Refused login, resume and authenticate attempts, by call (counter).
 pub const LOGINS_FAILED_TOTAL: &str = "qpc_logins_failed_total";
+/// Connections refused over a cap, by cap (counter).
 pub const CONNECTIONS_REFUSED_TOTAL: &str = "qpc_connections_refused_total";
+/// Calls refused over a budget (counter).
 pub const OVER_BUDGET_TOTAL: &str = "qpc_calls_over_budget_total";
+/// Request bytes held by calls in flight (gauge).
 pub const BYTES_IN_FLIGHT: &str = "qpc_call_bytes_in_flight";
 pub use quicnprotochat_wire::error::REFUSALS_TOTAL;
 

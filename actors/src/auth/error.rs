@@ -11,18 +11,23 @@ use crate::store::writer::TransactError;
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
     #[error("invalid username: {0}")]
+    /// The username breaks the rules (and which one).
     BadUsername(&'static str),
     #[error("username is taken")]
+    /// Another account has this username.
     UsernameTaken,
     /// One answer for wrong password, unknown user, wrong identity key, expired or
     /// revoked token: the caller learns nothing about which.
     #[error("wrong username, password, identity key or token")]
     Unauthorized,
     #[error("{0}")]
+    /// The named user or device does not exist.
     NotFound(&'static str),
     #[error("{0}")]
+    /// The request is malformed or impossible (what is wrong).
     BadRequest(String),
     #[error("storage: {0}")]
+    /// The store failed; nothing was changed.
     Store(#[from] DeliveryError),
 }
 

@@ -45,31 +45,42 @@ struct SessionRecord {
 /// A session token just issued: the token itself goes to the client once; the
 /// node keeps only its hash.
 pub struct IssuedSession {
+    /// The token itself: handed to the client once, never stored.
     pub token: [u8; 32],
+    /// SHA-256 of the token: what the node keeps.
     pub token_hash: [u8; 32],
+    /// When the session ends (ms since the Unix epoch).
     pub expires_at_ms: u64,
 }
 
 /// One claimed KeyPackage with what a sender needs to use it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimedPackage {
+    /// The device the package belongs to.
     pub identity_key: IdentityKey,
+    /// The KeyPackage (MLS wire encoding).
     pub key_package: Vec<u8>,
+    /// The device's signed hybrid (X-Wing) public key.
     pub hybrid_public_key: Vec<u8>,
+    /// Whether this is the reusable last-resort package.
     pub last_resort: bool,
 }
 
 /// Whom a KeyPackage claim is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClaimTarget {
+    /// Every device of this username.
     Username(String),
+    /// This one device.
     Device(IdentityKey),
 }
 
 /// What an account looks like to one of its devices.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountView {
+    /// The account's name.
     pub username: String,
+    /// How many devices the account has.
     pub device_count: u32,
 }
 
@@ -324,6 +335,8 @@ impl AuthService {
         self.accounts_exist.load(Ordering::Acquire)
     }
 
+    /// Whether anything may be delivered to `inbox`: once accounts exist, only
+    /// registered devices have inboxes, so strangers cannot create them.
     pub fn accepts_inbox(&self, inbox: &IdentityKey) -> bool {
         !self.accounts_exist.load(Ordering::Acquire)
             || self.devices.read().expect("lock").contains_key(inbox)

@@ -10,14 +10,17 @@ use super::AuthError;
 
 /// Shortest and longest username.
 pub const USERNAME_MIN: usize = 3;
+/// Longest username.
 pub const USERNAME_MAX: usize = 32;
 /// Most one-time KeyPackages one upload may carry, and one device may have stored.
 pub const MAX_UPLOAD: usize = 200;
+/// Most one-time KeyPackages one device may have stored, per suite.
 pub const MAX_STORED_KEY_PACKAGES: u64 = 1000;
 
 /// The `NOT_FOUND` details of a KeyPackage claim: clients tell an unknown user
 /// from one who published nothing for the asked suite by them.
 pub const NO_SUCH_USER: &str = "no such user or device";
+/// The `NOT_FOUND` detail for a user with nothing published for the suite.
 pub const NO_KEY_PACKAGES: &str = "no KeyPackages published for this ciphersuite";
 /// How long a session token lives.
 pub const SESSION_TTL: Duration = Duration::from_secs(30 * 24 * 3600);

@@ -42,20 +42,27 @@ use session_service::SessionService;
 
 /// What every connection of a node shares.
 pub struct NodeContext {
+    /// The inbox actors.
     pub registry: InboxRegistry,
+    /// The group actors (epoch fences).
     pub groups: GroupRegistry,
+    /// The node's database, for reads.
     pub store: ServerStore,
     /// The store's one writer (for maintenance writes outside any call).
     pub writer: crate::store::writer::StoreWriter,
+    /// Accounts, devices, sessions, KeyPackages.
     pub auth: Arc<AuthService>,
+    /// Rate limits per session, address and claim target.
     pub rates: RateLimits,
     /// Operator admission token, if configured (held only as a hash).
     pub auth_token: Option<TokenHash>,
+    /// Queue depth and payload limits of every inbox.
     pub limits: InboxLimits,
     /// Whether `enqueueSealed` is served.
     pub sealed_sender: bool,
     /// What calls in flight may hold, per connection and in all.
     pub budget: NodeBudget,
+    /// When the node started (for `health`).
     pub started: Instant,
 }
 
@@ -183,6 +190,7 @@ pub struct ConnectionInfo {
     /// Secret exported from this connection's TLS session; signatures over it are
     /// worthless on any other connection.
     pub channel_binding: [u8; CHANNEL_BINDING_LEN],
+    /// The peer's address (rate limits, logs).
     pub remote: std::net::SocketAddr,
 }
 

@@ -32,8 +32,10 @@ impl Default for AdmissionConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum Full {
     #[error("the node holds {0} connections, its limit")]
+    /// The node-wide cap (connections open now).
     Node(u32),
     #[error("{0} connections from this address are open, the limit")]
+    /// The per-address cap (connections open now from that address).
     Address(u32),
 }
 
@@ -62,6 +64,7 @@ pub struct ConnectionGate {
 }
 
 impl ConnectionGate {
+    /// A gate with these caps and no connection open.
     pub fn new(config: AdmissionConfig) -> ConnectionGate {
         ConnectionGate {
             config,

@@ -42,15 +42,26 @@ impl Default for BudgetConfig {
 pub enum OverBudget {
     /// This connection has too many calls in flight: the caller's doing.
     #[error("too many calls in flight on this connection (at most {max}); retry after a reply")]
-    Calls { max: u32 },
+    Calls {
+        /// The cap.
+        max: u32,
+    },
     /// This connection's calls hold too many bytes: the caller's doing.
     #[error(
         "calls in flight on this connection hold {held} bytes, at most {max} allowed; retry after a reply"
     )]
-    ConnectionBytes { held: u64, max: u64 },
+    ConnectionBytes {
+        /// Bytes held now.
+        held: u64,
+        /// The cap.
+        max: u64,
+    },
     /// The node as a whole holds too many bytes in calls: load, nobody's fault.
     #[error("the node is busy ({held} bytes in flight); retry shortly")]
-    NodeBytes { held: u64 },
+    NodeBytes {
+        /// Bytes held now, all connections.
+        held: u64,
+    },
 }
 
 /// The node-wide budget. Cheap to clone (shared).
@@ -69,6 +80,7 @@ struct NodeInner {
 }
 
 impl NodeBudget {
+    /// A budget with these caps and nothing held.
     pub fn new(config: BudgetConfig) -> NodeBudget {
         NodeBudget {
             inner: Arc::new(NodeInner {
@@ -80,6 +92,7 @@ impl NodeBudget {
         }
     }
 
+    /// The caps.
     pub fn config(&self) -> BudgetConfig {
         self.inner.config
     }

@@ -13,19 +13,30 @@ pub const MAX_GROUP_ID_LEN: usize = 256;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CommitCallRefusal {
     #[error("groupId must be 1 to {MAX_GROUP_ID_LEN} bytes")]
+    /// The group id is empty or too long.
     GroupIdLength,
     #[error("at most {MAX_DELIVERIES} members")]
+    /// More members than one call may name.
     TooManyMembers,
     #[error("members must name the group's members after the commit, the committer among them")]
+    /// The members do not include the committer.
     CommitterNotAMember,
     #[error("mlsCommit is missing: a commit call carries the MLS commit it offers")]
+    /// The call carries no MLS commit.
     MissingCommit,
     #[error("mlsCommit: {0}")]
+    /// The MLS commit does not parse (why).
     MalformedCommit(String),
     #[error(
         "mlsCommit is a commit of another group or epoch (its header says epoch {header_epoch}, the call {call_epoch})"
     )]
-    HeaderMismatch { header_epoch: u64, call_epoch: u64 },
+    /// The commit's clear header names another group or epoch than the call.
+    HeaderMismatch {
+        /// The epoch in the commit's header.
+        header_epoch: u64,
+        /// The epoch the call named.
+        call_epoch: u64,
+    },
 }
 
 impl CommitCallRefusal {

@@ -26,10 +26,20 @@ pub enum FenceRefusal {
     /// Another commit already moved the group past this epoch: process it, rebuild
     /// the commit and try again.
     #[error("epoch {epoch} is stale: the group is at epoch {current}")]
-    Stale { epoch: u64, current: u64 },
+    Stale {
+        /// The epoch the commit was made in.
+        epoch: u64,
+        /// The epoch the group is in.
+        current: u64,
+    },
     /// The commit claims an epoch the group never reached.
     #[error("epoch {epoch} is ahead of the group, which is at epoch {current}")]
-    Ahead { epoch: u64, current: u64 },
+    Ahead {
+        /// The epoch the commit claims.
+        epoch: u64,
+        /// The epoch the group is in.
+        current: u64,
+    },
     /// The caller is not among the group's members.
     #[error("not a member of this group")]
     NotAMember,
@@ -37,10 +47,16 @@ pub enum FenceRefusal {
     /// history: a member that never receives it cannot follow the group, and a
     /// commit delivered to nobody would only write a fence (disk) for free.
     #[error("{missing} member(s) named by the commit get no delivery of it")]
-    Undelivered { missing: usize },
+    Undelivered {
+        /// How many named members get nothing.
+        missing: usize,
+    },
     /// The committer created as many groups as one device may have.
     #[error("this device created {max} groups, the most one device may have")]
-    TooManyGroups { max: u64 },
+    TooManyGroups {
+        /// The quota.
+        max: u64,
+    },
 }
 
 /// Whether a commit leaving the group with `members` reaches each of them
@@ -98,6 +114,7 @@ impl EpochFence {
         }
     }
 
+    /// Who may make the next commit.
     pub fn members(&self) -> &BTreeSet<[u8; 32]> {
         &self.members
     }

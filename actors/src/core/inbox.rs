@@ -29,19 +29,43 @@ pub struct InboxMeta {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum InboxRefusal {
     #[error("inbox holds {depth} unacknowledged messages, the limit is {limit}")]
-    QueueFull { depth: u64, limit: u64 },
+    /// The inbox holds as many messages as it may.
+    QueueFull {
+        /// Unacknowledged messages now.
+        depth: u64,
+        /// The limit.
+        limit: u64,
+    },
     #[error("payload of {len} bytes exceeds the limit of {max} bytes")]
-    TooLarge { len: usize, max: usize },
+    /// The payload is larger than the node stores.
+    TooLarge {
+        /// The payload's length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
     #[error("cannot ack up to seq {up_to}: the highest seq of this inbox is {highest}")]
-    AckBeyondEnd { up_to: u64, highest: u64 },
+    /// An ack names a seq the inbox never handed out.
+    AckBeyondEnd {
+        /// The seq acked.
+        up_to: u64,
+        /// The highest seq handed out.
+        highest: u64,
+    },
     #[error("this inbox already has {max} long-polls waiting; retry when one returns")]
-    TooManyWaiters { max: usize },
+    /// As many long-polls wait on the inbox as it holds.
+    TooManyWaiters {
+        /// The cap.
+        max: usize,
+    },
 }
 
 /// A range of seqs `from..=to` to delete, decided by an ack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AckRange {
+    /// First seq to delete.
     pub from: u64,
+    /// Last seq to delete.
     pub to: u64,
 }
 
@@ -164,14 +188,17 @@ impl InboxState {
         self.durable > after.max(self.acked)
     }
 
+    /// The highest seq handed out (possibly not yet durable).
     pub fn assigned(&self) -> u64 {
         self.assigned
     }
 
+    /// The highest seq known durable.
     pub fn durable(&self) -> u64 {
         self.durable
     }
 
+    /// The highest seq acknowledged (deleted).
     pub fn acked(&self) -> u64 {
         self.acked
     }

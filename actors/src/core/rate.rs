@@ -44,6 +44,7 @@ impl Default for RateConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("rate limit exceeded, retry after {} ms", retry_after.as_millis())]
 pub struct RateLimited {
+    /// How long to wait before the same request can pass.
     pub retry_after: Duration,
 }
 
@@ -102,6 +103,7 @@ pub struct RateLimits {
 }
 
 impl RateLimits {
+    /// Limiters with these quotas and no history.
     pub fn new(c: RateConfig) -> RateLimits {
         let sec = Duration::from_secs(1);
         let min = Duration::from_secs(60);

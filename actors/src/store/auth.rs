@@ -11,6 +11,7 @@ use crate::store::StoreError;
 
 /// Node secrets: the OPAQUE server setup.
 pub const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
+/// The key of the OPAQUE server setup in [`SECRETS`].
 pub const OPAQUE_SETUP_KEY: &str = "opaque_server_setup";
 
 /// username → OPAQUE password record.
@@ -33,18 +34,24 @@ pub const KP_STATS: TableDefinition<&[u8; 32], (u64, u64)> = TableDefinition::ne
 /// are the mandatory suite's and keep their names, so older files open as they are).
 pub const KEY_PACKAGES_PQ: TableDefinition<(&[u8; 32], u64), &[u8]> =
     TableDefinition::new("key_packages_pq");
+/// The post-quantum suite's last-resort packages.
 pub const LAST_RESORT_PQ: TableDefinition<&[u8; 32], &[u8]> =
     TableDefinition::new("last_resort_pq");
+/// The post-quantum suite's package counters.
 pub const KP_STATS_PQ: TableDefinition<&[u8; 32], (u64, u64)> = TableDefinition::new("kp_stats_pq");
 
 /// The KeyPackage tables of one ciphersuite.
 #[derive(Clone, Copy)]
 pub struct KeyPackageTables {
+    /// (device, number) → one-time package.
     pub one_time: TableDefinition<'static, (&'static [u8; 32], u64), &'static [u8]>,
+    /// device → last-resort package.
     pub last_resort: TableDefinition<'static, &'static [u8; 32], &'static [u8]>,
+    /// device → (next number, times the last-resort package was served).
     pub stats: TableDefinition<'static, &'static [u8; 32], (u64, u64)>,
 }
 
+/// The tables of `suite`.
 pub fn key_package_tables(suite: Suite) -> KeyPackageTables {
     match suite {
         Suite::Classic => KeyPackageTables {

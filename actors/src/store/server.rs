@@ -38,30 +38,46 @@ pub const SCHEMA_VERSION: u64 = 1;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database: {0}")]
+    /// The database file could not be opened.
     Database(#[from] redb::DatabaseError),
     #[error("transaction: {0}")]
+    /// A transaction could not begin.
     Transaction(#[from] redb::TransactionError),
     #[error("table: {0}")]
+    /// A table could not be opened.
     Table(#[from] redb::TableError),
     #[error("storage: {0}")]
+    /// Reading or writing failed.
     Storage(#[from] redb::StorageError),
     #[error("commit: {0}")]
+    /// A commit failed (nothing of it is durable).
     Commit(#[from] redb::CommitError),
     #[error("storage: {0}")]
+    /// Any other redb failure.
     Redb(#[from] redb::Error),
     #[error(
         "database schema version {found} is newer than this node understands ({SCHEMA_VERSION})"
     )]
-    SchemaTooNew { found: u64 },
+    /// The file was written by a newer node.
+    SchemaTooNew {
+        /// The version the file says.
+        found: u64,
+    },
     #[error("store is unavailable after an earlier write failure: {0}")]
+    /// An earlier commit failed: the writer refuses everything after it (why).
     Poisoned(String),
     #[error("store writer has shut down")]
+    /// The writer thread has stopped.
     WriterGone,
     #[error("inconsistent store: {0}")]
+    /// What the store holds contradicts itself (what).
     Corrupt(String),
     #[error("cannot make {path} owner-only: {source}")]
+    /// The file or folder could not be made owner-only.
     Permissions {
+        /// Which one.
         path: std::path::PathBuf,
+        /// Why.
         source: std::io::Error,
     },
 }
@@ -160,6 +176,7 @@ impl ServerStore {
         &self.db
     }
 
+    /// How the store commits.
     pub fn options(&self) -> StoreOptions {
         self.options
     }
@@ -197,6 +214,7 @@ impl ServerStore {
         Ok(out)
     }
 
+    /// An inbox's marks: its highest seq and its highest acknowledged seq.
     pub fn inbox_meta(&self, inbox: &IdentityKey) -> Result<InboxMeta, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(INBOX_META)?;
@@ -374,6 +392,7 @@ pub struct WriteBatch<'txn> {
 }
 
 impl<'txn> WriteBatch<'txn> {
+    /// Opens the tables a batch writes to, inside `txn`.
     pub fn open(txn: &'txn WriteTransaction) -> Result<WriteBatch<'txn>, StoreError> {
         let counters = txn.open_table(META)?;
         let next_log = counters.get(KEY_NEXT_LOG)?.map(|v| v.value()).unwrap_or(1);

@@ -35,31 +35,44 @@ pub enum WriteOp {
     /// Store message `seq` of `inbox`; answers the seq once durable, and tells
     /// `notify` (the inbox's actor) which seqs became durable.
     Append {
+        /// The inbox it goes to.
         inbox: IdentityKey,
+        /// The seq its actor assigned.
         seq: u64,
+        /// What to store.
         payload: Vec<u8>,
+        /// Told which seqs became durable.
         notify: ActorRef<InboxMsg>,
+        /// Answered with the seq once durable.
         reply: Reply<u64>,
     },
     /// Store messages in several inboxes in one transaction, all or none, and
     /// optionally move a group's epoch fence with them (a commit's fan-out).
     /// Answers the seqs, in order, once durable.
     AppendMany {
+        /// One message per recipient, seqs reserved by their actors.
         appends: Vec<MultiAppend>,
+        /// A group fence to write in the same transaction, if any.
         fence: Option<FenceWrite>,
+        /// Answered with the seqs once durable.
         reply: Reply<Vec<u64>>,
     },
     /// Delete messages of `inbox` up to `up_to`; answers once durable.
     Ack {
+        /// The inbox.
         inbox: IdentityKey,
+        /// Delete everything up to this seq.
         up_to: u64,
+        /// Answered once durable.
         reply: Reply<()>,
     },
     /// Read the inbox's marks after every earlier write has committed: how a
     /// (re)started inbox actor learns where it stands without racing in-flight
     /// writes of its predecessor.
     Load {
+        /// The inbox.
         inbox: IdentityKey,
+        /// Answered with its marks.
         reply: Reply<InboxMeta>,
     },
     /// Any other write: applied in arrival order inside the batch's transaction.
@@ -68,21 +81,30 @@ pub enum WriteOp {
     /// still commit that write with the batch.
     Custom(CustomWrite),
     /// Finish everything submitted before, then stop.
-    Shutdown { done: oneshot::Sender<()> },
+    Shutdown {
+        /// Answered once everything before it is written.
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// One message of a [`WriteOp::AppendMany`].
 pub struct MultiAppend {
+    /// The inbox it goes to.
     pub inbox: IdentityKey,
+    /// The seq its actor reserved.
     pub seq: u64,
+    /// What to store.
     pub payload: Vec<u8>,
+    /// Told which seqs became durable.
     pub notify: ActorRef<InboxMsg>,
 }
 
 /// A group's new epoch fence, written with the commit that moves it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FenceWrite {
+    /// The group.
     pub group_id: Vec<u8>,
+    /// The epoch its next commit must be made at.
     pub next_epoch: u64,
     /// Who may make the next commit.
     pub members: Vec<[u8; 32]>,
@@ -99,8 +121,10 @@ pub type CustomWrite = Box<dyn FnOnce(&redb::WriteTransaction) -> AfterCommit + 
 #[derive(Debug, thiserror::Error)]
 pub enum TransactError<E> {
     #[error(transparent)]
+    /// The operation's own refusal (nothing of it was written).
     Refused(E),
     #[error(transparent)]
+    /// The store failed.
     Store(DeliveryError),
 }
 
