@@ -17,15 +17,26 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:7000";
 pub const DEFAULT_DATA_DIR: &str = "data";
 
 #[derive(Debug, thiserror::Error)]
+/// Why the configuration was refused.
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
+    /// The config file could not be read.
     Read {
+        /// The file or folder concerned.
         path: PathBuf,
+        /// The underlying I/O error.
         source: std::io::Error,
     },
     #[error("invalid config file {path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    /// The config file is not valid TOML for us.
+    Parse {
+        /// The file or folder concerned.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     #[error("invalid setting: {0}")]
+    /// A value out of range (which, why).
     Invalid(String),
 }
 
@@ -33,17 +44,29 @@ pub enum ConfigError {
 #[derive(Debug, Default, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
+    /// `listen`
     pub listen: Option<SocketAddr>,
+    /// `data_dir`
     pub data_dir: Option<PathBuf>,
+    /// `tls_cert`
     pub tls_cert: Option<PathBuf>,
+    /// `tls_key`
     pub tls_key: Option<PathBuf>,
+    /// `auth_token`
     pub auth_token: Option<String>,
+    /// `queue_limit`
     pub queue_limit: Option<u64>,
+    /// `max_payload`
     pub max_payload: Option<usize>,
+    /// `sealed_sender`
     pub sealed_sender: Option<bool>,
+    /// `metrics_listen`
     pub metrics_listen: Option<SocketAddr>,
+    /// `rpc_threads`
     pub rpc_threads: Option<usize>,
+    /// `[rate_limits]`
     pub rate_limits: Option<RateLimitsFile>,
+    /// `[limits]`
     pub limits: Option<LimitsFile>,
 }
 
@@ -52,21 +75,32 @@ pub struct FileConfig {
 #[derive(Debug, Default, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsFile {
+    /// `connections`
     pub connections: Option<u32>,
+    /// `connections_per_address`
     pub connections_per_address: Option<u32>,
+    /// `calls_per_connection`
     pub calls_per_connection: Option<u32>,
+    /// `bytes_per_connection`
     pub bytes_per_connection: Option<u64>,
+    /// `bytes_in_flight`
     pub bytes_in_flight: Option<u64>,
+    /// `long_polls_per_inbox`
     pub long_polls_per_inbox: Option<u32>,
+    /// `live_inboxes`
     pub live_inboxes: Option<u32>,
+    /// `store_cache_bytes`
     pub store_cache_bytes: Option<usize>,
+    /// `groups_per_device`
     pub groups_per_device: Option<u64>,
 }
 
 /// What the node holds at most, resolved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
+    /// Connection caps.
     pub admission: AdmissionConfig,
+    /// Calls-in-flight caps.
     pub budget: BudgetConfig,
     /// Long-polls (`fetchWait`) waiting on one inbox at once.
     pub long_polls_per_inbox: u32,
@@ -149,10 +183,15 @@ impl LimitsFile {
 #[derive(Debug, Default, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitsFile {
+    /// `enqueue_per_sec_per_session`
     pub enqueue_per_sec_per_session: Option<u32>,
+    /// `enqueue_per_sec_per_address`
     pub enqueue_per_sec_per_address: Option<u32>,
+    /// `logins_per_min_per_address`
     pub logins_per_min_per_address: Option<u32>,
+    /// `claims_per_min_per_requester`
     pub claims_per_min_per_requester: Option<u32>,
+    /// `claims_per_min_per_target`
     pub claims_per_min_per_target: Option<u32>,
 }
 
@@ -193,6 +232,7 @@ impl RateLimitsFile {
 }
 
 impl FileConfig {
+    /// Reads a config file.
     pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
@@ -226,20 +266,26 @@ impl FileConfig {
 /// Everything a node needs to run.
 #[derive(Clone)]
 pub struct ServerConfig {
+    /// Where to listen.
     pub listen: SocketAddr,
+    /// Where the database and generated key live.
     pub data_dir: PathBuf,
     /// Certificate and key (DER); when unset, a self-signed pair is generated in
     /// `data_dir` on first start and reused.
     pub tls_cert: Option<PathBuf>,
+    /// The key of `tls_cert`.
     pub tls_key: Option<PathBuf>,
     /// Operator admission token; `None` admits everyone.
     pub auth_token: Option<String>,
+    /// Unacknowledged messages per inbox.
     pub queue_limit: u64,
+    /// Largest payload stored.
     pub max_payload: usize,
     /// How long an inbox actor lingers without requests before it stops.
     pub idle_inbox_after: Duration,
     /// Serve `enqueueSealed` (sealed-sender delivery without a session).
     pub sealed_sender: bool,
+    /// Rate limits.
     pub rate_limits: RateConfig,
     /// Where to serve Prometheus metrics over HTTP; off when unset.
     pub metrics_listen: Option<SocketAddr>,

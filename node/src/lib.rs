@@ -2,9 +2,6 @@
 //! (`server::run`), and the client side (connection, typed calls, local state,
 //! commands). `main.rs` only parses flags.
 #![forbid(unsafe_code)]
-// Debt: items here are not all documented yet; wire and crypto are (the
-// workspace lint table enforces `missing_docs` there).
-#![allow(missing_docs)]
 
 pub mod backpressure;
 pub mod client;

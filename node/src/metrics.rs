@@ -62,10 +62,15 @@ pub async fn serve(listener: TcpListener, handle: PrometheusHandle) {
 /// What one request asks for, read from its request line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
+    /// `/metrics`
     Metrics,
+    /// `/healthz`
     Health,
+    /// Any other path.
     NotFound,
+    /// A method other than GET or HEAD.
     MethodNotAllowed,
+    /// No request line.
     BadRequest,
 }
 

@@ -39,26 +39,38 @@ const STREAM_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECTION_DRAIN: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
+/// Why a node could not start.
 pub enum ServerError {
     #[error("cannot create data directory {path}: {source}")]
+    /// The data folder could not be created or made owner-only.
     DataDir {
+        /// The file or folder concerned.
         path: std::path::PathBuf,
+        /// The underlying I/O error.
         source: std::io::Error,
     },
     #[error(transparent)]
+    /// The TLS material could not be had.
     Tls(#[from] TlsError),
     #[error("cannot open the node database: {0}")]
+    /// The database could not be opened.
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
+    /// The address could not be bound.
     Bind {
+        /// The address.
         addr: SocketAddr,
+        /// The underlying I/O error.
         source: std::io::Error,
     },
     #[error("cannot start the authentication service: {0}")]
+    /// The Authentication Service could not start.
     Auth(#[from] AuthError),
     #[error("cannot start the node's actors: {0}")]
+    /// An actor could not start (why).
     Actors(String),
     #[error("cannot start a thread: {0}")]
+    /// A thread could not start.
     Thread(std::io::Error),
 }
 

@@ -17,29 +17,41 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 
 /// File names of the generated pair inside the data directory.
 pub const CERT_FILE: &str = "server-cert.der";
+/// The generated key's file name in the data folder.
 pub const KEY_FILE: &str = "server-key.der";
 
 #[derive(Debug, thiserror::Error)]
+/// Why TLS material could not be had.
 pub enum TlsError {
     #[error("cannot read {path}: {source}")]
+    /// A file could not be read.
     Read {
+        /// The file or folder concerned.
         path: PathBuf,
+        /// The underlying I/O error.
         source: std::io::Error,
     },
     #[error("cannot write {path}: {source}")]
+    /// A file could not be written.
     Write {
+        /// The file or folder concerned.
         path: PathBuf,
+        /// The underlying I/O error.
         source: std::io::Error,
     },
     #[error("cannot generate certificate: {0}")]
+    /// Generating a certificate failed (why).
     Generate(String),
     #[error("invalid TLS material: {0}")]
+    /// A certificate or key does not parse (which, why).
     Invalid(String),
 }
 
 /// The node's certificate and private key.
 pub struct TlsMaterial {
+    /// The node's certificate.
     pub cert: CertificateDer<'static>,
+    /// Its private key.
     pub key: PrivateKeyDer<'static>,
 }
 

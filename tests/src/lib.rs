@@ -1,9 +1,6 @@
 //! Helpers for end-to-end tests and the `loadtest` harness (`load`): a real node (QUIC, TLS, Cap'n Proto, fsync'd redb)
 //! started in-process on an ephemeral port, and clients connected to it.
 #![forbid(unsafe_code)]
-// Debt: items here are not all documented yet; wire and crypto are (the
-// workspace lint table enforces `missing_docs` there).
-#![allow(missing_docs)]
 
 pub mod load;
 
@@ -25,10 +22,13 @@ use tokio::sync::oneshot;
 
 /// A node running in this process on 127.0.0.1 with a port of its own.
 pub struct TestNode {
+    /// Where clients reach it.
     pub addr: SocketAddr,
     /// The Prometheus endpoint, when the configuration asked for one.
     pub metrics_addr: Option<SocketAddr>,
+    /// Its data folder.
     pub data_dir: PathBuf,
+    /// What it was started with (restarts reuse it).
     pub config: ServerConfig,
     /// Dropped on stop: it holds the database open.
     ctx: Option<Arc<NodeContext>>,
@@ -186,8 +186,11 @@ impl TestNode {
 /// A registered user with one device and its own profile, ready for groups: its
 /// messenger is the client's actor tree, on a connection of its own.
 pub struct Person {
+    /// The client actor tree of the person's profile.
     pub messenger: Messenger,
+    /// The device's identity.
     pub identity: Identity,
+    /// The account password.
     pub password: String,
     /// The profile directory (kept for the person's lifetime).
     pub dir: tempfile::TempDir,

@@ -23,9 +23,13 @@ pub const REFILL_BELOW: u64 = 10;
 /// Where and how a client connects; from global flags and environment.
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
+    /// The node, `HOST:PORT`.
     pub server: String,
+    /// The certificate to trust (exactly this one).
     pub ca_cert: PathBuf,
+    /// The profile folder.
     pub state_dir: PathBuf,
+    /// The operator's admission token, if the node has one.
     pub auth_token: Option<String>,
 }
 
@@ -33,18 +37,30 @@ pub struct ClientOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
     #[error("invalid server address {0:?}: expected HOST:PORT")]
+    /// `--server` is not `HOST:PORT` (what was given).
     BadServer(String),
     #[error("cannot read the server certificate {path}: {reason} (pass --ca-cert or QPC_CA_CERT)")]
-    CaCert { path: PathBuf, reason: String },
+    /// The pinned certificate could not be read.
+    CaCert {
+        /// The file or folder concerned.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     #[error(transparent)]
+    /// The node refused, or could not be reached.
     Client(#[from] ClientError),
     #[error(transparent)]
+    /// The profile could not be opened or written.
     State(#[from] crate::client::state::StateError),
     #[error("cannot read the password: {0}")]
+    /// No password could be read (why).
     Password(String),
     #[error("not logged in on this profile: run `quicnprotochat login --username NAME` first")]
+    /// The profile holds no login.
     NotLoggedIn,
     #[error("{0}")]
+    /// Anything else a command refuses (what).
     Invalid(String),
 }
 

@@ -20,42 +20,59 @@ pub enum Body {
     /// Our own commit made at `epoch` was accepted: the node stores this receipt in
     /// our inbox in the same transaction as the commit's deliveries, so a client
     /// that crashed before learning the outcome can still apply its commit.
-    CommitReceipt { epoch: u64 },
+    /// The node's receipt for the committer's own accepted commit.
+    CommitReceipt {
+        /// The epoch the commit was made in.
+        epoch: u64,
+    },
 }
 
 /// A member as the sender knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RosterEntry {
+    /// The device's identity key.
     pub identity: [u8; 32],
+    /// The username its owner claims.
     pub username: String,
     /// The member device's signed hybrid (X-Wing) public key.
     pub hybrid_key: Vec<u8>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+/// What one group payload carries inside its X-Wing seal.
 pub struct ClientMessage {
+    /// What kind of message this is.
     pub body: Body,
+    /// The MLS group it belongs to.
     pub group_id: Vec<u8>,
     /// The MLS message (empty for a receipt).
     pub mls: Vec<u8>,
     /// The username the sender goes by.
     pub sender_name: String,
+    /// The sender's view of who is who (identity, name, hybrid key).
     pub roster: Vec<RosterEntry>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why bytes are not a client message.
 pub enum MessageError {
     #[error("message truncated")]
+    /// The bytes end early.
     Truncated,
     #[error("unsupported message version {0}")]
+    /// A format version this build does not know.
     Version(u8),
     #[error("unknown message kind {0}")]
+    /// A message kind this build does not know.
     Kind(u8),
     #[error("field too long to encode")]
+    /// A field longer than its length prefix allows.
     TooLong,
     #[error("text is not UTF-8")]
+    /// A name that is not UTF-8.
     Utf8,
     #[error("trailing bytes after the message")]
+    /// Bytes after the message.
     Trailing,
 }
 
@@ -99,6 +116,7 @@ impl<'a> Reader<'a> {
 }
 
 impl ClientMessage {
+    /// The message's wire form.
     pub fn encode(&self) -> Result<Vec<u8>, MessageError> {
         let mut out = Vec::with_capacity(64 + self.mls.len());
         out.push(VERSION);
@@ -123,6 +141,7 @@ impl ClientMessage {
         Ok(out)
     }
 
+    /// Reads a message; exactly the bytes of one, no more.
     pub fn decode(bytes: &[u8]) -> Result<ClientMessage, MessageError> {
         let mut r = Reader(bytes);
         let version = r.u8()?;

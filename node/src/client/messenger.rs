@@ -42,38 +42,77 @@ pub const MAX_COMMIT_BYTES: usize = 6 * 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum MessengerError {
     #[error("no group named {0:?} on this profile (see `groups`)")]
+    /// No group of this name in the profile.
     UnknownGroup(String),
     #[error("a group named {0:?} exists already on this profile")]
+    /// A group of this name exists already.
     GroupExists(String),
     #[error("unknown user {0:?}")]
+    /// The node knows no such user.
     UnknownUser(String),
     #[error("{user} is not a member of {group}")]
-    NotAMember { user: String, group: String },
+    /// The user is not in the group.
+    NotAMember {
+        /// The user.
+        user: String,
+        /// The group.
+        group: String,
+    },
     #[error("{user} is already a member of {group}")]
-    AlreadyMember { user: String, group: String },
+    /// The user is in the group already.
+    AlreadyMember {
+        /// The user.
+        user: String,
+        /// The group.
+        group: String,
+    },
     #[error(
         "unknown user {user:?}, or no KeyPackage published for this group's ciphersuite ({suite:?})"
     )]
-    WrongSuite { user: String, suite: Suite },
+    /// The user published no KeyPackage for the group's suite.
+    WrongSuite {
+        /// The user.
+        user: String,
+        /// The suite the group uses.
+        suite: Suite,
+    },
     #[error("{user}'s published keys do not verify: {reason}")]
-    BadKeys { user: String, reason: String },
+    /// The user's published keys do not verify.
+    BadKeys {
+        /// The user.
+        user: String,
+        /// Why.
+        reason: String,
+    },
     #[error("no hybrid key known for member {0}: cannot seal to it")]
+    /// A member with no known hybrid key (cannot seal to it).
     NoKeyFor(String),
     #[error("the group changed {0} times while committing; try again")]
+    /// Other commits kept winning.
     CommitRetriesExhausted(u32),
     #[error("the commit's deliveries ({bytes} bytes) exceed what one call may carry")]
-    CommitTooLarge { bytes: usize },
+    /// A commit too large for one call.
+    CommitTooLarge {
+        /// Their size in bytes.
+        bytes: usize,
+    },
     #[error(transparent)]
+    /// The node refused, or could not be reached.
     Client(#[from] ClientError),
     #[error(transparent)]
+    /// The profile could not be read or written.
     State(#[from] StateError),
     #[error("MLS: {0}")]
+    /// MLS refused (why).
     Mls(#[from] MlsError),
     #[error("message encoding: {0}")]
+    /// A payload that is not a client message.
     Encoding(#[from] crate::client::message::MessageError),
     #[error("the client's {0} stopped")]
+    /// A client actor stopped (which).
     ActorStopped(&'static str),
     #[error("a client actor failed: {0}")]
+    /// A client actor failed (why).
     ActorFailed(String),
 }
 
@@ -82,9 +121,11 @@ pub enum MessengerError {
 pub struct Line {
     /// The inbox seq of the envelope that produced it.
     pub seq: u64,
+    /// The group it belongs to (`None` outside any group).
     pub group: Option<String>,
     /// `None` for notices about the group rather than messages in it.
     pub sender: Option<String>,
+    /// What to show.
     pub text: String,
     /// The group's epoch after the envelope was applied.
     pub epoch: Option<u64>,
@@ -107,11 +148,17 @@ impl Line {
 /// What a group looks like from this profile.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GroupSummary {
+    /// The local name.
     pub name: String,
+    /// The MLS group id.
     pub group_id: Vec<u8>,
+    /// The epoch this profile is in.
     pub epoch: u64,
+    /// The members' names, as claimed.
     pub members: Vec<String>,
+    /// The group's suite.
     pub suite: Option<Suite>,
+    /// Equal for every member in the same epoch: no fork.
     pub epoch_authenticator: Vec<u8>,
 }
 
@@ -235,14 +282,17 @@ impl Messenger {
         matches!(e, MessengerError::Client(c) if session::is_connection_loss(c))
     }
 
+    /// The profile's username, once logged in.
     pub fn username(&self) -> &str {
         &self.profile.username
     }
 
+    /// The device's identity key.
     pub fn identity_key(&self) -> [u8; 32] {
         self.profile.me()
     }
 
+    /// The profile under the actors.
     pub fn state(&self) -> &ClientState {
         &self.profile.state
     }

@@ -31,10 +31,13 @@ pub(crate) const MLS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("mls_
 #[derive(Debug, thiserror::Error)]
 pub enum MlsStoreError {
     #[error("MLS record encoding: {0}")]
+    /// A stored value does not deserialize (why).
     Serialization(String),
     #[error("client store: {0}")]
+    /// The database failed (why).
     Store(String),
     #[error("MLS store inconsistent: {0}")]
+    /// The stored state contradicts itself (what).
     Inconsistent(&'static str),
 }
 

@@ -18,17 +18,28 @@ pub const KEY_FILE_ENV: &str = "QPC_PROFILE_KEY_FILE";
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
     #[error("profile key file {path}: {source}")]
+    /// The key file could not be read or written.
     Io {
+        /// The file or folder concerned.
         path: PathBuf,
+        /// The underlying I/O error.
         source: std::io::Error,
     },
     #[error("profile key file {path} must hold exactly {KEY_LEN} bytes")]
-    Length { path: PathBuf },
+    /// The key file is not 32 bytes.
+    Length {
+        /// The file or folder concerned.
+        path: PathBuf,
+    },
     #[error(
         "profile key file {path} is missing, but the profile's secrets are sealed with a key: \
          restore the file (or point {KEY_FILE_ENV} at it)"
     )]
-    Missing { path: PathBuf },
+    /// The key file is gone but the profile is sealed.
+    Missing {
+        /// The file or folder concerned.
+        path: PathBuf,
+    },
 }
 
 /// The key file of the profile in `dir`.

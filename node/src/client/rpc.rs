@@ -27,16 +27,30 @@ const CLIENT_READ_LIMIT: usize = 64 * 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error(transparent)]
+    /// The certificate could not be used.
     Tls(#[from] TlsError),
     #[error("cannot reach the server at {addr}: {reason}")]
-    Unreachable { addr: SocketAddr, reason: String },
+    /// The node could not be reached.
+    Unreachable {
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
     #[error("the server at {addr} does not present the pinned certificate")]
-    CertificateMismatch { addr: SocketAddr },
+    /// The node showed another certificate than the pinned one.
+    CertificateMismatch {
+        /// The address.
+        addr: SocketAddr,
+    },
     #[error("the server refused: {0}")]
+    /// The node refused the call (typed).
     Refused(WireError),
     #[error("connection to the server failed: {0}")]
+    /// The connection failed mid-call.
     Transport(String),
     #[error("the server sent an invalid answer: {0}")]
+    /// The node answered something unexpected.
     Protocol(String),
     /// The profile has no usable session (never logged in, or the session ended).
     #[error("{0}")]
@@ -69,8 +83,11 @@ fn protocol(e: impl std::fmt::Display) -> ClientError {
 /// The answer to `health`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Health {
+    /// `ok` when the node serves.
     pub status: String,
+    /// The node's version.
     pub version: String,
+    /// How long the node has run.
     pub uptime: Duration,
 }
 
@@ -178,6 +195,7 @@ impl NodeConnection {
         })
     }
 
+    /// The node's health, version and uptime.
     pub async fn health(&self) -> Result<Health, ClientError> {
         let reply = self.node.health_request().send().promise.await?;
         let r = reply.get()?;
@@ -506,25 +524,33 @@ impl std::fmt::Debug for LoggedIn {
 
 /// A successful login.
 pub struct LoggedIn {
+    /// The session of the logged-in device.
     pub session: SessionHandle,
     /// Resumable token; keep it secret.
     pub token: Vec<u8>,
+    /// When the session ends (ms since the Unix epoch).
     pub expires_at_ms: u64,
 }
 
 /// Whose KeyPackages to claim.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyPackageTarget {
+    /// Every device of this username.
     Username(String),
+    /// This one device.
     Device(IdentityKey),
 }
 
 /// A claimed KeyPackage, as the node returned it (verify before use).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClaimedKeyPackage {
+    /// The device the package is for.
     pub identity_key: IdentityKey,
+    /// The KeyPackage.
     pub key_package: Vec<u8>,
+    /// The device's signed hybrid key.
     pub hybrid_public_key: Vec<u8>,
+    /// Whether it is the reusable last-resort package.
     pub last_resort: bool,
 }
 
@@ -652,8 +678,11 @@ impl std::fmt::Debug for SessionHandle {
 /// What `whoami` reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WhoAmI {
+    /// The session's device.
     pub identity_key: IdentityKey,
+    /// Its account, empty when none.
     pub username: String,
+    /// Devices in the account.
     pub device_count: u32,
     /// 0 when the session did not come from a login.
     pub expires_at_ms: u64,
@@ -666,6 +695,7 @@ impl SessionHandle {
         self.session.clone()
     }
 
+    /// Who this session is.
     pub async fn whoami(&self) -> Result<WhoAmI, ClientError> {
         let reply = self.session.whoami_request().send().promise.await?;
         let r = reply.get()?;

@@ -30,15 +30,26 @@ const KEY_ED25519_SECRET: &str = "ed25519_secret";
 pub const STATE_FILE: &str = "client.redb";
 
 #[derive(Debug, thiserror::Error)]
+/// Why the profile could not be used.
 pub enum StateError {
     #[error("cannot create state directory {path}: {source}")]
+    /// The profile folder could not be created.
     Dir {
+        /// The file or folder concerned.
         path: PathBuf,
+        /// The underlying I/O error.
         source: std::io::Error,
     },
     #[error("client state {path}: {message}")]
-    Store { path: PathBuf, message: String },
+    /// The database failed (where, why).
+    Store {
+        /// The file or folder concerned.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     #[error(transparent)]
+    /// The profile key could not be had.
     Key(#[from] KeyFileError),
 }
 
@@ -208,8 +219,11 @@ const HYBRID: TableDefinition<&str, &[u8]> = TableDefinition::new("hybrid_key");
 /// A login remembered between runs.
 #[derive(Clone)]
 pub struct SavedLogin {
+    /// The account.
     pub username: String,
+    /// The session token (a secret).
     pub token: Vec<u8>,
+    /// When it ends (ms since the Unix epoch).
     pub expires_at_ms: u64,
 }
 
@@ -368,6 +382,7 @@ pub struct ClientTxn<'a> {
 type TxnResult<T> = Result<T, redb::Error>;
 
 impl ClientTxn<'_> {
+    /// Names a group (both directions).
     pub fn set_group(&self, name: &str, group_id: &[u8]) -> TxnResult<()> {
         self.txn.open_table(GROUP_NAMES)?.insert(name, group_id)?;
         self.txn.open_table(GROUP_IDS)?.insert(group_id, name)?;
@@ -387,6 +402,7 @@ impl ClientTxn<'_> {
         Ok(())
     }
 
+    /// Remembers who a member is.
     pub fn put_roster(&self, entry: &RosterEntry) -> TxnResult<()> {
         self.txn
             .open_table(ROSTER)?
@@ -394,26 +410,31 @@ impl ClientTxn<'_> {
         Ok(())
     }
 
+    /// Everything up to `seq` of the inbox is applied.
     pub fn set_cursor(&self, seq: u64) -> TxnResult<()> {
         self.txn.open_table(CURSOR)?.insert("inbox", seq)?;
         Ok(())
     }
 
+    /// Keeps a message from a later epoch until its commit.
     pub fn hold(&self, seq: u64, message: &[u8]) -> TxnResult<()> {
         self.txn.open_table(HELD)?.insert(seq, message)?;
         Ok(())
     }
 
+    /// Forgets a held message once applied.
     pub fn release(&self, seq: u64) -> TxnResult<()> {
         self.txn.open_table(HELD)?.remove(seq)?;
         Ok(())
     }
 
+    /// Adds a line to show (the `n`th of envelope `seq`).
     pub fn add_line(&self, seq: u64, n: u32, line: &str) -> TxnResult<()> {
         self.txn.open_table(UNREAD)?.insert((seq, n), line)?;
         Ok(())
     }
 
+    /// Forgets a line once shown.
     pub fn remove_line(&self, key: LineKey) -> TxnResult<()> {
         self.txn.open_table(UNREAD)?.remove(key)?;
         Ok(())
@@ -476,6 +497,7 @@ impl ClientState {
         }
     }
 
+    /// The id of the group named `name`.
     pub fn group_id(&self, name: &str) -> Result<Option<Vec<u8>>, StateError> {
         self.read(
             |t| {
@@ -487,6 +509,7 @@ impl ClientState {
         )
     }
 
+    /// The name of the group `group_id`.
     pub fn group_name(&self, group_id: &[u8]) -> Result<Option<String>, StateError> {
         self.read(
             |t| {
@@ -514,6 +537,7 @@ impl ClientState {
         )
     }
 
+    /// What this profile knows of a member.
     pub fn roster_entry(&self, identity: &[u8]) -> Result<Option<RosterEntry>, StateError> {
         let Ok(identity) = <[u8; 32]>::try_from(identity) else {
             return Ok(None);

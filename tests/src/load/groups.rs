@@ -25,6 +25,7 @@ use crate::Person;
 const INVITE_CHUNK: usize = 100;
 
 #[derive(Debug, Clone)]
+/// How large a group the `groups` scenario builds and how many messages go through it.
 pub struct GroupParams {
     /// Members of the group, the creator included.
     pub members: usize,
@@ -59,6 +60,7 @@ fn clear_unread(p: &Person) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `groups`: real MLS clients in one group: send-to-all-decrypted latency, and one add-member commit processed by all, next to OpenMLS' own cost.
 pub fn groups(target: &Target, p: &GroupParams, show_progress: bool) -> anyhow::Result<Report> {
     anyhow::ensure!(p.members >= 2, "a group needs at least 2 members");
     let mut report = Report::new("groups")

@@ -40,8 +40,11 @@ impl Target {
     }
 }
 
+/// The node under test.
 pub struct Target {
+    /// Where it listens.
     pub addr: SocketAddr,
+    /// Its certificate.
     pub ca_cert: PathBuf,
     node: Option<InProcessNode>,
 }
@@ -119,6 +122,7 @@ impl Target {
         }
     }
 
+    /// Whether the node runs in this process (then it can be restarted).
     pub fn is_in_process(&self) -> bool {
         self.node.is_some()
     }

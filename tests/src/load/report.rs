@@ -39,16 +39,20 @@ pub(crate) fn record(h: &mut Histogram<u64>, d: Duration) {
 /// One scenario's outcome.
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
+    /// The scenario's name.
     pub scenario: String,
     /// The parameters it ran with, as given.
     pub params: Vec<(String, String)>,
     /// Headline figures, name → value (units in the name).
     pub figures: Vec<(String, f64)>,
+    /// Latency percentiles, where the scenario measures one.
     pub latency: Option<Latency>,
+    /// Requests that failed (or, where said, were not delivered by the end).
     pub errors: u64,
 }
 
 impl Report {
+    /// An empty report for `scenario`.
     pub fn new(scenario: &str) -> Report {
         Report {
             scenario: scenario.into(),
@@ -59,15 +63,18 @@ impl Report {
         }
     }
 
+    /// Records a parameter.
     pub fn param(mut self, k: &str, v: impl ToString) -> Report {
         self.params.push((k.into(), v.to_string()));
         self
     }
 
+    /// Records a figure.
     pub fn figure(&mut self, k: &str, v: f64) {
         self.figures.push((k.into(), v));
     }
 
+    /// A figure by name.
     pub fn get(&self, k: &str) -> Option<f64> {
         self.figures.iter().find(|(n, _)| n == k).map(|(_, v)| *v)
     }

@@ -94,10 +94,15 @@ fn merge(into: &mut Histogram<u64>, parts: impl IntoIterator<Item = Histogram<u6
 /// `enqueue`: durable messages per second from many calls in flight.
 #[derive(Debug, Clone)]
 pub struct EnqueueParams {
+    /// Connections, each with its own session.
     pub connections: usize,
+    /// Calls in flight per connection.
     pub in_flight: usize,
+    /// Distinct inboxes written to.
     pub inboxes: usize,
+    /// Payload bytes per message.
     pub payload: usize,
+    /// How long to run.
     pub duration: Duration,
 }
 
@@ -113,6 +118,7 @@ impl Default for EnqueueParams {
     }
 }
 
+/// `enqueue`: durable enqueues per second (and latency) from many calls in flight.
 pub fn enqueue(target: &Target, p: &EnqueueParams, show_progress: bool) -> anyhow::Result<Report> {
     let mut report = Report::new("enqueue")
         .param("connections", p.connections)
@@ -275,9 +281,13 @@ pub fn store(p: &EnqueueParams, show_progress: bool) -> anyhow::Result<Report> {
 /// is from enqueue to the receiver holding the message.
 #[derive(Debug, Clone)]
 pub struct DeliverParams {
+    /// Messages offered per second.
     pub rate: u64,
+    /// Long-polling receivers, one connection each.
     pub receivers: usize,
+    /// Payload bytes per message.
     pub payload: usize,
+    /// How long to run.
     pub duration: Duration,
 }
 
@@ -292,6 +302,7 @@ impl Default for DeliverParams {
     }
 }
 
+/// `deliver`: enqueue-to-delivery latency with long-polling receivers at an offered rate.
 pub fn deliver(target: &Target, p: &DeliverParams, show_progress: bool) -> anyhow::Result<Report> {
     let mut report = Report::new("deliver")
         .param("offered_per_s", p.rate)

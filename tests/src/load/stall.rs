@@ -22,9 +22,15 @@ pub enum Storm {
     None,
     /// Connections each uploading 200 KeyPackages again and again (the node
     /// validates every one: signatures, lifetimes).
-    KeyPackages { connections: usize },
+    KeyPackages {
+        /// Storm connections.
+        connections: usize,
+    },
     /// Sessions each holding a long-poll open (spread over connections of 25).
-    LongPolls { pollers: usize },
+    LongPolls {
+        /// Long-polling sessions.
+        pollers: usize,
+    },
 }
 
 /// Long-poll sessions per storm connection.
@@ -32,6 +38,7 @@ const POLLERS_PER_CONNECTION: usize = 25;
 /// KeyPackages per upload (the node's maximum).
 const UPLOAD: usize = 200;
 
+/// `stall`: a quiet client's `ping` round trips while `storm` runs beside it.
 pub fn stall(
     target: &Target,
     storm: Storm,

@@ -43,6 +43,7 @@ use crate::client::state::{ClientState, ClientTxn};
 /// Where the node is and how to reach it again after a lost connection.
 #[derive(Clone)]
 pub struct NodeAddress {
+    /// The node.
     pub addr: SocketAddr,
     /// The node's certificate: the only one trusted.
     pub pinned: CertificateDer<'static>,

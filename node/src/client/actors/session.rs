@@ -34,7 +34,10 @@ pub enum ConnectionEvent {
     /// The connection broke.
     Lost,
     /// The next attempt comes after `delay`.
-    Retrying { delay: Duration },
+    Retrying {
+        /// How long until the next try.
+        delay: Duration,
+    },
     /// Connected and resumed again.
     Reconnected,
 }
