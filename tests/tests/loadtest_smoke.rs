@@ -92,3 +92,17 @@ fn groups_scenario_builds_a_group_and_compares_with_openmls() {
     assert!(r.get("member_decrypts_per_s").unwrap() > 0.0);
     assert!(r.get("add_member_ratio_to_openmls").unwrap() > 0.0);
 }
+
+#[test]
+fn stall_scenario_pings_beside_each_storm() {
+    let target = Target::in_process().unwrap();
+    for storm in [
+        load::Storm::None,
+        load::Storm::Flood { connections: 1 },
+        load::Storm::LongPolls { pollers: 30 },
+    ] {
+        let r = load::stall(&target, storm, std::time::Duration::from_millis(500), false).unwrap();
+        let pings = r.latency.as_ref().expect("pings measured").count;
+        assert!(pings > 0, "{storm:?}: no ping answered");
+    }
+}

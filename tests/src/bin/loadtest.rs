@@ -73,7 +73,7 @@ enum Scenario {
         count: usize,
     },
     /// `ping` latency of a quiet client while a storm of heavy calls runs beside
-    /// it: `--storm none|keypackages|longpolls`.
+    /// it: `--storm none|keypackages|longpolls|flood`.
     Stall {
         #[arg(long, default_value = "none")]
         storm: String,
@@ -171,7 +171,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "none" => load::Storm::None,
                 "keypackages" => load::Storm::KeyPackages { connections: size },
                 "longpolls" => load::Storm::LongPolls { pollers: size },
-                other => anyhow::bail!("unknown storm {other:?}: none, keypackages or longpolls"),
+                "flood" => load::Storm::Flood { connections: size },
+                other => {
+                    anyhow::bail!("unknown storm {other:?}: none, keypackages, longpolls or flood")
+                }
             };
             load::stall(&target, storm, duration, show)?
         }

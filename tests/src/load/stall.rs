@@ -10,6 +10,7 @@ use openmls_memory_storage::MemoryStorage;
 use quicnprotochat_crypto::Identity;
 use quicnprotochat_crypto::envelope::HybridKeyPair;
 use quicnprotochat_crypto::mls::{GroupMember, Suite};
+use quicnprotochat_wire::IdentityKey;
 
 use super::report::{Latency, histogram, record};
 use super::scenarios::{connect, progress, run_local};
@@ -24,6 +25,13 @@ pub enum Storm {
     /// validates every one: signatures, lifetimes).
     KeyPackages {
         /// Storm connections.
+        connections: usize,
+    },
+    /// A max-rate sender into one inbox (64 calls in flight per connection,
+    /// on `connections` connections) and a handshake storm (connections opened
+    /// and closed back to back).
+    Flood {
+        /// Flooding connections.
         connections: usize,
     },
     /// Sessions each holding a long-poll open (spread over connections of 25).
@@ -84,6 +92,28 @@ pub fn stall(
                     held.push(conn);
                 }
             }
+            Storm::Flood { connections } => {
+                let victim = IdentityKey(Identity::generate().public_key());
+                for _ in 0..connections {
+                    let conn = connect(target).await?;
+                    let s = conn.authenticate(&Identity::generate(), None).await?;
+                    let (stop, calls, errors) = (stop.clone(), calls.clone(), errors.clone());
+                    tasks.push(tokio::task::spawn_local(async move {
+                        let payload = [7u8; 1024];
+                        while !stop.get() {
+                            let burst = (0..64).map(|_| s.enqueue(&victim, &payload));
+                            for r in futures::future::join_all(burst).await {
+                                calls.set(calls.get() + 1);
+                                // Refusals (a full inbox, a budget) are the point.
+                                if r.is_err() {
+                                    errors.set(errors.get() + 1);
+                                }
+                            }
+                        }
+                    }));
+                    held.push(conn);
+                }
+            }
             Storm::LongPolls { pollers } => {
                 let bar = progress(show_progress, pollers as u64, "long-polls");
                 let mut started = 0;
@@ -114,17 +144,32 @@ pub fn stall(
         }
         let pinger = connect(target).await?;
         let mut hist = histogram();
-        let start = Instant::now();
-        while start.elapsed() < duration {
-            let t = Instant::now();
-            if pinger.ping().await.is_ok() {
-                record(&mut hist, t.elapsed());
-            } else {
-                errors.set(errors.get() + 1);
+        let measure = async {
+            let start = Instant::now();
+            while start.elapsed() < duration {
+                let t = Instant::now();
+                if pinger.ping().await.is_ok() {
+                    record(&mut hist, t.elapsed());
+                } else {
+                    errors.set(errors.get() + 1);
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        stop.set(true);
+            stop.set(true);
+        };
+        // The flood's handshake storm: connections opened and closed back to back.
+        let handshakes = async {
+            if !matches!(storm, Storm::Flood { .. }) {
+                return;
+            }
+            while !stop.get() {
+                if let Ok(c) = connect(target).await {
+                    c.close().await;
+                }
+                calls.set(calls.get() + 1);
+            }
+        };
+        tokio::join!(measure, handshakes);
         pinger.close().await;
         for conn in held {
             conn.close().await;
