@@ -72,6 +72,10 @@ impl NodeContext {
     /// crash in between would leave its messages behind. Run at start; returns
     /// how many inboxes it purged.
     pub async fn purge_orphaned_inboxes(&self) -> Result<usize, crate::DeliveryError> {
+        // Without accounts every inbox is owned: nothing to look for.
+        if !self.auth.accounts_exist() {
+            return Ok(0);
+        }
         let store = self.store.clone();
         let inboxes = tokio::task::spawn_blocking(move || store.inboxes_with_messages())
             .await
