@@ -17,7 +17,7 @@ use quicnprotochat_wire::{ErrorCode, IdentityKey, WireError};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
 
-use crate::core::epoch::{EpochFence, FenceRefusal, check_reaches_members};
+use crate::core::epoch::{EpochFence, FenceRefusal, check_group_quota, check_reaches_members};
 use crate::error::DeliveryError;
 use crate::inbox::{Delivery, InboxRegistry};
 use crate::registry::{Capacity, Membership, Registry};
@@ -200,6 +200,19 @@ pub struct GroupArgs {
     settings: GroupSettings,
 }
 
+/// A commit creating a group counts against its device's quota: the count is
+/// read through the writer, after every earlier write.
+async fn within_group_quota(args: &GroupArgs, committer: &IdentityKey) -> Result<(), CommitError> {
+    let device = committer.0;
+    let created = args
+        .writer
+        .transact(move |txn| groups_created(txn, &device))
+        .await
+        .map_err(DeliveryError::from)?;
+    check_group_quota(created, args.settings.groups_per_device)?;
+    Ok(())
+}
+
 /// The actor that owns one group's epoch fence.
 #[derive(Clone)]
 pub struct GroupActor;
@@ -274,30 +287,12 @@ impl Actor for GroupActor {
                 }
                 // A commit that creates the group counts against its device's
                 // quota (read through the writer, after every earlier write).
-                let creator = if state.fence.next().is_none() {
-                    let max = state.args.settings.groups_per_device;
-                    let device = committer.0;
-                    let created = state
-                        .args
-                        .writer
-                        .transact(move |txn| groups_created(txn, &device))
-                        .await;
-                    match created {
-                        Ok(n) if n >= max => {
-                            let refusal = FenceRefusal::TooManyGroups { max };
-                            let _ = reply.send(Err(refusal.into()));
-                            return Ok(());
-                        }
-                        Ok(_) => Some(device),
-                        Err(e) => {
-                            let e = match e {
-                                TransactError::Refused(s) => DeliveryError::from(s),
-                                TransactError::Store(d) => d,
-                            };
-                            let _ = reply.send(Err(e.into()));
-                            return Ok(());
-                        }
+                let creator = if state.fence.creates_group() {
+                    if let Err(refusal) = within_group_quota(&state.args, &committer).await {
+                        let _ = reply.send(Err(refusal));
+                        return Ok(());
                     }
+                    Some(committer.0)
                 } else {
                     None
                 };

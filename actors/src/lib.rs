@@ -10,6 +10,7 @@ pub mod core;
 pub mod error;
 pub mod group;
 pub mod inbox;
+pub mod maintenance;
 pub mod registry;
 pub mod store;
 pub mod telemetry;

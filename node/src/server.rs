@@ -170,7 +170,7 @@ impl Server {
             budget: NodeBudget::new(config.limits.budget),
             started: Instant::now(),
         });
-        collect_garbage(&ctx).await;
+        ctx.collect_garbage().await;
         Ok(Server {
             rpc_threads: config.rpc_threads,
             gate: ConnectionGate::new(config.limits.admission),
@@ -262,7 +262,7 @@ impl Server {
                 }
                 ctx.rates.forget_quiet();
                 if second % 3600 == 0 {
-                    collect_garbage(&ctx).await;
+                    ctx.collect_garbage().await;
                 }
                 // One line a minute, however many: a flood must not flood the log.
                 let refused = ctx.rates.take_refused();
@@ -303,22 +303,6 @@ impl Server {
         let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
         tracing::info!("stopped");
         Ok(())
-    }
-}
-
-/// Deletes what no registered device can use any more: queued messages of
-/// removed devices (a crash between removal and purge leaves them), fences of
-/// groups whose members are all gone. At start and hourly.
-async fn collect_garbage(ctx: &NodeContext) {
-    match ctx.purge_orphaned_inboxes().await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(inboxes = n, "purged inboxes of removed devices"),
-        Err(e) => tracing::warn!(error = %e, "could not purge inboxes of removed devices"),
-    }
-    match ctx.collect_dead_group_fences().await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(groups = n, "collected fences of groups without members"),
-        Err(e) => tracing::warn!(error = %e, "could not collect group fences"),
     }
 }
 

@@ -2,6 +2,7 @@
 //! started in-process on an ephemeral port, and clients connected to it.
 #![forbid(unsafe_code)]
 
+pub mod accounts;
 pub mod load;
 
 use std::net::SocketAddr;

@@ -1,11 +1,9 @@
 //! The Cap'n Proto service of one connection: decode, check, forward.
 //!
-//! `node_service` serves the bootstrap capability, `session_service` the
-//! capability a login hands out; this module holds what both share (the node's
-//! context, budgets, mapping refusals to the wire).
-//!
-//! `NodeService` is the bootstrap capability a connection starts with; a successful
-//! `authenticate` hands out a `SessionService` bound to one identity. Method bodies
+//! `NodeService` (`node_service`) is the bootstrap capability a connection starts
+//! with; a successful `authenticate`, login or resume hands out a `SessionService`
+//! (`session_service`) bound to one identity. This module holds what both share:
+//! the node's context, the call budget, mapping refusals to the wire. Method bodies
 //! only translate between the wire and the owners of state (inbox registry, store);
 //! the rules live in `core`. capnp-rpc is `!Send`, so these objects live on the
 //! connection's local task; everything they call into is `Send`.
@@ -64,54 +62,6 @@ pub struct NodeContext {
     pub budget: NodeBudget,
     /// When the node started (for `health`).
     pub started: Instant,
-}
-
-impl NodeContext {
-    /// Deletes what is queued for inboxes no registered device owns any more:
-    /// removing a device purges its inbox right after the removal commits, and a
-    /// crash in between would leave its messages behind. Run at start; returns
-    /// how many inboxes it purged.
-    pub async fn purge_orphaned_inboxes(&self) -> Result<usize, crate::DeliveryError> {
-        // Without accounts every inbox is owned: nothing to look for.
-        if !self.auth.accounts_exist() {
-            return Ok(0);
-        }
-        let store = self.store.clone();
-        let inboxes = tokio::task::spawn_blocking(move || store.inboxes_with_messages())
-            .await
-            .map_err(|_| crate::DeliveryError::Restarting)??;
-        let mut purged = 0;
-        for inbox in inboxes {
-            if !self.auth.accepts_inbox(&inbox) {
-                self.registry.purge(inbox).await?;
-                purged += 1;
-            }
-        }
-        Ok(purged)
-    }
-}
-
-impl NodeContext {
-    /// Deletes the epoch fences of groups none of whose members is a registered
-    /// device any more (once accounts exist): nobody can commit to them again, so
-    /// they would only fill the disk. The group id becomes free. Returns how many.
-    pub async fn collect_dead_group_fences(&self) -> Result<usize, crate::DeliveryError> {
-        if !self.auth.accounts_exist() {
-            return Ok(0);
-        }
-        let auth = self.auth.clone();
-        self.writer
-            .transact(move |txn| {
-                crate::store::server::collect_dead_group_fences(txn, &|m| {
-                    auth.accepts_inbox(&IdentityKey(*m))
-                })
-            })
-            .await
-            .map_err(|e| match e {
-                crate::store::writer::TransactError::Refused(s) => s.into(),
-                crate::store::writer::TransactError::Store(d) => d,
-            })
-    }
 }
 
 /// Admits one call whose request is `size` long against the connection's

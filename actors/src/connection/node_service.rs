@@ -87,6 +87,14 @@ impl NodeService {
             .map_err(rate_limited)
     }
 
+    /// A failed attempt to prove who one is: counted against the login limit
+    /// (refused when over it), then logged.
+    fn failed_attempt(&self, call: &'static str, why: &'static str) -> Result<(), capnp::Error> {
+        self.count_login_attempt()?;
+        self.log_refused_login(call, why);
+        Ok(())
+    }
+
     /// Logs a refused login attempt for the operator (never a secret: the
     /// address and what failed).
     fn log_refused_login(&self, call: &'static str, why: &'static str) {
@@ -161,16 +169,14 @@ impl node::Server for NodeService {
         let identity = match proven {
             Ok(identity) => identity,
             Err(e) => {
-                self.count_login_attempt()?;
-                self.log_refused_login("authenticate", "signature does not verify");
+                self.failed_attempt("authenticate", "signature does not verify")?;
                 return Err(e);
             }
         };
         // Once accounts exist, a key proves nothing by itself: only a registered
         // device gets a session (others register or log in first).
         if !self.ctx.auth.accepts_inbox(&identity) {
-            self.count_login_attempt()?;
-            self.log_refused_login("authenticate", "not a registered device");
+            self.failed_attempt("authenticate", "not a registered device")?;
             return Err(refuse(
                 ErrorCode::Unauthorized,
                 "not a registered device of this node: register or log in",
@@ -303,8 +309,7 @@ impl node::Server for NodeService {
             match self.ctx.auth.resume(p.get_token().map_err(bad_params)?) {
                 Ok(resumed) => resumed,
                 Err(e) => {
-                    self.count_login_attempt()?;
-                    self.log_refused_login("resume", "unknown, expired or revoked token");
+                    self.failed_attempt("resume", "unknown, expired or revoked token")?;
                     return Err(auth_refusal(e));
                 }
             };

@@ -59,6 +59,15 @@ pub enum FenceRefusal {
     },
 }
 
+/// Whether a device that created `created` groups may create another, at most
+/// `max` being allowed.
+pub fn check_group_quota(created: u64, max: u64) -> Result<(), FenceRefusal> {
+    if created >= max {
+        return Err(FenceRefusal::TooManyGroups { max });
+    }
+    Ok(())
+}
+
 /// Whether a commit leaving the group with `members` reaches each of them
 /// (the committer aside) among `recipients`. Recipients beyond the members
 /// (a removed member learning of its removal) are allowed.
@@ -88,6 +97,12 @@ impl EpochFence {
     /// The epoch the next commit must be made at, if any commit was accepted.
     pub fn next(&self) -> Option<u64> {
         self.next
+    }
+
+    /// Whether the next accepted commit creates the group (writes its first
+    /// fence), and so counts against its device's group quota.
+    pub fn creates_group(&self) -> bool {
+        self.next.is_none()
     }
 
     /// Whether `committer`'s commit made at `epoch` may be accepted. Changes
@@ -159,6 +174,18 @@ mod tests {
         let fence = EpochFence::default();
         assert_eq!(fence.check(7, &A), Ok(()));
         assert_eq!(fence.after_accepting(7, both()).next(), Some(8));
+    }
+
+    #[test]
+    fn only_a_group_s_first_commit_creates_it_and_creation_has_a_quota() {
+        let fresh = EpochFence::default();
+        assert!(fresh.creates_group());
+        assert!(!fresh.after_accepting(0, both()).creates_group());
+        assert_eq!(check_group_quota(1, 2), Ok(()));
+        assert_eq!(
+            check_group_quota(2, 2),
+            Err(FenceRefusal::TooManyGroups { max: 2 })
+        );
     }
 
     #[test]

@@ -128,6 +128,17 @@ pub enum TransactError<E> {
     Store(DeliveryError),
 }
 
+impl From<TransactError<StoreError>> for DeliveryError {
+    /// A store-level operation has no refusal of its own: either way the store
+    /// failed.
+    fn from(e: TransactError<StoreError>) -> Self {
+        match e {
+            TransactError::Refused(s) => s.into(),
+            TransactError::Store(d) => d,
+        }
+    }
+}
+
 impl WriteOp {
     fn payload_len(&self) -> usize {
         match self {

@@ -1,0 +1,221 @@
+//! An authenticated session: calls on behalf of one identity.
+
+use super::*;
+
+/// An authenticated session: calls on behalf of one identity.
+#[derive(Clone)]
+pub struct SessionHandle {
+    pub(super) session: session::Client,
+}
+
+impl std::fmt::Debug for SessionHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionHandle")
+    }
+}
+
+/// What `whoami` reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WhoAmI {
+    /// The session's device.
+    pub identity_key: IdentityKey,
+    /// Its account, empty when none.
+    pub username: String,
+    /// Devices in the account.
+    pub device_count: u32,
+    /// 0 when the session did not come from a login.
+    pub expires_at_ms: u64,
+}
+
+impl SessionHandle {
+    /// The session capability as generated code sees it (fuzzing).
+    #[doc(hidden)]
+    pub fn raw_session(&self) -> session::Client {
+        self.session.clone()
+    }
+
+    /// Who this session is.
+    pub async fn whoami(&self) -> Result<WhoAmI, ClientError> {
+        let reply = self.session.whoami_request().send().promise.await?;
+        let r = reply.get()?;
+        Ok(WhoAmI {
+            identity_key: IdentityKey::from_wire(r.get_identity_key()?, "identityKey")
+                .map_err(ClientError::Refused)?,
+            username: r.get_username()?.to_string().map_err(protocol)?,
+            device_count: r.get_device_count(),
+            expires_at_ms: r.get_expires_at_ms(),
+        })
+    }
+
+    /// Publishes one-time KeyPackages, optionally a new last-resort package and
+    /// the signed hybrid key (empty = keep what the node has).
+    pub async fn upload_key_packages(
+        &self,
+        one_time: &[Vec<u8>],
+        last_resort: &[u8],
+        hybrid_public_key: &[u8],
+    ) -> Result<(), ClientError> {
+        let mut req = self.session.upload_key_packages_request();
+        {
+            let mut p = req.get();
+            let mut list = p.reborrow().init_one_time(one_time.len() as u32);
+            for (i, kp) in one_time.iter().enumerate() {
+                list.set(i as u32, kp);
+            }
+            p.set_last_resort(last_resort);
+            p.set_hybrid_public_key(hybrid_public_key);
+        }
+        req.send().promise.await?;
+        Ok(())
+    }
+
+    /// How many one-time KeyPackages are left, and how often the last-resort one
+    /// was served.
+    pub async fn key_package_status(&self) -> Result<(u64, u64), ClientError> {
+        let reply = self
+            .session
+            .key_package_status_request()
+            .send()
+            .promise
+            .await?;
+        let r = reply.get()?;
+        Ok((r.get_one_time_remaining(), r.get_last_resort_served()))
+    }
+
+    /// Revokes this session's token.
+    pub async fn logout(&self) -> Result<(), ClientError> {
+        self.session.logout_request().send().promise.await?;
+        Ok(())
+    }
+
+    /// Sets the hash of the access key sealed senders must present.
+    pub async fn set_access_key(&self, access_key_hash: &[u8]) -> Result<(), ClientError> {
+        let mut req = self.session.set_access_key_request();
+        req.get().set_access_key_hash(access_key_hash);
+        req.send().promise.await?;
+        Ok(())
+    }
+
+    /// Removes another device from this account.
+    pub async fn remove_device(&self, device: &IdentityKey) -> Result<(), ClientError> {
+        let mut req = self.session.remove_device_request();
+        req.get().set_identity_key(&device.0);
+        req.send().promise.await?;
+        Ok(())
+    }
+
+    /// Stores `payload` in `recipient`'s inbox; returns its seq (durable).
+    pub async fn enqueue(
+        &self,
+        recipient: &IdentityKey,
+        payload: &[u8],
+    ) -> Result<u64, ClientError> {
+        self.enqueue_raw(&recipient.0, payload).await
+    }
+
+    /// `enqueue` with the recipient as raw bytes, unchecked: for callers (and
+    /// tests) that must be able to send what the node has to refuse.
+    pub async fn enqueue_raw(&self, recipient: &[u8], payload: &[u8]) -> Result<u64, ClientError> {
+        let mut req = self.session.enqueue_request();
+        {
+            let mut p = req.get();
+            p.set_recipient(recipient);
+            p.set_payload(payload);
+        }
+        let reply = req.send().promise.await?;
+        Ok(reply.get()?.get_seq())
+    }
+
+    /// Stores every `(recipient, payload)` in one durable transaction, all or
+    /// none; returns the seqs in the same order.
+    pub async fn enqueue_batch(
+        &self,
+        deliveries: &[(IdentityKey, Vec<u8>)],
+    ) -> Result<Vec<u64>, ClientError> {
+        let mut req = self.session.enqueue_batch_request();
+        write_deliveries(
+            req.get().init_deliveries(deliveries.len() as u32),
+            deliveries,
+        );
+        let reply = req.send().promise.await?;
+        Ok(reply.get()?.get_seqs()?.iter().collect())
+    }
+
+    /// Offers a commit made at `epoch` of `group_id`; its deliveries are stored
+    /// (one transaction) only if it is the first commit at that epoch, otherwise
+    /// the node answers `STALE_EPOCH`.
+    /// `members`: the group's members once the commit applies (this device among
+    /// them); the node lets only them commit next. `mls_commit`: the commit
+    /// itself, whose clear header the node checks against `group_id` and `epoch`.
+    pub async fn commit(
+        &self,
+        group_id: &[u8],
+        epoch: u64,
+        members: &[Vec<u8>],
+        deliveries: &[(IdentityKey, Vec<u8>)],
+        mls_commit: &[u8],
+    ) -> Result<Vec<u64>, ClientError> {
+        let mut req = self.session.commit_request();
+        req.get().set_group_id(group_id);
+        req.get().set_epoch(epoch);
+        req.get().set_mls_commit(mls_commit);
+        {
+            let mut list = req.get().init_members(members.len() as u32);
+            for (i, m) in members.iter().enumerate() {
+                list.set(i as u32, m);
+            }
+        }
+        write_deliveries(
+            req.get().init_deliveries(deliveries.len() as u32),
+            deliveries,
+        );
+        let reply = req.send().promise.await?;
+        Ok(reply.get()?.get_seqs()?.iter().collect())
+    }
+
+    /// Envelopes of the own inbox with seq > `after` (0 = as many as allowed).
+    pub async fn fetch(&self, after: u64, limit: u32) -> Result<Vec<Envelope>, ClientError> {
+        let mut req = self.session.fetch_request();
+        req.get().set_after(after);
+        req.get().set_limit(limit);
+        let reply = req.send().promise.await?;
+        read_envelopes(reply.get()?.get_envelopes()?)
+            .map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// Like `fetch`, but waits up to `timeout` for something to arrive.
+    pub async fn fetch_wait(
+        &self,
+        after: u64,
+        limit: u32,
+        timeout: Duration,
+    ) -> Result<Vec<Envelope>, ClientError> {
+        let mut req = self.session.fetch_wait_request();
+        req.get().set_after(after);
+        req.get().set_limit(limit);
+        req.get()
+            .set_timeout_ms(timeout.as_millis().min(u32::MAX as u128) as u32);
+        let reply = req.send().promise.await?;
+        read_envelopes(reply.get()?.get_envelopes()?)
+            .map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// Deletes the own inbox's envelopes up to `up_to` (durable on return).
+    pub async fn ack(&self, up_to: u64) -> Result<(), ClientError> {
+        let mut req = self.session.ack_request();
+        req.get().set_up_to(up_to);
+        req.send().promise.await?;
+        Ok(())
+    }
+}
+
+fn write_deliveries(
+    mut list: capnp::struct_list::Builder<'_, quicnprotochat_wire::node_capnp::delivery::Owned>,
+    deliveries: &[(IdentityKey, Vec<u8>)],
+) {
+    for (i, (recipient, payload)) in deliveries.iter().enumerate() {
+        let mut d = list.reborrow().get(i as u32);
+        d.set_recipient(&recipient.0);
+        d.set_payload(payload);
+    }
+}

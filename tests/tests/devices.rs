@@ -1,0 +1,148 @@
+//! Devices leaving an account end to end against a real node: what a removed
+//! device had stops and is deleted, also across a crash, and groups left without
+//! registered members are collected.
+
+use quicnprotochat_crypto::Identity;
+use quicnprotochat_tests::accounts::{device, register};
+use quicnprotochat_tests::{TestNode, local};
+use quicnprotochat_wire::{ErrorCode, IdentityKey};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_cannot_create_inboxes_and_removed_devices_stop_receiving() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    local(async {
+        let (phone, laptop) = (device(), device());
+        let (_c1, phone_s) = register(&node, "dave", "pw", &phone).await;
+        let conn = node.connect().await.unwrap();
+        let laptop_login = conn.login("dave", b"pw", &laptop.id, None).await.unwrap();
+
+        let stranger = Identity::generate();
+        let err = phone_s
+            .enqueue(&IdentityKey(stranger.public_key()), b"hi")
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::NotFound), "{err}");
+
+        phone_s.enqueue(&laptop.key(), b"one").await.unwrap();
+        phone_s.enqueue(&laptop.key(), b"two").await.unwrap();
+        assert_eq!(laptop_login.session.fetch(0, 0).await.unwrap().len(), 2);
+
+        phone_s.remove_device(&laptop.key()).await.unwrap();
+        let err = phone_s.enqueue(&laptop.key(), b"three").await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::NotFound), "{err}");
+        let err = laptop_login.session.fetch(0, 0).await.unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some(ErrorCode::Unauthorized),
+            "the removed device's session ended: {err}"
+        );
+        assert_eq!(phone_s.whoami().await.unwrap().device_count, 1);
+        // Its key alone no longer opens a session, and its queued messages are
+        // gone.
+        let c = node.connect().await.unwrap();
+        let err = c.authenticate(&laptop.id, None).await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::Unauthorized), "{err}");
+        assert!(node.stored(&laptop.key()).is_empty());
+        // The last device cannot be removed.
+        let err = phone_s.remove_device(&phone.key()).await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::BadRequest), "{err}");
+    })
+    .await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_removing_a_device_and_purging_its_inbox_loses_the_purge_not_the_promise() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    let (phone, laptop) = (device(), device());
+    local(async {
+        let (_c1, phone_s) = register(&node, "fay", "pw", &phone).await;
+        let conn = node.connect().await.unwrap();
+        conn.login("fay", b"pw", &laptop.id, None).await.unwrap();
+        phone_s.enqueue(&laptop.key(), b"queued").await.unwrap();
+        // The removal commits; the node dies before the purge that follows it.
+        node.context()
+            .auth
+            .remove_device(phone.key(), laptop.key())
+            .await
+            .unwrap();
+    })
+    .await;
+    assert_eq!(
+        node.stored(&laptop.key()).len(),
+        1,
+        "the crash left it behind"
+    );
+    let node = node.restart().await;
+    assert!(
+        node.stored(&laptop.key()).is_empty(),
+        "a restarted node deletes what no registered device can fetch"
+    );
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fence_of_a_group_whose_members_are_all_removed_is_collected() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    let (phone, laptop) = (device(), device());
+    let group = b"abandoned".to_vec();
+    local(async {
+        let (_c1, phone_s) = register(&node, "gus", "pw", &phone).await;
+        let conn = node.connect().await.unwrap();
+        let laptop_s = conn
+            .login("gus", b"pw", &laptop.id, None)
+            .await
+            .unwrap()
+            .session;
+        // A group of the laptop alone, then the laptop is removed.
+        let only_laptop = vec![laptop.key().0.to_vec()];
+        laptop_s
+            .commit(
+                &group,
+                0,
+                &only_laptop,
+                &[],
+                &quicnprotochat_tests::mls_commit(&group, 0),
+            )
+            .await
+            .unwrap();
+        let err = phone_s
+            .commit(
+                &group,
+                1,
+                &[phone.key().0.to_vec()],
+                &[],
+                &quicnprotochat_tests::mls_commit(&group, 1),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::Unauthorized), "{err}");
+        phone_s.remove_device(&laptop.key()).await.unwrap();
+    })
+    .await;
+    // Collected at the next start: nobody can ever commit to it again.
+    let node = node.restart().await;
+    local(async {
+        let conn = node.connect().await.unwrap();
+        let phone_s = conn
+            .login("gus", b"pw", &phone.id, None)
+            .await
+            .unwrap()
+            .session;
+        phone_s
+            .commit(
+                &group,
+                5,
+                &[phone.key().0.to_vec()],
+                &[],
+                &quicnprotochat_tests::mls_commit(&group, 5),
+            )
+            .await
+            .expect("the group id is free again");
+    })
+    .await;
+    node.stop().await;
+}

@@ -1,0 +1,242 @@
+//! KeyPackages end to end against a real node: one-time packages served once,
+//! last-resort ones after, per ciphersuite, and looking without consuming.
+
+use std::collections::HashSet;
+
+use quicnprotochat::client::KeyPackageTarget;
+use quicnprotochat_crypto::mls::{Suite, validate_key_package};
+use quicnprotochat_tests::accounts::{device, register};
+use quicnprotochat_tests::{TestNode, local};
+use quicnprotochat_wire::ErrorCode;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_packages_one_time_then_last_resort_and_two_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    local(async {
+        let (phone, laptop) = (device(), device());
+        let (_c1, phone_s) = register(&node, "bob", "pw", &phone).await;
+        phone.publish(&phone_s, 3).await;
+        let conn = node.connect().await.unwrap();
+        let laptop_s = conn
+            .login("bob", b"pw", &laptop.id, None)
+            .await
+            .unwrap()
+            .session;
+        laptop.publish(&laptop_s, 1).await;
+        assert_eq!(laptop_s.whoami().await.unwrap().device_count, 2);
+
+        let claimer = node.connect().await.unwrap();
+        let mut seen = HashSet::new();
+        let mut last_resort_seen = 0;
+        for round in 0..5 {
+            let claimed = claimer
+                .fetch_key_packages(&KeyPackageTarget::Username("bob".into()))
+                .await
+                .unwrap();
+            assert_eq!(claimed.len(), 2, "one per device");
+            for c in claimed {
+                let v = validate_key_package(&c.key_package).unwrap();
+                assert_eq!(v.identity_key, c.identity_key.0.to_vec());
+                assert_eq!(v.last_resort, c.last_resort);
+                quicnprotochat_crypto::envelope::HybridPublicKey::verify(
+                    &c.hybrid_public_key,
+                    &c.identity_key.0,
+                )
+                .unwrap();
+                if c.last_resort {
+                    last_resort_seen += 1;
+                } else {
+                    assert!(
+                        seen.insert(c.key_package.clone()),
+                        "round {round}: one-time package served twice"
+                    );
+                }
+            }
+        }
+        assert_eq!(seen.len(), 4, "3 + 1 one-time packages, each once");
+        assert_eq!(last_resort_seen, 6);
+        assert_eq!(phone_s.key_package_status().await.unwrap(), (0, 2));
+        assert_eq!(laptop_s.key_package_status().await.unwrap(), (0, 4));
+
+        // Claiming one device by key.
+        let one = claimer
+            .fetch_key_packages(&KeyPackageTarget::Device(phone.key()))
+            .await
+            .unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].identity_key, phone.key());
+        let err = claimer
+            .fetch_key_packages(&KeyPackageTarget::Username("nobody".into()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::NotFound), "{err}");
+
+        // Uploads are validated: someone else's packages, tampered ones.
+        let other = device();
+        let foreign = other
+            .mls
+            .generate_key_package(Suite::Classic, false)
+            .unwrap();
+        let err = phone_s
+            .upload_key_packages(&[foreign], &[], &[])
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::BadRequest), "{err}");
+        let mut tampered = phone
+            .mls
+            .generate_key_package(Suite::Classic, false)
+            .unwrap();
+        let n = tampered.len();
+        tampered[n - 10] ^= 1;
+        let err = phone_s
+            .upload_key_packages(&[tampered], &[], &[])
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::BadRequest), "{err}");
+        let err = phone_s
+            .upload_key_packages(&[], &[], &other.hybrid.signed_public(&other.id).to_bytes())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::BadRequest), "{err}");
+    })
+    .await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_one_time_package_is_never_served_twice_to_32_concurrent_claimers() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    local(async {
+        let carol = device();
+        let (_c, s) = register(&node, "carol", "pw", &carol).await;
+        carol.publish(&s, 20).await;
+        let claims = (0..32).map(|_| async {
+            let conn = node.connect().await.unwrap();
+            let got = conn
+                .fetch_key_packages(&KeyPackageTarget::Device(carol.key()))
+                .await
+                .unwrap();
+            conn.close().await;
+            got.into_iter().next().unwrap()
+        });
+        let claimed = futures::future::join_all(claims).await;
+        let one_time: Vec<_> = claimed.iter().filter(|c| !c.last_resort).collect();
+        let distinct: HashSet<_> = one_time.iter().map(|c| c.key_package.clone()).collect();
+        assert_eq!(one_time.len(), 20);
+        assert_eq!(distinct.len(), 20, "no one-time package served twice");
+        assert_eq!(
+            claimed.len() - one_time.len(),
+            12,
+            "the rest got the last-resort package"
+        );
+        assert_eq!(s.key_package_status().await.unwrap(), (0, 12));
+    })
+    .await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_packages_are_kept_and_claimed_per_ciphersuite() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    local(async {
+        let d = device();
+        let (conn, s) = register(&node, "quinn", "pw", &d).await;
+        d.publish(&s, 1).await;
+        let directory = conn.key_directory();
+        let target = KeyPackageTarget::Username("quinn".into());
+        // Nothing post-quantum yet: a clear NOT_FOUND, not a classic package.
+        let err = directory
+            .fetch_key_packages(&target, Suite::PostQuantum)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::NotFound), "{err}");
+        assert!(
+            err.to_string()
+                .contains(quicnprotochat_actors::auth::NO_KEY_PACKAGES)
+        );
+
+        // One upload is one suite.
+        let classic = d.mls.generate_key_package(Suite::Classic, false).unwrap();
+        let pq = d
+            .mls
+            .generate_key_package(Suite::PostQuantum, false)
+            .unwrap();
+        let pq_last = d
+            .mls
+            .generate_key_package(Suite::PostQuantum, true)
+            .unwrap();
+        let err = s
+            .upload_key_packages(&[classic, pq.clone()], &[], &[])
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::BadRequest), "{err}");
+        s.upload_key_packages(std::slice::from_ref(&pq), &pq_last, &[])
+            .await
+            .unwrap();
+
+        let claimed = directory
+            .fetch_key_packages(&target, Suite::PostQuantum)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].key_package, pq);
+        assert!(!claimed[0].last_resort);
+        let v = validate_key_package(&claimed[0].key_package).unwrap();
+        assert_eq!(v.suite, Suite::PostQuantum);
+        // Then the post-quantum last-resort one; the classic packages are untouched.
+        let again = directory
+            .fetch_key_packages(&target, Suite::PostQuantum)
+            .await
+            .unwrap();
+        assert!(again[0].last_resort && again[0].key_package == pq_last);
+        assert_eq!(s.key_package_status().await.unwrap(), (1, 0));
+    })
+    .await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn looking_at_someones_keys_consumes_none_of_their_packages() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    local(async {
+        let bob = device();
+        let (_c, bob_s) = register(&node, "bob", "pw", &bob).await;
+        bob.publish(&bob_s, 2).await;
+        let stranger = node.connect().await.unwrap();
+        for _ in 0..5 {
+            let seen = stranger
+                .peek_key_packages(&KeyPackageTarget::Username("bob".into()))
+                .await
+                .unwrap();
+            assert_eq!(seen.len(), 1);
+            assert!(seen[0].last_resort);
+            assert_eq!(seen[0].identity_key, bob.key());
+            assert!(
+                validate_key_package(&seen[0].key_package)
+                    .unwrap()
+                    .last_resort
+            );
+            quicnprotochat_crypto::envelope::HybridPublicKey::verify(
+                &seen[0].hybrid_public_key,
+                &bob.key().0,
+            )
+            .unwrap();
+        }
+        assert_eq!(
+            bob_s.key_package_status().await.unwrap(),
+            (2, 0),
+            "no one-time package used, the last-resort one not counted as served"
+        );
+        let err = stranger
+            .peek_key_packages(&KeyPackageTarget::Username("nobody".into()))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::NotFound), "{err}");
+    })
+    .await;
+    node.stop().await;
+}
