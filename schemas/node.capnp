@@ -33,6 +33,23 @@ struct ClaimedKeyPackage {
   lastResort @3 :Bool;
 }
 
+struct Recipient {
+  # One recipient of a shared body (sendGroup, commitGroup) and its own small part
+  # of the envelope (empty when the body needs none; at most 2 KiB).
+  identityKey @0 :Data;
+  part @1 :Data;
+}
+
+struct SendOutcome {
+  # What became of one recipient of sendGroup: its seq, or why its inbox refused
+  # (a stable code and a colon, as in exception texts; e.g. "QUEUE_FULL: ...").
+  recipient @0 :Data;
+  union {
+    seq @1 :UInt64;
+    refused @2 :Text;
+  }
+}
+
 struct KeyPackageTarget {
   union {
     username @0 :Text;
@@ -114,4 +131,34 @@ interface Session {
   # Removes another device of the caller's account; its queued messages are deleted.
 
   keyPackageStatus @11 () -> (oneTimeRemaining :UInt64, lastResortServed :UInt64);
+
+  sendGroup @12 (groupId :Data, body :Data, recipients :List(Recipient)) -> (outcomes :List(SendOutcome));
+  # One upload for a whole group: the node stores `body` once, and each recipient
+  # inbox gets its own seq pointing at it (fetch returns each recipient its own
+  # envelope: see "Fan-out envelopes" below). The caller must be a member of the
+  # group (its last accepted commit named it; UNAUTHORIZED otherwise).
+  # `recipients` empty: every member but the caller, with empty parts. Otherwise
+  # each must be a member (BAD_REQUEST otherwise). Deliveries are independent: an
+  # inbox that is full refuses only its own copy (reported in `outcomes`), and
+  # its owner later finds a missed-messages envelope naming the group.
+
+  commitGroup @13 (groupId :Data, epoch :UInt64, members :List(Data), mlsCommit :Data, commitBody :Data, welcomeBody :Data, receiptBody :Data, parts :List(Recipient)) -> (delivered :UInt32);
+  # `commit` with one upload: the node derives the recipients from the group's
+  # fence. `commitBody` goes to every member before the commit but the caller
+  # (removed ones too), `welcomeBody` to every member the commit adds (required
+  # when it adds any), `receiptBody` to the caller. `parts`: per-recipient parts
+  # (by identity key) where the bodies need them. A commit is the group's
+  # history, so it is stored for every remaining member or not at all: it may
+  # exceed an inbox's queue limit by as much again (QUEUE_FULL past that, naming
+  # the inbox); a removed member past its limit gets a missed-messages envelope
+  # instead. `delivered`: how many inboxes got a copy.
 }
+
+# Fan-out envelopes. What fetch returns in `Envelope.data` is either what a
+# client enqueued (enqueue, enqueueBatch, commit, enqueueSealed), or made by the
+# node, told apart by the first byte (client payloads may not start with 0x02 or
+# 0x03: BAD_REQUEST):
+#   0x02 shared:  0x02 ‖ part length (u32 BE) ‖ part ‖ body   (sendGroup, commitGroup)
+#   0x03 missed:  0x03 ‖ count (u64 BE) ‖ group count (u16 BE) ‖
+#                 (group id length (u16 BE) ‖ group id)*     (messages dropped for a
+#                 full inbox since the last such envelope, and their groups, at most 16)

@@ -12,6 +12,15 @@ pub enum DeliveryError {
     /// The inbox's rules refused the request: the caller's doing.
     #[error(transparent)]
     Refused(#[from] InboxRefusal),
+    /// One inbox of a write to several refused it (whose, and why); nothing of
+    /// the write was stored.
+    #[error("inbox {}…: {refusal}", &inbox.to_hex()[..8])]
+    RefusedBy {
+        /// The inbox that refused.
+        inbox: quicnprotochat_wire::IdentityKey,
+        /// Why.
+        refusal: InboxRefusal,
+    },
     /// The store failed: the node's doing; nothing acknowledged is lost.
     #[error("store: {0}")]
     Store(#[from] StoreError),
@@ -24,10 +33,7 @@ pub enum DeliveryError {
 impl From<DeliveryError> for WireError {
     fn from(e: DeliveryError) -> Self {
         let code = match &e {
-            DeliveryError::Refused(InboxRefusal::QueueFull { .. }) => ErrorCode::QueueFull,
-            DeliveryError::Refused(InboxRefusal::TooLarge { .. }) => ErrorCode::TooLarge,
-            DeliveryError::Refused(InboxRefusal::AckBeyondEnd { .. }) => ErrorCode::BadRequest,
-            DeliveryError::Refused(InboxRefusal::TooManyWaiters { .. }) => ErrorCode::RateLimited,
+            DeliveryError::Refused(r) | DeliveryError::RefusedBy { refusal: r, .. } => r.code(),
             DeliveryError::Store(_) | DeliveryError::Restarting => ErrorCode::Unavailable,
         };
         // Store details are for the operator's log, not for remote parties.
@@ -36,5 +42,17 @@ impl From<DeliveryError> for WireError {
             other => other.to_string(),
         };
         WireError::new(code, detail)
+    }
+}
+
+impl InboxRefusal {
+    /// The wire code of this refusal.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            InboxRefusal::QueueFull { .. } => ErrorCode::QueueFull,
+            InboxRefusal::TooLarge { .. } => ErrorCode::TooLarge,
+            InboxRefusal::AckBeyondEnd { .. } => ErrorCode::BadRequest,
+            InboxRefusal::TooManyWaiters { .. } => ErrorCode::RateLimited,
+        }
     }
 }

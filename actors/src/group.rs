@@ -18,8 +18,10 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
 
 use crate::core::epoch::{EpochFence, FenceRefusal, check_group_quota, check_reaches_members};
+use crate::core::fanout::{FanoutRefusal, commit_fanout, send_recipients};
+use crate::core::inbox::{Admission, InboxRefusal};
 use crate::error::DeliveryError;
-use crate::inbox::{Delivery, InboxRegistry};
+use crate::inbox::{Delivery, InboxRegistry, SharedBody, SharedRecipient};
 use crate::registry::{Capacity, Membership, Registry};
 use crate::store::server::{group_fence, groups_created};
 use crate::store::writer::{FenceWrite, StoreWriter, TransactError};
@@ -37,6 +39,9 @@ pub enum CommitError {
     /// fence did not move.
     #[error(transparent)]
     Delivery(#[from] DeliveryError),
+    /// The call names the wrong recipients for this group.
+    #[error(transparent)]
+    Fanout(#[from] FanoutRefusal),
 }
 
 impl From<CommitError> for WireError {
@@ -56,6 +61,10 @@ impl From<CommitError> for WireError {
                 WireError::new(ErrorCode::BadRequest, f.to_string())
             }
             CommitError::Delivery(d) => d.into(),
+            CommitError::Fanout(f @ FanoutRefusal::NotAMember) => {
+                WireError::new(ErrorCode::Unauthorized, f.to_string())
+            }
+            CommitError::Fanout(f) => WireError::new(ErrorCode::BadRequest, f.to_string()),
         }
     }
 }
@@ -75,6 +84,19 @@ pub enum GroupMsg {
         /// Where the outcome goes.
         reply: oneshot::Sender<Result<Vec<u64>, CommitError>>,
     },
+    /// Offer a commit with shared bodies (commitGroup); answered with how many
+    /// inboxes got a copy, or a refusal.
+    CommitShared {
+        /// The commit and its bodies.
+        commit: SharedCommit,
+        /// Where the outcome goes.
+        reply: oneshot::Sender<Result<u32, CommitError>>,
+    },
+    /// The group's members as of its last accepted commit (none before one).
+    Members {
+        /// Where they go.
+        reply: oneshot::Sender<BTreeSet<[u8; 32]>>,
+    },
     /// Test and chaos hook: make the actor panic, as a bug would.
     #[doc(hidden)]
     Crash,
@@ -83,6 +105,28 @@ pub enum GroupMsg {
     /// The registry is at capacity: retire now (not counted; the fence is on disk).
     Retire,
 }
+
+/// A commit whose bodies are uploaded once (commitGroup): the node derives who
+/// gets which from the group's fence.
+pub struct SharedCommit {
+    /// The epoch the commit was made in.
+    pub epoch: u64,
+    /// Who commits.
+    pub committer: IdentityKey,
+    /// The members once the commit applies.
+    pub members: BTreeSet<[u8; 32]>,
+    /// For every member before the commit but the committer.
+    pub commit_body: Vec<u8>,
+    /// For every member the commit adds (empty when it adds none).
+    pub welcome_body: Vec<u8>,
+    /// For the committer.
+    pub receipt_body: Vec<u8>,
+    /// Per-recipient parts, where the bodies need them.
+    pub parts: std::collections::BTreeMap<[u8; 32], Vec<u8>>,
+}
+
+/// What became of one recipient of a group send.
+pub type SendOutcome = (IdentityKey, Result<u64, InboxRefusal>);
 
 /// Finds or spawns the actor of a group. Cheap to clone.
 #[derive(Clone)]
@@ -136,7 +180,7 @@ impl GroupRegistry {
         self.actors.live_actors().await
     }
 
-    async fn send(&self, group_id: &[u8], msg: GroupMsg) -> Result<(), DeliveryError> {
+    async fn tell(&self, group_id: &[u8], msg: GroupMsg) -> Result<(), DeliveryError> {
         self.actors
             .send(&group_id.to_vec(), msg, GroupActor, |membership| {
                 GroupArgs {
@@ -165,7 +209,7 @@ impl GroupRegistry {
             deliveries.iter().map(|d| &d.recipient.0),
         )?;
         let (reply, rx) = oneshot::channel();
-        self.send(
+        self.tell(
             group_id,
             GroupMsg::Commit {
                 epoch,
@@ -179,10 +223,59 @@ impl GroupRegistry {
         rx.await.map_err(|_| DeliveryError::Restarting)?
     }
 
+    /// Accepts a commit with shared bodies if it is the first at its epoch,
+    /// storing them for the recipients the fence names and moving the fence in
+    /// one transaction; returns how many inboxes got a copy.
+    pub async fn commit_shared(
+        &self,
+        group_id: &[u8],
+        commit: SharedCommit,
+    ) -> Result<u32, CommitError> {
+        let (reply, rx) = oneshot::channel();
+        self.tell(group_id, GroupMsg::CommitShared { commit, reply })
+            .await?;
+        rx.await.map_err(|_| DeliveryError::Restarting)?
+    }
+
+    /// Stores `body` once for the group's members (`named`, or all but the
+    /// sender), each with its part; every inbox takes or drops its copy on its
+    /// own. Returns each recipient's outcome once durable.
+    pub async fn send(
+        &self,
+        group_id: &[u8],
+        sender: IdentityKey,
+        body: Vec<u8>,
+        named: Vec<([u8; 32], Vec<u8>)>,
+    ) -> Result<Vec<SendOutcome>, CommitError> {
+        let (reply, rx) = oneshot::channel();
+        self.tell(group_id, GroupMsg::Members { reply }).await?;
+        let members = rx.await.map_err(|_| DeliveryError::Restarting)?;
+        let keys: Vec<[u8; 32]> = named.iter().map(|(k, _)| *k).collect();
+        let recipients = send_recipients(&members, &sender.0, &keys)?;
+        let mut parts: std::collections::BTreeMap<[u8; 32], Vec<u8>> = named.into_iter().collect();
+        let recipients: Vec<SharedRecipient> = recipients
+            .into_iter()
+            .map(|k| SharedRecipient {
+                inbox: IdentityKey(k),
+                part: parts.remove(&k).unwrap_or_default(),
+                admission: Admission::Droppable,
+            })
+            .collect();
+        let keys: Vec<IdentityKey> = recipients.iter().map(|r| r.inbox).collect();
+        let mut outcomes = self
+            .inboxes
+            .deliver_shared(group_id, vec![SharedBody { body, recipients }], None)
+            .await?;
+        Ok(keys
+            .into_iter()
+            .zip(outcomes.pop().unwrap_or_default())
+            .collect())
+    }
+
     /// Test and chaos hook: makes the group's actor panic.
     #[doc(hidden)]
     pub async fn crash(&self, group_id: &[u8]) -> Result<(), DeliveryError> {
-        self.send(group_id, GroupMsg::Crash).await
+        self.tell(group_id, GroupMsg::Crash).await
     }
 
     /// Stops every group actor and the supervisor (node shutdown).
@@ -313,8 +406,10 @@ impl Actor for GroupActor {
                         state.fence = next;
                         let _ = reply.send(Ok(seqs));
                     }
-                    Err(DeliveryError::Refused(r)) => {
-                        let _ = reply.send(Err(DeliveryError::Refused(r).into()));
+                    Err(
+                        refused @ (DeliveryError::Refused(_) | DeliveryError::RefusedBy { .. }),
+                    ) => {
+                        let _ = reply.send(Err(refused.into()));
                     }
                     Err(other) => {
                         // Whether the write reached the disk is unknown: restart and
@@ -325,8 +420,95 @@ impl Actor for GroupActor {
                     }
                 }
             }
+            GroupMsg::Members { reply } => {
+                let _ = reply.send(state.fence.members().clone());
+            }
+            GroupMsg::CommitShared { commit, reply } => {
+                state.last_commit = Instant::now();
+                let outcome = commit_shared(state, commit).await;
+                if let Err(CommitError::Delivery(e)) = &outcome
+                    && !matches!(
+                        e,
+                        DeliveryError::Refused(_) | DeliveryError::RefusedBy { .. }
+                    )
+                {
+                    // Whether the write reached the disk is unknown: restart and
+                    // learn the fence from the store.
+                    let why = e.to_string();
+                    let _ = reply.send(outcome);
+                    return Err(format!("commit outcome unknown: {why}").into());
+                }
+                let _ = reply.send(outcome);
+            }
             GroupMsg::Crash => panic!("group actor crash requested"),
         }
         Ok(())
     }
+}
+
+/// One commit with shared bodies: the fence decides, the fan-out plan says who
+/// gets which body, and bodies, references and the new fence are stored in one
+/// transaction. The fence moves only once that is durable.
+async fn commit_shared(state: &mut GroupActorState, c: SharedCommit) -> Result<u32, CommitError> {
+    if let Err(refusal) = state.fence.check(c.epoch, &c.committer.0) {
+        if matches!(refusal, FenceRefusal::Stale { .. }) {
+            metrics::counter!(crate::telemetry::STALE_EPOCH_TOTAL).increment(1);
+        }
+        return Err(refusal.into());
+    }
+    let before = state.fence.next().map(|_| state.fence.members());
+    let plan = commit_fanout(
+        before,
+        &c.committer.0,
+        &c.members,
+        !c.welcome_body.is_empty(),
+    )?;
+    let mut parts = c.parts;
+    let mut take = |k: &[u8; 32], admission| SharedRecipient {
+        inbox: IdentityKey(*k),
+        part: parts.remove(k).unwrap_or_default(),
+        admission,
+    };
+    let bodies = vec![
+        SharedBody {
+            body: c.commit_body,
+            recipients: plan.commit_to.iter().map(|(k, a)| take(k, *a)).collect(),
+        },
+        SharedBody {
+            body: c.welcome_body,
+            recipients: plan
+                .welcome_to
+                .iter()
+                .map(|k| take(k, Admission::Handshake))
+                .collect(),
+        },
+        SharedBody {
+            body: c.receipt_body,
+            recipients: vec![take(&c.committer.0, Admission::Handshake)],
+        },
+    ];
+    if !parts.is_empty() {
+        return Err(FanoutRefusal::StrayPart.into());
+    }
+    let creator = if state.fence.creates_group() {
+        within_group_quota(&state.args, &c.committer).await?;
+        Some(c.committer.0)
+    } else {
+        None
+    };
+    let fence = FenceWrite {
+        group_id: state.args.membership.key().clone(),
+        next_epoch: c.epoch + 1,
+        members: c.members.iter().copied().collect(),
+        creator,
+    };
+    let next = state.fence.after_accepting(c.epoch, c.members);
+    let gid = state.args.membership.key().clone();
+    let outcomes = state
+        .args
+        .inboxes
+        .deliver_shared(&gid, bodies, Some(fence))
+        .await?;
+    state.fence = next;
+    Ok(outcomes.iter().flatten().filter(|o| o.is_ok()).count() as u32)
 }

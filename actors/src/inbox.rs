@@ -15,11 +15,11 @@ use quicnprotochat_wire::IdentityKey;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
 
-use crate::core::inbox::{InboxLimits, InboxRefusal, InboxState};
+use crate::core::inbox::{Admission, InboxLimits, InboxRefusal, InboxState};
 use crate::error::DeliveryError;
 use crate::registry::{Capacity, Membership, Registry};
 use crate::store::StoreError;
-use crate::store::writer::{FenceWrite, MultiAppend, StoreWriter, WriteOp};
+use crate::store::writer::{FenceWrite, MultiAppend, SharedRef, SharedWrite, StoreWriter, WriteOp};
 
 /// Messages to an inbox actor.
 pub enum InboxMsg {
@@ -53,6 +53,8 @@ pub enum InboxRequest {
     Reserve {
         /// The payload lengths of the messages to admit.
         lens: Vec<usize>,
+        /// What kind of message they are (how full the inbox may get).
+        admission: Admission,
         /// Answered with the reservation.
         reply: oneshot::Sender<Result<Reservation, DeliveryError>>,
     },
@@ -84,8 +86,10 @@ pub enum InboxRequest {
 
 /// Seqs an inbox actor set aside for a multi-inbox write.
 pub struct Reservation {
-    /// The first of the reserved seqs; the rest follow it.
-    pub first: u64,
+    /// The first of the reserved seqs (the rest follow it), or, for droppable
+    /// messages, why the inbox did not take them: if the write goes ahead they
+    /// are counted as missed.
+    pub first: Result<u64, InboxRefusal>,
     notify: ActorRef<InboxMsg>,
     /// Sent once the write was handed to the store writer (the seqs are used);
     /// dropped unsent when the write is abandoned (the seqs are taken back).
@@ -99,6 +103,24 @@ pub struct Delivery {
     pub recipient: IdentityKey,
     /// What it says (opaque to the node).
     pub payload: Vec<u8>,
+}
+
+/// A body many inboxes share, and who gets it.
+pub struct SharedBody {
+    /// Stored once.
+    pub body: Vec<u8>,
+    /// Its recipients (distinct inboxes).
+    pub recipients: Vec<SharedRecipient>,
+}
+
+/// One recipient of a [`SharedBody`].
+pub struct SharedRecipient {
+    /// The inbox.
+    pub inbox: IdentityKey,
+    /// The recipient's own part of the envelope (may be empty).
+    pub part: Vec<u8>,
+    /// How full the inbox may be to take it.
+    pub admission: Admission,
 }
 
 /// Settings every inbox actor shares.
@@ -121,6 +143,11 @@ pub struct InboxRegistry {
     actors: Registry<IdentityKey, InboxMsg>,
     writer: StoreWriter,
     settings: InboxSettings,
+    /// Held by the one multi-inbox write whose reservations are being made.
+    /// A reserving actor waits for its coordinator; with one coordinator
+    /// reserving at a time, no two can wait on each other, so its reservations
+    /// may all be asked at once.
+    reserving: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 impl InboxRegistry {
@@ -140,6 +167,7 @@ impl InboxRegistry {
             .await?,
             writer,
             settings,
+            reserving: Default::default(),
         })
     }
 
@@ -190,6 +218,37 @@ impl InboxRegistry {
         rx.await.map_err(|_| DeliveryError::Restarting)?
     }
 
+    /// Asks every inbox for its reservation at once (under the reservation lock,
+    /// which the caller holds until the write is submitted).
+    async fn reserve_all(
+        &self,
+        wanted: Vec<(IdentityKey, Vec<usize>, Admission)>,
+    ) -> Vec<Result<Reservation, DeliveryError>> {
+        futures::future::join_all(
+            wanted
+                .into_iter()
+                .map(|(inbox, lens, admission)| async move {
+                    let (reply, rx) = oneshot::channel();
+                    self.send(
+                        inbox,
+                        InboxRequest::Reserve {
+                            lens,
+                            admission,
+                            reply,
+                        },
+                    )
+                    .await?;
+                    match rx.await.unwrap_or(Err(DeliveryError::Restarting)) {
+                        Err(DeliveryError::Refused(refusal)) => {
+                            Err(DeliveryError::RefusedBy { inbox, refusal })
+                        }
+                        other => other,
+                    }
+                }),
+        )
+        .await
+    }
+
     /// Stores every delivery in one store transaction, all or none, with the
     /// group's new epoch fence if given; returns the seqs in the deliveries' order
     /// once durable. A refusal by any inbox (full, too large) stores nothing.
@@ -198,40 +257,37 @@ impl InboxRegistry {
         deliveries: Vec<Delivery>,
         fence: Option<FenceWrite>,
     ) -> Result<Vec<u64>, DeliveryError> {
-        // Reserve inbox by inbox in one global order: a reserving actor waits for
-        // its coordinator, so two coordinators must never wait on each other.
         let mut by_inbox: std::collections::BTreeMap<IdentityKey, Vec<usize>> = Default::default();
         for (i, d) in deliveries.iter().enumerate() {
             by_inbox.entry(d.recipient).or_default().push(i);
         }
-        let mut reservations: Vec<(Reservation, &[usize])> = Vec::with_capacity(by_inbox.len());
-        for (inbox, indices) in &by_inbox {
-            let lens = indices
-                .iter()
-                .map(|&i| deliveries[i].payload.len())
-                .collect();
-            let (reply, rx) = oneshot::channel();
-            let reserved = match self
-                .send(*inbox, InboxRequest::Reserve { lens, reply })
-                .await
-            {
-                Ok(()) => rx.await.unwrap_or(Err(DeliveryError::Restarting)),
-                Err(e) => Err(e),
-            };
-            match reserved {
-                Ok(r) => reservations.push((r, indices)),
-                // Dropping the reservations made so far abandons them.
-                Err(e) => return Err(e),
-            }
+        let wanted = by_inbox
+            .iter()
+            .map(|(inbox, indices)| {
+                let lens = indices
+                    .iter()
+                    .map(|&i| deliveries[i].payload.len())
+                    .collect();
+                (*inbox, lens, Admission::Regular)
+            })
+            .collect();
+        let lock = self.reserving.lock().await;
+        let mut reservations = Vec::with_capacity(by_inbox.len());
+        for r in self.reserve_all(wanted).await {
+            // Dropping the reservations made so far abandons them.
+            let r = r?;
+            let first = r.first.clone().map_err(DeliveryError::Refused)?;
+            reservations.push((first, r));
+            // (Regular admissions never answer a drop: a refusal is an `Err`.)
         }
         let mut seqs = vec![0u64; deliveries.len()];
         let mut appends = Vec::with_capacity(deliveries.len());
         let mut payloads: Vec<Option<Vec<u8>>> =
             deliveries.into_iter().map(|d| Some(d.payload)).collect();
         let mut submitted = Vec::with_capacity(reservations.len());
-        for ((inbox, _), (r, indices)) in by_inbox.iter().zip(reservations) {
+        for ((inbox, indices), (first, r)) in by_inbox.iter().zip(reservations) {
             for (k, &i) in indices.iter().enumerate() {
-                let seq = r.first + k as u64;
+                let seq = first + k as u64;
                 seqs[i] = seq;
                 appends.push(MultiAppend {
                     inbox: *inbox,
@@ -250,12 +306,78 @@ impl InboxRegistry {
                 reply,
             })
             .await;
+        drop(lock);
         for s in submitted {
             let _ = s.send(());
         }
         let stored = rx.await.map_err(|_| DeliveryError::Restarting)??;
         debug_assert_eq!(stored.len(), seqs.len());
         Ok(seqs)
+    }
+
+    /// Stores each shared body once and gives every recipient inbox its own
+    /// seq pointing at it, in one store transaction with the group's new fence
+    /// if given. An inbox refuses for itself alone: a droppable message it
+    /// cannot take is counted as missed for it (in the same transaction); a
+    /// refusal of any other kind stores nothing (`Err`). Returns, per body and
+    /// recipient, the seq or the inbox's refusal, once durable.
+    pub async fn deliver_shared(
+        &self,
+        group_id: &[u8],
+        bodies: Vec<SharedBody>,
+        fence: Option<FenceWrite>,
+    ) -> Result<Vec<Vec<Result<u64, InboxRefusal>>>, DeliveryError> {
+        let wanted = bodies
+            .iter()
+            .flat_map(|b| {
+                b.recipients
+                    .iter()
+                    .map(|r| (r.inbox, vec![b.body.len()], r.admission))
+            })
+            .collect();
+        let lock = self.reserving.lock().await;
+        let answers = self.reserve_all(wanted).await;
+        let mut answers = answers.into_iter();
+        let mut outcomes = Vec::with_capacity(bodies.len());
+        let mut writes = Vec::with_capacity(bodies.len());
+        let mut missed = Vec::new();
+        let mut submitted = Vec::new();
+        for b in bodies {
+            let mut body_outcomes = Vec::with_capacity(b.recipients.len());
+            let mut refs = Vec::with_capacity(b.recipients.len());
+            for r in b.recipients {
+                // Any failure abandons every reservation (they are dropped).
+                let reservation = answers.next().unwrap_or(Err(DeliveryError::Restarting))?;
+                match reservation.first.clone() {
+                    Ok(seq) => refs.push(SharedRef {
+                        inbox: r.inbox,
+                        seq,
+                        part: r.part,
+                        notify: reservation.notify.clone(),
+                    }),
+                    Err(_) => missed.push((r.inbox, group_id.to_vec())),
+                }
+                body_outcomes.push(reservation.first.clone());
+                submitted.push(reservation.submitted);
+            }
+            outcomes.push(body_outcomes);
+            writes.push(SharedWrite { body: b.body, refs });
+        }
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .submit(WriteOp::AppendShared {
+                bodies: writes,
+                missed,
+                fence,
+                reply,
+            })
+            .await;
+        drop(lock);
+        for s in submitted {
+            let _ = s.send(());
+        }
+        rx.await.map_err(|_| DeliveryError::Restarting)??;
+        Ok(outcomes)
     }
 
     /// Acknowledges (deletes) messages of `inbox` up to `up_to`, durably.
@@ -397,23 +519,33 @@ impl Actor for InboxActor {
                             }
                         }
                     }
-                    InboxRequest::Reserve { lens, reply } => {
-                        match inbox.admit_many(lens, state.args.settings.limits) {
-                            Ok(run) => {
-                                let (submitted, decision) = oneshot::channel();
-                                let reservation = Reservation {
-                                    first: *run.start(),
-                                    notify: myself.clone(),
-                                    submitted,
-                                };
-                                let used =
-                                    reply.send(Ok(reservation)).is_ok() && decision.await.is_ok();
-                                if !used {
-                                    inbox.release(run);
-                                }
-                            }
-                            Err(refusal) => {
-                                let _ = reply.send(Err(refusal.into()));
+                    InboxRequest::Reserve {
+                        lens,
+                        admission,
+                        reply,
+                    } => {
+                        let count = lens.len() as u64;
+                        let admitted =
+                            inbox.admit_many(lens, state.args.settings.limits, admission);
+                        let dropped = matches!(
+                            (&admitted, admission),
+                            (Err(InboxRefusal::QueueFull { .. }), Admission::Droppable)
+                        );
+                        if admitted.is_err() && !dropped {
+                            let _ = reply.send(Err(admitted.unwrap_err().into()));
+                        } else {
+                            let (submitted, decision) = oneshot::channel();
+                            let reservation = Reservation {
+                                first: admitted.clone().map(|run| *run.start()),
+                                notify: myself.clone(),
+                                submitted,
+                            };
+                            let used =
+                                reply.send(Ok(reservation)).is_ok() && decision.await.is_ok();
+                            match (admitted, used) {
+                                (Ok(run), false) => inbox.release(run),
+                                (Err(_), true) => inbox.note_missed(count),
+                                _ => {}
                             }
                         }
                     }
@@ -422,7 +554,18 @@ impl Actor for InboxActor {
                         ack(&state.args, inbox, everything, reply).await;
                     }
                     InboxRequest::Ack { up_to, reply } => {
-                        ack(&state.args, inbox, up_to, reply).await
+                        ack(&state.args, inbox, up_to, reply).await;
+                        if let Some(seq) = inbox.missed_marker_due(state.args.settings.limits) {
+                            state
+                                .args
+                                .writer
+                                .submit(WriteOp::AppendMissedMarker {
+                                    inbox: state.args.inbox(),
+                                    seq,
+                                    notify: myself.clone(),
+                                })
+                                .await;
+                        }
                     }
                     InboxRequest::Wait { after, reply } => {
                         if inbox.has_durable_after(after) {

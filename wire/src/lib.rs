@@ -17,6 +17,7 @@
 pub mod node_capnp;
 
 pub mod error;
+pub mod fanout;
 pub mod limits;
 pub mod types;
 

@@ -4,6 +4,8 @@
 
 use super::*;
 use crate::core::commit::{CommitCallRefusal, check_commit_header, check_group_id, check_members};
+use crate::group::SharedCommit;
+use quicnprotochat_wire::fanout::MAX_PART;
 
 /// Calls on behalf of one authenticated identity. It has no way to name another
 /// inbox for fetch or ack: its own is fixed at construction.
@@ -124,6 +126,46 @@ impl SessionService {
                 })
             })
             .collect()
+    }
+}
+
+impl SessionService {
+    /// Reads a list of recipients with their parts: valid keys, parts within
+    /// [`MAX_PART`], not too many.
+    fn recipients(
+        &self,
+        list: capnp::struct_list::Reader<'_, quicnprotochat_wire::node_capnp::recipient::Owned>,
+    ) -> Result<Vec<([u8; 32], Vec<u8>)>, capnp::Error> {
+        if list.len() as usize > MAX_DELIVERIES {
+            return Err(refuse(
+                ErrorCode::TooLarge,
+                format!("at most {MAX_DELIVERIES} recipients per call"),
+            ));
+        }
+        list.iter()
+            .map(|r| {
+                let key =
+                    IdentityKey::from_wire(r.get_identity_key().map_err(bad_params)?, "recipient")?;
+                let part = r.get_part().map_err(bad_params)?;
+                if part.len() > MAX_PART {
+                    return Err(refuse(
+                        ErrorCode::TooLarge,
+                        format!("a recipient's part may hold at most {MAX_PART} bytes"),
+                    ));
+                }
+                Ok((key.0, part.to_vec()))
+            })
+            .collect()
+    }
+
+    /// Charges a group send or commit to the caller's enqueue rate: one for the
+    /// body, and one per 16 recipients (a reference costs a small index entry,
+    /// not a stored payload).
+    fn charge_fanout(&self, recipients: usize) -> Result<(), capnp::Error> {
+        self.ctx
+            .rates
+            .enqueue_many(&self.identity.0, self.remote.ip(), 1 + recipients / 16)
+            .map_err(rate_limited)
     }
 }
 
@@ -413,6 +455,105 @@ impl session::Server for SessionService {
         let mut r = results.get();
         r.set_one_time_remaining(remaining);
         r.set_last_resort_served(served);
+        Ok(())
+    }
+
+    async fn send_group(
+        self: Rc<Self>,
+        params: session::SendGroupParams,
+        mut results: session::SendGroupResults,
+    ) -> Result<(), capnp::Error> {
+        self.check_alive()?;
+        let p = params.get().map_err(bad_params)?;
+        let _call = admit(&self.budget, p.total_size())?;
+        let group_id = p.get_group_id().map_err(bad_params)?;
+        check_group_id(group_id).map_err(commit_refusal)?;
+        let body = p.get_body().map_err(bad_params)?;
+        check_body(&self.ctx, body)?;
+        let named = self.recipients(p.get_recipients().map_err(bad_params)?)?;
+        self.charge_fanout(named.len())?;
+        let outcomes = self
+            .ctx
+            .groups
+            .send(group_id, self.identity, body.to_vec(), named)
+            .await
+            .map_err(WireError::from)?;
+        let stored = outcomes.iter().filter(|(_, o)| o.is_ok()).count() as u64;
+        metrics::counter!(crate::telemetry::ENQUEUES_TOTAL).increment(stored);
+        let mut list = results.get().init_outcomes(outcomes.len() as u32);
+        for (i, (who, outcome)) in outcomes.iter().enumerate() {
+            let mut o = list.reborrow().get(i as u32);
+            o.set_recipient(&who.0);
+            match outcome {
+                Ok(seq) => o.set_seq(*seq),
+                Err(refusal) => o.set_refused(
+                    WireError::new(refusal.code(), refusal.to_string())
+                        .to_string()
+                        .as_str(),
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    async fn commit_group(
+        self: Rc<Self>,
+        params: session::CommitGroupParams,
+        mut results: session::CommitGroupResults,
+    ) -> Result<(), capnp::Error> {
+        self.check_alive()?;
+        let p = params.get().map_err(bad_params)?;
+        let _call = admit(&self.budget, p.total_size())?;
+        let group_id = p.get_group_id().map_err(bad_params)?;
+        check_group_id(group_id).map_err(commit_refusal)?;
+        check_commit_header(
+            p.get_mls_commit().map_err(bad_params)?,
+            group_id,
+            p.get_epoch(),
+        )
+        .map_err(commit_refusal)?;
+        let members = self.members(p.get_members().map_err(bad_params)?)?;
+        let mut bodies = Vec::with_capacity(3);
+        for body in [
+            p.get_commit_body(),
+            p.get_welcome_body(),
+            p.get_receipt_body(),
+        ] {
+            let body = body.map_err(bad_params)?;
+            check_body(&self.ctx, body)?;
+            bodies.push(body.to_vec());
+        }
+        let parts = self.recipients(p.get_parts().map_err(bad_params)?)?;
+        let count = parts.len();
+        let parts: std::collections::BTreeMap<[u8; 32], Vec<u8>> = parts.into_iter().collect();
+        if parts.len() != count {
+            return Err(refuse(
+                ErrorCode::BadRequest,
+                "a part is given twice for one recipient",
+            ));
+        }
+        self.charge_fanout(members.len())?;
+        let [commit_body, welcome_body, receipt_body]: [Vec<u8>; 3] =
+            bodies.try_into().expect("three bodies");
+        let delivered = self
+            .ctx
+            .groups
+            .commit_shared(
+                group_id,
+                SharedCommit {
+                    epoch: p.get_epoch(),
+                    committer: self.identity,
+                    members,
+                    commit_body,
+                    welcome_body,
+                    receipt_body,
+                    parts,
+                },
+            )
+            .await
+            .map_err(WireError::from)?;
+        metrics::counter!(crate::telemetry::ENQUEUES_TOTAL).increment(delivered as u64);
+        results.get().set_delivered(delivered);
         Ok(())
     }
 }

@@ -5,6 +5,12 @@
 //! - `assigned`: the highest seq handed out (its write may still be in flight);
 //! - `durable`: the highest seq known to be committed to disk (wakes long-polls);
 //! - `acked`: everything up to here has been deleted by the owner's ack.
+//!
+//! How much an inbox takes depends on what is offered ([`Admission`]): ordinary
+//! messages up to the queue limit; a group's commits (its history, which every
+//! remaining member must get) up to twice that; a group's application messages
+//! up to the limit, and past it they are dropped for this inbox only, counted,
+//! and told to the owner by a missed-messages marker queued after its next ack.
 
 /// Limits one inbox enforces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +29,31 @@ pub struct InboxMeta {
     pub last_seq: u64,
     /// Highest seq acknowledged (and deleted); 0 when none.
     pub acked: u64,
+    /// Messages dropped while the inbox was full, not yet told by a marker.
+    pub missed: u64,
+}
+
+/// What kind of message is offered to an inbox, which decides how full it may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// A message for this inbox: refused at the queue limit, nothing stored.
+    Regular,
+    /// A group's application message: refused at the queue limit for this inbox
+    /// only; the drop is counted for the missed-messages marker.
+    Droppable,
+    /// A group's commit, Welcome or commit receipt: the group's history, which
+    /// may exceed the queue limit by as much again.
+    Handshake,
+}
+
+impl InboxLimits {
+    /// Most unacknowledged messages the inbox holds when offered `admission`.
+    pub fn ceiling(self, admission: Admission) -> u64 {
+        match admission {
+            Admission::Handshake => self.queue_limit.saturating_mul(2),
+            Admission::Regular | Admission::Droppable => self.queue_limit,
+        }
+    }
 }
 
 /// Why the inbox refused a request.
@@ -75,6 +106,7 @@ pub struct InboxState {
     assigned: u64,
     durable: u64,
     acked: u64,
+    missed: u64,
 }
 
 impl InboxState {
@@ -85,6 +117,7 @@ impl InboxState {
             assigned: meta.last_seq,
             durable: meta.last_seq,
             acked: meta.acked.min(meta.last_seq),
+            missed: meta.missed,
         }
     }
 
@@ -114,6 +147,7 @@ impl InboxState {
         &mut self,
         lens: impl IntoIterator<Item = usize>,
         limits: InboxLimits,
+        admission: Admission,
     ) -> Result<std::ops::RangeInclusive<u64>, InboxRefusal> {
         let mut count = 0u64;
         for len in lens {
@@ -126,11 +160,9 @@ impl InboxState {
             count += 1;
         }
         let depth = self.depth();
-        if depth + count > limits.queue_limit {
-            return Err(InboxRefusal::QueueFull {
-                depth,
-                limit: limits.queue_limit,
-            });
+        let limit = limits.ceiling(admission);
+        if depth + count > limit {
+            return Err(InboxRefusal::QueueFull { depth, limit });
         }
         let first = self.assigned + 1;
         self.assigned += count;
@@ -149,6 +181,28 @@ impl InboxState {
         if *seqs.end() == self.assigned && *seqs.start() > self.durable {
             self.assigned = seqs.start() - 1;
         }
+    }
+
+    /// Counts `count` messages dropped for this inbox (stored with the write that
+    /// dropped them), to be told by the next marker.
+    pub fn note_missed(&mut self, count: u64) {
+        self.missed = self.missed.saturating_add(count);
+    }
+
+    /// Messages dropped and not yet told.
+    pub fn missed(&self) -> u64 {
+        self.missed
+    }
+
+    /// After an ack made room: the seq of the missed-messages marker to queue
+    /// now, if drops wait to be told. The marker takes a place like any message.
+    pub fn missed_marker_due(&mut self, limits: InboxLimits) -> Option<u64> {
+        if self.missed == 0 || self.depth() >= limits.queue_limit {
+            return None;
+        }
+        self.missed = 0;
+        self.assigned += 1;
+        Some(self.assigned)
     }
 
     /// Records that every seq up to `seq` is committed. Monotone: an older report
@@ -236,6 +290,7 @@ mod tests {
         let mut s = InboxState::recovered(InboxMeta {
             last_seq: 5,
             acked: 2,
+            missed: 0,
         });
         assert_eq!(s.ack(1), Ok(None));
         assert_eq!(
@@ -265,13 +320,13 @@ mod tests {
     #[test]
     fn batch_admission_is_all_or_nothing() {
         let mut s = InboxState::recovered(InboxMeta::default());
-        assert_eq!(s.admit_many([1, 2], LIMITS), Ok(1..=2));
+        assert_eq!(s.admit_many([1, 2], LIMITS, Admission::Regular), Ok(1..=2));
         assert!(matches!(
-            s.admit_many([1, 1], LIMITS),
+            s.admit_many([1, 1], LIMITS, Admission::Regular),
             Err(InboxRefusal::QueueFull { .. })
         ));
         assert!(matches!(
-            s.admit_many([1, 99], LIMITS),
+            s.admit_many([1, 99], LIMITS, Admission::Regular),
             Err(InboxRefusal::TooLarge { .. })
         ));
         assert_eq!(s.assigned(), 2);
@@ -281,10 +336,44 @@ mod tests {
     fn a_released_run_is_handed_out_again() {
         let mut s = InboxState::recovered(InboxMeta::default());
         assert_eq!(s.admit(1, LIMITS), Ok(1));
-        let run = s.admit_many([1, 1], LIMITS).unwrap();
+        let run = s.admit_many([1, 1], LIMITS, Admission::Regular).unwrap();
         assert_eq!(run, 2..=3);
         s.release(run);
         assert_eq!(s.depth(), 1);
         assert_eq!(s.admit(1, LIMITS), Ok(2));
+    }
+
+    #[test]
+    fn commits_may_exceed_the_queue_limit_by_as_much_again() {
+        let mut s = InboxState::recovered(InboxMeta::default());
+        assert_eq!(
+            s.admit_many([1, 1, 1], LIMITS, Admission::Regular),
+            Ok(1..=3)
+        );
+        assert!(matches!(
+            s.admit_many([1], LIMITS, Admission::Droppable),
+            Err(InboxRefusal::QueueFull { limit: 3, .. })
+        ));
+        assert_eq!(
+            s.admit_many([1, 1, 1], LIMITS, Admission::Handshake),
+            Ok(4..=6)
+        );
+        assert!(matches!(
+            s.admit_many([1], LIMITS, Admission::Handshake),
+            Err(InboxRefusal::QueueFull { limit: 6, .. })
+        ));
+    }
+
+    #[test]
+    fn drops_are_told_by_one_marker_once_an_ack_makes_room() {
+        let mut s = InboxState::recovered(InboxMeta::default());
+        s.admit_many([1, 1, 1], LIMITS, Admission::Regular).unwrap();
+        s.note_missed(2);
+        assert_eq!(s.missed_marker_due(LIMITS), None, "no room yet");
+        s.ack(1).unwrap();
+        assert_eq!(s.missed_marker_due(LIMITS), Some(4));
+        assert_eq!(s.missed(), 0);
+        assert_eq!(s.missed_marker_due(LIMITS), None, "told once");
+        assert_eq!(s.depth(), 3);
     }
 }

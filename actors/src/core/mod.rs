@@ -5,5 +5,6 @@ pub mod admission;
 pub mod budget;
 pub mod commit;
 pub mod epoch;
+pub mod fanout;
 pub mod inbox;
 pub mod rate;

@@ -5,10 +5,17 @@
 //! batch; `inbox_idx (inbox, seq) → log key` finds an inbox's messages, and
 //! `inbox_meta` holds each inbox's last seq and ack mark. All three change in the
 //! same transaction, so a crash leaves an inbox either before or after a write.
+//!
+//! A body many inboxes share (a group message, a commit, a Welcome) is one `log`
+//! entry that several `inbox_idx` entries point at; `body_refs` counts them and
+//! the entry goes with the last ack. A recipient's own small part of such an
+//! envelope sits in `parts`. Messages the node could not queue for a full inbox
+//! are counted in `missed` until the marker that tells the owner is queued.
 
 use std::path::Path;
 use std::sync::Arc;
 
+use quicnprotochat_wire::fanout::Missed;
 use quicnprotochat_wire::{Envelope, IdentityKey};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
@@ -27,12 +34,25 @@ const GROUP_CREATORS: TableDefinition<&[u8], &[u8; 32]> = TableDefinition::new("
 /// Device → how many live fences it created (its group quota).
 const GROUPS_CREATED: TableDefinition<&[u8; 32], u64> = TableDefinition::new("groups_created");
 
+/// Log key of a shared body → how many inbox entries point at it (absent: the
+/// entry belongs to one inbox alone).
+const BODY_REFS: TableDefinition<u64, u64> = TableDefinition::new("body_refs");
+/// (inbox, seq) → the recipient's part of a shared envelope (absent when empty).
+const PARTS: TableDefinition<(&[u8; 32], u64), &[u8]> = TableDefinition::new("parts");
+/// Inbox → messages dropped for it while full, not yet told (an encoded
+/// missed-messages envelope).
+const MISSED: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("missed");
+
 const KEY_SCHEMA_VERSION: &str = "schema_version";
 const KEY_NEXT_LOG: &str = "next_log";
 
 /// Version of the table layout this code writes. Opening a file of a newer version
-/// is refused; older versions are migrated forward when they exist.
-pub const SCHEMA_VERSION: u64 = 1;
+/// is refused; older versions are migrated forward.
+///
+/// Version 2 added shared bodies (`body_refs`, `parts`) and `missed`: a version-1
+/// node would delete a shared body with its first ack, so it must not open a
+/// version-2 file. Version 1 files need nothing but the new (empty) tables.
+pub const SCHEMA_VERSION: u64 = 2;
 
 /// Failures of the store. All of them are the node's fault, not the caller's.
 #[derive(Debug, thiserror::Error)]
@@ -143,11 +163,18 @@ impl ServerStore {
                     meta.insert(KEY_SCHEMA_VERSION, SCHEMA_VERSION)?;
                 }
                 Some(v) if v > SCHEMA_VERSION => return Err(StoreError::SchemaTooNew { found: v }),
+                Some(v) if v < SCHEMA_VERSION => {
+                    tracing::info!(from = v, to = SCHEMA_VERSION, "migrating the node database");
+                    meta.insert(KEY_SCHEMA_VERSION, SCHEMA_VERSION)?;
+                }
                 Some(_) => {}
             }
             txn.open_table(LOG)?;
             txn.open_table(INBOX_IDX)?;
             txn.open_table(INBOX_META)?;
+            txn.open_table(BODY_REFS)?;
+            txn.open_table(PARTS)?;
+            txn.open_table(MISSED)?;
             txn.open_table(GROUPS)?;
             txn.open_table(GROUP_MEMBERS)?;
             txn.open_table(GROUP_CREATORS)?;
@@ -233,6 +260,8 @@ impl ServerStore {
         let txn = self.db.begin_read()?;
         let idx = txn.open_table(INBOX_IDX)?;
         let log = txn.open_table(LOG)?;
+        let refs = txn.open_table(BODY_REFS)?;
+        let parts = txn.open_table(PARTS)?;
         let start = after.saturating_add(1);
         let mut out = Vec::new();
         let mut bytes = 0usize;
@@ -246,13 +275,16 @@ impl ServerStore {
             let (key, log_key) = entry?;
             let seq = key.value().1;
             let log_key = log_key.value();
-            let data = log
-                .get(log_key)?
-                .ok_or_else(|| {
-                    StoreError::Corrupt(format!("index points to missing log entry {log_key}"))
-                })?
-                .value()
-                .to_vec();
+            let stored = log.get(log_key)?.ok_or_else(|| {
+                StoreError::Corrupt(format!("index points to missing log entry {log_key}"))
+            })?;
+            let data = if refs.get(log_key)?.is_some() {
+                let part = parts.get((&inbox.0, seq))?;
+                let part = part.as_ref().map_or(&[][..], |p| p.value());
+                quicnprotochat_wire::fanout::compose_shared(part, stored.value())
+            } else {
+                stored.value().to_vec()
+            };
             bytes += data.len();
             if bytes > max_bytes && !out.is_empty() {
                 break;
@@ -260,6 +292,21 @@ impl ServerStore {
             out.push(Envelope { seq, data });
         }
         Ok(out)
+    }
+
+    /// How many shared bodies are stored, and their bytes (for tests and the
+    /// performance figures).
+    pub fn shared_bodies(&self) -> Result<(u64, u64), StoreError> {
+        let txn = self.db.begin_read()?;
+        let refs = txn.open_table(BODY_REFS)?;
+        let log = txn.open_table(LOG)?;
+        let (mut n, mut bytes) = (0, 0);
+        for e in refs.iter()? {
+            let (k, _) = e?;
+            n += 1;
+            bytes += log.get(k.value())?.map_or(0, |v| v.value().len() as u64);
+        }
+        Ok((n, bytes))
     }
 
     /// Number of stored (unacknowledged) messages of all inboxes.
@@ -290,7 +337,11 @@ fn read_meta(
         .get(&inbox.0)?
         .map(|v| {
             let (last_seq, acked) = v.value();
-            InboxMeta { last_seq, acked }
+            InboxMeta {
+                last_seq,
+                acked,
+                missed: 0,
+            }
         })
         .unwrap_or_default())
 }
@@ -387,6 +438,9 @@ pub struct WriteBatch<'txn> {
     log: redb::Table<'txn, u64, &'static [u8]>,
     idx: redb::Table<'txn, (&'static [u8; 32], u64), u64>,
     meta: redb::Table<'txn, &'static [u8; 32], (u64, u64)>,
+    refs: redb::Table<'txn, u64, u64>,
+    parts: redb::Table<'txn, (&'static [u8; 32], u64), &'static [u8]>,
+    missed: redb::Table<'txn, &'static [u8; 32], &'static [u8]>,
     counters: redb::Table<'txn, &'static str, u64>,
     next_log: u64,
 }
@@ -400,6 +454,9 @@ impl<'txn> WriteBatch<'txn> {
             log: txn.open_table(LOG)?,
             idx: txn.open_table(INBOX_IDX)?,
             meta: txn.open_table(INBOX_META)?,
+            refs: txn.open_table(BODY_REFS)?,
+            parts: txn.open_table(PARTS)?,
+            missed: txn.open_table(MISSED)?,
             counters,
             next_log,
         })
@@ -419,19 +476,95 @@ impl<'txn> WriteBatch<'txn> {
         seq: u64,
         payload: &[u8],
     ) -> Result<(), StoreError> {
-        let mut m = self.inbox_meta(inbox)?;
-        if seq != m.last_seq + 1 {
-            return Err(StoreError::Corrupt(format!(
-                "append of seq {seq} to inbox {inbox:?} whose last seq is {}",
-                m.last_seq
-            )));
-        }
+        let mut m = self.next_meta(inbox, seq)?;
         let log_key = self.next_log;
         self.next_log += 1;
         self.log.insert(log_key, payload)?;
         self.idx.insert((&inbox.0, seq), log_key)?;
         m.last_seq = seq;
         self.meta.insert(&inbox.0, (m.last_seq, m.acked))?;
+        Ok(())
+    }
+
+    /// The inbox's marks, once `seq` is checked to be the next one.
+    fn next_meta(&self, inbox: &IdentityKey, seq: u64) -> Result<InboxMeta, StoreError> {
+        let m = self.inbox_meta(inbox)?;
+        if seq != m.last_seq + 1 {
+            return Err(StoreError::Corrupt(format!(
+                "append of seq {seq} to inbox {inbox:?} whose last seq is {}",
+                m.last_seq
+            )));
+        }
+        Ok(m)
+    }
+
+    /// Stores a body several inboxes will share; returns its log key. It has no
+    /// reference yet: add them with [`WriteBatch::append_shared`] in the same
+    /// transaction.
+    pub fn put_body(&mut self, body: &[u8]) -> Result<u64, StoreError> {
+        let log_key = self.next_log;
+        self.next_log += 1;
+        self.log.insert(log_key, body)?;
+        self.refs.insert(log_key, 0)?;
+        Ok(log_key)
+    }
+
+    /// Stores message `seq` of `inbox` as a reference to the shared body at
+    /// `body` with this recipient's `part`. Same seq rule as [`WriteBatch::append`].
+    pub fn append_shared(
+        &mut self,
+        inbox: &IdentityKey,
+        seq: u64,
+        body: u64,
+        part: &[u8],
+    ) -> Result<(), StoreError> {
+        let mut m = self.next_meta(inbox, seq)?;
+        let refs = self
+            .refs
+            .get(body)?
+            .map(|v| v.value())
+            .ok_or_else(|| StoreError::Corrupt(format!("reference to unknown body {body}")))?;
+        self.refs.insert(body, refs + 1)?;
+        if !part.is_empty() {
+            self.parts.insert((&inbox.0, seq), part)?;
+        }
+        self.idx.insert((&inbox.0, seq), body)?;
+        m.last_seq = seq;
+        self.meta.insert(&inbox.0, (m.last_seq, m.acked))?;
+        Ok(())
+    }
+
+    /// Counts a message of `group` dropped because `inbox` was full.
+    pub fn record_missed(&mut self, inbox: &IdentityKey, group: &[u8]) -> Result<(), StoreError> {
+        let mut m = self.missed(inbox)?;
+        m.add(group);
+        self.missed.insert(&inbox.0, m.encode().as_slice())?;
+        Ok(())
+    }
+
+    /// What was dropped for `inbox` and not yet told.
+    pub fn missed(&self, inbox: &IdentityKey) -> Result<Missed, StoreError> {
+        let Some(v) = self.missed.get(&inbox.0)? else {
+            return Ok(Missed::default());
+        };
+        match quicnprotochat_wire::fanout::parse(v.value()) {
+            Ok(quicnprotochat_wire::fanout::Inbound::Missed(m)) => Ok(m),
+            _ => Err(StoreError::Corrupt(format!(
+                "unreadable missed record of inbox {inbox:?}"
+            ))),
+        }
+    }
+
+    /// Queues the missed-messages envelope of `inbox` as message `seq` and
+    /// clears the count it tells.
+    pub fn append_missed_marker(
+        &mut self,
+        inbox: &IdentityKey,
+        seq: u64,
+    ) -> Result<(), StoreError> {
+        let m = self.missed(inbox)?;
+        self.append(inbox, seq, &m.encode())?;
+        self.missed.remove(&inbox.0)?;
         Ok(())
     }
 
@@ -471,8 +604,21 @@ impl<'txn> WriteBatch<'txn> {
             .extract_from_if((&inbox.0, m.acked + 1)..=(&inbox.0, up_to), |_, _| true)?
             .map(|e| e.map(|(k, v)| (k.value().1, v.value())))
             .collect::<Result<_, _>>()?;
-        for (_, log_key) in &removed {
-            self.log.remove(*log_key)?;
+        for (seq, log_key) in &removed {
+            let refs = self.refs.get(*log_key)?.map(|v| v.value());
+            match refs {
+                None => {
+                    self.log.remove(*log_key)?;
+                }
+                Some(n) if n <= 1 => {
+                    self.refs.remove(*log_key)?;
+                    self.log.remove(*log_key)?;
+                }
+                Some(n) => {
+                    self.refs.insert(*log_key, n - 1)?;
+                }
+            }
+            self.parts.remove((&inbox.0, *seq))?;
         }
         m.acked = up_to;
         self.meta.insert(&inbox.0, (m.last_seq, m.acked))?;

@@ -57,6 +57,29 @@ pub enum WriteOp {
         /// Answered with the seqs once durable.
         reply: Reply<Vec<u64>>,
     },
+    /// Store shared bodies once each, a reference to one for every recipient
+    /// (seqs reserved by their actors), the drops counted for full inboxes, and
+    /// optionally a group's new fence, all in one transaction, all or none.
+    AppendShared {
+        /// The bodies and who gets each.
+        bodies: Vec<SharedWrite>,
+        /// Inboxes that were full, and the group whose message each missed.
+        missed: Vec<(IdentityKey, Vec<u8>)>,
+        /// A group fence to write in the same transaction, if any.
+        fence: Option<FenceWrite>,
+        /// Answered once durable.
+        reply: Reply<()>,
+    },
+    /// Queue the missed-messages marker of `inbox` as `seq` (its actor assigned
+    /// it) and clear the count it tells.
+    AppendMissedMarker {
+        /// The inbox.
+        inbox: IdentityKey,
+        /// The seq its actor assigned.
+        seq: u64,
+        /// Told when it is durable.
+        notify: ActorRef<InboxMsg>,
+    },
     /// Delete messages of `inbox` up to `up_to`; answers once durable.
     Ack {
         /// The inbox.
@@ -95,6 +118,26 @@ pub struct MultiAppend {
     pub seq: u64,
     /// What to store.
     pub payload: Vec<u8>,
+    /// Told which seqs became durable.
+    pub notify: ActorRef<InboxMsg>,
+}
+
+/// One shared body of a [`WriteOp::AppendShared`] and its recipients.
+pub struct SharedWrite {
+    /// Stored once (not at all when it has no recipient).
+    pub body: Vec<u8>,
+    /// One reference per recipient.
+    pub refs: Vec<SharedRef>,
+}
+
+/// One recipient of a shared body.
+pub struct SharedRef {
+    /// The inbox.
+    pub inbox: IdentityKey,
+    /// The seq its actor reserved.
+    pub seq: u64,
+    /// The recipient's own part (may be empty).
+    pub part: Vec<u8>,
     /// Told which seqs became durable.
     pub notify: ActorRef<InboxMsg>,
 }
@@ -144,6 +187,10 @@ impl WriteOp {
         match self {
             WriteOp::Append { payload, .. } => payload.len(),
             WriteOp::AppendMany { appends, .. } => appends.iter().map(|a| a.payload.len()).sum(),
+            WriteOp::AppendShared { bodies, .. } => bodies
+                .iter()
+                .map(|b| b.body.len() + b.refs.iter().map(|r| r.part.len() + 48).sum::<usize>())
+                .sum(),
             _ => 0,
         }
     }
@@ -275,6 +322,10 @@ fn refuse(op: WriteOp, why: &str) -> Option<oneshot::Sender<()>> {
     match op {
         WriteOp::Append { reply, .. } => answer(reply, Err(poisoned(why)), None),
         WriteOp::AppendMany { reply, .. } => answer(reply, Err(poisoned(why)), None),
+        WriteOp::AppendShared { reply, .. } => answer(reply, Err(poisoned(why)), None),
+        WriteOp::AppendMissedMarker { notify, .. } => {
+            let _ = notify.send_message(InboxMsg::Resync(why.to_string()));
+        }
         WriteOp::Ack { reply, .. } => answer(reply, Err(poisoned(why)), None),
         WriteOp::Load { reply, .. } => answer(reply, Err(poisoned(why)), None),
         WriteOp::Custom(_) => {} // dropping it drops its reply port: the caller sees the writer gone
@@ -364,6 +415,41 @@ fn append_many(
     Ok(appends.iter().map(|a| a.seq).collect())
 }
 
+/// Applies one shared write: checks every seq first, so a refusal leaves the
+/// transaction untouched.
+fn append_shared(
+    txn: &redb::WriteTransaction,
+    writes: &mut WriteBatch<'_>,
+    bodies: &[SharedWrite],
+    missed: &[(IdentityKey, Vec<u8>)],
+    fence: Option<&FenceWrite>,
+) -> Result<(), StoreError> {
+    writes.check_appends(
+        bodies
+            .iter()
+            .flat_map(|b| b.refs.iter().map(|r| (&r.inbox, r.seq))),
+    )?;
+    for b in bodies.iter().filter(|b| !b.refs.is_empty()) {
+        let key = writes.put_body(&b.body)?;
+        for r in &b.refs {
+            writes.append_shared(&r.inbox, r.seq, key, &r.part)?;
+        }
+    }
+    for (inbox, group) in missed {
+        writes.record_missed(inbox, group)?;
+    }
+    if let Some(f) = fence {
+        super::server::set_group_fence(
+            txn,
+            &f.group_id,
+            f.next_epoch,
+            &f.members,
+            f.creator.as_ref(),
+        )?;
+    }
+    Ok(())
+}
+
 /// Applies and commits one batch, then answers every op in it.
 fn commit_batch(store: &ServerStore, batch: &mut Vec<WriteOp>) -> Result<(), StoreError> {
     let mut outcomes = Vec::with_capacity(batch.len());
@@ -419,6 +505,43 @@ fn commit_batch(store: &ServerStore, batch: &mut Vec<WriteOp>) -> Result<(), Sto
                         }
                         outcomes.push(Outcome::Seqs(reply, result.map_err(Into::into)));
                     }
+                    WriteOp::AppendShared {
+                        bodies,
+                        missed,
+                        fence,
+                        reply,
+                    } => {
+                        let result =
+                            append_shared(&txn, &mut writes, &bodies, &missed, fence.as_ref());
+                        let refs = bodies.into_iter().flat_map(|b| b.refs);
+                        match &result {
+                            Ok(()) => {
+                                for r in refs {
+                                    depth_change += 1.0;
+                                    let e = durable.entry(r.inbox).or_insert((r.seq, r.notify));
+                                    e.0 = e.0.max(r.seq);
+                                }
+                            }
+                            Err(e) => {
+                                for r in refs {
+                                    let _ = r.notify.send_message(InboxMsg::Resync(e.to_string()));
+                                }
+                            }
+                        }
+                        outcomes.push(Outcome::Unit(reply, result.map_err(Into::into)));
+                    }
+                    WriteOp::AppendMissedMarker { inbox, seq, notify } => {
+                        match writes.append_missed_marker(&inbox, seq) {
+                            Ok(()) => {
+                                depth_change += 1.0;
+                                let e = durable.entry(inbox).or_insert((seq, notify));
+                                e.0 = e.0.max(seq);
+                            }
+                            Err(e) => {
+                                let _ = notify.send_message(InboxMsg::Resync(e.to_string()));
+                            }
+                        }
+                    }
                     WriteOp::Ack {
                         inbox,
                         up_to,
@@ -433,10 +556,13 @@ fn commit_batch(store: &ServerStore, batch: &mut Vec<WriteOp>) -> Result<(), Sto
                             deleted.map(|_| ()).map_err(Into::into),
                         ))
                     }
-                    WriteOp::Load { inbox, reply } => outcomes.push(Outcome::Meta(
-                        reply,
-                        writes.inbox_meta(&inbox).map_err(Into::into),
-                    )),
+                    WriteOp::Load { inbox, reply } => {
+                        let meta = writes.inbox_meta(&inbox).and_then(|mut m| {
+                            m.missed = writes.missed(&inbox)?.count;
+                            Ok(m)
+                        });
+                        outcomes.push(Outcome::Meta(reply, meta.map_err(Into::into)))
+                    }
                     WriteOp::Custom(apply) => outcomes.push(Outcome::Custom(apply(&txn))),
                     WriteOp::Shutdown { .. } => unreachable!("shutdown is taken out of the batch"),
                 }
