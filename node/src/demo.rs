@@ -100,11 +100,12 @@ impl Participant {
     async fn say(&mut self, group: &str, text: &str) -> Result<(), CommandError> {
         // Catch up first, so what arrived meanwhile is shown in order.
         self.catch_up().await?;
-        let seqs = self.m.send(group, text).await?;
+        let report = self.m.send(group, text).await?;
         println!(
-            "{:<8} says {text:?} (sealed to {} device(s), stored at seqs {seqs:?})",
+            "{:<8} says {text:?} (uploaded once for {} device(s), stored at seqs {:?})",
             self.name,
-            seqs.len()
+            report.seqs.len(),
+            report.seqs
         );
         Ok(())
     }
@@ -186,7 +187,7 @@ async fn three_party(addr: SocketAddr, cert: &Path) -> Result<String, CommandErr
     let mut bob = Participant::register(addr, cert, "bob", None).await?;
     let mut carol = Participant::register(addr, cert, "carol", None).await?;
 
-    alice.m.create_group(g, Suite::Classic).await?;
+    alice.m.create_group(g, Suite::PostQuantum).await?;
     println!("alice    creates group {g:?} (epoch 0)");
     let epoch = alice
         .m
@@ -244,7 +245,7 @@ pub async fn demo_group(opts: &ClientOptions) -> Result<String, CommandError> {
     let mut alice = Participant::register(addr, &opts.ca_cert, &a, token).await?;
     let mut bob = Participant::register(addr, &opts.ca_cert, &b, token).await?;
     let g = format!("demo-{tag}");
-    alice.m.create_group(&g, Suite::Classic).await?;
+    alice.m.create_group(&g, Suite::PostQuantum).await?;
     let epoch = alice.m.invite(&g, std::slice::from_ref(&b)).await?;
     println!("{a} creates {g} and invites {b} (epoch {epoch})");
     expect(bob.read().await?, "joined", &b)?;

@@ -102,11 +102,17 @@ enum Command {
     },
     /// Remove another device (identity key in hex) from this account.
     RemoveDevice { identity: String },
-    /// Create a group with this device as its only member.
+    /// Create a group with this device as its only member. New groups use the
+    /// post-quantum (X-Wing) MLS ciphersuite.
     CreateGroup {
         name: String,
-        /// Use the post-quantum (X-Wing) MLS ciphersuite.
-        #[arg(long)]
+        /// Use the classic (X25519) MLS ciphersuite, for interoperability with
+        /// other MLS clients; payloads then carry a post-quantum key wrap per
+        /// recipient (≈1.2 KB each).
+        #[arg(long, conflicts_with = "pq")]
+        classic: bool,
+        /// The post-quantum suite (the default; kept for older scripts).
+        #[arg(long, hide = true)]
         pq: bool,
     },
     /// Add every device of each user to a group.
@@ -273,8 +279,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     Command::RemoveDevice { identity } => {
                         commands::remove_device(&opts, &identity).await
                     }
-                    Command::CreateGroup { name, pq } => {
-                        group_commands::create_group(&opts, &name, pq).await
+                    Command::CreateGroup { name, classic, .. } => {
+                        group_commands::create_group(&opts, &name, !classic).await
                     }
                     Command::Invite { group, usernames } => {
                         group_commands::invite(&opts, &group, &usernames).await

@@ -3,6 +3,7 @@
 //! commit race (many members commit at one epoch, exactly one wins, nobody forks);
 //! a group of 20; messages from a future epoch held until their commit arrives.
 
+use quicnprotochat_wire::fanout::{self, Inbound};
 use std::collections::BTreeMap;
 
 use quicnprotochat::client::messenger::{CrashPoint, MessengerError};
@@ -270,7 +271,8 @@ async fn a_message_from_a_later_epoch_waits_for_its_commit() {
             .unwrap();
 
         // Swap the two envelopes in bob's inbox: the message now arrives before
-        // the commit that moves bob into its epoch.
+        // the commit that moves bob into its epoch. Only a member can put a
+        // shared body into bob's inbox: alice, through the group's fan-out.
         let conn = node.connect().await.unwrap();
         let raw = conn
             .login("bob", bob.password.as_bytes(), &bob.identity, None)
@@ -281,9 +283,23 @@ async fn a_message_from_a_later_epoch_waits_for_its_commit() {
         assert_eq!(envs.len(), 2, "the commit, then the message");
         raw.ack(envs.last().unwrap().seq).await.unwrap();
         envs.reverse();
+        let conn = node.connect().await.unwrap();
+        let raw_alice = conn
+            .login("alice", alice.password.as_bytes(), &alice.identity, None)
+            .await
+            .unwrap()
+            .session;
+        let gid = alice.messenger.group("g").await.unwrap().group_id;
         let me = quicnprotochat_wire::IdentityKey(bob.identity.public_key());
         for e in &envs {
-            raw.enqueue(&me, &e.data).await.unwrap();
+            let Ok(Inbound::Shared { part, body }) = fanout::parse(&e.data) else {
+                panic!("group traffic arrives as shared bodies");
+            };
+            let sent = raw_alice
+                .send_group(&gid, body, &[(me, part.to_vec())])
+                .await
+                .unwrap();
+            assert!(sent[0].outcome.is_ok());
         }
 
         let lines = pull(&mut bob.messenger).await;
@@ -300,7 +316,13 @@ async fn a_message_from_a_later_epoch_waits_for_its_commit() {
 
         // Replayed envelopes (same bytes again) are refused, not applied twice.
         for e in &envs {
-            raw.enqueue(&me, &e.data).await.unwrap();
+            let Ok(Inbound::Shared { part, body }) = fanout::parse(&e.data) else {
+                unreachable!("checked above");
+            };
+            raw_alice
+                .send_group(&gid, body, &[(me, part.to_vec())])
+                .await
+                .unwrap();
         }
         let lines = pull(&mut bob.messenger).await;
         assert!(said(&lines, "g").is_empty(), "{lines:?}");

@@ -11,6 +11,7 @@ mod hybrid_key;
 mod padding;
 mod seal;
 mod sealed_sender;
+mod shared;
 
 pub use hybrid_key::{HybridKeyPair, HybridPublicKey, SIGNED_HYBRID_KEY_LEN};
 pub use padding::{pad, padded_len, unpad};
@@ -19,6 +20,7 @@ pub use sealed_sender::{
     SEALED_SENDER_AAD, SealedMessage, open_sealed_sender, seal_sealed_sender,
     seal_sealed_sender_with_randomness,
 };
+pub use shared::{BodyProtection, SharedSeal, open_shared, seal_shared};
 
 /// Why an envelope or hybrid key was refused. Every failure is the sender's (or an
 /// attacker's) doing; none says more than needed about which check failed, beyond

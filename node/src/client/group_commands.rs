@@ -45,7 +45,7 @@ async fn messenger(opts: &ClientOptions) -> Result<Messenger, CommandError> {
     messenger_with(opts, COMMAND_PATIENCE).await
 }
 
-/// `create-group NAME [--pq]`.
+/// `create-group NAME [--classic]`: post-quantum unless asked otherwise.
 pub async fn create_group(
     opts: &ClientOptions,
     name: &str,
@@ -103,12 +103,9 @@ pub async fn join(opts: &ClientOptions) -> Result<String, CommandError> {
 /// `send --group NAME MESSAGE...`.
 pub async fn send(opts: &ClientOptions, group: &str, text: &str) -> Result<String, CommandError> {
     let mut m = messenger(opts).await?;
-    let seqs = m.send(group, text).await?;
+    let report = m.send(group, text).await?;
     m.close().await;
-    Ok(format!(
-        "sent to {} member device(s) of {group}",
-        seqs.len()
-    ))
+    Ok(report.summary(group))
 }
 
 /// Prints every line not shown yet, marking each shown right after printing it:

@@ -38,6 +38,32 @@ pub const MAX_HELD: usize = 1000;
 /// Cap'n Proto read limit (twice the larger of its payload limit and 4 MiB).
 pub const MAX_COMMIT_BYTES: usize = 6 * 1024 * 1024;
 
+/// What became of one message sent to a group.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SendReport {
+    /// The seqs it got in the inboxes that took it.
+    pub seqs: Vec<u64>,
+    /// Member devices (by name) whose inbox did not take it, and why (a full
+    /// inbox: its owner will see that it missed a message).
+    pub undelivered: Vec<(String, quicnprotochat_wire::WireError)>,
+}
+
+impl SendReport {
+    /// One line for people: how many got it, and who did not.
+    pub fn summary(&self, group: &str) -> String {
+        let mut s = format!("sent to {} member device(s) of {group}", self.seqs.len());
+        if !self.undelivered.is_empty() {
+            let who: Vec<String> = self
+                .undelivered
+                .iter()
+                .map(|(name, why)| format!("{name} ({})", why.code))
+                .collect();
+            s.push_str(&format!("; not delivered to {}", who.join(", ")));
+        }
+        s
+    }
+}
+
 /// Why a group operation failed, in words the user can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum MessengerError {
@@ -446,8 +472,9 @@ impl Messenger {
         ask(&group, "group actor", |reply| GroupMsg::Leave { reply }).await
     }
 
-    /// Sends `text` to every other member device; returns the seqs.
-    pub async fn send(&mut self, name: &str, text: &str) -> Result<Vec<u64>, MessengerError> {
+    /// Sends `text` to every other member device (one upload); reports who got
+    /// it and whose inbox did not take it.
+    pub async fn send(&mut self, name: &str, text: &str) -> Result<SendReport, MessengerError> {
         self.pull(Duration::ZERO).await?;
         let group = self.group_actor(name).await?;
         let text = text.to_string();

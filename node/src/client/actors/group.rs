@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use quicnprotochat_actors::auth::NO_KEY_PACKAGES;
-use quicnprotochat_crypto::envelope::{HybridPublicKey, seal_sealed_sender};
+use quicnprotochat_crypto::envelope::HybridPublicKey;
 use quicnprotochat_crypto::mls::{
     CommitOutput, Group, GroupEvent, GroupMember, MlsError, validate_key_package,
 };
@@ -21,12 +21,13 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::session::SessionMsg;
 use super::supervisor::SessionSlot;
-use super::{Effects, Profile, ask_session, notice, now_ms, short_hex};
+use super::{Effects, Profile, ask_session, notice, short_hex};
 use crate::client::message::{Body, ClientMessage, RosterEntry};
 use crate::client::messenger::{
-    CrashPoint, GroupSummary, Line, MAX_COMMIT_BYTES, MAX_HELD, MessengerError,
+    CrashPoint, GroupSummary, Line, MAX_COMMIT_BYTES, MAX_HELD, MessengerError, SendReport,
 };
 use crate::client::mls_store::RedbMlsStorage;
+use crate::client::rpc::CommitBodies;
 use crate::client::{ClientError, KeyPackageTarget};
 
 /// The kinds of commit a member makes.
@@ -70,7 +71,7 @@ pub(crate) enum GroupMsg {
     /// Encrypts `text` for the group and delivers it to every other member device.
     Send {
         text: String,
-        reply: Reply<Vec<u64>>,
+        reply: Reply<SendReport>,
     },
     /// Claims and verifies KeyPackages of these users for this group's suite.
     PrepareInvite {
@@ -155,58 +156,55 @@ impl GroupState {
         Ok(self.profile.state.transact(self.storage(), f)?)
     }
 
-    /// `mls` (a group message) sealed to every other member device.
-    fn sealed_to_others(
+    /// Sends `mls` (a group message) to every other member device in one upload.
+    async fn send_to_group(
         &self,
         group: &Group,
         mls: Vec<u8>,
-    ) -> Result<Vec<(IdentityKey, Vec<u8>)>, MessengerError> {
+    ) -> Result<SendReport, MessengerError> {
+        let others = self.profile.others(group);
+        if others.is_empty() {
+            return Ok(SendReport::default());
+        }
         let msg = self
             .profile
             .group_message(Body::Group, &self.gid, mls)
             .encode()?;
-        self.profile
-            .others(group)
-            .iter()
-            .map(|m| self.profile.seal(m, &msg))
-            .collect()
-    }
-
-    /// Delivers in one batch; the seqs (none when there is nobody to send to).
-    async fn enqueue(
-        &self,
-        deliveries: Vec<(IdentityKey, Vec<u8>)>,
-    ) -> Result<Vec<u64>, MessengerError> {
-        if deliveries.is_empty() {
-            return Ok(Vec::new());
+        let (body, parts) = self.profile.seal_for_group(group, &others, &msg)?;
+        let group_id = self.gid.clone();
+        let outcomes = ask_session(&self.session.get(), |reply| SessionMsg::SendGroup {
+            group_id,
+            body,
+            recipients: parts,
+            reply,
+        })
+        .await?;
+        let mut report = SendReport::default();
+        for o in outcomes {
+            match o.outcome {
+                Ok(seq) => report.seqs.push(seq),
+                Err(why) => report
+                    .undelivered
+                    .push((self.profile.name_of(&o.recipient.0), why)),
+            }
         }
-        Ok(
-            ask_session(&self.session.get(), |reply| SessionMsg::EnqueueBatch {
-                deliveries,
-                reply,
-            })
-            .await?,
-        )
+        Ok(report)
     }
 
-    async fn send(&mut self, text: &str) -> Result<Vec<u64>, MessengerError> {
+    async fn send(&mut self, text: &str) -> Result<SendReport, MessengerError> {
         let mut group = self.load()?;
         let ciphertext = group.encrypt(&self.member, text.as_bytes())?;
-        let deliveries = self.sealed_to_others(&group, ciphertext)?;
         // The ratchet moved: persist that before anything leaves, so a crash can
         // never make us reuse a message key.
         self.save(|_| Ok(()))?;
-        self.enqueue(deliveries).await
+        self.send_to_group(&group, ciphertext).await
     }
 
     async fn leave(&mut self) -> Result<(), MessengerError> {
         let mut group = self.load()?;
         let proposal = group.leave(&self.member)?;
-        // Sealed before the proposal is kept: a member we cannot seal to fails
-        // the leave without leaving a proposal of ours behind.
-        let deliveries = self.sealed_to_others(&group, proposal)?;
         self.save(|_| Ok(()))?;
-        self.enqueue(deliveries).await?;
+        self.send_to_group(&group, proposal).await?;
         let gid = self.gid.clone();
         self.save(|t| t.forget_group(&gid))
     }
@@ -325,8 +323,15 @@ impl GroupState {
         // The pending commit is durable before it leaves: if we crash once the
         // node accepted it, the receipt in our inbox lets us apply it.
         self.save(|_| Ok(()))?;
-        let deliveries = self.commit_deliveries(&before, &out, added)?;
-        let bytes: usize = deliveries.iter().map(|(_, d)| d.len() + 64).sum();
+        let bodies = self.commit_bodies(&group, &before, &out, added)?;
+        let bytes: usize = bodies.commit.len()
+            + bodies.welcome.len()
+            + bodies.receipt.len()
+            + bodies
+                .parts
+                .iter()
+                .map(|(_, p)| p.len() + 48)
+                .sum::<usize>();
         if bytes > MAX_COMMIT_BYTES {
             group.discard_commit(&self.member)?;
             self.save(|_| Ok(()))?;
@@ -339,12 +344,12 @@ impl GroupState {
         let group_id = self.gid.clone();
         let epoch = out.epoch;
         let mls_commit = out.commit.clone();
-        let answer = ask_session(&self.session.get(), |reply| SessionMsg::Commit {
+        let answer = ask_session(&self.session.get(), |reply| SessionMsg::CommitGroup {
             group_id,
             epoch,
             members,
-            deliveries,
             mls_commit,
+            bodies,
             reply,
         })
         .await;
@@ -380,22 +385,26 @@ impl GroupState {
         }
     }
 
-    /// The commit for every other member before it (removed ones included, so
-    /// they learn it), Welcomes for added devices, and our own receipt.
-    fn commit_deliveries(
+    /// The commit's bodies: the commit for every other member before it
+    /// (removed ones included, so they learn it), a Welcome for added devices,
+    /// our own receipt; each uploaded once, with per-recipient parts where the
+    /// group's suite needs them.
+    fn commit_bodies(
         &self,
+        group: &Group,
         before: &[Vec<u8>],
         out: &CommitOutput,
         added: &[RosterEntry],
-    ) -> Result<Vec<(IdentityKey, Vec<u8>)>, MessengerError> {
+    ) -> Result<CommitBodies, MessengerError> {
         let p = &self.profile;
+        let mut bodies = CommitBodies::default();
         let mut commit = p.group_message(Body::Group, &self.gid, out.commit.clone());
         commit.roster = added.to_vec();
-        let commit = commit.encode()?;
-        let mut deliveries = before
-            .iter()
-            .map(|m| p.seal(m, &commit))
-            .collect::<Result<Vec<_>, _>>()?;
+        if !before.is_empty() {
+            let (body, parts) = p.seal_for_group(group, before, &commit.encode()?)?;
+            bodies.commit = body;
+            bodies.parts.extend(parts);
+        }
         if let Some(welcome) = &out.welcome
             && !added.is_empty()
         {
@@ -407,19 +416,21 @@ impl GroupState {
             roster.extend(added.iter().cloned());
             let mut msg = p.group_message(Body::Welcome, &self.gid, welcome.clone());
             msg.roster = roster;
-            let msg = msg.encode()?;
+            let mut keys = Vec::with_capacity(added.len());
             for a in added {
-                let key = HybridPublicKey::verify(&a.hybrid_key, &a.identity).map_err(|e| {
-                    MessengerError::BadKeys {
-                        user: a.username.clone(),
-                        reason: e.to_string(),
-                    }
-                })?;
-                deliveries.push((
-                    IdentityKey(a.identity),
-                    seal_sealed_sender(&p.identity, &key, &msg, now_ms()),
-                ));
+                keys.push(
+                    HybridPublicKey::verify(&a.hybrid_key, &a.identity).map_err(|e| {
+                        MessengerError::BadKeys {
+                            user: a.username.clone(),
+                            reason: e.to_string(),
+                        }
+                    })?,
+                );
             }
+            let ids: Vec<IdentityKey> = added.iter().map(|a| IdentityKey(a.identity)).collect();
+            let (body, parts) = p.seal_shared_to(group, &ids, &keys, &msg.encode()?);
+            bodies.welcome = body;
+            bodies.parts.extend(parts);
         }
         let receipt = p
             .group_message(
@@ -428,8 +439,11 @@ impl GroupState {
                 Vec::new(),
             )
             .encode()?;
-        deliveries.push(p.seal(&p.me(), &receipt)?);
-        Ok(deliveries)
+        let me = p.me();
+        let (body, parts) = p.seal_for_group(group, &[me.to_vec()], &receipt)?;
+        bodies.receipt = body;
+        bodies.parts.extend(parts);
+        Ok(bodies)
     }
 
     fn sweep(&mut self) -> Result<bool, MessengerError> {

@@ -28,8 +28,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use quicnprotochat_crypto::Identity;
-use quicnprotochat_crypto::envelope::{HybridKeyPair, HybridPublicKey, seal_sealed_sender};
-use quicnprotochat_crypto::mls::Group;
+use quicnprotochat_crypto::envelope::{
+    BodyProtection, HybridKeyPair, HybridPublicKey, seal_shared,
+};
+use quicnprotochat_crypto::mls::{Group, Suite};
 use quicnprotochat_wire::IdentityKey;
 use ractor::{ActorRef, RpcReplyPort};
 use rustls::pki_types::CertificateDer;
@@ -106,26 +108,55 @@ impl Profile {
         }
     }
 
-    /// Seals `msg` to `recipient` with its verified hybrid key.
-    pub(crate) fn seal(
+    /// Seals `msg` once for `recipients` of `group`: protected by the MLS
+    /// message inside when the group's suite is post-quantum (no parts: the node
+    /// knows the group's members), otherwise wrapped with an X-Wing part for each
+    /// recipient, so every payload stays post-quantum protected.
+    pub(crate) fn seal_for_group(
         &self,
-        recipient: &[u8],
+        group: &Group,
+        recipients: &[Vec<u8>],
         msg: &[u8],
-    ) -> Result<(IdentityKey, Vec<u8>), MessengerError> {
-        let entry = self
-            .state
-            .roster_entry(recipient)?
-            .ok_or_else(|| MessengerError::NoKeyFor(short_hex(recipient)))?;
-        let key = HybridPublicKey::verify(&entry.hybrid_key, &entry.identity).map_err(|e| {
-            MessengerError::BadKeys {
-                user: entry.username.clone(),
-                reason: e.to_string(),
-            }
-        })?;
-        Ok((
-            IdentityKey(entry.identity),
-            seal_sealed_sender(&self.identity, &key, msg, now_ms()),
-        ))
+    ) -> Result<(Vec<u8>, Vec<(IdentityKey, Vec<u8>)>), MessengerError> {
+        if group.suite() == Some(Suite::PostQuantum) {
+            return Ok(self.seal_shared_to(group, &[], &[], msg));
+        }
+        let mut ids = Vec::with_capacity(recipients.len());
+        let mut keys = Vec::with_capacity(recipients.len());
+        for r in recipients {
+            let entry = self
+                .state
+                .roster_entry(r)?
+                .ok_or_else(|| MessengerError::NoKeyFor(short_hex(r)))?;
+            keys.push(
+                HybridPublicKey::verify(&entry.hybrid_key, &entry.identity).map_err(|e| {
+                    MessengerError::BadKeys {
+                        user: entry.username.clone(),
+                        reason: e.to_string(),
+                    }
+                })?,
+            );
+            ids.push(IdentityKey(entry.identity));
+        }
+        Ok(self.seal_shared_to(group, &ids, &keys, msg))
+    }
+
+    /// [`Profile::seal_for_group`] with the recipients' keys at hand.
+    pub(crate) fn seal_shared_to(
+        &self,
+        group: &Group,
+        ids: &[IdentityKey],
+        keys: &[HybridPublicKey],
+        msg: &[u8],
+    ) -> (Vec<u8>, Vec<(IdentityKey, Vec<u8>)>) {
+        let protection = if group.suite() == Some(Suite::PostQuantum) {
+            BodyProtection::Mls
+        } else {
+            BodyProtection::Wrapped
+        };
+        let sealed = seal_shared(&self.identity, msg, now_ms(), protection, keys);
+        let parts = ids.iter().copied().zip(sealed.parts).collect();
+        (sealed.body, parts)
     }
 
     pub(crate) fn group_message(&self, body: Body, group_id: &[u8], mls: Vec<u8>) -> ClientMessage {

@@ -16,15 +16,18 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use quicnprotochat_crypto::envelope::{HybridPublicKey, open_sealed_sender};
+use quicnprotochat_crypto::envelope::{
+    EnvelopeError, HybridPublicKey, open_sealed_sender, open_shared,
+};
 use quicnprotochat_crypto::mls::GroupMember;
 use quicnprotochat_wire::Envelope;
+use quicnprotochat_wire::fanout::{self, Inbound, Missed};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::group::GroupMsg;
 use super::session::SessionMsg;
 use super::supervisor::{SessionSlot, SupervisorMsg};
-use super::{Effects, Profile, ask, ask_session, notice};
+use super::{Effects, Profile, ask, ask_session, notice, short_hex};
 use crate::client::ClientError;
 use crate::client::message::{Body, ClientMessage};
 use crate::client::messenger::{Line, Messenger, MessengerError};
@@ -161,13 +164,26 @@ impl ReceiverState {
     async fn apply(&mut self, seq: u64, data: &[u8]) -> Result<Vec<Line>, MessengerError> {
         let mut fx = Effects::default();
         let me = self.profile.me();
-        match open_sealed_sender(&me, &self.profile.hybrid, data) {
-            Err(e) => fx.lines.push(notice(
+        // `None`: a note from the node itself, nothing to open.
+        let opened = match fanout::parse(data) {
+            Ok(Inbound::Direct(d)) => Some(open_sealed_sender(&me, &self.profile.hybrid, d)),
+            Ok(Inbound::Shared { part, body }) => {
+                Some(open_shared(&self.profile.hybrid, part, body))
+            }
+            Ok(Inbound::Missed(missed)) => {
+                fx.lines.push(self.missed_notice(seq, &missed)?);
+                None
+            }
+            Err(_) => Some(Err(EnvelopeError::Truncated)),
+        };
+        match opened {
+            None => {}
+            Some(Err(e)) => fx.lines.push(notice(
                 seq,
                 None,
                 format!("message {seq} could not be opened: {e}"),
             )),
-            Ok(sealed) => match ClientMessage::decode(&sealed.payload) {
+            Some(Ok(sealed)) => match ClientMessage::decode(&sealed.payload) {
                 Err(e) => fx.lines.push(notice(
                     seq,
                     None,
@@ -211,6 +227,31 @@ impl ReceiverState {
             return Err(e);
         }
         Ok(fx.lines)
+    }
+
+    /// The line that tells of messages the node could not queue for us.
+    fn missed_notice(&self, seq: u64, missed: &Missed) -> Result<Line, MessengerError> {
+        let mut names = Vec::new();
+        for g in &missed.groups {
+            names.push(match self.profile.state.group_name(g)? {
+                Some(name) => name,
+                None => format!("group {}", short_hex(g)),
+            });
+        }
+        let group = (missed.groups.len() == 1).then(|| names[0].clone());
+        let whose = if names.is_empty() {
+            String::new()
+        } else {
+            format!(" of {}", names.join(", "))
+        };
+        Ok(notice(
+            seq,
+            group.as_deref(),
+            format!(
+                "you missed {} message(s){whose}: your inbox was full when they were sent",
+                missed.count
+            ),
+        ))
     }
 
     async fn group(&self, gid: &[u8]) -> Result<ActorRef<GroupMsg>, MessengerError> {

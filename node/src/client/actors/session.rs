@@ -19,6 +19,7 @@ use ractor::{ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::broadcast;
 
 use super::{NodeAddress, Profile};
+use crate::client::rpc::{CommitBodies, SendOutcome};
 use crate::client::{
     ClaimedKeyPackage, ClientError, KeyDirectory, KeyPackageTarget, NodeConnection, SessionHandle,
 };
@@ -60,17 +61,19 @@ pub(crate) enum SessionMsg {
         up_to: u64,
         reply: Reply<()>,
     },
-    EnqueueBatch {
-        deliveries: Vec<(IdentityKey, Vec<u8>)>,
-        reply: Reply<Vec<u64>>,
+    SendGroup {
+        group_id: Vec<u8>,
+        body: Vec<u8>,
+        recipients: Vec<(IdentityKey, Vec<u8>)>,
+        reply: Reply<Vec<SendOutcome>>,
     },
-    Commit {
+    CommitGroup {
         group_id: Vec<u8>,
         epoch: u64,
         members: Vec<Vec<u8>>,
-        deliveries: Vec<(IdentityKey, Vec<u8>)>,
         mls_commit: Vec<u8>,
-        reply: Reply<Vec<u64>>,
+        bodies: CommitBodies,
+        reply: Reply<u32>,
     },
     FetchKeyPackages {
         target: KeyPackageTarget,
@@ -275,24 +278,29 @@ impl ThreadLocalActor for SessionActor {
                     )
                     .await
             }
-            SessionMsg::EnqueueBatch { deliveries, reply } => {
-                state
-                    .run(&myself, reply, move |s, _| async move {
-                        s.enqueue_batch(&deliveries).await
-                    })
-                    .await
-            }
-            SessionMsg::Commit {
+            SessionMsg::SendGroup {
                 group_id,
-                epoch,
-                members,
-                deliveries,
-                mls_commit,
+                body,
+                recipients,
                 reply,
             } => {
                 state
                     .run(&myself, reply, move |s, _| async move {
-                        s.commit(&group_id, epoch, &members, &deliveries, &mls_commit)
+                        s.send_group(&group_id, &body, &recipients).await
+                    })
+                    .await
+            }
+            SessionMsg::CommitGroup {
+                group_id,
+                epoch,
+                members,
+                mls_commit,
+                bodies,
+                reply,
+            } => {
+                state
+                    .run(&myself, reply, move |s, _| async move {
+                        s.commit_group(&group_id, epoch, &members, &mls_commit, &bodies)
                             .await
                     })
                     .await

@@ -27,6 +27,39 @@ pub struct WhoAmI {
     pub expires_at_ms: u64,
 }
 
+/// What became of one recipient of a group send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendOutcome {
+    /// The recipient device.
+    pub recipient: IdentityKey,
+    /// Its seq, or why its inbox did not take the message.
+    pub outcome: Result<u64, WireError>,
+}
+
+/// The bodies of one commit (see [`SessionHandle::commit_group`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommitBodies {
+    /// For every member before the commit but this device.
+    pub commit: Vec<u8>,
+    /// For every member the commit adds (empty when none).
+    pub welcome: Vec<u8>,
+    /// For this device.
+    pub receipt: Vec<u8>,
+    /// Per-recipient parts, where the bodies need them.
+    pub parts: Vec<(IdentityKey, Vec<u8>)>,
+}
+
+fn write_recipients(
+    mut list: capnp::struct_list::Builder<'_, quicnprotochat_wire::node_capnp::recipient::Owned>,
+    recipients: &[(IdentityKey, Vec<u8>)],
+) {
+    for (i, (who, part)) in recipients.iter().enumerate() {
+        let mut r = list.reborrow().get(i as u32);
+        r.set_identity_key(&who.0);
+        r.set_part(part);
+    }
+}
+
 impl SessionHandle {
     /// The session capability as generated code sees it (fuzzing).
     #[doc(hidden)]
@@ -171,6 +204,82 @@ impl SessionHandle {
         );
         let reply = req.send().promise.await?;
         Ok(reply.get()?.get_seqs()?.iter().collect())
+    }
+
+    /// Sends one body to the group's members (`recipients` empty: every member
+    /// but this device; otherwise exactly these, each with its part). The node
+    /// stores it once; each recipient's inbox takes or drops its copy on its own.
+    pub async fn send_group(
+        &self,
+        group_id: &[u8],
+        body: &[u8],
+        recipients: &[(IdentityKey, Vec<u8>)],
+    ) -> Result<Vec<SendOutcome>, ClientError> {
+        let mut req = self.session.send_group_request();
+        req.get().set_group_id(group_id);
+        req.get().set_body(body);
+        write_recipients(
+            req.get().init_recipients(recipients.len() as u32),
+            recipients,
+        );
+        let reply = req.send().promise.await?;
+        let mut out = Vec::new();
+        for o in reply.get()?.get_outcomes()? {
+            let recipient = IdentityKey::from_wire(o.get_recipient()?, "recipient")
+                .map_err(|e| ClientError::Protocol(e.to_string()))?;
+            let outcome = match o
+                .which()
+                .map_err(|e| ClientError::Protocol(e.to_string()))?
+            {
+                quicnprotochat_wire::node_capnp::send_outcome::Seq(seq) => Ok(seq),
+                quicnprotochat_wire::node_capnp::send_outcome::Refused(text) => {
+                    let text = text?
+                        .to_string()
+                        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                    Err(WireError::parse(&text).unwrap_or_else(|| {
+                        WireError::new(quicnprotochat_wire::ErrorCode::Unavailable, text)
+                    }))
+                }
+            };
+            out.push(SendOutcome { recipient, outcome });
+        }
+        Ok(out)
+    }
+
+    /// Offers a commit whose bodies are uploaded once: the node stores
+    /// `commit_body` for every member before it, `welcome_body` for every member
+    /// it adds and `receipt_body` for this device, in one transaction, only if it
+    /// is the first commit at `epoch` (`STALE_EPOCH` otherwise). `parts`: each
+    /// recipient's part where the bodies need one. Returns how many inboxes got
+    /// a copy.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn commit_group(
+        &self,
+        group_id: &[u8],
+        epoch: u64,
+        members: &[Vec<u8>],
+        mls_commit: &[u8],
+        bodies: &CommitBodies,
+    ) -> Result<u32, ClientError> {
+        let mut req = self.session.commit_group_request();
+        req.get().set_group_id(group_id);
+        req.get().set_epoch(epoch);
+        req.get().set_mls_commit(mls_commit);
+        {
+            let mut list = req.get().init_members(members.len() as u32);
+            for (i, m) in members.iter().enumerate() {
+                list.set(i as u32, m);
+            }
+        }
+        req.get().set_commit_body(&bodies.commit);
+        req.get().set_welcome_body(&bodies.welcome);
+        req.get().set_receipt_body(&bodies.receipt);
+        write_recipients(
+            req.get().init_parts(bodies.parts.len() as u32),
+            &bodies.parts,
+        );
+        let reply = req.send().promise.await?;
+        Ok(reply.get()?.get_delivered())
     }
 
     /// Envelopes of the own inbox with seq > `after` (0 = as many as allowed).
