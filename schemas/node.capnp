@@ -16,6 +16,21 @@ struct Envelope {
   # starts at 1, grows by exactly one per accepted message, never reused.
   seq @0 :UInt64;
   data @1 :Data;
+  kind @2 :EnvelopeKind;
+  # What `data` is (older nodes send only `direct`).
+  part @3 :Data;
+  # For `shared`: this recipient's own part of the envelope (may be empty).
+}
+
+enum EnvelopeKind {
+  direct @0;
+  # `data` is what a client enqueued for this inbox alone.
+  shared @1;
+  # `data` is a body stored once for many recipients (sendGroup, commitGroup).
+  missed @2;
+  # `data` is the node's note of messages it could not queue for this inbox
+  # while it was full: count (u64 BE) ‖ group count (u16 BE) ‖
+  # (group id length (u16 BE) ‖ group id)*, at most 16 groups.
 }
 
 struct Delivery {
@@ -135,12 +150,12 @@ interface Session {
   sendGroup @12 (groupId :Data, body :Data, recipients :List(Recipient)) -> (outcomes :List(SendOutcome));
   # One upload for a whole group: the node stores `body` once, and each recipient
   # inbox gets its own seq pointing at it (fetch returns each recipient its own
-  # envelope: see "Fan-out envelopes" below). The caller must be a member of the
+  # envelope, of kind `shared`). The caller must be a member of the
   # group (its last accepted commit named it; UNAUTHORIZED otherwise).
   # `recipients` empty: every member but the caller, with empty parts. Otherwise
   # each must be a member (BAD_REQUEST otherwise). Deliveries are independent: an
   # inbox that is full refuses only its own copy (reported in `outcomes`), and
-  # its owner later finds a missed-messages envelope naming the group.
+  # its owner later finds a `missed` envelope naming the group.
 
   commitGroup @13 (groupId :Data, epoch :UInt64, members :List(Data), mlsCommit :Data, commitBody :Data, welcomeBody :Data, receiptBody :Data, parts :List(Recipient)) -> (delivered :UInt32);
   # `commit` with one upload: the node derives the recipients from the group's
@@ -150,15 +165,6 @@ interface Session {
   # (by identity key) where the bodies need them. A commit is the group's
   # history, so it is stored for every remaining member or not at all: it may
   # exceed an inbox's queue limit by as much again (QUEUE_FULL past that, naming
-  # the inbox); a removed member past its limit gets a missed-messages envelope
+  # the inbox); a removed member past its limit gets a `missed` envelope
   # instead. `delivered`: how many inboxes got a copy.
 }
-
-# Fan-out envelopes. What fetch returns in `Envelope.data` is either what a
-# client enqueued (enqueue, enqueueBatch, commit, enqueueSealed), or made by the
-# node, told apart by the first byte (client payloads may not start with 0x02 or
-# 0x03: BAD_REQUEST):
-#   0x02 shared:  0x02 ‖ part length (u32 BE) ‖ part ‖ body   (sendGroup, commitGroup)
-#   0x03 missed:  0x03 ‖ count (u64 BE) ‖ group count (u16 BE) ‖
-#                 (group id length (u16 BE) ‖ group id)*     (messages dropped for a
-#                 full inbox since the last such envelope, and their groups, at most 16)

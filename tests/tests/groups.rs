@@ -3,7 +3,7 @@
 //! commit race (many members commit at one epoch, exactly one wins, nobody forks);
 //! a group of 20; messages from a future epoch held until their commit arrives.
 
-use quicnprotochat_wire::fanout::{self, Inbound};
+use quicnprotochat_wire::Inbound;
 use std::collections::BTreeMap;
 
 use quicnprotochat::client::messenger::{CrashPoint, MessengerError};
@@ -292,7 +292,7 @@ async fn a_message_from_a_later_epoch_waits_for_its_commit() {
         let gid = alice.messenger.group("g").await.unwrap().group_id;
         let me = quicnprotochat_wire::IdentityKey(bob.identity.public_key());
         for e in &envs {
-            let Ok(Inbound::Shared { part, body }) = fanout::parse(&e.data) else {
+            let Ok(Inbound::Shared { part, body }) = e.inbound() else {
                 panic!("group traffic arrives as shared bodies");
             };
             let sent = raw_alice
@@ -316,7 +316,7 @@ async fn a_message_from_a_later_epoch_waits_for_its_commit() {
 
         // Replayed envelopes (same bytes again) are refused, not applied twice.
         for e in &envs {
-            let Ok(Inbound::Shared { part, body }) = fanout::parse(&e.data) else {
+            let Ok(Inbound::Shared { part, body }) = e.inbound() else {
                 unreachable!("checked above");
             };
             raw_alice

@@ -1,33 +1,13 @@
-//! Envelopes the node makes: a shared body with one recipient's part, and the
-//! missed-messages marker. Both ends read them, so their layout lives here (see
-//! the "Fan-out envelopes" comment at the end of `schemas/node.capnp`).
+//! What the node makes of group fan-out: the missed-messages note of a full inbox
+//! (the `missed` envelope kind of `schemas/node.capnp`) and the limits of shared
+//! bodies' parts.
 
 use crate::error::{ErrorCode, WireError};
 
-/// First byte of a shared-body envelope.
-pub const SHARED: u8 = 0x02;
-/// First byte of a missed-messages envelope.
-pub const MISSED: u8 = 0x03;
 /// Largest per-recipient part the node stores (an X-Wing-wrapped key is ~1.2 KB).
 pub const MAX_PART: usize = 2048;
 /// Most group ids one missed-messages envelope names (the count covers them all).
 pub const MAX_MISSED_GROUPS: usize = 16;
-
-/// What an inbox envelope is, by its first byte.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Inbound<'a> {
-    /// What a client enqueued for this inbox alone.
-    Direct(&'a [u8]),
-    /// A body shared by many recipients, with this recipient's part.
-    Shared {
-        /// This recipient's part (empty when the body needs none).
-        part: &'a [u8],
-        /// The shared body.
-        body: &'a [u8],
-    },
-    /// Messages the node could not queue for this inbox (it was full).
-    Missed(Missed),
-}
 
 /// What a missed-messages envelope says.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -47,9 +27,9 @@ impl Missed {
         }
     }
 
-    /// The envelope's bytes.
+    /// The note's bytes (the `data` of a `missed` envelope).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![MISSED];
+        let mut out = Vec::new();
         out.extend_from_slice(&self.count.to_be_bytes());
         let groups = &self.groups[..self.groups.len().min(MAX_MISSED_GROUPS)];
         out.extend_from_slice(&(groups.len() as u16).to_be_bytes());
@@ -61,7 +41,8 @@ impl Missed {
         out
     }
 
-    fn decode(mut rest: &[u8]) -> Result<Missed, WireError> {
+    /// Reads a note; anything else is a typed error.
+    pub fn decode(mut rest: &[u8]) -> Result<Missed, WireError> {
         let bad = || WireError::new(ErrorCode::BadRequest, "malformed missed-messages envelope");
         let mut take = |n: usize| -> Result<&[u8], WireError> {
             if rest.len() < n {
@@ -88,48 +69,6 @@ impl Missed {
     }
 }
 
-/// The envelope one recipient of a shared body fetches.
-pub fn compose_shared(part: &[u8], body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(5 + part.len() + body.len());
-    out.push(SHARED);
-    out.extend_from_slice(&(part.len() as u32).to_be_bytes());
-    out.extend_from_slice(part);
-    out.extend_from_slice(body);
-    out
-}
-
-/// Tells apart what an inbox envelope is.
-pub fn parse(data: &[u8]) -> Result<Inbound<'_>, WireError> {
-    match data.first() {
-        Some(&SHARED) => {
-            let bad = || WireError::new(ErrorCode::BadRequest, "malformed shared envelope");
-            let len = data.get(1..5).ok_or_else(bad)?;
-            let len = u32::from_be_bytes(len.try_into().expect("4 bytes")) as usize;
-            let part = data.get(5..5usize.saturating_add(len)).ok_or_else(bad)?;
-            Ok(Inbound::Shared {
-                part,
-                body: &data[5 + len..],
-            })
-        }
-        Some(&MISSED) => Ok(Inbound::Missed(Missed::decode(&data[1..])?)),
-        _ => Ok(Inbound::Direct(data)),
-    }
-}
-
-/// Whether a client may enqueue `payload` for one inbox: the first bytes of the
-/// node's own envelopes are reserved, so no client can forge one.
-pub fn check_client_payload(payload: &[u8]) -> Result<(), WireError> {
-    match payload.first() {
-        Some(&b) if b == SHARED || b == MISSED => Err(WireError::new(
-            ErrorCode::BadRequest,
-            format!(
-                "a payload may not start with byte 0x{b:02x}: it marks envelopes the node makes"
-            ),
-        )),
-        _ => Ok(()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,34 +76,19 @@ mod tests {
 
     proptest! {
         #[test]
-        fn shared_envelopes_round_trip(part in proptest::collection::vec(any::<u8>(), 0..64), body in proptest::collection::vec(any::<u8>(), 0..256)) {
-            let data = compose_shared(&part, &body);
-            prop_assert_eq!(parse(&data).unwrap(), Inbound::Shared { part: &part, body: &body });
-        }
-
-        #[test]
-        fn missed_markers_round_trip(groups in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..40), 0..30)) {
+        fn missed_notes_round_trip(groups in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 1..40), 0..30)) {
             let mut m = Missed::default();
             for g in &groups {
                 m.add(g);
             }
             prop_assert_eq!(m.count, groups.len() as u64);
             prop_assert!(m.groups.len() <= MAX_MISSED_GROUPS);
-            let bytes = m.encode();
-            prop_assert_eq!(parse(&bytes).unwrap(), Inbound::Missed(m));
+            prop_assert_eq!(Missed::decode(&m.encode()).unwrap(), m);
         }
 
         #[test]
-        fn arbitrary_bytes_parse_or_refuse_without_panic(data in proptest::collection::vec(any::<u8>(), 0..128)) {
-            let _ = parse(&data);
+        fn arbitrary_bytes_decode_or_refuse_without_panic(data in proptest::collection::vec(any::<u8>(), 0..128)) {
+            let _ = Missed::decode(&data);
         }
-    }
-
-    #[test]
-    fn client_payloads_may_not_look_like_node_envelopes() {
-        assert!(check_client_payload(&[SHARED, 0]).is_err());
-        assert!(check_client_payload(&[MISSED]).is_err());
-        assert!(check_client_payload(&[1, 2, 3]).is_ok());
-        assert!(check_client_payload(&[]).is_ok());
     }
 }

@@ -22,7 +22,7 @@ pub mod limits;
 pub mod types;
 
 pub use error::{ErrorCode, WireError};
-pub use types::{Envelope, IDENTITY_KEY_LEN, IdentityKey};
+pub use types::{Envelope, EnvelopeKind, IDENTITY_KEY_LEN, IdentityKey, Inbound};
 
 /// ALPN protocol id of our QUIC connections; a peer speaking anything else is refused
 /// during the TLS handshake.

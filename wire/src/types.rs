@@ -43,23 +43,115 @@ impl std::fmt::Debug for IdentityKey {
 pub struct Envelope {
     /// Its place in the inbox: gap-free, increasing, never reused.
     pub seq: u64,
-    /// The payload as the sender gave it.
+    /// The payload as the sender gave it (for a shared envelope, the body all
+    /// its recipients share; for a missed note, the note).
     pub data: Vec<u8>,
+    /// What `data` is.
+    pub kind: EnvelopeKind,
+    /// For a shared envelope: this recipient's own part (may be empty).
+    pub part: Vec<u8>,
+}
+
+/// What an envelope's data is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvelopeKind {
+    /// What a client enqueued for this inbox alone.
+    Direct,
+    /// A body stored once for many recipients.
+    Shared,
+    /// The node's note of messages it could not queue while the inbox was full.
+    Missed,
+}
+
+/// An envelope's content, typed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound<'a> {
+    /// What a client enqueued for this inbox alone.
+    Direct(&'a [u8]),
+    /// A shared body with this recipient's part.
+    Shared {
+        /// This recipient's part (may be empty).
+        part: &'a [u8],
+        /// The shared body.
+        body: &'a [u8],
+    },
+    /// Messages dropped for this inbox while it was full.
+    Missed(crate::fanout::Missed),
 }
 
 impl Envelope {
+    /// A client's message for this inbox alone.
+    pub fn direct(seq: u64, data: Vec<u8>) -> Envelope {
+        Envelope {
+            seq,
+            data,
+            kind: EnvelopeKind::Direct,
+            part: Vec::new(),
+        }
+    }
+
+    /// A recipient's view of a shared body.
+    pub fn shared(seq: u64, part: Vec<u8>, body: Vec<u8>) -> Envelope {
+        Envelope {
+            seq,
+            data: body,
+            kind: EnvelopeKind::Shared,
+            part,
+        }
+    }
+
+    /// The node's missed-messages note.
+    pub fn missed(seq: u64, note: Vec<u8>) -> Envelope {
+        Envelope {
+            seq,
+            data: note,
+            kind: EnvelopeKind::Missed,
+            part: Vec::new(),
+        }
+    }
+
+    /// What the envelope carries, typed (a malformed note is an error).
+    pub fn inbound(&self) -> Result<Inbound<'_>, WireError> {
+        Ok(match self.kind {
+            EnvelopeKind::Direct => Inbound::Direct(&self.data),
+            EnvelopeKind::Shared => Inbound::Shared {
+                part: &self.part,
+                body: &self.data,
+            },
+            EnvelopeKind::Missed => Inbound::Missed(crate::fanout::Missed::decode(&self.data)?),
+        })
+    }
+
     /// Reads an envelope off the wire.
     pub fn read(reader: envelope::Reader<'_>) -> capnp::Result<Envelope> {
+        use crate::node_capnp::EnvelopeKind as Wire;
+        let kind = match reader.get_kind() {
+            Ok(Wire::Direct) => EnvelopeKind::Direct,
+            Ok(Wire::Shared) => EnvelopeKind::Shared,
+            Ok(Wire::Missed) => EnvelopeKind::Missed,
+            Err(_) => return Err(capnp::Error::failed("unknown envelope kind".into())),
+        };
         Ok(Envelope {
             seq: reader.get_seq(),
             data: reader.get_data()?.to_vec(),
+            kind,
+            part: reader.get_part()?.to_vec(),
         })
     }
 
     /// Writes the envelope onto the wire.
     pub fn write(&self, mut builder: envelope::Builder<'_>) {
+        use crate::node_capnp::EnvelopeKind as Wire;
         builder.set_seq(self.seq);
         builder.set_data(&self.data);
+        builder.set_kind(match self.kind {
+            EnvelopeKind::Direct => Wire::Direct,
+            EnvelopeKind::Shared => Wire::Shared,
+            EnvelopeKind::Missed => Wire::Missed,
+        });
+        if !self.part.is_empty() {
+            builder.set_part(&self.part);
+        }
     }
 }
 

@@ -115,15 +115,8 @@ fn login_refused() -> capnp::Error {
     auth_refusal(AuthError::Unauthorized)
 }
 
-/// Refuses a client's payload for one inbox that is too large to store (before
-/// copying it) or that would pass for an envelope the node makes.
-fn check_payload(ctx: &NodeContext, payload: &[u8]) -> Result<(), capnp::Error> {
-    quicnprotochat_wire::fanout::check_client_payload(payload)?;
-    check_body(ctx, payload)
-}
-
 /// Refuses a payload or shared body too large to store, before copying it.
-fn check_body(ctx: &NodeContext, payload: &[u8]) -> Result<(), capnp::Error> {
+fn check_payload(ctx: &NodeContext, payload: &[u8]) -> Result<(), capnp::Error> {
     if payload.len() > ctx.limits.max_payload {
         return Err(WireError::from(crate::DeliveryError::Refused(
             crate::core::inbox::InboxRefusal::TooLarge {

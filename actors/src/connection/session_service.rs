@@ -469,7 +469,7 @@ impl session::Server for SessionService {
         let group_id = p.get_group_id().map_err(bad_params)?;
         check_group_id(group_id).map_err(commit_refusal)?;
         let body = p.get_body().map_err(bad_params)?;
-        check_body(&self.ctx, body)?;
+        check_payload(&self.ctx, body)?;
         let named = self.recipients(p.get_recipients().map_err(bad_params)?)?;
         self.charge_fanout(named.len())?;
         let outcomes = self
@@ -520,7 +520,7 @@ impl session::Server for SessionService {
             p.get_receipt_body(),
         ] {
             let body = body.map_err(bad_params)?;
-            check_body(&self.ctx, body)?;
+            check_payload(&self.ctx, body)?;
             bodies.push(body.to_vec());
         }
         let parts = self.recipients(p.get_parts().map_err(bad_params)?)?;

@@ -42,6 +42,8 @@ const PARTS: TableDefinition<(&[u8; 32], u64), &[u8]> = TableDefinition::new("pa
 /// Inbox → messages dropped for it while full, not yet told (an encoded
 /// missed-messages envelope).
 const MISSED: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("missed");
+/// Log keys of missed-messages notes (the node's own envelopes).
+const NOTES: TableDefinition<u64, ()> = TableDefinition::new("notes");
 
 const KEY_SCHEMA_VERSION: &str = "schema_version";
 const KEY_NEXT_LOG: &str = "next_log";
@@ -175,6 +177,7 @@ impl ServerStore {
             txn.open_table(BODY_REFS)?;
             txn.open_table(PARTS)?;
             txn.open_table(MISSED)?;
+            txn.open_table(NOTES)?;
             txn.open_table(GROUPS)?;
             txn.open_table(GROUP_MEMBERS)?;
             txn.open_table(GROUP_CREATORS)?;
@@ -262,6 +265,7 @@ impl ServerStore {
         let log = txn.open_table(LOG)?;
         let refs = txn.open_table(BODY_REFS)?;
         let parts = txn.open_table(PARTS)?;
+        let notes = txn.open_table(NOTES)?;
         let start = after.saturating_add(1);
         let mut out = Vec::new();
         let mut bytes = 0usize;
@@ -278,18 +282,20 @@ impl ServerStore {
             let stored = log.get(log_key)?.ok_or_else(|| {
                 StoreError::Corrupt(format!("index points to missing log entry {log_key}"))
             })?;
-            let data = if refs.get(log_key)?.is_some() {
-                let part = parts.get((&inbox.0, seq))?;
-                let part = part.as_ref().map_or(&[][..], |p| p.value());
-                quicnprotochat_wire::fanout::compose_shared(part, stored.value())
-            } else {
-                stored.value().to_vec()
-            };
+            let data = stored.value().to_vec();
             bytes += data.len();
             if bytes > max_bytes && !out.is_empty() {
                 break;
             }
-            out.push(Envelope { seq, data });
+            out.push(if refs.get(log_key)?.is_some() {
+                let part = parts.get((&inbox.0, seq))?;
+                let part = part.map(|p| p.value().to_vec()).unwrap_or_default();
+                Envelope::shared(seq, part, data)
+            } else if notes.get(log_key)?.is_some() {
+                Envelope::missed(seq, data)
+            } else {
+                Envelope::direct(seq, data)
+            });
         }
         Ok(out)
     }
@@ -441,6 +447,7 @@ pub struct WriteBatch<'txn> {
     refs: redb::Table<'txn, u64, u64>,
     parts: redb::Table<'txn, (&'static [u8; 32], u64), &'static [u8]>,
     missed: redb::Table<'txn, &'static [u8; 32], &'static [u8]>,
+    notes: redb::Table<'txn, u64, ()>,
     counters: redb::Table<'txn, &'static str, u64>,
     next_log: u64,
 }
@@ -457,6 +464,7 @@ impl<'txn> WriteBatch<'txn> {
             refs: txn.open_table(BODY_REFS)?,
             parts: txn.open_table(PARTS)?,
             missed: txn.open_table(MISSED)?,
+            notes: txn.open_table(NOTES)?,
             counters,
             next_log,
         })
@@ -547,12 +555,9 @@ impl<'txn> WriteBatch<'txn> {
         let Some(v) = self.missed.get(&inbox.0)? else {
             return Ok(Missed::default());
         };
-        match quicnprotochat_wire::fanout::parse(v.value()) {
-            Ok(quicnprotochat_wire::fanout::Inbound::Missed(m)) => Ok(m),
-            _ => Err(StoreError::Corrupt(format!(
-                "unreadable missed record of inbox {inbox:?}"
-            ))),
-        }
+        Missed::decode(v.value()).map_err(|_| {
+            StoreError::Corrupt(format!("unreadable missed record of inbox {inbox:?}"))
+        })
     }
 
     /// Queues the missed-messages envelope of `inbox` as message `seq` and
@@ -563,7 +568,9 @@ impl<'txn> WriteBatch<'txn> {
         seq: u64,
     ) -> Result<(), StoreError> {
         let m = self.missed(inbox)?;
+        let log_key = self.next_log;
         self.append(inbox, seq, &m.encode())?;
+        self.notes.insert(log_key, ())?;
         self.missed.remove(&inbox.0)?;
         Ok(())
     }
@@ -609,6 +616,7 @@ impl<'txn> WriteBatch<'txn> {
             match refs {
                 None => {
                     self.log.remove(*log_key)?;
+                    self.notes.remove(*log_key)?;
                 }
                 Some(n) if n <= 1 => {
                     self.refs.remove(*log_key)?;

@@ -20,8 +20,8 @@ use quicnprotochat_crypto::envelope::{
     EnvelopeError, HybridPublicKey, open_sealed_sender, open_shared,
 };
 use quicnprotochat_crypto::mls::GroupMember;
-use quicnprotochat_wire::Envelope;
-use quicnprotochat_wire::fanout::{self, Inbound, Missed};
+use quicnprotochat_wire::fanout::Missed;
+use quicnprotochat_wire::{Envelope, Inbound};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::group::GroupMsg;
@@ -145,7 +145,7 @@ impl ReceiverState {
             if env.seq <= self.cursor {
                 continue; // a duplicate: already applied
             }
-            job.lines.extend(self.apply(env.seq, &env.data).await?);
+            job.lines.extend(self.apply(&env).await?);
             self.cursor = env.seq;
             applied = true;
         }
@@ -161,11 +161,12 @@ impl ReceiverState {
     }
 
     /// Applies one envelope: its effects and the cursor commit together.
-    async fn apply(&mut self, seq: u64, data: &[u8]) -> Result<Vec<Line>, MessengerError> {
+    async fn apply(&mut self, env: &Envelope) -> Result<Vec<Line>, MessengerError> {
+        let seq = env.seq;
         let mut fx = Effects::default();
         let me = self.profile.me();
         // `None`: a note from the node itself, nothing to open.
-        let opened = match fanout::parse(data) {
+        let opened = match env.inbound() {
             Ok(Inbound::Direct(d)) => Some(open_sealed_sender(&me, &self.profile.hybrid, d)),
             Ok(Inbound::Shared { part, body }) => {
                 Some(open_shared(&self.profile.hybrid, part, body))
