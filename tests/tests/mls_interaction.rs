@@ -11,7 +11,7 @@ use std::time::Duration;
 use quicnprotochat::client::SessionHandle;
 use quicnprotochat_crypto::mls::Suite;
 use quicnprotochat_tests::{Person, TestNode, local};
-use quicnprotochat_wire::IdentityKey;
+use quicnprotochat_wire::{Envelope, IdentityKey, Inbound};
 
 /// A small deterministic generator (xorshift64*), so a failing seed replays.
 struct Rng(u64);
@@ -30,25 +30,45 @@ impl Rng {
 }
 
 /// Takes everything out of `member`'s inbox and puts it back shuffled, each
-/// envelope once or (sometimes) twice.
-async fn disturb(raw: &SessionHandle, member: &Person, rng: &mut Rng) {
+/// envelope once or (sometimes) twice. Group traffic is shared bodies, which
+/// only a member can put in an inbox: `helper` (another member) does, through
+/// the group's fan-out, with the victim's own part.
+async fn disturb(
+    raw: &SessionHandle,
+    helper: &SessionHandle,
+    gid: &[u8],
+    member: &Person,
+    rng: &mut Rng,
+) {
     let envs = raw.fetch(0, 0).await.unwrap();
     let Some(last) = envs.last() else { return };
     raw.ack(last.seq).await.unwrap();
-    let mut payloads: Vec<Vec<u8>> = Vec::new();
+    let mut kept: Vec<Envelope> = Vec::new();
     for e in envs {
         if rng.below(4) == 0 {
-            payloads.push(e.data.clone());
+            kept.push(e.clone());
         }
-        payloads.push(e.data);
+        kept.push(e);
     }
-    for i in (1..payloads.len()).rev() {
+    for i in (1..kept.len()).rev() {
         let j = rng.below(i as u64 + 1) as usize;
-        payloads.swap(i, j);
+        kept.swap(i, j);
     }
     let me = IdentityKey(member.identity.public_key());
-    for p in payloads {
-        raw.enqueue(&me, &p).await.unwrap();
+    for e in kept {
+        match e.inbound().unwrap() {
+            Inbound::Direct(data) => {
+                raw.enqueue(&me, data).await.unwrap();
+            }
+            Inbound::Shared { part, body } => {
+                let sent = helper
+                    .send_group(gid, body, &[(me, part.to_vec())])
+                    .await
+                    .unwrap();
+                assert!(sent[0].outcome.is_ok());
+            }
+            Inbound::Missed(_) => unreachable!("no inbox fills up here"),
+        }
     }
 }
 
@@ -77,6 +97,7 @@ async fn run(seed: u64) {
             .collect();
         people[0].messenger.create_group("f", Suite::Classic).await.unwrap();
         people[0].messenger.invite("f", &names).await.unwrap();
+        let gid = people[0].messenger.group("f").await.unwrap().group_id;
         // A raw session per member: the test's hand in its inbox.
         let mut raws = Vec::new();
         for p in &people {
@@ -111,7 +132,15 @@ async fn run(seed: u64) {
                 }
                 _ => {
                     let victim = rng.below(MEMBERS as u64) as usize;
-                    disturb(&raws[victim].1, &people[victim], &mut rng).await;
+                    let helper = (victim + 1) % MEMBERS;
+                    disturb(
+                        &raws[victim].1,
+                        &raws[helper].1,
+                        &gid,
+                        &people[victim],
+                        &mut rng,
+                    )
+                    .await;
                 }
             }
             // Someone catches up now and then.

@@ -3,6 +3,7 @@
 
 pub mod actors;
 pub mod commands;
+pub mod core;
 pub mod display;
 pub mod group_commands;
 pub mod message;

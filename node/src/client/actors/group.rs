@@ -14,7 +14,7 @@ use std::sync::Arc;
 use quicnprotochat_actors::auth::NO_KEY_PACKAGES;
 use quicnprotochat_crypto::envelope::HybridPublicKey;
 use quicnprotochat_crypto::mls::{
-    CommitOutput, Group, GroupEvent, GroupMember, MlsError, validate_key_package,
+    CommitOutput, Group, GroupEvent, GroupMember, validate_key_package,
 };
 use quicnprotochat_wire::{ErrorCode, IdentityKey};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
@@ -22,6 +22,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use super::session::SessionMsg;
 use super::supervisor::SessionSlot;
 use super::{Effects, Profile, ask_session, notice, short_hex};
+use crate::client::core::{
+    Disposition, DropReason, GroupProtocol, NodeAnswer, PendingAction, Processed,
+};
 use crate::client::message::{Body, ClientMessage, RosterEntry};
 use crate::client::messenger::{
     CrashPoint, GroupSummary, Line, MAX_COMMIT_BYTES, MAX_HELD, MessengerError, SendReport,
@@ -353,11 +356,18 @@ impl GroupState {
             reply,
         })
         .await;
-        match answer {
-            Ok(_) if crash_at == Some(CrashPoint::AfterAcceptance) => {
-                Ok(CommitOutcome::Interrupted)
-            }
-            Ok(_) => {
+        if answer.is_ok() && crash_at == Some(CrashPoint::AfterAcceptance) {
+            return Ok(CommitOutcome::Interrupted);
+        }
+        let mut protocol = self.protocol(&group)?;
+        let node_answer = match &answer {
+            Ok(_) => NodeAnswer::Accepted,
+            Err(e) if e.code() == Some(ErrorCode::StaleEpoch) => NodeAnswer::Stale,
+            Err(ClientError::Refused(_)) => NodeAnswer::Refused,
+            Err(_) => NodeAnswer::Lost,
+        };
+        match protocol.answer(node_answer) {
+            PendingAction::Confirm => {
                 group.confirm_commit(&self.member)?;
                 let epoch = group.epoch();
                 self.save(|t| {
@@ -368,20 +378,21 @@ impl GroupState {
                 })?;
                 Ok(CommitOutcome::Applied(epoch))
             }
-            Err(e) if e.code() == Some(ErrorCode::StaleEpoch) => {
+            PendingAction::Discard => {
                 group.discard_commit(&self.member)?;
                 self.save(|_| Ok(()))?;
-                Ok(CommitOutcome::Stale)
-            }
-            Err(e @ ClientError::Refused(_)) => {
-                group.discard_commit(&self.member)?;
-                self.save(|_| Ok(()))?;
-                Err(e.into())
+                match answer {
+                    Err(e) if node_answer == NodeAnswer::Refused => Err(e.into()),
+                    _ => Ok(CommitOutcome::Stale),
+                }
             }
             // The node may have accepted it before the connection broke: keep it
             // pending; the next pull applies it from its receipt, or discards it
             // when there is none.
-            Err(e) => Err(e.into()),
+            PendingAction::Keep | PendingAction::None => match answer {
+                Err(e) => Err(e.into()),
+                Ok(_) => Ok(CommitOutcome::Nothing),
+            },
         }
     }
 
@@ -448,11 +459,23 @@ impl GroupState {
 
     fn sweep(&mut self) -> Result<bool, MessengerError> {
         let mut g = self.load()?;
-        if g.has_pending_commit() {
+        if self.protocol(&g)?.pulled_everything() == PendingAction::Discard {
             g.discard_commit(&self.member)?;
             self.save(|_| Ok(()))?;
         }
         Ok(g.has_pending_proposals())
+    }
+
+    /// The group-protocol state as stored: the group's epoch, our pending
+    /// commit, the held messages (of every group: they share one bound).
+    fn protocol(&self, group: &Group) -> Result<GroupProtocol, MessengerError> {
+        let held = self.profile.state.held()?;
+        Ok(GroupProtocol::observe(
+            group.epoch(),
+            group.has_pending_commit(),
+            held.into_iter().map(|(seq, _)| (seq, None)),
+            MAX_HELD,
+        ))
     }
 
     fn summary(&self) -> Result<GroupSummary, MessengerError> {
@@ -484,7 +507,7 @@ impl GroupState {
         match msg.body {
             Body::CommitReceipt { epoch } => {
                 let mut group = self.load()?;
-                if group.epoch() == epoch && group.has_pending_commit() {
+                if self.protocol(&group)?.receipt(epoch) == PendingAction::Confirm {
                     group.confirm_commit(&self.member)?;
                     fx.lines.push(Line {
                         seq,
@@ -496,13 +519,19 @@ impl GroupState {
                     self.release_held(seq, &mut fx)?;
                 }
             }
-            Body::Group => self.apply_group_message(seq, &name, sender, msg, raw, &mut fx, true)?,
+            Body::Group => {
+                self.apply_group_message(seq, &name, sender, msg, raw, &mut fx, false)?;
+            }
             Body::Welcome => {} // the receiver joins groups
         }
         self.profile.commit_envelope(self.storage(), seq, &fx)?;
         Ok(fx)
     }
 
+    /// Processes one group message in MLS and carries out what the group
+    /// protocol (`client::core`) decides: show, hold, report, release, forget.
+    /// `retry`: a held message tried again (it may not be held twice; returns
+    /// whether it is to stay held).
     #[allow(clippy::too_many_arguments)]
     fn apply_group_message(
         &mut self,
@@ -512,179 +541,215 @@ impl GroupState {
         msg: &ClientMessage,
         raw: &[u8],
         fx: &mut Effects,
-        may_hold: bool,
-    ) -> Result<(), MessengerError> {
+        retry: bool,
+    ) -> Result<bool, MessengerError> {
         let mut group = self.load()?;
+        let mut protocol = self.protocol(&group)?;
         let before: BTreeSet<Vec<u8>> = group.members().into_iter().collect();
         let checkpoint = self.storage().checkpoint();
-        let event = match group.process(&self.member, &msg.mls) {
-            Ok(e) => e,
+        let (event, error) = match group.process(&self.member, &msg.mls) {
+            Ok(e) => (Some(e), None),
             Err(e) => {
                 // Whatever OpenMLS wrote before refusing is not kept.
                 self.storage().restore(checkpoint);
-                fx.lines.push(notice(
-                    seq,
-                    Some(name),
-                    format!(
-                        "a message from {} was rejected: {e}",
-                        self.profile.name_of(&sender)
-                    ),
-                ));
-                return Ok(());
+                (None, Some(e))
             }
         };
-        let p = self.profile.clone();
-        match event {
-            GroupEvent::Application {
-                sender: mls_sender,
+        let processed = match &event {
+            None => Processed::Rejected,
+            Some(GroupEvent::Application { sender: s, .. }) => Processed::Application {
+                envelope_sender: sender,
+                mls_sender: s.as_slice().try_into().unwrap_or([0; 32]),
+            },
+            Some(GroupEvent::CommitApplied {
                 epoch,
-                plaintext,
-            } => {
-                if mls_sender != sender {
-                    fx.lines.push(notice(
-                        seq,
-                        Some(name),
-                        "a message whose envelope and MLS senders differ was dropped".into(),
-                    ));
-                    return Ok(());
-                }
+                removed_self,
+                ..
+            }) => Processed::CommitApplied {
+                epoch: *epoch,
+                removed_self: *removed_self,
+            },
+            Some(GroupEvent::ProposalStored { .. }) => Processed::Proposal,
+            Some(GroupEvent::NotYet { epoch }) => Processed::NotYet { epoch: *epoch },
+            Some(GroupEvent::TooOld { epoch }) => Processed::TooOld { epoch: *epoch },
+            Some(GroupEvent::Own { .. }) => Processed::Own,
+        };
+        let disposition = protocol.processed(seq, &processed, retry);
+        let p = self.profile.clone();
+        let from = p.name_of(&sender);
+        match (disposition, event) {
+            (Disposition::Hold { .. }, _) if retry => return Ok(true),
+            (Disposition::Hold { .. }, _) => fx.hold = Some(encode_held(&sender, raw)),
+            (Disposition::Notice(reason), event) => {
+                let text = match (reason, event) {
+                    (DropReason::Rejected, _) => format!(
+                        "a message from {from} was rejected: {}",
+                        error.map(|e| e.to_string()).unwrap_or_default()
+                    ),
+                    (DropReason::SenderMismatch, _) => {
+                        "a message whose envelope and MLS senders differ was dropped".into()
+                    }
+                    (DropReason::TooManyHeld, Some(GroupEvent::NotYet { epoch })) => format!(
+                        "a message from epoch {epoch} was dropped: too many messages waiting for their epoch"
+                    ),
+                    (DropReason::TooLate, Some(GroupEvent::TooOld { epoch })) => {
+                        format!("a message from {from} (epoch {epoch}) arrived too late to be read")
+                    }
+                    (DropReason::StillFuture, _) => {
+                        format!(
+                            "a held message from {from} never reached its epoch and was dropped"
+                        )
+                    }
+                    (reason, _) => format!("a message from {from} was dropped ({reason:?})"),
+                };
+                fx.lines.push(notice(seq, Some(name), text));
+            }
+            (
+                Disposition::Show,
+                Some(GroupEvent::Application {
+                    sender,
+                    epoch,
+                    plaintext,
+                }),
+            ) => {
                 fx.lines.push(Line {
                     seq,
                     group: Some(name.to_string()),
-                    sender: Some(p.name_of(&mls_sender)),
+                    sender: Some(p.name_of(&sender)),
                     text: String::from_utf8_lossy(&plaintext).into_owned(),
                     epoch: Some(epoch),
                 });
             }
-            GroupEvent::CommitApplied {
-                sender: committer,
-                epoch,
-                members,
-                removed_self,
-            } => {
-                let after: BTreeSet<Vec<u8>> = members.into_iter().collect();
-                // New members' entries are stored with this envelope's other effects.
-                let learned: Vec<RosterEntry> = msg
-                    .roster
-                    .iter()
-                    .filter(|e| {
-                        after.contains(e.identity.as_slice())
-                            && HybridPublicKey::verify(&e.hybrid_key, &e.identity).is_ok()
-                    })
-                    .cloned()
-                    .collect();
-                let name_for = |id: &[u8]| match learned.iter().find(|e| e.identity == id) {
-                    Some(e) => e.username.clone(),
-                    None => p.name_of(id),
-                };
-                let who = name_for(&committer);
-                let text = if removed_self {
-                    fx.forget_group = Some(msg.group_id.clone());
-                    format!("you were removed from the group by {who}")
-                } else {
-                    let names = |set: Vec<&Vec<u8>>| {
-                        set.iter()
-                            .map(|m| name_for(m))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    };
-                    let added: Vec<&Vec<u8>> = after.difference(&before).collect();
-                    let removed: Vec<&Vec<u8>> = before.difference(&after).collect();
-                    let mut parts = Vec::new();
-                    if !added.is_empty() {
-                        parts.push(format!("added {}", names(added)));
-                    }
-                    if !removed.is_empty() {
-                        parts.push(format!("removed {}", names(removed)));
-                    }
-                    if parts.is_empty() {
-                        parts.push("updated their keys".into());
-                    }
-                    format!("{who} {} (epoch {epoch})", parts.join(", "))
-                };
-                fx.lines.push(Line {
-                    seq,
-                    group: Some(name.to_string()),
-                    sender: None,
-                    text,
-                    epoch: Some(epoch),
-                });
-                fx.roster.extend(learned);
-                if !removed_self {
-                    self.release_held(seq, fx)?;
-                }
-            }
-            GroupEvent::ProposalStored { sender } => {
+            (Disposition::Show, Some(GroupEvent::ProposalStored { sender })) => {
                 fx.lines.push(notice(
                     seq,
                     Some(name),
                     format!("{} asked to leave", p.name_of(&sender)),
                 ));
             }
-            GroupEvent::NotYet { epoch } => {
-                if !may_hold {
-                    return Err(MessengerError::Mls(MlsError::Rejected(format!(
-                        "held message still from the future epoch {epoch}"
-                    ))));
-                }
-                if p.state.held()?.len() >= MAX_HELD {
-                    fx.lines.push(notice(
-                        seq,
-                        Some(name),
-                        format!("a message from epoch {epoch} was dropped: too many messages waiting for their epoch"),
-                    ));
+            (
+                d @ (Disposition::ShowAndRelease | Disposition::Forget),
+                Some(GroupEvent::CommitApplied {
+                    sender: committer,
+                    epoch,
+                    members,
+                    ..
+                }),
+            ) => {
+                let after: BTreeSet<Vec<u8>> = members.into_iter().collect();
+                let forget = d == Disposition::Forget;
+                let line = self.commit_line(
+                    seq, name, msg, &committer, epoch, &before, &after, fx, forget,
+                );
+                fx.lines.push(line);
+                if d == Disposition::Forget {
+                    fx.forget_group = Some(msg.group_id.clone());
                 } else {
-                    fx.hold = Some(encode_held(&sender, raw));
+                    self.release_held(seq, fx)?;
                 }
             }
-            GroupEvent::TooOld { epoch } => fx.lines.push(notice(
-                seq,
-                Some(name),
-                format!(
-                    "a message from {} (epoch {epoch}) arrived too late to be read",
-                    p.name_of(&sender)
-                ),
-            )),
-            GroupEvent::Own { .. } => {}
+            _ => {}
         }
-        Ok(())
+        Ok(false)
+    }
+
+    /// The line that tells of an applied commit; learns the roster entries of
+    /// new members it carries (stored with the envelope's other effects).
+    #[allow(clippy::too_many_arguments)]
+    fn commit_line(
+        &self,
+        seq: u64,
+        name: &str,
+        msg: &ClientMessage,
+        committer: &[u8],
+        epoch: u64,
+        before: &BTreeSet<Vec<u8>>,
+        after: &BTreeSet<Vec<u8>>,
+        fx: &mut Effects,
+        removed_self: bool,
+    ) -> Line {
+        let p = &self.profile;
+        let learned: Vec<RosterEntry> = msg
+            .roster
+            .iter()
+            .filter(|e| {
+                after.contains(e.identity.as_slice())
+                    && HybridPublicKey::verify(&e.hybrid_key, &e.identity).is_ok()
+            })
+            .cloned()
+            .collect();
+        let name_for = |id: &[u8]| match learned.iter().find(|e| e.identity == id) {
+            Some(e) => e.username.clone(),
+            None => p.name_of(id),
+        };
+        let who = name_for(committer);
+        let text = if removed_self {
+            format!("you were removed from the group by {who}")
+        } else {
+            let names = |set: Vec<&Vec<u8>>| {
+                set.iter()
+                    .map(|m| name_for(m))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let added: Vec<&Vec<u8>> = after.difference(before).collect();
+            let removed: Vec<&Vec<u8>> = before.difference(after).collect();
+            let mut parts = Vec::new();
+            if !added.is_empty() {
+                parts.push(format!("added {}", names(added)));
+            }
+            if !removed.is_empty() {
+                parts.push(format!("removed {}", names(removed)));
+            }
+            if parts.is_empty() {
+                parts.push("updated their keys".into());
+            }
+            format!("{who} {} (epoch {epoch})", parts.join(", "))
+        };
+        fx.roster.extend(learned);
+        Line {
+            seq,
+            group: Some(name.to_string()),
+            sender: None,
+            text,
+            epoch: Some(epoch),
+        }
     }
 
     /// Retries, in seq order, the messages of this group that waited for a later
-    /// epoch.
+    /// epoch (the ones the group protocol says may be ready).
     fn release_held(&mut self, seq: u64, fx: &mut Effects) -> Result<(), MessengerError> {
         let name = self.name()?;
-        for (held_seq, bytes) in self.profile.state.held()? {
-            let Some((sender, msg)) = decode_held(&bytes) else {
+        let group = self.load()?;
+        let ready = self.protocol(&group)?.releasable();
+        let held: std::collections::BTreeMap<u64, Vec<u8>> =
+            self.profile.state.held()?.into_iter().collect();
+        for held_seq in ready {
+            if fx.release.contains(&held_seq) {
+                continue;
+            }
+            let Some(bytes) = held.get(&held_seq) else {
+                continue;
+            };
+            let Some((sender, msg)) = decode_held(bytes) else {
                 fx.release.push(held_seq);
                 continue;
             };
             if msg.group_id != self.gid {
                 continue;
             }
-            let current = self.load()?.epoch();
             let mut probe = Effects::default();
-            match self.apply_group_message(
-                seq,
-                &name,
-                sender,
-                &msg,
-                &bytes[32..],
-                &mut probe,
-                false,
-            ) {
-                Ok(()) => {
-                    fx.release.push(held_seq);
-                    fx.lines.extend(probe.lines);
-                    fx.roster.extend(probe.roster);
-                    if probe.forget_group.is_some() {
-                        fx.forget_group = probe.forget_group;
-                    }
+            let stays =
+                self.apply_group_message(seq, &name, sender, &msg, &bytes[32..], &mut probe, true)?;
+            if !stays {
+                fx.release.push(held_seq);
+                fx.lines.extend(probe.lines);
+                fx.roster.extend(probe.roster);
+                fx.release.extend(probe.release);
+                if probe.forget_group.is_some() {
+                    fx.forget_group = probe.forget_group;
+                    break;
                 }
-                // Still from a later epoch: keep waiting.
-                Err(MessengerError::Mls(MlsError::Rejected(_)))
-                    if self.load()?.epoch() == current => {}
-                Err(e) => return Err(e),
             }
         }
         Ok(())
