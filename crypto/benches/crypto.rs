@@ -291,3 +291,37 @@ mod add_member {
         });
     }
 }
+
+/// What a sender spends on one 1 KiB message to a group of N: the MLS encryption
+/// and the shared body (signed once; on the classic suite also its key wrapped
+/// with X-Wing for each of the N-1 recipients).
+mod group_send {
+    use super::*;
+    use quicnprotochat_crypto::envelope::{BodyProtection, seal_shared};
+
+    fn recipients(n: usize) -> Vec<HybridPublicKey> {
+        (0..n)
+            .map(|_| {
+                let id = Identity::generate();
+                let keys = HybridKeyPair::generate(0);
+                HybridPublicKey::verify(&keys.signed_public(&id).to_bytes(), &id.public_key())
+                    .unwrap()
+            })
+            .collect()
+    }
+
+    #[divan::bench(args = cases(), sample_count = 10, sample_size = 1)]
+    fn message_1kib(b: Bencher, case: Case) {
+        let mut p = pair(case.suite, case.members);
+        let (protection, keys) = match case.suite {
+            Suite::PostQuantum => (BodyProtection::Mls, Vec::new()),
+            Suite::Classic => (BodyProtection::Wrapped, recipients(case.members - 1)),
+        };
+        let sender = Identity::generate();
+        let msg = vec![1u8; KIB];
+        b.bench_local(|| {
+            let mls = p.alice_group.encrypt(&p.alice, &msg).unwrap();
+            seal_shared(&sender, &mls, 0, protection, &keys)
+        });
+    }
+}

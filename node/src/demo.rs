@@ -57,6 +57,7 @@ impl Participant {
                 pinned,
                 auth_token: auth_token.map(str::to_string),
                 reconnect_patience: Duration::from_secs(5),
+                endpoint: None,
             },
         )
         .await?;

@@ -205,6 +205,7 @@ impl TestNode {
             pinned: tls::read_pinned_cert(&self.cert_path()).expect("node wrote its certificate"),
             auth_token: self.config.auth_token.clone(),
             reconnect_patience: std::time::Duration::from_secs(10),
+            endpoint: None,
         }
     }
 

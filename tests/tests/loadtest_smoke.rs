@@ -83,6 +83,7 @@ fn groups_scenario_builds_a_group_and_compares_with_openmls() {
         &GroupParams {
             members: 4,
             messages: 3,
+            ..GroupParams::default()
         },
         false,
     )
@@ -91,6 +92,17 @@ fn groups_scenario_builds_a_group_and_compares_with_openmls() {
     assert_eq!(r.latency.as_ref().unwrap().count, 3, "{}", r.table());
     assert!(r.get("member_decrypts_per_s").unwrap() > 0.0);
     assert!(r.get("add_member_ratio_to_openmls").unwrap() > 0.0);
+    assert!(r.get("build_group_s").is_some());
+    // One upload and one stored copy: a 1 KiB message and its framing, not
+    // one per member.
+    let upload = r.get("upload_bytes_per_message").unwrap();
+    assert!((1024.0..4096.0).contains(&upload), "{}", r.table());
+    let stored = r.get("node_bytes_per_message").unwrap();
+    assert!(
+        (1024.0..4096.0 + 3.0 * 48.0).contains(&stored),
+        "{}",
+        r.table()
+    );
 }
 
 #[test]

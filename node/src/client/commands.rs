@@ -507,6 +507,7 @@ impl ClientOptions {
             pinned: self.pinned_cert()?,
             auth_token: self.auth_token.clone(),
             reconnect_patience,
+            endpoint: None,
         })
     }
 }

@@ -46,6 +46,9 @@ pub struct SendReport {
     /// Member devices (by name) whose inbox did not take it, and why (a full
     /// inbox: its owner will see that it missed a message).
     pub undelivered: Vec<(String, quicnprotochat_wire::WireError)>,
+    /// Bytes this device uploaded for it: the shared body, and per named
+    /// recipient its identity key and part (none in a post-quantum-suite group).
+    pub upload_bytes: usize,
 }
 
 impl SendReport {

@@ -88,6 +88,9 @@ enum Scenario {
         members: usize,
         #[arg(long, default_value_t = 50)]
         messages: usize,
+        /// The classic (X25519) MLS suite instead of the post-quantum default.
+        #[arg(long)]
+        classic: bool,
     },
 }
 
@@ -178,8 +181,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             load::stall(&target, storm, duration, show)?
         }
-        Scenario::Groups { members, messages } => {
-            load::groups(&target, &GroupParams { members, messages }, show)?
+        Scenario::Groups {
+            members,
+            messages,
+            classic,
+        } => {
+            let suite = if classic {
+                quicnprotochat_crypto::mls::Suite::Classic
+            } else {
+                quicnprotochat_crypto::mls::Suite::PostQuantum
+            };
+            load::groups(
+                &target,
+                &GroupParams {
+                    members,
+                    messages,
+                    suite,
+                },
+                show,
+            )?
         }
     };
     if cli.json {

@@ -5,8 +5,9 @@
 //! OpenMLS alone (in memory, no network, no sealing, no disk) spends on the same
 //! operations.
 //!
-//! All clients run on the calling thread, one after another: the figures are the
-//! sum of every member's work, as one machine pays it.
+//! All clients run on the calling thread, one after another, through one shared
+//! QUIC endpoint (each client's session actor still has a thread of its own):
+//! the figures are the sum of every member's work, as one machine pays it.
 
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,7 @@ use quicnprotochat_crypto::Identity;
 use quicnprotochat_crypto::mls::{GroupMember, Suite};
 
 use super::report::{Latency, histogram, record};
-use super::scenarios::{connect, progress, run_local};
+use super::scenarios::{connect, progress, run_local, shared_endpoint};
 use super::sys::rss_bytes;
 use super::{Report, Target};
 use crate::Person;
@@ -31,6 +32,8 @@ pub struct GroupParams {
     pub members: usize,
     /// Messages sent (by members in turn) and decrypted by all the others.
     pub messages: usize,
+    /// The group's MLS ciphersuite.
+    pub suite: Suite,
 }
 
 impl Default for GroupParams {
@@ -38,9 +41,14 @@ impl Default for GroupParams {
         GroupParams {
             members: 20,
             messages: 50,
+            suite: Suite::PostQuantum,
         }
     }
 }
+
+/// Bytes the node keeps per recipient of a shared body besides its part: the
+/// `inbox_idx` entry, key (inbox 32 + seq 8) and value (log key 8).
+const NODE_BYTES_PER_REFERENCE: usize = 48;
 
 /// Every member except `skip` applies its inbox.
 async fn all_pull(people: &mut [Person], skip: usize) -> anyhow::Result<()> {
@@ -65,14 +73,19 @@ pub fn groups(target: &Target, p: &GroupParams, show_progress: bool) -> anyhow::
     anyhow::ensure!(p.members >= 2, "a group needs at least 2 members");
     let mut report = Report::new("groups")
         .param("members", p.members)
-        .param("messages", p.messages);
+        .param("messages", p.messages)
+        .param("suite", format!("{:?}", p.suite));
     let tag = hex_tag();
+    let mut errors = 0usize;
+    let mut one_message = (0usize, None::<u64>);
     let (send_hist, decrypts_per_s, add_ours, build, rss) = run_local(async {
         let bar = progress(show_progress, p.members as u64 + 1, "register");
+        let mut address = target.address()?;
+        address.endpoint = Some(shared_endpoint(target)?);
         let mut people = Vec::with_capacity(p.members + 1);
         for i in 0..=p.members {
             let conn = connect(target).await?;
-            people.push(Person::enroll(conn, target.address()?, &format!("g{tag}m{i}")).await?);
+            people.push(Person::enroll(conn, address.clone(), &format!("g{tag}m{i}")).await?);
             bar.inc(1);
         }
         bar.finish_and_clear();
@@ -83,10 +96,7 @@ pub fn groups(target: &Target, p: &GroupParams, show_progress: bool) -> anyhow::
             .collect();
 
         let built = Instant::now();
-        people[0]
-            .messenger
-            .create_group("load", Suite::Classic)
-            .await?;
+        people[0].messenger.create_group("load", p.suite).await?;
         let bar = progress(show_progress, names.len() as u64, "build group");
         for chunk in names.chunks(INVITE_CHUNK) {
             people[0].messenger.invite("load", chunk).await?;
@@ -97,6 +107,17 @@ pub fn groups(target: &Target, p: &GroupParams, show_progress: bool) -> anyhow::
         let build = built.elapsed();
         let rss = rss_bytes();
 
+        // One 1 KiB message: what its sender uploads and what the node stores.
+        let stored_before = target.store().map(|s| s.shared_bodies()).transpose()?;
+        let sent = people[0].messenger.send("load", &"x".repeat(1024)).await?;
+        errors += sent.undelivered.len();
+        let stored_after = target.store().map(|s| s.shared_bodies()).transpose()?;
+        let node_bytes = stored_before.zip(stored_after).map(|((_, b0), (_, b1))| {
+            b1.saturating_sub(b0) + (sent.seqs.len() * NODE_BYTES_PER_REFERENCE) as u64
+        });
+        one_message = (sent.upload_bytes, node_bytes);
+        all_pull(&mut people, 0).await?;
+
         // Messages: send, then every other member decrypts.
         let mut send_hist = histogram();
         let bar = progress(show_progress, p.messages as u64, "messages");
@@ -104,10 +125,11 @@ pub fn groups(target: &Target, p: &GroupParams, show_progress: bool) -> anyhow::
         for k in 0..p.messages {
             let sender = k % people.len();
             let t = Instant::now();
-            people[sender]
+            let sent = people[sender]
                 .messenger
                 .send("load", &format!("message {k}"))
                 .await?;
+            errors += sent.undelivered.len();
             all_pull(&mut people, sender).await?;
             record(&mut send_hist, t.elapsed());
             bar.inc(1);
@@ -145,8 +167,13 @@ pub fn groups(target: &Target, p: &GroupParams, show_progress: bool) -> anyhow::
         );
         anyhow::Ok((send_hist, decrypts_per_s, add_ours, build, rss))
     })?;
-    let add_openmls = openmls_add_member_cost(p.members)?;
+    let add_openmls = openmls_add_member_cost(p.members, p.suite)?;
     report.figure("build_group_s", build.as_secs_f64());
+    report.figure("upload_bytes_per_message", one_message.0 as f64);
+    if let Some(bytes) = one_message.1 {
+        report.figure("node_bytes_per_message", bytes as f64);
+    }
+    report.errors = errors as u64;
     // Node and every member client share this process.
     report.figure(
         "process_rss_kib_per_member",
@@ -169,7 +196,7 @@ pub fn groups(target: &Target, p: &GroupParams, show_progress: bool) -> anyhow::
 /// What OpenMLS itself spends, in memory, to add one member to a group of
 /// `members`: the commit and Welcome, every member processing the commit, and the
 /// newcomer joining.
-fn openmls_add_member_cost(members: usize) -> anyhow::Result<Duration> {
+fn openmls_add_member_cost(members: usize, suite: Suite) -> anyhow::Result<Duration> {
     let mk = || -> anyhow::Result<GroupMember<MemoryStorage>> {
         Ok(GroupMember::new(
             &Identity::generate(),
@@ -177,12 +204,12 @@ fn openmls_add_member_cost(members: usize) -> anyhow::Result<Duration> {
         )?)
     };
     let creator = mk()?;
-    let mut group = creator.create_group(Suite::Classic, "baseline")?;
+    let mut group = creator.create_group(suite, "baseline")?;
     let others: Vec<GroupMember<MemoryStorage>> =
         (1..members).map(|_| mk()).collect::<Result<_, _>>()?;
     let kps: Vec<Vec<u8>> = others
         .iter()
-        .map(|m| m.generate_key_package(Suite::Classic, false))
+        .map(|m| m.generate_key_package(suite, false))
         .collect::<Result<_, _>>()?;
     let out = group.add_members(&creator, &kps)?;
     group.confirm_commit(&creator)?;
@@ -193,7 +220,7 @@ fn openmls_add_member_cost(members: usize) -> anyhow::Result<Duration> {
         .collect::<Result<Vec<_>, _>>()?;
 
     let newcomer = mk()?;
-    let kp = newcomer.generate_key_package(Suite::Classic, false)?;
+    let kp = newcomer.generate_key_package(suite, false)?;
     let t = Instant::now();
     let out = group.add_members(&creator, &[kp])?;
     group.confirm_commit(&creator)?;

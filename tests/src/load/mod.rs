@@ -36,7 +36,13 @@ impl Target {
             pinned: quicnprotochat::tls::read_pinned_cert(&self.ca_cert)?,
             auth_token: None,
             reconnect_patience: std::time::Duration::from_secs(10),
+            endpoint: None,
         })
+    }
+
+    /// The node's database, when it runs in this process (for storage figures).
+    pub fn store(&self) -> Option<quicnprotochat_actors::store::ServerStore> {
+        self.node.as_ref().and_then(|n| n.store.clone())
     }
 }
 
@@ -54,6 +60,8 @@ struct InProcessNode {
     stop: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<()>>,
     config: ServerConfig,
+    /// Dropped while the node is down (it holds the database open).
+    store: Option<quicnprotochat_actors::store::ServerStore>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -72,6 +80,9 @@ pub fn load_test_config(data_dir: PathBuf) -> ServerConfig {
     c.limits.admission.connections = 1_000_000;
     c.limits.admission.connections_per_address = 1_000_000;
     c.limits.groups_per_device = u64::MAX;
+    // A Welcome carries the ratchet tree: ~1.4 KB per member on the X-Wing suite,
+    // so past ~600 members it exceeds the default 1 MiB.
+    c.max_payload = 8 * 1024 * 1024;
     c
 }
 
@@ -92,6 +103,7 @@ impl Target {
             .build()?;
         let server = runtime.block_on(Server::bind(config.clone()))?;
         let addr = server.local_addr();
+        let store = Some(server.context().store.clone());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = runtime.spawn(async move {
             let _ = server
@@ -108,6 +120,7 @@ impl Target {
                 stop: Some(stop),
                 task: Some(task),
                 config,
+                store,
                 _dir: dir,
             }),
         })
@@ -138,6 +151,7 @@ impl Target {
         let started = std::time::Instant::now();
         let server = node.runtime.block_on(Server::bind(node.config.clone()))?;
         self.addr = server.local_addr();
+        node.store = Some(server.context().store.clone());
         let (stop, stopped) = oneshot::channel::<()>();
         node.task = Some(node.runtime.spawn(async move {
             let _ = server
@@ -159,6 +173,7 @@ impl Target {
 
 impl InProcessNode {
     fn shutdown(&mut self) {
+        self.store = None;
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }

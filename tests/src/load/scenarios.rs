@@ -54,6 +54,13 @@ thread_local! {
 }
 
 pub(crate) async fn connect(target: &Target) -> anyhow::Result<NodeConnection> {
+    let endpoint = shared_endpoint(target)?;
+    Ok(NodeConnection::connect_via(&endpoint, target.addr).await?)
+}
+
+/// This generator thread's one client endpoint to `target` (created on first use,
+/// on the thread's runtime).
+pub(crate) fn shared_endpoint(target: &Target) -> anyhow::Result<quinn::Endpoint> {
     let existing = ENDPOINT.with(|e| {
         e.borrow()
             .as_ref()
@@ -69,7 +76,7 @@ pub(crate) async fn connect(target: &Target) -> anyhow::Result<NodeConnection> {
             ep
         }
     };
-    Ok(NodeConnection::connect_via(&endpoint, target.addr).await?)
+    Ok(endpoint)
 }
 
 async fn session(target: &Target) -> anyhow::Result<(NodeConnection, SessionHandle)> {

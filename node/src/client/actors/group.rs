@@ -174,6 +174,8 @@ impl GroupState {
             .group_message(Body::Group, &self.gid, mls)
             .encode()?;
         let (body, parts) = self.profile.seal_for_group(group, &others, &msg)?;
+        let upload_bytes =
+            self.gid.len() + body.len() + parts.iter().map(|(_, p)| 32 + p.len()).sum::<usize>();
         let group_id = self.gid.clone();
         let outcomes = ask_session(&self.session.get(), |reply| SessionMsg::SendGroup {
             group_id,
@@ -182,7 +184,10 @@ impl GroupState {
             reply,
         })
         .await?;
-        let mut report = SendReport::default();
+        let mut report = SendReport {
+            upload_bytes,
+            ..SendReport::default()
+        };
         for o in outcomes {
             match o.outcome {
                 Ok(seq) => report.seqs.push(seq),

@@ -54,6 +54,10 @@ pub struct NodeAddress {
     /// How long a request waits for a lost connection to come back (with
     /// backoff) before it fails; the first connection is tried once.
     pub reconnect_patience: Duration,
+    /// A client QUIC endpoint to connect through (see
+    /// [`crate::client::client_endpoint`]), shared by the many clients of one
+    /// process (a load generator); `None`: each connection has its own.
+    pub endpoint: Option<quinn::Endpoint>,
 }
 
 impl std::fmt::Debug for NodeAddress {

@@ -127,7 +127,10 @@ async fn connect_once(address: &NodeAddress, profile: &Profile) -> Result<Live, 
         .map_err(|e| ClientError::Session(e.to_string()))?
         .filter(|l| !l.token.is_empty())
         .ok_or_else(|| ClientError::Session("not logged in on this profile".into()))?;
-    let conn = NodeConnection::connect(address.addr, address.pinned.clone()).await?;
+    let conn = match &address.endpoint {
+        Some(endpoint) => NodeConnection::connect_via(endpoint, address.addr).await?,
+        None => NodeConnection::connect(address.addr, address.pinned.clone()).await?,
+    };
     let session = match conn
         .resume(&login.token, address.auth_token.as_deref())
         .await
