@@ -228,8 +228,24 @@ impl Person {
         address: NodeAddress,
         username: &str,
     ) -> anyhow::Result<Person> {
+        Person::enroll_with_cache(
+            conn,
+            address,
+            username,
+            quicnprotochat::client::state::CACHE_BYTES,
+        )
+        .await
+    }
+
+    /// [`Person::enroll`] with a profile page cache of `cache_bytes`.
+    pub async fn enroll_with_cache(
+        conn: NodeConnection,
+        address: NodeAddress,
+        username: &str,
+        cache_bytes: usize,
+    ) -> anyhow::Result<Person> {
         let dir = tempfile::tempdir()?;
-        let state = ClientState::open(dir.path())?;
+        let state = ClientState::open_with_cache(dir.path(), cache_bytes)?;
         let identity = state.identity()?;
         let password = format!("pw-{username}");
         enroll(

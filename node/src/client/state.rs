@@ -21,7 +21,7 @@ use crate::client::profile_key::{KeyFileError, key_file_for, load_or_create};
 
 /// Page cache of a profile's database (redb's own default is 1 GiB, far more
 /// than a client needs).
-const CACHE_BYTES: usize = 16 * 1024 * 1024;
+pub const CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 const IDENTITY: TableDefinition<&str, &[u8]> = TableDefinition::new("identity");
 const KEY_ED25519_SECRET: &str = "ed25519_secret";
@@ -77,6 +77,12 @@ impl ClientState {
     /// owner-only (0700) and the database file too (0600): both are tightened if
     /// they were wider.
     pub fn open(dir: &Path) -> Result<ClientState, StateError> {
+        ClientState::open_with_cache(dir, CACHE_BYTES)
+    }
+
+    /// [`ClientState::open`] with a page cache of `cache_bytes` (a process
+    /// holding many profiles, such as the load generator, keeps each small).
+    pub fn open_with_cache(dir: &Path, cache_bytes: usize) -> Result<ClientState, StateError> {
         private_dir(dir).map_err(|source| StateError::Dir {
             path: dir.to_owned(),
             source,
@@ -91,7 +97,7 @@ impl ClientState {
             message: e.to_string(),
         };
         let db = redb::Builder::new()
-            .set_cache_size(CACHE_BYTES)
+            .set_cache_size(cache_bytes)
             .create(&path)
             .map_err(|e| store_err(&e))?;
         // A new key only for a profile that has no sealed secret yet: a lost key

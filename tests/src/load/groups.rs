@@ -46,6 +46,10 @@ impl Default for GroupParams {
     }
 }
 
+/// Page cache of each simulated member's profile: one process holds them all
+/// (a real client holds one, with the default 16 MiB).
+const MEMBER_CACHE_BYTES: usize = 1024 * 1024;
+
 /// Bytes the node keeps per recipient of a shared body besides its part: the
 /// `inbox_idx` entry, key (inbox 32 + seq 8) and value (log key 8).
 const NODE_BYTES_PER_REFERENCE: usize = 48;
@@ -85,7 +89,10 @@ pub fn groups(target: &Target, p: &GroupParams, show_progress: bool) -> anyhow::
         let mut people = Vec::with_capacity(p.members + 1);
         for i in 0..=p.members {
             let conn = connect(target).await?;
-            people.push(Person::enroll(conn, address.clone(), &format!("g{tag}m{i}")).await?);
+            let name = format!("g{tag}m{i}");
+            people.push(
+                Person::enroll_with_cache(conn, address.clone(), &name, MEMBER_CACHE_BYTES).await?,
+            );
             bar.inc(1);
         }
         bar.finish_and_clear();
