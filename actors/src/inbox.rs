@@ -249,6 +249,24 @@ impl InboxRegistry {
         .await
     }
 
+    /// Queues a write over reserved seqs, then frees the reservation lock and
+    /// tells each reserving actor its seqs are used (the write is ahead of
+    /// anything they queue next); returns the write's outcome once durable.
+    async fn submit_reserved<T>(
+        &self,
+        op: impl FnOnce(crate::store::writer::Reply<T>) -> WriteOp,
+        lock: tokio::sync::MutexGuard<'_, ()>,
+        submitted: Vec<oneshot::Sender<()>>,
+    ) -> Result<T, DeliveryError> {
+        let (reply, rx) = oneshot::channel();
+        self.writer.submit(op(reply)).await;
+        drop(lock);
+        for s in submitted {
+            let _ = s.send(());
+        }
+        rx.await.map_err(|_| DeliveryError::Restarting)?
+    }
+
     /// Stores every delivery in one store transaction, all or none, with the
     /// group's new epoch fence if given; returns the seqs in the deliveries' order
     /// once durable. A refusal by any inbox (full, too large) stores nothing.
@@ -298,19 +316,17 @@ impl InboxRegistry {
             }
             submitted.push(r.submitted);
         }
-        let (reply, rx) = oneshot::channel();
-        self.writer
-            .submit(WriteOp::AppendMany {
-                appends,
-                fence,
-                reply,
-            })
-            .await;
-        drop(lock);
-        for s in submitted {
-            let _ = s.send(());
-        }
-        let stored = rx.await.map_err(|_| DeliveryError::Restarting)??;
+        let stored = self
+            .submit_reserved(
+                |reply| WriteOp::AppendMany {
+                    appends,
+                    fence,
+                    reply,
+                },
+                lock,
+                submitted,
+            )
+            .await?;
         debug_assert_eq!(stored.len(), seqs.len());
         Ok(seqs)
     }
@@ -363,20 +379,17 @@ impl InboxRegistry {
             outcomes.push(body_outcomes);
             writes.push(SharedWrite { body: b.body, refs });
         }
-        let (reply, rx) = oneshot::channel();
-        self.writer
-            .submit(WriteOp::AppendShared {
+        self.submit_reserved(
+            |reply| WriteOp::AppendShared {
                 bodies: writes,
                 missed,
                 fence,
                 reply,
-            })
-            .await;
-        drop(lock);
-        for s in submitted {
-            let _ = s.send(());
-        }
-        rx.await.map_err(|_| DeliveryError::Restarting)??;
+            },
+            lock,
+            submitted,
+        )
+        .await?;
         Ok(outcomes)
     }
 

@@ -343,13 +343,7 @@ impl session::Server for SessionService {
         let p = params.get().map_err(bad_params)?;
         let _call = admit(&self.budget, p.total_size())?;
         let group_id = p.get_group_id().map_err(bad_params)?;
-        check_group_id(group_id).map_err(commit_refusal)?;
-        check_commit_header(
-            p.get_mls_commit().map_err(bad_params)?,
-            group_id,
-            p.get_epoch(),
-        )
-        .map_err(commit_refusal)?;
+        check_commit_call(group_id, p.get_mls_commit().map_err(bad_params)?, p.get_epoch())?;
         let deliveries = self.deliveries(p.get_deliveries().map_err(bad_params)?)?;
         let members = self.members(p.get_members().map_err(bad_params)?)?;
         self.ctx
@@ -505,13 +499,7 @@ impl session::Server for SessionService {
         let p = params.get().map_err(bad_params)?;
         let _call = admit(&self.budget, p.total_size())?;
         let group_id = p.get_group_id().map_err(bad_params)?;
-        check_group_id(group_id).map_err(commit_refusal)?;
-        check_commit_header(
-            p.get_mls_commit().map_err(bad_params)?,
-            group_id,
-            p.get_epoch(),
-        )
-        .map_err(commit_refusal)?;
+        check_commit_call(group_id, p.get_mls_commit().map_err(bad_params)?, p.get_epoch())?;
         let members = self.members(p.get_members().map_err(bad_params)?)?;
         let mut bodies = Vec::with_capacity(3);
         for body in [
@@ -559,6 +547,12 @@ impl session::Server for SessionService {
 }
 
 /// A malformed commit call: `TOO_LARGE` for its size, `BAD_REQUEST` otherwise.
+/// A commit call's group id and clear MLS header, checked against each other.
+fn check_commit_call(group_id: &[u8], mls_commit: &[u8], epoch: u64) -> Result<(), capnp::Error> {
+    check_group_id(group_id).map_err(commit_refusal)?;
+    check_commit_header(mls_commit, group_id, epoch).map_err(commit_refusal)
+}
+
 fn commit_refusal(e: CommitCallRefusal) -> capnp::Error {
     let code = if e.is_too_large() {
         ErrorCode::TooLarge

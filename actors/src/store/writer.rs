@@ -450,6 +450,31 @@ fn append_shared(
     Ok(())
 }
 
+/// After a multi-message write was applied (or refused): on success, notes the
+/// highest seq per inbox to report durable once the batch commits and returns
+/// how many messages it added; on a refusal, makes each inbox actor resync from
+/// the store (its view and the disk disagree) and returns 0.
+fn settle_appends(
+    result: Result<(), &StoreError>,
+    appended: impl IntoIterator<Item = (IdentityKey, u64, ActorRef<InboxMsg>)>,
+    durable: &mut HashMap<IdentityKey, (u64, ActorRef<InboxMsg>)>,
+) -> f64 {
+    let mut added = 0.0;
+    for (inbox, seq, notify) in appended {
+        match result {
+            Ok(()) => {
+                added += 1.0;
+                let e = durable.entry(inbox).or_insert((seq, notify));
+                e.0 = e.0.max(seq);
+            }
+            Err(e) => {
+                let _ = notify.send_message(InboxMsg::Resync(e.to_string()));
+            }
+        }
+    }
+    added
+}
+
 /// Applies and commits one batch, then answers every op in it.
 fn commit_batch(store: &ServerStore, batch: &mut Vec<WriteOp>) -> Result<(), StoreError> {
     let mut outcomes = Vec::with_capacity(batch.len());
@@ -489,20 +514,11 @@ fn commit_batch(store: &ServerStore, batch: &mut Vec<WriteOp>) -> Result<(), Sto
                         reply,
                     } => {
                         let result = append_many(&txn, &mut writes, &appends, fence.as_ref());
-                        match &result {
-                            Ok(_) => {
-                                depth_change += appends.len() as f64;
-                                for a in appends {
-                                    let e = durable.entry(a.inbox).or_insert((a.seq, a.notify));
-                                    e.0 = e.0.max(a.seq);
-                                }
-                            }
-                            Err(e) => {
-                                for a in appends {
-                                    let _ = a.notify.send_message(InboxMsg::Resync(e.to_string()));
-                                }
-                            }
-                        }
+                        depth_change += settle_appends(
+                            result.as_ref().map(|_| ()),
+                            appends.into_iter().map(|a| (a.inbox, a.seq, a.notify)),
+                            &mut durable,
+                        );
                         outcomes.push(Outcome::Seqs(reply, result.map_err(Into::into)));
                     }
                     WriteOp::AppendShared {
@@ -513,34 +529,23 @@ fn commit_batch(store: &ServerStore, batch: &mut Vec<WriteOp>) -> Result<(), Sto
                     } => {
                         let result =
                             append_shared(&txn, &mut writes, &bodies, &missed, fence.as_ref());
-                        let refs = bodies.into_iter().flat_map(|b| b.refs);
-                        match &result {
-                            Ok(()) => {
-                                for r in refs {
-                                    depth_change += 1.0;
-                                    let e = durable.entry(r.inbox).or_insert((r.seq, r.notify));
-                                    e.0 = e.0.max(r.seq);
-                                }
-                            }
-                            Err(e) => {
-                                for r in refs {
-                                    let _ = r.notify.send_message(InboxMsg::Resync(e.to_string()));
-                                }
-                            }
-                        }
+                        depth_change += settle_appends(
+                            result.as_ref().map(|_| ()),
+                            bodies
+                                .into_iter()
+                                .flat_map(|b| b.refs)
+                                .map(|r| (r.inbox, r.seq, r.notify)),
+                            &mut durable,
+                        );
                         outcomes.push(Outcome::Unit(reply, result.map_err(Into::into)));
                     }
                     WriteOp::AppendMissedMarker { inbox, seq, notify } => {
-                        match writes.append_missed_marker(&inbox, seq) {
-                            Ok(()) => {
-                                depth_change += 1.0;
-                                let e = durable.entry(inbox).or_insert((seq, notify));
-                                e.0 = e.0.max(seq);
-                            }
-                            Err(e) => {
-                                let _ = notify.send_message(InboxMsg::Resync(e.to_string()));
-                            }
-                        }
+                        let result = writes.append_missed_marker(&inbox, seq);
+                        depth_change += settle_appends(
+                            result.as_ref().map(|_| ()),
+                            [(inbox, seq, notify)],
+                            &mut durable,
+                        );
                     }
                     WriteOp::Ack {
                         inbox,

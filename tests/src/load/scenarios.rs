@@ -60,7 +60,7 @@ pub(crate) async fn connect(target: &Target) -> anyhow::Result<NodeConnection> {
 
 /// This generator thread's one client endpoint to `target` (created on first use,
 /// on the thread's runtime).
-pub(crate) fn shared_endpoint(target: &Target) -> anyhow::Result<quinn::Endpoint> {
+fn shared_endpoint(target: &Target) -> anyhow::Result<quinn::Endpoint> {
     let existing = ENDPOINT.with(|e| {
         e.borrow()
             .as_ref()
