@@ -614,3 +614,135 @@ async fn a_device_creates_so_many_groups_and_no_more_across_restarts() {
     .await;
     node.stop().await;
 }
+
+/// `commitGroup` and `sendGroup` through a real node: recipients come from the
+/// fence, only members send and only to members, a commit adding members needs
+/// its Welcome, an oversized part is refused; every refusal stores nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_sends_and_shared_commits_reach_members_only_and_refusals_store_nothing() {
+    use quicnprotochat::client::CommitBodies;
+    use quicnprotochat_wire::Inbound;
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    local(async {
+        let (alice, bob, carol) = (
+            Identity::generate(),
+            Identity::generate(),
+            Identity::generate(),
+        );
+        let (_ca, a) = node.session(&alice).await;
+        let (_cb, b) = node.session(&bob).await;
+        let (_cc, c) = node.session(&carol).await;
+        let gid = b"shared-group".to_vec();
+        let members = |ids: &[&Identity]| -> Vec<Vec<u8>> {
+            ids.iter().map(|i| i.public_key().to_vec()).collect()
+        };
+        let bodies = |welcome: &[u8]| CommitBodies {
+            commit: b"commit".to_vec(),
+            welcome: welcome.to_vec(),
+            receipt: b"receipt".to_vec(),
+            parts: Vec::new(),
+        };
+        let refused = |r: Result<u32, ClientError>| r.err().and_then(|e| e.code());
+
+        // Creating the group with bob in it: bob gets the Welcome, alice her receipt.
+        let delivered = a
+            .commit_group(
+                &gid,
+                0,
+                &members(&[&alice, &bob]),
+                &mls_commit(&gid, 0),
+                &bodies(b"welcome"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(delivered, 2);
+        let got = b.fetch(0, 0).await.unwrap();
+        assert_eq!(
+            got[0].inbound().unwrap(),
+            Inbound::Shared {
+                part: b"",
+                body: b"welcome"
+            }
+        );
+
+        // A stranger may not send to the group; a member may not send to a stranger.
+        let stranger = c.send_group(&gid, b"spam", &[]).await.unwrap_err();
+        assert_eq!(stranger.code(), Some(ErrorCode::Unauthorized), "{stranger}");
+        let to_stranger = a
+            .send_group(&gid, b"hi", &[(key(&carol), Vec::new())])
+            .await
+            .unwrap_err();
+        assert_eq!(
+            to_stranger.code(),
+            Some(ErrorCode::BadRequest),
+            "{to_stranger}"
+        );
+        let big_part = a
+            .send_group(&gid, b"hi", &[(key(&bob), vec![0; 4096])])
+            .await
+            .unwrap_err();
+        assert_eq!(big_part.code(), Some(ErrorCode::TooLarge), "{big_part}");
+        assert!(c.fetch(0, 0).await.unwrap().is_empty());
+        assert_eq!(
+            b.fetch(0, 0).await.unwrap().len(),
+            1,
+            "nothing more for bob"
+        );
+
+        // Adding carol without a Welcome is refused and leaves the epoch open.
+        let three = members(&[&alice, &bob, &carol]);
+        assert_eq!(
+            refused(
+                a.commit_group(&gid, 1, &three, &mls_commit(&gid, 1), &bodies(b""))
+                    .await
+            ),
+            Some(ErrorCode::BadRequest)
+        );
+        // A stranger cannot take the epoch.
+        assert_eq!(
+            refused(
+                c.commit_group(&gid, 1, &three, &mls_commit(&gid, 1), &bodies(b"w"))
+                    .await
+            ),
+            Some(ErrorCode::Unauthorized)
+        );
+        assert_eq!(
+            a.commit_group(&gid, 1, &three, &mls_commit(&gid, 1), &bodies(b"w2"))
+                .await
+                .unwrap(),
+            3,
+            "bob the commit, carol the Welcome, alice her receipt"
+        );
+        assert_eq!(
+            refused(
+                b.commit_group(&gid, 1, &three, &mls_commit(&gid, 1), &bodies(b""))
+                    .await
+            ),
+            Some(ErrorCode::StaleEpoch)
+        );
+
+        // Now a send reaches both other members, each with its own seq.
+        let outcomes = a.send_group(&gid, b"hello both", &[]).await.unwrap();
+        let mut reached: Vec<IdentityKey> = outcomes.iter().map(|o| o.recipient).collect();
+        reached.sort();
+        let mut expected = vec![key(&bob), key(&carol)];
+        expected.sort();
+        assert_eq!(reached, expected);
+        assert!(outcomes.iter().all(|o| o.outcome.is_ok()));
+        let carol_got = c.fetch(0, 0).await.unwrap();
+        assert_eq!(
+            carol_got.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        assert_eq!(
+            carol_got[1].inbound().unwrap(),
+            Inbound::Shared {
+                part: b"",
+                body: b"hello both"
+            }
+        );
+    })
+    .await;
+    node.stop().await;
+}

@@ -343,7 +343,11 @@ impl session::Server for SessionService {
         let p = params.get().map_err(bad_params)?;
         let _call = admit(&self.budget, p.total_size())?;
         let group_id = p.get_group_id().map_err(bad_params)?;
-        check_commit_call(group_id, p.get_mls_commit().map_err(bad_params)?, p.get_epoch())?;
+        check_commit_call(
+            group_id,
+            p.get_mls_commit().map_err(bad_params)?,
+            p.get_epoch(),
+        )?;
         let deliveries = self.deliveries(p.get_deliveries().map_err(bad_params)?)?;
         let members = self.members(p.get_members().map_err(bad_params)?)?;
         self.ctx
@@ -499,7 +503,11 @@ impl session::Server for SessionService {
         let p = params.get().map_err(bad_params)?;
         let _call = admit(&self.budget, p.total_size())?;
         let group_id = p.get_group_id().map_err(bad_params)?;
-        check_commit_call(group_id, p.get_mls_commit().map_err(bad_params)?, p.get_epoch())?;
+        check_commit_call(
+            group_id,
+            p.get_mls_commit().map_err(bad_params)?,
+            p.get_epoch(),
+        )?;
         let members = self.members(p.get_members().map_err(bad_params)?)?;
         let mut bodies = Vec::with_capacity(3);
         for body in [

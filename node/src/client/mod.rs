@@ -14,7 +14,7 @@ pub mod rpc;
 pub mod state;
 
 pub use rpc::{
-    ClaimedKeyPackage, ClientError, Health, KeyDirectory, KeyPackageTarget, LoggedIn,
-    NodeConnection, SessionHandle, client_endpoint,
+    ClaimedKeyPackage, ClientError, CommitBodies, Health, KeyDirectory, KeyPackageTarget, LoggedIn,
+    NodeConnection, SendOutcome, SessionHandle, client_endpoint,
 };
 pub use state::ClientState;

@@ -91,9 +91,8 @@ pub fn groups(target: &Target, p: &GroupParams, show_progress: bool) -> anyhow::
         .enable_all()
         .build()?;
     let pinned = quicnprotochat::tls::read_pinned_cert(&target.ca_cert)?;
-    let endpoint = network.block_on(async {
-        quicnprotochat::client::client_endpoint(target.addr, pinned)
-    })?;
+    let endpoint =
+        network.block_on(async { quicnprotochat::client::client_endpoint(target.addr, pinned) })?;
     let (send_hist, decrypts_per_s, add_ours, build, rss) = run_local(async {
         let bar = progress(show_progress, p.members as u64 + 1, "register");
         let mut address = target.address()?;
