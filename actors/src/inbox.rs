@@ -544,8 +544,8 @@ impl Actor for InboxActor {
                             (&admitted, admission),
                             (Err(InboxRefusal::QueueFull { .. }), Admission::Droppable)
                         );
-                        if admitted.is_err() && !dropped {
-                            let _ = reply.send(Err(admitted.unwrap_err().into()));
+                        if let (Err(refusal), false) = (&admitted, dropped) {
+                            let _ = reply.send(Err(refusal.clone().into()));
                         } else {
                             let (submitted, decision) = oneshot::channel();
                             let reservation = Reservation {

@@ -129,13 +129,16 @@ impl SessionService {
     }
 }
 
+/// A recipient's identity key and its part of a shared envelope.
+type NamedPart = ([u8; 32], Vec<u8>);
+
 impl SessionService {
     /// Reads a list of recipients with their parts: valid keys, parts within
     /// [`MAX_PART`], not too many.
     fn recipients(
         &self,
         list: capnp::struct_list::Reader<'_, quicnprotochat_wire::node_capnp::recipient::Owned>,
-    ) -> Result<Vec<([u8; 32], Vec<u8>)>, capnp::Error> {
+    ) -> Result<Vec<NamedPart>, capnp::Error> {
         if list.len() as usize > MAX_DELIVERIES {
             return Err(refuse(
                 ErrorCode::TooLarge,

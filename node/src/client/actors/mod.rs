@@ -73,6 +73,9 @@ impl std::fmt::Debug for NodeAddress {
     }
 }
 
+/// A shared body and each recipient's part of it (none when the body needs none).
+pub(crate) type SealedForGroup = (Vec<u8>, Vec<(IdentityKey, Vec<u8>)>);
+
 /// The profile every actor of the tree works for (shared, read-mostly).
 pub(crate) struct Profile {
     pub state: ClientState,
@@ -121,7 +124,7 @@ impl Profile {
         group: &Group,
         recipients: &[Vec<u8>],
         msg: &[u8],
-    ) -> Result<(Vec<u8>, Vec<(IdentityKey, Vec<u8>)>), MessengerError> {
+    ) -> Result<SealedForGroup, MessengerError> {
         if group.suite() == Some(Suite::PostQuantum) {
             return Ok(self.seal_shared_to(group, &[], &[], msg));
         }
@@ -152,7 +155,7 @@ impl Profile {
         ids: &[IdentityKey],
         keys: &[HybridPublicKey],
         msg: &[u8],
-    ) -> (Vec<u8>, Vec<(IdentityKey, Vec<u8>)>) {
+    ) -> SealedForGroup {
         let protection = if group.suite() == Some(Suite::PostQuantum) {
             BodyProtection::Mls
         } else {
