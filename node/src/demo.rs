@@ -199,7 +199,7 @@ async fn three_party(addr: SocketAddr, cert: &Path) -> Result<String, CommandErr
     expect(carol.read().await?, "joined", "carol")?;
 
     alice
-        .say(g, "Hello both: MLS inside, X-Wing around it.")
+        .say(g, "Hello both: MLS, with X-Wing in its key schedule.")
         .await?;
     bob.say(g, "Hi alice, hi carol!").await?;
     carol.say(g, "Hello from carol.").await?;
