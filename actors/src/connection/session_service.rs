@@ -107,12 +107,7 @@ impl SessionService {
         &self,
         list: capnp::struct_list::Reader<'_, quicnprotochat_wire::node_capnp::delivery::Owned>,
     ) -> Result<Vec<Delivery>, capnp::Error> {
-        if list.len() as usize > MAX_DELIVERIES {
-            return Err(refuse(
-                ErrorCode::TooLarge,
-                format!("at most {MAX_DELIVERIES} deliveries per call"),
-            ));
-        }
+        check_list_len(list.len(), "deliveries")?;
         list.iter()
             .map(|d| {
                 let recipient =
@@ -129,6 +124,17 @@ impl SessionService {
     }
 }
 
+/// Refuses a list of deliveries or recipients longer than one call may carry.
+fn check_list_len(len: u32, what: &str) -> Result<(), capnp::Error> {
+    if len as usize > MAX_DELIVERIES {
+        return Err(refuse(
+            ErrorCode::TooLarge,
+            format!("at most {MAX_DELIVERIES} {what} per call"),
+        ));
+    }
+    Ok(())
+}
+
 /// A recipient's identity key and its part of a shared envelope.
 type NamedPart = ([u8; 32], Vec<u8>);
 
@@ -139,12 +145,7 @@ impl SessionService {
         &self,
         list: capnp::struct_list::Reader<'_, quicnprotochat_wire::node_capnp::recipient::Owned>,
     ) -> Result<Vec<NamedPart>, capnp::Error> {
-        if list.len() as usize > MAX_DELIVERIES {
-            return Err(refuse(
-                ErrorCode::TooLarge,
-                format!("at most {MAX_DELIVERIES} recipients per call"),
-            ));
-        }
+        check_list_len(list.len(), "recipients")?;
         list.iter()
             .map(|r| {
                 let key =
