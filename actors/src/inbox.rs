@@ -536,32 +536,22 @@ impl Actor for InboxActor {
                         lens,
                         admission,
                         reply,
-                    } => {
-                        let count = lens.len() as u64;
-                        let admitted =
-                            inbox.admit_many(lens, state.args.settings.limits, admission);
-                        let dropped = matches!(
-                            (&admitted, admission),
-                            (Err(InboxRefusal::QueueFull { .. }), Admission::Droppable)
-                        );
-                        if let (Err(refusal), false) = (&admitted, dropped) {
-                            let _ = reply.send(Err(refusal.clone().into()));
-                        } else {
+                    } => match inbox.reserve(lens, state.args.settings.limits, admission) {
+                        Err(refusal) => {
+                            let _ = reply.send(Err(refusal.into()));
+                        }
+                        Ok(reserved) => {
                             let (submitted, decision) = oneshot::channel();
                             let reservation = Reservation {
-                                first: admitted.clone().map(|run| *run.start()),
+                                first: reserved.first(),
                                 notify: myself.clone(),
                                 submitted,
                             };
                             let used =
                                 reply.send(Ok(reservation)).is_ok() && decision.await.is_ok();
-                            match (admitted, used) {
-                                (Ok(run), false) => inbox.release(run),
-                                (Err(_), true) => inbox.note_missed(count),
-                                _ => {}
-                            }
+                            inbox.settle(reserved, used);
                         }
-                    }
+                    },
                     InboxRequest::Purge { reply } => {
                         let everything = inbox.assigned();
                         ack(&state.args, inbox, everything, reply).await;

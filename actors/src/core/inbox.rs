@@ -91,6 +91,30 @@ pub enum InboxRefusal {
     },
 }
 
+/// What [`InboxState::reserve`] set aside.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reserved {
+    /// These seqs.
+    Run(std::ops::RangeInclusive<u64>),
+    /// Nothing: the inbox is full and the messages are droppable.
+    Dropped {
+        /// Why the inbox did not take them.
+        refusal: InboxRefusal,
+        /// How many they are.
+        count: u64,
+    },
+}
+
+impl Reserved {
+    /// The first reserved seq, or why the messages were dropped.
+    pub fn first(&self) -> Result<u64, InboxRefusal> {
+        match self {
+            Reserved::Run(run) => Ok(*run.start()),
+            Reserved::Dropped { refusal, .. } => Err(refusal.clone()),
+        }
+    }
+}
+
 /// A range of seqs `from..=to` to delete, decided by an ack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AckRange {
@@ -180,6 +204,40 @@ impl InboxState {
         );
         if *seqs.end() == self.assigned && *seqs.start() > self.durable {
             self.assigned = seqs.start() - 1;
+        }
+    }
+
+    /// Reserves seqs for `lens.len()` messages of a multi-inbox write. A
+    /// droppable message the full inbox cannot take is not a refusal but a
+    /// reserved drop: the write goes ahead without it and, if it is stored, the
+    /// drop is counted ([`InboxState::settle`]). Any other refusal is an `Err`.
+    pub fn reserve(
+        &mut self,
+        lens: impl IntoIterator<Item = usize>,
+        limits: InboxLimits,
+        admission: Admission,
+    ) -> Result<Reserved, InboxRefusal> {
+        let lens: Vec<usize> = lens.into_iter().collect();
+        let count = lens.len() as u64;
+        match self.admit_many(lens, limits, admission) {
+            Ok(run) => Ok(Reserved::Run(run)),
+            Err(full @ InboxRefusal::QueueFull { .. }) if admission == Admission::Droppable => {
+                Ok(Reserved::Dropped {
+                    refusal: full,
+                    count,
+                })
+            }
+            Err(refusal) => Err(refusal),
+        }
+    }
+
+    /// The multi-inbox write a reservation was for was stored (`used`) or
+    /// abandoned: an abandoned run is taken back, a stored drop is counted.
+    pub fn settle(&mut self, reserved: Reserved, used: bool) {
+        match (reserved, used) {
+            (Reserved::Run(run), false) => self.release(run),
+            (Reserved::Dropped { count, .. }, true) => self.note_missed(count),
+            _ => {}
         }
     }
 
@@ -368,7 +426,16 @@ mod tests {
     fn drops_are_told_by_one_marker_once_an_ack_makes_room() {
         let mut s = InboxState::recovered(InboxMeta::default());
         s.admit_many([1, 1, 1], LIMITS, Admission::Regular).unwrap();
-        s.note_missed(2);
+        assert!(
+            s.reserve([1], LIMITS, Admission::Regular).is_err(),
+            "only droppable messages are dropped"
+        );
+        let abandoned = s.reserve([1], LIMITS, Admission::Droppable).unwrap();
+        s.settle(abandoned, false);
+        assert_eq!(s.missed(), 0, "an abandoned write drops nothing");
+        let dropped = s.reserve([1, 1], LIMITS, Admission::Droppable).unwrap();
+        assert!(matches!(dropped, Reserved::Dropped { count: 2, .. }));
+        s.settle(dropped, true);
         assert_eq!(s.missed_marker_due(LIMITS), None, "no room yet");
         s.ack(1).unwrap();
         assert_eq!(s.missed_marker_due(LIMITS), Some(4));

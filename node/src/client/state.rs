@@ -587,6 +587,19 @@ impl ClientState {
         )
     }
 
+    /// The seqs of the held messages, without reading the messages.
+    pub fn held_seqs(&self) -> Result<Vec<u64>, StateError> {
+        self.read(
+            |t| {
+                t.open_table(HELD)?
+                    .iter()?
+                    .map(|e| Ok(e?.0.value()))
+                    .collect()
+            },
+            Vec::new(),
+        )
+    }
+
     /// Lines not yet shown, in the order they arrived.
     pub fn unread(&self) -> Result<Vec<(LineKey, String)>, StateError> {
         self.read(

@@ -474,11 +474,11 @@ impl GroupState {
     /// The group-protocol state as stored: the group's epoch, our pending
     /// commit, the held messages (of every group: they share one bound).
     fn protocol(&self, group: &Group) -> Result<GroupProtocol, MessengerError> {
-        let held = self.profile.state.held()?;
+        let held = self.profile.state.held_seqs()?;
         Ok(GroupProtocol::observe(
             group.epoch(),
             group.has_pending_commit(),
-            held.into_iter().map(|(seq, _)| (seq, None)),
+            held.into_iter().map(|seq| (seq, None)),
             MAX_HELD,
         ))
     }

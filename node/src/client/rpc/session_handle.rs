@@ -49,6 +49,12 @@ pub struct CommitBodies {
     pub parts: Vec<(IdentityKey, Vec<u8>)>,
 }
 
+fn write_members(mut list: capnp::data_list::Builder<'_>, members: &[Vec<u8>]) {
+    for (i, m) in members.iter().enumerate() {
+        list.set(i as u32, m);
+    }
+}
+
 fn write_recipients(
     mut list: capnp::struct_list::Builder<'_, quicnprotochat_wire::node_capnp::recipient::Owned>,
     recipients: &[(IdentityKey, Vec<u8>)],
@@ -192,12 +198,7 @@ impl SessionHandle {
         req.get().set_group_id(group_id);
         req.get().set_epoch(epoch);
         req.get().set_mls_commit(mls_commit);
-        {
-            let mut list = req.get().init_members(members.len() as u32);
-            for (i, m) in members.iter().enumerate() {
-                list.set(i as u32, m);
-            }
-        }
+        write_members(req.get().init_members(members.len() as u32), members);
         write_deliveries(
             req.get().init_deliveries(deliveries.len() as u32),
             deliveries,
@@ -265,12 +266,7 @@ impl SessionHandle {
         req.get().set_group_id(group_id);
         req.get().set_epoch(epoch);
         req.get().set_mls_commit(mls_commit);
-        {
-            let mut list = req.get().init_members(members.len() as u32);
-            for (i, m) in members.iter().enumerate() {
-                list.set(i as u32, m);
-            }
-        }
+        write_members(req.get().init_members(members.len() as u32), members);
         req.get().set_commit_body(&bodies.commit);
         req.get().set_welcome_body(&bodies.welcome);
         req.get().set_receipt_body(&bodies.receipt);
