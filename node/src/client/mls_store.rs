@@ -11,9 +11,14 @@
 //! own `RedbMlsStorage`: their overlays are separate, so operations on different
 //! groups never commit each other's half-done writes.
 //!
-//! Keys and values are encoded exactly as `openmls_memory_storage` encodes them
-//! (label, JSON key, version; JSON values), so profiles written by earlier versions,
-//! which mirrored that store into the same table, open unchanged. The trait methods
+//! Keys are encoded exactly as `openmls_memory_storage` encodes them (label, JSON
+//! key, version), and so are most values (JSON), so profiles written by earlier
+//! versions, which mirrored that store into the same table, open unchanged. The
+//! values that grow with the group (the ratchet tree, the message secrets) are
+//! written in a compact binary encoding instead ([`encode_binary`]): as JSON, a
+//! byte string costs ~3.6 bytes per byte, and the X-Wing tree of a 1,000-member
+//! group (~1.4 MB of keys) became ~5 MB that every commit re-encrypted and
+//! rewrote in each member's profile. Reads accept either encoding. The trait methods
 //! follow that crate's implementation (MIT), with its list helpers rebuilt on the
 //! overlay and one fix: clearing the proposal queue also deletes the proposals.
 
@@ -44,6 +49,28 @@ pub enum MlsStoreError {
 impl From<serde_json::Error> for MlsStoreError {
     fn from(e: serde_json::Error) -> Self {
         MlsStoreError::Serialization(e.to_string())
+    }
+}
+
+/// First byte of a value in the binary encoding. JSON text never starts with it (it
+/// is a UTF-8 continuation byte), so each stored value says which encoding it has.
+const BINARY_TAG: u8 = 0xB1;
+
+/// `value` in the binary encoding: [`BINARY_TAG`], then postcard. Only for types
+/// whose serde form postcard reads back (no `deserialize_any`: the join config's
+/// untagged deletion policy, for one, stays JSON).
+fn encode_binary<V: serde::Serialize>(value: &V) -> Result<Vec<u8>, MlsStoreError> {
+    postcard::to_extend(value, vec![BINARY_TAG])
+        .map_err(|e| MlsStoreError::Serialization(e.to_string()))
+}
+
+/// A stored value in either encoding.
+fn decode_value<V: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<V, MlsStoreError> {
+    match bytes.split_first() {
+        Some((&BINARY_TAG, rest)) => {
+            postcard::from_bytes(rest).map_err(|e| MlsStoreError::Serialization(e.to_string()))
+        }
+        _ => Ok(serde_json::from_slice(bytes)?),
     }
 }
 
@@ -212,7 +239,7 @@ impl RedbMlsStorage {
     ) -> Result<Option<V>, MlsStoreError> {
         let storage_key = build_key_from_vec::<VERSION>(label, key.to_vec());
         match self.get_raw(&storage_key)? {
-            Some(v) => Ok(Some(serde_json::from_slice(&v)?)),
+            Some(v) => Ok(Some(decode_value(&v)?)),
             None => Ok(None),
         }
     }
@@ -225,7 +252,7 @@ impl RedbMlsStorage {
         let storage_key = build_key_from_vec::<VERSION>(label, key.to_vec());
         self.read_raw_list::<VERSION>(&storage_key)?
             .iter()
-            .map(|v| serde_json::from_slice(v).map_err(MlsStoreError::from))
+            .map(|v| decode_value(v))
             .collect()
     }
 
@@ -296,7 +323,7 @@ impl StorageProvider<CURRENT_VERSION> for RedbMlsStorage {
         self.write::<CURRENT_VERSION>(
             TREE_LABEL,
             &serde_json::to_vec(&group_id)?,
-            serde_json::to_vec(&tree)?,
+            encode_binary(&tree)?,
         )
     }
 
@@ -604,7 +631,7 @@ impl StorageProvider<CURRENT_VERSION> for RedbMlsStorage {
         self.write::<CURRENT_VERSION>(
             MESSAGE_SECRETS_LABEL,
             &serde_json::to_vec(group_id)?,
-            serde_json::to_vec(message_secrets)?,
+            encode_binary(message_secrets)?,
         )
     }
 
@@ -744,7 +771,7 @@ impl StorageProvider<CURRENT_VERSION> for RedbMlsStorage {
         let value = self.get_raw(&storage_key)?;
 
         if let Some(value) = value {
-            return Ok(serde_json::from_slice(&value)?);
+            return decode_value(&value);
         }
 
         Ok(vec![])
