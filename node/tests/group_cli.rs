@@ -6,78 +6,12 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BIN, ServerProcess, assert_one_line_error, client_env};
+use common::{BIN, ServerProcess, User, assert_one_line_error, client_env};
 use quicnprotochat::tls;
-
-/// A user of the CLI: a profile directory, and the server to talk to.
-struct User {
-    state: PathBuf,
-    password: String,
-}
-
-impl User {
-    fn new(dir: &Path, name: &str) -> User {
-        User {
-            state: dir.join(name),
-            password: format!("pw-{name}"),
-        }
-    }
-
-    fn run(&self, server: SocketAddr, ca: &Path, args: &[&str]) -> (bool, String, String) {
-        client_env(args, server, ca, &self.state, &self.password)
-    }
-
-    /// Runs a command that must succeed; returns its stdout.
-    fn ok(&self, server: SocketAddr, ca: &Path, args: &[&str]) -> String {
-        let (ok, out, err) = self.run(server, ca, args);
-        assert!(ok, "{args:?} failed: {err}");
-        out
-    }
-
-    /// The binary with `args`, this user's profile, and the server's address and
-    /// certificate; for commands that run alongside the test (chat, recv to kill).
-    fn command(&self, server: SocketAddr, ca: &Path, args: &[&str]) -> Command {
-        let mut c = Command::new(BIN);
-        c.args(args)
-            .arg("--server")
-            .arg(server.to_string())
-            .arg("--ca-cert")
-            .arg(ca)
-            .arg("--state")
-            .arg(&self.state)
-            .env("QPC_PASSWORD", &self.password)
-            .env_remove("QPC_AUTH_TOKEN");
-        c
-    }
-
-    /// `chat --group G` with `lines` on stdin, then Ctrl+D; returns stdout.
-    fn chat(&self, server: SocketAddr, ca: &Path, group: &str, lines: &[String]) -> String {
-        let mut child = self
-            .command(server, ca, &["chat", "--group", group])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        {
-            let mut stdin = child.stdin.take().unwrap();
-            for l in lines {
-                writeln!(stdin, "{l}").unwrap();
-            }
-        } // dropping stdin is Ctrl+D
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "chat failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
 
 /// A server process and alice and bob, registered, in group "g".
 struct Pair {

@@ -200,6 +200,9 @@ impl Group {
             .inner
             .create_message(member.provider(), member.signer(), plaintext)
             .map_err(|e| match e {
+                CreateMessageError::GroupStateError(MlsGroupStateError::PendingProposal) => {
+                    MlsError::ProposalsPending
+                }
                 CreateMessageError::GroupStateError(_) => MlsError::CommitPending,
                 other => library(other),
             })?;
@@ -300,6 +303,39 @@ impl Group {
             .leave_group(member.provider(), member.signer())
             .map_err(|e| MlsError::Rejected(e.to_string()))?;
         serialize(&proposal)
+    }
+
+    /// Forgets the proposals this member made itself (its own leave) that are
+    /// still waiting: another member must commit those, never us (OpenMLS
+    /// refuses a commit that removes its committer), so left in the store they
+    /// would fail every later commit of pending proposals. Returns how many.
+    pub fn withdraw_own_proposals<S: StorageProvider<CURRENT_VERSION>>(
+        &mut self,
+        member: &GroupMember<S>,
+    ) -> Result<usize, MlsError> {
+        let own = self.inner.own_leaf_index();
+        let refs: Vec<openmls::prelude::hash_ref::ProposalRef> = self
+            .inner
+            .pending_proposals()
+            .filter(|p| matches!(p.sender(), Sender::Member(i) if *i == own))
+            .map(|p| p.proposal_reference_ref().clone())
+            .collect();
+        for r in &refs {
+            self.inner
+                .remove_pending_proposal(member.provider().storage(), r)
+                .map_err(|e| MlsError::Rejected(e.to_string()))?;
+        }
+        Ok(refs.len())
+    }
+
+    /// Forgets every waiting proposal (after committing them failed too often).
+    pub fn clear_proposals<S: StorageProvider<CURRENT_VERSION>>(
+        &mut self,
+        member: &GroupMember<S>,
+    ) -> Result<(), MlsError> {
+        self.inner
+            .clear_pending_proposals(member.provider().storage())
+            .map_err(|e| MlsError::Rejected(e.to_string()))
     }
 
     /// Commits every stored proposal (e.g. someone's leave), if there are any.

@@ -90,6 +90,13 @@ pub enum MlsError {
     /// A commit of ours is waiting to be confirmed or discarded.
     #[error("a commit is pending; confirm or discard it first")]
     CommitPending,
+    /// A proposal someone made (a leave) must be committed before this member
+    /// may send application messages (RFC 9420 §12.2: no application data over
+    /// pending proposals).
+    #[error(
+        "a requested change (someone's leave) must be committed first; the next pull commits it"
+    )]
+    ProposalsPending,
     /// The storage provider failed.
     #[error("MLS storage: {0}")]
     Storage(String),

@@ -32,6 +32,10 @@ use crate::client::state::{ClientState, LineKey, StateError};
 
 /// How often an outgoing commit is rebuilt after losing the epoch race.
 pub const MAX_COMMIT_ATTEMPTS: u32 = 8;
+/// Pulls in a row that may fail to commit a group's waiting proposals (someone's
+/// leave) before they are dropped with a line, so a refusal never blocks a
+/// profile for good.
+pub const MAX_PROPOSAL_ATTEMPTS: u32 = 3;
 /// Most messages held for a later epoch; past that they are reported and dropped.
 pub const MAX_HELD: usize = 1000;
 /// Most bytes of deliveries one commit call carries: well inside the node's
@@ -119,6 +123,9 @@ pub enum MessengerError {
     #[error("the group changed {0} times while committing; try again")]
     /// Other commits kept winning.
     CommitRetriesExhausted(u32),
+    #[error("the leave did not reach the group ({0}); you are still a member, nothing changed")]
+    /// The leave proposal reached no member (why); it was taken back.
+    LeaveNotSent(String),
     #[error("the commit's deliveries ({bytes} bytes) exceed what one call may carry")]
     /// A commit too large for one call.
     CommitTooLarge {
@@ -472,7 +479,12 @@ impl Messenger {
     pub async fn leave(&mut self, name: &str) -> Result<(), MessengerError> {
         self.pull(Duration::ZERO).await?;
         let group = self.group_actor(name).await?;
-        ask(&group, "group actor", |reply| GroupMsg::Leave { reply }).await
+        let crash_at = self.crash_at.take();
+        ask(&group, "group actor", |reply| GroupMsg::Leave {
+            crash_at,
+            reply,
+        })
+        .await
     }
 
     /// Sends `text` to every other member device (one upload); reports who got
@@ -537,7 +549,21 @@ impl Messenger {
             // The fence picks one committer; the proposal is in the profile, so
             // this also happens after a restart.
             if proposals {
-                Box::pin(self.commit_change(&group, Change::PendingProposals)).await?;
+                match Box::pin(self.commit_change(&group, Change::PendingProposals)).await {
+                    Ok(_) => {}
+                    // Unreachable node: nothing to count, the next pull retries.
+                    Err(e) if Self::is_connection_loss(&e) => return Err(e),
+                    // A refusal must not fail every pull (and with it every
+                    // other group): counted, and dropped after a few.
+                    Err(e) => {
+                        let why = e.to_string();
+                        ask(&group, "group actor", |reply| GroupMsg::ProposalsFailed {
+                            why,
+                            reply,
+                        })
+                        .await?;
+                    }
+                }
             }
         }
         Ok(lines)

@@ -376,6 +376,13 @@ const HELD: TableDefinition<u64, &[u8]> = TableDefinition::new("held");
 /// (seq, n) → a line to show the user, kept until shown.
 const UNREAD: TableDefinition<(u64, u32), &str> = TableDefinition::new("unread");
 
+/// Group id → how many pulls in a row failed to commit its waiting proposals.
+const PROPOSAL_FAILURES: TableDefinition<&[u8], u32> = TableDefinition::new("proposal_failures");
+
+/// Lines the client itself produces (not from an envelope) sit after the lines of
+/// the last applied envelope, from this place on.
+const LOCAL_LINES_FROM: u32 = 1 << 31;
+
 /// Where a line to show sits: the seq of the envelope that produced it, and its
 /// place among that envelope's lines.
 pub type LineKey = (u64, u32);
@@ -405,6 +412,7 @@ impl ClientTxn<'_> {
         if let Some(name) = name {
             self.txn.open_table(GROUP_NAMES)?.remove(name.as_str())?;
         }
+        self.txn.open_table(PROPOSAL_FAILURES)?.remove(group_id)?;
         Ok(())
     }
 
@@ -413,6 +421,40 @@ impl ClientTxn<'_> {
         self.txn
             .open_table(ROSTER)?
             .insert(&entry.identity, encode_roster(entry).as_slice())?;
+        Ok(())
+    }
+
+    /// Adds a line the client produced itself (no envelope: e.g. a change it
+    /// gave up on), after everything applied so far.
+    pub fn add_local_line(&self, line: &str) -> TxnResult<()> {
+        let seq = self
+            .txn
+            .open_table(CURSOR)?
+            .get("inbox")?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        let mut unread = self.txn.open_table(UNREAD)?;
+        let n = unread
+            .range((seq, LOCAL_LINES_FROM)..=(seq, u32::MAX))?
+            .next_back()
+            .transpose()?
+            .map_or(LOCAL_LINES_FROM, |(k, _)| k.value().1 + 1);
+        unread.insert((seq, n), line)?;
+        Ok(())
+    }
+
+    /// Counts one more failed attempt to commit a group's waiting proposals;
+    /// returns the count so far.
+    pub fn proposal_failed(&self, group_id: &[u8]) -> TxnResult<u32> {
+        let mut t = self.txn.open_table(PROPOSAL_FAILURES)?;
+        let n = t.get(group_id)?.map_or(0, |v| v.value()) + 1;
+        t.insert(group_id, n)?;
+        Ok(n)
+    }
+
+    /// The group's waiting proposals were committed or given up on.
+    pub fn proposals_settled(&self, group_id: &[u8]) -> TxnResult<()> {
+        self.txn.open_table(PROPOSAL_FAILURES)?.remove(group_id)?;
         Ok(())
     }
 

@@ -1,9 +1,9 @@
 //! What the binary tests share: a server child process and a client runner.
 #![allow(dead_code)] // each test file uses its own part
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_quicnprotochat");
@@ -103,4 +103,81 @@ pub(crate) fn client_env(
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// A user of the CLI: a profile directory, and the server to talk to.
+pub(crate) struct User {
+    pub(crate) state: PathBuf,
+    pub(crate) password: String,
+}
+
+impl User {
+    pub(crate) fn new(dir: &Path, name: &str) -> User {
+        User {
+            state: dir.join(name),
+            password: format!("pw-{name}"),
+        }
+    }
+
+    pub(crate) fn run(
+        &self,
+        server: SocketAddr,
+        ca: &Path,
+        args: &[&str],
+    ) -> (bool, String, String) {
+        client_env(args, server, ca, &self.state, &self.password)
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    pub(crate) fn ok(&self, server: SocketAddr, ca: &Path, args: &[&str]) -> String {
+        let (ok, out, err) = self.run(server, ca, args);
+        assert!(ok, "{args:?} failed: {err}");
+        out
+    }
+
+    /// The binary with `args`, this user's profile, and the server's address and
+    /// certificate; for commands that run alongside the test (chat, recv to kill).
+    pub(crate) fn command(&self, server: SocketAddr, ca: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .arg("--server")
+            .arg(server.to_string())
+            .arg("--ca-cert")
+            .arg(ca)
+            .arg("--state")
+            .arg(&self.state)
+            .env("QPC_PASSWORD", &self.password)
+            .env_remove("QPC_AUTH_TOKEN");
+        c
+    }
+
+    /// `chat --group G` with `lines` on stdin, then Ctrl+D; returns stdout.
+    pub(crate) fn chat(
+        &self,
+        server: SocketAddr,
+        ca: &Path,
+        group: &str,
+        lines: &[String],
+    ) -> String {
+        let mut child = self
+            .command(server, ca, &["chat", "--group", group])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            let mut stdin = child.stdin.take().unwrap();
+            for l in lines {
+                writeln!(stdin, "{l}").unwrap();
+            }
+        } // dropping stdin is Ctrl+D
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "chat failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
 }

@@ -27,7 +27,8 @@ use crate::client::core::{
 };
 use crate::client::message::{Body, ClientMessage, RosterEntry};
 use crate::client::messenger::{
-    CrashPoint, GroupSummary, Line, MAX_COMMIT_BYTES, MAX_HELD, MessengerError, SendReport,
+    CrashPoint, GroupSummary, Line, MAX_COMMIT_BYTES, MAX_HELD, MAX_PROPOSAL_ATTEMPTS,
+    MessengerError, SendReport,
 };
 use crate::client::mls_store::RedbMlsStorage;
 use crate::client::rpc::CommitBodies;
@@ -89,12 +90,19 @@ pub(crate) enum GroupMsg {
     },
     /// Proposes our removal to the others and forgets the group here.
     Leave {
+        crash_at: Option<CrashPoint>,
         reply: Reply<()>,
     },
     /// After a full pull: discards a pending commit that got no receipt (it was
-    /// never accepted); answers whether proposals wait to be committed.
+    /// never accepted), withdraws our own unsent leave; answers whether
+    /// proposals wait to be committed.
     Sweep {
         reply: Reply<bool>,
+    },
+    /// Committing the waiting proposals failed, not for a lost connection.
+    ProposalsFailed {
+        why: String,
+        reply: Reply<()>,
     },
     Summary {
         reply: Reply<GroupSummary>,
@@ -208,13 +216,56 @@ impl GroupState {
         self.send_to_group(&group, ciphertext).await
     }
 
-    async fn leave(&mut self) -> Result<(), MessengerError> {
+    async fn leave(&mut self, crash_at: Option<CrashPoint>) -> Result<(), MessengerError> {
         let mut group = self.load()?;
         let proposal = group.leave(&self.member)?;
+        // Saved before it leaves (it used a handshake key); taken back if it
+        // reached nobody, or every later commit of ours would carry our own
+        // removal, which MLS refuses. (After a crash here, `sweep` takes it back.)
         self.save(|_| Ok(()))?;
-        self.send_to_group(&group, proposal).await?;
+        if crash_at == Some(CrashPoint::BeforeSending) {
+            return Ok(());
+        }
+        let why = match self.send_to_group(&group, proposal).await {
+            Ok(report) if !report.seqs.is_empty() || report.undelivered.is_empty() => None,
+            Ok(report) => Some(report.summary(&self.name()?)),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(why) = why {
+            group.withdraw_own_proposals(&self.member)?;
+            self.save(|_| Ok(()))?;
+            return Err(MessengerError::LeaveNotSent(why));
+        }
         let gid = self.gid.clone();
         self.save(|t| t.forget_group(&gid))
+    }
+
+    /// Committing the waiting proposals failed (`why`): counted; after
+    /// [`MAX_PROPOSAL_ATTEMPTS`] failures in a row they are dropped, with a line.
+    fn proposals_failed(&mut self, why: &str) -> Result<(), MessengerError> {
+        let name = self.name()?;
+        let gid = self.gid.clone();
+        let mut group = self.load()?;
+        let mut failures = 0;
+        self.save(|t| {
+            failures = t.proposal_failed(&gid)?;
+            Ok(())
+        })?;
+        if failures < MAX_PROPOSAL_ATTEMPTS {
+            return Ok(());
+        }
+        group.clear_proposals(&self.member)?;
+        let line = notice(
+            0,
+            Some(&name),
+            format!(
+                "gave up committing a requested change (a leave) after {failures} failed attempts: {why}; who asked to leave stays a member until removed (`remove`)"
+            ),
+        );
+        self.save(|t| {
+            t.proposals_settled(&gid)?;
+            t.add_local_line(&line.display())
+        })
     }
 
     async fn prepare_invite(
@@ -375,9 +426,13 @@ impl GroupState {
             PendingAction::Confirm => {
                 group.confirm_commit(&self.member)?;
                 let epoch = group.epoch();
+                let gid = self.gid.clone();
                 self.save(|t| {
                     for e in added {
                         t.put_roster(e)?;
+                    }
+                    if matches!(change, Change::PendingProposals) {
+                        t.proposals_settled(&gid)?;
                     }
                     Ok(())
                 })?;
@@ -467,6 +522,17 @@ impl GroupState {
         if self.protocol(&g)?.pulled_everything() == PendingAction::Discard {
             g.discard_commit(&self.member)?;
             self.save(|_| Ok(()))?;
+        }
+        // Our own leave, saved but never sent (we died in between): only others
+        // can commit it, and left here it would fail every commit of ours.
+        if !g.has_pending_commit() && g.withdraw_own_proposals(&self.member)? > 0 {
+            let line = notice(
+                0,
+                Some(&self.name()?),
+                "your leave did not reach the group; you are still a member (run `leave` again)"
+                    .into(),
+            );
+            self.save(|t| t.add_local_line(&line.display()))?;
         }
         Ok(g.has_pending_proposals())
     }
@@ -828,13 +894,17 @@ impl Actor for GroupActor {
                 let r = state.commit(&change, crash_at).await;
                 let _ = reply.send(settle(state, r));
             }
-            GroupMsg::Leave { reply } => {
-                let r = state.leave().await;
+            GroupMsg::Leave { crash_at, reply } => {
+                let r = state.leave(crash_at).await;
                 forgotten = r.is_ok();
                 let _ = reply.send(settle(state, r));
             }
             GroupMsg::Sweep { reply } => {
                 let r = state.sweep();
+                let _ = reply.send(settle(state, r));
+            }
+            GroupMsg::ProposalsFailed { why, reply } => {
+                let r = state.proposals_failed(&why);
                 let _ = reply.send(settle(state, r));
             }
             GroupMsg::Summary { reply } => {
