@@ -53,6 +53,7 @@ impl InboxRefusal {
             InboxRefusal::TooLarge { .. } => ErrorCode::TooLarge,
             InboxRefusal::AckBeyondEnd { .. } => ErrorCode::BadRequest,
             InboxRefusal::TooManyWaiters { .. } => ErrorCode::RateLimited,
+            InboxRefusal::NoDevice => ErrorCode::NotFound,
         }
     }
 }

@@ -11,6 +11,7 @@
 //! [`crate::registry`] makes sure that drops no message.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quicnprotochat_wire::{ErrorCode, IdentityKey, WireError};
@@ -135,7 +136,14 @@ pub struct GroupRegistry {
     inboxes: InboxRegistry,
     writer: StoreWriter,
     settings: GroupSettings,
+    directory: Directory,
 }
+
+/// Whether an inbox belongs to a registered device (the node's account
+/// directory). A group's fences name MLS members; a member whose device was
+/// removed stays named until someone commits its removal, and meanwhile the
+/// fan-out skips it: nothing new is stored for it, and it fails no delivery.
+pub type Directory = Arc<dyn Fn(&IdentityKey) -> bool + Send + Sync>;
 
 /// What every group actor shares.
 #[derive(Debug, Clone, Copy)]
@@ -154,6 +162,7 @@ impl GroupRegistry {
         inboxes: InboxRegistry,
         writer: StoreWriter,
         settings: GroupSettings,
+        directory: Directory,
     ) -> Result<GroupRegistry, ractor::SpawnErr> {
         Ok(GroupRegistry {
             actors: Registry::start(
@@ -167,6 +176,7 @@ impl GroupRegistry {
             inboxes,
             writer,
             settings,
+            directory,
         })
     }
 
@@ -188,6 +198,7 @@ impl GroupRegistry {
                     writer: self.writer.clone(),
                     membership,
                     settings: self.settings,
+                    directory: self.directory.clone(),
                 }
             })
             .await
@@ -252,6 +263,9 @@ impl GroupRegistry {
         let members = rx.await.map_err(|_| DeliveryError::Restarting)?;
         let keys: Vec<[u8; 32]> = named.iter().map(|(k, _)| *k).collect();
         let recipients = send_recipients(&members, &sender.0, &keys)?;
+        let (recipients, removed): (Vec<[u8; 32]>, Vec<[u8; 32]>) = recipients
+            .into_iter()
+            .partition(|k| (self.directory)(&IdentityKey(*k)));
         let mut parts: std::collections::BTreeMap<[u8; 32], Vec<u8>> = named.into_iter().collect();
         let recipients: Vec<SharedRecipient> = recipients
             .into_iter()
@@ -269,6 +283,11 @@ impl GroupRegistry {
         Ok(keys
             .into_iter()
             .zip(outcomes.pop().unwrap_or_default())
+            .chain(
+                removed
+                    .into_iter()
+                    .map(|k| (IdentityKey(k), Err(InboxRefusal::NoDevice))),
+            )
             .collect())
     }
 
@@ -291,6 +310,7 @@ pub struct GroupArgs {
     /// The group (its id) and its place in the registry.
     membership: Membership<Vec<u8>, GroupMsg>,
     settings: GroupSettings,
+    directory: Directory,
 }
 
 /// A commit creating a group counts against its device's quota: the count is
@@ -463,7 +483,10 @@ async fn commit_shared(state: &mut GroupActorState, c: SharedCommit) -> Result<u
         &c.members,
         !c.welcome_body.is_empty(),
     )?;
+    // Members whose device was removed get nothing (their parts are dropped).
+    let is_device = |k: &[u8; 32]| (state.args.directory)(&IdentityKey(*k));
     let mut parts = c.parts;
+    parts.retain(|k, _| is_device(k));
     let mut take = |k: &[u8; 32], admission| SharedRecipient {
         inbox: IdentityKey(*k),
         part: parts.remove(k).unwrap_or_default(),
@@ -472,13 +495,19 @@ async fn commit_shared(state: &mut GroupActorState, c: SharedCommit) -> Result<u
     let bodies = vec![
         SharedBody {
             body: c.commit_body,
-            recipients: plan.commit_to.iter().map(|(k, a)| take(k, *a)).collect(),
+            recipients: plan
+                .commit_to
+                .iter()
+                .filter(|(k, _)| is_device(k))
+                .map(|(k, a)| take(k, *a))
+                .collect(),
         },
         SharedBody {
             body: c.welcome_body,
             recipients: plan
                 .welcome_to
                 .iter()
+                .filter(|k| is_device(k))
                 .map(|k| take(k, Admission::Handshake))
                 .collect(),
         },

@@ -100,7 +100,9 @@ enum Command {
         #[arg(long, default_value_t = commands::DEFAULT_KEY_PACKAGES)]
         count: usize,
     },
-    /// Remove another device (identity key in hex) from this account.
+    /// Remove another device (identity key in hex) from this account and from
+    /// this device's groups; its sessions end. Asks for the account password
+    /// (QPC_PASSWORD or a prompt).
     RemoveDevice { identity: String },
     /// Create a group with this device as its only member. New groups use the
     /// post-quantum (X-Wing) MLS ciphersuite.
@@ -277,7 +279,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         commands::refresh_key_packages(&opts, count).await
                     }
                     Command::RemoveDevice { identity } => {
-                        commands::remove_device(&opts, &identity).await
+                        let password = commands::read_password(false)?;
+                        group_commands::remove_device(&opts, &identity, &password).await
                     }
                     Command::CreateGroup { name, classic, .. } => {
                         group_commands::create_group(&opts, &name, !classic).await

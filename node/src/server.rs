@@ -24,6 +24,7 @@ use quicnprotochat_actors::store::{ServerStore, StoreError, StoreOptions};
 use quicnprotochat_actors::telemetry;
 use quicnprotochat_crypto::token::TokenHash;
 use quicnprotochat_crypto::{CHANNEL_BINDING_LEN, EXPORTER_LABEL};
+use quicnprotochat_wire::IdentityKey;
 use quicnprotochat_wire::limits::reader_options;
 use tokio::sync::mpsc;
 
@@ -142,7 +143,11 @@ impl Server {
                 addr: config.listen,
                 source,
             })?;
-        let auth = AuthService::open(store.clone(), writer.clone()).await?;
+        let auth = Arc::new(AuthService::open(store.clone(), writer.clone()).await?);
+        let directory = {
+            let auth = auth.clone();
+            Arc::new(move |inbox: &IdentityKey| auth.accepts_inbox(inbox))
+        };
         let groups = GroupRegistry::start(
             registry.clone(),
             writer.clone(),
@@ -151,6 +156,7 @@ impl Server {
                 live_actors: config.limits.live_inboxes as usize,
                 groups_per_device: config.limits.groups_per_device,
             },
+            directory,
         )
         .await
         .map_err(|e| ServerError::Actors(e.to_string()))?;
@@ -159,7 +165,7 @@ impl Server {
             groups,
             store,
             writer: writer.clone(),
-            auth: Arc::new(auth),
+            auth,
             rates: RateLimits::new(config.rate_limits),
             sealed_sender: config.sealed_sender,
             auth_token: config

@@ -1,10 +1,12 @@
 //! Devices leaving an account end to end against a real node: what a removed
-//! device had stops and is deleted, also across a crash, and groups left without
-//! registered members are collected.
+//! device had stops and is deleted, also across a crash; a removed device still
+//! named by a group fails no fan-out and gets nothing; removing a device needs
+//! the password; groups left without registered members are collected.
 
+use quicnprotochat::client::CommitBodies;
 use quicnprotochat_crypto::Identity;
 use quicnprotochat_tests::accounts::{device, register};
-use quicnprotochat_tests::{TestNode, local};
+use quicnprotochat_tests::{TestNode, local, mls_commit};
 use quicnprotochat_wire::{ErrorCode, IdentityKey};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,6 +144,99 @@ async fn the_fence_of_a_group_whose_members_are_all_removed_is_collected() {
             )
             .await
             .expect("the group id is free again");
+    })
+    .await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_a_device_needs_a_fresh_password_login_not_a_token_or_a_device_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    local(async {
+        let (phone, laptop) = (device(), device());
+        let (_c1, _) = register(&node, "gus", "pw", &phone).await;
+        let conn = node.connect().await.unwrap();
+        let phone_login = conn.login("gus", b"pw", &phone.id, None).await.unwrap();
+        let c2 = node.connect().await.unwrap();
+        c2.login("gus", b"pw", &laptop.id, None).await.unwrap();
+
+        // A remembered token (stolen, say) or the device key alone: refused,
+        // and nothing changes.
+        let c3 = node.connect().await.unwrap();
+        let (resumed, _) = c3.resume(&phone_login.token, None).await.unwrap();
+        let c4 = node.connect().await.unwrap();
+        let by_key = c4.authenticate(&phone.id, None).await.unwrap();
+        for session in [&resumed, &by_key] {
+            let err = session.remove_device(&laptop.key()).await.unwrap_err();
+            assert_eq!(err.code(), Some(ErrorCode::Unauthorized), "{err}");
+            assert!(
+                err.to_string().contains("needs the account password"),
+                "{err}"
+            );
+        }
+        assert_eq!(resumed.whoami().await.unwrap().device_count, 2);
+        // The password, just now: done.
+        phone_login
+            .session
+            .remove_device(&laptop.key())
+            .await
+            .unwrap();
+        assert_eq!(resumed.whoami().await.unwrap().device_count, 1);
+    })
+    .await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_device_still_in_a_group_fails_no_fan_out_and_gets_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    local(async {
+        let (alice, phone, laptop) = (device(), device(), device());
+        let (_ca, a) = register(&node, "hana", "pw", &alice).await;
+        let (_cp, p) = register(&node, "ivan", "pw", &phone).await;
+        let c = node.connect().await.unwrap();
+        c.login("ivan", b"pw", &laptop.id, None).await.unwrap();
+        let gid = b"with-a-laptop".to_vec();
+        let everyone: Vec<Vec<u8>> = [&alice, &phone, &laptop]
+            .iter()
+            .map(|d| d.key().0.to_vec())
+            .collect();
+        let bodies = CommitBodies {
+            commit: b"commit".to_vec(),
+            welcome: b"welcome".to_vec(),
+            receipt: b"receipt".to_vec(),
+            parts: Vec::new(),
+        };
+        a.commit_group(&gid, 0, &everyone, &mls_commit(&gid, 0), &bodies)
+            .await
+            .unwrap();
+        // The laptop leaves the account; nobody has committed its removal yet.
+        p.remove_device(&laptop.key()).await.unwrap();
+        assert!(node.stored(&laptop.key()).is_empty());
+
+        // A send reaches the phone and names the laptop gone; a commit is
+        // delivered to the phone (and the committer's receipt) only.
+        let outcomes = a.send_group(&gid, b"hi", &[]).await.unwrap();
+        let by: std::collections::BTreeMap<_, _> = outcomes
+            .into_iter()
+            .map(|o| (o.recipient, o.outcome))
+            .collect();
+        assert!(by[&phone.key()].is_ok());
+        let gone = by[&laptop.key()].as_ref().unwrap_err();
+        assert_eq!(gone.code, ErrorCode::NotFound, "{gone}");
+        assert!(gone.detail.contains("removed"), "{gone}");
+        let delivered = a
+            .commit_group(&gid, 1, &everyone, &mls_commit(&gid, 1), &bodies)
+            .await
+            .unwrap();
+        assert_eq!(delivered, 2, "phone and the committer's receipt");
+        assert!(
+            node.stored(&laptop.key()).is_empty(),
+            "nothing is stored for a removed device"
+        );
+        assert_eq!(node.stored(&phone.key()).len(), 3, "Welcome, hi, commit");
     })
     .await;
     node.stop().await;

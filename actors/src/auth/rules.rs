@@ -22,8 +22,11 @@ pub const MAX_STORED_KEY_PACKAGES: u64 = 1000;
 pub const NO_SUCH_USER: &str = "no such user or device";
 /// The `NOT_FOUND` detail for a user with nothing published for the suite.
 pub const NO_KEY_PACKAGES: &str = "no KeyPackages published for this ciphersuite";
-/// How long a session token lives.
+/// How long a session token lives (and a session opened by device key alone).
 pub const SESSION_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How long after a password login (OPAQUE) its session may remove devices: a
+/// stolen token or device key alone must not lock the owner out of the account.
+pub const PASSWORD_FRESH_FOR: Duration = Duration::from_secs(300);
 
 /// Checks a username: 3–32 characters of `a-z 0-9 . _ -`, starting with a letter.
 pub fn check_username(name: &str) -> Result<(), AuthError> {

@@ -36,7 +36,7 @@ mod node_service;
 mod session_service;
 
 use node_service::NodeService;
-use session_service::SessionService;
+use session_service::{SessionProof, SessionService};
 
 /// What every connection of a node shares.
 pub struct NodeContext {

@@ -50,12 +50,18 @@ impl NodeService {
         Ok(identity)
     }
 
-    fn session(&self, identity: IdentityKey, token_hash: Option<[u8; 32]>) -> session::Client {
+    fn session(
+        &self,
+        identity: IdentityKey,
+        token_hash: Option<[u8; 32]>,
+        proof: SessionProof,
+    ) -> session::Client {
         capnp_rpc::new_client(SessionService::new(
             self.ctx.clone(),
             self.budget.clone(),
             identity,
             token_hash,
+            proof,
             self.conn.remote,
         ))
     }
@@ -183,7 +189,9 @@ impl node::Server for NodeService {
             ));
         }
         tracing::debug!(remote = %self.conn.remote, ?identity, "authenticated");
-        results.get().set_session(self.session(identity, None));
+        results
+            .get()
+            .set_session(self.session(identity, None, SessionProof::Key));
         Ok(())
     }
 
@@ -289,7 +297,11 @@ impl node::Server for NodeService {
         metrics::counter!(crate::telemetry::LOGINS_TOTAL, "call" => "login").increment(1);
         tracing::info!(remote = %self.conn.remote, %username, ?device, "logged in");
         let mut r = results.get();
-        r.set_session(self.session(device, Some(issued.token_hash)));
+        r.set_session(self.session(
+            device,
+            Some(issued.token_hash),
+            SessionProof::Password(std::time::Instant::now()),
+        ));
         r.set_token(&issued.token);
         r.set_expires_at_ms(issued.expires_at_ms);
         Ok(())
@@ -316,7 +328,7 @@ impl node::Server for NodeService {
         metrics::counter!(crate::telemetry::LOGINS_TOTAL, "call" => "resume").increment(1);
         tracing::debug!(remote = %self.conn.remote, ?device, "session resumed");
         let mut r = results.get();
-        r.set_session(self.session(device, Some(token_hash)));
+        r.set_session(self.session(device, Some(token_hash), SessionProof::Token));
         r.set_expires_at_ms(expires_at_ms);
         Ok(())
     }

@@ -3,6 +3,7 @@
 //! account.
 
 use super::*;
+use crate::auth::{PASSWORD_FRESH_FOR, SESSION_TTL};
 use crate::core::commit::{CommitCallRefusal, check_commit_header, check_group_id, check_members};
 use crate::group::SharedCommit;
 use quicnprotochat_wire::fanout::MAX_PART;
@@ -15,7 +16,22 @@ pub(super) struct SessionService {
     identity: IdentityKey,
     /// Set when the session came from a login or resume: it ends with the token.
     token_hash: Option<[u8; 32]>,
+    proof: SessionProof,
     remote: std::net::SocketAddr,
+    opened: std::time::Instant,
+}
+
+/// How a session was opened: what it may do depends on it.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum SessionProof {
+    /// A signature by the device key alone (`authenticate`): ends after
+    /// [`SESSION_TTL`] like a token's session.
+    Key,
+    /// A remembered session token (`resume`).
+    Token,
+    /// The account password, just now (OPAQUE `loginFinish`, at this instant):
+    /// for a short while it may also do what needs the password.
+    Password(std::time::Instant),
 }
 
 impl SessionService {
@@ -24,6 +40,7 @@ impl SessionService {
         budget: ConnectionBudget,
         identity: IdentityKey,
         token_hash: Option<[u8; 32]>,
+        proof: SessionProof,
         remote: std::net::SocketAddr,
     ) -> SessionService {
         SessionService {
@@ -31,7 +48,9 @@ impl SessionService {
             budget,
             identity,
             token_hash,
+            proof,
             remote,
+            opened: std::time::Instant::now(),
         }
     }
 
@@ -40,7 +59,11 @@ impl SessionService {
     fn check_alive(&self) -> Result<(), capnp::Error> {
         let ended = match &self.token_hash {
             Some(h) => !self.ctx.auth.session_alive(h),
-            None => !self.ctx.auth.accepts_inbox(&self.identity),
+            None => {
+                !self.ctx.auth.accepts_inbox(&self.identity)
+                    || (matches!(self.proof, SessionProof::Key)
+                        && self.opened.elapsed() > SESSION_TTL)
+            }
         };
         if ended {
             return Err(refuse(
@@ -427,6 +450,12 @@ impl session::Server for SessionService {
                 .map_err(bad_params)?,
             "identityKey",
         )?;
+        if !matches!(self.proof, SessionProof::Password(at) if at.elapsed() < PASSWORD_FRESH_FOR) {
+            return Err(refuse(
+                ErrorCode::Unauthorized,
+                "removing a device needs the account password: log in again first",
+            ));
+        }
         self.ctx
             .auth
             .remove_device(self.identity, device)

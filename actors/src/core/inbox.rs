@@ -83,6 +83,9 @@ pub enum InboxRefusal {
         /// The highest seq handed out.
         highest: u64,
     },
+    #[error("no device owns this inbox any more (removed from its account)")]
+    /// The inbox's device was removed: a group's fan-out skips it.
+    NoDevice,
     #[error("this inbox already has {max} long-polls waiting; retry when one returns")]
     /// As many long-polls wait on the inbox as it holds.
     TooManyWaiters {

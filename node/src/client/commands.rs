@@ -241,6 +241,30 @@ pub(crate) async fn logged_in(opts: &ClientOptions) -> Result<LoggedInProfile, C
     })
 }
 
+/// Logs this profile's device in again with the account password (for what
+/// needs it, e.g. removing a device): a fresh password session, remembered.
+pub(crate) async fn password_session(
+    opts: &ClientOptions,
+    password: &str,
+) -> Result<(NodeConnection, SessionHandle), CommandError> {
+    let state = ClientState::open(&opts.state_dir)?;
+    let identity = state.identity()?;
+    let Some(login) = state.saved_login()? else {
+        return Err(CommandError::NotLoggedIn);
+    };
+    let conn = opts.connect().await?;
+    let logged = login_and_remember(
+        &conn,
+        &state,
+        &identity,
+        &login.username,
+        password,
+        opts.auth_token.as_deref(),
+    )
+    .await?;
+    Ok((conn, logged.session))
+}
+
 /// Logs in and remembers the session in the profile.
 async fn login_and_remember(
     conn: &NodeConnection,
@@ -445,15 +469,6 @@ pub async fn logout(opts: &ClientOptions) -> Result<String, CommandError> {
     })?;
     conn.close().await;
     Ok("logged out".into())
-}
-
-/// `remove-device`: removes another device of this account.
-pub async fn remove_device(opts: &ClientOptions, device_hex: &str) -> Result<String, CommandError> {
-    let device = parse_identity(device_hex)?;
-    let LoggedInProfile { conn, session, .. } = logged_in(opts).await?;
-    session.remove_device(&device).await?;
-    conn.close().await;
-    Ok(format!("removed device {}", device.to_hex()))
 }
 
 /// Parses a hex identity key given on the command line.

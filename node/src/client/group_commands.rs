@@ -9,7 +9,7 @@ use quicnprotochat_crypto::mls::Suite;
 
 use crate::client::ClientState;
 use crate::client::actors::session::ConnectionEvent;
-use crate::client::commands::{ClientOptions, CommandError};
+use crate::client::commands::{ClientOptions, CommandError, parse_identity, password_session};
 use crate::client::display::escape_untrusted;
 use crate::client::messenger::{Messenger, MessengerError};
 
@@ -139,6 +139,30 @@ pub async fn recv(opts: &ClientOptions, wait: Duration) -> Result<String, Comman
     } else {
         String::new()
     })
+}
+
+/// `remove-device ID`: removes another device of this account (the account
+/// password again: a fresh OPAQUE login), ending its sessions at the node, then
+/// removes it from every group this device shares with it.
+pub async fn remove_device(
+    opts: &ClientOptions,
+    device_hex: &str,
+    password: &str,
+) -> Result<String, CommandError> {
+    let device = parse_identity(device_hex)?;
+    {
+        let (conn, session) = password_session(opts, password).await?;
+        session.remove_device(&device).await?;
+        conn.close().await;
+    }
+    let mut m = messenger(opts).await?;
+    let groups = m.remove_device_from_groups(device.0).await?;
+    m.close().await;
+    let mut out = format!("removed device {}", device.to_hex());
+    if !groups.is_empty() {
+        out.push_str(&format!("; removed it from {}", groups.join(", ")));
+    }
+    Ok(out)
 }
 
 /// `remove --group NAME USERNAME`.

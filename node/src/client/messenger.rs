@@ -466,6 +466,28 @@ impl Messenger {
         Ok(epoch.unwrap_or_default())
     }
 
+    /// Removes `device` (one of this account's, just removed from it at the
+    /// node) from every group of this profile it is in; returns those groups'
+    /// names. Groups this device is not in are left to their members (whose
+    /// sends report the device gone).
+    pub async fn remove_device_from_groups(
+        &mut self,
+        device: [u8; 32],
+    ) -> Result<Vec<String>, MessengerError> {
+        self.pull(Duration::ZERO).await?;
+        let mut removed = Vec::new();
+        for (name, _) in self.profile.state.groups()? {
+            let group = self.group_actor(&name).await?;
+            if let Some(_epoch) = self
+                .commit_change(&group, Change::RemoveDevices(vec![device]))
+                .await?
+            {
+                removed.push(name);
+            }
+        }
+        Ok(removed)
+    }
+
     /// Refreshes this device's keys in the group; returns the new epoch.
     pub async fn update(&mut self, name: &str) -> Result<u64, MessengerError> {
         self.pull(Duration::ZERO).await?;

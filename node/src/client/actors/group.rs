@@ -43,6 +43,8 @@ pub(crate) enum Change {
     },
     /// Every device of these users.
     RemoveUsers(Vec<String>),
+    /// These devices (identity keys), where they are members; nothing if none is.
+    RemoveDevices(Vec<[u8; 32]>),
     Update,
     PendingProposals,
 }
@@ -371,6 +373,18 @@ impl GroupState {
                     gone.extend(devices);
                 }
                 let ids: Vec<&[u8]> = gone.iter().map(|i| i.as_slice()).collect();
+                (group.remove_members(&self.member, &ids)?, &[])
+            }
+            Change::RemoveDevices(devices) => {
+                let present = group.members();
+                let ids: Vec<&[u8]> = devices
+                    .iter()
+                    .map(|d| d.as_slice())
+                    .filter(|d| present.iter().any(|m| m.as_slice() == *d))
+                    .collect();
+                if ids.is_empty() {
+                    return Ok(CommitOutcome::Nothing);
+                }
                 (group.remove_members(&self.member, &ids)?, &[])
             }
             Change::Update => (group.self_update(&self.member)?, &[]),

@@ -1,0 +1,82 @@
+//! Devices coming and going, through the built binary against a server process,
+//! each step with what the user sees: a removed device leaves the groups
+//! working, is removed from them, and reads nothing new; removing one needs the
+//! account password.
+
+mod common;
+
+use common::{ServerProcess, User, assert_one_line_error};
+use quicnprotochat::tls;
+
+/// The device's identity key, as `whoami` prints it.
+fn identity_of(whoami: &str) -> String {
+    whoami
+        .split(|c: char| !c.is_ascii_hexdigit())
+        .find(|w| w.len() == 64)
+        .unwrap_or_else(|| panic!("no identity in {whoami:?}"))
+        .to_string()
+}
+
+#[test]
+fn a_removed_device_leaves_its_groups_working_and_reads_nothing_new() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let ca = data.join(tls::CERT_FILE);
+    let server = ServerProcess::start(&data, &[]);
+    let at = server.addr;
+    let alice = User::new(dir.path(), "alice");
+    let (phone, laptop) = (
+        User::new(dir.path(), "phone"),
+        User::new(dir.path(), "laptop"),
+    );
+    let laptop = User {
+        password: phone.password.clone(),
+        ..laptop
+    };
+    alice.ok(at, &ca, &["register-user", "--username", "alice"]);
+    phone.ok(at, &ca, &["register-user", "--username", "bob"]);
+    laptop.ok(at, &ca, &["login", "--username", "bob"]);
+    alice.ok(at, &ca, &["create-group", "g"]);
+    alice.ok(at, &ca, &["invite", "--group", "g", "bob"]);
+    phone.ok(at, &ca, &["join"]);
+    laptop.ok(at, &ca, &["join"]);
+    alice.ok(at, &ca, &["send", "--group", "g", "before"]);
+    assert!(laptop.ok(at, &ca, &["recv"]).contains("alice: before"));
+    let laptop_id = identity_of(&laptop.ok(at, &ca, &["whoami"]));
+
+    // Not without the password.
+    let wrong = User {
+        password: "wrong".into(),
+        state: phone.state.clone(),
+    };
+    let (ok, _, err) = wrong.run(at, &ca, &["remove-device", &laptop_id]);
+    assert!(!ok);
+    assert_one_line_error(&err, "UNAUTHORIZED: wrong username, password");
+    assert!(
+        laptop
+            .ok(at, &ca, &["recv", "--wait", "0"])
+            .contains("no new")
+    );
+
+    // With it: the device is gone from the account and from the group.
+    let out = phone.ok(at, &ca, &["remove-device", &laptop_id]);
+    assert!(out.contains("removed it from g"), "{out}");
+    let members = alice.ok(at, &ca, &["members", "--group", "g"]);
+    assert_eq!(
+        members.lines().collect::<Vec<_>>(),
+        ["alice", "bob"],
+        "{members}"
+    );
+
+    // The group keeps working for everyone left...
+    let sent = alice.ok(at, &ca, &["send", "--group", "g", "after"]);
+    assert!(sent.contains("sent to 1 member device(s)"), "{sent}");
+    alice.ok(at, &ca, &["update", "--group", "g"]);
+    phone.ok(at, &ca, &["send", "--group", "g", "from the phone"]);
+    assert!(phone.ok(at, &ca, &["recv"]).contains("alice: after"));
+    assert!(alice.ok(at, &ca, &["recv"]).contains("bob: from the phone"));
+    // ...and the removed device reads nothing new: its session ended.
+    let (ok, _, err) = laptop.run(at, &ca, &["recv"]);
+    assert!(!ok);
+    assert_one_line_error(&err, "log in again");
+}
