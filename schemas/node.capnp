@@ -167,4 +167,8 @@ interface Session {
   # exceed an inbox's queue limit by as much again (QUEUE_FULL past that, naming
   # the inbox); a removed member past its limit gets a `missed` envelope
   # instead. `delivered`: how many inboxes got a copy.
+
+  devices @14 () -> (identityKeys :List(Data));
+  # The identity keys of every device of the caller's account, sorted (the
+  # caller's own among them); just the caller's own without an account.
 }

@@ -100,6 +100,8 @@ enum Command {
         #[arg(long, default_value_t = commands::DEFAULT_KEY_PACKAGES)]
         count: usize,
     },
+    /// List this account's devices (this one marked).
+    Devices,
     /// Remove another device (identity key in hex) from this account and from
     /// this device's groups; its sessions end. Asks for the account password
     /// (QPC_PASSWORD or a prompt).
@@ -278,6 +280,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     Command::RefreshKeypackage { count } => {
                         commands::refresh_key_packages(&opts, count).await
                     }
+                    Command::Devices => commands::devices(&opts).await,
                     Command::RemoveDevice { identity } => {
                         let password = commands::read_password(false)?;
                         group_commands::remove_device(&opts, &identity, &password).await

@@ -1,7 +1,7 @@
 //! Devices coming and going, through the built binary against a server process,
 //! each step with what the user sees: a removed device leaves the groups
 //! working, is removed from them, and reads nothing new; removing one needs the
-//! account password.
+//! account password; `devices` and `members` tell devices apart.
 
 mod common;
 
@@ -43,6 +43,21 @@ fn a_removed_device_leaves_its_groups_working_and_reads_nothing_new() {
     alice.ok(at, &ca, &["send", "--group", "g", "before"]);
     assert!(laptop.ok(at, &ca, &["recv"]).contains("alice: before"));
     let laptop_id = identity_of(&laptop.ok(at, &ca, &["whoami"]));
+    let phone_id = identity_of(&phone.ok(at, &ca, &["whoami"]));
+
+    // Each user once, with a device count; each device listed, this one marked.
+    let members = alice.ok(at, &ca, &["members", "--group", "g"]);
+    assert_eq!(
+        members.lines().collect::<Vec<_>>(),
+        ["alice", "bob (2 devices)"]
+    );
+    let devices = phone.ok(at, &ca, &["devices"]);
+    assert!(devices.starts_with("2 device(s) of bob"), "{devices}");
+    assert!(
+        devices.contains(&format!("{phone_id}  (this device)")),
+        "{devices}"
+    );
+    assert!(devices.contains(&laptop_id), "{devices}");
 
     // Not without the password.
     let wrong = User {
@@ -67,6 +82,9 @@ fn a_removed_device_leaves_its_groups_working_and_reads_nothing_new() {
         ["alice", "bob"],
         "{members}"
     );
+    let devices = phone.ok(at, &ca, &["devices"]);
+    assert!(devices.starts_with("1 device(s) of bob"), "{devices}");
+    assert!(!devices.contains(&laptop_id), "{devices}");
 
     // The group keeps working for everyone left...
     let sent = alice.ok(at, &ca, &["send", "--group", "g", "after"]);

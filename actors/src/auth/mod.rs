@@ -352,6 +352,15 @@ impl AuthService {
         })
     }
 
+    /// Every device of `device`'s account, sorted (`device` alone without one).
+    pub fn devices_of_account(&self, device: &IdentityKey) -> Vec<IdentityKey> {
+        let username = self.devices.read().expect("lock").get(device).cloned();
+        match username {
+            Some(u) => self.devices_of(&u),
+            None => vec![*device],
+        }
+    }
+
     fn devices_of(&self, username: &str) -> Vec<IdentityKey> {
         let mut out: Vec<IdentityKey> = self
             .devices

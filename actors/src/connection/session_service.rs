@@ -217,6 +217,21 @@ impl session::Server for SessionService {
         Ok(())
     }
 
+    async fn devices(
+        self: Rc<Self>,
+        _: session::DevicesParams,
+        mut results: session::DevicesResults,
+    ) -> Result<(), capnp::Error> {
+        let _call = admit_call(&self.budget)?;
+        self.check_alive()?;
+        let devices = self.ctx.auth.devices_of_account(&self.identity);
+        let mut list = results.get().init_identity_keys(devices.len() as u32);
+        for (i, d) in devices.iter().enumerate() {
+            list.set(i as u32, &d.0);
+        }
+        Ok(())
+    }
+
     async fn enqueue(
         self: Rc<Self>,
         params: session::EnqueueParams,

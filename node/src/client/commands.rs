@@ -471,6 +471,29 @@ pub async fn logout(opts: &ClientOptions) -> Result<String, CommandError> {
     Ok("logged out".into())
 }
 
+/// `devices`: every device of this account, this one marked.
+pub async fn devices(opts: &ClientOptions) -> Result<String, CommandError> {
+    let LoggedInProfile {
+        conn,
+        session,
+        identity,
+        login,
+        ..
+    } = logged_in(opts).await?;
+    let devices = session.devices().await?;
+    conn.close().await;
+    let me = IdentityKey(identity.public_key());
+    let mut out = format!("{} device(s) of {}:", devices.len(), login.username);
+    for d in devices {
+        out.push_str(&format!(
+            "\n  {}{}",
+            d.to_hex(),
+            if d == me { "  (this device)" } else { "" }
+        ));
+    }
+    Ok(out)
+}
+
 /// Parses a hex identity key given on the command line.
 pub fn parse_identity(hex_key: &str) -> Result<IdentityKey, CommandError> {
     let bytes = (0..hex_key.len())

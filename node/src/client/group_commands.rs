@@ -225,11 +225,26 @@ pub async fn members(opts: &ClientOptions, group: &str) -> Result<String, Comman
     m.pull(Duration::ZERO).await?;
     let g = m.group(group).await?;
     m.close().await;
-    Ok(g.members
-        .iter()
-        .map(|m| escape_untrusted(m))
-        .collect::<Vec<_>>()
-        .join("\n"))
+    Ok(members_by_user(&g.members).join("\n"))
+}
+
+/// One line per user, with how many devices when more than one: a user's
+/// devices are separate MLS members, never shown as a bare duplicate.
+fn members_by_user(devices: &[String]) -> Vec<String> {
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for name in devices {
+        match counts.iter_mut().find(|(n, _)| n == name) {
+            Some((_, c)) => *c += 1,
+            None => counts.push((name, 1)),
+        }
+    }
+    counts
+        .into_iter()
+        .map(|(name, n)| match n {
+            1 => escape_untrusted(name).into_owned(),
+            n => format!("{} ({n} devices)", escape_untrusted(name)),
+        })
+        .collect()
 }
 
 /// `chat --group NAME`: stdin lines are sent; incoming messages appear as

@@ -86,6 +86,17 @@ impl SessionHandle {
         })
     }
 
+    /// Every device of this session's account (this one among them), sorted.
+    pub async fn devices(&self) -> Result<Vec<IdentityKey>, ClientError> {
+        let reply = self.session.devices_request().send().promise.await?;
+        reply
+            .get()?
+            .get_identity_keys()?
+            .iter()
+            .map(|k| IdentityKey::from_wire(k?, "identityKey").map_err(ClientError::Refused))
+            .collect()
+    }
+
     /// Publishes one-time KeyPackages, optionally a new last-resort package and
     /// the signed hybrid key (empty = keep what the node has).
     pub async fn upload_key_packages(
