@@ -98,3 +98,54 @@ fn a_removed_device_leaves_its_groups_working_and_reads_nothing_new() {
     assert!(!ok);
     assert_one_line_error(&err, "log in again");
 }
+
+#[test]
+fn a_new_device_joins_its_users_groups_and_reads_what_is_sent_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let ca = data.join(tls::CERT_FILE);
+    let server = ServerProcess::start(&data, &[]);
+    let at = server.addr;
+    let alice = User::new(dir.path(), "alice");
+    let phone = User::new(dir.path(), "phone");
+    let laptop = User {
+        password: phone.password.clone(),
+        ..User::new(dir.path(), "laptop")
+    };
+    alice.ok(at, &ca, &["register-user", "--username", "alice"]);
+    phone.ok(at, &ca, &["register-user", "--username", "bob"]);
+    alice.ok(at, &ca, &["create-group", "g"]);
+    alice.ok(at, &ca, &["invite", "--group", "g", "bob"]);
+    phone.ok(at, &ca, &["join"]);
+    alice.ok(at, &ca, &["send", "--group", "g", "before"]);
+
+    // bob logs in on a laptop; nobody else does anything but their usual
+    // pulls: the phone's adds the laptop to bob's groups.
+    laptop.ok(at, &ca, &["login", "--username", "bob"]);
+    assert!(phone.ok(at, &ca, &["recv"]).contains("alice: before"));
+    let joined = laptop.ok(at, &ca, &["join"]);
+    assert!(joined.contains("[g] * joined"), "{joined}");
+    let members = alice.ok(at, &ca, &["members", "--group", "g"]);
+    assert_eq!(
+        members.lines().collect::<Vec<_>>(),
+        ["alice", "bob (2 devices)"]
+    );
+
+    // It reads what is sent from now on (not what came before it joined).
+    alice.ok(at, &ca, &["send", "--group", "g", "after"]);
+    let got = laptop.ok(at, &ca, &["recv"]);
+    assert!(got.contains("alice: after"), "{got}");
+    assert!(!got.contains("before"), "{got}");
+    assert!(phone.ok(at, &ca, &["recv"]).contains("alice: after"));
+    laptop.ok(at, &ca, &["send", "--group", "g", "from the laptop"]);
+    assert!(
+        alice
+            .ok(at, &ca, &["recv"])
+            .contains("bob: from the laptop")
+    );
+    assert!(
+        phone
+            .ok(at, &ca, &["recv"])
+            .contains("bob: from the laptop")
+    );
+}

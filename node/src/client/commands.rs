@@ -282,6 +282,13 @@ async fn login_and_remember(
         token: logged.token.clone(),
         expires_at_ms: logged.expires_at_ms,
     })?;
+    // A profile logging in for the first time starts from the account's devices
+    // as they are: only devices that join later are added to its groups.
+    if state.known_devices()?.is_empty() {
+        let devices = logged.session.devices().await?;
+        let devices = devices.into_iter().map(|d| d.0).collect();
+        state.write(|t| t.set_known_devices(&devices))?;
+    }
     Ok(logged)
 }
 

@@ -19,7 +19,6 @@ use ractor::thread_local::ThreadLocalActorSpawner;
 use ractor::{Actor, ActorRef};
 use tokio::sync::broadcast;
 
-use crate::client::ClientError;
 use crate::client::actors::group::{Change, CommitOutcome, GroupMsg};
 use crate::client::actors::receiver::ReceiverMsg;
 use crate::client::actors::session::{self, ConnectionEvent, SessionMsg};
@@ -29,6 +28,8 @@ use crate::client::actors::supervisor::{
 use crate::client::actors::{NodeAddress, Profile, ask, ask_session};
 use crate::client::message::RosterEntry;
 use crate::client::state::{ClientState, LineKey, StateError};
+use crate::client::{ClientError, KeyPackageTarget};
+use quicnprotochat_wire::IdentityKey;
 
 /// How often an outgoing commit is rebuilt after losing the epoch race.
 pub const MAX_COMMIT_ATTEMPTS: u32 = 8;
@@ -210,13 +211,15 @@ pub(crate) fn validate_group_name(name: &str) -> Result<(), MessengerError> {
 
 /// The handle on one client profile's actor tree.
 pub struct Messenger {
-    profile: Arc<Profile>,
+    pub(crate) profile: Arc<Profile>,
     supervisor: ActorRef<SupervisorMsg>,
-    session: SessionSlot,
+    pub(crate) session: SessionSlot,
     events: broadcast::Sender<ConnectionEvent>,
     /// Test hook: behave as if the process died at this point of the next commit.
     crash_at: Option<CrashPoint>,
     stopped: Option<ractor::concurrency::JoinHandle<()>>,
+    /// When the account's devices were last compared with the profile's groups.
+    pub(crate) devices_checked: Option<std::time::Instant>,
 }
 
 /// Where a test makes the next commit stop, as if the process had died there.
@@ -276,6 +279,7 @@ impl Messenger {
             events,
             crash_at: None,
             stopped: Some(stopped),
+            devices_checked: None,
         };
         let session = m.session.get();
         ask_session(&session, |reply| SessionMsg::Connect { reply }).await?;
@@ -416,10 +420,44 @@ impl Messenger {
         usernames: &[String],
     ) -> Result<u64, MessengerError> {
         self.pull(Duration::ZERO).await?;
+        self.invite_now(name, usernames).await
+    }
+
+    /// [`Self::invite`] without catching up first.
+    pub(crate) async fn invite_now(
+        &mut self,
+        name: &str,
+        usernames: &[String],
+    ) -> Result<u64, MessengerError> {
+        let targets = usernames
+            .iter()
+            .map(|u| (u.clone(), KeyPackageTarget::Username(u.clone())))
+            .collect();
+        self.add_now(name, targets).await
+    }
+
+    /// Adds these devices of this account to the group (without catching up).
+    pub(crate) async fn add_own_devices_now(
+        &mut self,
+        name: &str,
+        devices: &[[u8; 32]],
+    ) -> Result<u64, MessengerError> {
+        let me = self.username().to_string();
+        let targets = devices
+            .iter()
+            .map(|d| (me.clone(), KeyPackageTarget::Device(IdentityKey(*d))))
+            .collect();
+        self.add_now(name, targets).await
+    }
+
+    async fn add_now(
+        &mut self,
+        name: &str,
+        targets: Vec<(String, KeyPackageTarget)>,
+    ) -> Result<u64, MessengerError> {
         let group = self.group_actor(name).await?;
-        let usernames = usernames.to_vec();
         let (key_packages, added) = ask(&group, "group actor", |reply| GroupMsg::PrepareInvite {
-            usernames,
+            targets,
             reply,
         })
         .await?;
@@ -469,12 +507,13 @@ impl Messenger {
     /// Removes `device` (one of this account's, just removed from it at the
     /// node) from every group of this profile it is in; returns those groups'
     /// names. Groups this device is not in are left to their members (whose
-    /// sends report the device gone).
+    /// sends report the device gone). No pull first (the pull's own device
+    /// check would remove it unnamed): a commit made behind the group is refused
+    /// as stale and redone after catching up.
     pub async fn remove_device_from_groups(
         &mut self,
         device: [u8; 32],
     ) -> Result<Vec<String>, MessengerError> {
-        self.pull(Duration::ZERO).await?;
         let mut removed = Vec::new();
         for (name, _) in self.profile.state.groups()? {
             let group = self.group_actor(&name).await?;
@@ -588,6 +627,7 @@ impl Messenger {
                 }
             }
         }
+        self.sync_devices().await?;
         Ok(lines)
     }
 

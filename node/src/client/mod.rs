@@ -4,6 +4,7 @@
 pub mod actors;
 pub mod commands;
 pub mod core;
+pub mod device_sync;
 pub mod display;
 pub mod group_commands;
 pub mod message;

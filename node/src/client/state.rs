@@ -4,6 +4,7 @@
 //! lives outside the database; values written by older versions are sealed when
 //! the profile opens.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use std::sync::Arc;
@@ -376,6 +377,9 @@ const HELD: TableDefinition<u64, &[u8]> = TableDefinition::new("held");
 /// (seq, n) → a line to show the user, kept until shown.
 const UNREAD: TableDefinition<(u64, u32), &str> = TableDefinition::new("unread");
 
+/// The account's devices as this profile last settled its groups with them.
+const KNOWN_DEVICES: TableDefinition<&[u8; 32], ()> = TableDefinition::new("known_devices");
+
 /// Group id → how many pulls in a row failed to commit its waiting proposals.
 const PROPOSAL_FAILURES: TableDefinition<&[u8], u32> = TableDefinition::new("proposal_failures");
 
@@ -455,6 +459,16 @@ impl ClientTxn<'_> {
     /// The group's waiting proposals were committed or given up on.
     pub fn proposals_settled(&self, group_id: &[u8]) -> TxnResult<()> {
         self.txn.open_table(PROPOSAL_FAILURES)?.remove(group_id)?;
+        Ok(())
+    }
+
+    /// The account's devices, as the profile's groups now reflect them.
+    pub fn set_known_devices(&self, devices: &BTreeSet<[u8; 32]>) -> TxnResult<()> {
+        let mut t = self.txn.open_table(KNOWN_DEVICES)?;
+        t.retain(|_, _| false)?;
+        for d in devices {
+            t.insert(d, ())?;
+        }
         Ok(())
     }
 
@@ -626,6 +640,20 @@ impl ClientState {
                     .collect()
             },
             Vec::new(),
+        )
+    }
+
+    /// The account's devices as this profile last settled its groups with them
+    /// (empty before the first look).
+    pub fn known_devices(&self) -> Result<BTreeSet<[u8; 32]>, StateError> {
+        self.read(
+            |t| {
+                t.open_table(KNOWN_DEVICES)?
+                    .iter()?
+                    .map(|e| Ok(*e?.0.value()))
+                    .collect()
+            },
+            BTreeSet::new(),
         )
     }
 

@@ -81,7 +81,8 @@ pub(crate) enum GroupMsg {
     },
     /// Claims and verifies KeyPackages of these users for this group's suite.
     PrepareInvite {
-        usernames: Vec<String>,
+        /// Whose packages (a user, or one device of a user), named by the user.
+        targets: Vec<(String, KeyPackageTarget)>,
         reply: Reply<(Vec<Vec<u8>>, Vec<RosterEntry>)>,
     },
     /// One commit attempt of `change`.
@@ -272,7 +273,7 @@ impl GroupState {
 
     async fn prepare_invite(
         &mut self,
-        usernames: &[String],
+        targets: Vec<(String, KeyPackageTarget)>,
     ) -> Result<(Vec<Vec<u8>>, Vec<RosterEntry>), MessengerError> {
         let group = self.load()?;
         let group_name = self.name()?;
@@ -282,8 +283,8 @@ impl GroupState {
         let present: BTreeSet<Vec<u8>> = group.members().into_iter().collect();
         let mut key_packages = Vec::new();
         let mut added = Vec::new();
-        for user in usernames {
-            let target = KeyPackageTarget::Username(user.clone());
+        for (user, target) in targets {
+            let user = &user;
             let claimed =
                 match ask_session(&self.session.get(), |reply| SessionMsg::FetchKeyPackages {
                     target,
@@ -896,8 +897,8 @@ impl Actor for GroupActor {
                 let r = state.send(&text).await;
                 let _ = reply.send(settle(state, r));
             }
-            GroupMsg::PrepareInvite { usernames, reply } => {
-                let r = state.prepare_invite(&usernames).await;
+            GroupMsg::PrepareInvite { targets, reply } => {
+                let r = state.prepare_invite(targets).await;
                 let _ = reply.send(settle(state, r));
             }
             GroupMsg::Commit {

@@ -80,6 +80,10 @@ pub(crate) enum SessionMsg {
         suite: Suite,
         reply: Reply<Vec<ClaimedKeyPackage>>,
     },
+    /// Every device of the account.
+    Devices {
+        reply: Reply<Vec<IdentityKey>>,
+    },
     /// A request saw connection `generation` break.
     Lost {
         generation: u64,
@@ -317,6 +321,11 @@ impl ThreadLocalActor for SessionActor {
                     .run(&myself, reply, move |_, d| async move {
                         d.fetch_key_packages(&target, suite).await
                     })
+                    .await
+            }
+            SessionMsg::Devices { reply } => {
+                state
+                    .run(&myself, reply, move |s, _| async move { s.devices().await })
                     .await
             }
             SessionMsg::Lost { generation } => {
