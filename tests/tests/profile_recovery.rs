@@ -162,7 +162,7 @@ async fn no_sequence_of_refusals_and_crashes_leaves_a_profile_stuck() {
                             if e.code() == Some(quicnprotochat_wire::ErrorCode::QueueFull) => {}
                         Err(e) => panic!("{ctx}: update: {e}"),
                     },
-                    2 | 3 | 4 => {
+                    2..=4 => {
                         let point = if op == 3 {
                             CrashPoint::AfterAcceptance
                         } else {
