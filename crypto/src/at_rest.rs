@@ -75,6 +75,21 @@ impl ProfileKey {
         out
     }
 
+    /// An identifier for `content` that depends on the content and this key
+    /// only: equal contents get equal ids within one profile (so stored pieces
+    /// can be shared), and without the key an id confirms no guess about the
+    /// content. HMAC-SHA-256 under a key derived from the profile key for this use.
+    pub fn content_id(&self, content: &[u8]) -> [u8; 32] {
+        use hkdf::Hkdf;
+        use sha2::Sha256;
+        let mut derived = Zeroizing::new([0u8; 32]);
+        Hkdf::<Sha256>::new(None, &self.0[..])
+            .expand(b"quicnprotochat profile content id", &mut derived[..])
+            .expect("32 bytes is a valid HKDF-SHA-256 output length");
+        let (id, _) = Hkdf::<Sha256>::extract(Some(&derived[..]), content);
+        id.into()
+    }
+
     /// Opens a value stored under `name`: a sealed one is decrypted and checked,
     /// a legacy (unsealed) one is returned as it is.
     pub fn open(&self, name: &[u8], stored: &[u8]) -> Result<Zeroizing<Vec<u8>>, AtRestError> {
@@ -108,6 +123,14 @@ pub fn is_sealed(stored: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_ids_are_equal_for_equal_content_and_depend_on_the_key() {
+        let (a, b) = (ProfileKey::generate(), ProfileKey::generate());
+        assert_eq!(a.content_id(b"chunk"), a.content_id(b"chunk"));
+        assert_ne!(a.content_id(b"chunk"), a.content_id(b"chunk!"));
+        assert_ne!(a.content_id(b"chunk"), b.content_id(b"chunk"));
+    }
     use proptest::prelude::*;
 
     #[test]
