@@ -27,22 +27,12 @@ use std::sync::{Arc, Mutex};
 
 use openmls_traits::storage::*;
 use quicnprotochat_crypto::at_rest::ProfileKey;
+
+use crate::client::record_pieces::{self, PieceError, PieceWriter};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
 /// The table holding OpenMLS' records (name kept from the mirrored layout).
 pub(crate) const MLS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("mls_storage");
-/// Pieces of large records, by content id: each sealed on its own.
-const CHUNKS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("mls_chunks");
-/// How many records use each piece; a piece is deleted with its last user.
-const CHUNK_REFS: TableDefinition<&[u8; 32], u32> = TableDefinition::new("mls_chunk_refs");
-
-/// Records at least this large are stored in pieces.
-const CHUNKED_FROM: usize = 64 * 1024;
-/// The size of one piece.
-const CHUNK_BYTES: usize = 16 * 1024;
-/// First byte of a record stored in pieces: then the content ids of its pieces,
-/// 32 bytes each, in order. Neither JSON nor [`BINARY_TAG`] starts with it.
-const CHUNKED_TAG: u8 = 0xC7;
 
 /// Why the MLS store failed.
 #[derive(Debug, thiserror::Error)]
@@ -150,94 +140,43 @@ impl RedbMlsStorage {
         !self.lock().is_empty()
     }
 
-    /// Applies `overlay` inside `txn`, sealing every value (the caller commits).
-    ///
-    /// A large record (the ratchet tree; the message secrets, which OpenMLS
-    /// rewrites with every message read and which hold the member lists of past
-    /// epochs) is stored as pieces named by their content: rewriting it stores
-    /// only the pieces that changed, instead of megabytes per message in a group
-    /// of 1,000. Pieces are counted by the records using them and deleted with
-    /// the last one, in the same transaction.
+    /// Applies `overlay` inside `txn`, sealing every value (the caller commits);
+    /// large records go in pieces ([`record_pieces`]).
     pub(crate) fn write_overlay(
         &self,
         txn: &redb::WriteTransaction,
         overlay: &Overlay,
     ) -> Result<(), redb::Error> {
         let mut t = txn.open_table(MLS)?;
-        let mut chunks = txn.open_table(CHUNKS)?;
-        let mut refs = txn.open_table(CHUNK_REFS)?;
+        let mut pieces = PieceWriter::open(txn)?;
         for (k, v) in overlay {
             let name = Self::sealed_name(k);
             let old = match t.get(k.as_slice())? {
-                Some(stored) => self.pieces_of(&name, stored.value()),
-                None => Vec::new(),
+                Some(stored) if record_pieces::may_be_piece_list(stored.value()) => self
+                    .key
+                    .open(&name, stored.value())
+                    .ok()
+                    .and_then(|plain| record_pieces::piece_list(&plain))
+                    .unwrap_or_default(),
+                _ => Vec::new(),
             };
-            let new = match v {
-                Some(v) if v.len() >= CHUNKED_FROM => {
-                    let mut manifest = Vec::with_capacity(1 + v.len() / CHUNK_BYTES * 32 + 32);
-                    manifest.push(CHUNKED_TAG);
-                    let mut ids = Vec::new();
-                    for piece in v.chunks(CHUNK_BYTES) {
-                        let id = self.key.content_id(piece);
-                        manifest.extend_from_slice(&id);
-                        ids.push((id, piece));
-                    }
-                    let sealed = self.key.seal(&name, &manifest);
-                    t.insert(k.as_slice(), sealed.as_slice())?;
-                    ids
+            let split = v
+                .as_deref()
+                .and_then(|v| record_pieces::split(&self.key, v));
+            match (v, &split) {
+                (Some(_), Some(split)) => {
+                    t.insert(k.as_slice(), self.key.seal(&name, &split.list).as_slice())?;
                 }
-                Some(v) => {
-                    let sealed = self.key.seal(&name, v);
-                    t.insert(k.as_slice(), sealed.as_slice())?;
-                    Vec::new()
+                (Some(v), None) => {
+                    t.insert(k.as_slice(), self.key.seal(&name, v).as_slice())?;
                 }
-                None => {
+                (None, _) => {
                     t.remove(k.as_slice())?;
-                    Vec::new()
-                }
-            };
-            // Each record counts once per distinct piece; pieces it keeps are
-            // left alone, new ones gain a user, dropped ones lose one.
-            let kept: std::collections::BTreeSet<[u8; 32]> = old.iter().copied().collect();
-            let mut added = std::collections::BTreeSet::new();
-            for (id, piece) in &new {
-                if kept.contains(id) || !added.insert(*id) {
-                    continue;
-                }
-                let users = refs.get(id)?.map_or(0, |c| c.value());
-                if users == 0 {
-                    let sealed = self.key.seal(&chunk_name(id), piece);
-                    chunks.insert(id, sealed.as_slice())?;
-                }
-                refs.insert(id, users + 1)?;
-            }
-            let now: std::collections::BTreeSet<[u8; 32]> = new.iter().map(|(id, _)| *id).collect();
-            for id in kept.difference(&now) {
-                let users = refs.get(id)?.map_or(0, |c| c.value());
-                if users <= 1 {
-                    refs.remove(id)?;
-                    chunks.remove(id)?;
-                } else {
-                    refs.insert(id, users - 1)?;
                 }
             }
+            pieces.replace(&self.key, &old, split.as_ref())?;
         }
         Ok(())
-    }
-
-    /// The piece ids of a stored record (none unless it is stored in pieces).
-    /// Only small stored values can be piece lists, so large ones are not opened.
-    fn pieces_of(&self, name: &[u8], stored: &[u8]) -> Vec<[u8; 32]> {
-        if stored.len() > CHUNKED_FROM {
-            return Vec::new();
-        }
-        match self.key.open(name, stored) {
-            Ok(plain) if plain.first() == Some(&CHUNKED_TAG) => plain[1..]
-                .chunks_exact(32)
-                .map(|id| id.try_into().expect("32-byte chunks"))
-                .collect(),
-            _ => Vec::new(),
-        }
     }
 
     fn get_raw(&self, key: &[u8]) -> Result<Option<Vec<u8>>, MlsStoreError> {
@@ -258,28 +197,17 @@ impl RedbMlsStorage {
                 .map_err(|e| err(&e))?,
             None => return Ok(None),
         };
-        if plain.first() != Some(&CHUNKED_TAG) {
-            return Ok(Some(plain.to_vec()));
+        match record_pieces::piece_list(&plain) {
+            None => Ok(Some(plain.to_vec())),
+            Some(ids) => record_pieces::join(&txn, &self.key, &ids)
+                .map(Some)
+                .map_err(|e| match e {
+                    PieceError::Missing => {
+                        MlsStoreError::Inconsistent("a piece of a stored record is missing")
+                    }
+                    PieceError::Store(e) => MlsStoreError::Store(e),
+                }),
         }
-        // A record in pieces: put it back together.
-        let chunks = txn.open_table(CHUNKS).map_err(|e| err(&e))?;
-        let mut out = Vec::with_capacity((plain.len() - 1) / 32 * CHUNK_BYTES);
-        for id in plain[1..].chunks_exact(32) {
-            let id: &[u8; 32] = id.try_into().expect("32-byte chunks");
-            let piece = chunks
-                .get(id)
-                .map_err(|e| err(&e))?
-                .ok_or(MlsStoreError::Inconsistent(
-                    "a piece of a stored record is missing",
-                ))?;
-            out.extend_from_slice(
-                &self
-                    .key
-                    .open(&chunk_name(id), piece.value())
-                    .map_err(|e| err(&e))?,
-            );
-        }
-        Ok(Some(out))
     }
 
     fn write<const VERSION: u16>(
@@ -1021,13 +949,6 @@ impl StorageProvider<CURRENT_VERSION> for RedbMlsStorage {
     }
 }
 
-/// The name a piece is sealed under.
-fn chunk_name(id: &[u8; 32]) -> Vec<u8> {
-    let mut name = b"mls_chunks/".to_vec();
-    name.extend_from_slice(id);
-    name
-}
-
 /// A storage key: label, key, version.
 fn build_key_from_vec<const V: u16>(label: &[u8], key: Vec<u8>) -> Vec<u8> {
     let mut key_out = label.to_vec();
@@ -1050,6 +971,7 @@ fn epoch_key_pairs_id(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::client::record_pieces::PIECE_BYTES;
 
     const LABEL: &[u8] = b"Tree";
 
@@ -1075,18 +997,8 @@ mod tests {
             .unwrap()
     }
 
-    /// Pieces stored, and the sum of their use counts.
     fn pieces(s: &RedbMlsStorage) -> (usize, u64) {
-        let txn = s.db.begin_read().unwrap();
-        let n = match txn.open_table(CHUNKS) {
-            Ok(t) => t.iter().unwrap().count(),
-            Err(_) => 0,
-        };
-        let users = match txn.open_table(CHUNK_REFS) {
-            Ok(t) => t.iter().unwrap().map(|e| e.unwrap().1.value() as u64).sum(),
-            Err(_) => 0,
-        };
-        (n, users)
+        record_pieces::census(&s.db)
     }
 
     /// `len` bytes with no two pieces alike.
@@ -1105,7 +1017,7 @@ mod tests {
     #[test]
     fn a_large_record_is_stored_in_pieces_and_reads_back_the_same() {
         let (_d, s) = store();
-        let big = value(10 * CHUNK_BYTES + 123, 1);
+        let big = value(10 * PIECE_BYTES + 123, 1);
         put(&s, b"a", Some(big.clone()));
         assert_eq!(get(&s, b"a"), Some(big));
         assert_eq!(pieces(&s), (11, 11));
@@ -1118,11 +1030,11 @@ mod tests {
     #[test]
     fn rewriting_a_large_record_stores_only_the_changed_pieces_and_frees_the_old_ones() {
         let (_d, s) = store();
-        let mut v = value(8 * CHUNK_BYTES, 3);
+        let mut v = value(8 * PIECE_BYTES, 3);
         put(&s, b"a", Some(v.clone()));
         for round in 0..20u8 {
             // One byte in the 5th piece changes, as a ratchet step does.
-            v[4 * CHUNK_BYTES + 10] = round;
+            v[4 * PIECE_BYTES + 10] = round;
             put(&s, b"a", Some(v.clone()));
             assert_eq!(get(&s, b"a").as_ref(), Some(&v));
             assert_eq!(pieces(&s), (8, 8), "round {round}: old pieces freed");
@@ -1135,7 +1047,7 @@ mod tests {
     #[test]
     fn a_piece_shared_by_two_records_lives_until_the_last_one_goes() {
         let (_d, s) = store();
-        let v = value(5 * CHUNK_BYTES, 5);
+        let v = value(5 * PIECE_BYTES, 5);
         put(&s, b"a", Some(v.clone()));
         put(&s, b"b", Some(v.clone()));
         assert_eq!(pieces(&s), (5, 10));
@@ -1150,14 +1062,8 @@ mod tests {
     #[test]
     fn a_missing_piece_is_a_typed_error_not_a_wrong_value() {
         let (_d, s) = store();
-        put(&s, b"a", Some(value(4 * CHUNK_BYTES, 6)));
-        let txn = s.db.begin_write().unwrap();
-        {
-            let mut t = txn.open_table(CHUNKS).unwrap();
-            let id = *t.first().unwrap().unwrap().0.value();
-            t.remove(&id).unwrap();
-        }
-        txn.commit().unwrap();
+        put(&s, b"a", Some(value(4 * PIECE_BYTES, 6)));
+        record_pieces::lose_a_piece(&s.db);
         let err = s
             .get_raw(&build_key_from_vec::<CURRENT_VERSION>(LABEL, b"a".to_vec()))
             .unwrap_err();

@@ -11,6 +11,7 @@ pub mod message;
 pub mod messenger;
 pub mod mls_store;
 pub mod profile_key;
+mod record_pieces;
 pub mod rpc;
 pub mod state;
 
