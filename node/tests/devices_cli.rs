@@ -36,10 +36,15 @@ fn a_removed_device_leaves_its_groups_working_and_reads_nothing_new() {
     alice.ok(at, &ca, &["register-user", "--username", "alice"]);
     phone.ok(at, &ca, &["register-user", "--username", "bob"]);
     laptop.ok(at, &ca, &["login", "--username", "bob"]);
-    alice.ok(at, &ca, &["create-group", "g"]);
-    alice.ok(at, &ca, &["invite", "--group", "g", "bob"]);
+    for g in ["g", "h"] {
+        alice.ok(at, &ca, &["create-group", g]);
+        alice.ok(at, &ca, &["invite", "--group", g, "bob"]);
+    }
     phone.ok(at, &ca, &["join"]);
     laptop.ok(at, &ca, &["join"]);
+    // In h, the laptop is bob's only device.
+    phone.ok(at, &ca, &["leave", "--group", "h"]);
+    alice.ok(at, &ca, &["recv"]);
     alice.ok(at, &ca, &["send", "--group", "g", "before"]);
     assert!(laptop.ok(at, &ca, &["recv"]).contains("alice: before"));
     let laptop_id = identity_of(&laptop.ok(at, &ca, &["whoami"]));
@@ -93,6 +98,14 @@ fn a_removed_device_leaves_its_groups_working_and_reads_nothing_new() {
     phone.ok(at, &ca, &["send", "--group", "g", "from the phone"]);
     assert!(phone.ok(at, &ca, &["recv"]).contains("alice: after"));
     assert!(alice.ok(at, &ca, &["recv"]).contains("bob: from the phone"));
+    // In h, which none of bob's remaining devices is in, the next sender's
+    // client learns from the node that the laptop is gone, and removes it.
+    let sent = alice.ok(at, &ca, &["send", "--group", "h", "anyone?"]);
+    assert!(sent.contains("not delivered to bob (NOT_FOUND)"), "{sent}");
+    assert_eq!(
+        alice.ok(at, &ca, &["members", "--group", "h"]).trim(),
+        "alice"
+    );
     // ...and the removed device reads nothing new: its session ended.
     let (ok, _, err) = laptop.run(at, &ca, &["recv"]);
     assert!(!ok);

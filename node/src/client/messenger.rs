@@ -51,6 +51,9 @@ pub struct SendReport {
     /// Member devices (by name) whose inbox did not take it, and why (a full
     /// inbox: its owner will see that it missed a message).
     pub undelivered: Vec<(String, quicnprotochat_wire::WireError)>,
+    /// Member devices the node says no longer exist (removed from their
+    /// account): the sender's client removes them from the group.
+    pub gone: Vec<[u8; 32]>,
     /// Bytes this device uploaded for it: the shared body, and per named
     /// recipient its identity key and part (none in a post-quantum-suite group).
     pub upload_bytes: usize,
@@ -554,11 +557,21 @@ impl Messenger {
         self.pull(Duration::ZERO).await?;
         let group = self.group_actor(name).await?;
         let text = text.to_string();
-        ask(&group, "group actor", |reply| GroupMsg::Send {
+        let report = ask(&group, "group actor", |reply| GroupMsg::Send {
             text,
             reply,
         })
-        .await
+        .await?;
+        // Devices removed from their accounts are still members until someone
+        // commits their removal: any member may, and the one who noticed does.
+        // The message is sent either way; a failure here waits for the next send.
+        if !report.gone.is_empty() {
+            let gone = Change::RemoveDevices(report.gone.clone());
+            if let Err(e) = self.commit_change(&group, gone).await {
+                tracing::info!(group = %name, error = %e, "removed devices not removed yet");
+            }
+        }
+        Ok(report)
     }
 
     /// Offers `change` to the node's epoch fence through the group's actor; when

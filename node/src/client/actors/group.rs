@@ -202,9 +202,14 @@ impl GroupState {
         for o in outcomes {
             match o.outcome {
                 Ok(seq) => report.seqs.push(seq),
-                Err(why) => report
-                    .undelivered
-                    .push((self.profile.name_of(&o.recipient.0), why)),
+                Err(why) => {
+                    if why.code == ErrorCode::NotFound {
+                        report.gone.push(o.recipient.0);
+                    }
+                    report
+                        .undelivered
+                        .push((self.profile.name_of(&o.recipient.0), why));
+                }
             }
         }
         Ok(report)
