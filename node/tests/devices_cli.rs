@@ -7,6 +7,7 @@ mod common;
 
 use common::{ServerProcess, User, assert_one_line_error};
 use quicnprotochat::tls;
+use std::path::{Path, PathBuf};
 
 /// The device's identity key, as `whoami` prints it.
 fn identity_of(whoami: &str) -> String {
@@ -17,24 +18,49 @@ fn identity_of(whoami: &str) -> String {
         .to_string()
 }
 
+/// A server process; alice, and bob's phone (both registered); bob's laptop, a
+/// profile with bob's password that has not logged in yet.
+struct World {
+    server: ServerProcess,
+    ca: PathBuf,
+    alice: User,
+    phone: User,
+    laptop: User,
+}
+
+impl World {
+    fn start(dir: &Path) -> World {
+        let data = dir.join("data");
+        let ca = data.join(tls::CERT_FILE);
+        let server = ServerProcess::start(&data, &[]);
+        let (alice, phone) = (User::new(dir, "alice"), User::new(dir, "phone"));
+        let laptop = User {
+            password: phone.password.clone(),
+            ..User::new(dir, "laptop")
+        };
+        alice.ok(server.addr, &ca, &["register-user", "--username", "alice"]);
+        phone.ok(server.addr, &ca, &["register-user", "--username", "bob"]);
+        World {
+            server,
+            ca,
+            alice,
+            phone,
+            laptop,
+        }
+    }
+}
+
 #[test]
 fn a_removed_device_leaves_its_groups_working_and_reads_nothing_new() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let ca = data.join(tls::CERT_FILE);
-    let server = ServerProcess::start(&data, &[]);
+    let World {
+        server,
+        ca,
+        alice,
+        phone,
+        laptop,
+    } = World::start(dir.path());
     let at = server.addr;
-    let alice = User::new(dir.path(), "alice");
-    let (phone, laptop) = (
-        User::new(dir.path(), "phone"),
-        User::new(dir.path(), "laptop"),
-    );
-    let laptop = User {
-        password: phone.password.clone(),
-        ..laptop
-    };
-    alice.ok(at, &ca, &["register-user", "--username", "alice"]);
-    phone.ok(at, &ca, &["register-user", "--username", "bob"]);
     laptop.ok(at, &ca, &["login", "--username", "bob"]);
     for g in ["g", "h"] {
         alice.ok(at, &ca, &["create-group", g]);
@@ -115,18 +141,14 @@ fn a_removed_device_leaves_its_groups_working_and_reads_nothing_new() {
 #[test]
 fn a_new_device_joins_its_users_groups_and_reads_what_is_sent_after() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let ca = data.join(tls::CERT_FILE);
-    let server = ServerProcess::start(&data, &[]);
+    let World {
+        server,
+        ca,
+        alice,
+        phone,
+        laptop,
+    } = World::start(dir.path());
     let at = server.addr;
-    let alice = User::new(dir.path(), "alice");
-    let phone = User::new(dir.path(), "phone");
-    let laptop = User {
-        password: phone.password.clone(),
-        ..User::new(dir.path(), "laptop")
-    };
-    alice.ok(at, &ca, &["register-user", "--username", "alice"]);
-    phone.ok(at, &ca, &["register-user", "--username", "bob"]);
     alice.ok(at, &ca, &["create-group", "g"]);
     alice.ok(at, &ca, &["invite", "--group", "g", "bob"]);
     phone.ok(at, &ca, &["join"]);

@@ -8,7 +8,20 @@
 use quicnprotochat::client::messenger::{CrashPoint, MAX_PROPOSAL_ATTEMPTS, MessengerError};
 use quicnprotochat::config::ServerConfig;
 use quicnprotochat_crypto::mls::{MlsError, Suite};
-use quicnprotochat_tests::{TestNode, alice_and_bob_in_g, local, pull_shown as pull};
+use quicnprotochat_tests::{Person, TestNode, alice_and_bob_in_g, local, pull_shown as pull};
+
+/// alice, bob and carol, all members of "g" (alice created it).
+async fn three_in_g(node: &TestNode) -> (Person, Person, Person) {
+    let (mut alice, bob) = alice_and_bob_in_g(node).await;
+    let mut carol = node.person("carol").await;
+    alice
+        .messenger
+        .invite("g", &["carol".into()])
+        .await
+        .unwrap();
+    pull(&mut carol.messenger).await;
+    (alice, bob, carol)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leave_saved_but_never_sent_is_taken_back_and_the_profile_keeps_working() {
@@ -60,14 +73,7 @@ async fn a_proposal_the_node_keeps_refusing_to_take_is_dropped_after_a_bounded_n
     config.queue_limit = 2;
     let node = TestNode::start_with(config).await;
     local(async {
-        let (mut alice, mut bob) = alice_and_bob_in_g(&node).await;
-        let mut carol = node.person("carol").await;
-        alice
-            .messenger
-            .invite("g", &["carol".into()])
-            .await
-            .unwrap();
-        pull(&mut carol.messenger).await;
+        let (mut alice, mut bob, mut carol) = three_in_g(&node).await;
         pull(&mut bob.messenger).await;
         // carol stops reading: her inbox fills with messages (2, the limit),
         // then with commits (2 more, as far as a commit may exceed it).
@@ -135,14 +141,7 @@ async fn no_sequence_of_refusals_and_crashes_leaves_a_profile_stuck() {
         config.queue_limit = 3;
         let node = TestNode::start_with(config).await;
         local(async {
-            let (mut alice, mut bob) = alice_and_bob_in_g(&node).await;
-            let mut carol = node.person("carol").await;
-            alice
-                .messenger
-                .invite("g", &["carol".into()])
-                .await
-                .unwrap();
-            pull(&mut carol.messenger).await;
+            let (mut alice, mut bob, mut carol) = three_in_g(&node).await;
             let mut rng = seed;
             let mut carol_reads = true;
             let mut log = Vec::new();
