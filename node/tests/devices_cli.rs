@@ -184,3 +184,43 @@ fn a_new_device_joins_its_users_groups_and_reads_what_is_sent_after() {
             .contains("bob: from the laptop")
     );
 }
+
+#[test]
+fn a_profile_lost_and_logged_in_again_rejoins_through_the_users_other_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let World {
+        server,
+        ca,
+        alice,
+        phone,
+        laptop,
+    } = World::start(dir.path());
+    let at = server.addr;
+    laptop.ok(at, &ca, &["login", "--username", "bob"]);
+    let old_laptop = identity_of(&laptop.ok(at, &ca, &["whoami"]));
+    alice.ok(at, &ca, &["create-group", "g"]);
+    alice.ok(at, &ca, &["invite", "--group", "g", "bob"]);
+    phone.ok(at, &ca, &["join"]);
+    laptop.ok(at, &ca, &["join"]);
+
+    // The laptop's profile is wiped; bob logs in again there: a new device.
+    std::fs::remove_dir_all(&laptop.state).unwrap();
+    laptop.ok(at, &ca, &["login", "--username", "bob"]);
+    phone.ok(at, &ca, &["recv"]);
+    let joined = laptop.ok(at, &ca, &["join"]);
+    assert!(joined.contains("[g] * joined"), "{joined}");
+    alice.ok(at, &ca, &["send", "--group", "g", "welcome back"]);
+    assert!(
+        laptop
+            .ok(at, &ca, &["recv"])
+            .contains("alice: welcome back")
+    );
+
+    // The lost profile's device is still a member until bob removes it.
+    let members = alice.ok(at, &ca, &["members", "--group", "g"]);
+    assert!(members.contains("bob (3 devices)"), "{members}");
+    let out = phone.ok(at, &ca, &["remove-device", &old_laptop]);
+    assert!(out.contains("removed it from g"), "{out}");
+    let members = alice.ok(at, &ca, &["members", "--group", "g"]);
+    assert!(members.contains("bob (2 devices)"), "{members}");
+}
