@@ -1,0 +1,329 @@
+//! Groups: what the client keeps besides OpenMLS' own storage. Every change one
+//! incoming message or one operation makes (OpenMLS writes, cursor, roster, lines to
+//! show, messages held for a later epoch) is committed in ONE transaction, so a
+//! crash leaves the profile before or after it, never in between.
+
+use super::*;
+
+/// Group display name → group id (names are local to this profile).
+const GROUP_NAMES: TableDefinition<&str, &[u8]> = TableDefinition::new("group_names");
+/// Group id → display name.
+const GROUP_IDS: TableDefinition<&[u8], &str> = TableDefinition::new("group_ids");
+/// Member identity → (username, signed hybrid key), encoded as a roster entry.
+const ROSTER: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("roster");
+/// "inbox" → the highest seq of the own inbox that has been applied.
+const CURSOR: TableDefinition<&str, u64> = TableDefinition::new("cursor");
+/// seq → an opened message from an epoch the group has not reached yet.
+const HELD: TableDefinition<u64, &[u8]> = TableDefinition::new("held");
+/// (seq, n) → a line to show the user, kept until shown.
+const UNREAD: TableDefinition<(u64, u32), &str> = TableDefinition::new("unread");
+
+/// The account's devices as this profile last settled its groups with them.
+const KNOWN_DEVICES: TableDefinition<&[u8; 32], ()> = TableDefinition::new("known_devices");
+
+/// Group id → how many pulls in a row failed to commit its waiting proposals.
+const PROPOSAL_FAILURES: TableDefinition<&[u8], u32> = TableDefinition::new("proposal_failures");
+
+/// Lines the client itself produces (not from an envelope) sit after the lines of
+/// the last applied envelope, from this place on.
+const LOCAL_LINES_FROM: u32 = 1 << 31;
+
+/// Where a line to show sits: the seq of the envelope that produced it, and its
+/// place among that envelope's lines.
+pub type LineKey = (u64, u32);
+
+/// The writes of one client transaction.
+pub struct ClientTxn<'a> {
+    txn: &'a redb::WriteTransaction,
+}
+
+type TxnResult<T> = Result<T, redb::Error>;
+
+impl ClientTxn<'_> {
+    /// Names a group (both directions).
+    pub fn set_group(&self, name: &str, group_id: &[u8]) -> TxnResult<()> {
+        self.txn.open_table(GROUP_NAMES)?.insert(name, group_id)?;
+        self.txn.open_table(GROUP_IDS)?.insert(group_id, name)?;
+        Ok(())
+    }
+
+    /// Forgets a group locally (after leaving it or being removed).
+    pub fn forget_group(&self, group_id: &[u8]) -> TxnResult<()> {
+        let name = self
+            .txn
+            .open_table(GROUP_IDS)?
+            .remove(group_id)?
+            .map(|n| n.value().to_string());
+        if let Some(name) = name {
+            self.txn.open_table(GROUP_NAMES)?.remove(name.as_str())?;
+        }
+        self.txn.open_table(PROPOSAL_FAILURES)?.remove(group_id)?;
+        Ok(())
+    }
+
+    /// Remembers who a member is.
+    pub fn put_roster(&self, entry: &RosterEntry) -> TxnResult<()> {
+        self.txn
+            .open_table(ROSTER)?
+            .insert(&entry.identity, encode_roster(entry).as_slice())?;
+        Ok(())
+    }
+
+    /// Adds a line the client produced itself (no envelope: e.g. a change it
+    /// gave up on), after everything applied so far.
+    pub fn add_local_line(&self, line: &str) -> TxnResult<()> {
+        let seq = self
+            .txn
+            .open_table(CURSOR)?
+            .get("inbox")?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        let mut unread = self.txn.open_table(UNREAD)?;
+        let n = unread
+            .range((seq, LOCAL_LINES_FROM)..=(seq, u32::MAX))?
+            .next_back()
+            .transpose()?
+            .map_or(LOCAL_LINES_FROM, |(k, _)| k.value().1 + 1);
+        unread.insert((seq, n), line)?;
+        Ok(())
+    }
+
+    /// Counts one more failed attempt to commit a group's waiting proposals;
+    /// returns the count so far.
+    pub fn proposal_failed(&self, group_id: &[u8]) -> TxnResult<u32> {
+        let mut t = self.txn.open_table(PROPOSAL_FAILURES)?;
+        let n = t.get(group_id)?.map_or(0, |v| v.value()) + 1;
+        t.insert(group_id, n)?;
+        Ok(n)
+    }
+
+    /// The group's waiting proposals were committed or given up on.
+    pub fn proposals_settled(&self, group_id: &[u8]) -> TxnResult<()> {
+        self.txn.open_table(PROPOSAL_FAILURES)?.remove(group_id)?;
+        Ok(())
+    }
+
+    /// The account's devices, as the profile's groups now reflect them.
+    pub fn set_known_devices(&self, devices: &BTreeSet<[u8; 32]>) -> TxnResult<()> {
+        let mut t = self.txn.open_table(KNOWN_DEVICES)?;
+        t.retain(|_, _| false)?;
+        for d in devices {
+            t.insert(d, ())?;
+        }
+        Ok(())
+    }
+
+    /// Everything up to `seq` of the inbox is applied.
+    pub fn set_cursor(&self, seq: u64) -> TxnResult<()> {
+        self.txn.open_table(CURSOR)?.insert("inbox", seq)?;
+        Ok(())
+    }
+
+    /// Keeps a message from a later epoch until its commit.
+    pub fn hold(&self, seq: u64, message: &[u8]) -> TxnResult<()> {
+        self.txn.open_table(HELD)?.insert(seq, message)?;
+        Ok(())
+    }
+
+    /// Forgets a held message once applied.
+    pub fn release(&self, seq: u64) -> TxnResult<()> {
+        self.txn.open_table(HELD)?.remove(seq)?;
+        Ok(())
+    }
+
+    /// Adds a line to show (the `n`th of envelope `seq`).
+    pub fn add_line(&self, seq: u64, n: u32, line: &str) -> TxnResult<()> {
+        self.txn.open_table(UNREAD)?.insert((seq, n), line)?;
+        Ok(())
+    }
+
+    /// Forgets a line once shown.
+    pub fn remove_line(&self, key: LineKey) -> TxnResult<()> {
+        self.txn.open_table(UNREAD)?.remove(key)?;
+        Ok(())
+    }
+}
+
+fn encode_roster(e: &RosterEntry) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + e.username.len() + e.hybrid_key.len());
+    out.extend_from_slice(&(e.username.len() as u32).to_be_bytes());
+    out.extend_from_slice(e.username.as_bytes());
+    out.extend_from_slice(&e.hybrid_key);
+    out
+}
+
+fn decode_roster(identity: [u8; 32], bytes: &[u8]) -> Option<RosterEntry> {
+    let len = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+    let name = bytes.get(4..4 + len)?;
+    Some(RosterEntry {
+        identity,
+        username: String::from_utf8(name.to_vec()).ok()?,
+        hybrid_key: bytes.get(4 + len..)?.to_vec(),
+    })
+}
+
+impl ClientState {
+    /// Commits, in one durable transaction, what `storage` has written since its
+    /// last commit and the writes `f` makes. On any failure neither reaches disk
+    /// and the storage's uncommitted writes are dropped, so memory matches disk.
+    pub fn transact(
+        &self,
+        storage: &RedbMlsStorage,
+        f: impl FnOnce(&ClientTxn<'_>) -> TxnResult<()>,
+    ) -> Result<(), StateError> {
+        let overlay = storage.take_overlay();
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        storage
+            .write_overlay(&txn, &overlay)
+            .map_err(|e| self.err(e))?;
+        f(&ClientTxn { txn: &txn }).map_err(|e| self.err(e))?;
+        txn.commit().map_err(|e| self.err(e))
+    }
+
+    /// Runs `f` in one durable transaction that touches no MLS state.
+    pub fn write(&self, f: impl FnOnce(&ClientTxn<'_>) -> TxnResult<()>) -> Result<(), StateError> {
+        let txn = self.db.begin_write().map_err(|e| self.err(e))?;
+        f(&ClientTxn { txn: &txn }).map_err(|e| self.err(e))?;
+        txn.commit().map_err(|e| self.err(e))
+    }
+
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction) -> Result<T, redb::Error>,
+        missing: T,
+    ) -> Result<T, StateError> {
+        let txn = self.db.begin_read().map_err(|e| self.err(e))?;
+        match f(&txn) {
+            Ok(v) => Ok(v),
+            Err(redb::Error::TableDoesNotExist(_)) => Ok(missing),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
+    /// The id of the group named `name`.
+    pub fn group_id(&self, name: &str) -> Result<Option<Vec<u8>>, StateError> {
+        self.read(
+            |t| {
+                Ok(t.open_table(GROUP_NAMES)?
+                    .get(name)?
+                    .map(|v| v.value().to_vec()))
+            },
+            None,
+        )
+    }
+
+    /// The name of the group `group_id`.
+    pub fn group_name(&self, group_id: &[u8]) -> Result<Option<String>, StateError> {
+        self.read(
+            |t| {
+                Ok(t.open_table(GROUP_IDS)?
+                    .get(group_id)?
+                    .map(|v| v.value().to_string()))
+            },
+            None,
+        )
+    }
+
+    /// Every group of this profile: (name, id), by name.
+    pub fn groups(&self) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+        self.read(
+            |t| {
+                t.open_table(GROUP_NAMES)?
+                    .iter()?
+                    .map(|e| {
+                        let (k, v) = e?;
+                        Ok((k.value().to_string(), v.value().to_vec()))
+                    })
+                    .collect()
+            },
+            Vec::new(),
+        )
+    }
+
+    /// What this profile knows of a member.
+    pub fn roster_entry(&self, identity: &[u8]) -> Result<Option<RosterEntry>, StateError> {
+        let Ok(identity) = <[u8; 32]>::try_from(identity) else {
+            return Ok(None);
+        };
+        self.read(
+            |t| {
+                Ok(t.open_table(ROSTER)?
+                    .get(&identity)?
+                    .and_then(|v| decode_roster(identity, v.value())))
+            },
+            None,
+        )
+    }
+
+    /// The highest seq of the own inbox already applied.
+    pub fn cursor(&self) -> Result<u64, StateError> {
+        self.read(
+            |t| {
+                Ok(t.open_table(CURSOR)?
+                    .get("inbox")?
+                    .map(|v| v.value())
+                    .unwrap_or(0))
+            },
+            0,
+        )
+    }
+
+    /// Messages waiting for a later epoch, in seq order.
+    pub fn held(&self) -> Result<Vec<(u64, Vec<u8>)>, StateError> {
+        self.read(
+            |t| {
+                t.open_table(HELD)?
+                    .iter()?
+                    .map(|e| {
+                        let (k, v) = e?;
+                        Ok((k.value(), v.value().to_vec()))
+                    })
+                    .collect()
+            },
+            Vec::new(),
+        )
+    }
+
+    /// The account's devices as this profile last settled its groups with them
+    /// (empty before the first look).
+    pub fn known_devices(&self) -> Result<BTreeSet<[u8; 32]>, StateError> {
+        self.read(
+            |t| {
+                t.open_table(KNOWN_DEVICES)?
+                    .iter()?
+                    .map(|e| Ok(*e?.0.value()))
+                    .collect()
+            },
+            BTreeSet::new(),
+        )
+    }
+
+    /// The seqs of the held messages, without reading the messages.
+    pub fn held_seqs(&self) -> Result<Vec<u64>, StateError> {
+        self.read(
+            |t| {
+                t.open_table(HELD)?
+                    .iter()?
+                    .map(|e| Ok(e?.0.value()))
+                    .collect()
+            },
+            Vec::new(),
+        )
+    }
+
+    /// Lines not yet shown, in the order they arrived.
+    pub fn unread(&self) -> Result<Vec<(LineKey, String)>, StateError> {
+        self.read(
+            |t| {
+                t.open_table(UNREAD)?
+                    .iter()?
+                    .map(|e| {
+                        let (k, v) = e?;
+                        Ok((k.value(), v.value().to_string()))
+                    })
+                    .collect()
+            },
+            Vec::new(),
+        )
+    }
+}
