@@ -176,7 +176,7 @@ async fn node_call(n: &node::Client, c: &Call) -> Outcome {
 
 async fn session_call(s: &session::Client, c: &Call) -> Outcome {
     let len = u32::from(c.list_len);
-    match c.method % 12 {
+    match c.method % 13 {
         0 => send!(s.whoami_request()).await,
         1 => {
             let mut r = s.enqueue_request();
@@ -250,6 +250,7 @@ async fn session_call(s: &session::Client, c: &Call) -> Outcome {
             r.get().set_identity_key(&c.a);
             send!(r).await
         }
+        11 => send!(s.devices_request()).await,
         _ => send!(s.key_package_status_request()).await,
     }
 }
