@@ -38,9 +38,10 @@ use rustls::pki_types::CertificateDer;
 
 use crate::client::ClientError;
 use crate::client::message::{Body, ClientMessage, RosterEntry};
-use crate::client::messenger::{Line, MessengerError};
+use crate::client::messenger::terms::{Line, MessengerError};
 use crate::client::mls_store::RedbMlsStorage;
-use crate::client::state::{ClientState, ClientTxn};
+use crate::client::state::ClientState;
+use crate::client::state::groups::ClientTxn;
 
 /// Where the node is and how to reach it again after a lost connection.
 #[derive(Clone)]

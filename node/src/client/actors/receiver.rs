@@ -30,7 +30,7 @@ use super::supervisor::{SessionSlot, SupervisorMsg};
 use super::{Effects, Profile, ask, ask_session, notice, short_hex};
 use crate::client::ClientError;
 use crate::client::message::{Body, ClientMessage};
-use crate::client::messenger::{Line, Messenger, MessengerError};
+use crate::client::messenger::terms::{Line, MessengerError, is_connection_loss};
 use crate::client::mls_store::RedbMlsStorage;
 
 /// Envelopes asked for per fetch.
@@ -405,7 +405,7 @@ impl Actor for ReceiverActor {
                         state.follow(&myself, wait);
                     }
                     (Owner::Follow, Err(e)) => {
-                        let lost = Messenger::is_connection_loss(&e);
+                        let lost = is_connection_loss(&e);
                         if let Some(f) = &state.follower
                             && f.send(Err(e)).is_ok()
                             && lost

@@ -17,7 +17,7 @@ use super::group::{GroupActor, GroupArgs, GroupMsg};
 use super::receiver::{ReceiverActor, ReceiverArgs, ReceiverMsg};
 use super::session::{ConnectionEvent, SessionActor, SessionArgs, SessionMsg};
 use super::{NodeAddress, Profile};
-use crate::client::messenger::{MessengerError, validate_group_name};
+use crate::client::messenger::terms::{MessengerError, validate_group_name};
 
 /// The current session actor, shared by everyone who sends it requests; the
 /// supervisor puts a fresh one in when it restarts it.

@@ -14,47 +14,29 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use quicnprotochat_crypto::mls::{MlsError, Suite};
+use quicnprotochat_crypto::mls::Suite;
 use ractor::thread_local::ThreadLocalActorSpawner;
 use ractor::{Actor, ActorRef};
 use tokio::sync::broadcast;
 
 use crate::client::actors::group::{Change, CommitOutcome, GroupMsg};
 use crate::client::actors::receiver::ReceiverMsg;
-use crate::client::actors::session::{self, ConnectionEvent, SessionMsg};
+use crate::client::actors::session::{ConnectionEvent, SessionMsg};
 use crate::client::actors::supervisor::{
     ClientSupervisor, SessionSlot, SupervisorArgs, SupervisorMsg,
 };
 use crate::client::actors::{NodeAddress, Profile, ask, ask_session};
 use crate::client::message::RosterEntry;
-use crate::client::state::{ClientState, LineKey};
+use crate::client::state::ClientState;
+use crate::client::state::groups::LineKey;
 use crate::client::{ClientError, KeyPackageTarget};
 use quicnprotochat_wire::IdentityKey;
 
-mod answers;
-pub use answers::{GroupSummary, Line, MessengerError, SendReport};
-
-/// How often an outgoing commit is rebuilt after losing the epoch race.
-pub const MAX_COMMIT_ATTEMPTS: u32 = 8;
-/// Pulls in a row that may fail to commit a group's waiting proposals (someone's
-/// leave) before they are dropped with a line, so a refusal never blocks a
-/// profile for good.
-pub const MAX_PROPOSAL_ATTEMPTS: u32 = 3;
-/// Most messages held for a later epoch; past that they are reported and dropped.
-pub const MAX_HELD: usize = 1000;
-/// Most bytes of deliveries one commit call carries: well inside the node's
-/// Cap'n Proto read limit (twice the larger of its payload limit and 4 MiB).
-pub const MAX_COMMIT_BYTES: usize = 6 * 1024 * 1024;
-
-/// Group names: 1 to 64 characters, none of which breaks a `[GROUP]` line.
-pub(crate) fn validate_group_name(name: &str) -> Result<(), MessengerError> {
-    if name.is_empty() || name.len() > 64 || name.contains(['[', ']', '\n']) {
-        return Err(MessengerError::Mls(MlsError::Rejected(
-            "group names are 1 to 64 characters without brackets".into(),
-        )));
-    }
-    Ok(())
-}
+pub mod terms;
+pub use terms::{
+    CrashPoint, GroupSummary, Line, MAX_COMMIT_ATTEMPTS, MAX_COMMIT_BYTES, MAX_HELD,
+    MAX_PROPOSAL_ATTEMPTS, MessengerError, SendReport,
+};
 
 /// The handle on one client profile's actor tree.
 pub struct Messenger {
@@ -67,16 +49,6 @@ pub struct Messenger {
     stopped: Option<ractor::concurrency::JoinHandle<()>>,
     /// When the account's devices were last compared with the profile's groups.
     pub(crate) devices_checked: Option<std::time::Instant>,
-}
-
-/// Where a test makes the next commit stop, as if the process had died there.
-#[doc(hidden)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CrashPoint {
-    /// The pending commit is saved, nothing was sent.
-    BeforeSending,
-    /// The node accepted the commit; we never heard.
-    AfterAcceptance,
 }
 
 impl Messenger {
@@ -166,7 +138,7 @@ impl Messenger {
     /// Whether `e` means the connection to the node is gone (and a new one may
     /// succeed), rather than a refusal or a local failure.
     pub fn is_connection_loss(e: &MessengerError) -> bool {
-        matches!(e, MessengerError::Client(c) if session::is_connection_loss(c))
+        terms::is_connection_loss(e)
     }
 
     /// The profile's username, once logged in.

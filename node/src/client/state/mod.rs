@@ -359,5 +359,4 @@ impl ClientState {
     }
 }
 
-mod groups;
-pub use groups::{ClientTxn, LineKey};
+pub mod groups;

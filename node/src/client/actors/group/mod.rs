@@ -26,7 +26,7 @@ use crate::client::core::{
     Disposition, DropReason, GroupProtocol, NodeAnswer, PendingAction, Processed,
 };
 use crate::client::message::{Body, ClientMessage, RosterEntry};
-use crate::client::messenger::{
+use crate::client::messenger::terms::{
     CrashPoint, GroupSummary, Line, MAX_COMMIT_BYTES, MAX_HELD, MAX_PROPOSAL_ATTEMPTS,
     MessengerError, SendReport,
 };
@@ -156,7 +156,7 @@ impl GroupState {
     /// Commits this actor's MLS writes (and `f`'s) in one transaction.
     fn save(
         &self,
-        f: impl FnOnce(&crate::client::state::ClientTxn<'_>) -> Result<(), redb::Error>,
+        f: impl FnOnce(&crate::client::state::groups::ClientTxn<'_>) -> Result<(), redb::Error>,
     ) -> Result<(), MessengerError> {
         Ok(self.profile.state.transact(self.storage(), f)?)
     }

@@ -1,10 +1,51 @@
-//! What the messenger answers: reports of sends, the typed errors of group
-//! operations, lines to show, and what a group looks like.
+//! The terms the messenger and the client's actors share: limits, what the
+//! messenger answers (reports of sends, the typed errors of group operations,
+//! lines to show, what a group looks like) and the test crash points. The actors
+//! import them from here, never from the messenger that drives them.
 
 use quicnprotochat_crypto::mls::{MlsError, Suite};
 
 use crate::client::ClientError;
+use crate::client::actors::session;
 use crate::client::state::StateError;
+
+/// How often an outgoing commit is rebuilt after losing the epoch race.
+pub const MAX_COMMIT_ATTEMPTS: u32 = 8;
+/// Pulls in a row that may fail to commit a group's waiting proposals (someone's
+/// leave) before they are dropped with a line, so a refusal never blocks a
+/// profile for good.
+pub const MAX_PROPOSAL_ATTEMPTS: u32 = 3;
+/// Most messages held for a later epoch; past that they are reported and dropped.
+pub const MAX_HELD: usize = 1000;
+/// Most bytes of deliveries one commit call carries: well inside the node's
+/// Cap'n Proto read limit (twice the larger of its payload limit and 4 MiB).
+pub const MAX_COMMIT_BYTES: usize = 6 * 1024 * 1024;
+
+/// Group names: 1 to 64 characters, none of which breaks a `[GROUP]` line.
+pub(crate) fn validate_group_name(name: &str) -> Result<(), MessengerError> {
+    if name.is_empty() || name.len() > 64 || name.contains(['[', ']', '\n']) {
+        return Err(MessengerError::Mls(MlsError::Rejected(
+            "group names are 1 to 64 characters without brackets".into(),
+        )));
+    }
+    Ok(())
+}
+
+/// Where a test makes the next commit stop, as if the process had died there.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// The pending commit is saved, nothing was sent.
+    BeforeSending,
+    /// The node accepted the commit; we never heard.
+    AfterAcceptance,
+}
+
+/// Whether `e` means the connection to the node is gone (and a new one may
+/// succeed), rather than a refusal or a local failure.
+pub fn is_connection_loss(e: &MessengerError) -> bool {
+    matches!(e, MessengerError::Client(c) if session::is_connection_loss(c))
+}
 
 /// What became of one message sent to a group.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
