@@ -4,7 +4,7 @@
 use quicnprotochat_crypto::envelope::HybridPublicKey;
 use quicnprotochat_crypto::mls::{Suite, validate_key_package};
 use quicnprotochat_wire::IdentityKey;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::AuthError;
 
@@ -27,6 +27,38 @@ pub const SESSION_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// How long after a password login (OPAQUE) its session may remove devices: a
 /// stolen token or device key alone must not lock the owner out of the account.
 pub const PASSWORD_FRESH_FOR: Duration = Duration::from_secs(300);
+
+/// How a session was opened, and when: what it may do, and for how long,
+/// depends on it.
+#[derive(Debug, Clone, Copy)]
+pub enum SessionProof {
+    /// A signature by the device key alone (`authenticate`), at `opened`.
+    Key {
+        /// When the session was opened.
+        opened: Instant,
+    },
+    /// A remembered session token (`resume`): it lasts as long as the token.
+    Token,
+    /// The account password (OPAQUE `loginFinish`), at `at`.
+    Password {
+        /// When the password was proven.
+        at: Instant,
+    },
+}
+
+impl SessionProof {
+    /// Whether a session without a token (opened by device key alone) has
+    /// outlived [`SESSION_TTL`], as a token's session would have.
+    pub fn expired(&self, now: Instant) -> bool {
+        matches!(self, SessionProof::Key { opened } if now.duration_since(*opened) > SESSION_TTL)
+    }
+
+    /// Whether the session may remove devices: only within
+    /// [`PASSWORD_FRESH_FOR`] of a password login.
+    pub fn may_remove_devices(&self, now: Instant) -> bool {
+        matches!(self, SessionProof::Password { at } if now.duration_since(*at) < PASSWORD_FRESH_FOR)
+    }
+}
 
 /// Checks a username: 3–32 characters of `a-z 0-9 . _ -`, starting with a letter.
 pub fn check_username(name: &str) -> Result<(), AuthError> {
@@ -122,6 +154,22 @@ pub fn check_upload(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_fresh_password_login_removes_devices_and_key_sessions_end_like_token_ones() {
+        let t = Instant::now();
+        let password = SessionProof::Password { at: t };
+        assert!(password.may_remove_devices(t));
+        assert!(password.may_remove_devices(t + PASSWORD_FRESH_FOR - Duration::from_secs(1)));
+        assert!(!password.may_remove_devices(t + PASSWORD_FRESH_FOR));
+        let key = SessionProof::Key { opened: t };
+        assert!(!key.may_remove_devices(t));
+        assert!(!SessionProof::Token.may_remove_devices(t));
+        assert!(!key.expired(t + SESSION_TTL));
+        assert!(key.expired(t + SESSION_TTL + Duration::from_secs(1)));
+        assert!(!SessionProof::Token.expired(t + SESSION_TTL * 2));
+        assert!(!password.expired(t + SESSION_TTL * 2));
+    }
 
     #[test]
     fn usernames_follow_the_documented_rules() {

@@ -22,7 +22,9 @@ use quicnprotochat_wire::limits::{
 use quicnprotochat_wire::node_capnp::{node, session};
 use quicnprotochat_wire::{Envelope, ErrorCode, IdentityKey, WireError};
 
-use crate::auth::{AuthError, AuthService, ClaimTarget, ClaimedPackage, check_upload};
+use crate::auth::{
+    AuthError, AuthService, ClaimTarget, ClaimedPackage, SessionProof, check_upload,
+};
 use crate::core::budget::{CallPermit, ConnectionBudget, NodeBudget, OverBudget};
 use crate::core::inbox::InboxLimits;
 use crate::core::rate::{RateLimited, RateLimits};
@@ -36,7 +38,7 @@ mod node_service;
 mod session_service;
 
 use node_service::NodeService;
-use session_service::{SessionProof, SessionService};
+use session_service::SessionService;
 
 /// What every connection of a node shares.
 pub struct NodeContext {

@@ -189,9 +189,13 @@ impl node::Server for NodeService {
             ));
         }
         tracing::debug!(remote = %self.conn.remote, ?identity, "authenticated");
-        results
-            .get()
-            .set_session(self.session(identity, None, SessionProof::Key));
+        results.get().set_session(self.session(
+            identity,
+            None,
+            SessionProof::Key {
+                opened: std::time::Instant::now(),
+            },
+        ));
         Ok(())
     }
 
@@ -300,7 +304,9 @@ impl node::Server for NodeService {
         r.set_session(self.session(
             device,
             Some(issued.token_hash),
-            SessionProof::Password(std::time::Instant::now()),
+            SessionProof::Password {
+                at: std::time::Instant::now(),
+            },
         ));
         r.set_token(&issued.token);
         r.set_expires_at_ms(issued.expires_at_ms);

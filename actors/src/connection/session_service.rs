@@ -3,7 +3,7 @@
 //! account.
 
 use super::*;
-use crate::auth::{PASSWORD_FRESH_FOR, SESSION_TTL};
+use crate::auth::SessionProof;
 use crate::core::commit::{CommitCallRefusal, check_commit_header, check_group_id, check_members};
 use crate::group::SharedCommit;
 use quicnprotochat_wire::fanout::MAX_PART;
@@ -18,20 +18,6 @@ pub(super) struct SessionService {
     token_hash: Option<[u8; 32]>,
     proof: SessionProof,
     remote: std::net::SocketAddr,
-    opened: std::time::Instant,
-}
-
-/// How a session was opened: what it may do depends on it.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum SessionProof {
-    /// A signature by the device key alone (`authenticate`): ends after
-    /// [`SESSION_TTL`] like a token's session.
-    Key,
-    /// A remembered session token (`resume`).
-    Token,
-    /// The account password, just now (OPAQUE `loginFinish`, at this instant):
-    /// for a short while it may also do what needs the password.
-    Password(std::time::Instant),
 }
 
 impl SessionService {
@@ -50,7 +36,6 @@ impl SessionService {
             token_hash,
             proof,
             remote,
-            opened: std::time::Instant::now(),
         }
     }
 
@@ -61,8 +46,7 @@ impl SessionService {
             Some(h) => !self.ctx.auth.session_alive(h),
             None => {
                 !self.ctx.auth.accepts_inbox(&self.identity)
-                    || (matches!(self.proof, SessionProof::Key)
-                        && self.opened.elapsed() > SESSION_TTL)
+                    || self.proof.expired(std::time::Instant::now())
             }
         };
         if ended {
@@ -465,7 +449,7 @@ impl session::Server for SessionService {
                 .map_err(bad_params)?,
             "identityKey",
         )?;
-        if !matches!(self.proof, SessionProof::Password(at) if at.elapsed() < PASSWORD_FRESH_FOR) {
+        if !self.proof.may_remove_devices(std::time::Instant::now()) {
             return Err(refuse(
                 ErrorCode::Unauthorized,
                 "removing a device needs the account password: log in again first",
