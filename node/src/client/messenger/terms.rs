@@ -64,6 +64,11 @@ pub struct SendReport {
 }
 
 impl SendReport {
+    /// Whether there were recipients and none took it (so it reached nobody).
+    pub fn reached_nobody(&self) -> bool {
+        self.seqs.is_empty() && !self.undelivered.is_empty()
+    }
+
     /// One line for people: how many got it, and who did not.
     pub fn summary(&self, group: &str) -> String {
         let mut s = format!("sent to {} member device(s) of {group}", self.seqs.len());

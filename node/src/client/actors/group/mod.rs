@@ -226,8 +226,8 @@ impl GroupState {
             return Ok(());
         }
         let why = match self.send_to_group(&group, proposal).await {
-            Ok(report) if !report.seqs.is_empty() || report.undelivered.is_empty() => None,
-            Ok(report) => Some(report.summary(&self.name()?)),
+            Ok(report) if report.reached_nobody() => Some(report.summary(&self.name()?)),
+            Ok(_) => None,
             Err(e) => Some(e.to_string()),
         };
         if let Some(why) = why {
@@ -242,9 +242,7 @@ impl GroupState {
     /// Committing the waiting proposals failed (`why`): counted; after
     /// [`MAX_PROPOSAL_ATTEMPTS`] failures in a row they are dropped, with a line.
     fn proposals_failed(&mut self, why: &str) -> Result<(), MessengerError> {
-        let name = self.name()?;
         let gid = self.gid.clone();
-        let mut group = self.load()?;
         let mut failures = 0;
         self.save(|t| {
             failures = t.proposal_failed(&gid)?;
@@ -253,6 +251,8 @@ impl GroupState {
         if failures < MAX_PROPOSAL_ATTEMPTS {
             return Ok(());
         }
+        let name = self.name()?;
+        let mut group = self.load()?;
         group.clear_proposals(&self.member)?;
         let line = notice(
             0,
