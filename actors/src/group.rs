@@ -19,7 +19,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
 
 use crate::core::epoch::{EpochFence, FenceRefusal, check_group_quota, check_reaches_members};
-use crate::core::fanout::{FanoutRefusal, commit_fanout, send_recipients};
+use crate::core::fanout::{FanoutRefusal, commit_fanout, send_recipients, split_removed};
 use crate::core::inbox::{Admission, InboxRefusal};
 use crate::error::DeliveryError;
 use crate::inbox::{Delivery, InboxRegistry, SharedBody, SharedRecipient};
@@ -262,10 +262,10 @@ impl GroupRegistry {
         self.tell(group_id, GroupMsg::Members { reply }).await?;
         let members = rx.await.map_err(|_| DeliveryError::Restarting)?;
         let keys: Vec<[u8; 32]> = named.iter().map(|(k, _)| *k).collect();
-        let recipients = send_recipients(&members, &sender.0, &keys)?;
-        let (recipients, removed): (Vec<[u8; 32]>, Vec<[u8; 32]>) = recipients
-            .into_iter()
-            .partition(|k| (self.directory)(&IdentityKey(*k)));
+        let (recipients, removed) =
+            split_removed(send_recipients(&members, &sender.0, &keys)?, |k| {
+                (self.directory)(&IdentityKey(*k))
+            });
         let mut parts: std::collections::BTreeMap<[u8; 32], Vec<u8>> = named.into_iter().collect();
         let recipients: Vec<SharedRecipient> = recipients
             .into_iter()
@@ -477,15 +477,16 @@ async fn commit_shared(state: &mut GroupActorState, c: SharedCommit) -> Result<u
         return Err(refusal.into());
     }
     let before = state.fence.next().map(|_| state.fence.members());
+    let is_device = |k: &[u8; 32]| (state.args.directory)(&IdentityKey(*k));
     let plan = commit_fanout(
         before,
         &c.committer.0,
         &c.members,
         !c.welcome_body.is_empty(),
-    )?;
-    // Members whose device was removed get nothing (their parts are dropped).
-    let is_device = |k: &[u8; 32]| (state.args.directory)(&IdentityKey(*k));
+    )?
+    .without_removed(is_device);
     let mut parts = c.parts;
+    // Removed devices get nothing: their parts go too.
     parts.retain(|k, _| is_device(k));
     let mut take = |k: &[u8; 32], admission| SharedRecipient {
         inbox: IdentityKey(*k),
@@ -495,19 +496,13 @@ async fn commit_shared(state: &mut GroupActorState, c: SharedCommit) -> Result<u
     let bodies = vec![
         SharedBody {
             body: c.commit_body,
-            recipients: plan
-                .commit_to
-                .iter()
-                .filter(|(k, _)| is_device(k))
-                .map(|(k, a)| take(k, *a))
-                .collect(),
+            recipients: plan.commit_to.iter().map(|(k, a)| take(k, *a)).collect(),
         },
         SharedBody {
             body: c.welcome_body,
             recipients: plan
                 .welcome_to
                 .iter()
-                .filter(|k| is_device(k))
                 .map(|k| take(k, Admission::Handshake))
                 .collect(),
         },

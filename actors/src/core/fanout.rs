@@ -111,6 +111,26 @@ pub fn commit_fanout(
     })
 }
 
+impl CommitFanout {
+    /// The plan without the members whose device was removed from its account
+    /// (`is_device` false): a group names them until someone commits their
+    /// removal, and meanwhile they get nothing and fail nothing.
+    pub fn without_removed(mut self, is_device: impl Fn(&[u8; 32]) -> bool) -> CommitFanout {
+        self.commit_to.retain(|(k, _)| is_device(k));
+        self.welcome_to.retain(|k| is_device(k));
+        self
+    }
+}
+
+/// Recipients split into devices that exist and devices removed from their
+/// account (which the sender is told about, and which get nothing).
+pub fn split_removed(
+    recipients: Vec<[u8; 32]>,
+    is_device: impl Fn(&[u8; 32]) -> bool,
+) -> (Vec<[u8; 32]>, Vec<[u8; 32]>) {
+    recipients.into_iter().partition(|k| is_device(k))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,6 +138,22 @@ mod tests {
 
     fn k(n: u8) -> [u8; 32] {
         [n; 32]
+    }
+
+    #[test]
+    fn removed_devices_get_no_copy_of_a_send_or_a_commit() {
+        let removed = |m: &[u8; 32]| *m != k(3);
+        assert_eq!(
+            split_removed(vec![k(2), k(3), k(4)], removed),
+            (vec![k(2), k(4)], vec![k(3)])
+        );
+        let before = BTreeSet::from([k(1), k(2), k(3)]);
+        let after = BTreeSet::from([k(1), k(2), k(3), k(4), k(5)]);
+        let plan = commit_fanout(Some(&before), &k(1), &after, true)
+            .unwrap()
+            .without_removed(|m| *m != k(3) && *m != k(5));
+        assert_eq!(plan.commit_to, vec![(k(2), Admission::Handshake)]);
+        assert_eq!(plan.welcome_to, vec![k(4)]);
     }
 
     #[test]
