@@ -365,7 +365,8 @@ fn a_commits_clear_header_names_its_group_and_epoch_and_nothing_else_passes_as_a
             commit_header(&out.commit).unwrap(),
             CommitHeader {
                 group_id: gid.clone(),
-                epoch
+                epoch,
+                external: false,
             }
         );
         groups[0].confirm_commit(&alice.member).unwrap();
@@ -394,4 +395,91 @@ fn a_commits_clear_header_names_its_group_and_epoch_and_nothing_else_passes_as_a
             Err(MlsError::Malformed(_))
         ));
     });
+}
+
+#[test]
+fn a_device_that_lost_its_state_rejoins_from_the_published_group_info_and_reads_what_follows() {
+    use quicnprotochat_crypto::mls::{commit_header, group_info_header};
+    for_each_suite(|suite| {
+        let (alice, bob) = (person(), person());
+        let mut groups = group_of(suite, &[&alice, &bob]);
+        let gid = groups[0].group_id();
+        let out = groups[0].self_update(&alice.member).unwrap();
+        groups[0].confirm_commit(&alice.member).unwrap();
+        deliver(&mut groups[1], &bob, &out.commit);
+        // Every commit publishes the GroupInfo of the epoch it leads to.
+        let info = out.group_info.expect("a commit publishes its GroupInfo");
+        let header = group_info_header(&info).unwrap();
+        assert_eq!((header.group_id.as_slice(), header.epoch), (&gid[..], 2));
+
+        // bob's profile is gone; his new device (a new identity) rejoins.
+        let bob2 = person();
+        let (mut rejoined, join) = bob2.member.join_external(&info).unwrap();
+        let header = commit_header(&join.commit).unwrap();
+        assert!(header.external, "the node can tell an external commit");
+        assert_eq!((header.group_id, header.epoch, join.epoch), (gid, 2, 2));
+        assert!(matches!(
+            deliver(&mut groups[0], &alice, &join.commit),
+            GroupEvent::CommitApplied { .. }
+        ));
+        assert!(matches!(
+            deliver(&mut groups[1], &bob, &join.commit),
+            GroupEvent::CommitApplied { .. }
+        ));
+        assert_same_state(&[&groups[0], &groups[1], &rejoined]);
+        assert_eq!(
+            rejoined.members().len(),
+            3,
+            "the lost device stays until removed"
+        );
+
+        let hello = groups[0].encrypt(&alice.member, b"welcome back").unwrap();
+        assert!(matches!(
+            deliver(&mut rejoined, &bob2, &hello),
+            GroupEvent::Application { plaintext, .. } if plaintext == b"welcome back"
+        ));
+        let reply = rejoined.encrypt(&bob2.member, b"thanks").unwrap();
+        assert!(matches!(
+            deliver(&mut groups[0], &alice, &reply),
+            GroupEvent::Application { plaintext, .. } if plaintext == b"thanks"
+        ));
+        // The rejoin's own GroupInfo lets the next device in too.
+        assert!(join.group_info.is_some());
+    });
+}
+
+#[test]
+fn a_device_rejoining_with_its_old_key_replaces_its_old_leaf() {
+    for_each_suite(|suite| {
+        let (alice, bob) = (person(), person());
+        let mut groups = group_of(suite, &[&alice, &bob]);
+        let out = groups[0].self_update(&alice.member).unwrap();
+        groups[0].confirm_commit(&alice.member).unwrap();
+        deliver(&mut groups[1], &bob, &out.commit);
+        // Same identity, empty storage: the MLS state is lost, the key is not.
+        let fresh = GroupMember::new(&bob.id, MemoryStorage::default()).unwrap();
+        let (rejoined, join) = fresh.join_external(&out.group_info.unwrap()).unwrap();
+        deliver(&mut groups[0], &alice, &join.commit);
+        assert_same_state(&[&groups[0], &rejoined]);
+        assert_eq!(groups[0].members(), rejoined.members());
+        assert_eq!(
+            rejoined.members().len(),
+            2,
+            "the old leaf went with the same commit"
+        );
+    });
+}
+
+#[test]
+fn garbage_is_not_a_group_info() {
+    use quicnprotochat_crypto::mls::group_info_header;
+    let alice = person();
+    assert!(matches!(
+        group_info_header(b"nope"),
+        Err(MlsError::Malformed(_))
+    ));
+    assert!(matches!(
+        alice.member.join_external(b"nope"),
+        Err(MlsError::Malformed(_))
+    ));
 }

@@ -27,6 +27,10 @@ pub struct CommitOutput {
     pub commit: Vec<u8>,
     /// The Welcome for members it adds, if any.
     pub welcome: Option<Vec<u8>>,
+    /// The group's GroupInfo once the commit applies (an `MLSMessage`, signed,
+    /// with the ratchet tree and the external public key): what the node keeps
+    /// so that a device of a member can rejoin by external commit.
+    pub group_info: Option<Vec<u8>>,
 }
 
 /// What processing one incoming message did.
@@ -228,7 +232,7 @@ impl Group {
             })
             .collect::<Result<Vec<KeyPackage>, MlsError>>()?;
         let epoch = self.epoch();
-        let (commit, welcome, _) = self
+        let (commit, welcome, group_info) = self
             .inner
             .add_members(member.provider(), member.signer(), &kps)
             .map_err(|e| MlsError::Rejected(e.to_string()))?;
@@ -236,6 +240,7 @@ impl Group {
             epoch,
             commit: serialize(&commit)?,
             welcome: Some(serialize(&welcome)?),
+            group_info: group_info.map(|g| serialize(&g.into())).transpose()?,
         })
     }
 
@@ -257,7 +262,7 @@ impl Group {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let epoch = self.epoch();
-        let (commit, welcome, _) = self
+        let (commit, welcome, group_info) = self
             .inner
             .remove_members(member.provider(), member.signer(), &leaves)
             .map_err(|e| MlsError::Rejected(e.to_string()))?;
@@ -265,6 +270,7 @@ impl Group {
             epoch,
             commit: serialize(&commit)?,
             welcome: welcome.as_ref().map(serialize).transpose()?,
+            group_info: group_info.map(|g| serialize(&g.into())).transpose()?,
         })
     }
 
@@ -284,11 +290,12 @@ impl Group {
                 LeafNodeParameters::default(),
             )
             .map_err(|e| MlsError::Rejected(e.to_string()))?;
-        let (commit, welcome, _) = bundle.into_messages();
+        let (commit, welcome, group_info) = bundle.into_messages();
         Ok(CommitOutput {
             epoch,
             commit: serialize(&commit)?,
             welcome: welcome.as_ref().map(serialize).transpose()?,
+            group_info: group_info.as_ref().map(serialize).transpose()?,
         })
     }
 
@@ -348,7 +355,7 @@ impl Group {
             return Ok(None);
         }
         let epoch = self.epoch();
-        let (commit, welcome, _) = self
+        let (commit, welcome, group_info) = self
             .inner
             .commit_to_pending_proposals(member.provider(), member.signer())
             .map_err(|e| MlsError::Rejected(e.to_string()))?;
@@ -356,6 +363,7 @@ impl Group {
             epoch,
             commit: serialize(&commit)?,
             welcome: welcome.as_ref().map(serialize).transpose()?,
+            group_info: group_info.map(|g| serialize(&g.into())).transpose()?,
         }))
     }
 

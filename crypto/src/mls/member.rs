@@ -7,7 +7,7 @@ use openmls_basic_credential::SignatureKeyPair;
 use openmls_traits::OpenMlsProvider;
 use openmls_traits::storage::{CURRENT_VERSION, StorageProvider};
 
-use super::group::Group;
+use super::group::{CommitOutput, Group};
 use super::provider::MlsProvider;
 use super::{GROUP_NAME_EXTENSION, MAX_PAST_EPOCHS, MlsError, Suite, library};
 use crate::identity::{Identity, KEY_LEN};
@@ -146,6 +146,55 @@ impl<S: StorageProvider<CURRENT_VERSION>> GroupMember<S> {
             .into_group(&self.provider)
             .map_err(|e| MlsError::Rejected(e.to_string()))?;
         Ok(Group::wrap(group))
+    }
+
+    /// Joins a group by external commit (RFC 9420 §12.4.3.2) from its published
+    /// GroupInfo (an `MLSMessage` carrying the ratchet tree and the external
+    /// public key). A leaf of ours already in the group (same signature key: a
+    /// device that lost its state) is removed by the same commit.
+    ///
+    /// Unlike our other commits, OpenMLS merges this one at once: the group it
+    /// returns is already in the new epoch. The caller keeps it only once the
+    /// delivery service accepted the commit (and forgets it otherwise); the
+    /// returned output's `epoch` is the epoch the commit was made in.
+    pub fn join_external(&self, group_info: &[u8]) -> Result<(Group, CommitOutput), MlsError> {
+        let message = MlsMessageIn::tls_deserialize_exact(group_info)
+            .map_err(|e| MlsError::Malformed(e.to_string()))?;
+        let MlsMessageBodyIn::GroupInfo(info) = message.extract() else {
+            return Err(MlsError::Malformed("not a GroupInfo".into()));
+        };
+        let epoch = info.epoch().as_u64();
+        let (group, bundle) = MlsGroup::external_commit_builder()
+            .with_config(join_config())
+            .build_group(&self.provider, info, self.credential.clone())
+            .map_err(|e| MlsError::Rejected(e.to_string()))?
+            .leaf_node_parameters(
+                LeafNodeParameters::builder()
+                    .with_capabilities(capabilities())
+                    .build(),
+            )
+            .load_psks(self.provider.storage())
+            .map_err(|e| MlsError::Rejected(e.to_string()))?
+            .build(
+                self.provider.rand(),
+                self.provider.crypto(),
+                &self.signer,
+                |_| true,
+            )
+            .map_err(|e| MlsError::Rejected(e.to_string()))?
+            .finalize(&self.provider)
+            .map_err(|e| MlsError::Rejected(e.to_string()))?;
+        let (commit, _, group_info) = bundle.into_messages();
+        let out = CommitOutput {
+            epoch,
+            commit: commit.tls_serialize_detached().map_err(library)?,
+            welcome: None,
+            group_info: group_info
+                .map(|g| g.tls_serialize_detached())
+                .transpose()
+                .map_err(library)?,
+        };
+        Ok((Group::wrap(group), out))
     }
 
     /// Loads a group from storage.

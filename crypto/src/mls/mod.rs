@@ -12,7 +12,7 @@ mod member;
 mod provider;
 
 pub use group::{CommitOutput, Group, GroupEvent};
-pub use header::{CommitHeader, commit_header};
+pub use header::{CommitHeader, GroupInfoHeader, commit_header, group_info_header};
 pub use member::{GroupMember, ValidatedKeyPackage, validate_key_package};
 pub use provider::MlsProvider;
 
