@@ -157,7 +157,7 @@ interface Session {
   # inbox that is full refuses only its own copy (reported in `outcomes`), and
   # its owner later finds a `missed` envelope naming the group.
 
-  commitGroup @13 (groupId :Data, epoch :UInt64, members :List(Data), mlsCommit :Data, commitBody :Data, welcomeBody :Data, receiptBody :Data, parts :List(Recipient)) -> (delivered :UInt32);
+  commitGroup @13 (groupId :Data, epoch :UInt64, members :List(Data), mlsCommit :Data, commitBody :Data, welcomeBody :Data, receiptBody :Data, parts :List(Recipient), groupInfo :Data) -> (delivered :UInt32);
   # `commit` with one upload: the node derives the recipients from the group's
   # fence. `commitBody` goes to every member before the commit but the caller
   # (removed ones too), `welcomeBody` to every member the commit adds (required
@@ -167,8 +167,36 @@ interface Session {
   # exceed an inbox's queue limit by as much again (QUEUE_FULL past that, naming
   # the inbox); a removed member past its limit gets a `missed` envelope
   # instead. `delivered`: how many inboxes got a copy.
+  # `groupInfo`: the group's signed GroupInfo for the epoch the commit leads to
+  # (an MLSMessage with the ratchet tree and external public key; at most
+  # 1 MiB), kept with the fence so that a device of a member account can rejoin
+  # by external commit; empty: the group has no current GroupInfo (the node
+  # forgets the one it had, which no longer matches the epoch). BAD_REQUEST if
+  # it describes another group or epoch. A commit whose clear header says it is
+  # an external commit (RFC 9420 §12.4.3.2) may come from a device that is not a
+  # member yet, if a device of its account is one (UNAUTHORIZED otherwise).
 
   devices @14 () -> (identityKeys :List(Data));
   # The identity keys of every device of the caller's account, sorted (the
   # caller's own among them); just the caller's own without an account.
+
+  groupInfo @15 (groupId :Data) -> (groupInfo :Data, members :List(MemberEntry));
+  # The group's latest GroupInfo, as its last committer published it, and who
+  # its members are in the node's directory (for sealing to them and naming
+  # them). Only for a device whose account has a device among the group's
+  # members (UNAUTHORIZED otherwise); NOT_FOUND when the node has none.
+
+  accountGroups @16 () -> (groupIds :List(Data));
+  # The groups (at most 4,096) any device of the caller's account is a member
+  # of, as the groups' fences name them: what a device with no local state
+  # rejoins.
+}
+
+struct MemberEntry {
+  # A group member as the node's directory knows it.
+  identityKey @0 :Data;
+  username @1 :Text;
+  # Empty for a device without an account.
+  hybridPublicKey @2 :Data;
+  # Signed X-Wing public key of the device; empty if it published none.
 }

@@ -124,6 +124,11 @@ pub struct SharedCommit {
     pub receipt_body: Vec<u8>,
     /// Per-recipient parts, where the bodies need them.
     pub parts: std::collections::BTreeMap<[u8; 32], Vec<u8>>,
+    /// The GroupInfo the commit publishes for the epoch it leads to, if any.
+    pub group_info: Option<Vec<u8>>,
+    /// `Some` for an external commit: the committer joins from outside, vouched
+    /// for by these devices of its account (one must be a member).
+    pub joining: Option<BTreeSet<[u8; 32]>>,
 }
 
 /// What became of one recipient of a group send.
@@ -248,6 +253,13 @@ impl GroupRegistry {
         rx.await.map_err(|_| DeliveryError::Restarting)?
     }
 
+    /// The group's members as of its last accepted commit (none before one).
+    pub async fn members(&self, group_id: &[u8]) -> Result<BTreeSet<[u8; 32]>, DeliveryError> {
+        let (reply, rx) = oneshot::channel();
+        self.tell(group_id, GroupMsg::Members { reply }).await?;
+        rx.await.map_err(|_| DeliveryError::Restarting)
+    }
+
     /// Stores `body` once for the group's members (`named`, or all but the
     /// sender), each with its part; every inbox takes or drops its copy on its
     /// own. Returns each recipient's outcome once durable.
@@ -258,9 +270,7 @@ impl GroupRegistry {
         body: Vec<u8>,
         named: Vec<([u8; 32], Vec<u8>)>,
     ) -> Result<Vec<SendOutcome>, CommitError> {
-        let (reply, rx) = oneshot::channel();
-        self.tell(group_id, GroupMsg::Members { reply }).await?;
-        let members = rx.await.map_err(|_| DeliveryError::Restarting)?;
+        let members = self.members(group_id).await?;
         let keys: Vec<[u8; 32]> = named.iter().map(|(k, _)| *k).collect();
         let (recipients, removed) =
             split_removed(send_recipients(&members, &sender.0, &keys)?, |k| {
@@ -414,6 +424,8 @@ impl Actor for GroupActor {
                     next_epoch: epoch + 1,
                     members: members.iter().copied().collect(),
                     creator,
+                    // This call publishes none: the one kept no longer matches.
+                    group_info: None,
                 };
                 let next = state.fence.after_accepting(epoch, members);
                 match state
@@ -470,7 +482,11 @@ impl Actor for GroupActor {
 /// gets which body, and bodies, references and the new fence are stored in one
 /// transaction. The fence moves only once that is durable.
 async fn commit_shared(state: &mut GroupActorState, c: SharedCommit) -> Result<u32, CommitError> {
-    if let Err(refusal) = state.fence.check(c.epoch, &c.committer.0) {
+    let checked = match &c.joining {
+        Some(account) => state.fence.check_join(c.epoch, &c.committer.0, account),
+        None => state.fence.check(c.epoch, &c.committer.0),
+    };
+    if let Err(refusal) = checked {
         if matches!(refusal, FenceRefusal::Stale { .. }) {
             metrics::counter!(crate::telemetry::STALE_EPOCH_TOTAL).increment(1);
         }
@@ -525,6 +541,7 @@ async fn commit_shared(state: &mut GroupActorState, c: SharedCommit) -> Result<u
         next_epoch: c.epoch + 1,
         members: c.members.iter().copied().collect(),
         creator,
+        group_info: c.group_info,
     };
     let next = state.fence.after_accepting(c.epoch, c.members);
     let gid = state.args.membership.key().clone();

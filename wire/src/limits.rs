@@ -36,3 +36,12 @@ pub fn reader_options(max_payload: usize) -> ReaderOptions {
         .nesting_limit(16);
     options
 }
+
+/// Largest GroupInfo the node keeps for a group (commitGroup's `groupInfo`). A
+/// GroupInfo carries the ratchet tree: ~1.4 KiB per member in the post-quantum
+/// suite, so groups past ~700 such members publish none and cannot be rejoined
+/// by external commit (their members' other devices still add new ones).
+pub const MAX_GROUP_INFO: usize = 1024 * 1024;
+
+/// Most groups `accountGroups` names.
+pub const MAX_ACCOUNT_GROUPS: usize = 4096;

@@ -18,12 +18,14 @@ use quicnprotochat_crypto::token::{TokenHash, generate_token};
 use quicnprotochat_wire::IdentityKey;
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
+mod directory;
 mod error;
 mod rules;
 
 use crate::store::auth::*;
 use crate::store::writer::StoreWriter;
 use crate::store::{ServerStore, StoreError};
+pub use directory::MemberEntry;
 pub use error::AuthError;
 use error::opaque_err;
 pub use rules::*;

@@ -35,6 +35,7 @@ use quicnprotochat_crypto::mls::Suite;
 use quicnprotochat_crypto::opaque::ServerLoginState;
 
 mod node_service;
+mod rejoin;
 mod session_service;
 
 use node_service::NodeService;

@@ -4,8 +4,11 @@
 
 use super::*;
 use crate::auth::SessionProof;
-use crate::core::commit::{CommitCallRefusal, check_commit_header, check_group_id, check_members};
+use crate::core::commit::{
+    CommitCallRefusal, check_commit_header, check_group_id, check_group_info, check_members,
+};
 use crate::group::SharedCommit;
+use quicnprotochat_crypto::mls::CommitHeader;
 use quicnprotochat_wire::fanout::MAX_PART;
 
 /// Calls on behalf of one authenticated identity. It has no way to name another
@@ -212,6 +215,47 @@ impl session::Server for SessionService {
         let mut list = results.get().init_identity_keys(devices.len() as u32);
         for (i, d) in devices.iter().enumerate() {
             list.set(i as u32, &d.0);
+        }
+        Ok(())
+    }
+
+    async fn group_info(
+        self: Rc<Self>,
+        params: session::GroupInfoParams,
+        mut results: session::GroupInfoResults,
+    ) -> Result<(), capnp::Error> {
+        let _call = admit_call(&self.budget)?;
+        self.check_alive()?;
+        let group_id = params
+            .get()
+            .map_err(bad_params)?
+            .get_group_id()
+            .map_err(bad_params)?;
+        check_group_id(group_id).map_err(commit_refusal)?;
+        let found = super::rejoin::group_info(&self.ctx, &self.identity, group_id).await?;
+        let mut r = results.get();
+        r.set_group_info(&found.group_info);
+        let mut list = r.init_members(found.members.len() as u32);
+        for (i, m) in found.members.iter().enumerate() {
+            let mut e = list.reborrow().get(i as u32);
+            e.set_identity_key(&m.identity_key.0);
+            e.set_username(&m.username);
+            e.set_hybrid_public_key(&m.hybrid_public_key);
+        }
+        Ok(())
+    }
+
+    async fn account_groups(
+        self: Rc<Self>,
+        _: session::AccountGroupsParams,
+        mut results: session::AccountGroupsResults,
+    ) -> Result<(), capnp::Error> {
+        let _call = admit_call(&self.budget)?;
+        self.check_alive()?;
+        let groups = super::rejoin::account_groups(&self.ctx, &self.identity).await?;
+        let mut list = results.get().init_group_ids(groups.len() as u32);
+        for (i, g) in groups.iter().enumerate() {
+            list.set(i as u32, g);
         }
         Ok(())
     }
@@ -535,11 +579,27 @@ impl session::Server for SessionService {
         let p = params.get().map_err(bad_params)?;
         let _call = admit(&self.budget, p.total_size())?;
         let group_id = p.get_group_id().map_err(bad_params)?;
-        check_commit_call(
+        let header = check_commit_call(
             group_id,
             p.get_mls_commit().map_err(bad_params)?,
             p.get_epoch(),
         )?;
+        let group_info = check_group_info(
+            p.get_group_info().map_err(bad_params)?,
+            group_id,
+            p.get_epoch(),
+        )
+        .map_err(commit_refusal)?;
+        // An external commit's committer joins from outside: its account's
+        // devices vouch for it (the fence checks one of them is a member).
+        let joining = header.external.then(|| {
+            self.ctx
+                .auth
+                .devices_of_account(&self.identity)
+                .into_iter()
+                .map(|d| d.0)
+                .collect()
+        });
         let members = self.members(p.get_members().map_err(bad_params)?)?;
         let mut bodies = Vec::with_capacity(3);
         for body in [
@@ -576,6 +636,8 @@ impl session::Server for SessionService {
                     welcome_body,
                     receipt_body,
                     parts,
+                    group_info,
+                    joining,
                 },
             )
             .await
@@ -588,7 +650,11 @@ impl session::Server for SessionService {
 
 /// A malformed commit call: `TOO_LARGE` for its size, `BAD_REQUEST` otherwise.
 /// A commit call's group id and clear MLS header, checked against each other.
-fn check_commit_call(group_id: &[u8], mls_commit: &[u8], epoch: u64) -> Result<(), capnp::Error> {
+fn check_commit_call(
+    group_id: &[u8],
+    mls_commit: &[u8],
+    epoch: u64,
+) -> Result<CommitHeader, capnp::Error> {
     check_group_id(group_id).map_err(commit_refusal)?;
     check_commit_header(mls_commit, group_id, epoch).map_err(commit_refusal)
 }

@@ -4,7 +4,8 @@
 
 use std::collections::BTreeSet;
 
-use quicnprotochat_wire::limits::MAX_DELIVERIES;
+use quicnprotochat_crypto::mls::CommitHeader;
+use quicnprotochat_wire::limits::{MAX_DELIVERIES, MAX_GROUP_INFO};
 
 /// Longest group id the node keeps (MLS group ids are usually 16–32 bytes).
 pub const MAX_GROUP_ID_LEN: usize = 256;
@@ -37,12 +38,31 @@ pub enum CommitCallRefusal {
         /// The epoch the call named.
         call_epoch: u64,
     },
+    #[error("groupInfo is larger than {MAX_GROUP_INFO} bytes")]
+    /// The published GroupInfo is too large to keep.
+    GroupInfoTooLarge,
+    #[error("groupInfo: {0}")]
+    /// The published GroupInfo does not parse (why).
+    MalformedGroupInfo(String),
+    #[error(
+        "groupInfo describes another group or epoch (epoch {info_epoch}; the commit leads to {next_epoch})"
+    )]
+    /// The published GroupInfo is not of the group at the epoch the commit leads to.
+    GroupInfoMismatch {
+        /// The epoch the GroupInfo describes.
+        info_epoch: u64,
+        /// The epoch the commit leads to.
+        next_epoch: u64,
+    },
 }
 
 impl CommitCallRefusal {
     /// Whether the call was refused for its size rather than its content.
     pub fn is_too_large(&self) -> bool {
-        matches!(self, CommitCallRefusal::TooManyMembers)
+        matches!(
+            self,
+            CommitCallRefusal::TooManyMembers | CommitCallRefusal::GroupInfoTooLarge
+        )
     }
 }
 
@@ -76,7 +96,7 @@ pub fn check_commit_header(
     mls_commit: &[u8],
     group_id: &[u8],
     epoch: u64,
-) -> Result<(), CommitCallRefusal> {
+) -> Result<CommitHeader, CommitCallRefusal> {
     if mls_commit.is_empty() {
         return Err(CommitCallRefusal::MissingCommit);
     }
@@ -88,7 +108,33 @@ pub fn check_commit_header(
             call_epoch: epoch,
         });
     }
-    Ok(())
+    Ok(header)
+}
+
+/// The GroupInfo a commit made at `epoch` publishes (empty: none) must be of
+/// the call's group at the epoch the commit leads to, and small enough to keep.
+/// Its signature is the joiners' to check: the node has no tree to check it with.
+pub fn check_group_info(
+    group_info: &[u8],
+    group_id: &[u8],
+    epoch: u64,
+) -> Result<Option<Vec<u8>>, CommitCallRefusal> {
+    if group_info.is_empty() {
+        return Ok(None);
+    }
+    if group_info.len() > MAX_GROUP_INFO {
+        return Err(CommitCallRefusal::GroupInfoTooLarge);
+    }
+    let header = quicnprotochat_crypto::mls::group_info_header(group_info)
+        .map_err(|e| CommitCallRefusal::MalformedGroupInfo(e.to_string()))?;
+    let next_epoch = epoch + 1;
+    if header.group_id != group_id || header.epoch != next_epoch {
+        return Err(CommitCallRefusal::GroupInfoMismatch {
+            info_epoch: header.epoch,
+            next_epoch,
+        });
+    }
+    Ok(Some(group_info.to_vec()))
 }
 
 #[cfg(test)]
@@ -117,6 +163,24 @@ mod tests {
             })
             .collect();
         assert!(check_members(&many, &[0; 32]).unwrap_err().is_too_large());
+    }
+
+    #[test]
+    fn a_published_group_info_is_bounded_and_must_parse() {
+        assert_eq!(check_group_info(b"", b"g", 0), Ok(None));
+        assert_eq!(
+            check_group_info(&vec![0; MAX_GROUP_INFO + 1], b"g", 0),
+            Err(CommitCallRefusal::GroupInfoTooLarge)
+        );
+        assert!(
+            check_group_info(&vec![0; MAX_GROUP_INFO + 1], b"g", 0)
+                .unwrap_err()
+                .is_too_large()
+        );
+        assert!(matches!(
+            check_group_info(b"garbage", b"g", 0),
+            Err(CommitCallRefusal::MalformedGroupInfo(_))
+        ));
     }
 
     #[test]

@@ -7,6 +7,11 @@
 //! without a commit the node accepted. Once a group has a commit, only the members
 //! it named may commit again, so a stranger who learns a group id cannot take its
 //! epochs (and with them the group) away from its members.
+//!
+//! One exception lets a device in from outside: an external commit (a device
+//! that lost its state, or a new one, joining from the group's GroupInfo) may
+//! come from a device not named yet, if another device of its account is named.
+//! The group's members accepted that account; its devices are its to manage.
 
 use std::collections::BTreeSet;
 
@@ -87,6 +92,16 @@ pub fn check_reaches_members<'a>(
     Ok(())
 }
 
+/// Whether `device`, or another device of its account (`account_devices`), is
+/// among `members`: who may read a group's GroupInfo and join it from outside.
+pub fn account_in_group(
+    members: &BTreeSet<[u8; 32]>,
+    device: &[u8; 32],
+    account_devices: &BTreeSet<[u8; 32]>,
+) -> bool {
+    members.contains(device) || account_devices.iter().any(|d| members.contains(d))
+}
+
 impl EpochFence {
     /// The fence as persisted: the epoch the next commit must be made at, and
     /// who may make it.
@@ -111,12 +126,32 @@ impl EpochFence {
         if self.next.is_some() && !self.members.contains(committer) {
             return Err(FenceRefusal::NotAMember);
         }
+        self.check_epoch(epoch)
+    }
+
+    fn check_epoch(&self, epoch: u64) -> Result<(), FenceRefusal> {
         match self.next {
             None => Ok(()),
             Some(current) if epoch < current => Err(FenceRefusal::Stale { epoch, current }),
             Some(current) if epoch > current => Err(FenceRefusal::Ahead { epoch, current }),
             Some(_) => Ok(()),
         }
+    }
+
+    /// Whether an external commit made at `epoch` by `committer`, whose account's
+    /// devices are `account_devices`, may be accepted: a group with a commit, a
+    /// device of the account among its members, and the right epoch. Changes
+    /// nothing.
+    pub fn check_join(
+        &self,
+        epoch: u64,
+        committer: &[u8; 32],
+        account_devices: &BTreeSet<[u8; 32]>,
+    ) -> Result<(), FenceRefusal> {
+        if self.next.is_none() || !account_in_group(&self.members, committer, account_devices) {
+            return Err(FenceRefusal::NotAMember);
+        }
+        self.check_epoch(epoch)
     }
 
     /// The fence after accepting a commit made at `epoch` (which `check` allowed)
@@ -202,6 +237,36 @@ mod tests {
         );
         let alone = [A].into_iter().collect();
         assert_eq!(check_reaches_members(&alone, &A, []), Ok(()));
+    }
+
+    #[test]
+    fn a_device_joins_from_outside_only_if_its_account_is_in_the_group() {
+        const A2: [u8; 32] = [3; 32];
+        let account_of_a: BTreeSet<[u8; 32]> = [A, A2].into_iter().collect();
+        let strangers: BTreeSet<[u8; 32]> = [STRANGER].into_iter().collect();
+        assert_eq!(
+            EpochFence::default().check_join(0, &A2, &account_of_a),
+            Err(FenceRefusal::NotAMember),
+            "no group to join before its first commit"
+        );
+        let fence = EpochFence::default().after_accepting(0, both());
+        assert_eq!(fence.check_join(1, &A2, &account_of_a), Ok(()));
+        assert_eq!(
+            fence.check_join(1, &STRANGER, &strangers),
+            Err(FenceRefusal::NotAMember)
+        );
+        assert_eq!(
+            fence.check_join(0, &A2, &account_of_a),
+            Err(FenceRefusal::Stale {
+                epoch: 0,
+                current: 1
+            })
+        );
+        // A member rejoining with its own key (its state lost) needs no account.
+        assert_eq!(fence.check_join(1, &B, &BTreeSet::new()), Ok(()));
+        // Once in, the joined device is a member like any other.
+        let fence = fence.after_accepting(1, [A, B, A2].into_iter().collect());
+        assert_eq!(fence.check(2, &A2), Ok(()));
     }
 
     #[test]

@@ -28,7 +28,8 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Epoch fence per MLS group: group id → the epoch the next commit must be made at.
 const GROUPS: TableDefinition<&[u8], u64> = TableDefinition::new("groups");
 /// group id → identity keys (32 bytes each, concatenated) that may commit next.
-const GROUP_MEMBERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("group_members");
+pub(super) const GROUP_MEMBERS: TableDefinition<&[u8], &[u8]> =
+    TableDefinition::new("group_members");
 /// Group id → the device whose commit created its fence.
 const GROUP_CREATORS: TableDefinition<&[u8], &[u8; 32]> = TableDefinition::new("group_creators");
 /// Device → how many live fences it created (its group quota).
@@ -54,7 +55,12 @@ const KEY_NEXT_LOG: &str = "next_log";
 /// Version 2 added shared bodies (`body_refs`, `parts`) and `missed`: a version-1
 /// node would delete a shared body with its first ack, so it must not open a
 /// version-2 file. Version 1 files need nothing but the new (empty) tables.
-pub const SCHEMA_VERSION: u64 = 2;
+///
+/// Version 3 added each group's GroupInfo and the index of groups by member
+/// ([`super::group_directory`]): a version-2 node would move fences without
+/// the index, so it must not open a version-3 file. Older files get the index
+/// built from their fences.
+pub const SCHEMA_VERSION: u64 = 3;
 
 /// Failures of the store. All of them are the node's fault, not the caller's.
 #[derive(Debug, thiserror::Error)]
@@ -168,6 +174,11 @@ impl ServerStore {
                 Some(v) if v < SCHEMA_VERSION => {
                     tracing::info!(from = v, to = SCHEMA_VERSION, "migrating the node database");
                     meta.insert(KEY_SCHEMA_VERSION, SCHEMA_VERSION)?;
+                    if v < 3 {
+                        super::group_directory::open_tables(&txn)?;
+                        let groups = super::group_directory::rebuild_member_index(&txn)?;
+                        tracing::info!(groups, "indexed the groups' members");
+                    }
                 }
                 Some(_) => {}
             }
@@ -182,6 +193,7 @@ impl ServerStore {
             txn.open_table(GROUP_MEMBERS)?;
             txn.open_table(GROUP_CREATORS)?;
             txn.open_table(GROUPS_CREATED)?;
+            super::group_directory::open_tables(&txn)?;
             use super::auth::*;
             txn.open_table(SECRETS)?;
             txn.open_table(USERS)?;
@@ -396,7 +408,16 @@ pub fn collect_dead_group_fences(
     let mut creators = txn.open_table(GROUP_CREATORS)?;
     let mut created = txn.open_table(GROUPS_CREATED)?;
     for g in &dead {
-        members_table.remove(g.as_slice())?;
+        let members: Vec<[u8; 32]> = members_table
+            .remove(g.as_slice())?
+            .map(|v| {
+                v.value()
+                    .chunks_exact(32)
+                    .map(|c| c.try_into().expect("32-byte chunks"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        super::group_directory::forget_group(txn, g, &members)?;
         groups.remove(g.as_slice())?;
         let creator = creators.remove(g.as_slice())?.map(|c| *c.value());
         if let Some(c) = creator {
@@ -420,14 +441,18 @@ pub fn groups_created(txn: &WriteTransaction, device: &[u8; 32]) -> Result<u64, 
 }
 
 /// Writes a group's fence; `creator` is set for the commit that creates it (and
-/// counts against that device's quota).
+/// counts against that device's quota). `group_info`: the GroupInfo the commit
+/// published, if any (kept in place of the one before, which no longer matches).
 pub fn set_group_fence(
     txn: &WriteTransaction,
     group_id: &[u8],
     next_epoch: u64,
     members: &[[u8; 32]],
     creator: Option<&[u8; 32]>,
+    group_info: Option<&[u8]>,
 ) -> Result<(), StoreError> {
+    let (_, before) = group_fence(txn, group_id)?;
+    super::group_directory::record_commit(txn, group_id, &before, members, group_info)?;
     if let Some(c) = creator {
         txn.open_table(GROUP_CREATORS)?.insert(group_id, c)?;
         let n = groups_created(txn, c)?;

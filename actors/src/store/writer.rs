@@ -153,6 +153,8 @@ pub struct FenceWrite {
     pub members: Vec<[u8; 32]>,
     /// Set when this commit creates the group's fence: the device it counts for.
     pub creator: Option<[u8; 32]>,
+    /// The GroupInfo the commit published for the epoch it leads to, if any.
+    pub group_info: Option<Vec<u8>>,
 }
 
 /// Called with the commit's outcome once the batch is durable (or failed).
@@ -410,6 +412,7 @@ fn append_many(
             f.next_epoch,
             &f.members,
             f.creator.as_ref(),
+            f.group_info.as_deref(),
         )?;
     }
     Ok(appends.iter().map(|a| a.seq).collect())
@@ -445,6 +448,7 @@ fn append_shared(
             f.next_epoch,
             &f.members,
             f.creator.as_ref(),
+            f.group_info.as_deref(),
         )?;
     }
     Ok(())

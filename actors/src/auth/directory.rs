@@ -1,0 +1,55 @@
+//! What the directory tells a device about the members of a group it rejoins:
+//! each member device's account name and signed hybrid key, as the node holds
+//! them. The same trust as a KeyPackage claim by username: the node vouches for
+//! which device belongs to which account; each hybrid key is signed by its
+//! device's identity key, which the client checks.
+
+use std::collections::BTreeSet;
+
+use quicnprotochat_wire::IdentityKey;
+use redb::ReadableDatabase;
+
+use super::{AuthError, AuthService};
+use crate::store::auth::HYBRID_KEYS;
+
+/// One member device as the directory knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberEntry {
+    /// The device.
+    pub identity_key: IdentityKey,
+    /// Its account's name (empty: a device without an account).
+    pub username: String,
+    /// Its signed hybrid public key (empty: it published none).
+    pub hybrid_public_key: Vec<u8>,
+}
+
+impl AuthService {
+    /// The directory's entry of each of `devices` (removed devices are left out:
+    /// they get nothing sealed to them any more).
+    pub fn member_entries(
+        &self,
+        devices: &BTreeSet<[u8; 32]>,
+    ) -> Result<Vec<MemberEntry>, AuthError> {
+        let txn = self.store.db().begin_read()?;
+        let hybrid = txn.open_table(HYBRID_KEYS)?;
+        let names = self.devices.read().expect("lock");
+        let mut out = Vec::with_capacity(devices.len());
+        for d in devices {
+            let key = IdentityKey(*d);
+            let username = match names.get(&key) {
+                Some(u) => u.clone(),
+                None if self.accounts_exist() => continue,
+                None => String::new(),
+            };
+            out.push(MemberEntry {
+                identity_key: key,
+                username,
+                hybrid_public_key: hybrid
+                    .get(d)?
+                    .map(|v| v.value().to_vec())
+                    .unwrap_or_default(),
+            });
+        }
+        Ok(out)
+    }
+}

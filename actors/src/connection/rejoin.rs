@@ -1,0 +1,85 @@
+//! The calls a device with no local state uses to find its account's groups and
+//! rejoin them by external commit: which groups, and each one's GroupInfo with
+//! its members' directory entries. Who may ask is the fence's rule
+//! ([`crate::core::epoch::account_in_group`]); this module only fetches.
+
+use std::collections::BTreeSet;
+
+use quicnprotochat_wire::limits::MAX_ACCOUNT_GROUPS;
+
+use super::*;
+use crate::auth::MemberEntry;
+use crate::core::epoch::account_in_group;
+
+/// A group's GroupInfo and its members as the directory knows them.
+pub(super) struct FoundGroupInfo {
+    pub group_info: Vec<u8>,
+    pub members: Vec<MemberEntry>,
+}
+
+fn account_devices(ctx: &NodeContext, device: &IdentityKey) -> BTreeSet<[u8; 32]> {
+    ctx.auth
+        .devices_of_account(device)
+        .into_iter()
+        .map(|d| d.0)
+        .collect()
+}
+
+fn storage_unavailable(e: impl std::fmt::Display) -> capnp::Error {
+    tracing::error!(error = %e, "group directory read failed");
+    refuse(ErrorCode::Unavailable, "storage unavailable")
+}
+
+/// The latest GroupInfo of `group_id`, for a device whose account is in it.
+pub(super) async fn group_info(
+    ctx: &NodeContext,
+    device: &IdentityKey,
+    group_id: &[u8],
+) -> Result<FoundGroupInfo, capnp::Error> {
+    // The members as the group's actor holds them: after every accepted commit.
+    let members = ctx
+        .groups
+        .members(group_id)
+        .await
+        .map_err(WireError::from)?;
+    if !account_in_group(&members, &device.0, &account_devices(ctx, device)) {
+        return Err(refuse(
+            ErrorCode::Unauthorized,
+            "no device of this account is a member of the group",
+        ));
+    }
+    let store = ctx.store.clone();
+    let gid = group_id.to_vec();
+    let info = tokio::task::spawn_blocking(move || store.group_info(&gid))
+        .await
+        .map_err(storage_unavailable)?
+        .map_err(storage_unavailable)?
+        .ok_or_else(|| {
+            refuse(
+                ErrorCode::NotFound,
+                "the group has no current GroupInfo (its last commit published none)",
+            )
+        })?;
+    let auth = ctx.auth.clone();
+    let members = tokio::task::spawn_blocking(move || auth.member_entries(&members))
+        .await
+        .map_err(storage_unavailable)?
+        .map_err(auth_refusal)?;
+    Ok(FoundGroupInfo {
+        group_info: info,
+        members,
+    })
+}
+
+/// The groups any device of `device`'s account is a member of.
+pub(super) async fn account_groups(
+    ctx: &NodeContext,
+    device: &IdentityKey,
+) -> Result<Vec<Vec<u8>>, capnp::Error> {
+    let devices: Vec<[u8; 32]> = account_devices(ctx, device).into_iter().collect();
+    let store = ctx.store.clone();
+    tokio::task::spawn_blocking(move || store.groups_of(&devices, MAX_ACCOUNT_GROUPS))
+        .await
+        .map_err(storage_unavailable)?
+        .map_err(storage_unavailable)
+}
