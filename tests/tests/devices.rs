@@ -207,7 +207,7 @@ async fn a_removed_device_still_in_a_group_fails_no_fan_out_and_gets_nothing() {
             commit: b"commit".to_vec(),
             welcome: b"welcome".to_vec(),
             receipt: b"receipt".to_vec(),
-            parts: Vec::new(),
+            ..CommitBodies::default()
         };
         a.commit_group(&gid, 0, &everyone, &mls_commit(&gid, 0), &bodies)
             .await

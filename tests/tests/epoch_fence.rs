@@ -641,7 +641,7 @@ async fn group_sends_and_shared_commits_reach_members_only_and_refusals_store_no
             commit: b"commit".to_vec(),
             welcome: welcome.to_vec(),
             receipt: b"receipt".to_vec(),
-            parts: Vec::new(),
+            ..CommitBodies::default()
         };
         let refused = |r: Result<u32, ClientError>| r.err().and_then(|e| e.code());
 

@@ -16,7 +16,7 @@ pub mod rpc;
 pub mod state;
 
 pub use rpc::{
-    ClaimedKeyPackage, ClientError, CommitBodies, Health, KeyDirectory, KeyPackageTarget, LoggedIn,
-    NodeConnection, SendOutcome, SessionHandle, client_endpoint,
+    ClaimedKeyPackage, ClientError, CommitBodies, DirectoryEntry, Health, KeyDirectory,
+    KeyPackageTarget, LoggedIn, NodeConnection, SendOutcome, SessionHandle, client_endpoint,
 };
 pub use state::ClientState;

@@ -26,7 +26,7 @@ mod session_handle;
 pub use keys::{ClaimedKeyPackage, KeyDirectory, KeyPackageTarget};
 use reply_pause::PausableReader;
 pub use reply_pause::ReplyPause;
-pub use session_handle::{CommitBodies, SendOutcome, SessionHandle, WhoAmI};
+pub use session_handle::{CommitBodies, DirectoryEntry, SendOutcome, SessionHandle, WhoAmI};
 
 /// Largest message the client accepts from a node (the node's own payload limit
 /// may be configured up to 64 MiB).

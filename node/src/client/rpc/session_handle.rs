@@ -47,6 +47,21 @@ pub struct CommitBodies {
     pub receipt: Vec<u8>,
     /// Per-recipient parts, where the bodies need them.
     pub parts: Vec<(IdentityKey, Vec<u8>)>,
+    /// The group's GroupInfo once the commit applies, for the node to keep (not a
+    /// body: nobody gets it delivered; empty: none).
+    pub group_info: Vec<u8>,
+}
+
+/// A group member as the node's directory knows it (see
+/// [`SessionHandle::group_info`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirectoryEntry {
+    /// The device.
+    pub identity_key: IdentityKey,
+    /// Its account's name (empty: no account).
+    pub username: String,
+    /// Its signed hybrid public key (empty: none published).
+    pub hybrid_public_key: Vec<u8>,
 }
 
 fn write_members(mut list: capnp::data_list::Builder<'_>, members: &[Vec<u8>]) {
@@ -95,6 +110,42 @@ impl SessionHandle {
             .iter()
             .map(|k| IdentityKey::from_wire(k?, "identityKey").map_err(ClientError::Refused))
             .collect()
+    }
+
+    /// A group's latest GroupInfo as its last committer published it, with its
+    /// members' directory entries; for a device whose account is in the group.
+    pub async fn group_info(
+        &self,
+        group_id: &[u8],
+    ) -> Result<(Vec<u8>, Vec<DirectoryEntry>), ClientError> {
+        let mut req = self.session.group_info_request();
+        req.get().set_group_id(group_id);
+        let reply = req.send().promise.await?;
+        let r = reply.get()?;
+        let mut members = Vec::new();
+        for m in r.get_members()? {
+            members.push(DirectoryEntry {
+                identity_key: IdentityKey::from_wire(m.get_identity_key()?, "identityKey")
+                    .map_err(ClientError::Refused)?,
+                username: m
+                    .get_username()?
+                    .to_string()
+                    .map_err(|e| ClientError::Protocol(format!("username: {e}")))?,
+                hybrid_public_key: m.get_hybrid_public_key()?.to_vec(),
+            });
+        }
+        Ok((r.get_group_info()?.to_vec(), members))
+    }
+
+    /// The groups any device of this session's account is a member of.
+    pub async fn account_groups(&self) -> Result<Vec<Vec<u8>>, ClientError> {
+        let reply = self.session.account_groups_request().send().promise.await?;
+        Ok(reply
+            .get()?
+            .get_group_ids()?
+            .iter()
+            .map(|g| g.map(|g| g.to_vec()))
+            .collect::<Result<_, _>>()?)
     }
 
     /// Publishes one-time KeyPackages, optionally a new last-resort package and
@@ -285,6 +336,7 @@ impl SessionHandle {
             req.get().init_parts(bodies.parts.len() as u32),
             &bodies.parts,
         );
+        req.get().set_group_info(&bodies.group_info);
         let reply = req.send().promise.await?;
         Ok(reply.get()?.get_delivered())
     }

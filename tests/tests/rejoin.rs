@@ -1,0 +1,302 @@
+//! Rejoining groups by external commit, against a real node with real MLS: the
+//! node keeps each group's latest GroupInfo with its fence and knows which groups
+//! an account's devices are in; a device of a member account (new, or one that
+//! lost its state) gets the GroupInfo and joins; strangers get neither, and a
+//! GroupInfo that does not match the commit is refused.
+
+use quicnprotochat::client::{ClientError, CommitBodies, SessionHandle};
+use quicnprotochat_crypto::mls::{CommitOutput, Group, Suite};
+use quicnprotochat_tests::accounts::{Device, device, register};
+use quicnprotochat_tests::{TestNode, local};
+use quicnprotochat_wire::ErrorCode;
+
+fn key(d: &Device) -> Vec<u8> {
+    d.key().0.to_vec()
+}
+
+/// The node reads none of the bodies: fixed bytes stand for them.
+fn bodies(out: &CommitOutput, group_info: Option<&[u8]>) -> CommitBodies {
+    CommitBodies {
+        commit: b"commit".to_vec(),
+        welcome: out
+            .welcome
+            .as_ref()
+            .map(|_| b"welcome".to_vec())
+            .unwrap_or_default(),
+        receipt: b"receipt".to_vec(),
+        group_info: group_info.map(<[u8]>::to_vec).unwrap_or_default(),
+        ..CommitBodies::default()
+    }
+}
+
+/// hana creates a group and adds ivan's phone; the commit publishes its
+/// GroupInfo. Returns hana's group and the commit.
+async fn hana_adds_ivan(hana: &Device, h: &SessionHandle, phone: &Device) -> (Group, CommitOutput) {
+    let mut group = hana.mls.create_group(Suite::Classic, "tea").unwrap();
+    let kp = phone
+        .mls
+        .generate_key_package(Suite::Classic, false)
+        .unwrap();
+    let out = group.add_members(&hana.mls, &[kp]).unwrap();
+    let members = vec![key(hana), key(phone)];
+    h.commit_group(
+        &group.group_id(),
+        out.epoch,
+        &members,
+        &out.commit,
+        &bodies(&out, out.group_info.as_deref()),
+    )
+    .await
+    .unwrap();
+    group.confirm_commit(&hana.mls).unwrap();
+    (group, out)
+}
+
+fn code(r: Result<impl std::fmt::Debug, ClientError>) -> Option<ErrorCode> {
+    r.expect_err("refused").code()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_of_a_member_account_finds_its_groups_and_rejoins_by_external_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    local(async {
+        let (hana, phone, laptop) = (device(), device(), device());
+        let (_ch, h) = register(&node, "hana", "pw", &hana).await;
+        let (_cp, p) = register(&node, "ivan", "pw", &phone).await;
+        hana.publish(&h, 0).await;
+        phone.publish(&p, 0).await;
+        let (mut group, _) = hana_adds_ivan(&hana, &h, &phone).await;
+        let gid = group.group_id();
+
+        // ivan's new laptop has no state: the node tells it the account's groups.
+        let c = node.connect().await.unwrap();
+        let l = c
+            .login("ivan", b"pw", &laptop.id, None)
+            .await
+            .unwrap()
+            .session;
+        assert_eq!(l.account_groups().await.unwrap(), vec![gid.clone()]);
+        let (info, members) = l.group_info(&gid).await.unwrap();
+        let mut named: Vec<(Vec<u8>, String, bool)> = members
+            .iter()
+            .map(|m| {
+                (
+                    m.identity_key.0.to_vec(),
+                    m.username.clone(),
+                    !m.hybrid_public_key.is_empty(),
+                )
+            })
+            .collect();
+        named.sort();
+        let mut expected = vec![
+            (key(&hana), "hana".to_string(), true),
+            (key(&phone), "ivan".to_string(), true),
+        ];
+        expected.sort();
+        assert_eq!(named, expected, "whom to seal to, and their names");
+
+        let hana_had = node.stored(&hana.key()).len();
+        let (joined, out) = laptop.mls.join_external(&info).unwrap();
+        let everyone = vec![key(&hana), key(&phone), key(&laptop)];
+        let delivered = l
+            .commit_group(
+                &gid,
+                out.epoch,
+                &everyone,
+                &out.commit,
+                &bodies(&out, out.group_info.as_deref()),
+            )
+            .await
+            .expect("a device of a member account may join from outside");
+        assert_eq!(delivered, 3, "hana, the phone, and the laptop's receipt");
+        group.process(&hana.mls, &out.commit).unwrap();
+        assert_eq!(group.epoch_authenticator(), joined.epoch_authenticator());
+        assert_eq!(
+            node.stored(&hana.key()).len(),
+            hana_had + 1,
+            "the join's commit"
+        );
+
+        // Once in, the laptop commits like any member; the GroupInfo follows.
+        let (info_now, _) = l.group_info(&gid).await.unwrap();
+        assert_eq!(info_now, out.group_info.clone().unwrap());
+        let stale = l
+            .commit_group(&gid, out.epoch, &everyone, &out.commit, &bodies(&out, None))
+            .await;
+        assert_eq!(code(stale), Some(ErrorCode::StaleEpoch));
+    })
+    .await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_get_no_group_info_and_cannot_join_from_outside() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    local(async {
+        let (hana, phone, zed) = (device(), device(), device());
+        let (_ch, h) = register(&node, "hana", "pw", &hana).await;
+        let (_cp, p) = register(&node, "ivan", "pw", &phone).await;
+        let (_cz, z) = register(&node, "zed", "pw", &zed).await;
+        phone.publish(&p, 0).await;
+        let (group, out) = hana_adds_ivan(&hana, &h, &phone).await;
+        let gid = group.group_id();
+
+        assert!(z.account_groups().await.unwrap().is_empty());
+        assert_eq!(
+            code(z.group_info(&gid).await),
+            Some(ErrorCode::Unauthorized)
+        );
+        // Even holding the GroupInfo (leaked), zed's external commit is refused.
+        let hana_had = node.stored(&hana.key()).len();
+        let (_, join) = zed.mls.join_external(&out.group_info.unwrap()).unwrap();
+        let members = vec![key(&hana), key(&phone), key(&zed)];
+        let refused = z
+            .commit_group(
+                &gid,
+                join.epoch,
+                &members,
+                &join.commit,
+                &bodies(&join, None),
+            )
+            .await;
+        assert_eq!(code(refused), Some(ErrorCode::Unauthorized));
+        assert_eq!(
+            node.stored(&hana.key()).len(),
+            hana_had,
+            "nothing reached hana"
+        );
+        assert_eq!(
+            code(z.group_info(b"no-such-group").await),
+            Some(ErrorCode::Unauthorized),
+            "an unknown group says no more than a foreign one"
+        );
+    })
+    .await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_info_must_match_its_commit_and_a_commit_without_one_retires_the_old() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    local(async {
+        let (hana, phone) = (device(), device());
+        let (_ch, h) = register(&node, "hana", "pw", &hana).await;
+        let (_cp, p) = register(&node, "ivan", "pw", &phone).await;
+        phone.publish(&p, 0).await;
+        let (mut group, first) = hana_adds_ivan(&hana, &h, &phone).await;
+        let gid = group.group_id();
+        let members = vec![key(&hana), key(&phone)];
+
+        // The GroupInfo of the epoch before does not describe where this commit leads.
+        let out = group.self_update(&hana.mls).unwrap();
+        let refused = h
+            .commit_group(
+                &gid,
+                out.epoch,
+                &members,
+                &out.commit,
+                &bodies(&out, first.group_info.as_deref()),
+            )
+            .await;
+        assert_eq!(code(refused), Some(ErrorCode::BadRequest));
+        let garbage = h
+            .commit_group(
+                &gid,
+                out.epoch,
+                &members,
+                &out.commit,
+                &bodies(&out, Some(b"junk")),
+            )
+            .await;
+        assert_eq!(code(garbage), Some(ErrorCode::BadRequest));
+        let huge = vec![0u8; quicnprotochat_wire::limits::MAX_GROUP_INFO + 1];
+        let too_large = h
+            .commit_group(
+                &gid,
+                out.epoch,
+                &members,
+                &out.commit,
+                &bodies(&out, Some(&huge)),
+            )
+            .await;
+        assert_eq!(code(too_large), Some(ErrorCode::TooLarge));
+        assert_eq!(
+            p.group_info(&gid).await.unwrap().0,
+            first.group_info.clone().unwrap(),
+            "refused commits changed nothing"
+        );
+
+        // A commit publishing none: the old one no longer matches and is gone.
+        h.commit_group(&gid, out.epoch, &members, &out.commit, &bodies(&out, None))
+            .await
+            .unwrap();
+        group.confirm_commit(&hana.mls).unwrap();
+        assert_eq!(code(p.group_info(&gid).await), Some(ErrorCode::NotFound));
+    })
+    .await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_removed_from_a_group_no_longer_lists_it_and_the_index_survives_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    let (hana, phone) = (device(), device());
+    let gid = local(async {
+        let (_ch, h) = register(&node, "hana", "pw", &hana).await;
+        let (_cp, p) = register(&node, "ivan", "pw", &phone).await;
+        phone.publish(&p, 0).await;
+        let (group, _) = hana_adds_ivan(&hana, &h, &phone).await;
+        group.group_id()
+    })
+    .await;
+    // A file from before the index (schema 2): the index is built on open.
+    node.stop().await;
+    {
+        let db = redb::Database::open(dir.path().join("node.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.delete_table(redb::TableDefinition::<(&[u8; 32], &[u8]), ()>::new(
+            "member_groups",
+        ))
+        .unwrap();
+        txn.open_table(redb::TableDefinition::<&str, u64>::new("meta"))
+            .unwrap()
+            .insert("schema_version", 2)
+            .unwrap();
+        txn.commit().unwrap();
+    }
+    let node = TestNode::start(dir.path()).await;
+    local(async {
+        let c = node.connect().await.unwrap();
+        let p = c
+            .login("ivan", b"pw", &phone.id, None)
+            .await
+            .unwrap()
+            .session;
+        assert_eq!(p.account_groups().await.unwrap(), vec![gid.clone()]);
+        let c = node.connect().await.unwrap();
+        let h = c
+            .login("hana", b"pw", &hana.id, None)
+            .await
+            .unwrap()
+            .session;
+        let mut group = hana.mls.load_group(&gid).unwrap().unwrap();
+        let out = group.remove_members(&hana.mls, &[&key(&phone)]).unwrap();
+        h.commit_group(
+            &gid,
+            out.epoch,
+            &[key(&hana)],
+            &out.commit,
+            &bodies(&out, None),
+        )
+        .await
+        .unwrap();
+        assert!(p.account_groups().await.unwrap().is_empty());
+        assert_eq!(h.account_groups().await.unwrap(), vec![gid.clone()]);
+    })
+    .await;
+    node.stop().await;
+}
