@@ -224,3 +224,41 @@ fn a_profile_lost_and_logged_in_again_rejoins_through_the_users_other_device() {
     let members = alice.ok(at, &ca, &["members", "--group", "g"]);
     assert!(members.contains("bob (2 devices)"), "{members}");
 }
+
+#[test]
+fn a_users_only_profile_deleted_and_logged_in_again_rejoins_by_itself_and_reads_new_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let World {
+        server,
+        ca,
+        alice,
+        phone,
+        ..
+    } = World::start(dir.path());
+    let at = server.addr;
+    alice.ok(at, &ca, &["create-group", "g"]);
+    alice.ok(at, &ca, &["invite", "--group", "g", "bob"]);
+    phone.ok(at, &ca, &["join"]);
+    alice.ok(at, &ca, &["send", "--group", "g", "before"]);
+    assert!(phone.ok(at, &ca, &["recv"]).contains("alice: before"));
+
+    // bob's only profile is gone; nobody else of bob's can add him back.
+    std::fs::remove_dir_all(&phone.state).unwrap();
+    phone.ok(at, &ca, &["login", "--username", "bob"]);
+    let got = phone.ok(at, &ca, &["recv"]);
+    assert!(
+        got.contains("[g] * rejoined: messages sent before this device joined cannot be read here"),
+        "{got}"
+    );
+    assert!(!got.contains("before\n"), "{got}");
+    let seen = alice.ok(at, &ca, &["recv"]);
+    assert!(seen.contains("bob joined from a new device"), "{seen}");
+
+    alice.ok(at, &ca, &["send", "--group", "g", "after"]);
+    assert!(phone.ok(at, &ca, &["recv"]).contains("alice: after"));
+    phone.ok(at, &ca, &["send", "--group", "g", "back again"]);
+    assert!(alice.ok(at, &ca, &["recv"]).contains("bob: back again"));
+    // The lost device stays a member until bob removes it.
+    let members = alice.ok(at, &ca, &["members", "--group", "g"]);
+    assert!(members.contains("bob (2 devices)"), "{members}");
+}

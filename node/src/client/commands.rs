@@ -283,11 +283,20 @@ async fn login_and_remember(
         expires_at_ms: logged.expires_at_ms,
     })?;
     // A profile logging in for the first time starts from the account's devices
-    // as they are: only devices that join later are added to its groups.
+    // as they are: only devices that join later are added to its groups. With no
+    // group of its own yet, it then looks for the account's groups to rejoin
+    // (a new device, or one whose profile was lost).
     if state.known_devices()?.is_empty() {
         let devices = logged.session.devices().await?;
         let devices = devices.into_iter().map(|d| d.0).collect();
-        state.write(|t| t.set_known_devices(&devices))?;
+        let fresh = state.groups()?.is_empty();
+        state.write(|t| {
+            t.set_known_devices(&devices)?;
+            if fresh {
+                t.set_rejoin_looks(0)?;
+            }
+            Ok(())
+        })?;
     }
     Ok(logged)
 }

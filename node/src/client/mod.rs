@@ -12,6 +12,7 @@ pub mod messenger;
 pub mod mls_store;
 pub mod profile_key;
 mod record_pieces;
+pub mod rejoin;
 pub mod rpc;
 pub mod state;
 

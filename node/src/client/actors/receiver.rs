@@ -285,6 +285,20 @@ impl ReceiverState {
                 return Ok(());
             }
         };
+        // Already in it (rejoined by external commit while this invitation was
+        // on its way): the group as it is here stays.
+        if let Some(known) = self.profile.state.group_name(&group.group_id())? {
+            self.joiner.provider().storage_provider().rollback();
+            fx.lines.push(notice(
+                seq,
+                Some(&known),
+                format!(
+                    "an invitation from {} to a group this device is already in was ignored",
+                    msg.sender_name
+                ),
+            ));
+            return Ok(());
+        }
         let members: BTreeSet<Vec<u8>> = group.members().into_iter().collect();
         let me = self.profile.me();
         for e in &msg.roster {
@@ -296,17 +310,10 @@ impl ReceiverState {
             }
         }
         let wanted = group.name().unwrap_or_else(|| "unnamed".into());
-        let mut name = wanted.clone();
-        let mut n = 2;
-        while self
+        let name = self
             .profile
             .state
-            .group_id(&name)?
-            .is_some_and(|g| g != group.group_id())
-        {
-            name = format!("{wanted}-{n}");
-            n += 1;
-        }
+            .free_group_name(&wanted, &group.group_id())?;
         fx.lines.push(Line {
             seq,
             group: Some(name.clone()),

@@ -21,7 +21,8 @@ use tokio::sync::broadcast;
 use super::{NodeAddress, Profile};
 use crate::client::rpc::{CommitBodies, SendOutcome};
 use crate::client::{
-    ClaimedKeyPackage, ClientError, KeyDirectory, KeyPackageTarget, NodeConnection, SessionHandle,
+    ClaimedKeyPackage, ClientError, DirectoryEntry, KeyDirectory, KeyPackageTarget, NodeConnection,
+    SessionHandle,
 };
 
 /// Longest wait between two reconnection attempts.
@@ -83,6 +84,21 @@ pub(crate) enum SessionMsg {
     /// Every device of the account.
     Devices {
         reply: Reply<Vec<IdentityKey>>,
+    },
+    /// What a claim would serve, consuming nothing (who a user's devices are).
+    PeekKeyPackages {
+        target: KeyPackageTarget,
+        suite: Suite,
+        reply: Reply<Vec<ClaimedKeyPackage>>,
+    },
+    /// The groups the account's devices are in.
+    AccountGroups {
+        reply: Reply<Vec<Vec<u8>>>,
+    },
+    /// A group's latest GroupInfo and its members' directory entries.
+    GroupInfo {
+        group_id: Vec<u8>,
+        reply: Reply<(Vec<u8>, Vec<DirectoryEntry>)>,
     },
     /// A request saw connection `generation` break.
     Lost {
@@ -326,6 +342,31 @@ impl ThreadLocalActor for SessionActor {
             SessionMsg::Devices { reply } => {
                 state
                     .run(&myself, reply, move |s, _| async move { s.devices().await })
+                    .await
+            }
+            SessionMsg::PeekKeyPackages {
+                target,
+                suite,
+                reply,
+            } => {
+                state
+                    .run(&myself, reply, move |_, d| async move {
+                        d.peek_key_packages(&target, suite).await
+                    })
+                    .await
+            }
+            SessionMsg::AccountGroups { reply } => {
+                state
+                    .run(&myself, reply, move |s, _| async move {
+                        s.account_groups().await
+                    })
+                    .await
+            }
+            SessionMsg::GroupInfo { group_id, reply } => {
+                state
+                    .run(&myself, reply, move |s, _| async move {
+                        s.group_info(&group_id).await
+                    })
                     .await
             }
             SessionMsg::Lost { generation } => {

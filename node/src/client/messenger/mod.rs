@@ -207,7 +207,7 @@ impl Messenger {
     }
 
     /// Has the receiver apply the inbox (waiting up to `wait` for something).
-    async fn catch_up(&self, wait: Duration) -> Result<Vec<Line>, MessengerError> {
+    pub(crate) async fn catch_up(&self, wait: Duration) -> Result<Vec<Line>, MessengerError> {
         let receiver = ask(&self.supervisor, "client supervisor", |reply| {
             SupervisorMsg::Receiver { reply }
         })
@@ -457,6 +457,7 @@ impl Messenger {
             }
         }
         self.sync_devices().await?;
+        self.rejoin_groups().await?;
         Ok(lines)
     }
 

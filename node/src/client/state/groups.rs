@@ -24,6 +24,11 @@ const KNOWN_DEVICES: TableDefinition<&[u8; 32], ()> = TableDefinition::new("know
 /// Group id → how many pulls in a row failed to commit its waiting proposals.
 const PROPOSAL_FAILURES: TableDefinition<&[u8], u32> = TableDefinition::new("proposal_failures");
 
+/// "looks" → how many times this profile looked for its account's groups to
+/// rejoin (present only while it still has to: from its first login until every
+/// group is rejoined or given up on).
+const REJOIN: TableDefinition<&str, u32> = TableDefinition::new("rejoin");
+
 /// Lines the client itself produces (not from an envelope) sit after the lines of
 /// the last applied envelope, from this place on.
 const LOCAL_LINES_FROM: u32 = 1 << 31;
@@ -100,6 +105,19 @@ impl ClientTxn<'_> {
     /// The group's waiting proposals were committed or given up on.
     pub fn proposals_settled(&self, group_id: &[u8]) -> TxnResult<()> {
         self.txn.open_table(PROPOSAL_FAILURES)?.remove(group_id)?;
+        Ok(())
+    }
+
+    /// This profile is to look for its account's groups and rejoin them, having
+    /// looked `looks` times so far.
+    pub fn set_rejoin_looks(&self, looks: u32) -> TxnResult<()> {
+        self.txn.open_table(REJOIN)?.insert("looks", looks)?;
+        Ok(())
+    }
+
+    /// Nothing is left to rejoin.
+    pub fn rejoin_settled(&self) -> TxnResult<()> {
+        self.txn.open_table(REJOIN)?.remove("looks")?;
         Ok(())
     }
 
@@ -296,6 +314,27 @@ impl ClientState {
             },
             BTreeSet::new(),
         )
+    }
+
+    /// How many times this profile looked for groups to rejoin, if it still has
+    /// to (`None`: nothing to rejoin).
+    pub fn rejoin_looks(&self) -> Result<Option<u32>, StateError> {
+        self.read(
+            |t| Ok(t.open_table(REJOIN)?.get("looks")?.map(|v| v.value())),
+            None,
+        )
+    }
+
+    /// `wanted`, or `wanted-2`, `wanted-3`, … : the first name no other group of
+    /// this profile has (names are local; two groups may be called alike).
+    pub fn free_group_name(&self, wanted: &str, group_id: &[u8]) -> Result<String, StateError> {
+        let mut name = wanted.to_string();
+        let mut n = 2;
+        while self.group_id(&name)?.is_some_and(|g| g != group_id) {
+            name = format!("{wanted}-{n}");
+            n += 1;
+        }
+        Ok(name)
     }
 
     /// The seqs of the held messages, without reading the messages.

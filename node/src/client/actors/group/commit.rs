@@ -3,6 +3,20 @@
 //! pending and saved before it leaves, then confirmed or discarded by the answer).
 
 use super::*;
+use quicnprotochat_wire::limits::MAX_GROUP_INFO;
+
+/// The GroupInfo a commit publishes for devices of members to rejoin from,
+/// when the node keeps one that large and the call has room for it beside its
+/// `bytes` of bodies (else none: the group cannot be rejoined by external commit
+/// until a later commit publishes one).
+pub(crate) fn publishable_group_info(out: &CommitOutput, bytes: usize) -> Vec<u8> {
+    match &out.group_info {
+        Some(info) if info.len() <= MAX_GROUP_INFO && bytes + info.len() <= MAX_COMMIT_BYTES => {
+            info.clone()
+        }
+        _ => Vec::new(),
+    }
+}
 
 impl GroupState {
     pub(super) async fn prepare_invite(
@@ -145,6 +159,8 @@ impl GroupState {
             self.save(|_| Ok(()))?;
             return Err(MessengerError::CommitTooLarge { bytes });
         }
+        let mut bodies = bodies;
+        bodies.group_info = publishable_group_info(&out, bytes);
         if crash_at == Some(CrashPoint::BeforeSending) {
             return Ok(CommitOutcome::Interrupted);
         }

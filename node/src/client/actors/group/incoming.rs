@@ -16,6 +16,54 @@ fn decode_held(bytes: &[u8]) -> Option<([u8; 32], ClientMessage)> {
 }
 
 impl GroupState {
+    /// A roster entry its own sender vouches for (a device that joined by
+    /// external commit says who it is) stands only if the node's directory lists
+    /// that device under that username, as a claim of the user's KeyPackages
+    /// would: otherwise it is dropped, and the member is shown by its key.
+    /// Returns whether `msg` changed. Only a lost connection is an error (the
+    /// envelope is applied on a later pull).
+    pub(super) async fn vouch_self_claims(
+        &self,
+        sender: [u8; 32],
+        msg: &mut ClientMessage,
+    ) -> Result<bool, MessengerError> {
+        let Some(claim) = msg.roster.iter().find(|e| e.identity == sender).cloned() else {
+            return Ok(false);
+        };
+        if self
+            .profile
+            .state
+            .roster_entry(&sender)?
+            .is_some_and(|known| known == claim)
+        {
+            return Ok(false);
+        }
+        let target = KeyPackageTarget::Username(claim.username.clone());
+        let listed = match ask_session(&self.session.get(), |reply| SessionMsg::PeekKeyPackages {
+            target,
+            suite: quicnprotochat_crypto::mls::Suite::Classic,
+            reply,
+        })
+        .await
+        {
+            Ok(devices) => devices.iter().any(|d| d.identity_key.0 == sender),
+            Err(e) if crate::client::actors::session::is_connection_loss(&e) => {
+                return Err(e.into());
+            }
+            Err(_) => false,
+        };
+        if listed {
+            return Ok(false);
+        }
+        tracing::warn!(
+            claimed = %claim.username,
+            device = %short_hex(&sender),
+            "a device's claim of its username is not confirmed by the node; ignored"
+        );
+        msg.roster.retain(|e| e.identity != sender);
+        Ok(true)
+    }
+
     /// Applies an incoming envelope of this group; commits it with the cursor.
     pub(super) fn apply(
         &mut self,
@@ -216,7 +264,13 @@ impl GroupState {
             };
             let added: Vec<&Vec<u8>> = after.difference(before).collect();
             let removed: Vec<&Vec<u8>> = before.difference(after).collect();
+            // An external commit: the committer brought itself in.
+            let joined = added.len() == 1 && added[0].as_slice() == committer;
+            let added = if joined { Vec::new() } else { added };
             let mut parts = Vec::new();
+            if joined {
+                parts.push("joined from a new device".to_string());
+            }
             if !added.is_empty() {
                 parts.push(format!("added {}", names(added)));
             }

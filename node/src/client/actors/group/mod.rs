@@ -34,7 +34,7 @@ use crate::client::mls_store::RedbMlsStorage;
 use crate::client::rpc::CommitBodies;
 use crate::client::{ClientError, KeyPackageTarget};
 
-mod commit;
+pub(crate) mod commit;
 mod incoming;
 
 /// The kinds of commit a member makes.
@@ -356,11 +356,19 @@ impl Actor for GroupActor {
             GroupMsg::Apply {
                 seq,
                 sender,
-                msg,
-                raw,
+                mut msg,
+                mut raw,
                 reply,
             } => {
-                let r = state.apply(seq, sender, &msg, &raw);
+                let r = match state.vouch_self_claims(sender, &mut msg).await {
+                    Ok(true) => msg
+                        .encode()
+                        .map(|re| raw = re)
+                        .map_err(MessengerError::from),
+                    Ok(false) => Ok(()),
+                    Err(e) => Err(e),
+                };
+                let r = r.and_then(|()| state.apply(seq, sender, &msg, &raw));
                 let r = settle(state, r).map(|fx| {
                     forgotten = fx.forget_group.is_some();
                     fx.lines
