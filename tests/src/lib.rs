@@ -266,6 +266,35 @@ impl Person {
         })
     }
 
+    /// `username` (password "pw-USERNAME") logging in on a fresh profile: a new
+    /// device of the account, or one whose profile was lost. Publishes its keys,
+    /// as the `login` command does, and starts its messenger. Must run on a
+    /// `LocalSet`.
+    pub async fn log_in_again(node: &TestNode, username: &str) -> Person {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let password = format!("pw-{username}");
+        let opts = quicnprotochat::client::commands::ClientOptions {
+            server: node.addr.to_string(),
+            ca_cert: node.cert_path(),
+            state_dir: dir.path().to_path_buf(),
+            auth_token: node.config.auth_token.clone(),
+        };
+        quicnprotochat::client::commands::login(&opts, username, &password)
+            .await
+            .expect("logs in");
+        let state = ClientState::open(dir.path()).expect("profile opens");
+        let identity = state.identity().expect("identity");
+        let messenger = Messenger::start(state, node.address())
+            .await
+            .expect("messenger starts");
+        Person {
+            messenger,
+            identity,
+            password,
+            dir,
+        }
+    }
+
     /// Stops this person's messenger and opens the profile again, as a restarted
     /// client process would (reaching `node`, which may have restarted too).
     pub async fn restart(self, node: &TestNode) -> Person {

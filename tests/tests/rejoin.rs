@@ -300,3 +300,170 @@ async fn a_device_removed_from_a_group_no_longer_lists_it_and_the_index_survives
     .await;
     node.stop().await;
 }
+
+// Through the client's actors: what a device that rejoins, and the members
+// around it, see.
+
+mod through_the_client {
+    use quicnprotochat::client::messenger::CrashPoint;
+    use quicnprotochat_tests::{Person, TestNode, alice_and_bob_in_g, local, pull_shown};
+
+    fn has(lines: &[String], text: &str) -> bool {
+        lines.iter().any(|l| l.contains(text))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rejoin_cut_off_after_the_node_accepted_it_is_redone_and_leaves_no_lost_leaf() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = TestNode::start(dir.path()).await;
+        local(async {
+            let (mut alice, bob) = alice_and_bob_in_g(&node).await;
+            drop(bob); // bob's profile is lost
+            let mut bob = Person::log_in_again(&node, "bob").await;
+            bob.messenger
+                .die_in_next_commit(CrashPoint::AfterAcceptance);
+            let lines = pull_shown(&mut bob.messenger).await;
+            assert!(!has(&lines, "rejoined"), "{lines:?}");
+            assert!(bob.messenger.groups().await.unwrap().is_empty());
+            // The node took the commit: the group has a leaf of this device
+            // whose keys died with the "process".
+            let lines = pull_shown(&mut alice.messenger).await;
+            assert!(has(&lines, "bob joined from a new device"), "{lines:?}");
+
+            let lines = pull_shown(&mut bob.messenger).await;
+            assert!(has(&lines, "[g] * rejoined"), "{lines:?}");
+            pull_shown(&mut alice.messenger).await;
+            let a = alice.messenger.group("g").await.unwrap();
+            let b = bob.messenger.group("g").await.unwrap();
+            assert_eq!(a.epoch_authenticator, b.epoch_authenticator);
+            assert_eq!(
+                a.members.len(),
+                3,
+                "alice, bob's lost device and his new one, no fourth: {:?}",
+                a.members
+            );
+            alice.messenger.send("g", "still here?").await.unwrap();
+            let lines = pull_shown(&mut bob.messenger).await;
+            assert!(has(&lines, "alice: still here?"), "{lines:?}");
+        })
+        .await;
+        node.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_new_device_that_rejoins_before_its_other_device_adds_it_is_not_added_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = TestNode::start(dir.path()).await;
+        local(async {
+            let (mut alice, mut phone) = alice_and_bob_in_g(&node).await;
+            let mut laptop = Person::log_in_again(&node, "bob").await;
+            let lines = pull_shown(&mut laptop.messenger).await;
+            assert!(has(&lines, "[g] * rejoined"), "{lines:?}");
+            // The phone sees the new device: already in, nothing to add.
+            let lines = pull_shown(&mut phone.messenger).await;
+            assert!(has(&lines, "bob joined from a new device"), "{lines:?}");
+            assert!(!has(&lines, "rejected"), "{lines:?}");
+            pull_shown(&mut alice.messenger).await;
+            let a = alice.messenger.group("g").await.unwrap();
+            assert_eq!(a.members.len(), 3, "{:?}", a.members);
+            for p in [&phone, &laptop] {
+                let g = p.messenger.group("g").await.unwrap();
+                assert_eq!(g.epoch_authenticator, a.epoch_authenticator);
+            }
+            laptop
+                .messenger
+                .send("g", "hello from the laptop")
+                .await
+                .unwrap();
+            for p in [&mut alice, &mut phone] {
+                let lines = pull_shown(&mut p.messenger).await;
+                assert!(has(&lines, "bob: hello from the laptop"), "{lines:?}");
+            }
+        })
+        .await;
+        node.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joiner_claiming_another_users_name_is_shown_by_its_key_not_that_name() {
+    use quicnprotochat::client::message::{Body, ClientMessage, RosterEntry};
+    use quicnprotochat_crypto::envelope::{BodyProtection, HybridPublicKey, seal_shared};
+    use quicnprotochat_tests::{alice_and_bob_in_g, pull_shown};
+    use quicnprotochat_wire::IdentityKey;
+
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    local(async {
+        // bob is a member; a second device of bob's account joins from outside
+        // and says it is alice.
+        let (mut alice, _bob) = alice_and_bob_in_g(&node).await;
+        let gid = alice.messenger.group("g").await.unwrap().group_id;
+        let liar = device();
+        let c = node.connect().await.unwrap();
+        let s = c
+            .login("bob", b"pw-bob", &liar.id, None)
+            .await
+            .unwrap()
+            .session;
+        liar.publish(&s, 0).await;
+        let (info, directory) = s.group_info(&gid).await.unwrap();
+        let (group, out) = liar.mls.join_external(&info).unwrap();
+        let claim = ClientMessage {
+            body: Body::Group,
+            group_id: gid.clone(),
+            mls: out.commit.clone(),
+            sender_name: "alice".into(),
+            roster: vec![RosterEntry {
+                identity: liar.key().0,
+                username: "alice".into(),
+                hybrid_key: liar.hybrid.signed_public(&liar.id).to_bytes(),
+            }],
+        };
+        let keys: Vec<HybridPublicKey> = directory
+            .iter()
+            .map(|d| HybridPublicKey::verify(&d.hybrid_public_key, &d.identity_key.0).unwrap())
+            .collect();
+        let ids: Vec<IdentityKey> = directory.iter().map(|d| d.identity_key).collect();
+        let sealed = seal_shared(
+            &liar.id,
+            &claim.encode().unwrap(),
+            0,
+            BodyProtection::Wrapped,
+            &keys,
+        );
+        let bodies = CommitBodies {
+            commit: sealed.body,
+            receipt: b"receipt".to_vec(),
+            parts: ids.into_iter().zip(sealed.parts).collect(),
+            ..CommitBodies::default()
+        };
+        s.commit_group(&gid, out.epoch, &group.members(), &out.commit, &bodies)
+            .await
+            .expect("the account is in the group: the node lets the device in");
+
+        let lines = pull_shown(&mut alice.messenger).await;
+        let hex: String = liar.key().0[..4]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains(&format!("{hex} joined from a new device"))),
+            "shown by its key: {lines:?}"
+        );
+        assert!(
+            !lines.iter().any(|l| l.contains("alice joined")),
+            "{lines:?}"
+        );
+        let members = alice.messenger.group("g").await.unwrap().members;
+        assert_eq!(
+            members.iter().filter(|m| m.as_str() == "alice").count(),
+            1,
+            "{members:?}"
+        );
+    })
+    .await;
+    node.stop().await;
+}

@@ -21,7 +21,7 @@ use crate::client::actors::group::commit::publishable_group_info;
 use crate::client::actors::session::{SessionMsg, is_connection_loss};
 use crate::client::actors::{ask_session, notice, short_hex};
 use crate::client::message::{Body, RosterEntry};
-use crate::client::messenger::{MAX_COMMIT_ATTEMPTS, Messenger, MessengerError};
+use crate::client::messenger::{CrashPoint, MAX_COMMIT_ATTEMPTS, Messenger, MessengerError};
 use crate::client::rpc::{CommitBodies, DirectoryEntry};
 
 /// How many looks (pulls) a profile makes for groups to rejoin before it gives
@@ -36,6 +36,16 @@ enum Attempt {
     Stale,
     /// It cannot be rejoined (why), now or later.
     Impossible(String),
+    /// Test hook: the process "died" once the node accepted the commit.
+    Interrupted,
+}
+
+/// What became of one group of the account.
+enum GroupRejoin {
+    /// Nothing to do, or done: this line tells what happened, if anything.
+    Settled(Option<String>),
+    /// Not rejoined yet: the next look tries again.
+    NotYet,
 }
 
 impl Messenger {
@@ -63,8 +73,8 @@ impl Messenger {
         let mut unsettled = false;
         for gid in groups {
             match self.rejoin_group(&gid).await {
-                Ok(None) => {}
-                Ok(Some(line)) => lines.push(line),
+                Ok(GroupRejoin::Settled(line)) => lines.extend(line),
+                Ok(GroupRejoin::NotYet) => unsettled = true,
                 Err(e) if Self::is_connection_loss(&e) => return Err(e),
                 Err(e) => {
                     tracing::info!(group = %short_hex(&gid), error = %e, "not rejoined yet");
@@ -104,18 +114,18 @@ impl Messenger {
         })?)
     }
 
-    /// Rejoins one group unless this profile is in it; returns the line to
-    /// show. An error leaves it for the next look.
-    async fn rejoin_group(&mut self, gid: &[u8]) -> Result<Option<String>, MessengerError> {
+    /// Rejoins one group unless this profile is in it. An error leaves it for
+    /// the next look.
+    async fn rejoin_group(&mut self, gid: &[u8]) -> Result<GroupRejoin, MessengerError> {
         for _ in 0..MAX_COMMIT_ATTEMPTS {
             // A member may have added this device meanwhile (its Welcome is
             // applied by the pull before this).
             if self.profile.state.group_name(gid)?.is_some() {
-                return Ok(None);
+                return Ok(GroupRejoin::Settled(None));
             }
             match self.attempt_rejoin(gid).await? {
                 Attempt::Joined(name) => {
-                    return Ok(Some(
+                    return Ok(GroupRejoin::Settled(Some(
                         notice(
                             0,
                             Some(&name),
@@ -123,24 +133,25 @@ impl Messenger {
                                 .into(),
                         )
                         .display(),
-                    ));
+                    )));
                 }
+                Attempt::Interrupted => return Ok(GroupRejoin::NotYet),
                 Attempt::Impossible(why) => {
-                    return Ok(Some(
+                    return Ok(GroupRejoin::Settled(Some(
                         notice(
                             0,
                             None,
                             format!("group {} cannot be rejoined: {why}", short_hex(gid)),
                         )
                         .display(),
-                    ));
+                    )));
                 }
                 Attempt::Stale => {
                     self.catch_up(std::time::Duration::ZERO).await?;
                 }
             }
         }
-        Err(MessengerError::CommitRetriesExhausted(MAX_COMMIT_ATTEMPTS))
+        Ok(GroupRejoin::NotYet)
     }
 
     /// One external commit into `gid` through the node's epoch fence.
@@ -200,6 +211,11 @@ impl Messenger {
         })
         .await;
         match answer {
+            Ok(_) if self.crash_at == Some(CrashPoint::AfterAcceptance) => {
+                self.crash_at = None;
+                storage.rollback();
+                Ok(Attempt::Interrupted)
+            }
             Ok(_) => {
                 let wanted = group.name().unwrap_or_else(|| "unnamed".into());
                 let name = p.state.free_group_name(&wanted, gid)?;

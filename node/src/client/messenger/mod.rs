@@ -45,7 +45,7 @@ pub struct Messenger {
     pub(crate) session: SessionSlot,
     events: broadcast::Sender<ConnectionEvent>,
     /// Test hook: behave as if the process died at this point of the next commit.
-    crash_at: Option<CrashPoint>,
+    pub(crate) crash_at: Option<CrashPoint>,
     stopped: Option<ractor::concurrency::JoinHandle<()>>,
     /// When the account's devices were last compared with the profile's groups.
     pub(crate) devices_checked: Option<std::time::Instant>,
@@ -128,8 +128,8 @@ impl Messenger {
         self.events.subscribe()
     }
 
-    /// Test hook: the next commit stops at `point` and is left pending, as if
-    /// the process had died there.
+    /// Test hook: the next commit (or rejoin by external commit) stops at
+    /// `point` and is left pending, as if the process had died there.
     #[doc(hidden)]
     pub fn die_in_next_commit(&mut self, point: CrashPoint) {
         self.crash_at = Some(point);
