@@ -351,6 +351,79 @@ mod through_the_client {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_with_no_current_group_info_is_named_as_not_rejoinable_and_the_rest_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = TestNode::start(dir.path()).await;
+        local(async {
+            let (mut alice, _lost) = alice_and_bob_in_g(&node).await;
+            alice
+                .messenger
+                .create_group("h", quicnprotochat_crypto::mls::Suite::Classic)
+                .await
+                .unwrap();
+            alice.messenger.invite("h", &["bob".into()]).await.unwrap();
+            // As if h's last commit had been too large to carry its GroupInfo.
+            let h = alice.messenger.group("h").await.unwrap().group_id;
+            node.context()
+                .writer
+                .transact(move |txn| {
+                    txn.open_table(redb::TableDefinition::<&[u8], &[u8]>::new("group_infos"))?
+                        .remove(h.as_slice())?;
+                    Ok::<_, redb::Error>(())
+                })
+                .await
+                .unwrap();
+            let mut bob = Person::log_in_again(&node, "bob").await;
+            let lines = pull_shown(&mut bob.messenger).await;
+            assert!(has(&lines, "[g] * rejoined"), "{lines:?}");
+            assert!(
+                has(
+                    &lines,
+                    "cannot be rejoined: the group has no current GroupInfo"
+                ),
+                "{lines:?}"
+            );
+            let names: Vec<String> = bob
+                .messenger
+                .groups()
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|g| g.name)
+                .collect();
+            assert_eq!(names, ["g"]);
+            // Settled: later pulls say nothing more of it.
+            let lines = pull_shown(&mut bob.messenger).await;
+            assert!(!has(&lines, "rejoined"), "{lines:?}");
+        })
+        .await;
+        node.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_left_after_rejoining_is_never_rejoined_behind_the_users_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = TestNode::start(dir.path()).await;
+        local(async {
+            let (mut alice, _lost) = alice_and_bob_in_g(&node).await;
+            let mut bob = Person::log_in_again(&node, "bob").await;
+            let lines = pull_shown(&mut bob.messenger).await;
+            assert!(has(&lines, "[g] * rejoined"), "{lines:?}");
+            bob.messenger.leave("g").await.unwrap();
+            pull_shown(&mut alice.messenger).await;
+            // bob's lost device keeps the account in the group, yet this
+            // device, which left, stays out.
+            for _ in 0..3 {
+                let lines = pull_shown(&mut bob.messenger).await;
+                assert!(!has(&lines, "rejoined"), "{lines:?}");
+            }
+            assert!(bob.messenger.groups().await.unwrap().is_empty());
+        })
+        .await;
+        node.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_new_device_that_rejoins_before_its_other_device_adds_it_is_not_added_twice() {
         let dir = tempfile::tempdir().unwrap();
         let node = TestNode::start(dir.path()).await;

@@ -293,7 +293,7 @@ async fn login_and_remember(
         state.write(|t| {
             t.set_known_devices(&devices)?;
             if fresh {
-                t.set_rejoin_looks(0)?;
+                t.expect_rejoin()?;
             }
             Ok(())
         })?;

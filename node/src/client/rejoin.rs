@@ -49,69 +49,67 @@ enum GroupRejoin {
 }
 
 impl Messenger {
-    /// Rejoins the account's groups this profile has no state of, while the
-    /// profile is to (from its first login until each group is in, or given up
-    /// on after [`MAX_REJOIN_LOOKS`] looks). Only a lost connection is an error.
+    /// Rejoins the account's groups this profile has no state of: at its first
+    /// look it asks the node which groups those are, and keeps that list; each
+    /// group leaves the list once rejoined, once it proves impossible, or after
+    /// [`MAX_REJOIN_LOOKS`] failed looks (with a line). Only a lost connection
+    /// is an error.
     pub(crate) async fn rejoin_groups(&mut self) -> Result<(), MessengerError> {
-        let Some(looks) = self.profile.state.rejoin_looks()? else {
-            return Ok(());
-        };
-        let groups = match ask_session(&self.session.get(), |reply| SessionMsg::AccountGroups {
-            reply,
-        })
-        .await
-        {
-            Ok(groups) => groups,
-            Err(e) if is_connection_loss(&e) => return Err(e.into()),
-            Err(e) => {
-                let line = format!("this account's groups cannot be looked up: {e}");
-                self.settle_rejoin(&[line])?;
-                return Ok(());
+        let profile = self.profile.clone();
+        let state = &profile.state;
+        if state.rejoin_to_list()? {
+            let listed = ask_session(&self.session.get(), |reply| SessionMsg::AccountGroups {
+                reply,
+            })
+            .await;
+            match listed {
+                Ok(groups) => state.write(|t| t.rejoin_listed(&groups))?,
+                Err(e) if is_connection_loss(&e) => return Err(e.into()),
+                Err(e) => {
+                    let line = notice(
+                        0,
+                        None,
+                        format!("this account's groups cannot be looked up: {e}"),
+                    );
+                    state.write(|t| {
+                        t.add_local_line(&line.display())?;
+                        t.rejoin_listed(&[])
+                    })?;
+                }
             }
-        };
-        let mut lines = Vec::new();
-        let mut unsettled = false;
-        for gid in groups {
-            match self.rejoin_group(&gid).await {
-                Ok(GroupRejoin::Settled(line)) => lines.extend(line),
-                Ok(GroupRejoin::NotYet) => unsettled = true,
+        }
+        for (gid, failed) in state.rejoin_pending()? {
+            let outcome = match self.rejoin_group(&gid).await {
                 Err(e) if Self::is_connection_loss(&e) => return Err(e),
                 Err(e) => {
                     tracing::info!(group = %short_hex(&gid), error = %e, "not rejoined yet");
-                    unsettled = true;
+                    GroupRejoin::NotYet
                 }
-            }
-        }
-        if unsettled && looks + 1 < MAX_REJOIN_LOOKS {
-            self.profile.state.write(|t| {
-                for l in &lines {
-                    t.add_local_line(l)?;
+                Ok(outcome) => outcome,
+            };
+            state.write(|t| match &outcome {
+                GroupRejoin::Settled(line) => {
+                    if let Some(line) = line {
+                        t.add_local_line(line)?;
+                    }
+                    t.rejoin_done(&gid)
                 }
-                t.set_rejoin_looks(looks + 1)
-            })?;
-        } else {
-            if unsettled {
-                lines.push(
-                    notice(
+                GroupRejoin::NotYet if failed + 1 >= MAX_REJOIN_LOOKS => {
+                    let line = notice(
                         0,
                         None,
-                        "some of this account's groups could not be rejoined; a member can invite this device".into(),
-                    )
-                    .display(),
-                );
-            }
-            self.settle_rejoin(&lines)?;
+                        format!(
+                            "group {} could not be rejoined; a member can invite this device",
+                            short_hex(&gid)
+                        ),
+                    );
+                    t.add_local_line(&line.display())?;
+                    t.rejoin_done(&gid)
+                }
+                GroupRejoin::NotYet => t.rejoin_failed(&gid, failed + 1),
+            })?;
         }
         Ok(())
-    }
-
-    fn settle_rejoin(&self, lines: &[String]) -> Result<(), MessengerError> {
-        Ok(self.profile.state.write(|t| {
-            for l in lines {
-                t.add_local_line(l)?;
-            }
-            t.rejoin_settled()
-        })?)
     }
 
     /// Rejoins one group unless this profile is in it. An error leaves it for

@@ -24,10 +24,13 @@ const KNOWN_DEVICES: TableDefinition<&[u8; 32], ()> = TableDefinition::new("know
 /// Group id → how many pulls in a row failed to commit its waiting proposals.
 const PROPOSAL_FAILURES: TableDefinition<&[u8], u32> = TableDefinition::new("proposal_failures");
 
-/// "looks" → how many times this profile looked for its account's groups to
-/// rejoin (present only while it still has to: from its first login until every
-/// group is rejoined or given up on).
+/// "list" → 1 from a fresh profile's first login until it has asked the node
+/// which groups its account is in.
 const REJOIN: TableDefinition<&str, u32> = TableDefinition::new("rejoin");
+/// Group id → failed looks so far: the account's groups, as first listed, that
+/// this profile is still to rejoin. Only that first list: a group left later is
+/// never rejoined behind the user's back.
+const REJOIN_GROUPS: TableDefinition<&[u8], u32> = TableDefinition::new("rejoin_groups");
 
 /// Lines the client itself produces (not from an envelope) sit after the lines of
 /// the last applied envelope, from this place on.
@@ -108,16 +111,31 @@ impl ClientTxn<'_> {
         Ok(())
     }
 
-    /// This profile is to look for its account's groups and rejoin them, having
-    /// looked `looks` times so far.
-    pub fn set_rejoin_looks(&self, looks: u32) -> TxnResult<()> {
-        self.txn.open_table(REJOIN)?.insert("looks", looks)?;
+    /// This profile is to ask for its account's groups and rejoin them.
+    pub fn expect_rejoin(&self) -> TxnResult<()> {
+        self.txn.open_table(REJOIN)?.insert("list", 1)?;
         Ok(())
     }
 
-    /// Nothing is left to rejoin.
-    pub fn rejoin_settled(&self) -> TxnResult<()> {
-        self.txn.open_table(REJOIN)?.remove("looks")?;
+    /// The account's groups as the node listed them: these are to be rejoined.
+    pub fn rejoin_listed(&self, groups: &[Vec<u8>]) -> TxnResult<()> {
+        self.txn.open_table(REJOIN)?.remove("list")?;
+        let mut t = self.txn.open_table(REJOIN_GROUPS)?;
+        for g in groups {
+            t.insert(g.as_slice(), 0)?;
+        }
+        Ok(())
+    }
+
+    /// A look at `group` failed for the `looks`-th time.
+    pub fn rejoin_failed(&self, group: &[u8], looks: u32) -> TxnResult<()> {
+        self.txn.open_table(REJOIN_GROUPS)?.insert(group, looks)?;
+        Ok(())
+    }
+
+    /// `group` is rejoined, or given up on.
+    pub fn rejoin_done(&self, group: &[u8]) -> TxnResult<()> {
+        self.txn.open_table(REJOIN_GROUPS)?.remove(group)?;
         Ok(())
     }
 
@@ -316,12 +334,24 @@ impl ClientState {
         )
     }
 
-    /// How many times this profile looked for groups to rejoin, if it still has
-    /// to (`None`: nothing to rejoin).
-    pub fn rejoin_looks(&self) -> Result<Option<u32>, StateError> {
+    /// Whether this profile has yet to ask which groups its account is in.
+    pub fn rejoin_to_list(&self) -> Result<bool, StateError> {
+        self.read(|t| Ok(t.open_table(REJOIN)?.get("list")?.is_some()), false)
+    }
+
+    /// The groups still to rejoin, with how many looks failed so far.
+    pub fn rejoin_pending(&self) -> Result<Vec<(Vec<u8>, u32)>, StateError> {
         self.read(
-            |t| Ok(t.open_table(REJOIN)?.get("looks")?.map(|v| v.value())),
-            None,
+            |t| {
+                t.open_table(REJOIN_GROUPS)?
+                    .iter()?
+                    .map(|e| {
+                        let (k, v) = e?;
+                        Ok((k.value().to_vec(), v.value()))
+                    })
+                    .collect()
+            },
+            Vec::new(),
         )
     }
 
