@@ -10,11 +10,15 @@ mod group;
 mod header;
 mod member;
 mod provider;
+#[cfg(feature = "test-vectors")]
+mod vectors;
 
 pub use group::{CommitOutput, Group, GroupEvent};
 pub use header::{CommitHeader, GroupInfoHeader, commit_header, group_info_header};
 pub use member::{GroupMember, ValidatedKeyPackage, validate_key_package};
 pub use provider::MlsProvider;
+#[cfg(feature = "test-vectors")]
+pub use vectors::VectorJoiner;
 
 use openmls::prelude::Ciphersuite;
 
