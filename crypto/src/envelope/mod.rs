@@ -15,7 +15,7 @@ mod shared;
 
 pub use hybrid_key::{HybridKeyPair, HybridPublicKey, SIGNED_HYBRID_KEY_LEN};
 pub use padding::{pad, padded_len, unpad};
-pub use seal::{ENVELOPE_OVERHEAD, ENVELOPE_VERSION, open, seal, seal_with_randomness};
+pub use seal::{ENVELOPE_OVERHEAD, ENVELOPE_VERSION, kem_parts, open, seal, seal_with_randomness};
 pub use sealed_sender::{
     SEALED_SENDER_AAD, SealedMessage, open_sealed_sender, seal_sealed_sender,
     seal_sealed_sender_with_randomness,

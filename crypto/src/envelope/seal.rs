@@ -85,6 +85,17 @@ pub fn seal_with_randomness(
     out
 }
 
+/// The KEM ciphertext an envelope carries and the shared secret `keypair`
+/// decapsulates from it, exactly as [`open`] derives it: only for known-answer
+/// tests of our use of X-Wing. `None` for an envelope too short to hold one.
+#[doc(hidden)]
+pub fn kem_parts(keypair: &HybridKeyPair, envelope: &[u8]) -> Option<(Vec<u8>, [u8; 32])> {
+    let header = envelope.get(..HEADER_LEN)?;
+    let kem_ct: x_wing::Ciphertext = header[1 + KEY_ID_LEN..].try_into().ok()?;
+    let shared = keypair.decapsulation_key().decapsulate(&kem_ct);
+    Some((kem_ct.to_vec(), shared.as_slice().try_into().ok()?))
+}
+
 /// Opens an envelope sealed to `keypair` with the same `aad`.
 pub fn open(
     keypair: &HybridKeyPair,
