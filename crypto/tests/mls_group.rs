@@ -320,6 +320,42 @@ fn key_packages_validate_and_say_who_and_what() {
 }
 
 #[test]
+fn key_packages_travel_as_mls_messages_and_bare_ones_from_before_are_still_read() {
+    use openmls::prelude::tls_codec::Deserialize;
+    use openmls::prelude::{MlsMessageBodyIn, MlsMessageIn};
+    use quicnprotochat_crypto::mls::key_package_message;
+    for_each_suite(|suite| {
+        let (alice, bob) = (person(), person());
+        let framed = bob.member.generate_key_package(suite, false).unwrap();
+        // RFC 9420 §6: version mls10, wire format mls_key_package, then the package.
+        assert_eq!(&framed[..4], &[0, 1, 0, 5]);
+        let message = MlsMessageIn::tls_deserialize_exact(framed.as_slice()).unwrap();
+        assert!(matches!(message.extract(), MlsMessageBodyIn::KeyPackage(_)));
+        assert_eq!(
+            key_package_message(&framed),
+            framed,
+            "framing is idempotent"
+        );
+
+        // A bare package (as sent before the framing) validates, frames to the
+        // same message, and can be added.
+        let bare = framed[4..].to_vec();
+        assert_eq!(
+            validate_key_package(&bare).unwrap(),
+            validate_key_package(&framed).unwrap()
+        );
+        assert_eq!(key_package_message(&bare), framed);
+        let mut g = alice.member.create_group(suite, "x").unwrap();
+        let out = g.add_members(&alice.member, &[bare]).unwrap();
+        g.confirm_commit(&alice.member).unwrap();
+        let joined = bob.member.join(&out.welcome.unwrap()).unwrap();
+        assert_eq!(joined.epoch_authenticator(), g.epoch_authenticator());
+        // Any other MLSMessage is not a KeyPackage.
+        assert!(validate_key_package(&out.commit).is_err());
+    });
+}
+
+#[test]
 fn a_last_resort_key_package_can_be_used_more_than_once() {
     for_each_suite(|suite| {
         let (alice, carol, bob) = (person(), person(), person());

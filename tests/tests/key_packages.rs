@@ -8,6 +8,7 @@ use quicnprotochat_crypto::mls::{Suite, validate_key_package};
 use quicnprotochat_tests::accounts::{device, register};
 use quicnprotochat_tests::{TestNode, local};
 use quicnprotochat_wire::ErrorCode;
+use redb::ReadableTable;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn key_packages_one_time_then_last_resort_and_two_devices() {
@@ -236,6 +237,97 @@ async fn looking_at_someones_keys_consumes_none_of_their_packages() {
             .await
             .unwrap_err();
         assert_eq!(err.code(), Some(ErrorCode::NotFound), "{err}");
+    })
+    .await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_packages_are_served_as_mls_messages_even_when_uploaded_bare_or_stored_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    let (phone, laptop) = (device(), device());
+    let is_message = |kp: &[u8]| kp.starts_with(&[0, 1, 0, 5]);
+    local(async {
+        let (_c, phone_s) = register(&node, "bob", "pw", &phone).await;
+        phone.publish(&phone_s, 1).await;
+        // An older client uploads bare packages: kept framed.
+        let conn = node.connect().await.unwrap();
+        let laptop_s = conn
+            .login("bob", b"pw", &laptop.id, None)
+            .await
+            .unwrap()
+            .session;
+        let bare = |last_resort| {
+            laptop
+                .mls
+                .generate_key_package(Suite::Classic, last_resort)
+                .unwrap()[4..]
+                .to_vec()
+        };
+        laptop_s
+            .upload_key_packages(
+                &[bare(false)],
+                &bare(true),
+                &laptop.hybrid.signed_public(&laptop.id).to_bytes(),
+            )
+            .await
+            .unwrap();
+        let claimer = node.connect().await.unwrap();
+        let claimed = claimer
+            .fetch_key_packages(&KeyPackageTarget::Username("bob".into()))
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 2);
+        assert!(claimed.iter().all(|c| is_message(&c.key_package)));
+    })
+    .await;
+    // A file from before the framing (schema 3) holds bare packages: framed on open.
+    node.stop().await;
+    {
+        let db = redb::Database::open(dir.path().join("node.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut t = txn
+                .open_table(redb::TableDefinition::<&[u8; 32], &[u8]>::new(
+                    "last_resort",
+                ))
+                .unwrap();
+            let stored: Vec<([u8; 32], Vec<u8>)> = t
+                .iter()
+                .unwrap()
+                .map(|e| {
+                    let (k, v) = e.unwrap();
+                    (*k.value(), v.value().to_vec())
+                })
+                .collect();
+            for (device, kp) in stored {
+                assert!(is_message(&kp));
+                t.insert(&device, &kp[4..]).unwrap();
+            }
+            txn.open_table(redb::TableDefinition::<&str, u64>::new("meta"))
+                .unwrap()
+                .insert("schema_version", 3)
+                .unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    let node = TestNode::start(dir.path()).await;
+    local(async {
+        let claimer = node.connect().await.unwrap();
+        let claimed = claimer
+            .fetch_key_packages(&KeyPackageTarget::Username("bob".into()))
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 2, "both devices' last-resort packages");
+        for c in claimed {
+            assert!(c.last_resort);
+            assert!(is_message(&c.key_package), "framed on open");
+            assert_eq!(
+                validate_key_package(&c.key_package).unwrap().identity_key,
+                c.identity_key.0.to_vec()
+            );
+        }
     })
     .await;
     node.stop().await;

@@ -2,7 +2,7 @@
 //! may be, what an upload must hold. Pure functions, no I/O.
 
 use quicnprotochat_crypto::envelope::HybridPublicKey;
-use quicnprotochat_crypto::mls::{Suite, validate_key_package};
+use quicnprotochat_crypto::mls::{Suite, key_package_message, validate_key_package};
 use quicnprotochat_wire::IdentityKey;
 use std::time::{Duration, Instant};
 
@@ -93,7 +93,9 @@ pub struct CheckedUpload {
 /// The rules of an upload that need no stored state: at most [`MAX_UPLOAD`]
 /// one-time packages, each valid (signature, suite, lifetime), naming `device`
 /// and not marked last-resort; the last-resort one marked so; one suite for all;
-/// the hybrid key signed by `device`. Pure CPU work, no I/O.
+/// the hybrid key signed by `device`. Pure CPU work, no I/O. Packages may come
+/// framed as MLSMessages (RFC 9420 §6) or bare (older clients); they are kept
+/// framed.
 pub fn check_upload(
     device: IdentityKey,
     one_time: Vec<Vec<u8>>,
@@ -142,11 +144,16 @@ pub fn check_upload(
         HybridPublicKey::verify(&hybrid_public_key, &device.0)
             .map_err(|e| AuthError::BadRequest(format!("hybrid public key: {e}")))?;
     }
+    // Stored, and served, as RFC 9420 MLSMessages whichever way they came.
     Ok(CheckedUpload {
         device,
         suite,
-        one_time,
-        last_resort,
+        one_time: one_time.iter().map(|kp| key_package_message(kp)).collect(),
+        last_resort: if last_resort.is_empty() {
+            last_resort
+        } else {
+            key_package_message(&last_resort)
+        },
         hybrid_public_key,
     })
 }

@@ -151,3 +151,38 @@ pub fn claim_packages(
     }
     Ok(out)
 }
+
+/// Frames every stored KeyPackage as an MLSMessage (RFC 9420 §6): files from
+/// before schema 4 hold them bare, as uploaded then. Returns how many changed.
+pub(super) fn frame_stored_key_packages(txn: &WriteTransaction) -> Result<usize, StoreError> {
+    use quicnprotochat_crypto::mls::key_package_message;
+    let mut changed = 0;
+    for suite in [Suite::Classic, Suite::PostQuantum] {
+        let t = key_package_tables(suite);
+        let mut one_time = txn.open_table(t.one_time)?;
+        let bare: Vec<(([u8; 32], u64), Vec<u8>)> = one_time
+            .iter()?
+            .map(|e| e.map(|(k, v)| ((*k.value().0, k.value().1), v.value().to_vec())))
+            .collect::<Result<_, _>>()?;
+        for ((device, n), kp) in bare {
+            let framed = key_package_message(&kp);
+            if framed != kp {
+                one_time.insert((&device, n), framed.as_slice())?;
+                changed += 1;
+            }
+        }
+        let mut last_resort = txn.open_table(t.last_resort)?;
+        let bare: Vec<([u8; 32], Vec<u8>)> = last_resort
+            .iter()?
+            .map(|e| e.map(|(k, v)| (*k.value(), v.value().to_vec())))
+            .collect::<Result<_, _>>()?;
+        for (device, kp) in bare {
+            let framed = key_package_message(&kp);
+            if framed != kp {
+                last_resort.insert(&device, framed.as_slice())?;
+                changed += 1;
+            }
+        }
+    }
+    Ok(changed)
+}

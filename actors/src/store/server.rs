@@ -60,7 +60,10 @@ const KEY_NEXT_LOG: &str = "next_log";
 /// ([`super::group_directory`]): a version-2 node would move fences without
 /// the index, so it must not open a version-3 file. Older files get the index
 /// built from their fences.
-pub const SCHEMA_VERSION: u64 = 3;
+///
+/// Version 4 keeps KeyPackages framed as RFC 9420 MLSMessages; older files have
+/// theirs framed on open.
+pub const SCHEMA_VERSION: u64 = 4;
 
 /// Failures of the store. All of them are the node's fault, not the caller's.
 #[derive(Debug, thiserror::Error)]
@@ -178,6 +181,10 @@ impl ServerStore {
                         super::group_directory::open_tables(&txn)?;
                         let groups = super::group_directory::rebuild_member_index(&txn)?;
                         tracing::info!(groups, "indexed the groups' members");
+                    }
+                    if v < 4 {
+                        let framed = super::auth::frame_stored_key_packages(&txn)?;
+                        tracing::info!(framed, "framed the stored KeyPackages as MLSMessages");
                     }
                 }
                 Some(_) => {}

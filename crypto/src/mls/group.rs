@@ -225,8 +225,7 @@ impl Group {
         let kps = key_packages
             .iter()
             .map(|bytes| {
-                KeyPackageIn::tls_deserialize_exact(bytes)
-                    .map_err(|e| MlsError::InvalidKeyPackage(format!("malformed: {e}")))?
+                super::member::parse_key_package(bytes)?
                     .validate(crypto, ProtocolVersion::Mls10)
                     .map_err(|e| MlsError::InvalidKeyPackage(e.to_string()))
             })

@@ -103,8 +103,8 @@ impl<S: StorageProvider<CURRENT_VERSION>> GroupMember<S> {
                 self.credential.clone(),
             )
             .map_err(library)?;
-        bundle
-            .key_package()
+        // RFC 9420 §6: a KeyPackage travels as an MLSMessage.
+        MlsMessageOut::from(bundle.key_package().clone())
             .tls_serialize_detached()
             .map_err(library)
     }
@@ -216,11 +216,45 @@ pub struct ValidatedKeyPackage {
     pub last_resort: bool,
 }
 
-/// Parses and validates a KeyPackage (signature, supported suite, lifetime, and
-/// that its credential names the key that signs it).
+/// The first four bytes of a KeyPackage framed as an `MLSMessage`: protocol
+/// version mls10, wire format `mls_key_package` (RFC 9420 §6).
+const KEY_PACKAGE_MESSAGE_HEADER: [u8; 4] = [0, 1, 0, 5];
+
+/// A KeyPackage as an `MLSMessage` (RFC 9420 §6), whether `bytes` is one already
+/// or a bare `KeyPackage` (as this project sent them before adopting the
+/// standard framing): the two differ only by the 4-byte message header.
+pub fn key_package_message(bytes: &[u8]) -> Vec<u8> {
+    if bytes.starts_with(&KEY_PACKAGE_MESSAGE_HEADER) {
+        return bytes.to_vec();
+    }
+    let mut framed = Vec::with_capacity(bytes.len() + 4);
+    framed.extend_from_slice(&KEY_PACKAGE_MESSAGE_HEADER);
+    framed.extend_from_slice(bytes);
+    framed
+}
+
+/// Parses a KeyPackage framed as an `MLSMessage`, or bare (see
+/// [`key_package_message`]). A bare package cannot start with the message
+/// header: its second field is its ciphersuite, and suite 5 is not one we speak.
+pub(crate) fn parse_key_package(bytes: &[u8]) -> Result<KeyPackageIn, MlsError> {
+    let malformed = |e: String| MlsError::InvalidKeyPackage(format!("malformed: {e}"));
+    if bytes.starts_with(&KEY_PACKAGE_MESSAGE_HEADER) {
+        return match MlsMessageIn::tls_deserialize_exact(bytes)
+            .map_err(|e| malformed(e.to_string()))?
+            .extract()
+        {
+            MlsMessageBodyIn::KeyPackage(kp) => Ok(kp),
+            _ => Err(malformed("not a KeyPackage".into())),
+        };
+    }
+    KeyPackageIn::tls_deserialize_exact(bytes).map_err(|e| malformed(e.to_string()))
+}
+
+/// Parses and validates a KeyPackage, framed as an `MLSMessage` or bare
+/// (signature, supported suite, lifetime, and that its credential names the key
+/// that signs it).
 pub fn validate_key_package(bytes: &[u8]) -> Result<ValidatedKeyPackage, MlsError> {
-    let kp_in = KeyPackageIn::tls_deserialize_exact(bytes)
-        .map_err(|e| MlsError::InvalidKeyPackage(format!("malformed: {e}")))?;
+    let kp_in = parse_key_package(bytes)?;
     let crypto = openmls_rust_crypto::RustCrypto::default();
     let kp = kp_in
         .validate(&crypto, ProtocolVersion::Mls10)

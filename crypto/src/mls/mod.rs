@@ -15,7 +15,7 @@ mod vectors;
 
 pub use group::{CommitOutput, Group, GroupEvent};
 pub use header::{CommitHeader, GroupInfoHeader, commit_header, group_info_header};
-pub use member::{GroupMember, ValidatedKeyPackage, validate_key_package};
+pub use member::{GroupMember, ValidatedKeyPackage, key_package_message, validate_key_package};
 pub use provider::MlsProvider;
 #[cfg(feature = "test-vectors")]
 pub use vectors::VectorJoiner;
