@@ -152,6 +152,9 @@ pub fn claim_packages(
     Ok(out)
 }
 
+/// A one-time package's key: (device, number).
+type StoredPackageKey = ([u8; 32], u64);
+
 /// Frames every stored KeyPackage as an MLSMessage (RFC 9420 §6): files from
 /// before schema 4 hold them bare, as uploaded then. Returns how many changed.
 pub(super) fn frame_stored_key_packages(txn: &WriteTransaction) -> Result<usize, StoreError> {
@@ -160,7 +163,7 @@ pub(super) fn frame_stored_key_packages(txn: &WriteTransaction) -> Result<usize,
     for suite in [Suite::Classic, Suite::PostQuantum] {
         let t = key_package_tables(suite);
         let mut one_time = txn.open_table(t.one_time)?;
-        let bare: Vec<(([u8; 32], u64), Vec<u8>)> = one_time
+        let bare: Vec<(StoredPackageKey, Vec<u8>)> = one_time
             .iter()?
             .map(|e| e.map(|(k, v)| ((*k.value().0, k.value().1), v.value().to_vec())))
             .collect::<Result<_, _>>()?;
