@@ -328,6 +328,29 @@ pub async fn pull_shown(m: &mut Messenger) -> Vec<String> {
     unread.into_iter().map(|(_, l)| l).collect()
 }
 
+/// Every member sees `group` at the same epoch with the same epoch
+/// authenticator and the same members: one group, no fork. Every end-to-end
+/// group test ends with it (after each member's last pull).
+pub async fn assert_no_fork(people: &[&Person], group: &str) {
+    let mut views = Vec::new();
+    for p in people {
+        views.push(
+            p.messenger
+                .group(group)
+                .await
+                .expect("member has the group"),
+        );
+    }
+    for v in &views[1..] {
+        assert_eq!(v.epoch, views[0].epoch, "same epoch");
+        assert_eq!(
+            v.epoch_authenticator, views[0].epoch_authenticator,
+            "same epoch authenticator: no fork"
+        );
+        assert_eq!(v.members.len(), views[0].members.len(), "same members");
+    }
+}
+
 /// alice and bob, both members of group "g" (alice created it).
 pub async fn alice_and_bob_in_g(node: &TestNode) -> (Person, Person) {
     let mut alice = node.person("alice").await;

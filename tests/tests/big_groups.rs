@@ -5,7 +5,7 @@
 
 use quicnprotochat::config::ServerConfig;
 use quicnprotochat_crypto::mls::Suite;
-use quicnprotochat_tests::{Person, TestNode, local, pull_shown as pull};
+use quicnprotochat_tests::{Person, TestNode, assert_no_fork, local, pull_shown as pull};
 
 /// A node whose login and claim limits let one test address enroll and invite
 /// hundreds of people.
@@ -69,6 +69,7 @@ async fn a_group_of_250_is_built_through_a_real_node_and_every_member_decrypts()
         assert_eq!(bodies, 0, "deleted once the last member acked");
         let summary = people[MEMBERS - 1].messenger.group("crowd").await.unwrap();
         assert_eq!(summary.members.len(), MEMBERS);
+        assert_no_fork(&people.iter().collect::<Vec<_>>(), "crowd").await;
     })
     .await;
     node.stop().await;
@@ -150,9 +151,7 @@ async fn a_full_inbox_does_not_block_the_group_and_its_owner_sees_what_it_missed
             lines.iter().any(|l| l.ends_with("p000: welcome back")),
             "{lines:?}"
         );
-        let a = people[0].messenger.group("team").await.unwrap();
-        let c = people[2].messenger.group("team").await.unwrap();
-        assert_eq!(a.epoch_authenticator, c.epoch_authenticator, "no fork");
+        assert_no_fork(&[&people[0], &people[2]], "team").await;
     })
     .await;
     node.stop().await;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use quicnprotochat::client::actors::ConnectionEvent;
 use quicnprotochat::client::messenger::Messenger;
 use quicnprotochat_crypto::mls::Suite;
-use quicnprotochat_tests::{TestNode, alice_and_bob_in_g, local, pull_shown};
+use quicnprotochat_tests::{TestNode, alice_and_bob_in_g, assert_no_fork, local, pull_shown};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_group_has_its_own_actor_and_a_left_group_stops_its_actor() {
@@ -41,6 +41,8 @@ async fn each_group_has_its_own_actor_and_a_left_group_stops_its_actor() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(live, 1);
+        pull_shown(&mut alice.messenger).await;
+        assert_no_fork(&[&alice, &bob], "g").await;
     })
     .await;
     node.stop().await;
@@ -78,11 +80,7 @@ async fn a_failed_group_actor_is_restarted_from_the_profile_and_loses_nothing() 
             pull_shown(&mut alice.messenger).await,
             vec!["[g] bob: still here".to_string()]
         );
-        let (a, b) = (
-            alice.messenger.group("g").await.unwrap(),
-            bob.messenger.group("g").await.unwrap(),
-        );
-        assert_eq!(a.epoch_authenticator, b.epoch_authenticator);
+        assert_no_fork(&[&alice, &bob], "g").await;
     })
     .await;
     node.stop().await;

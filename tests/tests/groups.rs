@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use quicnprotochat::client::messenger::{CrashPoint, MessengerError};
 use quicnprotochat::config::ServerConfig;
 use quicnprotochat_crypto::mls::Suite;
-use quicnprotochat_tests::{Person, TestNode, alice_and_bob_in_g, local, pull_shown as pull};
+use quicnprotochat_tests::{
+    Person, TestNode, alice_and_bob_in_g, assert_no_fork, local, pull_shown as pull,
+};
 
 /// A node whose login limit lets a test register many users from one address.
 async fn node_for_many(dir: &std::path::Path) -> TestNode {
@@ -50,26 +52,6 @@ async fn group_of(node: &TestNode, prefix: &str, n: usize, group: &str) -> Vec<P
         pull(&mut p.messenger).await;
     }
     people
-}
-
-/// Every member sees the same epoch and the same epoch authenticator.
-async fn assert_no_fork(people: &[&Person], group: &str) {
-    let mut views = Vec::new();
-    for p in people {
-        views.push(
-            p.messenger
-                .group(group)
-                .await
-                .expect("member has the group"),
-        );
-    }
-    for v in &views[1..] {
-        assert_eq!(v.epoch, views[0].epoch, "same epoch");
-        assert_eq!(
-            v.epoch_authenticator, views[0].epoch_authenticator,
-            "same epoch authenticator: no fork"
-        );
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

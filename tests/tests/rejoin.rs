@@ -306,7 +306,9 @@ async fn a_device_removed_from_a_group_no_longer_lists_it_and_the_index_survives
 
 mod through_the_client {
     use quicnprotochat::client::messenger::CrashPoint;
-    use quicnprotochat_tests::{Person, TestNode, alice_and_bob_in_g, local, pull_shown};
+    use quicnprotochat_tests::{
+        Person, TestNode, alice_and_bob_in_g, assert_no_fork, local, pull_shown,
+    };
 
     fn has(lines: &[String], text: &str) -> bool {
         lines.iter().any(|l| l.contains(text))
@@ -333,9 +335,8 @@ mod through_the_client {
             let lines = pull_shown(&mut bob.messenger).await;
             assert!(has(&lines, "[g] * rejoined"), "{lines:?}");
             pull_shown(&mut alice.messenger).await;
+            assert_no_fork(&[&alice, &bob], "g").await;
             let a = alice.messenger.group("g").await.unwrap();
-            let b = bob.messenger.group("g").await.unwrap();
-            assert_eq!(a.epoch_authenticator, b.epoch_authenticator);
             assert_eq!(
                 a.members.len(),
                 3,
@@ -345,6 +346,7 @@ mod through_the_client {
             alice.messenger.send("g", "still here?").await.unwrap();
             let lines = pull_shown(&mut bob.messenger).await;
             assert!(has(&lines, "alice: still here?"), "{lines:?}");
+            assert_no_fork(&[&alice, &bob], "g").await;
         })
         .await;
         node.stop().await;
@@ -452,6 +454,7 @@ mod through_the_client {
                 let lines = pull_shown(&mut p.messenger).await;
                 assert!(has(&lines, "bob: hello from the laptop"), "{lines:?}");
             }
+            assert_no_fork(&[&alice, &phone, &laptop], "g").await;
         })
         .await;
         node.stop().await;
