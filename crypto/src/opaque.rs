@@ -23,9 +23,16 @@ use zeroize::Zeroizing;
 /// Our OPAQUE ciphersuite.
 pub struct Suite;
 
+/// The OPRF of our suite: ristretto255-SHA512.
+pub type Oprf = Ristretto255;
+/// The key exchange of our suite: 3DH over ristretto255 with SHA-512.
+pub type KeyExchange = TripleDh<Ristretto255, sha2::Sha512>;
+
 impl CipherSuite for Suite {
-    type OprfCs = Ristretto255;
-    type KeyExchange = TripleDh<Ristretto255, sha2::Sha512>;
+    type OprfCs = Oprf;
+    type KeyExchange = KeyExchange;
+    // RFC 9807's vectors use the identity KSF; ours stretches with Argon2id
+    // (the vectors run with our OPRF and key exchange and the identity KSF).
     type Ksf = Argon2<'static>;
 }
 
