@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{ServerProcess, User, assert_one_line_error};
+use common::{ServerProcess, User, assert_no_fork, assert_one_line_error};
 use quicnprotochat::tls;
 use std::path::{Path, PathBuf};
 
@@ -136,6 +136,7 @@ fn a_removed_device_leaves_its_groups_working_and_reads_nothing_new() {
     let (ok, _, err) = laptop.run(at, &ca, &["recv"]);
     assert!(!ok);
     assert_one_line_error(&err, "log in again");
+    assert_no_fork(at, &ca, "g", &[&alice, &phone]);
 }
 
 #[test]
@@ -183,6 +184,7 @@ fn a_new_device_joins_its_users_groups_and_reads_what_is_sent_after() {
             .ok(at, &ca, &["recv"])
             .contains("bob: from the laptop")
     );
+    assert_no_fork(at, &ca, "g", &[&alice, &phone, &laptop]);
 }
 
 #[test]
@@ -223,6 +225,7 @@ fn a_profile_lost_and_logged_in_again_rejoins_through_the_users_other_device() {
     assert!(out.contains("removed it from g"), "{out}");
     let members = alice.ok(at, &ca, &["members", "--group", "g"]);
     assert!(members.contains("bob (2 devices)"), "{members}");
+    assert_no_fork(at, &ca, "g", &[&alice, &phone, &laptop]);
 }
 
 #[test]
@@ -261,4 +264,5 @@ fn a_users_only_profile_deleted_and_logged_in_again_rejoins_by_itself_and_reads_
     // The lost device stays a member until bob removes it.
     let members = alice.ok(at, &ca, &["members", "--group", "g"]);
     assert!(members.contains("bob (2 devices)"), "{members}");
+    assert_no_fork(at, &ca, "g", &[&alice, &phone]);
 }

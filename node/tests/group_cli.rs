@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BIN, ServerProcess, User, assert_one_line_error, client_env};
+use common::{BIN, ServerProcess, User, assert_no_fork, assert_one_line_error, client_env};
 use quicnprotochat::tls;
 
 /// A server process and alice and bob, registered, in group "g".
@@ -149,6 +149,7 @@ fn register_create_invite_join_chat_remove_from_the_cli() {
     assert!(out.contains("[team] alice: after the update"), "{out}");
     let a = alice.ok(at, &ca, &["groups"]);
     assert!(a.starts_with("team  epoch 3  2 member(s)"), "{a}");
+    assert_no_fork(at, &ca, "team", &[&alice, &bob]);
 }
 
 #[test]
@@ -223,6 +224,7 @@ fn kill_dash_nine_server_mid_conversation_loses_no_sent_message() {
     alice.ok(at, &ca, &["send", "--group", "g", "after the restart"]);
     let out = bob.ok(at, &ca, &["recv"]);
     assert!(out.contains("[g] alice: after the restart"), "{out}");
+    assert_no_fork(at, &ca, "g", &[&alice, &bob]);
 }
 
 #[test]
@@ -313,6 +315,7 @@ fn a_client_killed_mid_recv_shows_every_message_after_restart() {
         }
     }
     assert_eq!(first, sent, "shown in the order sent");
+    assert_no_fork(at, &ca, "g", &[&alice, &bob]);
 }
 
 #[test]
@@ -426,6 +429,7 @@ fn chat_reconnects_after_the_server_restarts() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("reconnected to"), "{err}");
     reader.join().unwrap();
+    assert_no_fork(at, &ca, "g", &[&alice, &bob]);
 }
 
 #[test]
@@ -451,4 +455,5 @@ fn a_message_cannot_fake_another_senders_line_or_drive_the_terminal() {
     );
     assert!(!out.contains('\u{1b}'), "{out:?}");
     assert!(!out.lines().any(|l| l.starts_with("[g] bob")), "{out:?}");
+    assert_no_fork(at, &p.ca, "g", &[&p.alice, &p.bob]);
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{ServerProcess, User, assert_one_line_error};
+use common::{ServerProcess, User, assert_no_fork, assert_one_line_error};
 use quicnprotochat::tls;
 
 #[test]
@@ -66,4 +66,5 @@ fn a_refused_leave_leaves_every_other_command_working() {
     );
     let groups = bob.ok(at, &ca, &["groups"]);
     assert!(!groups.contains("g "), "{groups}");
+    assert_no_fork(at, &ca, "h", &[&alice, &bob]);
 }

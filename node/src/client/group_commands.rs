@@ -207,12 +207,20 @@ pub async fn groups(opts: &ClientOptions) -> Result<String, CommandError> {
     Ok(groups
         .iter()
         .map(|g| {
+            // The check is the start of the epoch authenticator: members who
+            // compare it (like a safety number) know they are in one group, not
+            // in a fork of it.
             format!(
-                "{}  epoch {}  {} member(s)  {:?}",
+                "{}  epoch {}  {} member(s)  {:?}  check {}",
                 escape_untrusted(&g.name),
                 g.epoch,
                 g.members.len(),
-                g.suite.unwrap_or(Suite::Classic)
+                g.suite.unwrap_or(Suite::Classic),
+                g.epoch_authenticator
+                    .iter()
+                    .take(8)
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
             )
         })
         .collect::<Vec<_>>()

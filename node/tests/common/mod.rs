@@ -135,6 +135,15 @@ impl User {
         out
     }
 
+    /// This user's line of `groups` for `group` (epoch, members, suite, check).
+    pub(crate) fn group_line(&self, server: SocketAddr, ca: &Path, group: &str) -> String {
+        let out = self.ok(server, ca, &["groups"]);
+        out.lines()
+            .find(|l| l.starts_with(&format!("{group}  ")))
+            .unwrap_or_else(|| panic!("no group {group} in {out}"))
+            .to_string()
+    }
+
     /// The binary with `args`, this user's profile, and the server's address and
     /// certificate; for commands that run alongside the test (chat, recv to kill).
     pub(crate) fn command(&self, server: SocketAddr, ca: &Path, args: &[&str]) -> Command {
@@ -180,4 +189,16 @@ impl User {
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
+}
+
+/// Every user sees `group` at the same epoch, with the same members, suite and
+/// check (the start of the epoch authenticator): one group, no fork. Every
+/// end-to-end group test ends with it.
+pub(crate) fn assert_no_fork(server: SocketAddr, ca: &Path, group: &str, users: &[&User]) {
+    let lines: Vec<String> = users
+        .iter()
+        .map(|u| u.group_line(server, ca, group))
+        .collect();
+    assert!(lines[0].contains("  check "), "{lines:?}");
+    assert!(lines.iter().all(|l| *l == lines[0]), "a fork: {lines:?}");
 }
