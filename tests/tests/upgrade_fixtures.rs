@@ -70,7 +70,11 @@ async fn messenger(node: &TestNode, profile: &Path, user: &str) -> Messenger {
 
 fn sets() -> Vec<PathBuf> {
     let mut sets: Vec<PathBuf> = std::fs::read_dir(SETS)
-        .map(|d| d.map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect())
+        .map(|d| {
+            d.map(|e| e.unwrap().path())
+                .filter(|p| p.is_dir())
+                .collect()
+        })
         .unwrap_or_default();
     sets.sort();
     sets
@@ -93,7 +97,9 @@ async fn todays_code_opens_every_checked_in_node_database_profile_and_wire_messa
             // What waited in bob's inbox on the old node is read by today's code.
             let lines = pull_shown(&mut bob).await;
             assert!(
-                lines.iter().any(|l| l == "[g] alice: queued before the upgrade"),
+                lines
+                    .iter()
+                    .any(|l| l == "[g] alice: queued before the upgrade"),
                 "{}: {lines:?}",
                 set.display()
             );
@@ -101,11 +107,22 @@ async fn todays_code_opens_every_checked_in_node_database_profile_and_wire_messa
             alice.send("g", "after the upgrade").await.unwrap();
             bob.send("g", "and back").await.unwrap();
             let lines = pull_shown(&mut bob).await;
-            assert!(lines.iter().any(|l| l == "[g] alice: after the upgrade"), "{lines:?}");
+            assert!(
+                lines.iter().any(|l| l == "[g] alice: after the upgrade"),
+                "{lines:?}"
+            );
             let lines = pull_shown(&mut alice).await;
             assert!(lines.iter().any(|l| l == "[g] bob: and back"), "{lines:?}");
-            let (a, b) = (alice.group("g").await.unwrap(), bob.group("g").await.unwrap());
-            assert_eq!(a.epoch_authenticator, b.epoch_authenticator);
+            alice.send("pq", "post-quantum, after").await.unwrap();
+            let lines = pull_shown(&mut bob).await;
+            assert!(
+                lines.iter().any(|l| l == "[pq] alice: post-quantum, after"),
+                "{lines:?}"
+            );
+            for g in ["g", "pq"] {
+                let (a, b) = (alice.group(g).await.unwrap(), bob.group(g).await.unwrap());
+                assert_eq!(a.epoch_authenticator, b.epoch_authenticator, "{g}");
+            }
 
             // The old wire message opens with bob's old key and decodes.
             let hybrid = bob.state().hybrid_key().unwrap();
@@ -138,7 +155,11 @@ async fn write_fixture_set() {
     let name = std::env::var("QPC_FIXTURE_SET").expect("QPC_FIXTURE_SET names the set");
     let written_by = std::env::var("QPC_FIXTURE_COMMIT").unwrap_or_else(|_| "unknown".into());
     let out = Path::new(SETS).join(&name);
-    assert!(!out.exists(), "{} exists: sets are never rewritten", out.display());
+    assert!(
+        !out.exists(),
+        "{} exists: sets are never rewritten",
+        out.display()
+    );
     let work = tempfile::tempdir().unwrap();
     let node = TestNode::start(&work.path().join("node")).await;
     let expected = local(async {
