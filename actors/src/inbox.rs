@@ -554,10 +554,10 @@ impl Actor for InboxActor {
                     },
                     InboxRequest::Purge { reply } => {
                         let everything = inbox.assigned();
-                        ack(&state.args, inbox, everything, reply).await;
+                        ack(&state.args, &myself, inbox, everything, reply).await;
                     }
                     InboxRequest::Ack { up_to, reply } => {
-                        ack(&state.args, inbox, up_to, reply).await;
+                        ack(&state.args, &myself, inbox, up_to, reply).await;
                         if let Some(seq) = inbox.missed_marker_due(state.args.settings.limits) {
                             state
                                 .args
@@ -614,19 +614,34 @@ impl Actor for InboxActor {
 /// answers once it is durable), or answers at once when there is nothing to do.
 async fn ack(
     args: &InboxArgs,
+    myself: &ActorRef<InboxMsg>,
     inbox: &mut InboxState,
     up_to: u64,
     reply: oneshot::Sender<Result<(), DeliveryError>>,
 ) {
     match inbox.ack(up_to) {
         Ok(Some(range)) => {
+            let (durable, outcome) = oneshot::channel();
             args.writer
                 .submit(WriteOp::Ack {
                     inbox: args.inbox(),
                     up_to: range.to,
-                    reply,
+                    reply: durable,
                 })
-                .await
+                .await;
+            // The state counted the ack before it was durable: if the write
+            // fails, start again from the store, or a repeated ack would be
+            // answered "done" for a delete that never happened.
+            let myself = myself.clone();
+            tokio::spawn(async move {
+                let result = outcome
+                    .await
+                    .unwrap_or(Err(DeliveryError::Store(StoreError::WriterGone)));
+                if let Err(e) = &result {
+                    let _ = myself.send_message(InboxMsg::Resync(format!("ack not durable: {e}")));
+                }
+                let _ = reply.send(result);
+            });
         }
         Ok(None) => {
             let _ = reply.send(Ok(()));

@@ -161,6 +161,24 @@ impl ServerStore {
         let db = redb::Builder::new()
             .set_cache_size(options.cache_bytes)
             .create(path)?;
+        ServerStore::init(db, options)
+    }
+
+    /// Opens (or creates) the node's database on `backend`: for tests that
+    /// inject I/O failures under redb. The node itself always uses [`Self::open`].
+    #[doc(hidden)]
+    pub fn open_with_backend(
+        backend: impl redb::StorageBackend,
+        options: StoreOptions,
+    ) -> Result<ServerStore, StoreError> {
+        let db = redb::Builder::new()
+            .set_cache_size(options.cache_bytes)
+            .create_with_backend(backend)?;
+        ServerStore::init(db, options)
+    }
+
+    /// Makes sure every table exists, migrating older layouts.
+    fn init(db: Database, options: StoreOptions) -> Result<ServerStore, StoreError> {
         let store = ServerStore {
             db: Arc::new(db),
             options,
