@@ -621,27 +621,17 @@ async fn ack(
 ) {
     match inbox.ack(up_to) {
         Ok(Some(range)) => {
-            let (durable, outcome) = oneshot::channel();
+            // The state counts the ack now; if the deletion does not become
+            // durable the writer makes this actor start again from the store,
+            // or a repeated ack would be answered "done" for nothing deleted.
             args.writer
                 .submit(WriteOp::Ack {
                     inbox: args.inbox(),
                     up_to: range.to,
-                    reply: durable,
+                    reply,
+                    notify: myself.clone(),
                 })
-                .await;
-            // The state counted the ack before it was durable: if the write
-            // fails, start again from the store, or a repeated ack would be
-            // answered "done" for a delete that never happened.
-            let myself = myself.clone();
-            tokio::spawn(async move {
-                let result = outcome
-                    .await
-                    .unwrap_or(Err(DeliveryError::Store(StoreError::WriterGone)));
-                if let Err(e) = &result {
-                    let _ = myself.send_message(InboxMsg::Resync(format!("ack not durable: {e}")));
-                }
-                let _ = reply.send(result);
-            });
+                .await
         }
         Ok(None) => {
             let _ = reply.send(Ok(()));

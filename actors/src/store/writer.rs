@@ -88,6 +88,9 @@ pub enum WriteOp {
         up_to: u64,
         /// Answered once durable.
         reply: Reply<()>,
+        /// The inbox's actor, which counted the ack before it was durable: told
+        /// to resync from the store if the deletion does not become durable.
+        notify: ActorRef<InboxMsg>,
     },
     /// Read the inbox's marks after every earlier write has committed: how a
     /// (re)started inbox actor learns where it stands without racing in-flight
@@ -238,18 +241,6 @@ impl StoreWriter {
         }
     }
 
-    /// Acks in write order and waits until durable.
-    pub async fn ack(&self, inbox: IdentityKey, up_to: u64) -> Result<(), DeliveryError> {
-        let (reply, rx) = oneshot::channel();
-        self.submit(WriteOp::Ack {
-            inbox,
-            up_to,
-            reply,
-        })
-        .await;
-        rx.await.map_err(|_| StoreError::WriterGone)?
-    }
-
     /// Runs `f` inside the next batch's write transaction and returns its result
     /// once that transaction is durable. A refusal (`Err(E)`) is returned as is;
     /// `f` must not have written anything before refusing.
@@ -328,7 +319,10 @@ fn refuse(op: WriteOp, why: &str) -> Option<oneshot::Sender<()>> {
         WriteOp::AppendMissedMarker { notify, .. } => {
             let _ = notify.send_message(InboxMsg::Resync(why.to_string()));
         }
-        WriteOp::Ack { reply, .. } => answer(reply, Err(poisoned(why)), None),
+        WriteOp::Ack { reply, notify, .. } => {
+            answer(reply, Err(poisoned(why)), None);
+            let _ = notify.send_message(InboxMsg::Resync(why.to_string()));
+        }
         WriteOp::Load { reply, .. } => answer(reply, Err(poisoned(why)), None),
         WriteOp::Custom(_) => {} // dropping it drops its reply port: the caller sees the writer gone
         WriteOp::Shutdown { done } => return Some(done),
@@ -484,6 +478,8 @@ fn commit_batch(store: &ServerStore, batch: &mut Vec<WriteOp>) -> Result<(), Sto
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut durable: HashMap<IdentityKey, (u64, ActorRef<InboxMsg>)> = HashMap::new();
     let mut depth_change = 0f64;
+    // Inbox actors whose acks this batch carries: resynced if they fail.
+    let mut acking: Vec<ActorRef<InboxMsg>> = Vec::new();
     metrics::histogram!(crate::telemetry::COMMIT_BATCH_SIZE).record(batch.len() as f64);
     let result: Result<(), StoreError> = (|| {
         let txn = store.begin_write()?;
@@ -555,11 +551,16 @@ fn commit_batch(store: &ServerStore, batch: &mut Vec<WriteOp>) -> Result<(), Sto
                         inbox,
                         up_to,
                         reply,
+                        notify,
                     } => {
                         let deleted = writes.ack(&inbox, up_to);
-                        if let Ok(n) = &deleted {
-                            depth_change -= *n as f64;
+                        match &deleted {
+                            Ok(n) => depth_change -= *n as f64,
+                            Err(e) => {
+                                let _ = notify.send_message(InboxMsg::Resync(e.to_string()));
+                            }
                         }
+                        acking.push(notify);
                         outcomes.push(Outcome::Unit(
                             reply,
                             deleted.map(|_| ()).map_err(Into::into),
@@ -587,6 +588,11 @@ fn commit_batch(store: &ServerStore, batch: &mut Vec<WriteOp>) -> Result<(), Sto
     let failure = result.as_ref().err().map(StoreError::to_string);
     for outcome in outcomes {
         outcome.send(failure.as_deref());
+    }
+    if let Some(why) = &failure {
+        for notify in acking {
+            let _ = notify.send_message(InboxMsg::Resync(why.clone()));
+        }
     }
     if failure.is_none() {
         metrics::gauge!(crate::telemetry::QUEUE_DEPTH).increment(depth_change);
