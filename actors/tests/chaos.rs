@@ -6,11 +6,14 @@
 //!
 //! Seeded: `QPC_CHAOS_SEED=N` replays one run; a failure names its seed.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use common::{Rng, inbox, seeds};
 use quicnprotochat_actors::DeliveryError;
 use quicnprotochat_actors::core::inbox::InboxLimits;
 use quicnprotochat_actors::group::{CommitError, GroupRegistry, GroupSettings};
@@ -23,22 +26,6 @@ const INBOXES: u8 = 4;
 const SENDS_PER_INBOX: u32 = 60;
 const COMMITS: u64 = 30;
 const CRASHES: usize = 40;
-
-/// xorshift64*: enough randomness for choosing moments, and replayable.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
-fn inbox(i: u8) -> IdentityKey {
-    IdentityKey([i + 1; 32])
-}
 
 /// Retries while the actor in the way is being replaced, as a client would.
 async fn retrying<T, E: std::fmt::Debug>(
@@ -148,7 +135,7 @@ async fn run(seed: u64) {
         let (inboxes, groups, gid, done) =
             (inboxes.clone(), groups.clone(), gid.clone(), done.clone());
         async move {
-            let mut rng = Rng(seed | 1);
+            let mut rng = Rng::seeded(seed);
             let mut crashes = 0;
             while crashes < CRASHES && !done.load(Ordering::Relaxed) {
                 tokio::time::sleep(Duration::from_micros(200 + rng.next() % 2_000)).await;
@@ -230,11 +217,7 @@ async fn run(seed: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_actor_panics_under_load_lose_nothing_acknowledged_and_leak_no_actor() {
-    let seeds: Vec<u64> = match std::env::var("QPC_CHAOS_SEED") {
-        Ok(s) => vec![s.parse().expect("QPC_CHAOS_SEED is a number")],
-        Err(_) => vec![1, 2, 3],
-    };
-    for seed in seeds {
+    for seed in seeds("QPC_CHAOS_SEED", 1..=3) {
         run(seed).await;
     }
 }

@@ -8,12 +8,15 @@
 //!
 //! Seeded: `QPC_FAULT_SEED=N` replays one run; a failure names its seed.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::OpenOptions;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use common::{Rng, inbox, seeds};
 use quicnprotochat_actors::core::inbox::InboxLimits;
 use quicnprotochat_actors::group::{GroupRegistry, GroupSettings};
 use quicnprotochat_actors::inbox::{Delivery, InboxRegistry, InboxSettings};
@@ -73,21 +76,6 @@ impl StorageBackend for DyingDisk {
     }
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-}
-
-fn inbox(i: u8) -> IdentityKey {
-    IdentityKey([i + 1; 32])
-}
-
 /// What the store must hold: per inbox, seq → bytes, and how far it was acked;
 /// and the group's next epoch.
 #[derive(Default, Debug, PartialEq, Eq)]
@@ -107,7 +95,7 @@ async fn run(seed: u64) {
     let path = dir.path().join("node.redb");
     // Create the file healthy (the schema), then reopen it on the dying disk.
     drop(ServerStore::open(&path, StoreOptions::default()).unwrap());
-    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut rng = Rng::seeded(seed);
     let dead = Arc::new(AtomicBool::new(false));
     let file = OpenOptions::new()
         .read(true)
@@ -295,11 +283,7 @@ async fn run(seed: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_an_io_failure_the_node_refuses_writes_and_reopens_at_the_last_acknowledged_state() {
-    let seeds: Vec<u64> = match std::env::var("QPC_FAULT_SEED") {
-        Ok(s) => vec![s.parse().expect("QPC_FAULT_SEED is a number")],
-        Err(_) => (1..=12).collect(),
-    };
-    for seed in seeds {
+    for seed in seeds("QPC_FAULT_SEED", 1..=12) {
         run(seed).await;
     }
 }
