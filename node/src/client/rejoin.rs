@@ -264,11 +264,7 @@ impl Messenger {
             );
         }
         let (commit_body, mut parts) = p.seal_shared_to(group, &ids, &keys, &commit.encode()?);
-        let receipt = p
-            .group_message(Body::CommitReceipt { epoch: out.epoch }, &gid, Vec::new())
-            .encode()?;
-        let (receipt_body, receipt_parts) =
-            p.seal_for_group(group, &[p.me().to_vec()], &receipt)?;
+        let (receipt_body, receipt_parts) = p.seal_receipt(group, out.epoch)?;
         parts.extend(receipt_parts);
         let bytes = commit_body.len() + receipt_body.len();
         Ok(CommitBodies {

@@ -167,6 +167,19 @@ impl Profile {
         (sealed.body, parts)
     }
 
+    /// The receipt of our commit made at `epoch`, sealed for this device alone:
+    /// the node stores it with the commit, and its arrival confirms the commit.
+    pub(crate) fn seal_receipt(
+        &self,
+        group: &Group,
+        epoch: u64,
+    ) -> Result<SealedForGroup, MessengerError> {
+        let receipt = self
+            .group_message(Body::CommitReceipt { epoch }, &group.group_id(), Vec::new())
+            .encode()?;
+        self.seal_for_group(group, &[self.me().to_vec()], &receipt)
+    }
+
     pub(crate) fn group_message(&self, body: Body, group_id: &[u8], mls: Vec<u8>) -> ClientMessage {
         ClientMessage {
             body,

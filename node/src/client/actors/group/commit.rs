@@ -268,15 +268,7 @@ impl GroupState {
             bodies.welcome = body;
             bodies.parts.extend(parts);
         }
-        let receipt = p
-            .group_message(
-                Body::CommitReceipt { epoch: out.epoch },
-                &self.gid,
-                Vec::new(),
-            )
-            .encode()?;
-        let me = p.me();
-        let (body, parts) = p.seal_for_group(group, &[me.to_vec()], &receipt)?;
+        let (body, parts) = p.seal_receipt(group, out.epoch)?;
         bodies.receipt = body;
         bodies.parts.extend(parts);
         Ok(bodies)
