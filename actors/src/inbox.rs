@@ -15,7 +15,7 @@ use quicnprotochat_wire::IdentityKey;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
 
-use crate::core::inbox::{Admission, InboxLimits, InboxRefusal, InboxState};
+use crate::core::inbox::{AckPlan, Admission, InboxLimits, InboxRefusal, InboxState};
 use crate::error::DeliveryError;
 use crate::registry::{Capacity, Membership, Registry};
 use crate::store::StoreError;
@@ -27,6 +27,8 @@ pub enum InboxMsg {
     Request(InboxRequest),
     /// Every seq up to this one is committed (from the writer).
     Durable(u64),
+    /// Every ack up to this seq is committed (from the writer).
+    AckDurable(u64),
     /// The writer found this actor's view inconsistent with the disk: restart.
     Resync(String),
     /// Periodic check whether the actor may retire.
@@ -591,6 +593,7 @@ impl Actor for InboxActor {
                 inbox.mark_durable(seq);
                 wake_ready(&mut state.waiters, inbox);
             }
+            InboxMsg::AckDurable(up_to) => inbox.mark_ack_durable(up_to),
             InboxMsg::Resync(why) => {
                 return Err(format!("inbox state out of step with the store: {why}").into());
             }
@@ -619,27 +622,30 @@ async fn ack(
     up_to: u64,
     reply: oneshot::Sender<Result<(), DeliveryError>>,
 ) {
-    match inbox.ack(up_to) {
-        Ok(Some(range)) => {
-            // The state counts the ack now; if the deletion does not become
-            // durable the writer makes this actor start again from the store,
-            // or a repeated ack would be answered "done" for nothing deleted.
-            args.writer
-                .submit(WriteOp::Ack {
-                    inbox: args.inbox(),
-                    up_to: range.to,
-                    reply,
-                    notify: myself.clone(),
-                })
-                .await
-        }
-        Ok(None) => {
+    // The state counts an ack at once; if its deletion does not become durable
+    // the writer makes this actor start again from the store.
+    let to = match inbox.ack(up_to) {
+        Ok(AckPlan::Delete(range)) => range.to,
+        // Deleting nothing more, this write commits no sooner than the one in
+        // flight: the answer then promises what it says.
+        Ok(AckPlan::AfterInFlight) => up_to,
+        Ok(AckPlan::Done) => {
             let _ = reply.send(Ok(()));
+            return;
         }
         Err(refusal) => {
             let _ = reply.send(Err(refusal.into()));
+            return;
         }
-    }
+    };
+    args.writer
+        .submit(WriteOp::Ack {
+            inbox: args.inbox(),
+            up_to: to,
+            reply,
+            notify: myself.clone(),
+        })
+        .await
 }
 
 type Waiter = (u64, oneshot::Sender<Result<(), DeliveryError>>);

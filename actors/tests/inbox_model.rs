@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
-use quicnprotochat_actors::core::inbox::{InboxLimits, InboxRefusal, InboxState};
+use quicnprotochat_actors::core::inbox::{AckPlan, InboxLimits, InboxRefusal, InboxState};
 use quicnprotochat_actors::store::server::WriteBatch;
 use quicnprotochat_actors::store::{ServerStore, StoreOptions};
 use quicnprotochat_wire::IdentityKey;
@@ -127,11 +127,14 @@ proptest! {
                         prop_assert!(matches!(got, Err(InboxRefusal::AckBeyondEnd { .. })), "{:?}", got);
                     } else {
                         match got.unwrap() {
-                            Some(r) => {
+                            AckPlan::Delete(r) => {
                                 prop_assert_eq!(r.from, m.acked + 1);
                                 write(&store, |b| b.ack(&inbox_key(inbox), r.to)).unwrap();
+                                states[inbox].mark_ack_durable(r.to);
                             }
-                            None => prop_assert!(up_to <= m.acked),
+                            // Every deletion here is committed at once.
+                            AckPlan::Done => prop_assert!(up_to <= m.acked),
+                            AckPlan::AfterInFlight => prop_assert!(false, "nothing is in flight"),
                         }
                         m.acked = m.acked.max(up_to);
                         m.messages.retain(|s, _| *s > up_to);

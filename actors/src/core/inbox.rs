@@ -6,6 +6,11 @@
 //! - `durable`: the highest seq known to be committed to disk (wakes long-polls);
 //! - `acked`: everything up to here has been deleted by the owner's ack.
 //!
+//! Apart from these, `ack_durable <= acked` marks how far those deletions are known
+//! committed: an ack repeated while the first is still being written is answered
+//! only once a write behind it commits, never "done" for a deletion that a crash
+//! could still undo.
+//!
 //! How much an inbox takes depends on what is offered ([`Admission`]): ordinary
 //! messages up to the queue limit; a group's commits (its history, which every
 //! remaining member must get) up to twice that; a group's application messages
@@ -133,7 +138,20 @@ pub struct InboxState {
     assigned: u64,
     durable: u64,
     acked: u64,
+    ack_durable: u64,
     missed: u64,
+}
+
+/// What an accepted ack needs done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckPlan {
+    /// Delete this range, and answer once that is committed.
+    Delete(AckRange),
+    /// Already deleted and committed: answer at once.
+    Done,
+    /// Already counted, but its deletion is still being committed: answer once a
+    /// write queued behind it commits.
+    AfterInFlight,
 }
 
 impl InboxState {
@@ -144,6 +162,7 @@ impl InboxState {
             assigned: meta.last_seq,
             durable: meta.last_seq,
             acked: meta.acked.min(meta.last_seq),
+            ack_durable: meta.acked.min(meta.last_seq),
             missed: meta.missed,
         }
     }
@@ -273,24 +292,32 @@ impl InboxState {
         self.durable = self.durable.max(seq.min(self.assigned));
     }
 
-    /// Acknowledges every seq up to `up_to`. Returns the range to delete, or `None`
-    /// when everything asked for was already acknowledged (acks are idempotent).
-    pub fn ack(&mut self, up_to: u64) -> Result<Option<AckRange>, InboxRefusal> {
+    /// Acknowledges every seq up to `up_to`: the range to delete, or how to answer
+    /// an ack of what was already acknowledged (acks are idempotent).
+    pub fn ack(&mut self, up_to: u64) -> Result<AckPlan, InboxRefusal> {
         if up_to > self.assigned {
             return Err(InboxRefusal::AckBeyondEnd {
                 up_to,
                 highest: self.assigned,
             });
         }
+        if up_to <= self.ack_durable {
+            return Ok(AckPlan::Done);
+        }
         if up_to <= self.acked {
-            return Ok(None);
+            return Ok(AckPlan::AfterInFlight);
         }
         let range = AckRange {
             from: self.acked + 1,
             to: up_to,
         };
         self.acked = up_to;
-        Ok(Some(range))
+        Ok(AckPlan::Delete(range))
+    }
+
+    /// Notes that the deletions up to `up_to` are committed.
+    pub fn mark_ack_durable(&mut self, up_to: u64) {
+        self.ack_durable = self.ack_durable.max(up_to.min(self.acked));
     }
 
     /// Unacknowledged messages, including those whose write is in flight.
@@ -342,7 +369,7 @@ mod tests {
             s.admit(0, LIMITS),
             Err(InboxRefusal::QueueFull { depth: 3, limit: 3 })
         );
-        assert_eq!(s.ack(2), Ok(Some(AckRange { from: 1, to: 2 })));
+        assert_eq!(s.ack(2), Ok(AckPlan::Delete(AckRange { from: 1, to: 2 })));
         assert_eq!(s.admit(0, LIMITS), Ok(4));
     }
 
@@ -353,7 +380,7 @@ mod tests {
             acked: 2,
             missed: 0,
         });
-        assert_eq!(s.ack(1), Ok(None));
+        assert_eq!(s.ack(1), Ok(AckPlan::Done));
         assert_eq!(
             s.ack(6),
             Err(InboxRefusal::AckBeyondEnd {
@@ -361,9 +388,29 @@ mod tests {
                 highest: 5
             })
         );
-        assert_eq!(s.ack(5), Ok(Some(AckRange { from: 3, to: 5 })));
-        assert_eq!(s.ack(5), Ok(None));
+        assert_eq!(s.ack(5), Ok(AckPlan::Delete(AckRange { from: 3, to: 5 })));
+        s.mark_ack_durable(5);
+        assert_eq!(s.ack(5), Ok(AckPlan::Done));
         assert_eq!(s.depth(), 0);
+    }
+
+    #[test]
+    fn an_ack_repeated_while_the_first_is_being_written_waits_for_it() {
+        let mut s = InboxState::recovered(InboxMeta {
+            last_seq: 6,
+            acked: 1,
+            missed: 0,
+        });
+        assert_eq!(s.ack(4), Ok(AckPlan::Delete(AckRange { from: 2, to: 4 })));
+        assert_eq!(s.ack(4), Ok(AckPlan::AfterInFlight));
+        assert_eq!(s.ack(3), Ok(AckPlan::AfterInFlight));
+        assert_eq!(s.ack(1), Ok(AckPlan::Done), "committed before");
+        s.mark_ack_durable(3);
+        assert_eq!(s.ack(3), Ok(AckPlan::Done));
+        assert_eq!(s.ack(4), Ok(AckPlan::AfterInFlight));
+        s.mark_ack_durable(9);
+        assert_eq!(s.ack(4), Ok(AckPlan::Done), "never beyond what was acked");
+        assert_eq!(s.ack(5), Ok(AckPlan::Delete(AckRange { from: 5, to: 5 })));
     }
 
     #[test]
