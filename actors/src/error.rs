@@ -38,6 +38,9 @@ impl From<DeliveryError> for WireError {
         };
         // Store details are for the operator's log, not for remote parties.
         let detail = match &e {
+            DeliveryError::Store(StoreError::CommitOutcomeUnknown(_)) => {
+                "storage failed while storing this write: it may or may not be stored".to_string()
+            }
             DeliveryError::Store(_) => "storage unavailable".to_string(),
             other => other.to_string(),
         };
@@ -55,5 +58,28 @@ impl InboxRefusal {
             InboxRefusal::TooManyWaiters { .. } => ErrorCode::RateLimited,
             InboxRefusal::NoDevice => ErrorCode::NotFound,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_learns_whether_a_failed_write_may_still_be_stored() {
+        let cut_off: WireError =
+            DeliveryError::Store(StoreError::CommitOutcomeUnknown("disk".into())).into();
+        assert_eq!(cut_off.code, ErrorCode::Unavailable);
+        assert!(
+            cut_off.detail.contains("may or may not be stored"),
+            "{cut_off}"
+        );
+        assert!(
+            !cut_off.detail.contains("disk"),
+            "no store detail to remote parties"
+        );
+        let refused: WireError = DeliveryError::Store(StoreError::Poisoned("disk".into())).into();
+        assert_eq!(refused.code, ErrorCode::Unavailable);
+        assert_eq!(refused.detail, "storage unavailable");
     }
 }

@@ -2,6 +2,7 @@
 //! [`writer::StoreWriter`], reads open their own read transactions.
 
 pub mod auth;
+pub mod crash_point;
 pub mod group_directory;
 pub mod private_fs;
 pub mod server;

@@ -81,7 +81,8 @@ pub enum StoreError {
     /// Reading or writing failed.
     Storage(#[from] redb::StorageError),
     #[error("commit: {0}")]
-    /// A commit failed (nothing of it is durable).
+    /// A commit failed. Whether it is durable is not known: a disk can fail
+    /// after landing the bytes that make it so.
     Commit(#[from] redb::CommitError),
     #[error("storage: {0}")]
     /// Any other redb failure.
@@ -94,8 +95,13 @@ pub enum StoreError {
         /// The version the file says.
         found: u64,
     },
+    #[error("the store failed while committing this write; it may or may not be stored: {0}")]
+    /// This write's commit failed: it may be on disk or not (a torn write can
+    /// land the commit and still fail). The writer refuses everything after it.
+    CommitOutcomeUnknown(String),
     #[error("store is unavailable after an earlier write failure: {0}")]
-    /// An earlier commit failed: the writer refuses everything after it (why).
+    /// An earlier commit failed: the writer refuses everything after it (why);
+    /// this write was not applied.
     Poisoned(String),
     #[error("store writer has shut down")]
     /// The writer thread has stopped.

@@ -17,6 +17,7 @@ use quicnprotochat_wire::IdentityKey;
 use ractor::ActorRef;
 use tokio::sync::{mpsc, oneshot};
 
+use super::crash_point::{self, CrashPoint};
 use super::server::{ServerStore, StoreError, WriteBatch};
 use crate::core::inbox::InboxMeta;
 use crate::error::DeliveryError;
@@ -162,8 +163,9 @@ pub struct FenceWrite {
 
 /// Called with the commit's outcome once the batch is durable (or failed).
 pub type AfterCommit = Box<dyn FnOnce(Result<(), DeliveryError>) + Send>;
-/// A custom write: applied to the batch's transaction, answered after the commit.
-pub type CustomWrite = Box<dyn FnOnce(&redb::WriteTransaction) -> AfterCommit + Send>;
+/// A custom write: applied to the batch's transaction and answered after the
+/// commit, or (given no transaction) refused without being applied.
+pub type CustomWrite = Box<dyn FnOnce(Option<&redb::WriteTransaction>) -> AfterCommit + Send>;
 
 /// Why a custom transaction failed: the operation's own refusal, or the store.
 #[derive(Debug, thiserror::Error)]
@@ -252,9 +254,11 @@ impl StoreWriter {
     {
         let (tx, rx) = oneshot::channel();
         self.submit(WriteOp::Custom(Box::new(move |txn| {
-            let result = f(txn);
+            let result = txn.map(f);
             Box::new(move |commit: Result<(), DeliveryError>| {
-                let _ = tx.send(commit.map(|()| result));
+                let _ = tx.send(commit.and_then(|()| {
+                    result.ok_or_else(|| poisoned("a refused write was not applied"))
+                }));
             })
         })))
         .await;
@@ -287,10 +291,17 @@ fn poisoned(why: &str) -> DeliveryError {
     DeliveryError::Store(StoreError::Poisoned(why.to_string()))
 }
 
-/// Answers with `value`, unless the commit failed: then nothing of the batch holds.
+/// What the ops of a batch whose commit failed are told: the batch may be on
+/// disk or not (a failed fsync or torn write can come after the commit landed),
+/// so the caller must not assume either.
+fn outcome_unknown(why: &str) -> DeliveryError {
+    DeliveryError::Store(StoreError::CommitOutcomeUnknown(why.to_string()))
+}
+
+/// Answers with `value`, unless the commit failed: then its fate is unknown.
 fn answer<T>(reply: Reply<T>, value: Result<T, DeliveryError>, commit_failure: Option<&str>) {
     let _ = reply.send(match commit_failure {
-        Some(why) => Err(poisoned(why)),
+        Some(why) => Err(outcome_unknown(why)),
         None => value,
     });
 }
@@ -303,7 +314,7 @@ impl Outcome {
             Outcome::Unit(r, v) => answer(r, v, commit_failure),
             Outcome::Meta(r, v) => answer(r, v, commit_failure),
             Outcome::Custom(after) => after(match commit_failure {
-                Some(why) => Err(poisoned(why)),
+                Some(why) => Err(outcome_unknown(why)),
                 None => Ok(()),
             }),
         }
@@ -324,7 +335,7 @@ fn refuse(op: WriteOp, why: &str) -> Option<oneshot::Sender<()>> {
             let _ = notify.send_message(InboxMsg::Resync(why.to_string()));
         }
         WriteOp::Load { reply, .. } => answer(reply, Err(poisoned(why)), None),
-        WriteOp::Custom(_) => {} // dropping it drops its reply port: the caller sees the writer gone
+        WriteOp::Custom(apply) => apply(None)(Err(poisoned(why))),
         WriteOp::Shutdown { done } => return Some(done),
     }
     None
@@ -426,10 +437,16 @@ fn append_shared(
             .iter()
             .flat_map(|b| b.refs.iter().map(|r| (&r.inbox, r.seq))),
     )?;
+    let fan_out = bodies.iter().map(|b| b.refs.len()).sum::<usize>();
+    let mut referenced = 0;
     for b in bodies.iter().filter(|b| !b.refs.is_empty()) {
         let key = writes.put_body(&b.body)?;
         for r in &b.refs {
             writes.append_shared(&r.inbox, r.seq, key, &r.part)?;
+            referenced += 1;
+            if referenced == 1 && fan_out > 1 {
+                crash_point::reached(CrashPoint::MidFanOut);
+            }
         }
     }
     for (inbox, group) in missed {
@@ -478,8 +495,9 @@ fn commit_batch(store: &ServerStore, batch: &mut Vec<WriteOp>) -> Result<(), Sto
     let mut outcomes = Vec::with_capacity(batch.len());
     let mut durable: HashMap<IdentityKey, (u64, ActorRef<InboxMsg>)> = HashMap::new();
     let mut depth_change = 0f64;
-    // Inbox actors whose acks this batch carries: resynced if they fail.
-    let mut acking: Vec<ActorRef<InboxMsg>> = Vec::new();
+    // Inbox actors whose acks this batch carries, and how far: told once the
+    // deletions are committed, resynced if the commit fails.
+    let mut acking: Vec<(ActorRef<InboxMsg>, u64)> = Vec::new();
     metrics::histogram!(crate::telemetry::COMMIT_BATCH_SIZE).record(batch.len() as f64);
     let result: Result<(), StoreError> = (|| {
         let txn = store.begin_write()?;
@@ -555,12 +573,14 @@ fn commit_batch(store: &ServerStore, batch: &mut Vec<WriteOp>) -> Result<(), Sto
                     } => {
                         let deleted = writes.ack(&inbox, up_to);
                         match &deleted {
-                            Ok(n) => depth_change -= *n as f64,
+                            Ok(n) => {
+                                depth_change -= *n as f64;
+                                acking.push((notify, up_to));
+                            }
                             Err(e) => {
                                 let _ = notify.send_message(InboxMsg::Resync(e.to_string()));
                             }
                         }
-                        acking.push(notify);
                         outcomes.push(Outcome::Unit(
                             reply,
                             deleted.map(|_| ()).map_err(Into::into),
@@ -573,16 +593,18 @@ fn commit_batch(store: &ServerStore, batch: &mut Vec<WriteOp>) -> Result<(), Sto
                         });
                         outcomes.push(Outcome::Meta(reply, meta.map_err(Into::into)))
                     }
-                    WriteOp::Custom(apply) => outcomes.push(Outcome::Custom(apply(&txn))),
+                    WriteOp::Custom(apply) => outcomes.push(Outcome::Custom(apply(Some(&txn)))),
                     WriteOp::Shutdown { .. } => unreachable!("shutdown is taken out of the batch"),
                 }
             }
             writes.finish()?;
         }
+        crash_point::reached(CrashPoint::BeforeCommit);
         let started = std::time::Instant::now();
         txn.commit()?;
         metrics::histogram!(crate::telemetry::COMMIT_SECONDS)
             .record(started.elapsed().as_secs_f64());
+        crash_point::reached(CrashPoint::AfterCommitBeforeReplies);
         Ok(())
     })();
     let failure = result.as_ref().err().map(StoreError::to_string);
@@ -590,14 +612,16 @@ fn commit_batch(store: &ServerStore, batch: &mut Vec<WriteOp>) -> Result<(), Sto
         outcome.send(failure.as_deref());
     }
     if let Some(why) = &failure {
-        for notify in acking {
+        for (notify, _) in acking {
             let _ = notify.send_message(InboxMsg::Resync(why.clone()));
         }
-    }
-    if failure.is_none() {
+    } else {
         metrics::gauge!(crate::telemetry::QUEUE_DEPTH).increment(depth_change);
         for (_, (seq, notify)) in durable {
             let _ = notify.send_message(InboxMsg::Durable(seq));
+        }
+        for (notify, up_to) in acking {
+            let _ = notify.send_message(InboxMsg::AckDurable(up_to));
         }
     }
     result
