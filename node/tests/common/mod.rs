@@ -19,13 +19,32 @@ impl ServerProcess {
         ServerProcess::start_at(data_dir, "127.0.0.1:0", extra)
     }
 
+    /// Starts a server with more environment variables (test hooks).
+    pub(crate) fn start_env(
+        data_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, String)],
+    ) -> ServerProcess {
+        ServerProcess::spawn(data_dir, "127.0.0.1:0", extra, env)
+    }
+
     /// Starts a server on a given address (e.g. the one a killed server had).
     pub(crate) fn start_at(data_dir: &Path, listen: &str, extra: &[&str]) -> ServerProcess {
+        ServerProcess::spawn(data_dir, listen, extra, &[])
+    }
+
+    fn spawn(
+        data_dir: &Path,
+        listen: &str,
+        extra: &[&str],
+        env: &[(&str, String)],
+    ) -> ServerProcess {
         let mut child = Command::new(BIN)
             .args(["server", "--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(extra)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
