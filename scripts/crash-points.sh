@@ -9,9 +9,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MOMENTS="${1:-100}"
 SEEDS="${2:-3}"
-cargo build --release --locked -p quicnprotochat --tests
+cargo build --locked -p quicnprotochat --tests
 for seed in $(seq 1 "$SEEDS"); do
     QPC_CRASH_MOMENTS="$MOMENTS" QPC_CRASH_SEED="$seed" \
-        cargo test --release --locked -p quicnprotochat --test crash_points -- --nocapture --test-threads 1 \
+        cargo test --locked -p quicnprotochat --test crash_points -- --nocapture --test-threads 1 \
         | grep -E "seed|kills|test result"
 done

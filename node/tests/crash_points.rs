@@ -16,9 +16,30 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use common::ServerProcess;
-use crash_load::{Cast, Ledger, Rng};
+use crash_load::{Cast, Ledger};
 use quicnprotochat::tls;
 use quicnprotochat_actors::store::crash_point::{CRASH_POINT_ENV, CrashPoint};
+
+/// xorshift64*: replayable from its seed.
+struct Rng(u64);
+
+impl Rng {
+    fn seeded(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number in `range`.
+    fn pick(&mut self, range: std::ops::RangeInclusive<u64>) -> u64 {
+        range.start() + self.next() % (range.end() - range.start() + 1)
+    }
+}
 
 /// How a life of the node ends.
 enum Death {
@@ -121,7 +142,7 @@ fn sigkill_at_random_moments_under_mixed_load_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let rt = runtime();
-    let cast = Rc::new(Cast::new());
+    let cast = Rc::new(Cast::new("crash-group", Duration::ZERO));
     let ledger = Rc::default();
     let started = Instant::now();
     for segment in 0..moments {
@@ -146,7 +167,7 @@ fn the_node_dying_at_each_named_point_of_the_writer_loses_nothing_acknowledged()
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let rt = runtime();
-    let cast = Rc::new(Cast::new());
+    let cast = Rc::new(Cast::new("crash-group", Duration::ZERO));
     let ledger = Rc::default();
     let mut segment = 0;
     for point in CrashPoint::ALL {

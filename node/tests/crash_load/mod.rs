@@ -27,43 +27,26 @@ use quicnprotochat_wire::{ErrorCode, IdentityKey};
 use rustls::pki_types::CertificateDer;
 use tokio::task::JoinHandle;
 
-/// The group the committers move.
-pub(crate) const GROUP: &[u8] = b"crash-group";
-
-/// xorshift64*: replayable from its seed.
-pub(crate) struct Rng(u64);
-
-impl Rng {
-    pub(crate) fn seeded(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-
-    pub(crate) fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    /// A number in `range`.
-    pub(crate) fn pick(&mut self, range: std::ops::RangeInclusive<u64>) -> u64 {
-        range.start() + self.next() % (range.end() - range.start() + 1)
-    }
-}
-
 /// The identities of the load, the same across restarts.
 pub(crate) struct Cast {
+    /// The group the committers move.
+    pub(crate) group: Vec<u8>,
     /// `c0`, `c1`, `r0`, `r1`, `r2`: the group's members, committers first.
     pub(crate) members: Vec<Identity>,
     /// The outsider sending direct messages.
     pub(crate) outsider: Identity,
+    /// Pause between two sends of each sender (none: as fast as answered).
+    pub(crate) pace: Duration,
 }
 
 impl Cast {
-    pub(crate) fn new() -> Cast {
+    /// A cast of its own group `group`.
+    pub(crate) fn new(group: &str, pace: Duration) -> Cast {
         Cast {
+            group: group.as_bytes().to_vec(),
             members: (0..5).map(|_| Identity::generate()).collect(),
             outsider: Identity::generate(),
+            pace,
         }
     }
 
@@ -115,6 +98,9 @@ pub(crate) struct Ledger {
     acked_up_to: HashMap<IdentityKey, u64>,
     /// Answers of any kind so far (what the killer waits on).
     pub(crate) answered: u64,
+    /// Calls that failed other than by a typed refusal (the node died, or a
+    /// connection broke), and roles that could not start.
+    pub(crate) errors: u64,
     violations: Vec<String>,
 }
 
@@ -259,6 +245,13 @@ impl Ledger {
 
 type Shared = Rc<RefCell<Ledger>>;
 
+/// Waits `pace` (not even a timer tick when zero).
+async fn pause(pace: Duration) {
+    if !pace.is_zero() {
+        tokio::time::sleep(pace).await;
+    }
+}
+
 /// A session of `who`, with the connection it runs on (kept for as long as the
 /// session is used).
 async fn session(
@@ -326,11 +319,13 @@ async fn read_and_ack(
 ) {
     let me = cast.key(m);
     let Some((_conn, s)) = session(addr, &pinned, &cast.members[m]).await else {
+        ledger.borrow_mut().errors += 1;
         return;
     };
     let mut after = ledger.borrow().acked_up_to.get(&me).copied().unwrap_or(0);
     loop {
         let Ok(page) = s.fetch_wait(after, 64, Duration::from_secs(2)).await else {
+            ledger.borrow_mut().errors += 1;
             return;
         };
         let Some(last) = page.last().map(|e| e.seq) else {
@@ -347,6 +342,7 @@ async fn read_and_ack(
         }
         after = last;
         if s.ack(last).await.is_err() {
+            ledger.borrow_mut().errors += 1;
             return;
         }
         let mut l = ledger.borrow_mut();
@@ -365,6 +361,7 @@ async fn commit(
     c: usize,
 ) {
     let Some((_conn, s)) = session(addr, &pinned, &cast.members[c]).await else {
+        ledger.borrow_mut().errors += 1;
         return;
     };
     let members: Vec<Vec<u8>> = cast
@@ -393,7 +390,13 @@ async fn commit(
             ..CommitBodies::default()
         };
         let answer = s
-            .commit_group(GROUP, epoch, &members, &mls_commit(GROUP, epoch), &bodies)
+            .commit_group(
+                &cast.group,
+                epoch,
+                &members,
+                &mls_commit(&cast.group, epoch),
+                &bodies,
+            )
             .await;
         let mut l = ledger.borrow_mut();
         match answer {
@@ -411,8 +414,14 @@ async fn commit(
                 }
                 l.next_epoch = l.next_epoch.max(epoch + 1);
             }
-            Err(_) => return, // the node died: the attempt stays pending
+            Err(_) => {
+                // The node died: the attempt stays pending.
+                l.errors += 1;
+                return;
+            }
         }
+        drop(l);
+        pause(cast.pace).await;
     }
 }
 
@@ -425,11 +434,12 @@ async fn send_group(
     segment: u32,
 ) {
     let Some((_conn, s)) = session(addr, &pinned, &cast.members[0]).await else {
+        ledger.borrow_mut().errors += 1;
         return;
     };
     for i in 0u32.. {
         let body = format!("group|{segment}|{i}").into_bytes();
-        match s.send_group(GROUP, &body, &[]).await {
+        match s.send_group(&cast.group, &body, &[]).await {
             Ok(outcomes) => {
                 let mut l = ledger.borrow_mut();
                 l.answered += 1;
@@ -446,8 +456,12 @@ async fn send_group(
             }
             // Not a group yet, or a full inbox: try again shortly.
             Err(ClientError::Refused(_)) => tokio::time::sleep(Duration::from_millis(5)).await,
-            Err(_) => return,
+            Err(_) => {
+                ledger.borrow_mut().errors += 1;
+                return;
+            }
         }
+        pause(cast.pace).await;
     }
 }
 
@@ -461,6 +475,7 @@ async fn send_direct(
     segment: u32,
 ) {
     let Some((_conn, s)) = session(addr, &pinned, &cast.outsider).await else {
+        ledger.borrow_mut().errors += 1;
         return;
     };
     for i in 0u32.. {
@@ -492,8 +507,12 @@ async fn send_direct(
                 }
             }
             Err(ClientError::Refused(_)) => tokio::time::sleep(Duration::from_millis(5)).await,
-            Err(_) => return,
+            Err(_) => {
+                ledger.borrow_mut().errors += 1;
+                return;
+            }
         }
+        pause(cast.pace).await;
     }
 }
 
