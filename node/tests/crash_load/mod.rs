@@ -398,29 +398,35 @@ async fn commit(
                 &bodies,
             )
             .await;
-        let mut l = ledger.borrow_mut();
-        match answer {
-            Ok(_) => {
-                l.pending.remove(&c);
-                l.answered += 1;
-                l.commits.insert(name, (epoch, Fate::Accepted));
-                l.next_epoch = l.next_epoch.max(epoch + 1);
-            }
-            Err(ClientError::Refused(e)) => {
-                l.pending.remove(&c);
-                l.answered += 1;
-                if e.code != ErrorCode::StaleEpoch {
-                    l.violations.push(format!("commit {name} refused: {e}"));
+        let node_died = {
+            let mut l = ledger.borrow_mut();
+            match answer {
+                Ok(_) => {
+                    l.pending.remove(&c);
+                    l.answered += 1;
+                    l.commits.insert(name, (epoch, Fate::Accepted));
+                    l.next_epoch = l.next_epoch.max(epoch + 1);
+                    false
                 }
-                l.next_epoch = l.next_epoch.max(epoch + 1);
+                Err(ClientError::Refused(e)) => {
+                    l.pending.remove(&c);
+                    l.answered += 1;
+                    if e.code != ErrorCode::StaleEpoch {
+                        l.violations.push(format!("commit {name} refused: {e}"));
+                    }
+                    l.next_epoch = l.next_epoch.max(epoch + 1);
+                    false
+                }
+                Err(_) => {
+                    // The attempt stays pending: its fate is unknown.
+                    l.errors += 1;
+                    true
+                }
             }
-            Err(_) => {
-                // The node died: the attempt stays pending.
-                l.errors += 1;
-                return;
-            }
+        };
+        if node_died {
+            return;
         }
-        drop(l);
         pause(cast.pace).await;
     }
 }
