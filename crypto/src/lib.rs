@@ -19,3 +19,10 @@ pub use auth::{
     verify_authentication,
 };
 pub use identity::{Identity, IdentityError};
+
+/// SHA-256 of `bytes`: a name for a message that only the same bytes share (the
+/// client remembers processed group messages by it, to ignore replays).
+pub fn digest(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes).into()
+}

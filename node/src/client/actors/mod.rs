@@ -221,6 +221,8 @@ pub(crate) struct Effects {
     pub forget_group: Option<Vec<u8>>,
     pub hold: Option<Vec<u8>>,
     pub release: Vec<u64>,
+    /// The digest of the group message this envelope carried, to ignore replays.
+    pub processed: Option<[u8; 32]>,
 }
 
 impl Effects {
@@ -239,6 +241,9 @@ impl Effects {
         }
         for s in &self.release {
             t.release(*s)?;
+        }
+        if let Some(digest) = &self.processed {
+            t.remember_processed(digest)?;
         }
         for (n, line) in self.lines.iter().enumerate() {
             t.add_line(seq, n as u32, &line.display())?;

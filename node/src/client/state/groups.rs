@@ -32,6 +32,18 @@ const REJOIN: TableDefinition<&str, u32> = TableDefinition::new("rejoin");
 /// never rejoined behind the user's back.
 const REJOIN_GROUPS: TableDefinition<&[u8], u32> = TableDefinition::new("rejoin_groups");
 
+/// Digest of a processed group message → its place in `PROCESSED_ORDER`.
+const PROCESSED: TableDefinition<&[u8; 32], u64> = TableDefinition::new("processed_messages");
+/// Place → digest: which digests are oldest, to forget them first.
+const PROCESSED_ORDER: TableDefinition<u64, &[u8; 32]> =
+    TableDefinition::new("processed_messages_order");
+
+/// How many processed group messages a profile remembers, to ignore replays of
+/// them (a sender's retry stored twice, a node or network repeating one). A
+/// replay older than that is processed again and, its keys being gone, reported
+/// as unreadable.
+pub const MAX_REMEMBERED_MESSAGES: u64 = 16_384;
+
 /// Lines the client itself produces (not from an envelope) sit after the lines of
 /// the last applied envelope, from this place on.
 const LOCAL_LINES_FROM: u32 = 1 << 31;
@@ -161,6 +173,28 @@ impl ClientTxn<'_> {
         Ok(())
     }
 
+    /// Remembers that the group message with `digest` was processed (kept to
+    /// the newest [`MAX_REMEMBERED_MESSAGES`]).
+    pub fn remember_processed(&self, digest: &[u8; 32]) -> TxnResult<()> {
+        let mut by_digest = self.txn.open_table(PROCESSED)?;
+        if by_digest.get(digest)?.is_some() {
+            return Ok(());
+        }
+        let mut order = self.txn.open_table(PROCESSED_ORDER)?;
+        let place = order.last()?.map(|(k, _)| k.value() + 1).unwrap_or(0);
+        order.insert(place, digest)?;
+        by_digest.insert(digest, place)?;
+        if place >= MAX_REMEMBERED_MESSAGES {
+            let oldest = order
+                .remove(place - MAX_REMEMBERED_MESSAGES)?
+                .map(|d| *d.value());
+            if let Some(d) = oldest {
+                by_digest.remove(&d)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Forgets a held message once applied.
     pub fn release(&self, seq: u64) -> TxnResult<()> {
         self.txn.open_table(HELD)?.remove(seq)?;
@@ -234,6 +268,14 @@ impl ClientState {
             Err(redb::Error::TableDoesNotExist(_)) => Ok(missing),
             Err(e) => Err(self.err(e)),
         }
+    }
+
+    /// Whether the group message with `digest` was processed already.
+    pub fn was_processed(&self, digest: &[u8; 32]) -> Result<bool, StateError> {
+        self.read(
+            |t| Ok(t.open_table(PROCESSED)?.get(digest)?.is_some()),
+            false,
+        )
     }
 
     /// The id of the group named `name`.
@@ -394,5 +436,45 @@ impl ClientState {
             },
             Vec::new(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest(n: u64) -> [u8; 32] {
+        let mut d = [0u8; 32];
+        d[..8].copy_from_slice(&n.to_be_bytes());
+        d
+    }
+
+    #[test]
+    fn remembered_messages_are_bounded_and_the_oldest_are_forgotten_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = ClientState::open(dir.path()).unwrap();
+        let total = MAX_REMEMBERED_MESSAGES + 10;
+        state
+            .write(|t| {
+                for n in 0..total {
+                    t.remember_processed(&digest(n))?;
+                    t.remember_processed(&digest(n))?; // twice: counted once
+                }
+                Ok(())
+            })
+            .unwrap();
+        for n in 0..10 {
+            assert!(!state.was_processed(&digest(n)).unwrap(), "{n} forgotten");
+        }
+        for n in [10, total / 2, total - 1] {
+            assert!(state.was_processed(&digest(n)).unwrap(), "{n} remembered");
+        }
+        let kept = state
+            .read(
+                |t| Ok(redb::ReadableTableMetadata::len(&t.open_table(PROCESSED)?)?),
+                0,
+            )
+            .unwrap();
+        assert_eq!(kept, MAX_REMEMBERED_MESSAGES);
     }
 }

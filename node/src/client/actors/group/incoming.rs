@@ -113,6 +113,17 @@ impl GroupState {
         fx: &mut Effects,
         retry: bool,
     ) -> Result<bool, MessengerError> {
+        if !retry {
+            // A replay of a message processed before (its sender's retry stored
+            // twice, or a repeat by the node or the network) is ignored: it was
+            // shown or reported once already.
+            let digest = quicnprotochat_crypto::digest(&msg.mls);
+            if self.profile.state.was_processed(&digest)? {
+                tracing::debug!(seq, "ignored a replayed group message");
+                return Ok(false);
+            }
+            fx.processed = Some(digest);
+        }
         let mut group = self.load()?;
         let mut protocol = self.protocol(&group)?;
         let before: BTreeSet<Vec<u8>> = group.members().into_iter().collect();
@@ -314,14 +325,19 @@ impl GroupState {
             if msg.group_id != self.gid {
                 continue;
             }
-            let mut probe = Effects::default();
+            // Counted as released before it is applied: a held commit that applies
+            // releases held messages in turn, and must not meet itself among them
+            // (it would be processed twice, the second time as "too late").
+            let mut probe = Effects {
+                release: fx.release.iter().copied().chain([held_seq]).collect(),
+                ..Effects::default()
+            };
             let stays =
                 self.apply_group_message(seq, &name, sender, &msg, &bytes[32..], &mut probe, true)?;
             if !stays {
-                fx.release.push(held_seq);
+                fx.release = probe.release;
                 fx.lines.extend(probe.lines);
                 fx.roster.extend(probe.roster);
-                fx.release.extend(probe.release);
                 if probe.forget_group.is_some() {
                     fx.forget_group = probe.forget_group;
                     break;
