@@ -362,8 +362,17 @@ fn account(seed: u64, i: usize, lines: &[String], ledger: &Ledger) -> Counts {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_message_is_shown_once_dropped_or_reported_under_reorder_duplication_drops_and_racing_commits()
  {
+    // QPC_MLS_FUZZ_SEED=N replays one run; QPC_MLS_FUZZ_SEEDS=N runs seeds 1..=N.
+    let seeds: Vec<u64> = match (
+        std::env::var("QPC_MLS_FUZZ_SEED"),
+        std::env::var("QPC_MLS_FUZZ_SEEDS"),
+    ) {
+        (Ok(s), _) => vec![s.parse().expect("a number")],
+        (_, Ok(n)) => (1..=n.parse().expect("a number")).collect(),
+        _ => vec![1, 7, 42, 2026],
+    };
     let mut total = Counts::default();
-    for seed in [1u64, 7, 42, 2026] {
+    for seed in seeds {
         let c = run(seed).await;
         total.sent += c.sent;
         total.shown += c.shown;
