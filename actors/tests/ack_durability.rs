@@ -7,12 +7,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::inbox;
+use common::{hold_writer, inbox};
 use quicnprotochat_actors::core::inbox::InboxLimits;
 use quicnprotochat_actors::inbox::{InboxRegistry, InboxSettings};
 use quicnprotochat_actors::store::writer::StoreWriter;
 use quicnprotochat_actors::store::{ServerStore, StoreOptions};
-use tokio::sync::oneshot;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ack_repeated_while_the_first_is_in_flight_is_answered_only_once_it_is_durable() {
@@ -39,21 +38,7 @@ async fn an_ack_repeated_while_the_first_is_in_flight_is_answered_only_once_it_i
     }
 
     // Hold the writer inside a transaction until released: nothing commits.
-    let (release, held) = std::sync::mpsc::channel::<()>();
-    let (started_tx, started) = oneshot::channel::<()>();
-    let busy = {
-        let writer = writer.clone();
-        tokio::spawn(async move {
-            writer
-                .transact(move |_| {
-                    let _ = started_tx.send(());
-                    let _ = held.recv();
-                    Ok::<(), ()>(())
-                })
-                .await
-        })
-    };
-    started.await.unwrap();
+    let (release, busy) = hold_writer(&writer).await;
 
     let first = tokio::spawn({
         let inboxes = inboxes.clone();

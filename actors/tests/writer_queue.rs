@@ -2,10 +2,13 @@
 //! wait instead of the queue growing, and everything they submitted is written
 //! once it is free again.
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::hold_writer;
 use quicnprotochat_actors::store::writer::{QUEUE_CAPACITY, StoreWriter, WriteOp};
 use quicnprotochat_actors::store::{ServerStore, StoreOptions};
 use quicnprotochat_wire::IdentityKey;
@@ -17,21 +20,7 @@ async fn a_busy_writer_makes_submitters_wait_instead_of_queueing_without_limit()
     let store = ServerStore::open(&dir.path().join("node.redb"), StoreOptions::default()).unwrap();
     let (writer, thread) = StoreWriter::start(store).unwrap();
     // Hold the writer inside a transaction until released.
-    let (release, held) = std::sync::mpsc::channel::<()>();
-    let (started_tx, started) = oneshot::channel::<()>();
-    let busy = {
-        let writer = writer.clone();
-        tokio::spawn(async move {
-            writer
-                .transact(move |_| {
-                    let _ = started_tx.send(());
-                    let _ = held.recv();
-                    Ok::<(), ()>(())
-                })
-                .await
-        })
-    };
-    started.await.unwrap();
+    let (release, busy) = hold_writer(&writer).await;
     // A submitter that never stops on its own.
     let total = QUEUE_CAPACITY * 2;
     let submitted = Arc::new(AtomicUsize::new(0));

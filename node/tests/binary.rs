@@ -244,7 +244,7 @@ fn kill_dash_nine_loses_no_acknowledged_group_message() {
                     receipt: b"receipt".to_vec(),
                     ..CommitBodies::default()
                 };
-                s.commit_group(&gid, 0, &all, &mls_commit_at_zero(&gid), &bodies)
+                s.commit_group(&gid, 0, &all, &common::mls_commit(&gid, 0), &bodies)
                     .await
                     .unwrap();
             }
@@ -346,24 +346,6 @@ fn kill_dash_nine_loses_no_acknowledged_group_message() {
             }
         }
     });
-}
-
-/// An MLS commit of `gid` at epoch 0 as the node sees one: a PrivateMessage whose
-/// clear header it checks (the tests crate's `mls_commit`, which this crate's
-/// tests cannot depend on).
-fn mls_commit_at_zero(gid: &[u8]) -> Vec<u8> {
-    let mut out = vec![0, 1, 0, 2]; // mls10, mls_private_message
-    out.push(gid.len() as u8); // (short vectors: a 1-byte length)
-    out.extend_from_slice(gid);
-    out.extend_from_slice(&0u64.to_be_bytes());
-    out.push(3); // content type: commit
-    out.push(0); // authenticated data: empty
-    out.push(32); // encrypted sender data
-    out.extend_from_slice(&[0x5a; 32]);
-    out.push(0x40); // ciphertext: 64 bytes (2-byte length)
-    out.push(64);
-    out.extend_from_slice(&[0xa5; 64]);
-    out
 }
 
 #[test]

@@ -396,3 +396,38 @@ pub fn mls_commit(group_id: &[u8], epoch: u64) -> Vec<u8> {
 pub async fn local<F: std::future::Future>(f: F) -> F::Output {
     tokio::task::LocalSet::new().run_until(f).await
 }
+
+/// xorshift64*: the seeded tests' source of every choice, so a failing seed
+/// replays its run.
+pub struct Rng(u64);
+
+impl Rng {
+    /// A generator starting from `state` as it is (made odd, never zero).
+    pub fn new(state: u64) -> Rng {
+        Rng(state | 1)
+    }
+
+    /// A generator for `seed`, mixed so that neighbouring seeds differ at once.
+    pub fn seeded(seed: u64) -> Rng {
+        Rng::new(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+    }
+
+    /// The next number.
+    #[allow(clippy::should_implement_trait)] // not an iterator: it never ends
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// A number below `n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// True `percent` times in a hundred.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}

@@ -19,24 +19,8 @@ use std::time::Duration;
 
 use quicnprotochat::client::SessionHandle;
 use quicnprotochat_crypto::mls::Suite;
-use quicnprotochat_tests::{Person, TestNode, local};
+use quicnprotochat_tests::{Person, Rng, TestNode, local};
 use quicnprotochat_wire::{Envelope, IdentityKey, Inbound};
-
-/// A small deterministic generator (xorshift64*), so a failing seed replays.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 /// What the test knows of every envelope it saw: which application message
 /// it carries (by recipient and body), what it dropped, what it duplicated.
@@ -182,7 +166,7 @@ async fn run(seed: u64) -> Counts {
     let dir = tempfile::tempdir().unwrap();
     let node = TestNode::start(dir.path()).await;
     let counts = local(async {
-        let mut rng = Rng(seed | 1);
+        let mut rng = Rng::new(seed);
         let mut counts = Counts::default();
         let mut people = Vec::new();
         for i in 0..MEMBERS {
@@ -405,6 +389,32 @@ async fn raw_session(
     (conn, s)
 }
 
+/// alice and bob in group "g", with the test's hand in bob's inbox, and alice's
+/// session to put group traffic back into it.
+struct Pair {
+    alice: Person,
+    bob: Person,
+    gid: Vec<u8>,
+    bob_raw: (quicnprotochat::client::NodeConnection, SessionHandle),
+    alice_raw: (quicnprotochat::client::NodeConnection, SessionHandle),
+}
+
+impl Pair {
+    async fn in_g(node: &TestNode) -> Pair {
+        let (alice, bob) = quicnprotochat_tests::alice_and_bob_in_g(node).await;
+        let gid = alice.messenger.group("g").await.unwrap().group_id;
+        let bob_raw = raw_session(node, &bob).await;
+        let alice_raw = raw_session(node, &alice).await;
+        Pair {
+            alice,
+            bob,
+            gid,
+            bob_raw,
+            alice_raw,
+        }
+    }
+}
+
 /// Notices (lines of the client's own, not messages) of `lines`.
 fn notices(lines: &[String]) -> Vec<&String> {
     lines.iter().filter(|l| l.starts_with("[g] * ")).collect()
@@ -415,10 +425,13 @@ async fn a_replayed_group_message_is_ignored_not_shown_twice_nor_reported() {
     let dir = tempfile::tempdir().unwrap();
     let node = TestNode::start(dir.path()).await;
     local(async {
-        let (mut alice, mut bob) = quicnprotochat_tests::alice_and_bob_in_g(&node).await;
-        let gid = alice.messenger.group("g").await.unwrap().group_id;
-        let (_c1, bob_raw) = raw_session(&node, &bob).await;
-        let (_c2, alice_raw) = raw_session(&node, &alice).await;
+        let Pair {
+            mut alice,
+            mut bob,
+            gid,
+            bob_raw: (_c1, bob_raw),
+            alice_raw: (_c2, alice_raw),
+        } = Pair::in_g(&node).await;
         alice.messenger.send("g", "once").await.unwrap();
         // Stored twice (as a sender's retry after a lost answer would be).
         let envs = take_out(&bob_raw).await;
@@ -443,10 +456,13 @@ async fn commits_arriving_in_reverse_are_each_applied_once_without_a_too_late_no
     let dir = tempfile::tempdir().unwrap();
     let node = TestNode::start(dir.path()).await;
     local(async {
-        let (mut alice, mut bob) = quicnprotochat_tests::alice_and_bob_in_g(&node).await;
-        let gid = alice.messenger.group("g").await.unwrap().group_id;
-        let (_c1, bob_raw) = raw_session(&node, &bob).await;
-        let (_c2, alice_raw) = raw_session(&node, &alice).await;
+        let Pair {
+            mut alice,
+            mut bob,
+            gid,
+            bob_raw: (_c1, bob_raw),
+            alice_raw: (_c2, alice_raw),
+        } = Pair::in_g(&node).await;
         for _ in 0..3 {
             alice.messenger.update("g").await.unwrap();
         }

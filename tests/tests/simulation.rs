@@ -26,6 +26,7 @@ use quicnprotochat_actors::core::epoch::{EpochFence, FenceRefusal};
 use quicnprotochat_actors::core::inbox::{AckPlan, InboxLimits, InboxMeta, InboxState};
 use quicnprotochat_crypto::Identity;
 use quicnprotochat_crypto::mls::{Group, GroupEvent, GroupMember, Suite};
+use quicnprotochat_tests::Rng;
 
 const MEMBERS: usize = 4;
 const LIMITS: InboxLimits = InboxLimits {
@@ -37,26 +38,6 @@ const FAULTY_MS: u64 = 6_000;
 const CALM_MS: u64 = 30_000;
 /// A client resends a call unanswered for this long.
 const RESEND_MS: u64 = 400;
-
-/// xorshift64*: every choice of the run comes from it.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-}
 
 /// What an inbox holds.
 #[derive(Clone, Debug)]
@@ -545,7 +526,7 @@ impl Sim {
 }
 
 fn run(seed: u64) -> BTreeMap<&'static str, u64> {
-    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut rng = Rng::seeded(seed);
     // The group, made before the run: member 0 created it and added the rest.
     let people: Vec<(Identity, GroupMember<MemoryStorage>)> = (0..MEMBERS)
         .map(|_| {
@@ -585,7 +566,7 @@ fn run(seed: u64) -> BTreeMap<&'static str, u64> {
         })
         .collect();
     let mut sim = Sim {
-        rng: Rng(rng.next() | 1),
+        rng: Rng::new(rng.next()),
         now: 0,
         queue: BTreeMap::new(),
         order: 0,

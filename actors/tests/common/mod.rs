@@ -1,7 +1,8 @@
-//! What the seeded actor tests share: a replayable RNG, the seeds to run, and
-//! inbox names.
+//! What the actor tests share: a replayable RNG, the seeds to run, inbox names,
+//! and a way to hold the store writer still.
 #![allow(dead_code)] // each test file uses its own part
 
+use quicnprotochat_actors::store::writer::{StoreWriter, TransactError};
 use quicnprotochat_wire::IdentityKey;
 
 /// xorshift64*: enough randomness for choosing moments and operations, and
@@ -34,4 +35,32 @@ pub(crate) fn seeds(var: &str, defaults: std::ops::RangeInclusive<u64>) -> Vec<u
 /// Inbox `i` of a test.
 pub(crate) fn inbox(i: u8) -> IdentityKey {
     IdentityKey([i + 1; 32])
+}
+
+/// What [`hold_writer`] hands back: send (or drop) to let the writer go, then
+/// await the task.
+pub(crate) type HeldWriter = (
+    std::sync::mpsc::Sender<()>,
+    tokio::task::JoinHandle<Result<(), TransactError<()>>>,
+);
+
+/// Holds `writer` inside a transaction, so that nothing commits until released;
+/// returns once the writer is held.
+pub(crate) async fn hold_writer(writer: &StoreWriter) -> HeldWriter {
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
+    let busy = {
+        let writer = writer.clone();
+        tokio::spawn(async move {
+            writer
+                .transact(move |_| {
+                    let _ = started_tx.send(());
+                    let _ = held.recv();
+                    Ok::<(), ()>(())
+                })
+                .await
+        })
+    };
+    started.await.unwrap();
+    (release, busy)
 }

@@ -221,3 +221,21 @@ pub(crate) fn assert_no_fork(server: SocketAddr, ca: &Path, group: &str, users: 
     assert!(lines[0].contains("  check "), "{lines:?}");
     assert!(lines.iter().all(|l| *l == lines[0]), "a fork: {lines:?}");
 }
+
+/// An MLS commit of `gid` at `epoch` as the node sees one: a PrivateMessage whose
+/// clear header it checks (the node reads no further; the tests crate's
+/// `mls_commit`, which this crate's tests cannot depend on).
+pub(crate) fn mls_commit(gid: &[u8], epoch: u64) -> Vec<u8> {
+    let mut out = vec![0, 1, 0, 2]; // mls10, mls_private_message
+    out.push(gid.len() as u8); // (short vectors: a 1-byte length)
+    out.extend_from_slice(gid);
+    out.extend_from_slice(&epoch.to_be_bytes());
+    out.push(3); // content type: commit
+    out.push(0); // authenticated data: empty
+    out.push(32); // encrypted sender data
+    out.extend_from_slice(&[0x5a; 32]);
+    out.push(0x40); // ciphertext: 64 bytes (2-byte length)
+    out.push(64);
+    out.extend_from_slice(&[0xa5; 64]);
+    out
+}
