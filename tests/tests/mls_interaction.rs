@@ -77,17 +77,24 @@ async fn disturb(
     ledger: &mut Ledger,
     rng: &mut Rng,
 ) {
-    let mut kept: Vec<Envelope> = Vec::new();
-    for e in take_out(raw).await {
-        let tag = ledger
+    let envs = take_out(raw).await;
+    let text_of = |e: &Envelope| {
+        ledger
             .tags
-            .get(&(victim, body_digest(&e)))
+            .get(&(victim, body_digest(e)))
             .cloned()
-            .flatten();
-        if let Some(text) = tag
-            && rng.below(6) == 0
-        {
-            ledger.dropped.insert((victim, text));
+            .flatten()
+    };
+    // A message is dropped whole: every copy of it in the inbox, or none.
+    let mut drop = BTreeSet::new();
+    for text in envs.iter().filter_map(text_of) {
+        if !drop.contains(&text) && rng.below(6) == 0 {
+            drop.insert(text);
+        }
+    }
+    let mut kept: Vec<Envelope> = Vec::new();
+    for e in envs {
+        if text_of(&e).is_some_and(|t| drop.contains(&t)) {
             continue;
         }
         if rng.below(4) == 0 {
@@ -95,6 +102,9 @@ async fn disturb(
             kept.push(e.clone());
         }
         kept.push(e);
+    }
+    for text in drop {
+        ledger.dropped.insert((victim, text));
     }
     for i in (1..kept.len()).rev() {
         let j = rng.below(i as u64 + 1) as usize;
