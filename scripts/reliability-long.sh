@@ -17,7 +17,7 @@ QPC_SIM_SEEDS="$SEEDS" cargo test --locked -p quicnprotochat-tests --test simula
 
 echo "== MLS interaction fuzz: $((SEEDS / 10)) seeds"
 QPC_MLS_FUZZ_SEEDS="$((SEEDS / 10))" cargo test --locked -p quicnprotochat-tests --test mls_interaction \
-    every_message -- --nocapture 2>&1 | grep -E "Counts|test result"
+    every_message -- --nocapture 2>&1 | grep -E "Counts|test result|panicked"
 
 echo "== store model check with a dying disk (plain and torn writes): $SEEDS seeds"
 for seed in $(seq 1 "$SEEDS"); do

@@ -116,6 +116,23 @@ fn wrong_admission_token_is_a_one_line_unauthorized_error() {
 }
 
 #[test]
+fn an_empty_password_is_refused_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = ServerProcess::start(&data, &[]);
+    let ca = data.join(tls::CERT_FILE);
+    let (ok, _, err) = client_env(
+        &["register-user", "--username", "nobody"],
+        server.addr,
+        &ca,
+        &dir.path().join("s"),
+        "",
+    );
+    assert!(!ok);
+    assert_one_line_error(&err, "empty password");
+}
+
+#[test]
 fn kill_dash_nine_loses_no_acknowledged_message() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");

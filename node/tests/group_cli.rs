@@ -457,3 +457,40 @@ fn a_message_cannot_fake_another_senders_line_or_drive_the_terminal() {
     assert!(!out.lines().any(|l| l.starts_with("[g] bob")), "{out:?}");
     assert_no_fork(at, &p.ca, "g", &[&p.alice, &p.bob]);
 }
+
+#[test]
+fn an_empty_or_over_size_message_is_refused_with_one_line_and_chat_goes_on() {
+    let p = Pair::start();
+    let at = p.server.addr;
+    let (ok, _, err) = p.alice.run(at, &p.ca, &["send", "--group", "g", "  "]);
+    assert!(!ok);
+    assert_one_line_error(&err, "empty message");
+    let long = "x".repeat(quicnprotochat::client::core::MAX_MESSAGE_BYTES + 1);
+    let (ok, _, err) = p.alice.run(at, &p.ca, &["send", "--group", "g", &long]);
+    assert!(!ok);
+    assert_one_line_error(&err, "at most 65536 bytes");
+    // In chat, the over-size line is reported and what follows is still sent.
+    let mut child = p
+        .alice
+        .command(at, &p.ca, &["chat", "--group", "g"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        writeln!(stdin, "before").unwrap();
+        writeln!(stdin, "{long}").unwrap();
+        writeln!(stdin, "after").unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "chat went on: {err}");
+    assert!(err.contains("at most 65536 bytes"), "{err}");
+    let got = p.bob.ok(at, &p.ca, &["recv", "--wait", "5"]);
+    assert_eq!(
+        lines_of(&got),
+        vec!["[g] alice: before", "[g] alice: after"]
+    );
+}

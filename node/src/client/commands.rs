@@ -67,6 +67,11 @@ pub enum CommandError {
 /// The password: `QPC_PASSWORD` when set, otherwise asked for without echo.
 pub fn read_password(confirm: bool) -> Result<String, CommandError> {
     if let Ok(p) = std::env::var("QPC_PASSWORD") {
+        if p.is_empty() {
+            return Err(CommandError::Password(
+                "empty password (QPC_PASSWORD is set but empty)".into(),
+            ));
+        }
         return Ok(p);
     }
     let p = rpassword::prompt_password("password: ")

@@ -19,8 +19,45 @@
 //!   without a notice.
 //! - **An application message** whose envelope sender (who signed the upload) is
 //!   not its MLS sender is dropped with a notice.
+//! - **A message we send** has text, at most [`MAX_MESSAGE_BYTES`] of it; anything
+//!   else is refused before anything is sent.
 
 use std::collections::BTreeMap;
+
+/// The most bytes of text one message carries (about WhatsApp's 65,536
+/// characters): far below what the node takes in one payload, whatever the
+/// group's suite adds.
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// Why a text is not sent as a message (nothing was sent).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MessageRefusal {
+    /// Nothing but white space.
+    #[error("an empty message is not sent")]
+    Empty,
+    /// Longer than [`MAX_MESSAGE_BYTES`].
+    #[error("a message of {len} bytes is not sent: at most {max} bytes")]
+    TooLong {
+        /// Its length in bytes.
+        len: usize,
+        /// The most allowed.
+        max: usize,
+    },
+}
+
+/// Whether `text` may be sent as a message.
+pub fn check_message_text(text: &str) -> Result<(), MessageRefusal> {
+    if text.trim().is_empty() {
+        return Err(MessageRefusal::Empty);
+    }
+    if text.len() > MAX_MESSAGE_BYTES {
+        return Err(MessageRefusal::TooLong {
+            len: text.len(),
+            max: MAX_MESSAGE_BYTES,
+        });
+    }
+    Ok(())
+}
 
 /// What the node answered to our commit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -286,6 +323,22 @@ impl GroupProtocol {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_has_text_and_a_bounded_length() {
+        assert_eq!(check_message_text(""), Err(MessageRefusal::Empty));
+        assert_eq!(check_message_text(" \t\n"), Err(MessageRefusal::Empty));
+        assert_eq!(check_message_text("hi"), Ok(()));
+        let longest = "é".repeat(MAX_MESSAGE_BYTES / 2);
+        assert_eq!(check_message_text(&longest), Ok(()));
+        assert_eq!(
+            check_message_text(&format!("{longest}x")),
+            Err(MessageRefusal::TooLong {
+                len: MAX_MESSAGE_BYTES + 1,
+                max: MAX_MESSAGE_BYTES
+            })
+        );
+    }
     use proptest::prelude::*;
 
     /// What happens to a member, in some order.

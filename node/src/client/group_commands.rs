@@ -296,7 +296,12 @@ pub async fn chat(opts: &ClientOptions, group: &str) -> Result<String, CommandEr
                     None => break,
                     Some(text) if text.trim().is_empty() => Ok(()),
                     Some(text) => {
-                        unsent.push_back(text);
+                        // A line that cannot be a message is reported, and chat
+                        // goes on with the next one.
+                        match crate::client::core::check_message_text(&text) {
+                            Ok(()) => unsent.push_back(text),
+                            Err(refusal) => eprintln!("error: {refusal}"),
+                        }
                         Ok(())
                     }
                 }

@@ -370,6 +370,7 @@ impl Messenger {
     /// Sends `text` to every other member device (one upload); reports who got
     /// it and whose inbox did not take it.
     pub async fn send(&mut self, name: &str, text: &str) -> Result<SendReport, MessengerError> {
+        crate::client::core::check_message_text(text)?;
         self.pull(Duration::ZERO).await?;
         let group = self.group_actor(name).await?;
         let text = text.to_string();

@@ -146,6 +146,9 @@ pub enum MessengerError {
         bytes: usize,
     },
     #[error(transparent)]
+    /// The text is not a message that can be sent (nothing was sent).
+    Message(#[from] crate::client::core::MessageRefusal),
+    #[error(transparent)]
     /// The node refused, or could not be reached.
     Client(#[from] ClientError),
     #[error(transparent)]
