@@ -383,6 +383,80 @@ impl ServerConfig {
 mod tests {
     use super::*;
 
+    const EXAMPLE: &str = include_str!("../../quicnprotochat.example.toml");
+
+    #[test]
+    fn the_example_config_holds_the_defaults_and_names_every_key() {
+        // As shipped, it configures exactly the defaults.
+        let example: FileConfig = toml::from_str(EXAMPLE).unwrap();
+        let from_example = ServerConfig::from_settings(example).unwrap();
+        let defaults = ServerConfig::from_settings(FileConfig::default()).unwrap();
+        assert_eq!(format!("{from_example:?}"), format!("{defaults:?}"));
+        // With its commented-out keys switched on, every key has a value: a key
+        // added to the config types and not to the example fails here.
+        let all: String = EXAMPLE
+            .lines()
+            .map(|l| {
+                match l
+                    .strip_prefix("# ")
+                    .and_then(|r| Some((r, r.split_once(" = ")?)))
+                {
+                    Some((rest, (key, _)))
+                        if key.chars().all(|c| c.is_ascii_lowercase() || c == '_') =>
+                    {
+                        rest
+                    }
+                    _ => l,
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let FileConfig {
+            listen,
+            data_dir,
+            tls_cert,
+            tls_key,
+            auth_token,
+            queue_limit,
+            max_payload,
+            sealed_sender,
+            metrics_listen,
+            rpc_threads,
+            rate_limits,
+            limits,
+        } = toml::from_str(&all).unwrap();
+        assert!(listen.is_some() && data_dir.is_some() && tls_cert.is_some());
+        assert!(tls_key.is_some() && auth_token.is_some() && queue_limit.is_some());
+        assert!(max_payload.is_some() && sealed_sender.is_some() && metrics_listen.is_some());
+        assert!(rpc_threads.is_some());
+        let RateLimitsFile {
+            enqueue_per_sec_per_session,
+            enqueue_per_sec_per_address,
+            logins_per_min_per_address,
+            claims_per_min_per_requester,
+            claims_per_min_per_target,
+        } = rate_limits.unwrap();
+        assert!(enqueue_per_sec_per_session.is_some() && enqueue_per_sec_per_address.is_some());
+        assert!(logins_per_min_per_address.is_some() && claims_per_min_per_requester.is_some());
+        assert!(claims_per_min_per_target.is_some());
+        let LimitsFile {
+            connections,
+            connections_per_address,
+            calls_per_connection,
+            bytes_per_connection,
+            bytes_in_flight,
+            long_polls_per_inbox,
+            live_inboxes,
+            store_cache_bytes,
+            groups_per_device,
+        } = limits.unwrap();
+        assert!(connections.is_some() && connections_per_address.is_some());
+        assert!(calls_per_connection.is_some() && bytes_per_connection.is_some());
+        assert!(bytes_in_flight.is_some() && long_polls_per_inbox.is_some());
+        assert!(live_inboxes.is_some() && store_cache_bytes.is_some());
+        assert!(groups_per_device.is_some());
+    }
+
     #[test]
     fn flags_win_over_file_and_file_over_defaults() {
         let file: FileConfig =
