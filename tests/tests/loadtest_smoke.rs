@@ -118,3 +118,36 @@ fn stall_scenario_pings_beside_each_storm() {
         assert!(pings > 0, "{storm:?}: no ping answered");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_with_failed_calls_exits_non_zero_with_the_first_reason() {
+    // A node whose payload limit every enqueue of the run is over.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = quicnprotochat::config::ServerConfig::ephemeral(dir.path());
+    config.max_payload = 1000;
+    let node = quicnprotochat_tests::TestNode::start_with(config).await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_loadtest"))
+        .arg("--server")
+        .arg(node.addr.to_string())
+        .arg("--ca-cert")
+        .arg(node.cert_path())
+        .args(["--duration", "1", "enqueue", "--connections", "1"])
+        .args(["--in-flight", "2", "--payload", "2000"])
+        .output()
+        .await
+        .unwrap();
+    node.stop().await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stdout}\n{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ") && last.contains("calls failed; the first: "),
+        "{stderr}"
+    );
+    assert!(last.contains("TOO_LARGE"), "{stderr}");
+    assert!(
+        stdout.contains("first error"),
+        "the table says it too: {stdout}"
+    );
+}

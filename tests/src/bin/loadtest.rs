@@ -234,5 +234,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     } else {
         print!("{}", report.table());
     }
+    // A run in which calls failed measured something else than it says.
+    if report.errors > 0 {
+        anyhow::bail!(
+            "{} calls failed; the first: {}",
+            report.errors,
+            report
+                .first_error
+                .as_deref()
+                .unwrap_or("(no reason recorded)")
+        );
+    }
     Ok(())
 }

@@ -80,7 +80,7 @@ pub fn groups(target: &Target, p: &GroupParams, show_progress: bool) -> anyhow::
         .param("messages", p.messages)
         .param("suite", format!("{:?}", p.suite));
     let tag = hex_tag();
-    let mut errors = 0usize;
+    let errors = super::report::Failures::default();
     let mut one_message = (0usize, None::<u64>);
     // The members' shared endpoint is driven on a runtime of its own: driven by
     // the harness thread, which is busy for seconds with one member's MLS work
@@ -128,7 +128,9 @@ pub fn groups(target: &Target, p: &GroupParams, show_progress: bool) -> anyhow::
         // One 1 KiB message: what its sender uploads and what the node stores.
         let stored_before = target.store().map(|s| s.shared_bodies()).transpose()?;
         let sent = people[0].messenger.send("load", &"x".repeat(1024)).await?;
-        errors += sent.undelivered.len();
+        for (who, why) in &sent.undelivered {
+            errors.note(format_args!("{who}: {why}"));
+        }
         let stored_after = target.store().map(|s| s.shared_bodies()).transpose()?;
         let node_bytes = stored_before.zip(stored_after).map(|((_, b0), (_, b1))| {
             b1.saturating_sub(b0) + (sent.seqs.len() * NODE_BYTES_PER_REFERENCE) as u64
@@ -147,7 +149,9 @@ pub fn groups(target: &Target, p: &GroupParams, show_progress: bool) -> anyhow::
                 .messenger
                 .send("load", &format!("message {k}"))
                 .await?;
-            errors += sent.undelivered.len();
+            for (who, why) in &sent.undelivered {
+                errors.note(format_args!("{who}: {why}"));
+            }
             all_pull(&mut people, sender).await?;
             record(&mut send_hist, t.elapsed());
             bar.inc(1);
@@ -191,7 +195,7 @@ pub fn groups(target: &Target, p: &GroupParams, show_progress: bool) -> anyhow::
     if let Some(bytes) = one_message.1 {
         report.figure("node_bytes_per_message", bytes as f64);
     }
-    report.errors = errors as u64;
+    errors.write_to(&mut report);
     // Node and every member client share this process.
     report.figure(
         "process_rss_kib_per_member",

@@ -1,5 +1,7 @@
 //! Results: a table for people, JSON for machines.
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -53,6 +55,35 @@ pub struct Report {
     pub latency: Option<Latency>,
     /// Requests that failed (or, where said, were not delivered by the end).
     pub errors: u64,
+    /// Why the first of them failed.
+    pub first_error: Option<String>,
+}
+
+/// Calls that failed, shared by a scenario's tasks: how many, and why the first.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Failures(Rc<RefCell<(u64, Option<String>)>>);
+
+impl Failures {
+    /// Notes one failed call.
+    pub(crate) fn note(&self, why: impl std::fmt::Display) {
+        let mut f = self.0.borrow_mut();
+        f.0 += 1;
+        if f.1.is_none() {
+            f.1 = Some(why.to_string());
+        }
+    }
+
+    /// How many calls failed.
+    pub(crate) fn count(&self) -> u64 {
+        self.0.borrow().0
+    }
+
+    /// Puts them in `report`.
+    pub(crate) fn write_to(&self, report: &mut Report) {
+        let f = self.0.borrow();
+        report.errors = f.0;
+        report.first_error = f.1.clone();
+    }
 }
 
 impl Report {
@@ -64,6 +95,7 @@ impl Report {
             figures: Vec::new(),
             latency: None,
             errors: 0,
+            first_error: None,
         }
     }
 
@@ -102,6 +134,9 @@ impl Report {
             );
         }
         out += &format!("  {:<28} {:>14}\n", "errors", self.errors);
+        if let Some(why) = &self.first_error {
+            out += &format!("  {:<28} {why}\n", "first error");
+        }
         out
     }
 }

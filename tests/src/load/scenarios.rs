@@ -16,7 +16,7 @@ use quicnprotochat_actors::store::{ServerStore, StoreOptions};
 use quicnprotochat_crypto::Identity;
 use quicnprotochat_wire::IdentityKey;
 
-use super::report::{Latency, histogram, record};
+use super::report::{Failures, Latency, histogram, record};
 use super::sys::{NODE_THREADS, rss_bytes, thread_cpu_seconds};
 use super::{NODE_THREAD, Report, Target};
 
@@ -133,13 +133,13 @@ pub fn enqueue(target: &Target, p: &EnqueueParams, show_progress: bool) -> anyho
         .param("inboxes", p.inboxes)
         .param("payload", p.payload)
         .param("duration_s", p.duration.as_secs_f64());
-    let (count, errors, hist, elapsed, cpu) = run_local(async {
+    let errors = Failures::default();
+    let (count, hist, elapsed, cpu) = run_local(async {
         let mut sessions = Vec::new();
         for _ in 0..p.connections {
             sessions.push(session(target).await?);
         }
         let count = Rc::new(Cell::new(0u64));
-        let errors = Rc::new(Cell::new(0u64));
         let payload: Rc<Vec<u8>> = Rc::new((0..p.payload).map(|i| i as u8).collect());
         let cpu_before = thread_cpu_seconds(&NODE_THREADS);
         let start = Instant::now();
@@ -162,7 +162,7 @@ pub fn enqueue(target: &Target, p: &EnqueueParams, show_progress: bool) -> anyho
                                 record(&mut h, t.elapsed());
                                 count.set(count.get() + 1);
                             }
-                            Err(_) => errors.set(errors.get() + 1),
+                            Err(e) => errors.note(e),
                         }
                     }
                     h
@@ -189,7 +189,7 @@ pub fn enqueue(target: &Target, p: &EnqueueParams, show_progress: bool) -> anyho
         for (conn, _) in sessions {
             conn.close().await;
         }
-        anyhow::Ok((count.get(), errors.get(), all, elapsed, cpu))
+        anyhow::Ok((count.get(), all, elapsed, cpu))
     })?;
     report.figure("messages_per_s", count as f64 / elapsed.as_secs_f64());
     report.figure("messages", count as f64);
@@ -197,7 +197,7 @@ pub fn enqueue(target: &Target, p: &EnqueueParams, show_progress: bool) -> anyho
         report.figure("node_cpu_us_per_message", cpu * 1e6 / count as f64);
     }
     report.latency = Some(Latency::of(&hist));
-    report.errors = errors;
+    errors.write_to(&mut report);
     Ok(report)
 }
 
@@ -316,7 +316,8 @@ pub fn deliver(target: &Target, p: &DeliverParams, show_progress: bool) -> anyho
         .param("receivers", p.receivers)
         .param("payload", p.payload.max(8))
         .param("duration_s", p.duration.as_secs_f64());
-    let (sent, received, errors, hist, elapsed) = run_local(async {
+    let errors = Failures::default();
+    let (sent, received, hist, elapsed) = run_local(async {
         let epoch = Instant::now();
         let mut receivers = Vec::new();
         for _ in 0..p.receivers {
@@ -361,14 +362,13 @@ pub fn deliver(target: &Target, p: &DeliverParams, show_progress: bool) -> anyho
         let start = Instant::now();
         let bar = progress(show_progress, p.duration.as_secs(), "deliver");
         let in_flight = Rc::new(Cell::new(0usize));
-        let errors = Rc::new(Cell::new(0u64));
         let mut sent = 0u64;
         while start.elapsed() < p.duration {
             // Offer messages on schedule; skip (and count) when 1024 are in flight.
             let due = (start.elapsed().as_secs_f64() / interval.as_secs_f64()) as u64;
             while sent < due {
                 if in_flight.get() >= 1024 {
-                    errors.set(errors.get() + 1);
+                    errors.note("1024 enqueues in flight: an offered message was skipped");
                     sent += 1;
                     continue;
                 }
@@ -382,8 +382,8 @@ pub fn deliver(target: &Target, p: &DeliverParams, show_progress: bool) -> anyho
                 );
                 in_flight.set(in_flight.get() + 1);
                 tokio::task::spawn_local(async move {
-                    if s.enqueue(&to, &payload).await.is_err() {
-                        errors.set(errors.get() + 1);
+                    if let Err(e) = s.enqueue(&to, &payload).await {
+                        errors.note(e);
                     }
                     in_flight.set(in_flight.get() - 1);
                 });
@@ -394,7 +394,7 @@ pub fn deliver(target: &Target, p: &DeliverParams, show_progress: bool) -> anyho
         }
         // Let the last messages arrive.
         let drain = Instant::now();
-        while received.get() + errors.get() < sent && drain.elapsed() < Duration::from_secs(10) {
+        while received.get() + errors.count() < sent && drain.elapsed() < Duration::from_secs(10) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         let elapsed = start.elapsed();
@@ -404,25 +404,29 @@ pub fn deliver(target: &Target, p: &DeliverParams, show_progress: bool) -> anyho
             let _ = t.await;
         }
         let h = hist.borrow().clone();
-        anyhow::Ok((sent, received.get(), errors.get(), h, elapsed))
+        anyhow::Ok((sent, received.get(), h, elapsed))
     })?;
     report.figure("offered", sent as f64);
     report.figure("delivered", received as f64);
     report.figure("delivered_per_s", received as f64 / elapsed.as_secs_f64());
     report.latency = Some(Latency::of(&hist));
-    report.errors = errors + sent.saturating_sub(received + errors);
+    let undelivered = sent.saturating_sub(received + errors.count());
+    for _ in 0..undelivered {
+        errors.note("a message enqueued was not delivered within 10 s of the end");
+    }
+    errors.write_to(&mut report);
     Ok(report)
 }
 
 /// `connections`: opens and holds N authenticated connections.
 pub fn connections(target: &Target, count: usize, show_progress: bool) -> anyhow::Result<Report> {
     let mut report = Report::new("connections").param("connections", count);
-    let (elapsed, rss_delta, errors) = run_local(async {
+    let errors = Failures::default();
+    let (elapsed, rss_delta) = run_local(async {
         let rss_before = rss_bytes();
         let bar = progress(show_progress, count as u64, "connections");
         let start = Instant::now();
         let mut held = Vec::with_capacity(count);
-        let mut errors = 0u64;
         // 32 handshakes at a time.
         let mut remaining = count;
         while remaining > 0 {
@@ -431,7 +435,7 @@ pub fn connections(target: &Target, count: usize, show_progress: bool) -> anyhow
             for o in opened {
                 match o {
                     Ok(c) => held.push(c),
-                    Err(_) => errors += 1,
+                    Err(e) => errors.note(e),
                 }
             }
             remaining -= n;
@@ -445,29 +449,29 @@ pub fn connections(target: &Target, count: usize, show_progress: bool) -> anyhow
         for (conn, _) in held {
             conn.close().await;
         }
-        (elapsed, rss_delta, errors)
+        (elapsed, rss_delta)
     });
-    let opened = count as u64 - errors;
+    let opened = count as u64 - errors.count();
     report.figure("handshakes_per_s", opened as f64 / elapsed.as_secs_f64());
     // Both ends live in this process when the node is in-process: an upper bound.
     report.figure(
         "rss_bytes_per_connection_both_ends",
         rss_delta as f64 / opened.max(1) as f64,
     );
-    report.errors = errors;
+    errors.write_to(&mut report);
     Ok(report)
 }
 
 /// `inboxes`: fills N inboxes, restarts the node, and times its way back.
 pub fn inboxes(target: &mut Target, count: usize, show_progress: bool) -> anyhow::Result<Report> {
     let mut report = Report::new("inboxes").param("inboxes", count);
-    let (fill_elapsed, errors) = run_local(async {
+    let errors = Failures::default();
+    let fill_elapsed = run_local(async {
         let mut sessions = Vec::new();
         for _ in 0..4 {
             sessions.push(session(target).await?);
         }
         let next = Rc::new(Cell::new(0usize));
-        let errors = Rc::new(Cell::new(0u64));
         let bar = progress(show_progress, count as u64, "fill");
         let start = Instant::now();
         let mut tasks = Vec::new();
@@ -481,8 +485,8 @@ pub fn inboxes(target: &mut Target, count: usize, show_progress: bool) -> anyhow
                             break;
                         }
                         next.set(i + 1);
-                        if s.enqueue(&inbox_key(i), b"hello").await.is_err() {
-                            errors.set(errors.get() + 1);
+                        if let Err(e) = s.enqueue(&inbox_key(i), b"hello").await {
+                            errors.note(e);
                         }
                         if i % 1000 == 0 {
                             bar.set_position(i as u64);
@@ -498,7 +502,7 @@ pub fn inboxes(target: &mut Target, count: usize, show_progress: bool) -> anyhow
         for (conn, _) in sessions {
             conn.close().await;
         }
-        anyhow::Ok((start.elapsed(), errors.get()))
+        anyhow::Ok(start.elapsed())
     })?;
     report.figure(
         "fill_messages_per_s",
@@ -522,6 +526,6 @@ pub fn inboxes(target: &mut Target, count: usize, show_progress: bool) -> anyhow
             rss_bytes() as f64 / (1024.0 * 1024.0),
         );
     }
-    report.errors = errors;
+    errors.write_to(&mut report);
     Ok(report)
 }
