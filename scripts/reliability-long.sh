@@ -22,11 +22,11 @@ QPC_MLS_FUZZ_SEEDS="$((SEEDS / 10))" cargo test --locked -p quicnprotochat-tests
 echo "== store model check with a dying disk (plain and torn writes): $SEEDS seeds"
 for seed in $(seq 1 "$SEEDS"); do
     QPC_FAULT_SEED="$seed" cargo test -q --locked -p quicnprotochat-actors --test store_faults \
-        -- --nocapture 2>&1 | grep -E "seed|panicked"
+        -- --nocapture 2>&1 | grep -oE "seed [0-9]+ \(torn.*|panicked.*"
 done | sed -E 's/^seed [0-9]+ //; s/disk died at op Some\([0-9]+\); //' | sort | uniq -c
 
 echo "== supervision chaos: $((SEEDS / 4)) seeds"
 for seed in $(seq 1 "$((SEEDS / 4))"); do
     QPC_CHAOS_SEED="$seed" cargo test -q --locked -p quicnprotochat-actors --test chaos \
-        -- --nocapture 2>&1 | grep -E "restarts|panicked"
+        -- --nocapture 2>&1 | grep -oE "seed [0-9]+: .*restarts.*|panicked at .*chaos.rs.*"
 done | sed -E 's/[0-9]+/N/g' | sort | uniq -c
