@@ -116,6 +116,33 @@ fn wrong_admission_token_is_a_one_line_unauthorized_error() {
 }
 
 #[test]
+fn help_versions_completions_and_the_manual_come_from_the_binary() {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(common::BIN)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let version = format!("quicnprotochat {}", env!("CARGO_PKG_VERSION"));
+    assert_eq!(run(&["--version"]).trim(), version);
+    assert_eq!(
+        run(&["send", "--version"]).trim(),
+        version.replace(' ', "-send ")
+    );
+    let server_help = run(&["server", "--help"]);
+    assert!(server_help.contains("--listen") && !server_help.contains("--ca-cert"));
+    assert!(run(&["completions", "bash"]).contains("_quicnprotochat()"));
+    assert!(run(&["completions", "zsh"]).contains("#compdef quicnprotochat"));
+    let man = run(&["man"]);
+    assert!(
+        man.contains(".TH quicnprotochat 1") && man.contains("register\\-user"),
+        "{man}"
+    );
+}
+
+#[test]
 fn an_empty_password_is_refused_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");

@@ -13,7 +13,12 @@ use clap::{Parser, Subcommand};
 use quicnprotochat_tests::load::{self, DeliverParams, EnqueueParams, GroupParams, Target};
 
 #[derive(Parser)]
-#[command(name = "loadtest", about = "Load tests for a quicnprotochat node")]
+#[command(
+    name = "loadtest",
+    version,
+    propagate_version = true,
+    about = "Load tests for a quicnprotochat node"
+)]
 struct Cli {
     /// Node to test instead of an in-process one (HOST:PORT).
     #[arg(long, global = true)]
