@@ -232,16 +232,28 @@ impl RateLimitsFile {
 }
 
 impl FileConfig {
-    /// Reads a config file.
+    /// Reads a config file. Relative paths in it (`data_dir`, `tls_cert`,
+    /// `tls_key`) are relative to the file's folder, wherever the node is started
+    /// from; only the data folder's default (no key) follows the working directory.
     pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        let mut file: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             message: e.message().to_string(),
-        })
+        })?;
+        let folder = path.parent().unwrap_or(Path::new(""));
+        for p in [&mut file.data_dir, &mut file.tls_cert, &mut file.tls_key]
+            .into_iter()
+            .flatten()
+        {
+            if p.is_relative() {
+                *p = folder.join(&*p);
+            }
+        }
+        Ok(file)
     }
 
     /// Layers `over` on top of `self`: every key `over` sets wins.
@@ -384,6 +396,32 @@ mod tests {
     use super::*;
 
     const EXAMPLE: &str = include_str!("../../quicnprotochat.example.toml");
+
+    #[test]
+    fn relative_paths_in_a_config_file_are_relative_to_its_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let etc = dir.path().join("etc");
+        std::fs::create_dir(&etc).unwrap();
+        let path = etc.join("node.toml");
+        std::fs::write(
+            &path,
+            "data_dir = \"var/data\"\ntls_cert = \"/abs/cert.der\"\ntls_key = \"key.der\"\n",
+        )
+        .unwrap();
+        let file = FileConfig::load(&path).unwrap();
+        assert_eq!(file.data_dir, Some(etc.join("var/data")));
+        assert_eq!(file.tls_cert, Some(PathBuf::from("/abs/cert.der")));
+        assert_eq!(file.tls_key, Some(etc.join("key.der")));
+        // Flags stay relative to where the node is started.
+        let flags = FileConfig {
+            data_dir: Some(PathBuf::from("here")),
+            ..FileConfig::default()
+        };
+        assert_eq!(
+            file.overridden_by(flags).data_dir,
+            Some(PathBuf::from("here"))
+        );
+    }
 
     #[test]
     fn the_example_config_holds_the_defaults_and_names_every_key() {

@@ -91,6 +91,26 @@ pub struct Server {
 impl Server {
     /// Opens the store, starts the actors and binds the QUIC endpoint.
     pub async fn bind(config: ServerConfig) -> Result<Server, ServerError> {
+        // Listen first: a node that cannot bind has written nothing (no data
+        // folder, no generated key) when it says so.
+        let socket =
+            std::net::UdpSocket::bind(config.listen).map_err(|source| ServerError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let metrics = match config.metrics_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| ServerError::Bind { addr, source })?,
+            ),
+            None => None,
+        };
+        // Install the recorder before anything records (the writer sets the depth
+        // gauge as it starts).
+        if metrics.is_some() {
+            crate::metrics::install();
+        }
         // Owner-only: the database and the TLS key inside hold secrets.
         private_dir(&config.data_dir).map_err(|source| ServerError::DataDir {
             path: config.data_dir.clone(),
@@ -101,19 +121,6 @@ impl Server {
             config.tls_cert.as_deref(),
             config.tls_key.as_deref(),
         )?;
-        // Install the recorder before anything records (the writer sets the depth
-        // gauge as it starts).
-        let metrics = match config.metrics_listen {
-            Some(addr) => {
-                crate::metrics::install();
-                Some(
-                    tokio::net::TcpListener::bind(addr)
-                        .await
-                        .map_err(|source| ServerError::Bind { addr, source })?,
-                )
-            }
-            None => None,
-        };
         let store = ServerStore::open(
             &config.data_dir.join(DB_FILE),
             StoreOptions {
@@ -138,11 +145,16 @@ impl Server {
         )
         .await
         .map_err(|e| ServerError::Actors(e.to_string()))?;
-        let endpoint = quinn::Endpoint::server(tls::server_config(material)?, config.listen)
-            .map_err(|source| ServerError::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(tls::server_config(material)?),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
         let auth = Arc::new(AuthService::open(store.clone(), writer.clone()).await?);
         let directory = {
             let auth = auth.clone();

@@ -143,6 +143,26 @@ fn help_versions_completions_and_the_manual_come_from_the_binary() {
 }
 
 #[test]
+fn a_node_that_cannot_listen_says_so_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = std::process::Command::new(common::BIN)
+        .args(["server", "--listen", &addr, "--data-dir"])
+        .arg(&data)
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_one_line_error(&String::from_utf8_lossy(&out.stderr), "cannot listen on");
+    assert!(
+        !data.exists(),
+        "no data folder, no key, before the listener is bound"
+    );
+}
+
+#[test]
 fn an_empty_password_is_refused_with_one_line() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
