@@ -28,7 +28,7 @@ pub(crate) struct ClientFlags {
     /// Server to connect to (HOST:PORT).
     #[arg(long, env = "QPC_SERVER", default_value = "127.0.0.1:7000")]
     pub(crate) server: String,
-    /// The server certificate to trust (exactly this one; DER).
+    /// The server certificate to trust (exactly this one; PEM or DER).
     #[arg(long, env = "QPC_CA_CERT", default_value = "data/server-cert.der")]
     pub(crate) ca_cert: PathBuf,
     /// Profile directory (identity, groups, messages) [default: the user's data

@@ -282,7 +282,7 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Where the database and generated key live.
     pub data_dir: PathBuf,
-    /// Certificate and key (DER); when unset, a self-signed pair is generated in
+    /// Certificate and key (PEM or DER); when unset, a self-signed pair is generated in
     /// `data_dir` on first start and reused.
     pub tls_cert: Option<PathBuf>,
     /// The key of `tls_cert`.

@@ -12,6 +12,7 @@ use std::time::Duration;
 use quicnprotochat_wire::ALPN;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
@@ -86,10 +87,36 @@ pub fn load_or_generate(
             }
         })?;
     }
-    let cert = CertificateDer::from(read(&cert_path)?);
-    let key = PrivateKeyDer::try_from(read(&key_path)?)
-        .map_err(|e| TlsError::Invalid(format!("{}: {e}", key_path.display())))?;
+    let cert = read_cert(&cert_path)?;
+    let key = read_key(&key_path)?;
     Ok(TlsMaterial { cert, key })
+}
+
+/// Whether `bytes` are PEM text rather than DER (which starts with a SEQUENCE tag).
+fn is_pem(bytes: &[u8]) -> bool {
+    bytes.trim_ascii_start().starts_with(b"-----BEGIN ")
+}
+
+/// A certificate file, PEM (its first certificate) or DER.
+fn read_cert(path: &Path) -> Result<CertificateDer<'static>, TlsError> {
+    let bytes = read(path)?;
+    if is_pem(&bytes) {
+        CertificateDer::from_pem_slice(&bytes)
+            .map_err(|e| TlsError::Invalid(format!("{}: no PEM certificate: {e}", path.display())))
+    } else {
+        Ok(CertificateDer::from(bytes))
+    }
+}
+
+/// A private key file, PEM (PKCS#8, PKCS#1 or SEC1) or DER.
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let bytes = read(path)?;
+    let key = if is_pem(&bytes) {
+        PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| format!("no PEM private key: {e}"))
+    } else {
+        PrivateKeyDer::try_from(bytes).map_err(str::to_string)
+    };
+    key.map_err(|e| TlsError::Invalid(format!("{}: {e}", path.display())))
 }
 
 fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), TlsError> {
@@ -227,7 +254,52 @@ impl ServerCertVerifier for PinnedCertVerifier {
     }
 }
 
-/// Reads a pinned certificate file (DER).
+/// Reads a pinned certificate file (PEM or DER).
 pub fn read_pinned_cert(path: &Path) -> Result<CertificateDer<'static>, TlsError> {
-    Ok(CertificateDer::from(read(path)?))
+    read_cert(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn certificates_and_keys_load_from_pem_or_der_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let pair = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let path = |name: &str| dir.path().join(name);
+        std::fs::write(path("c.pem"), pair.cert.pem()).unwrap();
+        std::fs::write(path("k.pem"), pair.signing_key.serialize_pem()).unwrap();
+        std::fs::write(path("c.der"), pair.cert.der()).unwrap();
+        std::fs::write(path("k.der"), pair.signing_key.serialize_der()).unwrap();
+        let from_pem =
+            load_or_generate(dir.path(), Some(&path("c.pem")), Some(&path("k.pem"))).unwrap();
+        let from_der =
+            load_or_generate(dir.path(), Some(&path("c.der")), Some(&path("k.der"))).unwrap();
+        assert_eq!(from_pem.cert, from_der.cert);
+        assert_eq!(from_pem.key.secret_der(), from_der.key.secret_der());
+        assert_eq!(read_pinned_cert(&path("c.pem")).unwrap(), from_der.cert);
+        server_config(from_pem).expect("a usable pair");
+    }
+
+    #[test]
+    fn a_pem_file_without_what_it_should_hold_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.pem");
+        std::fs::write(
+            &bad,
+            "-----BEGIN NOTHING-----\nAAAA\n-----END NOTHING-----\n",
+        )
+        .unwrap();
+        let e = read_pinned_cert(&bad).unwrap_err().to_string();
+        assert!(
+            e.contains("bad.pem") && e.contains("no PEM certificate"),
+            "{e}"
+        );
+        let e = read_key(&bad).unwrap_err().to_string();
+        assert!(
+            e.contains("bad.pem") && e.contains("no PEM private key"),
+            "{e}"
+        );
+    }
 }
