@@ -212,6 +212,17 @@ pub(crate) enum ClientCommand {
         #[command(flatten)]
         c: ClientFlags,
     },
+    /// Show a group's messages, received and sent, with their time (UTC).
+    History {
+        /// The group.
+        #[arg(long)]
+        group: String,
+        /// How many of the newest to show.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[command(flatten)]
+        c: ClientFlags,
+    },
     /// Remove a user's devices from a group.
     Remove {
         /// The group.
@@ -289,6 +300,7 @@ impl ClientCommand {
             | Invite { c, .. }
             | Send { c, .. }
             | Recv { c, .. }
+            | History { c, .. }
             | Remove { c, .. }
             | Leave { c, .. }
             | Update { c, .. }

@@ -120,6 +120,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 group_commands::send(&opts, &group, &message.join(" ")).await
             }
             Recv { wait, .. } => group_commands::recv(&opts, Duration::from_secs(wait)).await,
+            History { group, limit, .. } => group_commands::history(&opts, &group, limit).await,
             Remove {
                 group, username, ..
             } => group_commands::remove(&opts, &group, &username).await,

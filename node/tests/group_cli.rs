@@ -494,3 +494,34 @@ fn an_empty_or_over_size_message_is_refused_with_one_line_and_chat_goes_on() {
         vec!["[g] alice: before", "[g] alice: after"]
     );
 }
+
+#[test]
+fn history_shows_what_was_said_received_and_sent_with_its_time() {
+    let p = Pair::start();
+    let at = p.server.addr;
+    p.alice.ok(at, &p.ca, &["send", "--group", "g", "one"]);
+    p.bob.ok(at, &p.ca, &["recv", "--wait", "5"]);
+    p.bob.ok(at, &p.ca, &["send", "--group", "g", "two"]);
+    let said = |out: &str| -> Vec<String> {
+        lines_of(out)
+            .iter()
+            .map(|l| {
+                // `YYYY-MM-DD HH:MM:SS  SENDER: TEXT`
+                let (time, rest) = l.split_at(19);
+                assert!(time.starts_with("20") && time.as_bytes()[10] == b' ', "{l}");
+                rest.trim_start().to_string()
+            })
+            .collect()
+    };
+    for user in [&p.alice, &p.bob] {
+        let out = user.ok(at, &p.ca, &["history", "--group", "g"]);
+        assert_eq!(said(&out), vec!["alice: one", "bob: two"], "{out}");
+    }
+    let out = p
+        .bob
+        .ok(at, &p.ca, &["history", "--group", "g", "--limit", "1"]);
+    assert_eq!(said(&out), vec!["bob: two"]);
+    let (ok, _, err) = p.bob.run(at, &p.ca, &["history", "--group", "nope"]);
+    assert!(!ok);
+    assert_one_line_error(&err, "no group named");
+}

@@ -227,6 +227,34 @@ pub async fn groups(opts: &ClientOptions) -> Result<String, CommandError> {
         .join("\n"))
 }
 
+/// `history --group NAME [--limit N]`: the group's newest messages, received and
+/// sent, oldest first, as `YYYY-MM-DD HH:MM:SS  SENDER: TEXT` (UTC).
+pub async fn history(
+    opts: &ClientOptions,
+    group: &str,
+    limit: usize,
+) -> Result<String, CommandError> {
+    let mut m = messenger(opts).await?;
+    m.pull(Duration::ZERO).await?;
+    let entries = m.history(group, limit)?;
+    m.close().await;
+    if entries.is_empty() {
+        return Ok(format!("no messages in {}", escape_untrusted(group)));
+    }
+    Ok(entries
+        .iter()
+        .map(|e| {
+            format!(
+                "{}  {}: {}",
+                crate::client::display::utc_time(e.at_ms),
+                escape_untrusted(&e.sender),
+                escape_untrusted(&e.text)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
 /// `members --group NAME`.
 pub async fn members(opts: &ClientOptions, group: &str) -> Result<String, CommandError> {
     let mut m = messenger(opts).await?;

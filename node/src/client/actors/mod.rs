@@ -223,6 +223,8 @@ pub(crate) struct Effects {
     pub release: Vec<u64>,
     /// The digest of the group message this envelope carried, to ignore replays.
     pub processed: Option<[u8; 32]>,
+    /// Messages to keep in a group's history: (group id, entry).
+    pub history: Vec<(Vec<u8>, crate::client::state::history::HistoryEntry)>,
 }
 
 impl Effects {
@@ -244,6 +246,9 @@ impl Effects {
         }
         if let Some(digest) = &self.processed {
             t.remember_processed(digest)?;
+        }
+        for (group_id, entry) in &self.history {
+            t.add_history(group_id, entry)?;
         }
         for (n, line) in self.lines.iter().enumerate() {
             t.add_line(seq, n as u32, &line.display())?;

@@ -174,6 +174,21 @@ impl Messenger {
             .map_err(|_| MessengerError::ActorStopped("group actor"))
     }
 
+    /// The newest `limit` messages of group `name` (received and sent), oldest
+    /// first.
+    pub fn history(
+        &self,
+        name: &str,
+        limit: usize,
+    ) -> Result<Vec<crate::client::state::history::HistoryEntry>, MessengerError> {
+        let gid = self
+            .profile
+            .state
+            .group_id(name)?
+            .ok_or_else(|| MessengerError::UnknownGroup(name.to_string()))?;
+        Ok(self.profile.state.history(&gid, limit)?)
+    }
+
     async fn group_actor(&self, name: &str) -> Result<ActorRef<GroupMsg>, MessengerError> {
         let gid = self
             .profile

@@ -54,10 +54,10 @@ pub type LineKey = (u64, u32);
 
 /// The writes of one client transaction.
 pub struct ClientTxn<'a> {
-    txn: &'a redb::WriteTransaction,
+    pub(super) txn: &'a redb::WriteTransaction,
 }
 
-type TxnResult<T> = Result<T, redb::Error>;
+pub(super) type TxnResult<T> = Result<T, redb::Error>;
 
 impl ClientTxn<'_> {
     /// Names a group (both directions).
@@ -257,7 +257,7 @@ impl ClientState {
         txn.commit().map_err(|e| self.err(e))
     }
 
-    fn read<T>(
+    pub(super) fn read<T>(
         &self,
         f: impl FnOnce(&redb::ReadTransaction) -> Result<T, redb::Error>,
         missing: T,

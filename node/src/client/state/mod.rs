@@ -360,3 +360,4 @@ impl ClientState {
 }
 
 pub mod groups;
+pub mod history;

@@ -2,6 +2,7 @@
 //! about each (show, hold for a later epoch, release, report), and the lines shown.
 
 use super::*;
+use crate::client::state::history::HistoryEntry;
 
 /// A held message: the sealed sender's identity, then the client message.
 fn encode_held(sender: &[u8; 32], msg: &[u8]) -> Vec<u8> {
@@ -193,11 +194,20 @@ impl GroupState {
                     plaintext,
                 }),
             ) => {
+                let text = String::from_utf8_lossy(&plaintext).into_owned();
+                fx.history.push((
+                    self.gid.clone(),
+                    HistoryEntry {
+                        at_ms: crate::client::actors::now_ms(),
+                        sender: p.name_of(&sender),
+                        text: text.clone(),
+                    },
+                ));
                 fx.lines.push(Line {
                     seq,
                     group: Some(name.to_string()),
                     sender: Some(p.name_of(&sender)),
-                    text: String::from_utf8_lossy(&plaintext).into_owned(),
+                    text,
                     epoch: Some(epoch),
                 });
             }

@@ -212,7 +212,18 @@ impl GroupState {
         // The ratchet moved: persist that before anything leaves, so a crash can
         // never make us reuse a message key.
         self.save(|_| Ok(()))?;
-        self.send_to_group(&group, ciphertext).await
+        let report = self.send_to_group(&group, ciphertext).await?;
+        if !report.reached_nobody() {
+            let entry = crate::client::state::history::HistoryEntry {
+                at_ms: crate::client::actors::now_ms(),
+                sender: self.profile.username.clone(),
+                text: text.to_string(),
+            };
+            self.profile
+                .state
+                .write(|t| t.add_history(&self.gid, &entry))?;
+        }
+        Ok(report)
     }
 
     async fn leave(&mut self, crash_at: Option<CrashPoint>) -> Result<(), MessengerError> {
