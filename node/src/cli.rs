@@ -88,8 +88,29 @@ pub(crate) enum Command {
     },
     /// Print the manual page (roff; e.g. `quicnprotochat man | man -l -`).
     Man,
+    /// An operator's commands on a stopped node's data folder.
+    Admin {
+        /// The node's data folder.
+        #[arg(long, default_value = "data")]
+        data_dir: PathBuf,
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
     #[command(flatten)]
     Client(ClientCommand),
+}
+
+/// `admin` commands.
+#[derive(Subcommand)]
+pub(crate) enum AdminCommand {
+    /// List the accounts and their devices.
+    Accounts,
+    /// Delete an account: its login, its devices with their keys and sessions,
+    /// and everything queued for them. Its name is free again.
+    DeleteAccount {
+        /// The account to delete.
+        username: String,
+    },
 }
 
 /// The commands that talk to a node as a client.

@@ -3,6 +3,7 @@
 //! commands). `main.rs` only parses flags.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod backpressure;
 pub mod client;
 pub mod config;

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
-use cli::{Cli, ClientCommand, Command, ServerArgs};
+use cli::{AdminCommand, Cli, ClientCommand, Command, ServerArgs};
 use quicnprotochat::client::commands::{self, ClientOptions};
 use quicnprotochat::client::group_commands;
 use quicnprotochat::config::{FileConfig, ServerConfig};
@@ -65,6 +65,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Man => {
             clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            return Ok(());
+        }
+        Command::Admin { data_dir, command } => {
+            let line = match command {
+                AdminCommand::Accounts => quicnprotochat::admin::accounts(&data_dir)?,
+                AdminCommand::DeleteAccount { username } => {
+                    quicnprotochat::admin::delete_account(&data_dir, &username)?
+                }
+            };
+            println!("{line}");
             return Ok(());
         }
         Command::Demo => {

@@ -473,3 +473,67 @@ fn account_commands_from_the_cli() {
     assert!(!ok);
     assert_one_line_error(&err, "not logged in");
 }
+
+#[test]
+fn an_operator_lists_and_deletes_accounts_of_a_stopped_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let admin = |args: &[&str]| {
+        let out = std::process::Command::new(common::BIN)
+            .arg("admin")
+            .arg("--data-dir")
+            .arg(&data)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, _, err) = admin(&["accounts"]);
+    assert!(!ok);
+    assert_one_line_error(&err, "no node database at");
+    assert!(!data.exists(), "looking created nothing");
+
+    let server = ServerProcess::start(&data, &[]);
+    let ca = data.join(tls::CERT_FILE);
+    let run =
+        |args: &[&str], who: &str| client_env(args, server.addr, &ca, &dir.path().join(who), "pw");
+    assert!(run(&["register-user", "--username", "erin"], "erin").0);
+    assert!(run(&["register-user", "--username", "finn"], "finn").0);
+    let (ok, _, err) = admin(&["accounts"]);
+    assert!(!ok);
+    assert_one_line_error(&err, "in use: stop the node first");
+    server.signal("-TERM");
+    drop(server);
+
+    let (ok, out, err) = admin(&["accounts"]);
+    assert!(ok, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(lines[0].starts_with("erin  1 device(s)  ") && lines[1].starts_with("finn  "));
+    let (ok, out, err) = admin(&["delete-account", "erin"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "deleted account erin and its 1 device(s)");
+    let (ok, _, err) = admin(&["delete-account", "erin"]);
+    assert!(!ok);
+    assert_one_line_error(&err, "no account named \"erin\"");
+    let (_, out, _) = admin(&["accounts"]);
+    assert!(
+        out.starts_with("finn  ") && out.lines().count() == 1,
+        "{out}"
+    );
+
+    // Restarted, the node knows erin no more: her device cannot log in, and the
+    // name can be taken again.
+    let server = ServerProcess::start(&data, &[]);
+    let run =
+        |args: &[&str], who: &str| client_env(args, server.addr, &ca, &dir.path().join(who), "pw");
+    let (ok, _, err) = run(&["login", "--username", "erin"], "erin-again");
+    assert!(!ok, "{err}");
+    let (ok, _, err) = run(&["register-user", "--username", "erin"], "erin-new");
+    assert!(ok, "{err}");
+    assert!(run(&["whoami"], "finn").0);
+}

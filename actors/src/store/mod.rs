@@ -1,6 +1,7 @@
 //! The redb stores owned by actors. One file per node; every write goes through the
 //! [`writer::StoreWriter`], reads open their own read transactions.
 
+pub mod admin;
 pub mod auth;
 pub mod crash_point;
 pub mod group_directory;

@@ -1,0 +1,69 @@
+//! What an operator does to a stopped node's data: list the accounts and their
+//! devices, delete an account. Run on the database file directly (redb lets one
+//! process open it: a running node's file is refused), each change in one
+//! durable transaction, as the node's own writes are.
+
+use quicnprotochat_wire::IdentityKey;
+use redb::{ReadableDatabase, ReadableTable};
+
+use super::auth::{ACCOUNT_DEVICES, USERS, remove_device_rows};
+use super::server::{ServerStore, StoreError, WriteBatch};
+
+/// One account and its devices.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    /// Its name.
+    pub username: String,
+    /// Its devices' identity keys.
+    pub devices: Vec<IdentityKey>,
+}
+
+/// Every account, by name.
+pub fn accounts(store: &ServerStore) -> Result<Vec<Account>, StoreError> {
+    let txn = store.db().begin_read()?;
+    let users = txn.open_table(USERS)?;
+    let devices = txn.open_table(ACCOUNT_DEVICES)?;
+    let mut out = Vec::new();
+    for row in users.iter()? {
+        let username = row?.0.value().to_string();
+        let mut account = Account {
+            username,
+            devices: Vec::new(),
+        };
+        let range =
+            (account.username.as_str(), &[0u8; 32])..=(account.username.as_str(), &[0xffu8; 32]);
+        for d in devices.range(range)? {
+            account.devices.push(IdentityKey(*d?.0.value().1));
+        }
+        out.push(account);
+    }
+    Ok(out)
+}
+
+/// Deletes the account `username`: its login record, every device with its
+/// sessions, KeyPackages and keys, and everything queued in the devices'
+/// inboxes; the name is free again. Groups keep the devices as members until a
+/// member commits their removal, as when a device is removed. Returns the
+/// account as it was, or `None` when there is no such account.
+pub fn delete_account(store: &ServerStore, username: &str) -> Result<Option<Account>, StoreError> {
+    let Some(account) = accounts(store)?
+        .into_iter()
+        .find(|a| a.username == username)
+    else {
+        return Ok(None);
+    };
+    let txn = store.begin_write()?;
+    for device in &account.devices {
+        remove_device_rows(&txn, username, device)?;
+    }
+    txn.open_table(USERS)?.remove(username)?;
+    {
+        let mut inboxes = WriteBatch::open(&txn)?;
+        for device in &account.devices {
+            inboxes.ack(device, u64::MAX)?;
+        }
+        inboxes.finish()?;
+    }
+    txn.commit()?;
+    Ok(Some(account))
+}
