@@ -360,6 +360,19 @@ mod tests {
     }
 
     #[test]
+    fn the_systemd_unit_starts_the_node_with_flags_it_accepts() {
+        let unit = include_str!("../../packaging/quicnprotochat.service");
+        let exec = unit
+            .lines()
+            .find_map(|l| l.strip_prefix("ExecStart="))
+            .expect("an ExecStart line");
+        let args: Vec<&str> = exec.split_whitespace().collect();
+        assert!(args[0].ends_with("/quicnprotochat"), "{exec}");
+        let cli = Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{exec}: {e}"));
+        assert!(matches!(cli.command, Command::Server(_)), "{exec}");
+    }
+
+    #[test]
     fn each_command_lists_only_its_own_flags() {
         let cli = Cli::command();
         let flags = |name: &str| -> Vec<String> {
