@@ -493,3 +493,44 @@ async fn commits_arriving_in_reverse_are_each_applied_once_without_a_too_late_no
     .await;
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_held_for_its_commit_is_shown_and_kept_in_history_once_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    local(async {
+        let Pair {
+            mut alice,
+            mut bob,
+            gid,
+            bob_raw: (_c1, bob_raw),
+            alice_raw: (_c2, alice_raw),
+        } = Pair::in_g(&node).await;
+        alice.messenger.update("g").await.unwrap();
+        alice.messenger.send("g", "later").await.unwrap();
+        // The message first, then the commit it needs.
+        let mut envs = take_out(&bob_raw).await;
+        envs.reverse();
+        put_back(&bob_raw, &alice_raw, &gid, &bob, envs).await;
+        let lines = shown_lines(&mut bob).await;
+        assert!(lines.contains(&"[g] alice: later".to_string()), "{lines:?}");
+        let kept: Vec<(String, String)> = bob
+            .messenger
+            .history("g", 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.sender, e.text))
+            .collect();
+        assert_eq!(kept, vec![("alice".to_string(), "later".to_string())]);
+        let sent: Vec<String> = alice
+            .messenger
+            .history("g", 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.text)
+            .collect();
+        assert_eq!(sent, vec!["later"]);
+    })
+    .await;
+    node.stop().await;
+}

@@ -347,6 +347,7 @@ impl GroupState {
             if !stays {
                 fx.release = probe.release;
                 fx.lines.extend(probe.lines);
+                fx.history.extend(probe.history);
                 fx.roster.extend(probe.roster);
                 if probe.forget_group.is_some() {
                     fx.forget_group = probe.forget_group;
