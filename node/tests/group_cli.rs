@@ -470,21 +470,8 @@ fn an_empty_or_over_size_message_is_refused_with_one_line_and_chat_goes_on() {
     assert!(!ok);
     assert_one_line_error(&err, "at most 65536 bytes");
     // In chat, the over-size line is reported and what follows is still sent.
-    let mut child = p
-        .alice
-        .command(at, &p.ca, &["chat", "--group", "g"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        let mut stdin = child.stdin.take().unwrap();
-        writeln!(stdin, "before").unwrap();
-        writeln!(stdin, "{long}").unwrap();
-        writeln!(stdin, "after").unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
+    let lines = ["before".to_string(), long, "after".to_string()];
+    let out = p.alice.chat_output(at, &p.ca, "g", &lines);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "chat went on: {err}");
     assert!(err.contains("at most 65536 bytes"), "{err}");

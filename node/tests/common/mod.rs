@@ -187,6 +187,23 @@ impl User {
         group: &str,
         lines: &[String],
     ) -> String {
+        let out = self.chat_output(server, ca, group, lines);
+        assert!(
+            out.status.success(),
+            "chat failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `chat --group G` with `lines` on stdin, then Ctrl+D; how it ended.
+    pub(crate) fn chat_output(
+        &self,
+        server: SocketAddr,
+        ca: &Path,
+        group: &str,
+        lines: &[String],
+    ) -> std::process::Output {
         let mut child = self
             .command(server, ca, &["chat", "--group", group])
             .stdin(Stdio::piped())
@@ -200,13 +217,7 @@ impl User {
                 writeln!(stdin, "{l}").unwrap();
             }
         } // dropping stdin is Ctrl+D
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "chat failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        child.wait_with_output().unwrap()
     }
 }
 
