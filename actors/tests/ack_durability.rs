@@ -7,9 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{hold_writer, inbox};
-use quicnprotochat_actors::core::inbox::InboxLimits;
-use quicnprotochat_actors::inbox::{InboxRegistry, InboxSettings};
+use common::{hold_writer, inbox, start_inboxes};
 use quicnprotochat_actors::store::writer::StoreWriter;
 use quicnprotochat_actors::store::{ServerStore, StoreOptions};
 
@@ -18,20 +16,7 @@ async fn an_ack_repeated_while_the_first_is_in_flight_is_answered_only_once_it_i
     let dir = tempfile::tempdir().unwrap();
     let store = ServerStore::open(&dir.path().join("node.redb"), StoreOptions::default()).unwrap();
     let (writer, _thread) = StoreWriter::start(store.clone()).unwrap();
-    let inboxes = InboxRegistry::start(
-        writer.clone(),
-        InboxSettings {
-            limits: InboxLimits {
-                queue_limit: 100,
-                max_payload: 1024,
-            },
-            idle_after: Duration::from_secs(60),
-            long_polls: 2,
-            live_actors: 10,
-        },
-    )
-    .await
-    .unwrap();
+    let inboxes = start_inboxes(&writer, Duration::from_secs(60), 10).await;
     let me = inbox(0);
     for i in 0..3u8 {
         inboxes.enqueue(me, vec![i]).await.unwrap();

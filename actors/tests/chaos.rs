@@ -13,14 +13,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::{Rng, inbox, seeds};
+use common::{Rng, inbox, seeds, start_groups, start_inboxes};
 use quicnprotochat_actors::DeliveryError;
-use quicnprotochat_actors::core::inbox::InboxLimits;
-use quicnprotochat_actors::group::{CommitError, GroupRegistry, GroupSettings};
-use quicnprotochat_actors::inbox::{Delivery, InboxRegistry, InboxSettings};
+use quicnprotochat_actors::group::CommitError;
+use quicnprotochat_actors::inbox::Delivery;
 use quicnprotochat_actors::store::writer::StoreWriter;
 use quicnprotochat_actors::store::{ServerStore, StoreOptions};
-use quicnprotochat_wire::IdentityKey;
 
 const INBOXES: u8 = 4;
 const SENDS_PER_INBOX: u32 = 60;
@@ -47,32 +45,8 @@ async fn run(seed: u64) {
     let store = ServerStore::open(&dir.path().join("node.redb"), StoreOptions::default()).unwrap();
     let (writer, _thread) = StoreWriter::start(store.clone()).unwrap();
     let idle_after = Duration::from_millis(150);
-    let inboxes = InboxRegistry::start(
-        writer.clone(),
-        InboxSettings {
-            limits: InboxLimits {
-                queue_limit: 100_000,
-                max_payload: 1024,
-            },
-            idle_after,
-            long_polls: 2,
-            live_actors: 1_000,
-        },
-    )
-    .await
-    .unwrap();
-    let groups = GroupRegistry::start(
-        inboxes.clone(),
-        writer.clone(),
-        GroupSettings {
-            idle_after,
-            live_actors: 100,
-            groups_per_device: 10,
-        },
-        Arc::new(|_: &IdentityKey| true),
-    )
-    .await
-    .unwrap();
+    let inboxes = start_inboxes(&writer, idle_after, 1_000).await;
+    let groups = start_groups(&inboxes, &writer, idle_after, 100).await;
     let gid = b"chaos".to_vec();
     let members: BTreeSet<[u8; 32]> = (0..INBOXES).map(|i| inbox(i).0).collect();
     let done = Arc::new(AtomicBool::new(false));

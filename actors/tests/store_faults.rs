@@ -19,14 +19,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{Rng, inbox, seeds};
+use common::{Rng, inbox, seeds, start_groups, start_inboxes};
 use quicnprotochat_actors::DeliveryError;
-use quicnprotochat_actors::core::inbox::InboxLimits;
-use quicnprotochat_actors::group::{CommitError, GroupRegistry, GroupSettings};
-use quicnprotochat_actors::inbox::{Delivery, InboxRegistry, InboxSettings};
+use quicnprotochat_actors::group::CommitError;
+use quicnprotochat_actors::inbox::Delivery;
 use quicnprotochat_actors::store::writer::StoreWriter;
 use quicnprotochat_actors::store::{ServerStore, StoreError, StoreOptions};
-use quicnprotochat_wire::IdentityKey;
 use redb::StorageBackend;
 use redb::backends::FileBackend;
 
@@ -208,32 +206,8 @@ async fn run(seed: u64, torn: bool) {
     assert!(options.two_phase_commit && options.durable);
     let store = ServerStore::open_with_backend(disk, options).unwrap();
     let (writer, thread) = StoreWriter::start(store.clone()).unwrap();
-    let inboxes = InboxRegistry::start(
-        writer.clone(),
-        InboxSettings {
-            limits: InboxLimits {
-                queue_limit: 100_000,
-                max_payload: 1024,
-            },
-            idle_after: Duration::from_secs(60),
-            long_polls: 2,
-            live_actors: 100,
-        },
-    )
-    .await
-    .unwrap();
-    let groups = GroupRegistry::start(
-        inboxes.clone(),
-        writer.clone(),
-        GroupSettings {
-            idle_after: Duration::from_secs(60),
-            live_actors: 10,
-            groups_per_device: 10,
-        },
-        Arc::new(|_: &IdentityKey| true),
-    )
-    .await
-    .unwrap();
+    let inboxes = start_inboxes(&writer, Duration::from_secs(60), 100).await;
+    let groups = start_groups(&inboxes, &writer, Duration::from_secs(60), 10).await;
     let gid = b"faults".to_vec();
     let members: BTreeSet<[u8; 32]> = (0..INBOXES).map(|i| inbox(i).0).collect();
 

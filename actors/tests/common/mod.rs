@@ -1,7 +1,13 @@
 //! What the actor tests share: a replayable RNG, the seeds to run, inbox names,
-//! and a way to hold the store writer still.
+//! inbox and group actors started alike, and a way to hold the store writer still.
 #![allow(dead_code)] // each test file uses its own part
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use quicnprotochat_actors::core::inbox::InboxLimits;
+use quicnprotochat_actors::group::{GroupRegistry, GroupSettings};
+use quicnprotochat_actors::inbox::{InboxRegistry, InboxSettings};
 use quicnprotochat_actors::store::writer::{StoreWriter, TransactError};
 use quicnprotochat_wire::IdentityKey;
 
@@ -63,4 +69,48 @@ pub(crate) async fn hold_writer(writer: &StoreWriter) -> HeldWriter {
     };
     started.await.unwrap();
     (release, busy)
+}
+
+/// Inbox actors over `writer` as the actor tests use them: roomy inboxes
+/// (100,000 messages of up to 1 KiB), two long-polls each.
+pub(crate) async fn start_inboxes(
+    writer: &StoreWriter,
+    idle_after: Duration,
+    live_actors: usize,
+) -> InboxRegistry {
+    InboxRegistry::start(
+        writer.clone(),
+        InboxSettings {
+            limits: InboxLimits {
+                queue_limit: 100_000,
+                max_payload: 1024,
+            },
+            idle_after,
+            long_polls: 2,
+            live_actors,
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// Group actors over `inboxes`, every device known, 10 groups per device.
+pub(crate) async fn start_groups(
+    inboxes: &InboxRegistry,
+    writer: &StoreWriter,
+    idle_after: Duration,
+    live_actors: usize,
+) -> GroupRegistry {
+    GroupRegistry::start(
+        inboxes.clone(),
+        writer.clone(),
+        GroupSettings {
+            idle_after,
+            live_actors,
+            groups_per_device: 10,
+        },
+        Arc::new(|_: &IdentityKey| true),
+    )
+    .await
+    .unwrap()
 }
