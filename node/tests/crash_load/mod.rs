@@ -445,27 +445,14 @@ async fn send_group(
     };
     for i in 0u32.. {
         let body = format!("group|{segment}|{i}").into_bytes();
-        match s.send_group(&cast.group, &body, &[]).await {
-            Ok(outcomes) => {
-                let mut l = ledger.borrow_mut();
-                l.answered += 1;
-                for o in outcomes {
-                    if let Ok(seq) = o.outcome {
-                        l.acked.push(Acked {
-                            source: "group",
-                            to: o.recipient,
-                            seq,
-                            data: body.clone(),
-                        });
-                    }
-                }
-            }
-            // Not a group yet, or a full inbox: try again shortly.
-            Err(ClientError::Refused(_)) => tokio::time::sleep(Duration::from_millis(5)).await,
-            Err(_) => {
-                ledger.borrow_mut().errors += 1;
-                return;
-            }
+        let answer = s.send_group(&cast.group, &body, &[]).await.map(|outcomes| {
+            outcomes
+                .into_iter()
+                .filter_map(|o| Some((o.recipient, o.outcome.ok()?, body.clone())))
+                .collect()
+        });
+        if !settle_send(&ledger, "group", answer).await {
+            return;
         }
         pause(cast.pace).await;
     }
@@ -499,27 +486,49 @@ async fn send_direct(
         } else {
             s.enqueue_batch(&deliveries).await
         };
-        match answer {
-            Ok(seqs) => {
-                let mut l = ledger.borrow_mut();
-                l.answered += 1;
-                for ((to, data), seq) in deliveries.into_iter().zip(seqs) {
-                    l.acked.push(Acked {
-                        source: "direct",
-                        to,
-                        seq,
-                        data,
-                    });
-                }
-            }
-            Err(ClientError::Refused(_)) => tokio::time::sleep(Duration::from_millis(5)).await,
-            Err(_) => {
-                ledger.borrow_mut().errors += 1;
-                return;
-            }
+        let answer = answer.map(|seqs| {
+            deliveries
+                .into_iter()
+                .zip(seqs)
+                .map(|((to, data), seq)| (to, seq, data))
+                .collect()
+        });
+        if !settle_send(&ledger, "direct", answer).await {
+            return;
         }
         pause(cast.pace).await;
     }
+}
+
+/// Notes the answer to one of `source`'s sends: what the node acknowledged
+/// (recipient, seq, data); after a refusal (not a group yet, a full inbox) a
+/// short wait; a failed call (the node died) counts as an error, and the sender
+/// stops (`false`).
+async fn settle_send(
+    ledger: &Shared,
+    source: &'static str,
+    answer: Result<Vec<(IdentityKey, u64, Vec<u8>)>, ClientError>,
+) -> bool {
+    match answer {
+        Ok(acked) => {
+            let mut l = ledger.borrow_mut();
+            l.answered += 1;
+            for (to, seq, data) in acked {
+                l.acked.push(Acked {
+                    source,
+                    to,
+                    seq,
+                    data,
+                });
+            }
+        }
+        Err(ClientError::Refused(_)) => tokio::time::sleep(Duration::from_millis(5)).await,
+        Err(_) => {
+            ledger.borrow_mut().errors += 1;
+            return false;
+        }
+    }
+    true
 }
 
 /// Reads every inbox to its end on a node that stays up, checking each envelope.
