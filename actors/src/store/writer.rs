@@ -437,14 +437,11 @@ fn append_shared(
             .iter()
             .flat_map(|b| b.refs.iter().map(|r| (&r.inbox, r.seq))),
     )?;
-    let fan_out = bodies.iter().map(|b| b.refs.len()).sum::<usize>();
-    let mut referenced = 0;
     for b in bodies.iter().filter(|b| !b.refs.is_empty()) {
         let key = writes.put_body(&b.body)?;
-        for r in &b.refs {
+        for (k, r) in b.refs.iter().enumerate() {
             writes.append_shared(&r.inbox, r.seq, key, &r.part)?;
-            referenced += 1;
-            if referenced == 1 && fan_out > 1 {
+            if k == 0 && b.refs.len() > 1 {
                 crash_point::reached(CrashPoint::MidFanOut);
             }
         }
