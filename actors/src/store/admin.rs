@@ -26,18 +26,25 @@ pub fn accounts(store: &ServerStore) -> Result<Vec<Account>, StoreError> {
     let mut out = Vec::new();
     for row in users.iter()? {
         let username = row?.0.value().to_string();
-        let mut account = Account {
-            username,
-            devices: Vec::new(),
-        };
-        let range =
-            (account.username.as_str(), &[0u8; 32])..=(account.username.as_str(), &[0xffu8; 32]);
-        for d in devices.range(range)? {
-            account.devices.push(IdentityKey(*d?.0.value().1));
-        }
-        out.push(account);
+        out.push(account_of(&devices, username)?);
     }
     Ok(out)
+}
+
+/// The account `username` with its devices, read from `devices`.
+fn account_of(
+    devices: &impl ReadableTable<(&'static str, &'static [u8; 32]), u64>,
+    username: String,
+) -> Result<Account, StoreError> {
+    let range = (username.as_str(), &[0u8; 32])..=(username.as_str(), &[0xffu8; 32]);
+    let mut account_devices = Vec::new();
+    for d in devices.range(range)? {
+        account_devices.push(IdentityKey(*d?.0.value().1));
+    }
+    Ok(Account {
+        username,
+        devices: account_devices,
+    })
 }
 
 /// Deletes the account `username`: its login record, every device with its
@@ -46,13 +53,11 @@ pub fn accounts(store: &ServerStore) -> Result<Vec<Account>, StoreError> {
 /// member commits their removal, as when a device is removed. Returns the
 /// account as it was, or `None` when there is no such account.
 pub fn delete_account(store: &ServerStore, username: &str) -> Result<Option<Account>, StoreError> {
-    let Some(account) = accounts(store)?
-        .into_iter()
-        .find(|a| a.username == username)
-    else {
-        return Ok(None);
-    };
     let txn = store.begin_write()?;
+    if txn.open_table(USERS)?.get(username)?.is_none() {
+        return Ok(None);
+    }
+    let account = account_of(&txn.open_table(ACCOUNT_DEVICES)?, username.to_string())?;
     for device in &account.devices {
         remove_device_rows(&txn, username, device)?;
     }
