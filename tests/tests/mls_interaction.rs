@@ -425,6 +425,18 @@ impl Pair {
     }
 }
 
+/// Runs `test` against a fresh node with alice and bob in group "g".
+async fn with_pair<F, Fut>(test: F)
+where
+    F: FnOnce(Pair) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    local(async { test(Pair::in_g(&node).await).await }).await;
+    node.stop().await;
+}
+
 /// Notices (lines of the client's own, not messages) of `lines`.
 fn notices(lines: &[String]) -> Vec<&String> {
     lines.iter().filter(|l| l.starts_with("[g] * ")).collect()
@@ -432,16 +444,14 @@ fn notices(lines: &[String]) -> Vec<&String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_group_message_is_ignored_not_shown_twice_nor_reported() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = TestNode::start(dir.path()).await;
-    local(async {
+    with_pair(|pair| async move {
         let Pair {
             mut alice,
             mut bob,
             gid,
             bob_raw: (_c1, bob_raw),
             alice_raw: (_c2, alice_raw),
-        } = Pair::in_g(&node).await;
+        } = pair;
         alice.messenger.send("g", "once").await.unwrap();
         // Stored twice (as a sender's retry after a lost answer would be).
         let envs = take_out(&bob_raw).await;
@@ -458,21 +468,18 @@ async fn a_replayed_group_message_is_ignored_not_shown_twice_nor_reported() {
         quicnprotochat_tests::assert_no_fork(&[&alice, &bob], "g").await;
     })
     .await;
-    node.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commits_arriving_in_reverse_are_each_applied_once_without_a_too_late_notice() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = TestNode::start(dir.path()).await;
-    local(async {
+    with_pair(|pair| async move {
         let Pair {
             mut alice,
             mut bob,
             gid,
             bob_raw: (_c1, bob_raw),
             alice_raw: (_c2, alice_raw),
-        } = Pair::in_g(&node).await;
+        } = pair;
         for _ in 0..3 {
             alice.messenger.update("g").await.unwrap();
         }
@@ -491,21 +498,18 @@ async fn commits_arriving_in_reverse_are_each_applied_once_without_a_too_late_no
         quicnprotochat_tests::assert_no_fork(&[&alice, &bob], "g").await;
     })
     .await;
-    node.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_held_for_its_commit_is_shown_and_kept_in_history_once_released() {
-    let dir = tempfile::tempdir().unwrap();
-    let node = TestNode::start(dir.path()).await;
-    local(async {
+    with_pair(|pair| async move {
         let Pair {
             mut alice,
             mut bob,
             gid,
             bob_raw: (_c1, bob_raw),
             alice_raw: (_c2, alice_raw),
-        } = Pair::in_g(&node).await;
+        } = pair;
         alice.messenger.update("g").await.unwrap();
         alice.messenger.send("g", "later").await.unwrap();
         // The message first, then the commit it needs.
@@ -532,5 +536,4 @@ async fn a_message_held_for_its_commit_is_shown_and_kept_in_history_once_release
         assert_eq!(sent, vec!["later"]);
     })
     .await;
-    node.stop().await;
 }
