@@ -2,12 +2,15 @@
 //! from the store, idle actors stop, and through all of it seqs stay gap-free and
 //! nothing acknowledged is lost. Real store, real writer, no network.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use common::start_inboxes;
 use quicnprotochat_actors::DeliveryError;
-use quicnprotochat_actors::core::inbox::{InboxLimits, InboxRefusal};
-use quicnprotochat_actors::inbox::{InboxRegistry, InboxSettings};
+use quicnprotochat_actors::core::inbox::InboxRefusal;
+use quicnprotochat_actors::inbox::InboxRegistry;
 use quicnprotochat_actors::store::writer::StoreWriter;
 use quicnprotochat_actors::store::{ServerStore, StoreOptions};
 use quicnprotochat_wire::IdentityKey;
@@ -27,20 +30,7 @@ async fn rig_with(idle_after: Duration, live_actors: usize) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let store = ServerStore::open(&dir.path().join("node.redb"), StoreOptions::default()).unwrap();
     let (writer, _thread) = StoreWriter::start(store.clone()).unwrap();
-    let registry = InboxRegistry::start(
-        writer.clone(),
-        InboxSettings {
-            limits: InboxLimits {
-                queue_limit: 100_000,
-                max_payload: 1024,
-            },
-            idle_after,
-            long_polls: 2,
-            live_actors,
-        },
-    )
-    .await
-    .unwrap();
+    let registry = start_inboxes(&writer, idle_after, live_actors).await;
     Rig {
         _dir: dir,
         store,
