@@ -37,6 +37,27 @@ pub struct TestNode {
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// Binds a node for `config`. A node restarted in this process at its old
+/// address may find the address still held for a moment: the stopped node's QUIC
+/// endpoint driver lets go of its socket only after the node's `run` returned.
+/// That is waited out (up to 5 s); any other failure is the test's.
+async fn bind_when_free(config: &ServerConfig) -> Server {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match Server::bind(config.clone()).await {
+            Ok(server) => return server,
+            Err(quicnprotochat::server::ServerError::Bind { source, .. })
+                if source.kind() == std::io::ErrorKind::AddrInUse
+                    && config.listen.port() != 0
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("node binds: {e:?}"),
+        }
+    }
+}
+
 impl TestNode {
     /// Starts a node with default limits on `data_dir`.
     pub async fn start(data_dir: &Path) -> TestNode {
@@ -45,7 +66,7 @@ impl TestNode {
 
     /// Starts a node with the given configuration (its `listen` should be port 0).
     pub async fn start_with(config: ServerConfig) -> TestNode {
-        let server = Server::bind(config.clone()).await.expect("node binds");
+        let server = bind_when_free(&config).await;
         let addr = server.local_addr();
         let metrics_addr = server.metrics_addr();
         let ctx = server.context();
