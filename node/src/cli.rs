@@ -291,6 +291,16 @@ pub(crate) enum ClientCommand {
         #[command(flatten)]
         c: ClientFlags,
     },
+    /// Serve a web UI for this profile on a loopback address: sign in, groups,
+    /// conversations with history, live updates. Prints the address to open
+    /// (it carries the UI's access token); Ctrl+C stops it.
+    Web {
+        /// Where to serve the UI (loopback only; port 0 picks a free one).
+        #[arg(long, default_value = quicnprotochat::web::DEFAULT_LISTEN)]
+        listen: SocketAddr,
+        #[command(flatten)]
+        c: ClientFlags,
+    },
     /// Against --server: register two throwaway users, create a group, exchange
     /// messages, and print what happened.
     DemoGroup {
@@ -326,7 +336,8 @@ impl ClientCommand {
             | Leave { c, .. }
             | Update { c, .. }
             | Members { c, .. }
-            | Chat { c, .. } => c,
+            | Chat { c, .. }
+            | Web { c, .. } => c,
         }
     }
 }

@@ -11,3 +11,4 @@ pub mod demo;
 pub mod metrics;
 pub mod server;
 pub mod tls;
+pub mod web;

@@ -140,12 +140,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Members { group, .. } => group_commands::members(&opts, &group).await,
             Chat { group, .. } => group_commands::chat(&opts, &group).await,
             DemoGroup { .. } => quicnprotochat::demo::demo_group(&opts).await,
+            Web { listen, .. } => web(&opts, listen).await,
         }
     })?;
     if !line.is_empty() {
         println!("{line}");
     }
     Ok(())
+}
+
+/// `web`: binds, prints the address to open, serves until a signal.
+async fn web(
+    opts: &ClientOptions,
+    listen: std::net::SocketAddr,
+) -> Result<String, commands::CommandError> {
+    use quicnprotochat::web;
+    use std::io::Write;
+    let failed = |e: web::WebStartError| commands::CommandError::Invalid(e.to_string());
+    let listener = web::bind(listen).await.map_err(failed)?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| commands::CommandError::Invalid(e.to_string()))?;
+    let token = web::new_access_token();
+    // The address carries the token: it goes to the user's terminal, never to
+    // the log.
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "web UI at {}", web::page_url(addr, &token));
+    let _ = out.flush();
+    drop(out);
+    web::run(listener, opts.clone(), token, shutdown_signal())
+        .await
+        .map_err(failed)?;
+    Ok(String::new())
 }
 
 /// `server`: the file's settings under the flags', then the node until a signal.

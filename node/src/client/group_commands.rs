@@ -25,11 +25,11 @@ impl From<MessengerError> for CommandError {
 
 /// How long a one-shot command waits for a lost connection to come back.
 const COMMAND_PATIENCE: Duration = Duration::from_secs(5);
-/// How long `chat` keeps trying to get a lost connection back.
-const CHAT_PATIENCE: Duration = Duration::from_secs(24 * 3600);
+/// How long `chat` (and the web UI) keep trying to get a lost connection back.
+pub(crate) const LONG_PATIENCE: Duration = Duration::from_secs(24 * 3600);
 
 /// The profile's messenger (its actor tree), connected and resumed.
-async fn messenger_with(
+pub(crate) async fn messenger_with(
     opts: &ClientOptions,
     patience: Duration,
 ) -> Result<Messenger, CommandError> {
@@ -290,7 +290,7 @@ fn members_by_user(devices: &[String]) -> Vec<String> {
 /// sent once it is back.
 pub async fn chat(opts: &ClientOptions, group: &str) -> Result<String, CommandError> {
     use tokio::io::AsyncBufReadExt;
-    let mut m = messenger_with(opts, CHAT_PATIENCE).await?;
+    let mut m = messenger_with(opts, LONG_PATIENCE).await?;
     m.group(group).await?; // an unknown group is an error before anything else
     let prefix = format!("[{group}] ");
     let format = |line: &str| match line.strip_prefix(&prefix) {

@@ -492,6 +492,11 @@ impl Messenger {
         ask(&group, "group actor", |reply| GroupMsg::Summary { reply }).await
     }
 
+    /// Every device of this profile's account.
+    pub async fn devices(&self) -> Result<Vec<IdentityKey>, MessengerError> {
+        Ok(ask_session(&self.session.get(), |reply| SessionMsg::Devices { reply }).await?)
+    }
+
     /// Lines produced but not yet shown, oldest first.
     pub fn unread(&self) -> Result<Vec<(LineKey, String)>, MessengerError> {
         Ok(self.profile.state.unread()?)
