@@ -31,6 +31,14 @@ pub(crate) struct ClientFlags {
     /// The server certificate to trust (exactly this one; PEM or DER).
     #[arg(long, env = "QPC_CA_CERT", default_value = "data/server-cert.der")]
     pub(crate) ca_cert: PathBuf,
+    /// CA certificates (PEM) to trust instead of pinning one certificate: for a
+    /// deployment whose nodes carry certificates from its own CA.
+    #[arg(long, env = "QPC_CA_BUNDLE")]
+    pub(crate) ca_bundle: Option<PathBuf>,
+    /// With --ca-bundle: the name the node's certificate must carry [default:
+    /// the host of --server].
+    #[arg(long, env = "QPC_SERVER_NAME", requires = "ca_bundle")]
+    pub(crate) server_name: Option<String>,
     /// Profile directory (identity, groups, messages) [default: the user's data
     /// directory, e.g. ~/.local/share/quicnprotochat].
     #[arg(long, env = "QPC_STATE")]
@@ -38,6 +46,9 @@ pub(crate) struct ClientFlags {
     /// Operator admission token, presented when the server requires one.
     #[arg(long, env = "QPC_AUTH_TOKEN", hide_env_values = true)]
     pub(crate) auth_token: Option<String>,
+    /// Print JSON, one object per line, for scripts (README, "Scripting").
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 /// `server`'s flags (a config file may set the same keys; flags win).
@@ -310,6 +321,21 @@ pub(crate) enum ClientCommand {
 }
 
 impl ClientCommand {
+    /// Whether the command prints JSON of its own with `--json` (the others
+    /// say `{"ok": true, "message": LINE}`).
+    pub(crate) fn speaks_json(&self) -> bool {
+        use ClientCommand::*;
+        matches!(
+            self,
+            Recv { .. }
+                | Chat { .. }
+                | History { .. }
+                | Groups { .. }
+                | Members { .. }
+                | Join { .. }
+        )
+    }
+
     /// The connection and profile flags every client command carries.
     pub(crate) fn flags(&self) -> &ClientFlags {
         use ClientCommand::*;

@@ -54,7 +54,7 @@ impl Participant {
             state,
             NodeAddress {
                 addr,
-                pinned,
+                trust: pinned.into(),
                 auth_token: auth_token.map(str::to_string),
                 reconnect_patience: Duration::from_secs(5),
                 endpoint: None,

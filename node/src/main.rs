@@ -44,7 +44,7 @@ async fn shutdown_signal() {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -52,20 +52,20 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     let client = match cli.command {
-        Command::Server(args) => return serve(&runtime, args),
+        Command::Server(args) => return serve(&runtime, args).map(|()| ExitCode::SUCCESS),
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "quicnprotochat", &mut std::io::stdout());
-            return Ok(());
+            return Ok(ExitCode::SUCCESS);
         }
         Command::Man => {
             clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
-            return Ok(());
+            return Ok(ExitCode::SUCCESS);
         }
         Command::Admin { data_dir, command } => {
             let line = match command {
@@ -75,7 +75,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             println!("{line}");
-            return Ok(());
+            return Ok(ExitCode::SUCCESS);
         }
         Command::Demo => {
             init_logging("warn");
@@ -84,7 +84,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             if !line.is_empty() {
                 println!("{line}");
             }
-            return Ok(());
+            return Ok(ExitCode::SUCCESS);
         }
         Command::Client(client) => client,
     };
@@ -93,11 +93,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let opts = ClientOptions {
         server: flags.server,
         ca_cert: flags.ca_cert,
+        ca_bundle: flags.ca_bundle,
+        server_name: flags.server_name,
         state_dir: flags.state.unwrap_or_else(default_state_dir),
         auth_token: flags.auth_token,
+        json: flags.json,
     };
+    let speaks_json = client.speaks_json();
     let local = tokio::task::LocalSet::new();
-    let line = local.block_on(&runtime, async {
+    let result = local.block_on(&runtime, async {
         use ClientCommand::*;
         match client {
             Health { .. } => commands::health(&opts).await,
@@ -142,11 +146,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             DemoGroup { .. } => quicnprotochat::demo::demo_group(&opts).await,
             Web { listen, .. } => web(&opts, listen).await,
         }
-    })?;
-    if !line.is_empty() {
-        println!("{line}");
+    });
+    Ok(report(result, opts.json, speaks_json))
+}
+
+/// Prints what a client command did, or why it failed, and gives the exit
+/// status (README, "Exit status"). With `--json`, a command without JSON
+/// output of its own says `{"ok": true, "message": …}` and a failure is JSON on
+/// stderr.
+fn report(
+    result: Result<String, commands::CommandError>,
+    json: bool,
+    speaks_json: bool,
+) -> ExitCode {
+    use quicnprotochat::client::output;
+    match result {
+        Ok(line) if json && !speaks_json => println!("{}", output::done_json(&line)),
+        Ok(line) if !line.is_empty() => println!("{line}"),
+        Ok(_) => {}
+        Err(e) => {
+            if json {
+                eprintln!("{}", output::error_json(&e));
+            } else {
+                eprintln!("error: {e}");
+            }
+            return ExitCode::from(e.exit_code());
+        }
     }
-    Ok(())
+    ExitCode::SUCCESS
 }
 
 /// `web`: binds, prints the address to open, serves until a signal.

@@ -1,8 +1,10 @@
 //! TLS material and QUIC endpoint configuration.
 //!
-//! The node presents a certificate; clients pin exactly that certificate (its DER
-//! bytes) instead of trusting any authority. There is no "accept any certificate"
-//! path anywhere.
+//! The node presents a certificate. By default clients pin exactly that
+//! certificate (its DER bytes) instead of trusting any authority; a deployment
+//! with its own CA (several nodes, one name) gives clients the CA bundle instead,
+//! and they check the node's chain and name against it ([`ServerTrust`]). There
+//! is no "accept any certificate" path anywhere.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -52,6 +54,9 @@ pub enum TlsError {
 pub struct TlsMaterial {
     /// The node's certificate.
     pub cert: CertificateDer<'static>,
+    /// The certificates that chain it to a CA, sent with it (a PEM file's
+    /// certificates after the first).
+    pub intermediates: Vec<CertificateDer<'static>>,
     /// Its private key.
     pub key: PrivateKeyDer<'static>,
 }
@@ -87,9 +92,14 @@ pub fn load_or_generate(
             }
         })?;
     }
-    let cert = read_cert(&cert_path)?;
+    let mut chain = read_certs(&cert_path)?;
+    let cert = chain.remove(0);
     let key = read_key(&key_path)?;
-    Ok(TlsMaterial { cert, key })
+    Ok(TlsMaterial {
+        cert,
+        intermediates: chain,
+        key,
+    })
 }
 
 /// Whether `bytes` are PEM text rather than DER (which starts with a SEQUENCE tag).
@@ -106,6 +116,22 @@ fn read_cert(path: &Path) -> Result<CertificateDer<'static>, TlsError> {
     } else {
         Ok(CertificateDer::from(bytes))
     }
+}
+
+/// Every certificate of a file: a PEM file's in order (at least one), or one DER.
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bytes = read(path)?;
+    if !is_pem(&bytes) {
+        return Ok(vec![CertificateDer::from(bytes)]);
+    }
+    let invalid = |e: String| TlsError::Invalid(format!("{}: {e}", path.display()));
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(format!("unreadable PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(invalid("no PEM certificate in it".into()));
+    }
+    Ok(certs)
 }
 
 /// A private key file, PEM (PKCS#8, PKCS#1 or SEC1) or DER.
@@ -169,7 +195,12 @@ pub fn server_config(material: TlsMaterial) -> Result<quinn::ServerConfig, TlsEr
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Invalid(e.to_string()))?
         .with_no_client_auth()
-        .with_single_cert(vec![material.cert], material.key)
+        .with_single_cert(
+            std::iter::once(material.cert)
+                .chain(material.intermediates)
+                .collect(),
+            material.key,
+        )
         .map_err(|e| TlsError::Invalid(e.to_string()))?;
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
@@ -179,13 +210,61 @@ pub fn server_config(material: TlsMaterial) -> Result<quinn::ServerConfig, TlsEr
     Ok(config)
 }
 
-/// QUIC client configuration that trusts exactly `pinned` and nothing else.
-pub fn client_config(pinned: CertificateDer<'static>) -> Result<quinn::ClientConfig, TlsError> {
+/// What a client trusts to be its node.
+#[derive(Debug, Clone)]
+pub enum ServerTrust {
+    /// Exactly this certificate (the default: the node's self-signed one).
+    Pinned(CertificateDer<'static>),
+    /// A certificate for `name`, chained to one of these authorities.
+    Authorities {
+        /// The CA certificates (`--ca-bundle`).
+        roots: Arc<rustls::RootCertStore>,
+        /// The name the node's certificate must carry.
+        name: ServerName<'static>,
+    },
+}
+
+impl From<CertificateDer<'static>> for ServerTrust {
+    fn from(pinned: CertificateDer<'static>) -> Self {
+        ServerTrust::Pinned(pinned)
+    }
+}
+
+/// Reads a CA bundle: one or more PEM certificates (or one DER one).
+pub fn read_ca_bundle(path: &Path) -> Result<Arc<rustls::RootCertStore>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in read_certs(path)? {
+        roots
+            .add(cert)
+            .map_err(|e| TlsError::Invalid(format!("{}: {e}", path.display())))?;
+    }
+    Ok(Arc::new(roots))
+}
+
+/// A name the node's certificate must carry: a DNS name or an IP address.
+pub fn server_name(name: &str) -> Result<ServerName<'static>, TlsError> {
+    ServerName::try_from(name.to_string())
+        .map_err(|_| TlsError::Invalid(format!("{name:?} is not a DNS name or an IP address")))
+}
+
+/// QUIC client configuration that trusts what `trust` says and nothing else.
+pub fn client_config(trust: impl Into<ServerTrust>) -> Result<quinn::ClientConfig, TlsError> {
     let provider = provider();
-    let verifier = Arc::new(PinnedCertVerifier {
-        pinned,
-        algorithms: provider.signature_verification_algorithms,
-    });
+    let verifier: Arc<dyn ServerCertVerifier> = match trust.into() {
+        ServerTrust::Pinned(pinned) => Arc::new(PinnedCertVerifier {
+            pinned,
+            algorithms: provider.signature_verification_algorithms,
+        }),
+        ServerTrust::Authorities { roots, name } => Arc::new(NamedCertVerifier {
+            inner: rustls::client::WebPkiServerVerifier::builder_with_provider(
+                roots,
+                provider.clone(),
+            )
+            .build()
+            .map_err(|e| TlsError::Invalid(e.to_string()))?,
+            name,
+        }),
+    };
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| TlsError::Invalid(e.to_string()))?
@@ -219,7 +298,10 @@ impl ServerCertVerifier for PinnedCertVerifier {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if intermediates.is_empty() && end_entity.as_ref() == self.pinned.as_ref() {
+        // The chain sent with it (a CA-issued node certificate's) changes
+        // nothing: the leaf itself is what is trusted.
+        let _ = intermediates;
+        if end_entity.as_ref() == self.pinned.as_ref() {
             Ok(ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::InvalidCertificate(
@@ -251,6 +333,51 @@ impl ServerCertVerifier for PinnedCertVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
+    }
+}
+
+/// WebPKI validation of the node's chain against the CA bundle, for the name
+/// the client was given (the connection's SNI is a fixed placeholder: the
+/// node serves one certificate whatever it is asked).
+#[derive(Debug)]
+struct NamedCertVerifier {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    name: ServerName<'static>,
+}
+
+impl ServerCertVerifier for NamedCertVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.inner
+            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
     }
 }
 

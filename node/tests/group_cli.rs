@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BIN, ServerProcess, User, assert_no_fork, assert_one_line_error, client_env};
+use common::{
+    BIN, ServerProcess, User, assert_no_fork, assert_one_line_error, client_env, untimed,
+};
 use quicnprotochat::tls;
 
 /// A server process and alice and bob, registered, in group "g".
@@ -47,8 +49,9 @@ impl Pair {
     }
 }
 
+/// The lines of an output, each without the time `recv` and `chat` put first.
 fn lines_of(out: &str) -> Vec<String> {
-    out.lines().map(str::to_string).collect()
+    out.lines().map(|l| untimed(l).to_string()).collect()
 }
 
 #[test]
@@ -114,12 +117,15 @@ fn register_create_invite_join_chat_remove_from_the_cli() {
     // chat: what was waiting shows as [SENDER] TEXT; typed lines are sent.
     carol.ok(at, &ca, &["send", "--group", "team", "carol here"]);
     let out = alice.chat(at, &ca, "team", &["typed in chat".into()]);
-    assert!(out.lines().any(|l| l == "[bob] hi alice"), "{out}");
-    assert!(out.lines().any(|l| l == "[carol] carol here"), "{out}");
+    assert!(out.lines().any(|l| untimed(l) == "[bob] hi alice"), "{out}");
+    assert!(
+        out.lines().any(|l| untimed(l) == "[carol] carol here"),
+        "{out}"
+    );
     assert!(
         bob.ok(at, &ca, &["recv"])
             .lines()
-            .any(|l| l == "[team] alice: typed in chat")
+            .any(|l| untimed(l) == "[team] alice: typed in chat")
     );
 
     // Removal: carol is told, and reads nothing sent afterwards.
@@ -186,7 +192,7 @@ fn kill_dash_nine_server_mid_conversation_loses_no_sent_message() {
     let mut shown: Vec<String> = Vec::new();
     let read = |at: SocketAddr, shown: &mut Vec<String>| {
         for l in bob.ok(at, &ca, &["recv"]).lines() {
-            if let Some(text) = l.strip_prefix("[g] alice: ") {
+            if let Some(text) = untimed(l).strip_prefix("[g] alice: ") {
                 shown.push(text.to_string());
             }
         }
@@ -270,7 +276,7 @@ fn a_client_killed_mid_recv_shows_every_message_after_restart() {
                 killed_at_first_line = false;
             }
             // Whatever reached the terminal was shown, also after the kill.
-            if let Some(text) = line.strip_prefix("[g] alice: ") {
+            if let Some(text) = untimed(&line).strip_prefix("[g] alice: ") {
                 shown.push(text.to_string());
             }
         }
@@ -291,7 +297,7 @@ fn a_client_killed_mid_recv_shows_every_message_after_restart() {
         }
         shown.extend(
             out.lines()
-                .filter_map(|l| l.strip_prefix("[g] alice: "))
+                .filter_map(|l| untimed(l).strip_prefix("[g] alice: "))
                 .map(str::to_string),
         );
     }
@@ -417,12 +423,13 @@ fn chat_reconnects_after_the_server_restarts() {
     bob.ok(at, &ca, &["send", "--group", "g", "welcome back"]);
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut seen = Vec::new();
-    while Instant::now() < deadline && !seen.iter().any(|l: &String| l == "[bob] welcome back") {
+    let welcomed = |l: &String| untimed(l) == "[bob] welcome back";
+    while Instant::now() < deadline && !seen.iter().any(welcomed) {
         if let Ok(l) = rx.recv_timeout(Duration::from_millis(500)) {
             seen.push(l);
         }
     }
-    assert!(seen.iter().any(|l| l == "[bob] welcome back"), "{seen:?}");
+    assert!(seen.iter().any(welcomed), "{seen:?}");
     drop(stdin); // Ctrl+D
     let out = chat.wait_with_output().unwrap();
     assert!(out.status.success());
@@ -454,7 +461,10 @@ fn a_message_cannot_fake_another_senders_line_or_drive_the_terminal() {
         "{out:?}"
     );
     assert!(!out.contains('\u{1b}'), "{out:?}");
-    assert!(!out.lines().any(|l| l.starts_with("[g] bob")), "{out:?}");
+    assert!(
+        !out.lines().any(|l| untimed(l).starts_with("[g] bob")),
+        "{out:?}"
+    );
     assert_no_fork(at, &p.ca, "g", &[&p.alice, &p.bob]);
 }
 
@@ -490,8 +500,7 @@ fn history_shows_what_was_said_received_and_sent_with_its_time() {
     p.bob.ok(at, &p.ca, &["recv", "--wait", "5"]);
     p.bob.ok(at, &p.ca, &["send", "--group", "g", "two"]);
     let said = |out: &str| -> Vec<String> {
-        lines_of(out)
-            .iter()
+        out.lines()
             .map(|l| {
                 // `YYYY-MM-DD HH:MM:SS  SENDER: TEXT`
                 let (time, rest) = l.split_at(19);
@@ -511,4 +520,112 @@ fn history_shows_what_was_said_received_and_sent_with_its_time() {
     let (ok, _, err) = p.bob.run(at, &p.ca, &["history", "--group", "nope"]);
     assert!(!ok);
     assert_one_line_error(&err, "no group named");
+}
+
+/// Each line of `out` as JSON.
+fn json_lines(out: &str) -> Vec<serde_json::Value> {
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect()
+}
+
+#[test]
+fn recv_shows_each_message_with_its_time() {
+    let p = Pair::start();
+    let at = p.server.addr;
+    p.alice.ok(at, &p.ca, &["send", "--group", "g", "timed"]);
+    let out = p.bob.ok(at, &p.ca, &["recv", "--wait", "5"]);
+    let line = out
+        .lines()
+        .find(|l| l.ends_with("[g] alice: timed"))
+        .expect(&out);
+    // `YYYY-MM-DD HH:MM:SS  [g] alice: timed`, today (UTC).
+    let today = quicnprotochat::client::display::utc_time(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64,
+    );
+    assert_eq!(&line[..10], &today[..10], "{line}");
+    assert_eq!(untimed(line), "[g] alice: timed", "{line}");
+}
+
+#[test]
+fn with_json_every_line_is_an_object_with_stable_fields_and_failures_say_their_kind() {
+    let p = Pair::start();
+    let at = p.server.addr;
+    let sent = p.alice.ok(
+        at,
+        &p.ca,
+        &["send", "--json", "--group", "g", "a \"quoted\"\nline"],
+    );
+    let sent = json_lines(&sent);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0]["ok"], true);
+    assert!(sent[0]["message"].as_str().unwrap().contains("g"));
+
+    let got = json_lines(&p.bob.ok(at, &p.ca, &["recv", "--json", "--wait", "5"]));
+    let m = got
+        .iter()
+        .find(|v| v["type"] == "message")
+        .expect("a message");
+    assert_eq!(m["group"], "g");
+    assert_eq!(m["sender"], "alice");
+    assert_eq!(m["text"], "a \"quoted\"\nline", "the text as sent");
+    assert!(m["at_ms"].as_u64().unwrap() > 0);
+    assert_eq!(m["time"].as_str().unwrap().len(), 19);
+    // Nothing new: no output at all, rather than a sentence.
+    assert_eq!(p.bob.ok(at, &p.ca, &["recv", "--json"]).trim(), "");
+
+    let history = json_lines(&p.bob.ok(at, &p.ca, &["history", "--json", "--group", "g"]));
+    assert_eq!(history.last().unwrap()["text"], "a \"quoted\"\nline");
+    let groups = json_lines(&p.bob.ok(at, &p.ca, &["groups", "--json"]));
+    assert_eq!(groups.len(), 1);
+    assert_eq!(groups[0]["name"], "g");
+    assert_eq!(groups[0]["members"].as_array().unwrap().len(), 2);
+    assert!(groups[0]["epoch"].as_u64().is_some());
+
+    // Failures: JSON on stderr, an exit status by kind (README, "Exit status").
+    let status = |out: &std::process::Output| out.status.code().unwrap();
+    let error_of = |out: &std::process::Output| -> serde_json::Value {
+        let err = String::from_utf8_lossy(&out.stderr);
+        serde_json::from_str(err.trim()).unwrap_or_else(|e| panic!("{err:?}: {e}"))
+    };
+    let unknown = p
+        .bob
+        .command(at, &p.ca, &["send", "--json", "--group", "nope", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(status(&unknown), 1);
+    assert_eq!(error_of(&unknown)["error"]["kind"], "invalid");
+    assert_eq!(error_of(&unknown)["ok"], false);
+
+    let stranger = User::new(p.dir.path(), "stranger");
+    let not_logged_in = stranger
+        .command(at, &p.ca, &["groups", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(status(&not_logged_in), 5);
+    assert_eq!(error_of(&not_logged_in)["error"]["kind"], "not_logged_in");
+
+    let refused = stranger
+        .command(at, &p.ca, &["login", "--json", "--username", "nobody"])
+        .output()
+        .unwrap();
+    assert_eq!(status(&refused), 3, "{:?}", error_of(&refused));
+    assert_eq!(error_of(&refused)["error"]["kind"], "refused");
+    assert!(error_of(&refused)["error"]["code"].is_string());
+
+    drop(p.server);
+    let unreachable = p
+        .alice
+        .command(at, &p.ca, &["health", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(status(&unreachable), 4);
+    assert_eq!(error_of(&unreachable)["error"]["kind"], "unreachable");
+    // Without --json: one line, same status.
+    let plain = p.alice.command(at, &p.ca, &["health"]).output().unwrap();
+    assert_eq!(status(&plain), 4);
+    assert_one_line_error(&String::from_utf8_lossy(&plain.stderr), "cannot reach");
 }

@@ -223,7 +223,9 @@ impl TestNode {
     pub fn address(&self) -> NodeAddress {
         NodeAddress {
             addr: self.addr,
-            pinned: tls::read_pinned_cert(&self.cert_path()).expect("node wrote its certificate"),
+            trust: tls::read_pinned_cert(&self.cert_path())
+                .expect("node wrote its certificate")
+                .into(),
             auth_token: self.config.auth_token.clone(),
             reconnect_patience: std::time::Duration::from_secs(10),
             endpoint: None,
@@ -299,6 +301,9 @@ impl Person {
             ca_cert: node.cert_path(),
             state_dir: dir.path().to_path_buf(),
             auth_token: node.config.auth_token.clone(),
+            json: false,
+            ca_bundle: None,
+            server_name: None,
         };
         quicnprotochat::client::commands::login(&opts, username, &password)
             .await
@@ -346,7 +351,7 @@ pub async fn pull_shown(m: &mut Messenger) -> Vec<String> {
     let unread = m.unread().unwrap();
     let keys: Vec<_> = unread.iter().map(|(k, _)| *k).collect();
     m.mark_shown(&keys).unwrap();
-    unread.into_iter().map(|(_, l)| l).collect()
+    unread.into_iter().map(|(_, l)| l.display()).collect()
 }
 
 /// Every member sees `group` at the same epoch with the same epoch

@@ -193,7 +193,7 @@ async fn a_followed_inbox_is_applied_as_messages_arrive_without_being_asked() {
             .unread()
             .unwrap()
             .into_iter()
-            .map(|(_, l)| l)
+            .map(|(_, l)| l.display())
             .filter(|l| !l.contains(" * "))
             .collect();
         assert_eq!(

@@ -155,7 +155,7 @@ async fn shown_lines(p: &mut Person) -> Vec<String> {
     let unread = p.messenger.unread().unwrap();
     let keys: Vec<_> = unread.iter().map(|(k, _)| *k).collect();
     p.messenger.mark_shown(&keys).unwrap();
-    unread.into_iter().map(|(_, l)| l).collect()
+    unread.into_iter().map(|(_, l)| l.display()).collect()
 }
 
 /// What one run counted, over all members.

@@ -56,6 +56,9 @@ fn options(node: &TestNode, profile: &Path) -> ClientOptions {
         ca_cert: node.cert_path(),
         state_dir: profile.to_path_buf(),
         auth_token: None,
+        json: false,
+        ca_bundle: None,
+        server_name: None,
     }
 }
 

@@ -25,12 +25,20 @@ pub const REFILL_BELOW: u64 = 10;
 pub struct ClientOptions {
     /// The node, `HOST:PORT`.
     pub server: String,
-    /// The certificate to trust (exactly this one).
+    /// The certificate to trust (exactly this one), unless `ca_bundle` is set.
     pub ca_cert: PathBuf,
+    /// CA certificates to trust instead of one pinned certificate: the node's
+    /// certificate must chain to one of them and carry the node's name.
+    pub ca_bundle: Option<PathBuf>,
+    /// The name the node's certificate must carry with `ca_bundle` [default:
+    /// the host of `server`].
+    pub server_name: Option<String>,
     /// The profile folder.
     pub state_dir: PathBuf,
     /// The operator's admission token, if the node has one.
     pub auth_token: Option<String>,
+    /// Print JSON, one object per line (`--json`), rather than lines for a person.
+    pub json: bool,
 }
 
 /// Errors of a command, each printable as one line.
@@ -39,7 +47,9 @@ pub enum CommandError {
     #[error("invalid server address {0:?}: expected HOST:PORT")]
     /// `--server` is not `HOST:PORT` (what was given).
     BadServer(String),
-    #[error("cannot read the server certificate {path}: {reason} (pass --ca-cert or QPC_CA_CERT)")]
+    #[error(
+        "cannot use the server certificate {path}: {reason} (pass --ca-cert or QPC_CA_CERT, or --ca-bundle)"
+    )]
     /// The pinned certificate could not be read.
     CaCert {
         /// The file or folder concerned.
@@ -59,9 +69,65 @@ pub enum CommandError {
     #[error("not logged in on this profile: run `quicnprotochat login --username NAME` first")]
     /// The profile holds no login.
     NotLoggedIn,
+    #[error("the session of {username} has ended: log in again")]
+    /// The remembered session was revoked or expired.
+    SessionEnded {
+        /// The account.
+        username: String,
+    },
     #[error("{0}")]
     /// Anything else a command refuses (what).
     Invalid(String),
+}
+
+/// Exit status of a client command that failed: the node refused.
+pub const EXIT_REFUSED: u8 = 3;
+/// Exit status: the node could not be reached, or the connection failed.
+pub const EXIT_UNREACHABLE: u8 = 4;
+/// Exit status: the profile is not logged in, or its session ended.
+pub const EXIT_NOT_LOGGED_IN: u8 = 5;
+/// Exit status of every other failure (bad input, the profile, the terminal).
+/// clap's usage errors exit with 2.
+pub const EXIT_FAILED: u8 = 1;
+
+impl CommandError {
+    /// What kind of failure, stable for scripts: `refused`, `unreachable`,
+    /// `not_logged_in`, `certificate`, `profile`, `password`, `invalid`.
+    pub fn kind(&self) -> &'static str {
+        use ClientError as C;
+        match self {
+            CommandError::Client(C::Refused(_)) => "refused",
+            CommandError::Client(C::Unreachable { .. } | C::Transport(_) | C::Protocol(_)) => {
+                "unreachable"
+            }
+            CommandError::Client(C::Session(_))
+            | CommandError::NotLoggedIn
+            | CommandError::SessionEnded { .. } => "not_logged_in",
+            CommandError::Client(C::Tls(_) | C::CertificateMismatch { .. })
+            | CommandError::CaCert { .. } => "certificate",
+            CommandError::State(_) => "profile",
+            CommandError::Password(_) => "password",
+            CommandError::BadServer(_) | CommandError::Invalid(_) => "invalid",
+        }
+    }
+
+    /// The node's refusal code (e.g. `UNAUTHORIZED`), when the node refused.
+    pub fn refusal_code(&self) -> Option<String> {
+        match self {
+            CommandError::Client(c) => c.code().map(|c| c.to_string()),
+            _ => None,
+        }
+    }
+
+    /// The process's exit status for this failure (README, "Exit status").
+    pub fn exit_code(&self) -> u8 {
+        match self.kind() {
+            "refused" => EXIT_REFUSED,
+            "unreachable" => EXIT_UNREACHABLE,
+            "not_logged_in" => EXIT_NOT_LOGGED_IN,
+            _ => EXIT_FAILED,
+        }
+    }
 }
 
 /// The password: `QPC_PASSWORD` when set, otherwise asked for without echo.
@@ -203,10 +269,9 @@ pub(crate) async fn open_session(
             match conn.resume(&login.token, opts.auth_token.as_deref()).await {
                 Ok((session, _)) => Ok((session, Some(login))),
                 Err(e) if e.code() == Some(quicnprotochat_wire::ErrorCode::Unauthorized) => {
-                    Err(CommandError::Invalid(format!(
-                        "the session of {} has ended: log in again",
-                        login.username
-                    )))
+                    Err(CommandError::SessionEnded {
+                        username: login.username,
+                    })
                 }
                 Err(e) => Err(e.into()),
             }
@@ -539,19 +604,47 @@ impl ClientOptions {
             .ok_or_else(|| CommandError::BadServer(self.server.clone()))
     }
 
-    /// Opens a pinned connection to the configured server.
+    /// Opens a connection to the configured server, trusting what
+    /// [`Self::trust`] says.
     pub async fn connect(&self) -> Result<NodeConnection, CommandError> {
         let addr = self.server_addr()?;
-        Ok(NodeConnection::connect(addr, self.pinned_cert()?).await?)
+        Ok(NodeConnection::connect(addr, self.trust()?).await?)
     }
 
-    fn pinned_cert(&self) -> Result<rustls::pki_types::CertificateDer<'static>, CommandError> {
-        tls::read_pinned_cert(&self.ca_cert).map_err(|e| CommandError::CaCert {
-            path: self.ca_cert.clone(),
+    /// The pinned certificate, or with a CA bundle its authorities and the
+    /// name the node's certificate must carry.
+    pub fn trust(&self) -> Result<tls::ServerTrust, CommandError> {
+        let (path, read) = match &self.ca_bundle {
+            None => (
+                &self.ca_cert,
+                tls::read_pinned_cert(&self.ca_cert).map(Into::into),
+            ),
+            Some(bundle) => (bundle, self.authorities(bundle)),
+        };
+        read.map_err(|e| CommandError::CaCert {
+            path: path.clone(),
             reason: match e {
                 tls::TlsError::Read { source, .. } => source.to_string(),
                 other => other.to_string(),
             },
+        })
+    }
+
+    fn authorities(&self, bundle: &std::path::Path) -> Result<tls::ServerTrust, tls::TlsError> {
+        let name = match &self.server_name {
+            Some(n) => n.clone(),
+            // `HOST:PORT`, `[V6]:PORT`: the host part.
+            None => self
+                .server
+                .rsplit_once(':')
+                .map_or(self.server.as_str(), |(host, _)| host)
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+        };
+        Ok(tls::ServerTrust::Authorities {
+            roots: tls::read_ca_bundle(bundle)?,
+            name: tls::server_name(&name)?,
         })
     }
 
@@ -563,7 +656,7 @@ impl ClientOptions {
     ) -> Result<crate::client::actors::NodeAddress, CommandError> {
         Ok(crate::client::actors::NodeAddress {
             addr: self.server_addr()?,
-            pinned: self.pinned_cert()?,
+            trust: self.trust()?,
             auth_token: self.auth_token.clone(),
             reconnect_patience,
             endpoint: None,

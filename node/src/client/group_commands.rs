@@ -12,6 +12,8 @@ use crate::client::actors::session::ConnectionEvent;
 use crate::client::commands::{ClientOptions, CommandError, parse_identity, password_session};
 use crate::client::display::escape_untrusted;
 use crate::client::messenger::{Messenger, MessengerError};
+use crate::client::output;
+use crate::client::state::lines::ShownLine;
 
 impl From<MessengerError> for CommandError {
     fn from(e: MessengerError) -> Self {
@@ -85,17 +87,20 @@ pub async fn join(opts: &ClientOptions) -> Result<String, CommandError> {
     let joined: Vec<_> = m
         .unread()?
         .into_iter()
-        .filter(|(_, l)| l.contains("* joined, invited by"))
+        .filter(|(_, l)| l.is_notice() && l.text.starts_with("joined, invited by"))
         .collect();
     let keys: Vec<_> = joined.iter().map(|(k, _)| *k).collect();
     m.mark_shown(&keys)?;
     m.close().await;
-    if joined.is_empty() {
+    if joined.is_empty() && !opts.json {
         return Ok("no pending invitations".into());
     }
     Ok(joined
-        .into_iter()
-        .map(|(_, l)| l)
+        .iter()
+        .map(|(_, l)| match opts.json {
+            true => output::line_json(l),
+            false => l.display(),
+        })
         .collect::<Vec<_>>()
         .join("\n"))
 }
@@ -110,13 +115,14 @@ pub async fn send(opts: &ClientOptions, group: &str, text: &str) -> Result<Strin
 
 /// Prints every line not shown yet, marking each shown right after printing it:
 /// a crash can repeat at most the line being printed, never lose one.
-fn show_unread(m: &Messenger, format: impl Fn(&str) -> String) -> Result<usize, CommandError> {
+fn show_unread(
+    m: &Messenger,
+    format: impl Fn(&ShownLine) -> String,
+) -> Result<usize, CommandError> {
     let mut out = std::io::stdout().lock();
     let unread = m.unread()?;
     for (key, line) in &unread {
-        // Lines are escaped as they are made; lines stored by older versions
-        // were not.
-        writeln!(out, "{}", format(&escape_untrusted(line)))
+        writeln!(out, "{}", format(line))
             .and_then(|_| out.flush())
             .map_err(|e| CommandError::Invalid(format!("cannot write to stdout: {e}")))?;
         m.mark_shown(&[*key])?;
@@ -125,16 +131,21 @@ fn show_unread(m: &Messenger, format: impl Fn(&str) -> String) -> Result<usize, 
 }
 
 /// `recv [--wait SECS]`: applies the inbox and prints each message as
-/// `[GROUP] SENDER: TEXT`; with `--wait`, first waits that long for something.
+/// `YYYY-MM-DD HH:MM:SS  [GROUP] SENDER: TEXT` (UTC); with `--wait`, first waits
+/// that long for something.
 pub async fn recv(opts: &ClientOptions, wait: Duration) -> Result<String, CommandError> {
     let mut m = messenger(opts).await?;
+    let format = |l: &ShownLine| match opts.json {
+        true => output::line_json(l),
+        false => output::recv_text(l),
+    };
     // Lines from earlier runs first (e.g. ones that arrived while sending).
-    let mut shown = show_unread(&m, str::to_string)?;
+    let mut shown = show_unread(&m, format)?;
     m.pull(if shown > 0 { Duration::ZERO } else { wait })
         .await?;
-    shown += show_unread(&m, str::to_string)?;
+    shown += show_unread(&m, format)?;
     m.close().await;
-    Ok(if shown == 0 {
+    Ok(if shown == 0 && !opts.json {
         "no new messages".into()
     } else {
         String::new()
@@ -201,6 +212,10 @@ pub async fn groups(opts: &ClientOptions) -> Result<String, CommandError> {
     m.pull(Duration::ZERO).await?;
     let groups = m.groups().await?;
     m.close().await;
+    if opts.json {
+        let lines: Vec<String> = groups.into_iter().map(output::group_json).collect();
+        return Ok(lines.join("\n"));
+    }
     if groups.is_empty() {
         return Ok("no groups".into());
     }
@@ -238,6 +253,13 @@ pub async fn history(
     m.pull(Duration::ZERO).await?;
     let entries = m.history(group, limit)?;
     m.close().await;
+    if opts.json {
+        let lines: Vec<String> = entries
+            .iter()
+            .map(|e| output::history_json(group, e))
+            .collect();
+        return Ok(lines.join("\n"));
+    }
     if entries.is_empty() {
         return Ok(format!("no messages in {}", escape_untrusted(group)));
     }
@@ -261,6 +283,9 @@ pub async fn members(opts: &ClientOptions, group: &str) -> Result<String, Comman
     m.pull(Duration::ZERO).await?;
     let g = m.group(group).await?;
     m.close().await;
+    if opts.json {
+        return Ok(output::group_json(g));
+    }
     Ok(members_by_user(&g.members).join("\n"))
 }
 
@@ -284,7 +309,7 @@ fn members_by_user(devices: &[String]) -> Vec<String> {
 }
 
 /// `chat --group NAME`: stdin lines are sent; incoming messages appear as
-/// `[SENDER] TEXT` (other groups' as `[GROUP] SENDER: TEXT`) as the receiver,
+/// `HH:MM:SS [SENDER] TEXT` (other groups' as `HH:MM:SS [GROUP] SENDER: TEXT`) as the receiver,
 /// following the inbox, applies them; Ctrl+D ends it. A lost connection is
 /// re-established by the session actor, with backoff; a line typed meanwhile is
 /// sent once it is back.
@@ -292,13 +317,9 @@ pub async fn chat(opts: &ClientOptions, group: &str) -> Result<String, CommandEr
     use tokio::io::AsyncBufReadExt;
     let mut m = messenger_with(opts, LONG_PATIENCE).await?;
     m.group(group).await?; // an unknown group is an error before anything else
-    let prefix = format!("[{group}] ");
-    let format = |line: &str| match line.strip_prefix(&prefix) {
-        Some(rest) if !rest.starts_with("* ") => match rest.split_once(": ") {
-            Some((sender, text)) => format!("[{sender}] {text}"),
-            None => line.to_string(),
-        },
-        _ => line.to_string(),
+    let format = |l: &ShownLine| match opts.json {
+        true => output::line_json(l),
+        false => output::chat_text(l, group),
     };
     show_unread(&m, format)?;
     let mut events = m.connection_events();

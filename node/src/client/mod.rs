@@ -10,6 +10,7 @@ pub mod group_commands;
 pub mod message;
 pub mod messenger;
 pub mod mls_store;
+pub mod output;
 pub mod profile_key;
 mod record_pieces;
 pub mod rejoin;

@@ -21,7 +21,7 @@ use crate::client::actors::group::commit::publishable_group_info;
 use crate::client::actors::session::{SessionMsg, is_connection_loss};
 use crate::client::actors::{ask_session, notice, short_hex};
 use crate::client::message::{Body, RosterEntry};
-use crate::client::messenger::{CrashPoint, MAX_COMMIT_ATTEMPTS, Messenger, MessengerError};
+use crate::client::messenger::{CrashPoint, Line, MAX_COMMIT_ATTEMPTS, Messenger, MessengerError};
 use crate::client::rpc::{CommitBodies, DirectoryEntry};
 
 /// How many looks (pulls) a profile makes for groups to rejoin before it gives
@@ -43,7 +43,7 @@ enum Attempt {
 /// What became of one group of the account.
 enum GroupRejoin {
     /// Nothing to do, or done: this line tells what happened, if anything.
-    Settled(Option<String>),
+    Settled(Option<Line>),
     /// Not rejoined yet: the next look tries again.
     NotYet,
 }
@@ -72,7 +72,7 @@ impl Messenger {
                         format!("this account's groups cannot be looked up: {e}"),
                     );
                     state.write(|t| {
-                        t.add_local_line(&line.display())?;
+                        t.add_local_line(&line)?;
                         t.rejoin_listed(&[])
                     })?;
                 }
@@ -103,7 +103,7 @@ impl Messenger {
                             short_hex(&gid)
                         ),
                     );
-                    t.add_local_line(&line.display())?;
+                    t.add_local_line(&line)?;
                     t.rejoin_done(&gid)
                 }
                 GroupRejoin::NotYet => t.rejoin_failed(&gid, failed + 1),
@@ -123,26 +123,20 @@ impl Messenger {
             }
             match self.attempt_rejoin(gid).await? {
                 Attempt::Joined(name) => {
-                    return Ok(GroupRejoin::Settled(Some(
-                        notice(
-                            0,
-                            Some(&name),
-                            "rejoined: messages sent before this device joined cannot be read here"
-                                .into(),
-                        )
-                        .display(),
-                    )));
+                    return Ok(GroupRejoin::Settled(Some(notice(
+                        0,
+                        Some(&name),
+                        "rejoined: messages sent before this device joined cannot be read here"
+                            .into(),
+                    ))));
                 }
                 Attempt::Interrupted => return Ok(GroupRejoin::NotYet),
                 Attempt::Impossible(why) => {
-                    return Ok(GroupRejoin::Settled(Some(
-                        notice(
-                            0,
-                            None,
-                            format!("group {} cannot be rejoined: {why}", short_hex(gid)),
-                        )
-                        .display(),
-                    )));
+                    return Ok(GroupRejoin::Settled(Some(notice(
+                        0,
+                        None,
+                        format!("group {} cannot be rejoined: {why}", short_hex(gid)),
+                    ))));
                 }
                 Attempt::Stale => {
                     self.catch_up(std::time::Duration::ZERO).await?;

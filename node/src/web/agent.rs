@@ -387,8 +387,8 @@ impl Agent {
         match m.unread() {
             Ok(lines) => {
                 for (_, line) in &lines {
-                    if line.contains("] * ") {
-                        let _ = self.events.send(Event::Notice(line.clone()));
+                    if line.is_notice() {
+                        let _ = self.events.send(Event::Notice(line.display()));
                     }
                 }
                 let keys: Vec<_> = lines.iter().map(|(k, _)| *k).collect();

@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::client::commands::CommandError;
 use crate::client::display::utc_time;
-use crate::client::messenger::{GroupSummary, MessengerError};
+use crate::client::messenger::MessengerError;
 use crate::client::state::history::HistoryEntry;
 
 /// The profile as the page first sees it.
@@ -21,43 +21,7 @@ pub struct StatusView {
     pub server: String,
 }
 
-/// One group.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct GroupView {
-    /// The local name.
-    pub name: String,
-    /// The epoch this profile is in.
-    pub epoch: u64,
-    /// The members' names, one per device.
-    pub members: Vec<String>,
-    /// `Classic` or `PostQuantum`.
-    pub suite: String,
-    /// The first bytes of the epoch authenticator, hex: equal for every member
-    /// in one epoch (compare it like a safety number).
-    pub check: String,
-}
-
-impl From<GroupSummary> for GroupView {
-    fn from(g: GroupSummary) -> Self {
-        GroupView {
-            name: g.name,
-            epoch: g.epoch,
-            members: g.members,
-            suite: format!(
-                "{:?}",
-                g.suite
-                    .unwrap_or(quicnprotochat_crypto::mls::Suite::Classic)
-            ),
-            check: hex::encode(
-                g.epoch_authenticator
-                    .iter()
-                    .take(8)
-                    .copied()
-                    .collect::<Vec<_>>(),
-            ),
-        }
-    }
-}
+pub use crate::client::output::GroupView;
 
 /// One message of a conversation.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

@@ -250,3 +250,17 @@ pub(crate) fn mls_commit(gid: &[u8], epoch: u64) -> Vec<u8> {
     out.extend_from_slice(&[0xa5; 64]);
     out
 }
+
+/// A line of `recv` (`YYYY-MM-DD HH:MM:SS  `) or `chat` (`HH:MM:SS `) without
+/// its time; other lines as they are.
+pub(crate) fn untimed(line: &str) -> &str {
+    let b = line.as_bytes();
+    let digits = |r: std::ops::Range<usize>| r.into_iter().all(|i| b[i].is_ascii_digit());
+    if b.len() >= 21 && b[4] == b'-' && b[13] == b':' && &line[19..21] == "  " && digits(0..4) {
+        return &line[21..];
+    }
+    if b.len() >= 9 && b[2] == b':' && b[5] == b':' && b[8] == b' ' && digits(0..2) {
+        return &line[9..];
+    }
+    line
+}

@@ -33,7 +33,7 @@ impl Target {
     pub fn address(&self) -> anyhow::Result<quicnprotochat::client::actors::NodeAddress> {
         Ok(quicnprotochat::client::actors::NodeAddress {
             addr: self.addr,
-            pinned: quicnprotochat::tls::read_pinned_cert(&self.ca_cert)?,
+            trust: quicnprotochat::tls::read_pinned_cert(&self.ca_cert)?.into(),
             auth_token: None,
             reconnect_patience: std::time::Duration::from_secs(10),
             endpoint: None,

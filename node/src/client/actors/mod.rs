@@ -34,7 +34,6 @@ use quicnprotochat_crypto::envelope::{
 use quicnprotochat_crypto::mls::{Group, Suite};
 use quicnprotochat_wire::IdentityKey;
 use ractor::{ActorRef, RpcReplyPort};
-use rustls::pki_types::CertificateDer;
 
 use crate::client::ClientError;
 use crate::client::message::{Body, ClientMessage, RosterEntry};
@@ -48,8 +47,9 @@ use crate::client::state::groups::ClientTxn;
 pub struct NodeAddress {
     /// The node.
     pub addr: SocketAddr,
-    /// The node's certificate: the only one trusted.
-    pub pinned: CertificateDer<'static>,
+    /// What the client trusts to be the node: its pinned certificate, or a CA
+    /// bundle and the node's name.
+    pub trust: crate::tls::ServerTrust,
     /// The operator's admission token, if the node requires one.
     pub auth_token: Option<String>,
     /// How long a request waits for a lost connection to come back (with
@@ -251,7 +251,7 @@ impl Effects {
             t.add_history(group_id, entry)?;
         }
         for (n, line) in self.lines.iter().enumerate() {
-            t.add_line(seq, n as u32, &line.display())?;
+            t.add_line(seq, n as u32, line)?;
         }
         t.set_cursor(seq)
     }

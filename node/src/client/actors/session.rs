@@ -149,7 +149,7 @@ async fn connect_once(address: &NodeAddress, profile: &Profile) -> Result<Live, 
         .ok_or_else(|| ClientError::Session("not logged in on this profile".into()))?;
     let conn = match &address.endpoint {
         Some(endpoint) => NodeConnection::connect_via(endpoint, address.addr).await?,
-        None => NodeConnection::connect(address.addr, address.pinned.clone()).await?,
+        None => NodeConnection::connect(address.addr, address.trust.clone()).await?,
     };
     let session = match conn
         .resume(&login.token, address.auth_token.as_deref())

@@ -28,7 +28,7 @@ use crate::client::actors::supervisor::{
 use crate::client::actors::{NodeAddress, Profile, ask, ask_session};
 use crate::client::message::RosterEntry;
 use crate::client::state::ClientState;
-use crate::client::state::groups::LineKey;
+use crate::client::state::lines::{LineKey, ShownLine};
 use crate::client::{ClientError, KeyPackageTarget};
 use quicnprotochat_wire::IdentityKey;
 
@@ -498,7 +498,7 @@ impl Messenger {
     }
 
     /// Lines produced but not yet shown, oldest first.
-    pub fn unread(&self) -> Result<Vec<(LineKey, String)>, MessengerError> {
+    pub fn unread(&self) -> Result<Vec<(LineKey, ShownLine)>, MessengerError> {
         Ok(self.profile.state.unread()?)
     }
 

@@ -15,9 +15,8 @@ use quicnprotochat_wire::limits::reader_options;
 use quicnprotochat_wire::node_capnp::{node, session};
 use quicnprotochat_wire::types::read_envelopes;
 use quicnprotochat_wire::{Envelope, ErrorCode, IdentityKey, WireError};
-use rustls::pki_types::CertificateDer;
 
-use crate::tls::{self, TlsError};
+use crate::tls::{self, ServerTrust, TlsError};
 
 mod keys;
 mod reply_pause;
@@ -46,8 +45,11 @@ pub enum ClientError {
         /// Why.
         reason: String,
     },
-    #[error("the server at {addr} does not present the pinned certificate")]
-    /// The node showed another certificate than the pinned one.
+    #[error(
+        "the server at {addr} does not present a certificate this client trusts (the pinned one, or with --ca-bundle one issued for the node's name)"
+    )]
+    /// The node showed another certificate than the pinned one, or (with a CA
+    /// bundle) one not issued by it for the node's name.
     CertificateMismatch {
         /// The address.
         addr: SocketAddr,
@@ -111,10 +113,11 @@ pub struct NodeConnection {
     channel_binding: [u8; CHANNEL_BINDING_LEN],
 }
 
-/// A client QUIC endpoint that trusts exactly `pinned`, for connections to `addr`.
+/// A client QUIC endpoint that trusts what `trust` says (a pinned certificate,
+/// or a CA bundle and a name), for connections to `addr`.
 pub fn client_endpoint(
     addr: SocketAddr,
-    pinned: CertificateDer<'static>,
+    trust: impl Into<ServerTrust>,
 ) -> Result<quinn::Endpoint, ClientError> {
     let bind: SocketAddr = if addr.is_ipv6() {
         "[::]:0".parse().expect("valid")
@@ -125,7 +128,7 @@ pub fn client_endpoint(
         addr,
         reason: e.to_string(),
     })?;
-    endpoint.set_default_client_config(tls::client_config(pinned)?);
+    endpoint.set_default_client_config(tls::client_config(trust)?);
     Ok(endpoint)
 }
 
@@ -134,9 +137,9 @@ impl NodeConnection {
     /// endpoint of its own.
     pub async fn connect(
         addr: SocketAddr,
-        pinned: CertificateDer<'static>,
+        trust: impl Into<ServerTrust>,
     ) -> Result<NodeConnection, ClientError> {
-        let endpoint = client_endpoint(addr, pinned)?;
+        let endpoint = client_endpoint(addr, trust)?;
         let mut conn = NodeConnection::connect_via(&endpoint, addr).await?;
         conn.owns_endpoint = true;
         Ok(conn)

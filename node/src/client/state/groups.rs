@@ -12,11 +12,9 @@ const GROUP_IDS: TableDefinition<&[u8], &str> = TableDefinition::new("group_ids"
 /// Member identity → (username, signed hybrid key), encoded as a roster entry.
 const ROSTER: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("roster");
 /// "inbox" → the highest seq of the own inbox that has been applied.
-const CURSOR: TableDefinition<&str, u64> = TableDefinition::new("cursor");
+pub(super) const CURSOR: TableDefinition<&str, u64> = TableDefinition::new("cursor");
 /// seq → an opened message from an epoch the group has not reached yet.
 const HELD: TableDefinition<u64, &[u8]> = TableDefinition::new("held");
-/// (seq, n) → a line to show the user, kept until shown.
-const UNREAD: TableDefinition<(u64, u32), &str> = TableDefinition::new("unread");
 
 /// The account's devices as this profile last settled its groups with them.
 const KNOWN_DEVICES: TableDefinition<&[u8; 32], ()> = TableDefinition::new("known_devices");
@@ -43,14 +41,6 @@ const PROCESSED_ORDER: TableDefinition<u64, &[u8; 32]> =
 /// replay older than that is processed again and, its keys being gone, reported
 /// as unreadable.
 pub const MAX_REMEMBERED_MESSAGES: u64 = 16_384;
-
-/// Lines the client itself produces (not from an envelope) sit after the lines of
-/// the last applied envelope, from this place on.
-const LOCAL_LINES_FROM: u32 = 1 << 31;
-
-/// Where a line to show sits: the seq of the envelope that produced it, and its
-/// place among that envelope's lines.
-pub type LineKey = (u64, u32);
 
 /// The writes of one client transaction.
 pub struct ClientTxn<'a> {
@@ -86,25 +76,6 @@ impl ClientTxn<'_> {
         self.txn
             .open_table(ROSTER)?
             .insert(&entry.identity, encode_roster(entry).as_slice())?;
-        Ok(())
-    }
-
-    /// Adds a line the client produced itself (no envelope: e.g. a change it
-    /// gave up on), after everything applied so far.
-    pub fn add_local_line(&self, line: &str) -> TxnResult<()> {
-        let seq = self
-            .txn
-            .open_table(CURSOR)?
-            .get("inbox")?
-            .map(|v| v.value())
-            .unwrap_or(0);
-        let mut unread = self.txn.open_table(UNREAD)?;
-        let n = unread
-            .range((seq, LOCAL_LINES_FROM)..=(seq, u32::MAX))?
-            .next_back()
-            .transpose()?
-            .map_or(LOCAL_LINES_FROM, |(k, _)| k.value().1 + 1);
-        unread.insert((seq, n), line)?;
         Ok(())
     }
 
@@ -198,18 +169,6 @@ impl ClientTxn<'_> {
     /// Forgets a held message once applied.
     pub fn release(&self, seq: u64) -> TxnResult<()> {
         self.txn.open_table(HELD)?.remove(seq)?;
-        Ok(())
-    }
-
-    /// Adds a line to show (the `n`th of envelope `seq`).
-    pub fn add_line(&self, seq: u64, n: u32, line: &str) -> TxnResult<()> {
-        self.txn.open_table(UNREAD)?.insert((seq, n), line)?;
-        Ok(())
-    }
-
-    /// Forgets a line once shown.
-    pub fn remove_line(&self, key: LineKey) -> TxnResult<()> {
-        self.txn.open_table(UNREAD)?.remove(key)?;
         Ok(())
     }
 }
@@ -416,22 +375,6 @@ impl ClientState {
                 t.open_table(HELD)?
                     .iter()?
                     .map(|e| Ok(e?.0.value()))
-                    .collect()
-            },
-            Vec::new(),
-        )
-    }
-
-    /// Lines not yet shown, in the order they arrived.
-    pub fn unread(&self) -> Result<Vec<(LineKey, String)>, StateError> {
-        self.read(
-            |t| {
-                t.open_table(UNREAD)?
-                    .iter()?
-                    .map(|e| {
-                        let (k, v) = e?;
-                        Ok((k.value(), v.value().to_string()))
-                    })
                     .collect()
             },
             Vec::new(),

@@ -361,3 +361,4 @@ impl ClientState {
 
 pub mod groups;
 pub mod history;
+pub mod lines;

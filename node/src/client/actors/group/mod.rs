@@ -274,7 +274,7 @@ impl GroupState {
         );
         self.save(|t| {
             t.proposals_settled(&gid)?;
-            t.add_local_line(&line.display())
+            t.add_local_line(&line)
         })
     }
 
@@ -293,7 +293,7 @@ impl GroupState {
                 "your leave did not reach the group; you are still a member (run `leave` again)"
                     .into(),
             );
-            self.save(|t| t.add_local_line(&line.display()))?;
+            self.save(|t| t.add_local_line(&line))?;
         }
         Ok(g.has_pending_proposals())
     }
