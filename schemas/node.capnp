@@ -104,6 +104,29 @@ interface Node {
   # the target, its hybrid public key and its last-resort package (reusable by
   # design; serving it here is not counted). For checking someone's published
   # keys: a look never uses up their one-time packages.
+
+  operator @12 (operatorToken :Data) -> (operator :Operator);
+  # The operator's capability, for the node's `operator_token`. UNAUTHORIZED
+  # when the node has none or this is not it.
+}
+
+interface Operator {
+  # What an operator does on a running node (the same as `admin` on a stopped
+  # node's data folder).
+
+  accounts @0 () -> (accounts :List(AccountEntry));
+  # Every account with its devices, by name.
+
+  deleteAccount @1 (username :Text) -> (devices :List(Data));
+  # Deletes the account: its login, every device with its keys, KeyPackages and
+  # sessions, and what is queued for them; the name is free again. Returns the
+  # devices deleted; NOT_FOUND when there is no such account.
+}
+
+struct AccountEntry {
+  username @0 :Text;
+  devices @1 :List(Data);
+  # Identity keys, 32 bytes each.
 }
 
 interface Session {

@@ -1,10 +1,12 @@
-//! `admin`: an operator's commands on a stopped node's data folder.
+//! `admin`: an operator's commands, on a stopped node's data folder or, with
+//! the node's operator token, on a running node over the network.
 
 use std::path::{Path, PathBuf};
 
 use quicnprotochat_actors::store::admin;
 use quicnprotochat_actors::store::{ServerStore, StoreError, StoreOptions};
 
+use crate::client::commands::{ClientOptions, CommandError};
 use crate::server::DB_FILE;
 
 /// Why an admin command did nothing.
@@ -38,22 +40,68 @@ fn open(data_dir: &Path) -> Result<ServerStore, AdminError> {
 /// `admin accounts`: each account with its devices (identity keys in hex).
 pub fn accounts(data_dir: &Path) -> Result<String, AdminError> {
     let accounts = admin::accounts(&open(data_dir)?)?;
-    if accounts.is_empty() {
-        return Ok("no accounts".into());
-    }
-    Ok(accounts
-        .iter()
-        .map(|a| {
-            let devices: Vec<String> = a.devices.iter().map(|d| hex::encode(d.0)).collect();
+    Ok(account_lines(
+        accounts
+            .iter()
+            .map(|a| (a.username.as_str(), &a.devices[..])),
+    ))
+}
+
+/// One line per account: `NAME  N device(s)  HEX HEX…`.
+fn account_lines<'a>(
+    accounts: impl Iterator<Item = (&'a str, &'a [quicnprotochat_wire::IdentityKey])>,
+) -> String {
+    let lines: Vec<String> = accounts
+        .map(|(username, devices)| {
+            let hexes: Vec<String> = devices.iter().map(|d| hex::encode(d.0)).collect();
             format!(
                 "{}  {} device(s)  {}",
-                crate::client::display::escape_untrusted(&a.username),
-                a.devices.len(),
-                devices.join(" ")
+                crate::client::display::escape_untrusted(username),
+                devices.len(),
+                hexes.join(" ")
             )
         })
-        .collect::<Vec<_>>()
-        .join("\n"))
+        .collect();
+    if lines.is_empty() {
+        return "no accounts".into();
+    }
+    lines.join("\n")
+}
+
+/// `admin --server … accounts`: the same, from a running node.
+pub async fn accounts_remote(
+    opts: &ClientOptions,
+    operator_token: &str,
+) -> Result<String, CommandError> {
+    let conn = opts.connect().await?;
+    let accounts = conn.operator(operator_token).await?.accounts().await;
+    conn.close().await;
+    let accounts = accounts?;
+    Ok(account_lines(
+        accounts
+            .iter()
+            .map(|a| (a.username.as_str(), &a.devices[..])),
+    ))
+}
+
+/// `admin --server … delete-account NAME`: the same as on a stopped node, on
+/// the running one (its sessions end at once).
+pub async fn delete_account_remote(
+    opts: &ClientOptions,
+    operator_token: &str,
+    username: &str,
+) -> Result<String, CommandError> {
+    let conn = opts.connect().await?;
+    let deleted = conn
+        .operator(operator_token)
+        .await?
+        .delete_account(username)
+        .await;
+    conn.close().await;
+    Ok(format!(
+        "deleted account {username} and its {} device(s)",
+        deleted?.len()
+    ))
 }
 
 /// `admin delete-account NAME`: the account, its devices and their queued

@@ -80,6 +80,10 @@ pub(crate) struct ServerArgs {
     /// register].
     #[arg(long, env = "QPC_AUTH_TOKEN", hide_env_values = true)]
     pub(crate) auth_token: Option<String>,
+    /// The operator's token for `admin --server` on the running node (at least
+    /// 16 characters) [default: none, admin only on a stopped node's data].
+    #[arg(long, env = "QPC_OPERATOR_TOKEN", hide_env_values = true)]
+    pub(crate) operator_token: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -99,16 +103,39 @@ pub(crate) enum Command {
     },
     /// Print the manual page (roff; e.g. `quicnprotochat man | man -l -`).
     Man,
-    /// An operator's commands on a stopped node's data folder.
+    /// An operator's commands: on a stopped node's data folder, or with
+    /// --server and the node's operator token on a running node.
     Admin {
-        /// The node's data folder.
-        #[arg(long, default_value = "data")]
+        /// The node's data folder (a stopped node's).
+        #[arg(long, default_value = "data", conflicts_with = "server")]
         data_dir: PathBuf,
+        #[command(flatten)]
+        remote: AdminRemote,
         #[command(subcommand)]
         command: AdminCommand,
     },
     #[command(flatten)]
     Client(ClientCommand),
+}
+
+/// `admin --server`: a running node, reached as a client reaches it.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct AdminRemote {
+    /// A running node to administer (HOST:PORT), instead of --data-dir.
+    #[arg(long)]
+    pub(crate) server: Option<String>,
+    /// With --server: the node's certificate to trust (PEM or DER).
+    #[arg(long, env = "QPC_CA_CERT", default_value = "data/server-cert.der")]
+    pub(crate) ca_cert: PathBuf,
+    /// With --server: CA certificates to trust instead of one certificate.
+    #[arg(long, env = "QPC_CA_BUNDLE")]
+    pub(crate) ca_bundle: Option<PathBuf>,
+    /// With --ca-bundle: the name the node's certificate must carry.
+    #[arg(long, env = "QPC_SERVER_NAME", requires = "ca_bundle")]
+    pub(crate) server_name: Option<String>,
+    /// With --server: the node's operator token (its `operator_token`).
+    #[arg(long, env = "QPC_OPERATOR_TOKEN", hide_env_values = true)]
+    pub(crate) operator_token: Option<String>,
 }
 
 /// `admin` commands.

@@ -11,6 +11,9 @@ use quicnprotochat_actors::store::server::DEFAULT_CACHE_BYTES;
 use quicnprotochat_wire::limits::{DEFAULT_MAX_PAYLOAD, DEFAULT_QUEUE_LIMIT};
 use serde::Deserialize;
 
+/// The shortest operator token accepted.
+pub const MIN_OPERATOR_TOKEN_LEN: usize = 16;
+
 /// Default listen address: loopback only, so a first start exposes nothing.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7000";
 /// Default data directory, relative to the working directory.
@@ -54,6 +57,8 @@ pub struct FileConfig {
     pub tls_key: Option<PathBuf>,
     /// `auth_token`
     pub auth_token: Option<String>,
+    /// `operator_token`
+    pub operator_token: Option<String>,
     /// `queue_limit`
     pub queue_limit: Option<u64>,
     /// `max_payload`
@@ -264,6 +269,7 @@ impl FileConfig {
             tls_cert: over.tls_cert.or(self.tls_cert),
             tls_key: over.tls_key.or(self.tls_key),
             auth_token: over.auth_token.or(self.auth_token),
+            operator_token: over.operator_token.or(self.operator_token),
             queue_limit: over.queue_limit.or(self.queue_limit),
             max_payload: over.max_payload.or(self.max_payload),
             sealed_sender: over.sealed_sender.or(self.sealed_sender),
@@ -289,6 +295,9 @@ pub struct ServerConfig {
     pub tls_key: Option<PathBuf>,
     /// Operator admission token; `None` admits everyone.
     pub auth_token: Option<String>,
+    /// The operator's token for account administration on the running node
+    /// (`admin --server`); `None`: only on a stopped node's data.
+    pub operator_token: Option<String>,
     /// Unacknowledged messages per inbox.
     pub queue_limit: u64,
     /// Largest payload stored.
@@ -317,6 +326,10 @@ impl std::fmt::Debug for ServerConfig {
             .field(
                 "auth_token",
                 &self.auth_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field(
+                "operator_token",
+                &self.operator_token.as_ref().map(|_| "<redacted>"),
             )
             .field("queue_limit", &self.queue_limit)
             .field("max_payload", &self.max_payload)
@@ -352,6 +365,14 @@ impl ServerConfig {
         if s.auth_token.as_deref() == Some("") {
             return Err(ConfigError::Invalid("auth_token must not be empty".into()));
         }
+        if s.operator_token
+            .as_ref()
+            .is_some_and(|t| t.len() < MIN_OPERATOR_TOKEN_LEN)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "operator_token must be at least {MIN_OPERATOR_TOKEN_LEN} characters (it administers accounts over the network)"
+            )));
+        }
         Ok(ServerConfig {
             listen: s
                 .listen
@@ -362,6 +383,7 @@ impl ServerConfig {
             tls_cert: s.tls_cert,
             tls_key: s.tls_key,
             auth_token: s.auth_token,
+            operator_token: s.operator_token,
             queue_limit,
             max_payload,
             idle_inbox_after: Duration::from_secs(30),
@@ -455,6 +477,7 @@ mod tests {
             tls_cert,
             tls_key,
             auth_token,
+            operator_token,
             queue_limit,
             max_payload,
             sealed_sender,
@@ -465,6 +488,7 @@ mod tests {
         } = toml::from_str(&all).unwrap();
         assert!(listen.is_some() && data_dir.is_some() && tls_cert.is_some());
         assert!(tls_key.is_some() && auth_token.is_some() && queue_limit.is_some());
+        assert!(operator_token.is_some());
         assert!(max_payload.is_some() && sealed_sender.is_some() && metrics_listen.is_some());
         assert!(rpc_threads.is_some());
         let RateLimitsFile {
@@ -559,12 +583,24 @@ mod tests {
     }
 
     #[test]
-    fn debug_hides_the_token() {
+    fn debug_hides_the_tokens() {
         let c = ServerConfig::from_settings(FileConfig {
             auth_token: Some("hunter2".into()),
+            operator_token: Some("correct horse battery staple".into()),
             ..FileConfig::default()
         })
         .unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
+        assert!(!format!("{c:?}").contains("staple"));
+    }
+
+    #[test]
+    fn a_short_operator_token_is_refused() {
+        let short = FileConfig {
+            operator_token: Some("hunter2".into()),
+            ..FileConfig::default()
+        };
+        let e = ServerConfig::from_settings(short).unwrap_err().to_string();
+        assert!(e.contains("operator_token must be at least 16"), "{e}");
     }
 }

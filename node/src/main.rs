@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
-use cli::{AdminCommand, Cli, ClientCommand, Command, ServerArgs};
+use cli::{AdminCommand, AdminRemote, Cli, ClientCommand, Command, ServerArgs};
 use quicnprotochat::client::commands::{self, ClientOptions};
 use quicnprotochat::client::group_commands;
 use quicnprotochat::config::{FileConfig, ServerConfig};
@@ -67,7 +67,51 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
             return Ok(ExitCode::SUCCESS);
         }
-        Command::Admin { data_dir, command } => {
+        Command::Admin {
+            remote:
+                AdminRemote {
+                    server: Some(server),
+                    ca_cert,
+                    ca_bundle,
+                    server_name,
+                    operator_token,
+                },
+            command,
+            ..
+        } => {
+            init_logging("warn");
+            let opts = ClientOptions {
+                server,
+                ca_cert,
+                ca_bundle,
+                server_name,
+                state_dir: PathBuf::new(),
+                auth_token: None,
+                json: false,
+            };
+            let local = tokio::task::LocalSet::new();
+            let result = local.block_on(&runtime, async {
+                let token = operator_token.ok_or_else(|| {
+                    commands::CommandError::Invalid(
+                        "admin --server needs the node's operator token (--operator-token or QPC_OPERATOR_TOKEN)"
+                            .into(),
+                    )
+                })?;
+                match command {
+                    AdminCommand::Accounts => {
+                        quicnprotochat::admin::accounts_remote(&opts, &token).await
+                    }
+                    AdminCommand::DeleteAccount { username } => {
+                        quicnprotochat::admin::delete_account_remote(&opts, &token, &username)
+                            .await
+                    }
+                }
+            });
+            return Ok(report(result, false, false));
+        }
+        Command::Admin {
+            data_dir, command, ..
+        } => {
             let line = match command {
                 AdminCommand::Accounts => quicnprotochat::admin::accounts(&data_dir)?,
                 AdminCommand::DeleteAccount { username } => {
@@ -212,6 +256,7 @@ fn serve(runtime: &tokio::runtime::Runtime, args: ServerArgs) -> anyhow::Result<
         listen: args.listen,
         data_dir: args.data_dir,
         auth_token: args.auth_token,
+        operator_token: args.operator_token,
         queue_limit: args.queue_limit,
         max_payload: args.max_payload,
         sealed_sender: args.sealed_sender.then_some(true),

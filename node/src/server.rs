@@ -184,6 +184,10 @@ impl Server {
                 .auth_token
                 .as_deref()
                 .map(|t| TokenHash::of(t.as_bytes())),
+            operator_token: config
+                .operator_token
+                .as_deref()
+                .map(|t| TokenHash::of(t.as_bytes())),
             limits,
             budget: NodeBudget::new(config.limits.budget),
             started: Instant::now(),

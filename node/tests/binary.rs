@@ -5,9 +5,10 @@
 mod common;
 
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
-use common::{ServerProcess, assert_one_line_error, client, client_env};
+use common::{BIN, ServerProcess, assert_one_line_error, client, client_env};
 
 use quicnprotochat::client::NodeConnection;
 use quicnprotochat::tls;
@@ -536,4 +537,120 @@ fn an_operator_lists_and_deletes_accounts_of_a_stopped_node() {
     let (ok, _, err) = run(&["register-user", "--username", "erin"], "erin-new");
     assert!(ok, "{err}");
     assert!(run(&["whoami"], "finn").0);
+}
+
+#[test]
+fn an_operator_lists_and_deletes_accounts_on_a_running_node_with_the_operator_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let token = "operator-token-for-this-test";
+    let server = ServerProcess::start_env(&data, &[], &[("QPC_OPERATOR_TOKEN", token.to_string())]);
+    let ca = data.join(tls::CERT_FILE);
+    let at = server.addr.to_string();
+    let run =
+        |args: &[&str], who: &str| client_env(args, server.addr, &ca, &dir.path().join(who), "pw");
+    assert!(run(&["register-user", "--username", "gus"], "gus").0);
+    assert!(run(&["register-user", "--username", "hal"], "hal").0);
+    let admin = |args: &[&str], token: Option<&str>| {
+        let mut c = Command::new(BIN);
+        c.arg("admin")
+            .args(["--server", &at, "--ca-cert"])
+            .arg(&ca)
+            .args(args)
+            .env_remove("QPC_OPERATOR_TOKEN");
+        if let Some(t) = token {
+            c.env("QPC_OPERATOR_TOKEN", t);
+        }
+        let out = c.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+
+    let (code, out, err) = admin(&["accounts"], Some(token));
+    assert_eq!(code, Some(0), "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines[0].starts_with("gus  1 device(s)  ") && lines[1].starts_with("hal  "),
+        "{out}"
+    );
+
+    // Refused: no token, a wrong one (guesses count against the login limit).
+    let (code, _, err) = admin(&["accounts"], None);
+    assert_eq!(code, Some(1));
+    assert_one_line_error(&err, "needs the node's operator token");
+    let (code, _, err) = admin(&["accounts"], Some("not-the-operator-token"));
+    assert_eq!(code, Some(3));
+    assert_one_line_error(&err, "wrong operator token");
+    let (code, _, err) = admin(&["delete-account", "nobody"], Some(token));
+    assert_eq!(code, Some(3));
+    assert_one_line_error(&err, "no such account");
+
+    // Deleted on the running node: hal's session ends at once, the name is free.
+    let (code, out, err) = admin(&["delete-account", "hal"], Some(token));
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.trim(), "deleted account hal and its 1 device(s)");
+    let (ok, _, err) = run(&["whoami"], "hal");
+    assert!(!ok);
+    assert_one_line_error(&err, "session of hal has ended");
+    let (ok, _, err) = run(&["login", "--username", "hal"], "hal");
+    assert!(!ok, "{err}");
+    assert!(run(&["register-user", "--username", "hal"], "hal-new").0);
+    assert!(run(&["whoami"], "gus").0, "gus is untouched");
+
+    // A node without an operator token has no operator capability.
+    drop(server);
+    let other = ServerProcess::start(&dir.path().join("other"), &[]);
+    let out = Command::new(BIN)
+        .args(["admin", "--server", &other.addr.to_string(), "--ca-cert"])
+        .arg(dir.path().join("other").join(tls::CERT_FILE))
+        .arg("accounts")
+        .env("QPC_OPERATOR_TOKEN", token)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert_one_line_error(&String::from_utf8_lossy(&out.stderr), "no operator token");
+}
+
+/// `scripts/size-check.sh` on a stand-in binary of `size` bytes against
+/// `baseline`: (passed, stderr).
+fn size_check(dir: &std::path::Path, size: usize, baseline: &str) -> (bool, String) {
+    let binary = dir.join("binary");
+    std::fs::write(&binary, vec![b'x'; size]).unwrap();
+    let base = dir.join("baseline.txt");
+    std::fs::write(&base, baseline).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/size-check.sh");
+    let out = std::process::Command::new(script)
+        .env("QPC_SIZE_BINARY", &binary)
+        .env("QPC_SIZE_BASELINE", &base)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn the_size_check_fails_when_the_binary_grows_more_than_ten_percent() {
+    let dir = tempfile::tempdir().unwrap();
+    let baseline = "1000\n# a comment\n";
+    assert!(size_check(dir.path(), 1000, baseline).0);
+    assert!(size_check(dir.path(), 1100, baseline).0, "10 % is allowed");
+    assert!(size_check(dir.path(), 500, baseline).0, "shrinking is fine");
+    let (passed, err) = size_check(dir.path(), 1101, baseline);
+    assert!(!passed);
+    assert!(err.contains("grew") && err.contains("--record"), "{err}");
+    let (passed, err) = size_check(dir.path(), 1000, "# no number\n");
+    assert!(!passed);
+    assert!(err.contains("no baseline"), "{err}");
+}
+
+#[test]
+fn the_recorded_size_baseline_is_a_number() {
+    let baseline = include_str!("../../packaging/binary-size.txt");
+    let first = baseline.lines().next().unwrap();
+    assert!(first.parse::<u64>().unwrap() > 1_000_000, "{first}");
 }

@@ -408,6 +408,38 @@ impl AuthService {
         Ok(())
     }
 
+    /// Every account with its devices, by name (the operator's view).
+    pub fn accounts(&self) -> Result<Vec<crate::store::admin::Account>, AuthError> {
+        Ok(crate::store::admin::accounts(&self.store)?)
+    }
+
+    /// Deletes the account `username` (the operator's call): its login, its
+    /// devices with their sessions, KeyPackages and keys. Returns its devices,
+    /// whose inboxes the caller then purges; `NotFound` without such an
+    /// account.
+    pub async fn delete_account(&self, username: &str) -> Result<Vec<IdentityKey>, AuthError> {
+        let name = username.to_string();
+        let deleted = self
+            .writer
+            .transact(move |txn| -> Result<_, AuthError> {
+                Ok(crate::store::admin::delete_account_rows(txn, &name)?)
+            })
+            .await?;
+        let Some((account, dropped_sessions)) = deleted else {
+            return Err(AuthError::NotFound("no such account"));
+        };
+        let mut devices = self.devices.write().expect("lock");
+        for d in &account.devices {
+            devices.remove(d);
+        }
+        drop(devices);
+        let mut sessions = self.sessions.write().expect("lock");
+        for k in dropped_sessions {
+            sessions.remove(&k);
+        }
+        Ok(account.devices)
+    }
+
     // ---- KeyPackages and hybrid keys ------------------------------------------------
 
     /// Stores a device's KeyPackages (validated: signature, suite, lifetime, and

@@ -35,6 +35,7 @@ use quicnprotochat_crypto::mls::Suite;
 use quicnprotochat_crypto::opaque::ServerLoginState;
 
 mod node_service;
+mod operator_service;
 mod rejoin;
 mod session_service;
 
@@ -57,6 +58,9 @@ pub struct NodeContext {
     pub rates: RateLimits,
     /// Operator admission token, if configured (held only as a hash).
     pub auth_token: Option<TokenHash>,
+    /// The operator's own token (`Node.operator`: accounts on a running
+    /// node), if configured (held only as a hash).
+    pub operator_token: Option<TokenHash>,
     /// Queue depth and payload limits of every inbox.
     pub limits: InboxLimits,
     /// Whether `enqueueSealed` is served.

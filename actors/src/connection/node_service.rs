@@ -412,6 +412,32 @@ impl node::Server for NodeService {
         write_packages(&peeked, results.get().init_packages(peeked.len() as u32));
         Ok(())
     }
+
+    async fn operator(
+        self: Rc<Self>,
+        params: node::OperatorParams,
+        mut results: node::OperatorResults,
+    ) -> Result<(), capnp::Error> {
+        let p = params.get().map_err(bad_params)?;
+        let _call = admit(&self.budget, p.total_size())?;
+        let presented = p.get_operator_token().map_err(bad_params)?;
+        let Some(hash) = &self.ctx.operator_token else {
+            return Err(refuse(
+                ErrorCode::Unauthorized,
+                "this node has no operator token (operator_token in its config)",
+            ));
+        };
+        if !hash.matches(presented) {
+            // Guessing is counted against the same limit as passwords.
+            self.failed_attempt("operator", "wrong operator token")?;
+            return Err(refuse(ErrorCode::Unauthorized, "wrong operator token"));
+        }
+        tracing::info!(remote = %self.conn.remote, "operator connected");
+        results.get().set_operator(capnp_rpc::new_client(
+            super::operator_service::OperatorService::new(self.ctx.clone(), self.budget.clone()),
+        ));
+        Ok(())
+    }
 }
 
 impl NodeService {

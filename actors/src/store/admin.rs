@@ -1,10 +1,12 @@
-//! What an operator does to a stopped node's data: list the accounts and their
-//! devices, delete an account. Run on the database file directly (redb lets one
-//! process open it: a running node's file is refused), each change in one
-//! durable transaction, as the node's own writes are.
+//! What an operator does to a node's accounts: list them with their devices,
+//! delete one. On a stopped node's data ([`accounts`], [`delete_account`]: the
+//! database file directly; redb lets one process open it, so a running node's
+//! file is refused), or inside a running node's write transaction
+//! ([`delete_account_rows`], through its writer). Each change is one durable
+//! transaction, as the node's own writes are.
 
 use quicnprotochat_wire::IdentityKey;
-use redb::{ReadableDatabase, ReadableTable};
+use redb::{ReadableDatabase, ReadableTable, WriteTransaction};
 
 use super::auth::{ACCOUNT_DEVICES, USERS, remove_device_rows};
 use super::server::{ServerStore, StoreError, WriteBatch};
@@ -47,6 +49,29 @@ fn account_of(
     })
 }
 
+/// An account just deleted, and the hashes of the sessions that ended with it.
+pub type DeletedAccount = (Account, Vec<[u8; 32]>);
+
+/// Deletes the rows of account `username` in `txn`: its login record and every
+/// device with its sessions, KeyPackages and keys (not its devices' inboxes:
+/// the caller empties them). Returns the account as it was and the hashes of
+/// the sessions it ended, or `None` when there is no such account.
+pub fn delete_account_rows(
+    txn: &WriteTransaction,
+    username: &str,
+) -> Result<Option<DeletedAccount>, StoreError> {
+    if txn.open_table(USERS)?.get(username)?.is_none() {
+        return Ok(None);
+    }
+    let account = account_of(&txn.open_table(ACCOUNT_DEVICES)?, username.to_string())?;
+    let mut sessions = Vec::new();
+    for device in &account.devices {
+        sessions.extend(remove_device_rows(txn, username, device)?);
+    }
+    txn.open_table(USERS)?.remove(username)?;
+    Ok(Some((account, sessions)))
+}
+
 /// Deletes the account `username`: its login record, every device with its
 /// sessions, KeyPackages and keys, and everything queued in the devices'
 /// inboxes; the name is free again. Groups keep the devices as members until a
@@ -54,14 +79,9 @@ fn account_of(
 /// account as it was, or `None` when there is no such account.
 pub fn delete_account(store: &ServerStore, username: &str) -> Result<Option<Account>, StoreError> {
     let txn = store.begin_write()?;
-    if txn.open_table(USERS)?.get(username)?.is_none() {
+    let Some((account, _sessions)) = delete_account_rows(&txn, username)? else {
         return Ok(None);
-    }
-    let account = account_of(&txn.open_table(ACCOUNT_DEVICES)?, username.to_string())?;
-    for device in &account.devices {
-        remove_device_rows(&txn, username, device)?;
-    }
-    txn.open_table(USERS)?.remove(username)?;
+    };
     {
         let mut inboxes = WriteBatch::open(&txn)?;
         for device in &account.devices {

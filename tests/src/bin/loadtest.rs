@@ -29,6 +29,10 @@ struct Cli {
     /// Print the report as JSON.
     #[arg(long, global = true)]
     json: bool,
+    /// Write the latency plot (SVG: latency by percentile) to this file, for
+    /// scenarios that measure latency.
+    #[arg(long, global = true)]
+    plot: Option<PathBuf>,
     /// Seconds to run (timed scenarios).
     #[arg(long, global = true, default_value_t = 10)]
     duration: u64,
@@ -238,6 +242,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", report.table());
+    }
+    if let Some(path) = &cli.plot {
+        let Some(latency) = &report.latency else {
+            anyhow::bail!("scenario {} measures no latency to plot", report.scenario);
+        };
+        let params: Vec<String> = report
+            .params
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let title = format!("{} ({})", report.scenario, params.join(" "));
+        std::fs::write(path, load::plot::latency_svg(&title, latency))
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))?;
+        eprintln!("latency plot written to {}", path.display());
     }
     // A run in which calls failed measured something else than it says.
     if report.errors > 0 {

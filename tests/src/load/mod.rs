@@ -6,13 +6,14 @@
 //! on the calling thread).
 
 mod groups;
+pub mod plot;
 mod report;
 mod scenarios;
 mod stall;
 mod sys;
 
 pub use groups::{GroupParams, groups};
-pub use report::Report;
+pub use report::{Latency, Report};
 pub use scenarios::*;
 pub use stall::{Storm, stall};
 

@@ -10,14 +10,28 @@ use serde::Serialize;
 /// Latency percentiles in microseconds.
 #[derive(Debug, Clone, Serialize)]
 pub struct Latency {
+    /// Samples recorded.
     pub count: u64,
+    /// Median.
     pub p50_us: u64,
+    /// 99th percentile.
     pub p99_us: u64,
+    /// 99.9th percentile.
     pub p999_us: u64,
+    /// The slowest.
     pub max_us: u64,
+    /// (quantile, latency in µs) from 0 to 0.9999, for the plot.
+    pub percentiles: Vec<(f64, u64)>,
 }
 
+/// Where the plot's curve is sampled: dense in the tail.
+const CURVE: [f64; 22] = [
+    0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.997, 0.998,
+    0.999, 0.9995, 0.9997, 0.9998, 0.9999,
+];
+
 impl Latency {
+    /// The percentiles of `h`.
     pub fn of(h: &Histogram<u64>) -> Latency {
         Latency {
             count: h.len(),
@@ -25,6 +39,10 @@ impl Latency {
             p99_us: h.value_at_quantile(0.99),
             p999_us: h.value_at_quantile(0.999),
             max_us: h.max(),
+            percentiles: CURVE
+                .iter()
+                .map(|q| (*q, h.value_at_quantile(*q)))
+                .collect(),
         }
     }
 }

@@ -19,10 +19,12 @@ use quicnprotochat_wire::{Envelope, ErrorCode, IdentityKey, WireError};
 use crate::tls::{self, ServerTrust, TlsError};
 
 mod keys;
+mod operator;
 mod reply_pause;
 mod session_handle;
 
 pub use keys::{ClaimedKeyPackage, KeyDirectory, KeyPackageTarget};
+pub use operator::{AccountEntry, OperatorHandle};
 use reply_pause::PausableReader;
 pub use reply_pause::ReplyPause;
 pub use session_handle::{CommitBodies, DirectoryEntry, SendOutcome, SessionHandle, WhoAmI};
