@@ -28,6 +28,24 @@ pub(crate) struct ClientFlags {
     /// Server to connect to (HOST:PORT).
     #[arg(long, env = "QPC_SERVER", default_value = "127.0.0.1:7000")]
     pub(crate) server: String,
+    #[command(flatten)]
+    pub(crate) trust: TrustFlags,
+    /// Profile directory (identity, groups, messages) [default: the user's data
+    /// directory, e.g. ~/.local/share/quicnprotochat].
+    #[arg(long, env = "QPC_STATE")]
+    pub(crate) state: Option<PathBuf>,
+    /// Operator admission token, presented when the server requires one.
+    #[arg(long, env = "QPC_AUTH_TOKEN", hide_env_values = true)]
+    pub(crate) auth_token: Option<String>,
+    /// Print JSON, one object per line, for scripts (README, "Scripting").
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// What a client trusts to be its node: one pinned certificate (the default),
+/// or a CA bundle and the node's name.
+#[derive(Args, Debug, Clone)]
+pub(crate) struct TrustFlags {
     /// The server certificate to trust (exactly this one; PEM or DER).
     #[arg(long, env = "QPC_CA_CERT", default_value = "data/server-cert.der")]
     pub(crate) ca_cert: PathBuf,
@@ -39,16 +57,6 @@ pub(crate) struct ClientFlags {
     /// the host of --server].
     #[arg(long, env = "QPC_SERVER_NAME", requires = "ca_bundle")]
     pub(crate) server_name: Option<String>,
-    /// Profile directory (identity, groups, messages) [default: the user's data
-    /// directory, e.g. ~/.local/share/quicnprotochat].
-    #[arg(long, env = "QPC_STATE")]
-    pub(crate) state: Option<PathBuf>,
-    /// Operator admission token, presented when the server requires one.
-    #[arg(long, env = "QPC_AUTH_TOKEN", hide_env_values = true)]
-    pub(crate) auth_token: Option<String>,
-    /// Print JSON, one object per line, for scripts (README, "Scripting").
-    #[arg(long)]
-    pub(crate) json: bool,
 }
 
 /// `server`'s flags (a config file may set the same keys; flags win).
@@ -124,15 +132,8 @@ pub(crate) struct AdminRemote {
     /// A running node to administer (HOST:PORT), instead of --data-dir.
     #[arg(long)]
     pub(crate) server: Option<String>,
-    /// With --server: the node's certificate to trust (PEM or DER).
-    #[arg(long, env = "QPC_CA_CERT", default_value = "data/server-cert.der")]
-    pub(crate) ca_cert: PathBuf,
-    /// With --server: CA certificates to trust instead of one certificate.
-    #[arg(long, env = "QPC_CA_BUNDLE")]
-    pub(crate) ca_bundle: Option<PathBuf>,
-    /// With --ca-bundle: the name the node's certificate must carry.
-    #[arg(long, env = "QPC_SERVER_NAME", requires = "ca_bundle")]
-    pub(crate) server_name: Option<String>,
+    #[command(flatten)]
+    pub(crate) trust: TrustFlags,
     /// With --server: the node's operator token (its `operator_token`).
     #[arg(long, env = "QPC_OPERATOR_TOKEN", hide_env_values = true)]
     pub(crate) operator_token: Option<String>,

@@ -71,9 +71,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             remote:
                 AdminRemote {
                     server: Some(server),
-                    ca_cert,
-                    ca_bundle,
-                    server_name,
+                    trust,
                     operator_token,
                 },
             command,
@@ -82,9 +80,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             init_logging("warn");
             let opts = ClientOptions {
                 server,
-                ca_cert,
-                ca_bundle,
-                server_name,
+                ca_cert: trust.ca_cert,
+                ca_bundle: trust.ca_bundle,
+                server_name: trust.server_name,
                 state_dir: PathBuf::new(),
                 auth_token: None,
                 json: false,
@@ -136,9 +134,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let flags = client.flags().clone();
     let opts = ClientOptions {
         server: flags.server,
-        ca_cert: flags.ca_cert,
-        ca_bundle: flags.ca_bundle,
-        server_name: flags.server_name,
+        ca_cert: flags.trust.ca_cert,
+        ca_bundle: flags.trust.ca_bundle,
+        server_name: flags.trust.server_name,
         state_dir: flags.state.unwrap_or_else(default_state_dir),
         auth_token: flags.auth_token,
         json: flags.json,
