@@ -226,6 +226,10 @@ fn the_api_refuses_calls_without_the_token_from_other_hosts_and_bad_requests() {
     let (status, body) = web.call("POST", "/api/register", Some(empty_password));
     assert_eq!((status, code_of(&body).as_str()), (400, "invalid"));
     assert!(body.contains("empty password"), "{body}");
+    let no_name = r#"{"username":" ","password":"pw"}"#;
+    let (status, body) = web.call("POST", "/api/register", Some(no_name));
+    assert_eq!((status, code_of(&body).as_str()), (400, "invalid"));
+    assert!(body.contains("empty username"), "{body}");
     let (_, body) = web.call("GET", "/api/status", None);
     assert!(body.contains("\"logged_in\":false"), "{body}");
 
@@ -235,6 +239,10 @@ fn the_api_refuses_calls_without_the_token_from_other_hosts_and_bad_requests() {
     assert_eq!(status, 200, "{body}");
     let (status, body) = web.call("POST", "/api/groups", Some(r#"{"name":"g"}"#));
     assert_eq!(status, 200, "{body}");
+    let (status, body) = web.call("POST", "/api/groups", Some(r#"{"name":"  "}"#));
+    assert_eq!((status, code_of(&body).as_str()), (400, "invalid"));
+    let (status, body) = web.call("POST", "/api/groups/g/invite", Some(r#"{"usernames":[]}"#));
+    assert_eq!((status, code_of(&body).as_str()), (400, "invalid"));
     let (status, body) = web.call("POST", "/api/groups/g/messages", Some(r#"{"text":""}"#));
     assert_eq!((status, code_of(&body).as_str()), (400, "invalid"));
     let (status, body) = web.call("POST", "/api/groups/nope/messages", Some(r#"{"text":"x"}"#));

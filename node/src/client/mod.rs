@@ -2,6 +2,7 @@
 //! local state (`state`), and the CLI commands built on them (`commands`).
 
 pub mod actors;
+pub mod command_error;
 pub mod commands;
 pub mod core;
 pub mod device_sync;
