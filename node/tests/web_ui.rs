@@ -52,7 +52,8 @@ impl WebProcess {
     /// One request with the token; returns (status, body).
     fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
         let auth = format!("Authorization: Bearer {}\r\n", self.token);
-        raw(self.addr, method, path, &self.addr.to_string(), &auth, body)
+        let (status, _, body) = raw(self.addr, method, path, &self.addr.to_string(), &auth, body);
+        (status, body)
     }
 }
 
@@ -63,7 +64,8 @@ impl Drop for WebProcess {
     }
 }
 
-/// An HTTP/1.1 request over a fresh socket; returns (status, body).
+/// An HTTP/1.1 request over a fresh socket; returns (status, status line and
+/// headers, body).
 fn raw(
     addr: SocketAddr,
     method: &str,
@@ -71,21 +73,7 @@ fn raw(
     host: &str,
     extra_headers: &str,
     body: Option<&str>,
-) -> (u16, String) {
-    let (head, response) = raw_response(addr, method, path, host, extra_headers, body);
-    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-    (status, response)
-}
-
-/// (status line and headers, body).
-fn raw_response(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    host: &str,
-    extra_headers: &str,
-    body: Option<&str>,
-) -> (String, String) {
+) -> (u16, String, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     let body = body.unwrap_or("");
     let content = if body.is_empty() {
@@ -102,7 +90,8 @@ fn raw_response(
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     let (head, body) = out.split_once("\r\n\r\n").unwrap();
-    (head.to_string(), body.to_string())
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, head.to_string(), body.to_string())
 }
 
 fn code_of(body: &str) -> String {
@@ -179,8 +168,8 @@ fn the_api_refuses_calls_without_the_token_from_other_hosts_and_bad_requests() {
 
     // The page itself needs no token (it holds no secret) and forbids framing
     // and foreign scripts.
-    let (head, page) = raw_response(web.addr, "GET", "/", &host, "", None);
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let (status, head, page) = raw(web.addr, "GET", "/", &host, "", None);
+    assert_eq!(status, 200, "{head}");
     assert!(page.contains("quicnprotochat"));
     let head = head.to_ascii_lowercase();
     assert!(
@@ -191,18 +180,18 @@ fn the_api_refuses_calls_without_the_token_from_other_hosts_and_bad_requests() {
 
     // No token, a wrong one, or the token in a query other than the event
     // stream's: unauthorized.
-    let (status, body) = raw(web.addr, "GET", "/api/status", &host, "", None);
+    let (status, _, body) = raw(web.addr, "GET", "/api/status", &host, "", None);
     assert_eq!((status, code_of(&body).as_str()), (401, "unauthorized"));
     let wrong = format!("Authorization: Bearer {}\r\n", "0".repeat(64));
-    let (status, body) = raw(web.addr, "GET", "/api/status", &host, &wrong, None);
+    let (status, _, body) = raw(web.addr, "GET", "/api/status", &host, &wrong, None);
     assert_eq!((status, code_of(&body).as_str()), (401, "unauthorized"));
     let in_query = format!("/api/status?token={}", web.token);
-    let (status, _) = raw(web.addr, "GET", &in_query, &host, "", None);
+    let (status, _, _) = raw(web.addr, "GET", &in_query, &host, "", None);
     assert_eq!(status, 401);
 
     // A page on another name (DNS rebinding) is turned away, token or not.
     let auth = format!("Authorization: Bearer {}\r\n", web.token);
-    let (status, body) = raw(
+    let (status, _, body) = raw(
         web.addr,
         "GET",
         "/api/status",
