@@ -46,6 +46,18 @@ pub fn escape_untrusted(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// A line of a group as shown: `[GROUP] SENDER: TEXT`, or `[GROUP] * NOTICE`
+/// without a sender; every part escaped, so it stays one line whatever the
+/// parts hold.
+pub fn group_line(group: Option<&str>, sender: Option<&str>, text: &str) -> String {
+    let group = escape_untrusted(group.unwrap_or("-"));
+    let text = escape_untrusted(text);
+    match sender {
+        Some(s) => format!("[{group}] {}: {text}", escape_untrusted(s)),
+        None => format!("[{group}] * {text}"),
+    }
+}
+
 /// `ms` since the Unix epoch as a UTC time, `YYYY-MM-DD HH:MM:SS`.
 pub fn utc_time(ms: u64) -> String {
     let secs = ms / 1000;

@@ -220,22 +220,19 @@ pub async fn groups(opts: &ClientOptions) -> Result<String, CommandError> {
         return Ok("no groups".into());
     }
     Ok(groups
-        .iter()
+        .into_iter()
         .map(|g| {
             // The check is the start of the epoch authenticator: members who
             // compare it (like a safety number) know they are in one group, not
             // in a fork of it.
+            let g = output::GroupView::from(g);
             format!(
-                "{}  epoch {}  {} member(s)  {:?}  check {}",
+                "{}  epoch {}  {} member(s)  {}  check {}",
                 escape_untrusted(&g.name),
                 g.epoch,
                 g.members.len(),
-                g.suite.unwrap_or(Suite::Classic),
-                g.epoch_authenticator
-                    .iter()
-                    .take(8)
-                    .map(|b| format!("{b:02x}"))
-                    .collect::<String>()
+                g.suite,
+                g.check
             )
         })
         .collect::<Vec<_>>()

@@ -44,6 +44,31 @@ impl From<GroupSummary> for GroupView {
     }
 }
 
+/// One message of a group's history, as `history --json` and the web UI show
+/// it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct MessageView {
+    /// When this device received or sent it, ms since the Unix epoch.
+    pub at_ms: u64,
+    /// The same, `YYYY-MM-DD HH:MM:SS` UTC.
+    pub time: String,
+    /// Who sent it.
+    pub sender: String,
+    /// What it said, as sent (shown as text, never as markup).
+    pub text: String,
+}
+
+impl From<&HistoryEntry> for MessageView {
+    fn from(e: &HistoryEntry) -> Self {
+        MessageView {
+            at_ms: e.at_ms,
+            time: utc_time(e.at_ms),
+            sender: e.sender.clone(),
+            text: e.text.clone(),
+        }
+    }
+}
+
 /// `HH:MM:SS` (UTC) of `ms`.
 fn clock(ms: u64) -> String {
     utc_time(ms)[11..].to_string()
@@ -97,15 +122,19 @@ pub fn line_json(line: &ShownLine) -> String {
 /// A message of `history --json`: `{"type": "message", "at_ms", "time",
 /// "group", "sender", "text"}`.
 pub fn history_json(group: &str, e: &HistoryEntry) -> String {
-    json!({
-        "type": "message",
-        "at_ms": e.at_ms,
-        "time": utc_time(e.at_ms),
-        "group": group,
-        "sender": e.sender,
-        "text": e.text,
-    })
-    .to_string()
+    #[derive(Serialize)]
+    struct Entry<'a> {
+        r#type: &'static str,
+        #[serde(flatten)]
+        message: MessageView,
+        group: &'a str,
+    }
+    let entry = Entry {
+        r#type: "message",
+        message: e.into(),
+        group,
+    };
+    serde_json::to_string(&entry).expect("a message serializes")
 }
 
 /// A group of `groups --json` or `members --json`.

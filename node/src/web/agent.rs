@@ -221,7 +221,7 @@ impl Agent {
             } => {
                 let r = self.messenger().and_then(|m| {
                     Ok(m.history(&group, limit.min(MAX_HISTORY_LIMIT))?
-                        .into_iter()
+                        .iter()
                         .map(MessageView::from)
                         .collect())
                 });

@@ -4,9 +4,7 @@
 use serde::Serialize;
 
 use crate::client::commands::CommandError;
-use crate::client::display::utc_time;
 use crate::client::messenger::MessengerError;
-use crate::client::state::history::HistoryEntry;
 
 /// The profile as the page first sees it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -21,31 +19,7 @@ pub struct StatusView {
     pub server: String,
 }
 
-pub use crate::client::output::GroupView;
-
-/// One message of a conversation.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct MessageView {
-    /// When this device received or sent it, ms since the Unix epoch.
-    pub at_ms: u64,
-    /// The same, `YYYY-MM-DD HH:MM:SS` UTC.
-    pub time: String,
-    /// Who sent it.
-    pub sender: String,
-    /// What it said (shown as text, never as markup).
-    pub text: String,
-}
-
-impl From<HistoryEntry> for MessageView {
-    fn from(e: HistoryEntry) -> Self {
-        MessageView {
-            time: utc_time(e.at_ms),
-            at_ms: e.at_ms,
-            sender: e.sender,
-            text: e.text,
-        }
-    }
-}
+pub use crate::client::output::{GroupView, MessageView};
 
 /// What a send did.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

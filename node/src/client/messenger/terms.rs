@@ -187,13 +187,11 @@ impl Line {
     /// `[GROUP] SENDER: TEXT`, or `[GROUP] * NOTICE`: one line whatever the
     /// parts hold (control characters in them are shown escaped).
     pub fn display(&self) -> String {
-        use crate::client::display::escape_untrusted as esc;
-        let group = esc(self.group.as_deref().unwrap_or("-"));
-        let text = esc(&self.text);
-        match &self.sender {
-            Some(s) => format!("[{group}] {}: {text}", esc(s)),
-            None => format!("[{group}] * {text}"),
-        }
+        crate::client::display::group_line(
+            self.group.as_deref(),
+            self.sender.as_deref(),
+            &self.text,
+        )
     }
 }
 

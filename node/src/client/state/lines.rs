@@ -5,7 +5,7 @@
 
 use super::groups::{CURSOR, ClientTxn, TxnResult};
 use super::*;
-use crate::client::display::escape_untrusted as esc;
+use crate::client::display::{escape_untrusted as esc, group_line};
 use crate::client::messenger::Line;
 
 /// (seq, n) → (ms since the Unix epoch, group or "", sender or "" for a notice,
@@ -58,12 +58,7 @@ impl ShownLine {
         if self.at_ms.is_none() {
             return esc(&self.text).into_owned();
         }
-        let group = esc(self.group.as_deref().unwrap_or("-"));
-        let text = esc(&self.text);
-        match &self.sender {
-            Some(s) => format!("[{group}] {}: {text}", esc(s)),
-            None => format!("[{group}] * {text}"),
-        }
+        group_line(self.group.as_deref(), self.sender.as_deref(), &self.text)
     }
 }
 
