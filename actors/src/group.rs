@@ -24,8 +24,8 @@ use crate::core::inbox::{Admission, InboxRefusal};
 use crate::error::DeliveryError;
 use crate::inbox::{Delivery, InboxRegistry, SharedBody, SharedRecipient};
 use crate::registry::{Capacity, Membership, Registry};
-use crate::store::server::{group_fence, groups_created};
-use crate::store::writer::{FenceWrite, StoreWriter, TransactError};
+use crate::store::ops::GroupWrite;
+use crate::store::writer::{FenceWrite, StoreWriter, WriteOp};
 
 pub use crate::core::commit::MAX_GROUP_ID_LEN;
 
@@ -329,9 +329,8 @@ async fn within_group_quota(args: &GroupArgs, committer: &IdentityKey) -> Result
     let device = committer.0;
     let created = args
         .writer
-        .transact(move |txn| groups_created(txn, &device))
-        .await
-        .map_err(DeliveryError::from)?;
+        .request(|reply| WriteOp::Group(GroupWrite::GroupsCreated { device, reply }))
+        .await?;
     check_group_quota(created, args.settings.groups_per_device)?;
     Ok(())
 }
@@ -360,15 +359,11 @@ impl Actor for GroupActor {
         let period = (args.settings.idle_after / 2).max(Duration::from_millis(10));
         myself.send_interval(period, || GroupMsg::IdleCheck);
         // Read through the writer, so a predecessor's in-flight commit is seen.
-        let gid = args.membership.key().clone();
+        let group_id = args.membership.key().clone();
         let (next, members) = args
             .writer
-            .transact(move |txn| group_fence(txn, &gid).map_err(|e| e.to_string()))
-            .await
-            .map_err(|e| match e {
-                TransactError::Refused(why) => why,
-                TransactError::Store(e) => e.to_string(),
-            })?;
+            .request(|reply| WriteOp::Group(GroupWrite::Fence { group_id, reply }))
+            .await?;
         Ok(GroupActorState {
             args,
             fence: EpochFence::recovered(next, members.into_iter().collect()),

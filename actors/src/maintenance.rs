@@ -7,6 +7,8 @@ use quicnprotochat_wire::IdentityKey;
 
 use crate::DeliveryError;
 use crate::connection::NodeContext;
+use crate::store::ops::GroupWrite;
+use crate::store::writer::WriteOp;
 
 /// What one collection deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -46,10 +48,7 @@ impl NodeContext {
     /// Purges every inbox that holds messages but belongs to no registered
     /// device; returns how many.
     async fn purge_orphaned_inboxes(&self) -> Result<usize, DeliveryError> {
-        let store = self.store.clone();
-        let inboxes = tokio::task::spawn_blocking(move || store.inboxes_with_messages())
-            .await
-            .map_err(|_| DeliveryError::Restarting)??;
+        let inboxes = self.store.inboxes_with_messages().await?;
         let mut purged = 0;
         for inbox in inboxes {
             if !self.auth.accepts_inbox(&inbox) {
@@ -64,13 +63,13 @@ impl NodeContext {
     /// device: nobody can commit to them again, and the group id becomes free.
     async fn collect_dead_group_fences(&self) -> Result<usize, DeliveryError> {
         let auth = self.auth.clone();
-        Ok(self
-            .writer
-            .transact(move |txn| {
-                crate::store::server::collect_dead_group_fences(txn, &|m| {
-                    auth.accepts_inbox(&IdentityKey(*m))
+        self.writer
+            .request(|reply| {
+                WriteOp::Group(GroupWrite::CollectDead {
+                    is_member_alive: Box::new(move |m| auth.accepts_inbox(&IdentityKey(*m))),
+                    reply,
                 })
             })
-            .await?)
+            .await
     }
 }

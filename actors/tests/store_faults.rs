@@ -369,7 +369,7 @@ async fn run(seed: u64, torn: bool) {
     let gid2 = gid.clone();
     let (next, _) = writer
         .transact(move |txn| {
-            quicnprotochat_actors::store::server::group_fence(txn, &gid2).map_err(|e| e.to_string())
+            quicnprotochat_actors::store::fences::group_fence(txn, &gid2).map_err(|e| e.to_string())
         })
         .await
         .unwrap();

@@ -71,6 +71,11 @@ pub(crate) struct ServerArgs {
     /// Data directory [default: ./data].
     #[arg(long)]
     pub(crate) data_dir: Option<PathBuf>,
+    /// Keep the node's tables in this PostgreSQL database
+    /// (postgres://USER@HOST:PORT/DB), shared by every node of a deployment
+    /// [default: the embedded database in the data directory].
+    #[arg(long, env = "QPC_STORE", hide_env_values = true)]
+    pub(crate) store: Option<String>,
     /// Most unacknowledged messages per inbox [default: 1000].
     #[arg(long)]
     pub(crate) queue_limit: Option<u64>,

@@ -51,6 +51,8 @@ pub struct FileConfig {
     pub listen: Option<SocketAddr>,
     /// `data_dir`
     pub data_dir: Option<PathBuf>,
+    /// `store`
+    pub store: Option<String>,
     /// `tls_cert`
     pub tls_cert: Option<PathBuf>,
     /// `tls_key`
@@ -266,6 +268,7 @@ impl FileConfig {
         FileConfig {
             listen: over.listen.or(self.listen),
             data_dir: over.data_dir.or(self.data_dir),
+            store: over.store.or(self.store),
             tls_cert: over.tls_cert.or(self.tls_cert),
             tls_key: over.tls_key.or(self.tls_key),
             auth_token: over.auth_token.or(self.auth_token),
@@ -281,6 +284,33 @@ impl FileConfig {
     }
 }
 
+/// Refuses a `store` that is not a PostgreSQL URL (the redb file needs none).
+fn check_store_url(url: &str) -> Result<(), ConfigError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid(format!(
+            "store must be a PostgreSQL URL (postgres://USER@HOST:PORT/DB), not {:?}; \
+             leave it unset for the embedded database in data_dir",
+            redact_url(url)
+        )))
+    }
+}
+
+/// `url` without the password its user part may carry, for logs.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<unparsed>".into();
+    };
+    match rest.split_once('@') {
+        Some((user, host)) => match user.split_once(':') {
+            Some((name, _)) => format!("{scheme}://{name}:<redacted>@{host}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
 /// Everything a node needs to run.
 #[derive(Clone)]
 pub struct ServerConfig {
@@ -288,6 +318,9 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Where the database and generated key live.
     pub data_dir: PathBuf,
+    /// The PostgreSQL database the node keeps its tables in
+    /// (`postgres://USER@HOST:PORT/DB`); `None`: the redb file in `data_dir`.
+    pub store: Option<String>,
     /// Certificate and key (PEM or DER); when unset, a self-signed pair is generated in
     /// `data_dir` on first start and reused.
     pub tls_cert: Option<PathBuf>,
@@ -321,6 +354,7 @@ impl std::fmt::Debug for ServerConfig {
         f.debug_struct("ServerConfig")
             .field("listen", &self.listen)
             .field("data_dir", &self.data_dir)
+            .field("store", &self.store.as_deref().map(redact_url))
             .field("tls_cert", &self.tls_cert)
             .field("tls_key", &self.tls_key)
             .field(
@@ -362,6 +396,9 @@ impl ServerConfig {
                 "tls_cert and tls_key must be given together".into(),
             ));
         }
+        if let Some(url) = &s.store {
+            check_store_url(url)?;
+        }
         if s.auth_token.as_deref() == Some("") {
             return Err(ConfigError::Invalid("auth_token must not be empty".into()));
         }
@@ -380,6 +417,7 @@ impl ServerConfig {
             data_dir: s
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            store: s.store,
             tls_cert: s.tls_cert,
             tls_key: s.tls_key,
             auth_token: s.auth_token,
@@ -474,6 +512,7 @@ mod tests {
         let FileConfig {
             listen,
             data_dir,
+            store,
             tls_cert,
             tls_key,
             auth_token,
@@ -488,7 +527,7 @@ mod tests {
         } = toml::from_str(&all).unwrap();
         assert!(listen.is_some() && data_dir.is_some() && tls_cert.is_some());
         assert!(tls_key.is_some() && auth_token.is_some() && queue_limit.is_some());
-        assert!(operator_token.is_some());
+        assert!(operator_token.is_some() && store.is_some());
         assert!(max_payload.is_some() && sealed_sender.is_some() && metrics_listen.is_some());
         assert!(rpc_threads.is_some());
         let RateLimitsFile {

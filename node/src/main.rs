@@ -253,6 +253,7 @@ fn serve(runtime: &tokio::runtime::Runtime, args: ServerArgs) -> anyhow::Result<
     let flags = FileConfig {
         listen: args.listen,
         data_dir: args.data_dir,
+        store: args.store,
         auth_token: args.auth_token,
         operator_token: args.operator_token,
         queue_limit: args.queue_limit,

@@ -20,7 +20,8 @@ use quicnprotochat_actors::group::{GroupRegistry, GroupSettings};
 use quicnprotochat_actors::inbox::{InboxRegistry, InboxSettings};
 use quicnprotochat_actors::store::private_fs::private_dir;
 use quicnprotochat_actors::store::writer::StoreWriter;
-use quicnprotochat_actors::store::{ServerStore, StoreError, StoreOptions};
+use quicnprotochat_actors::store::postgres::PgStore;
+use quicnprotochat_actors::store::{ServerStore, Store, StoreError, StoreOptions};
 use quicnprotochat_actors::telemetry;
 use quicnprotochat_crypto::token::TokenHash;
 use quicnprotochat_crypto::{CHANNEL_BINDING_LEN, EXPORTER_LABEL};
@@ -121,15 +122,19 @@ impl Server {
             config.tls_cert.as_deref(),
             config.tls_key.as_deref(),
         )?;
-        let store = ServerStore::open(
-            &config.data_dir.join(DB_FILE),
-            StoreOptions {
-                cache_bytes: config.limits.store_cache_bytes,
-                ..StoreOptions::default()
-            },
-        )?;
+        let store = match &config.store {
+            Some(url) => Store::Postgres(PgStore::open(url).await?),
+            None => Store::Redb(ServerStore::open(
+                &config.data_dir.join(DB_FILE),
+                StoreOptions {
+                    cache_bytes: config.limits.store_cache_bytes,
+                    ..StoreOptions::default()
+                },
+            )?),
+        };
+        tracing::info!(backend = store.backend(), "store opened");
         let (writer, writer_thread) =
-            StoreWriter::start(store.clone()).map_err(ServerError::Thread)?;
+            StoreWriter::start_for(&store).map_err(ServerError::Thread)?;
         let limits = InboxLimits {
             queue_limit: config.queue_limit,
             max_payload: config.max_payload,

@@ -58,6 +58,58 @@ async fn bind_when_free(config: &ServerConfig) -> Server {
     }
 }
 
+/// The environment variable that runs the suites against PostgreSQL: the URL
+/// of a server's maintenance database (`scripts/start-postgres.sh` prints one).
+pub const TEST_STORE_VAR: &str = "QPC_TEST_STORE";
+
+/// Whether the suites run against PostgreSQL (see [`TEST_STORE_VAR`]).
+pub fn test_store_url() -> Option<String> {
+    std::env::var(TEST_STORE_VAR).ok().filter(|u| !u.is_empty())
+}
+
+/// The store a test node uses: the redb file in its data folder, or, with
+/// [`TEST_STORE_VAR`] set, a PostgreSQL database of its own named after its
+/// data folder (created on first start, so a restart finds its tables again).
+/// A configuration that names a store keeps it.
+pub async fn with_test_store(mut config: ServerConfig) -> ServerConfig {
+    let Some(url) = test_store_url() else {
+        return config;
+    };
+    if config.store.is_some() {
+        return config;
+    }
+    let name = format!("qpc_test_{:016x}", {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        config.data_dir.hash(&mut h);
+        h.finish()
+    });
+    config.store = Some(create_test_database(&url, &name).await);
+    config
+}
+
+/// Creates database `name` on the server of `url` unless it exists; returns
+/// its URL.
+pub async fn create_test_database(url: &str, name: &str) -> String {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("{TEST_STORE_VAR}: cannot reach PostgreSQL: {e}"));
+    tokio::spawn(connection);
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await
+        .expect("pg_database readable")
+        .is_some();
+    if !exists {
+        client
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("test database created");
+    }
+    let base = url.rsplit_once('/').map_or(url, |(b, _)| b);
+    format!("{base}/{name}")
+}
+
 impl TestNode {
     /// Starts a node with default limits on `data_dir`.
     pub async fn start(data_dir: &Path) -> TestNode {
@@ -66,6 +118,7 @@ impl TestNode {
 
     /// Starts a node with the given configuration (its `listen` should be port 0).
     pub async fn start_with(config: ServerConfig) -> TestNode {
+        let config = with_test_store(config).await;
         let server = bind_when_free(&config).await;
         let addr = server.local_addr();
         let metrics_addr = server.metrics_addr();
@@ -134,7 +187,7 @@ impl TestNode {
 
     /// What the node's store holds for `inbox` (a look behind the wire, for
     /// checking what was deleted).
-    pub fn stored(
+    pub async fn stored(
         &self,
         inbox: &quicnprotochat_wire::IdentityKey,
     ) -> Vec<quicnprotochat_wire::Envelope> {
@@ -142,8 +195,56 @@ impl TestNode {
             .as_ref()
             .expect("node running")
             .store
-            .fetch(inbox, 0, usize::MAX, usize::MAX)
+            .fetch(*inbox, 0, usize::MAX, usize::MAX)
+            .await
             .expect("store readable")
+    }
+
+    /// Every value the node's database holds, as bytes laid end to end (to
+    /// look for what must not be stored): the redb file, or each value of
+    /// each row of each table on PostgreSQL.
+    pub async fn database_bytes(&self) -> Vec<u8> {
+        let Some(url) = &self.config.store else {
+            return std::fs::read(self.data_dir.join(quicnprotochat::server::DB_FILE))
+                .expect("database file readable");
+        };
+        use tokio_postgres::types::Type;
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .expect("PostgreSQL reachable");
+        tokio::spawn(connection);
+        let tables = client
+            .query(
+                "SELECT table_name::TEXT FROM information_schema.tables WHERE table_schema = 'public'",
+                &[],
+            )
+            .await
+            .expect("tables listed");
+        let mut out = Vec::new();
+        for t in tables {
+            let table: String = t.get(0);
+            for row in client
+                .query(&format!("SELECT * FROM {table}"), &[])
+                .await
+                .expect("table readable")
+            {
+                for (i, c) in row.columns().iter().enumerate() {
+                    match *c.type_() {
+                        Type::BYTEA => {
+                            out.extend(row.get::<_, Option<Vec<u8>>>(i).unwrap_or_default())
+                        }
+                        Type::TEXT | Type::VARCHAR => out.extend(
+                            row.get::<_, Option<String>>(i)
+                                .unwrap_or_default()
+                                .into_bytes(),
+                        ),
+                        _ => {}
+                    }
+                    out.push(0);
+                }
+            }
+        }
+        out
     }
 
     /// What every connection of the node shares: for chaos hooks that do half of

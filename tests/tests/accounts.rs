@@ -244,8 +244,8 @@ async fn sealed_sender_delivers_without_telling_the_node_who_sent() {
         assert_eq!(opened.payload, payload);
     })
     .await;
+    let db = node.database_bytes().await;
     node.stop().await;
-    let db = std::fs::read(dir.path().join(quicnprotochat::server::DB_FILE)).unwrap();
     let contains = |needle: &[u8]| db.windows(needle.len()).any(|w| w == needle);
     assert!(
         contains(&bob.id.public_key()),

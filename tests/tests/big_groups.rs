@@ -51,7 +51,7 @@ async fn a_group_of_250_is_built_through_a_real_node_and_every_member_decrypts()
             .await
             .unwrap();
         assert_eq!(report.seqs.len(), MEMBERS - 1, "{:?}", report.undelivered);
-        let (bodies, _) = node.context().store.shared_bodies().unwrap();
+        let (bodies, _) = node.context().store.shared_bodies().await.unwrap();
         assert_eq!(bodies, 2, "the Welcome and the message, each stored once");
         for p in &mut people[1..] {
             let lines = pull(&mut p.messenger).await;
@@ -65,7 +65,7 @@ async fn a_group_of_250_is_built_through_a_real_node_and_every_member_decrypts()
             );
         }
         eprintln!("all read at {:?}", started.elapsed());
-        let (bodies, _) = node.context().store.shared_bodies().unwrap();
+        let (bodies, _) = node.context().store.shared_bodies().await.unwrap();
         assert_eq!(bodies, 0, "deleted once the last member acked");
         let summary = people[MEMBERS - 1].messenger.group("crowd").await.unwrap();
         assert_eq!(summary.members.len(), MEMBERS);

@@ -45,7 +45,7 @@ async fn strangers_cannot_create_inboxes_and_removed_devices_stop_receiving() {
         let c = node.connect().await.unwrap();
         let err = c.authenticate(&laptop.id, None).await.unwrap_err();
         assert_eq!(err.code(), Some(ErrorCode::Unauthorized), "{err}");
-        assert!(node.stored(&laptop.key()).is_empty());
+        assert!(node.stored(&laptop.key()).await.is_empty());
         // The last device cannot be removed.
         let err = phone_s.remove_device(&phone.key()).await.unwrap_err();
         assert_eq!(err.code(), Some(ErrorCode::BadRequest), "{err}");
@@ -73,13 +73,13 @@ async fn a_crash_between_removing_a_device_and_purging_its_inbox_loses_the_purge
     })
     .await;
     assert_eq!(
-        node.stored(&laptop.key()).len(),
+        node.stored(&laptop.key()).await.len(),
         1,
         "the crash left it behind"
     );
     let node = node.restart().await;
     assert!(
-        node.stored(&laptop.key()).is_empty(),
+        node.stored(&laptop.key()).await.is_empty(),
         "a restarted node deletes what no registered device can fetch"
     );
     node.stop().await;
@@ -214,7 +214,7 @@ async fn a_removed_device_still_in_a_group_fails_no_fan_out_and_gets_nothing() {
             .unwrap();
         // The laptop leaves the account; nobody has committed its removal yet.
         p.remove_device(&laptop.key()).await.unwrap();
-        assert!(node.stored(&laptop.key()).is_empty());
+        assert!(node.stored(&laptop.key()).await.is_empty());
 
         // A send reaches the phone and names the laptop gone; a commit is
         // delivered to the phone (and the committer's receipt) only.
@@ -233,10 +233,10 @@ async fn a_removed_device_still_in_a_group_fails_no_fan_out_and_gets_nothing() {
             .unwrap();
         assert_eq!(delivered, 2, "phone and the committer's receipt");
         assert!(
-            node.stored(&laptop.key()).is_empty(),
+            node.stored(&laptop.key()).await.is_empty(),
             "nothing is stored for a removed device"
         );
-        assert_eq!(node.stored(&phone.key()).len(), 3, "Welcome, hi, commit");
+        assert_eq!(node.stored(&phone.key()).await.len(), 3, "Welcome, hi, commit");
     })
     .await;
     node.stop().await;

@@ -74,7 +74,7 @@ async fn a_flood_of_pipelined_writes_holds_bounded_memory_and_others_are_served(
             // What was accepted is stored, gap-free.
             seqs.sort();
             assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
-            assert_eq!(node.stored(&flooders[i].2).len(), seqs.len());
+            assert_eq!(node.stored(&flooders[i].2).await.len(), seqs.len());
             accepted += seqs.len();
         }
         assert!(refused > 0, "the flood went over the budget");

@@ -96,7 +96,7 @@ async fn a_device_of_a_member_account_finds_its_groups_and_rejoins_by_external_c
         expected.sort();
         assert_eq!(named, expected, "whom to seal to, and their names");
 
-        let hana_had = node.stored(&hana.key()).len();
+        let hana_had = node.stored(&hana.key()).await.len();
         let (joined, out) = laptop.mls.join_external(&info).unwrap();
         let everyone = vec![key(&hana), key(&phone), key(&laptop)];
         let delivered = l
@@ -113,7 +113,7 @@ async fn a_device_of_a_member_account_finds_its_groups_and_rejoins_by_external_c
         group.process(&hana.mls, &out.commit).unwrap();
         assert_eq!(group.epoch_authenticator(), joined.epoch_authenticator());
         assert_eq!(
-            node.stored(&hana.key()).len(),
+            node.stored(&hana.key()).await.len(),
             hana_had + 1,
             "the join's commit"
         );
@@ -149,7 +149,7 @@ async fn strangers_get_no_group_info_and_cannot_join_from_outside() {
             Some(ErrorCode::Unauthorized)
         );
         // Even holding the GroupInfo (leaked), zed's external commit is refused.
-        let hana_had = node.stored(&hana.key()).len();
+        let hana_had = node.stored(&hana.key()).await.len();
         let (_, join) = zed.mls.join_external(&out.group_info.unwrap()).unwrap();
         let members = vec![key(&hana), key(&phone), key(&zed)];
         let refused = z
@@ -163,7 +163,7 @@ async fn strangers_get_no_group_info_and_cannot_join_from_outside() {
             .await;
         assert_eq!(code(refused), Some(ErrorCode::Unauthorized));
         assert_eq!(
-            node.stored(&hana.key()).len(),
+            node.stored(&hana.key()).await.len(),
             hana_had,
             "nothing reached hana"
         );

@@ -7,10 +7,8 @@
 use std::collections::BTreeSet;
 
 use quicnprotochat_wire::IdentityKey;
-use redb::ReadableDatabase;
 
 use super::{AuthError, AuthService};
-use crate::store::auth::HYBRID_KEYS;
 
 /// One member device as the directory knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,12 +24,14 @@ pub struct MemberEntry {
 impl AuthService {
     /// The directory's entry of each of `devices` (removed devices are left out:
     /// they get nothing sealed to them any more).
-    pub fn member_entries(
+    pub async fn member_entries(
         &self,
         devices: &BTreeSet<[u8; 32]>,
     ) -> Result<Vec<MemberEntry>, AuthError> {
-        let txn = self.store.db().begin_read()?;
-        let hybrid = txn.open_table(HYBRID_KEYS)?;
+        let mut hybrid = self
+            .store
+            .hybrid_keys(devices.iter().copied().collect())
+            .await?;
         let names = self.devices.read().expect("lock");
         let mut out = Vec::with_capacity(devices.len());
         for d in devices {
@@ -44,10 +44,7 @@ impl AuthService {
             out.push(MemberEntry {
                 identity_key: key,
                 username,
-                hybrid_public_key: hybrid
-                    .get(d)?
-                    .map(|v| v.value().to_vec())
-                    .unwrap_or_default(),
+                hybrid_public_key: hybrid.remove(d).unwrap_or_default(),
             });
         }
         Ok(out)

@@ -5,7 +5,7 @@ use quicnprotochat_wire::{ErrorCode, WireError};
 
 use crate::error::DeliveryError;
 use crate::store::StoreError;
-use crate::store::writer::TransactError;
+use crate::store::ops::AccountRefusal;
 
 /// Why the Authentication Service refused.
 #[derive(Debug, thiserror::Error)]
@@ -43,11 +43,14 @@ impl From<redb::Error> for AuthError {
     }
 }
 
-impl From<TransactError<AuthError>> for AuthError {
-    fn from(e: TransactError<AuthError>) -> Self {
-        match e {
-            TransactError::Refused(a) => a,
-            TransactError::Store(s) => AuthError::Store(s),
+impl From<AccountRefusal> for AuthError {
+    fn from(r: AccountRefusal) -> Self {
+        match r {
+            AccountRefusal::UsernameTaken => AuthError::UsernameTaken,
+            AccountRefusal::OtherAccount => AuthError::Unauthorized,
+            AccountRefusal::DeviceTaken | AccountRefusal::BadRequest(_) => {
+                AuthError::BadRequest(r.to_string())
+            }
         }
     }
 }

@@ -16,15 +16,15 @@ use quicnprotochat_crypto::mls::Suite;
 use quicnprotochat_crypto::opaque::{self, ServerLoginState, ServerSetup};
 use quicnprotochat_crypto::token::{TokenHash, generate_token};
 use quicnprotochat_wire::IdentityKey;
-use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
 mod directory;
 mod error;
 mod rules;
 
-use crate::store::auth::*;
-use crate::store::writer::StoreWriter;
-use crate::store::{ServerStore, StoreError};
+use crate::store::auth::OPAQUE_SETUP_KEY;
+use crate::store::ops::AccountWrite;
+use crate::store::writer::{StoreWriter, WriteOp};
+use crate::store::{Store, StoreError};
 pub use directory::MemberEntry;
 pub use error::AuthError;
 use error::opaque_err;
@@ -89,7 +89,7 @@ pub struct AccountView {
 /// The Authentication Service of a node.
 pub struct AuthService {
     writer: StoreWriter,
-    store: ServerStore,
+    store: Store,
     setup: ServerSetup,
     /// device → username, for every registered device.
     devices: RwLock<HashMap<IdentityKey, String>>,
@@ -101,55 +101,46 @@ pub struct AuthService {
 impl AuthService {
     /// Loads (or, on first start, creates and persists) the OPAQUE server setup,
     /// the device directory and the live sessions.
-    pub async fn open(store: ServerStore, writer: StoreWriter) -> Result<AuthService, AuthError> {
-        let existing = {
-            let txn = store.db().begin_read()?;
-            let t = txn.open_table(SECRETS)?;
-            t.get(OPAQUE_SETUP_KEY)?.map(|v| v.value().to_vec())
-        };
+    pub async fn open(store: Store, writer: StoreWriter) -> Result<AuthService, AuthError> {
+        let existing = store.secret(OPAQUE_SETUP_KEY).await?;
         let setup = match existing {
             Some(bytes) => ServerSetup::from_bytes(&bytes).map_err(|_| {
                 AuthError::from(StoreError::Corrupt("OPAQUE server setup unreadable".into()))
             })?,
             None => {
-                let fresh = ServerSetup::generate();
-                let bytes = fresh.to_bytes().to_vec();
-                // Another writer cannot race us: the node opens its store once.
-                writer
-                    .transact(move |txn: &WriteTransaction| -> Result<(), AuthError> {
-                        let mut t = txn.open_table(SECRETS)?;
-                        t.insert(OPAQUE_SETUP_KEY, bytes.as_slice())?;
-                        Ok(())
+                // Nodes starting together on one database race here: the
+                // first setup stored wins, and every node uses that one.
+                let value = ServerSetup::generate().to_bytes().to_vec();
+                let stored = writer
+                    .request(|reply| {
+                        WriteOp::Account(AccountWrite::InitSecret {
+                            name: OPAQUE_SETUP_KEY,
+                            value,
+                            reply,
+                        })
                     })
                     .await?;
-                fresh
+                ServerSetup::from_bytes(&stored).map_err(|_| {
+                    AuthError::from(StoreError::Corrupt("OPAQUE server setup unreadable".into()))
+                })?
             }
         };
-        let (devices, sessions, accounts) = {
-            let txn = store.db().begin_read()?;
-            let mut devices = HashMap::new();
-            for e in txn.open_table(DEVICES)?.iter()? {
-                let (k, v) = e?;
-                devices.insert(IdentityKey(*k.value()), v.value().to_string());
-            }
-            let now = now_ms();
-            let mut sessions = HashMap::new();
-            for e in txn.open_table(SESSIONS)?.iter()? {
-                let (k, v) = e?;
-                let (identity, expires_at_ms) = v.value();
-                if expires_at_ms > now {
-                    sessions.insert(
-                        *k.value(),
-                        SessionRecord {
-                            identity: IdentityKey(*identity),
-                            expires_at_ms,
-                        },
-                    );
-                }
-            }
-            let accounts = !txn.open_table(USERS)?.is_empty()?;
-            (devices, sessions, accounts)
-        };
+        let directory = store.directory(now_ms()).await?;
+        let devices: HashMap<IdentityKey, String> = directory.devices.into_iter().collect();
+        let sessions = directory
+            .sessions
+            .into_iter()
+            .map(|(hash, identity, expires_at_ms)| {
+                (
+                    hash,
+                    SessionRecord {
+                        identity,
+                        expires_at_ms,
+                    },
+                )
+            })
+            .collect();
+        let accounts = directory.accounts_exist;
         Ok(AuthService {
             writer,
             store,
@@ -163,9 +154,13 @@ impl AuthService {
     // ---- registration and login ------------------------------------------------
 
     /// OPAQUE registration, first step. A taken name is refused here already.
-    pub fn register_start(&self, username: &str, request: &[u8]) -> Result<Vec<u8>, AuthError> {
+    pub async fn register_start(
+        &self,
+        username: &str,
+        request: &[u8],
+    ) -> Result<Vec<u8>, AuthError> {
         check_username(username)?;
-        if self.password_record(username)?.is_some() {
+        if self.password_record(username).await?.is_some() {
             return Err(AuthError::UsernameTaken);
         }
         opaque::server_register_start(&self.setup, request, username).map_err(opaque_err)
@@ -181,26 +176,17 @@ impl AuthService {
     ) -> Result<(), AuthError> {
         check_username(username)?;
         let record = opaque::server_register_finish(upload).map_err(opaque_err)?;
-        let name = username.to_string();
         self.writer
-            .transact(move |txn| -> Result<(), AuthError> {
-                let mut users = txn.open_table(USERS)?;
-                let mut devices = txn.open_table(DEVICES)?;
-                if users.get(name.as_str())?.is_some() {
-                    return Err(AuthError::UsernameTaken);
-                }
-                if devices.get(&device.0)?.is_some() {
-                    return Err(AuthError::BadRequest(
-                        "this identity key already belongs to an account".into(),
-                    ));
-                }
-                users.insert(name.as_str(), record.as_slice())?;
-                devices.insert(&device.0, name.as_str())?;
-                txn.open_table(ACCOUNT_DEVICES)?
-                    .insert((name.as_str(), &device.0), now_ms())?;
-                Ok(())
+            .request(|reply| {
+                WriteOp::Account(AccountWrite::Register {
+                    username: username.to_string(),
+                    record,
+                    device,
+                    now_ms: now_ms(),
+                    reply,
+                })
             })
-            .await?;
+            .await??;
         self.devices
             .write()
             .expect("lock")
@@ -209,22 +195,20 @@ impl AuthService {
         Ok(())
     }
 
-    fn password_record(&self, username: &str) -> Result<Option<Vec<u8>>, AuthError> {
-        let txn = self.store.db().begin_read()?;
-        let users = txn.open_table(USERS)?;
-        Ok(users.get(username)?.map(|v| v.value().to_vec()))
+    async fn password_record(&self, username: &str) -> Result<Option<Vec<u8>>, AuthError> {
+        Ok(self.store.password_record(username.to_string()).await?)
     }
 
     /// OPAQUE login, first step. Unknown users get an answer from a fake record,
     /// indistinguishable from a real one.
-    pub fn login_start(
+    pub async fn login_start(
         &self,
         username: &str,
         request: &[u8],
     ) -> Result<(ServerLoginState, Vec<u8>), AuthError> {
         // A malformed name cannot exist; answer it like any unknown user.
         let record = if check_username(username).is_ok() {
-            self.password_record(username)?
+            self.password_record(username).await?
         } else {
             None
         };
@@ -248,25 +232,18 @@ impl AuthService {
         let token = generate_token();
         let token_hash = TokenHash::of(&token).digest();
         let expires_at_ms = now_ms() + SESSION_TTL.as_millis() as u64;
-        let name = username.to_string();
         self.writer
-            .transact(move |txn| -> Result<(), AuthError> {
-                let mut devices = txn.open_table(DEVICES)?;
-                let owner = devices.get(&device.0)?.map(|v| v.value().to_string());
-                match owner {
-                    Some(o) if o != name => return Err(AuthError::Unauthorized),
-                    Some(_) => {}
-                    None => {
-                        devices.insert(&device.0, name.as_str())?;
-                        txn.open_table(ACCOUNT_DEVICES)?
-                            .insert((name.as_str(), &device.0), now_ms())?;
-                    }
-                }
-                txn.open_table(SESSIONS)?
-                    .insert(&token_hash, (&device.0, expires_at_ms))?;
-                Ok(())
+            .request(|reply| {
+                WriteOp::Account(AccountWrite::Login {
+                    username: username.to_string(),
+                    device,
+                    token_hash,
+                    expires_at_ms,
+                    now_ms: now_ms(),
+                    reply,
+                })
             })
-            .await?;
+            .await??;
         self.devices
             .write()
             .expect("lock")
@@ -319,10 +296,7 @@ impl AuthService {
     /// Revokes a session.
     pub async fn logout(&self, token_hash: [u8; 32]) -> Result<(), AuthError> {
         self.writer
-            .transact(move |txn| -> Result<(), AuthError> {
-                txn.open_table(SESSIONS)?.remove(&token_hash)?;
-                Ok(())
-            })
+            .request(|reply| WriteOp::Account(AccountWrite::Logout { token_hash, reply }))
             .await?;
         self.sessions.write().expect("lock").remove(&token_hash);
         Ok(())
@@ -393,11 +367,14 @@ impl AuthService {
                 "cannot remove the account's only device".into(),
             ));
         }
-        let name = account.username.clone();
         let dropped_sessions = self
             .writer
-            .transact(move |txn| -> Result<Vec<[u8; 32]>, AuthError> {
-                Ok(remove_device_rows(txn, &name, &device)?)
+            .request(|reply| {
+                WriteOp::Account(AccountWrite::RemoveDevice {
+                    username: account.username.clone(),
+                    device,
+                    reply,
+                })
             })
             .await?;
         self.devices.write().expect("lock").remove(&device);
@@ -409,8 +386,8 @@ impl AuthService {
     }
 
     /// Every account with its devices, by name (the operator's view).
-    pub fn accounts(&self) -> Result<Vec<crate::store::admin::Account>, AuthError> {
-        Ok(crate::store::admin::accounts(&self.store)?)
+    pub async fn accounts(&self) -> Result<Vec<crate::store::admin::Account>, AuthError> {
+        Ok(self.store.accounts().await?)
     }
 
     /// Deletes the account `username` (the operator's call): its login, its
@@ -418,11 +395,13 @@ impl AuthService {
     /// whose inboxes the caller then purges; `NotFound` without such an
     /// account.
     pub async fn delete_account(&self, username: &str) -> Result<Vec<IdentityKey>, AuthError> {
-        let name = username.to_string();
         let deleted = self
             .writer
-            .transact(move |txn| -> Result<_, AuthError> {
-                Ok(crate::store::admin::delete_account_rows(txn, &name)?)
+            .request(|reply| {
+                WriteOp::Account(AccountWrite::DeleteAccount {
+                    username: username.to_string(),
+                    reply,
+                })
             })
             .await?;
         let Some((account, dropped_sessions)) = deleted else {
@@ -460,49 +439,9 @@ impl AuthService {
 
     /// Stores an upload that [`check_upload`] accepted.
     pub async fn store_upload(&self, upload: CheckedUpload) -> Result<(), AuthError> {
-        let CheckedUpload {
-            device,
-            suite,
-            one_time,
-            last_resort,
-            hybrid_public_key,
-        } = upload;
-        let tables = key_package_tables(suite);
         self.writer
-            .transact(move |txn| -> Result<(), AuthError> {
-                let mut stats = txn.open_table(tables.stats)?;
-                let (next, served) = stats.get(&device.0)?.map(|v| v.value()).unwrap_or((0, 0));
-                let mut kps = txn.open_table(tables.one_time)?;
-                let stored = kps.range((&device.0, 0)..=(&device.0, u64::MAX))?.count() as u64;
-                if stored + one_time.len() as u64 > MAX_STORED_KEY_PACKAGES {
-                    return Err(AuthError::BadRequest(format!(
-                        "at most {MAX_STORED_KEY_PACKAGES} KeyPackages may be stored per device ({stored} are)"
-                    )));
-                }
-                let has_last_resort = txn.open_table(tables.last_resort)?.get(&device.0)?.is_some();
-                if last_resort.is_empty() && !has_last_resort {
-                    return Err(AuthError::BadRequest("the first upload must include a last-resort KeyPackage".into()));
-                }
-                let has_hybrid = txn.open_table(HYBRID_KEYS)?.get(&device.0)?.is_some();
-                if hybrid_public_key.is_empty() && !has_hybrid {
-                    return Err(AuthError::BadRequest("the first upload must include the hybrid public key".into()));
-                }
-                for (i, kp) in one_time.iter().enumerate() {
-                    kps.insert((&device.0, next + i as u64), kp.as_slice())?;
-                }
-                stats.insert(&device.0, (next + one_time.len() as u64, served))?;
-                if !last_resort.is_empty() {
-                    txn.open_table(tables.last_resort)?.insert(&device.0, last_resort.as_slice())?;
-                }
-                if !hybrid_public_key.is_empty() {
-                    txn.open_table(HYBRID_KEYS)
-                        ?
-                        .insert(&device.0, hybrid_public_key.as_slice())
-                        ?;
-                }
-                Ok(())
-            })
-            .await?;
+            .request(|reply| WriteOp::Account(AccountWrite::Upload { upload, reply }))
+            .await??;
         Ok(())
     }
 
@@ -514,15 +453,18 @@ impl AuthService {
         target: ClaimTarget,
         suite: Suite,
     ) -> Result<Vec<ClaimedPackage>, AuthError> {
-        let tables = key_package_tables(suite);
         let devices = self.target_devices(&target);
         if devices.is_empty() {
             return Err(AuthError::NotFound(NO_SUCH_USER));
         }
         let claimed = self
             .writer
-            .transact(move |txn| -> Result<Vec<ClaimedPackage>, AuthError> {
-                Ok(claim_packages(txn, tables, devices)?)
+            .request(|reply| {
+                WriteOp::Account(AccountWrite::Claim {
+                    suite,
+                    devices,
+                    reply,
+                })
             })
             .await?;
         if claimed.is_empty() {
@@ -534,7 +476,7 @@ impl AuthService {
     /// What a claim against `target` would serve, consuming nothing: per device
     /// with published keys, its hybrid key and last-resort package of `suite`
     /// (reusable by design, so serving it here is not counted as served).
-    pub fn peek_key_packages(
+    pub async fn peek_key_packages(
         &self,
         target: &ClaimTarget,
         suite: Suite,
@@ -543,22 +485,7 @@ impl AuthService {
         if devices.is_empty() {
             return Err(AuthError::NotFound(NO_SUCH_USER));
         }
-        let tables = key_package_tables(suite);
-        let txn = self.store.db().begin_read()?;
-        let last_resort = txn.open_table(tables.last_resort)?;
-        let hybrid = txn.open_table(HYBRID_KEYS)?;
-        let mut out = Vec::new();
-        for d in devices {
-            let (Some(h), Some(kp)) = (hybrid.get(&d.0)?, last_resort.get(&d.0)?) else {
-                continue;
-            };
-            out.push(ClaimedPackage {
-                identity_key: d,
-                key_package: kp.value().to_vec(),
-                hybrid_public_key: h.value().to_vec(),
-                last_resort: true,
-            });
-        }
+        let out = self.store.last_resort_packages(suite, devices).await?;
         if out.is_empty() {
             return Err(AuthError::NotFound(NO_KEY_PACKAGES));
         }
@@ -578,18 +505,8 @@ impl AuthService {
 
     /// How many one-time packages `device` has left, and how often its last-resort
     /// package was served.
-    pub fn key_package_status(&self, device: &IdentityKey) -> Result<(u64, u64), AuthError> {
-        let txn = self.store.db().begin_read()?;
-        let remaining = txn
-            .open_table(KEY_PACKAGES)?
-            .range((&device.0, 0)..=(&device.0, u64::MAX))?
-            .count() as u64;
-        let served = txn
-            .open_table(KP_STATS)?
-            .get(&device.0)?
-            .map(|v| v.value().1)
-            .unwrap_or(0);
-        Ok((remaining, served))
+    pub async fn key_package_status(&self, device: &IdentityKey) -> Result<(u64, u64), AuthError> {
+        Ok(self.store.key_package_status(*device).await?)
     }
 
     // ---- sealed sender ----------------------------------------------------------------
@@ -608,10 +525,12 @@ impl AuthService {
             ));
         }
         self.writer
-            .transact(move |txn| -> Result<(), AuthError> {
-                txn.open_table(ACCESS_KEYS)?
-                    .insert(&device.0, &access_key_hash)?;
-                Ok(())
+            .request(|reply| {
+                WriteOp::Account(AccountWrite::SetAccessKey {
+                    device,
+                    hash: access_key_hash,
+                    reply,
+                })
             })
             .await?;
         Ok(())
@@ -619,16 +538,12 @@ impl AuthService {
 
     /// Whether `access_key` opens `device`'s inbox to sealed senders (constant
     /// time in the key; an inbox without an access key opens to nobody).
-    pub fn check_access_key(
+    pub async fn check_access_key(
         &self,
         device: &IdentityKey,
         access_key: &[u8],
     ) -> Result<bool, AuthError> {
-        let txn = self.store.db().begin_read()?;
-        let stored = txn
-            .open_table(ACCESS_KEYS)?
-            .get(&device.0)?
-            .map(|v| *v.value());
+        let stored = self.store.access_key(*device).await?;
         Ok(stored.is_some_and(|hash| TokenHash::from_digest(hash).matches(access_key)))
     }
 }

@@ -83,11 +83,11 @@ pub fn check_username(name: &str) -> Result<(), AuthError> {
 
 /// A KeyPackage upload whose content passed [`check_upload`].
 pub struct CheckedUpload {
-    pub(super) device: IdentityKey,
-    pub(super) suite: Suite,
-    pub(super) one_time: Vec<Vec<u8>>,
-    pub(super) last_resort: Vec<u8>,
-    pub(super) hybrid_public_key: Vec<u8>,
+    pub(crate) device: IdentityKey,
+    pub(crate) suite: Suite,
+    pub(crate) one_time: Vec<Vec<u8>>,
+    pub(crate) last_resort: Vec<u8>,
+    pub(crate) hybrid_public_key: Vec<u8>,
 }
 
 /// The rules of an upload that need no stored state: at most [`MAX_UPLOAD`]

@@ -30,7 +30,7 @@ use crate::core::inbox::InboxLimits;
 use crate::core::rate::{RateLimited, RateLimits};
 use crate::group::GroupRegistry;
 use crate::inbox::{Delivery, InboxRegistry};
-use crate::store::ServerStore;
+use crate::store::Store;
 use quicnprotochat_crypto::mls::Suite;
 use quicnprotochat_crypto::opaque::ServerLoginState;
 
@@ -49,7 +49,7 @@ pub struct NodeContext {
     /// The group actors (epoch fences).
     pub groups: GroupRegistry,
     /// The node's database, for reads.
-    pub store: ServerStore,
+    pub store: Store,
     /// The store's one writer (for maintenance writes outside any call).
     pub writer: crate::store::writer::StoreWriter,
     /// Accounts, devices, sessions, KeyPackages.
@@ -180,6 +180,16 @@ fn unimplemented(what: &str) -> capnp::Error {
         ErrorCode::Unimplemented,
         format!("{what} is not available on this node yet"),
     )
+}
+
+/// Runs `f` (store reads, OPAQUE) as a task of the node's runtime, so the RPC
+/// thread that serves every connection never waits on a database.
+async fn spawned<T: Send + 'static>(
+    f: impl std::future::Future<Output = T> + Send + 'static,
+) -> Result<T, capnp::Error> {
+    tokio::spawn(f)
+        .await
+        .map_err(|_| refuse(ErrorCode::Unavailable, "a node task failed"))
 }
 
 /// Runs a synchronous read (redb, validation) on the blocking pool, so the RPC

@@ -211,7 +211,7 @@ impl node::Server for NodeService {
         let request = p.get_request().map_err(bad_params)?.to_vec();
         // OPAQUE and a database read: off the RPC thread.
         let auth = self.ctx.auth.clone();
-        let response = blocking(move || auth.register_start(&username, &request))
+        let response = spawned(async move { auth.register_start(&username, &request).await })
             .await?
             .map_err(auth_refusal)?;
         results.get().set_response(&response);
@@ -255,7 +255,7 @@ impl node::Server for NodeService {
         // OPAQUE and a database read: off the RPC thread.
         let auth = self.ctx.auth.clone();
         let name = username.clone();
-        let (state, response) = blocking(move || auth.login_start(&name, &request))
+        let (state, response) = spawned(async move { auth.login_start(&name, &request).await })
             .await?
             .map_err(auth_refusal)?;
         *self.login.borrow_mut() = Some((username, state));
@@ -360,7 +360,7 @@ impl node::Server for NodeService {
         // An unknown recipient has no access key either: one answer for both.
         let access_key = p.get_access_key().map_err(bad_params)?.to_vec();
         let auth = self.ctx.auth.clone();
-        let admitted = blocking(move || auth.check_access_key(&recipient, &access_key))
+        let admitted = spawned(async move { auth.check_access_key(&recipient, &access_key).await })
             .await?
             .map_err(auth_refusal)?;
         if !admitted || !self.ctx.auth.accepts_inbox(&recipient) {
@@ -406,7 +406,7 @@ impl node::Server for NodeService {
         let _call = admit(&self.budget, p.total_size())?;
         let (target, suite) = self.key_package_request(p.get_target(), p.get_ciphersuite())?;
         let auth = self.ctx.auth.clone();
-        let peeked = blocking(move || auth.peek_key_packages(&target, suite))
+        let peeked = spawned(async move { auth.peek_key_packages(&target, suite).await })
             .await?
             .map_err(auth_refusal)?;
         write_packages(&peeked, results.get().init_packages(peeked.len() as u32));

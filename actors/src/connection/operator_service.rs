@@ -23,7 +23,7 @@ impl operator::Server for OperatorService {
     ) -> Result<(), capnp::Error> {
         let _call = admit_call(&self.budget)?;
         let auth = self.ctx.auth.clone();
-        let accounts = blocking(move || auth.accounts())
+        let accounts = spawned(async move { auth.accounts().await })
             .await?
             .map_err(auth_refusal)?;
         let mut list = results.get().init_accounts(accounts.len() as u32);

@@ -48,11 +48,10 @@ pub(super) async fn group_info(
             "no device of this account is a member of the group",
         ));
     }
-    let store = ctx.store.clone();
-    let gid = group_id.to_vec();
-    let info = tokio::task::spawn_blocking(move || store.group_info(&gid))
+    let info = ctx
+        .store
+        .group_info(group_id.to_vec())
         .await
-        .map_err(storage_unavailable)?
         .map_err(storage_unavailable)?
         .ok_or_else(|| {
             refuse(
@@ -61,9 +60,9 @@ pub(super) async fn group_info(
             )
         })?;
     let auth = ctx.auth.clone();
-    let members = tokio::task::spawn_blocking(move || auth.member_entries(&members))
+    let members = auth
+        .member_entries(&members)
         .await
-        .map_err(storage_unavailable)?
         .map_err(auth_refusal)?;
     Ok(FoundGroupInfo {
         group_info: info,
@@ -77,9 +76,8 @@ pub(super) async fn account_groups(
     device: &IdentityKey,
 ) -> Result<Vec<Vec<u8>>, capnp::Error> {
     let devices: Vec<[u8; 32]> = account_devices(ctx, device).into_iter().collect();
-    let store = ctx.store.clone();
-    tokio::task::spawn_blocking(move || store.groups_of(&devices, MAX_ACCOUNT_GROUPS))
+    ctx.store
+        .groups_of(devices, MAX_ACCOUNT_GROUPS)
         .await
-        .map_err(storage_unavailable)?
         .map_err(storage_unavailable)
 }

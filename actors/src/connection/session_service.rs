@@ -69,9 +69,8 @@ impl SessionService {
         } as usize;
         let store = self.ctx.store.clone();
         let inbox = self.identity;
-        tokio::task::spawn_blocking(move || store.fetch(&inbox, after, limit, MAX_FETCH_BYTES))
-            .await
-            .map_err(|_| refuse(ErrorCode::Unavailable, "fetch task failed"))?
+        spawned(async move { store.fetch(inbox, after, limit, MAX_FETCH_BYTES).await })
+            .await?
             .map_err(|e| {
                 tracing::error!(error = %e, "fetch failed");
                 refuse(ErrorCode::Unavailable, "storage unavailable")
@@ -523,7 +522,7 @@ impl session::Server for SessionService {
         self.check_alive()?;
         let auth = self.ctx.auth.clone();
         let device = self.identity;
-        let (remaining, served) = blocking(move || auth.key_package_status(&device))
+        let (remaining, served) = spawned(async move { auth.key_package_status(&device).await })
             .await?
             .map_err(auth_refusal)?;
         let mut r = results.get();

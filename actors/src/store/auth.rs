@@ -4,7 +4,7 @@
 
 use quicnprotochat_crypto::mls::Suite;
 use quicnprotochat_wire::IdentityKey;
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
 use crate::auth::ClaimedPackage;
 use crate::store::StoreError;
@@ -188,4 +188,267 @@ pub(super) fn frame_stored_key_packages(txn: &WriteTransaction) -> Result<usize,
         }
     }
     Ok(changed)
+}
+
+/// Applies one account write to `txn` (the redb writer's batch); what to
+/// answer once the commit's fate is known. Every refusal is decided before
+/// anything is written.
+pub(super) fn apply(
+    txn: &WriteTransaction,
+    op: super::ops::AccountWrite,
+) -> super::writer::AfterCommit {
+    use super::ops::{AccountRefusal, AccountWrite, after_commit};
+    let e = |e: StoreError| crate::error::DeliveryError::from(e);
+    match op {
+        AccountWrite::InitSecret { name, value, reply } => {
+            let stored = (|| -> Result<Vec<u8>, StoreError> {
+                let mut t = txn.open_table(SECRETS)?;
+                if let Some(v) = t.get(name)? {
+                    return Ok(v.value().to_vec());
+                }
+                t.insert(name, value.as_slice())?;
+                Ok(value)
+            })();
+            after_commit(reply, stored.map_err(e))
+        }
+        AccountWrite::Register {
+            username,
+            record,
+            device,
+            now_ms,
+            reply,
+        } => {
+            let result = (|| -> Result<Result<(), AccountRefusal>, StoreError> {
+                let mut users = txn.open_table(USERS)?;
+                let mut devices = txn.open_table(DEVICES)?;
+                if users.get(username.as_str())?.is_some() {
+                    return Ok(Err(AccountRefusal::UsernameTaken));
+                }
+                if devices.get(&device.0)?.is_some() {
+                    return Ok(Err(AccountRefusal::DeviceTaken));
+                }
+                users.insert(username.as_str(), record.as_slice())?;
+                devices.insert(&device.0, username.as_str())?;
+                txn.open_table(ACCOUNT_DEVICES)?
+                    .insert((username.as_str(), &device.0), now_ms)?;
+                Ok(Ok(()))
+            })();
+            after_commit(reply, result.map_err(e))
+        }
+        AccountWrite::Login {
+            username,
+            device,
+            token_hash,
+            expires_at_ms,
+            now_ms,
+            reply,
+        } => {
+            let result = (|| -> Result<Result<(), AccountRefusal>, StoreError> {
+                let mut devices = txn.open_table(DEVICES)?;
+                let owner = devices.get(&device.0)?.map(|v| v.value().to_string());
+                match owner {
+                    Some(o) if o != username => return Ok(Err(AccountRefusal::OtherAccount)),
+                    Some(_) => {}
+                    None => {
+                        devices.insert(&device.0, username.as_str())?;
+                        txn.open_table(ACCOUNT_DEVICES)?
+                            .insert((username.as_str(), &device.0), now_ms)?;
+                    }
+                }
+                txn.open_table(SESSIONS)?
+                    .insert(&token_hash, (&device.0, expires_at_ms))?;
+                Ok(Ok(()))
+            })();
+            after_commit(reply, result.map_err(e))
+        }
+        AccountWrite::Logout { token_hash, reply } => {
+            let result = (|| -> Result<(), StoreError> {
+                txn.open_table(SESSIONS)?.remove(&token_hash)?;
+                Ok(())
+            })();
+            after_commit(reply, result.map_err(e))
+        }
+        AccountWrite::RemoveDevice {
+            username,
+            device,
+            reply,
+        } => after_commit(
+            reply,
+            remove_device_rows(txn, &username, &device).map_err(e),
+        ),
+        AccountWrite::DeleteAccount { username, reply } => after_commit(
+            reply,
+            super::admin::delete_account_rows(txn, &username).map_err(e),
+        ),
+        AccountWrite::Upload { upload, reply } => {
+            after_commit(reply, store_upload(txn, upload).map_err(e))
+        }
+        AccountWrite::Claim {
+            suite,
+            devices,
+            reply,
+        } => after_commit(
+            reply,
+            claim_packages(txn, key_package_tables(suite), devices).map_err(e),
+        ),
+        AccountWrite::SetAccessKey {
+            device,
+            hash,
+            reply,
+        } => {
+            let result = (|| -> Result<(), StoreError> {
+                txn.open_table(ACCESS_KEYS)?.insert(&device.0, &hash)?;
+                Ok(())
+            })();
+            after_commit(reply, result.map_err(e))
+        }
+    }
+}
+
+/// Stores a checked upload, or refuses it (too many stored, or a first upload
+/// without a last-resort package or hybrid key) before writing anything.
+fn store_upload(
+    txn: &WriteTransaction,
+    upload: crate::auth::CheckedUpload,
+) -> Result<Result<(), super::ops::AccountRefusal>, StoreError> {
+    let crate::auth::CheckedUpload {
+        device,
+        suite,
+        one_time,
+        last_resort,
+        hybrid_public_key,
+    } = upload;
+    let tables = key_package_tables(suite);
+    let mut stats = txn.open_table(tables.stats)?;
+    let (next, served) = stats.get(&device.0)?.map(|v| v.value()).unwrap_or((0, 0));
+    let mut kps = txn.open_table(tables.one_time)?;
+    let stored = kps.range((&device.0, 0)..=(&device.0, u64::MAX))?.count() as u64;
+    let has_last_resort = txn.open_table(tables.last_resort)?.get(&device.0)?.is_some();
+    let has_hybrid = txn.open_table(HYBRID_KEYS)?.get(&device.0)?.is_some();
+    if let Err(refusal) = super::ops::check_upload_fits(
+        stored,
+        one_time.len(),
+        has_last_resort || !last_resort.is_empty(),
+        has_hybrid || !hybrid_public_key.is_empty(),
+    ) {
+        return Ok(Err(refusal));
+    }
+    for (i, kp) in one_time.iter().enumerate() {
+        kps.insert((&device.0, next + i as u64), kp.as_slice())?;
+    }
+    stats.insert(&device.0, (next + one_time.len() as u64, served))?;
+    if !last_resort.is_empty() {
+        txn.open_table(tables.last_resort)?
+            .insert(&device.0, last_resort.as_slice())?;
+    }
+    if !hybrid_public_key.is_empty() {
+        txn.open_table(HYBRID_KEYS)?
+            .insert(&device.0, hybrid_public_key.as_slice())?;
+    }
+    Ok(Ok(()))
+}
+
+/// The Authentication Service's reads on redb.
+impl super::ServerStore {
+    /// A node secret, if stored.
+    pub fn secret(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db().begin_read()?;
+        Ok(txn.open_table(SECRETS)?.get(name)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Every device, and every session alive at `now_ms`.
+    pub fn directory(&self, now_ms: u64) -> Result<super::Directory, StoreError> {
+        use redb::ReadableTableMetadata;
+        let txn = self.db().begin_read()?;
+        let mut out = super::Directory::default();
+        for e in txn.open_table(DEVICES)?.iter()? {
+            let (k, v) = e?;
+            out.devices
+                .push((IdentityKey(*k.value()), v.value().to_string()));
+        }
+        for e in txn.open_table(SESSIONS)?.iter()? {
+            let (k, v) = e?;
+            let (identity, expires_at_ms) = v.value();
+            if expires_at_ms > now_ms {
+                out.sessions
+                    .push((*k.value(), IdentityKey(*identity), expires_at_ms));
+            }
+        }
+        out.accounts_exist = !txn.open_table(USERS)?.is_empty()?;
+        Ok(out)
+    }
+
+    /// The OPAQUE password record of `username`.
+    pub fn password_record(&self, username: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db().begin_read()?;
+        let users = txn.open_table(USERS)?;
+        Ok(users.get(username)?.map(|v| v.value().to_vec()))
+    }
+
+    /// Per device with published keys: its hybrid key and last-resort package
+    /// of `suite`, consuming nothing.
+    pub fn last_resort_packages(
+        &self,
+        suite: Suite,
+        devices: &[IdentityKey],
+    ) -> Result<Vec<ClaimedPackage>, StoreError> {
+        let tables = key_package_tables(suite);
+        let txn = self.db().begin_read()?;
+        let last_resort = txn.open_table(tables.last_resort)?;
+        let hybrid = txn.open_table(HYBRID_KEYS)?;
+        let mut out = Vec::new();
+        for d in devices {
+            let (Some(h), Some(kp)) = (hybrid.get(&d.0)?, last_resort.get(&d.0)?) else {
+                continue;
+            };
+            out.push(ClaimedPackage {
+                identity_key: *d,
+                key_package: kp.value().to_vec(),
+                hybrid_public_key: h.value().to_vec(),
+                last_resort: true,
+            });
+        }
+        Ok(out)
+    }
+
+    /// One-time packages of the mandatory suite `device` has left, and how
+    /// often its last-resort package was served.
+    pub fn key_package_status(&self, device: &IdentityKey) -> Result<(u64, u64), StoreError> {
+        let txn = self.db().begin_read()?;
+        let remaining = txn
+            .open_table(KEY_PACKAGES)?
+            .range((&device.0, 0)..=(&device.0, u64::MAX))?
+            .count() as u64;
+        let served = txn
+            .open_table(KP_STATS)?
+            .get(&device.0)?
+            .map(|v| v.value().1)
+            .unwrap_or(0);
+        Ok((remaining, served))
+    }
+
+    /// The hash of `device`'s sealed-sender access key, if set.
+    pub fn access_key(&self, device: &IdentityKey) -> Result<Option<[u8; 32]>, StoreError> {
+        let txn = self.db().begin_read()?;
+        Ok(txn
+            .open_table(ACCESS_KEYS)?
+            .get(&device.0)?
+            .map(|v| *v.value()))
+    }
+
+    /// The hybrid keys of those of `devices` that published one.
+    pub fn hybrid_keys(
+        &self,
+        devices: &[[u8; 32]],
+    ) -> Result<std::collections::HashMap<[u8; 32], Vec<u8>>, StoreError> {
+        let txn = self.db().begin_read()?;
+        let hybrid = txn.open_table(HYBRID_KEYS)?;
+        let mut out = std::collections::HashMap::new();
+        for d in devices {
+            if let Some(k) = hybrid.get(d)? {
+                out.insert(*d, k.value().to_vec());
+            }
+        }
+        Ok(out)
+    }
 }

@@ -7,7 +7,8 @@
 
 use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 
-use super::server::{GROUP_MEMBERS, ServerStore, StoreError};
+use super::fences::GROUP_MEMBERS;
+use super::server::{ServerStore, StoreError};
 
 /// Group id → its latest GroupInfo (an MLSMessage).
 const GROUP_INFOS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("group_infos");

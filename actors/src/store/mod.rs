@@ -1,12 +1,20 @@
-//! The redb stores owned by actors. One file per node; every write goes through the
-//! [`writer::StoreWriter`], reads open their own read transactions.
+//! The node's stores. Two backends keep the same tables with the same promises:
+//! an embedded redb file (the default, [`server::ServerStore`]) and PostgreSQL
+//! ([`postgres::PgStore`]), for several nodes serving one population. Every
+//! write goes through the [`writer::StoreWriter`] as a typed [`writer::WriteOp`];
+//! reads go through [`Store`].
 
 pub mod admin;
 pub mod auth;
 pub mod crash_point;
+pub mod fences;
 pub mod group_directory;
+pub mod ops;
+pub mod postgres;
 pub mod private_fs;
+mod read;
 pub mod server;
 pub mod writer;
 
+pub use read::{Directory, Store};
 pub use server::{ServerStore, StoreError, StoreOptions};

@@ -18,6 +18,7 @@ use ractor::ActorRef;
 use tokio::sync::{mpsc, oneshot};
 
 use super::crash_point::{self, CrashPoint};
+use super::ops::{AccountWrite, GroupWrite};
 use super::server::{ServerStore, StoreError, WriteBatch};
 use crate::core::inbox::InboxMeta;
 use crate::error::DeliveryError;
@@ -102,10 +103,16 @@ pub enum WriteOp {
         /// Answered with its marks.
         reply: Reply<InboxMeta>,
     },
-    /// Any other write: applied in arrival order inside the batch's transaction.
-    /// The closure returns what to do once the commit's fate is known. It must
-    /// check every precondition before it writes: a refusal after a write would
-    /// still commit that write with the batch.
+    /// A write of the Authentication Service.
+    Account(AccountWrite),
+    /// What a group actor asks in write order.
+    Group(GroupWrite),
+    /// Test hook of the redb store: a closure applied in arrival order inside
+    /// the batch's transaction, returning what to do once the commit's fate is
+    /// known. It must check every precondition before it writes: a refusal after
+    /// a write would still commit that write with the batch. The node itself
+    /// writes only through the typed operations; other backends refuse it.
+    #[doc(hidden)]
     Custom(CustomWrite),
     /// Finish everything submitted before, then stop.
     Shutdown {
@@ -190,7 +197,7 @@ impl From<TransactError<StoreError>> for DeliveryError {
 }
 
 impl WriteOp {
-    fn payload_len(&self) -> usize {
+    pub(super) fn payload_len(&self) -> usize {
         match self {
             WriteOp::Append { payload, .. } => payload.len(),
             WriteOp::AppendMany { appends, .. } => appends.iter().map(|a| a.payload.len()).sum(),
@@ -215,13 +222,25 @@ pub struct StoreWriter {
 pub const QUEUE_CAPACITY: usize = 4096;
 
 impl StoreWriter {
-    /// Starts the writer thread over `store`.
+    /// Starts the writer thread over the redb `store`.
     pub fn start(store: ServerStore) -> std::io::Result<(StoreWriter, JoinHandle<()>)> {
         let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || run(store, rx))?;
         Ok((StoreWriter { tx }, handle))
+    }
+
+    /// Starts the writer of `store`, whichever backend it is.
+    pub fn start_for(store: &super::Store) -> std::io::Result<(StoreWriter, JoinHandle<()>)> {
+        match store {
+            super::Store::Redb(s) => StoreWriter::start(s.clone()),
+            super::Store::Postgres(pg) => {
+                let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
+                let handle = super::postgres::writer::start(pg.clone(), rx)?;
+                Ok((StoreWriter { tx }, handle))
+            }
+        }
     }
 
     /// Queues a write, waiting while the queue is full. If the writer is gone,
@@ -243,7 +262,16 @@ impl StoreWriter {
         }
     }
 
-    /// Runs `f` inside the next batch's write transaction and returns its result
+    /// Sends the request `make` builds around a reply port, and returns the
+    /// answer (given once the write is durable).
+    pub async fn request<T>(&self, make: impl FnOnce(Reply<T>) -> WriteOp) -> Result<T, DeliveryError> {
+        let (reply, rx) = oneshot::channel();
+        self.submit(make(reply)).await;
+        rx.await
+            .unwrap_or(Err(DeliveryError::Store(StoreError::WriterGone)))
+    }
+
+    /// Test hook of the redb store (see [`WriteOp::Custom`]): runs `f` inside the next batch's write transaction and returns its result
     /// once that transaction is durable. A refusal (`Err(E)`) is returned as is;
     /// `f` must not have written anything before refusing.
     pub async fn transact<T, E, F>(&self, f: F) -> Result<T, TransactError<E>>
@@ -279,7 +307,7 @@ impl StoreWriter {
 }
 
 /// What to send once the batch's fate is known.
-enum Outcome {
+pub(super) enum Outcome {
     Seq(Reply<u64>, Result<u64, DeliveryError>),
     Seqs(Reply<Vec<u64>>, Result<Vec<u64>, DeliveryError>),
     Unit(Reply<()>, Result<(), DeliveryError>),
@@ -287,34 +315,38 @@ enum Outcome {
     Custom(AfterCommit),
 }
 
-fn poisoned(why: &str) -> DeliveryError {
+pub(super) fn poisoned(why: &str) -> DeliveryError {
     DeliveryError::Store(StoreError::Poisoned(why.to_string()))
 }
 
 /// What the ops of a batch whose commit failed are told: the batch may be on
 /// disk or not (a failed fsync or torn write can come after the commit landed),
 /// so the caller must not assume either.
-fn outcome_unknown(why: &str) -> DeliveryError {
+pub(super) fn outcome_unknown(why: &str) -> DeliveryError {
     DeliveryError::Store(StoreError::CommitOutcomeUnknown(why.to_string()))
 }
 
-/// Answers with `value`, unless the commit failed: then its fate is unknown.
-fn answer<T>(reply: Reply<T>, value: Result<T, DeliveryError>, commit_failure: Option<&str>) {
-    let _ = reply.send(match commit_failure {
-        Some(why) => Err(outcome_unknown(why)),
+/// How a batch that did not commit failed, for its ops' answers.
+pub(super) type Failure<'a> = Option<&'a dyn Fn() -> DeliveryError>;
+
+/// Answers with `value`, unless the batch failed.
+fn answer<T>(reply: Reply<T>, value: Result<T, DeliveryError>, failure: Failure<'_>) {
+    let _ = reply.send(match failure {
+        Some(fail) => Err(fail()),
         None => value,
     });
 }
 
 impl Outcome {
-    fn send(self, commit_failure: Option<&str>) {
+    /// Sends the answer: the op's own, or the batch's failure.
+    pub(super) fn send(self, failure: Failure<'_>) {
         match self {
-            Outcome::Seq(r, v) => answer(r, v, commit_failure),
-            Outcome::Seqs(r, v) => answer(r, v, commit_failure),
-            Outcome::Unit(r, v) => answer(r, v, commit_failure),
-            Outcome::Meta(r, v) => answer(r, v, commit_failure),
-            Outcome::Custom(after) => after(match commit_failure {
-                Some(why) => Err(outcome_unknown(why)),
+            Outcome::Seq(r, v) => answer(r, v, failure),
+            Outcome::Seqs(r, v) => answer(r, v, failure),
+            Outcome::Unit(r, v) => answer(r, v, failure),
+            Outcome::Meta(r, v) => answer(r, v, failure),
+            Outcome::Custom(after) => after(match failure {
+                Some(fail) => Err(fail()),
                 None => Ok(()),
             }),
         }
@@ -322,7 +354,7 @@ impl Outcome {
 }
 
 /// Refuses an op without applying it; hands back a shutdown's completion port.
-fn refuse(op: WriteOp, why: &str) -> Option<oneshot::Sender<()>> {
+pub(super) fn refuse(op: WriteOp, why: &str) -> Option<oneshot::Sender<()>> {
     match op {
         WriteOp::Append { reply, .. } => answer(reply, Err(poisoned(why)), None),
         WriteOp::AppendMany { reply, .. } => answer(reply, Err(poisoned(why)), None),
@@ -335,6 +367,8 @@ fn refuse(op: WriteOp, why: &str) -> Option<oneshot::Sender<()>> {
             let _ = notify.send_message(InboxMsg::Resync(why.to_string()));
         }
         WriteOp::Load { reply, .. } => answer(reply, Err(poisoned(why)), None),
+        WriteOp::Account(op) => op.refuse(poisoned(why)),
+        WriteOp::Group(op) => op.refuse(poisoned(why)),
         WriteOp::Custom(apply) => apply(None)(Err(poisoned(why))),
         WriteOp::Shutdown { done } => return Some(done),
     }
@@ -348,32 +382,7 @@ fn run(store: ServerStore, mut rx: mpsc::Receiver<WriteOp>) {
     let mut poisoned: Option<String> = None;
     let mut batch: Vec<WriteOp> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
-        batch.clear();
-        let mut bytes = first.payload_len();
-        batch.push(first);
-        while batch.len() < MAX_BATCH_OPS && bytes < MAX_BATCH_BYTES {
-            match rx.try_recv() {
-                Ok(op) => {
-                    bytes += op.payload_len();
-                    batch.push(op);
-                }
-                Err(_) => break,
-            }
-        }
-        // A shutdown request ends the batch: what came before it is finished, what
-        // came after it is refused.
-        let mut shutdown = None;
-        if let Some(pos) = batch
-            .iter()
-            .position(|op| matches!(op, WriteOp::Shutdown { .. }))
-        {
-            for op in batch.drain(pos + 1..) {
-                refuse(op, "node is shutting down");
-            }
-            if let Some(WriteOp::Shutdown { done }) = batch.pop() {
-                shutdown = Some(done);
-            }
-        }
+        let shutdown = gather(first, &mut rx, &mut batch);
         if let Some(why) = &poisoned {
             for op in batch.drain(..) {
                 refuse(op, why);
@@ -389,7 +398,44 @@ fn run(store: ServerStore, mut rx: mpsc::Receiver<WriteOp>) {
             break;
         }
     }
-    // Refuse whatever is still queued, so no caller waits forever.
+    refuse_queued(&mut rx);
+}
+
+/// Fills `batch` with `first` and whatever else is queued, up to the batch
+/// limits. A shutdown request ends the batch: what came before it is
+/// finished, what came after it is refused; its completion port is returned.
+pub(super) fn gather(
+    first: WriteOp,
+    rx: &mut mpsc::Receiver<WriteOp>,
+    batch: &mut Vec<WriteOp>,
+) -> Option<oneshot::Sender<()>> {
+    batch.clear();
+    let mut bytes = first.payload_len();
+    batch.push(first);
+    while batch.len() < MAX_BATCH_OPS && bytes < MAX_BATCH_BYTES {
+        match rx.try_recv() {
+            Ok(op) => {
+                bytes += op.payload_len();
+                batch.push(op);
+            }
+            Err(_) => break,
+        }
+    }
+    let pos = batch
+        .iter()
+        .position(|op| matches!(op, WriteOp::Shutdown { .. }))?;
+    for op in batch.drain(pos + 1..) {
+        refuse(op, "node is shutting down");
+    }
+    match batch.pop() {
+        Some(WriteOp::Shutdown { done }) => Some(done),
+        _ => None,
+    }
+}
+
+/// Refuses whatever is still queued once the writer stops, so no caller waits
+/// forever.
+pub(super) fn refuse_queued(rx: &mut mpsc::Receiver<WriteOp>) {
     rx.close();
     while let Ok(op) = rx.try_recv() {
         if let Some(done) = refuse(op, "node is shutting down") {
@@ -411,7 +457,7 @@ fn append_many(
         writes.append(&a.inbox, a.seq, &a.payload)?;
     }
     if let Some(f) = fence {
-        super::server::set_group_fence(
+        super::fences::set_group_fence(
             txn,
             &f.group_id,
             f.next_epoch,
@@ -450,7 +496,7 @@ fn append_shared(
         writes.record_missed(inbox, group)?;
     }
     if let Some(f) = fence {
-        super::server::set_group_fence(
+        super::fences::set_group_fence(
             txn,
             &f.group_id,
             f.next_epoch,
@@ -590,6 +636,12 @@ fn commit_batch(store: &ServerStore, batch: &mut Vec<WriteOp>) -> Result<(), Sto
                         });
                         outcomes.push(Outcome::Meta(reply, meta.map_err(Into::into)))
                     }
+                    WriteOp::Account(op) => {
+                        outcomes.push(Outcome::Custom(super::auth::apply(&txn, op)))
+                    }
+                    WriteOp::Group(op) => {
+                        outcomes.push(Outcome::Custom(super::fences::apply(&txn, op)))
+                    }
                     WriteOp::Custom(apply) => outcomes.push(Outcome::Custom(apply(Some(&txn)))),
                     WriteOp::Shutdown { .. } => unreachable!("shutdown is taken out of the batch"),
                 }
@@ -605,8 +657,9 @@ fn commit_batch(store: &ServerStore, batch: &mut Vec<WriteOp>) -> Result<(), Sto
         Ok(())
     })();
     let failure = result.as_ref().err().map(StoreError::to_string);
+    let unknown = failure.clone().map(|why| move || outcome_unknown(&why));
     for outcome in outcomes {
-        outcome.send(failure.as_deref());
+        outcome.send(unknown.as_ref().map(|f| f as &dyn Fn() -> DeliveryError));
     }
     if let Some(why) = &failure {
         for (notify, _) in acking {

@@ -126,12 +126,12 @@ pub fn groups(target: &Target, p: &GroupParams, show_progress: bool) -> anyhow::
         let rss = rss_bytes();
 
         // One 1 KiB message: what its sender uploads and what the node stores.
-        let stored_before = target.store().map(|s| s.shared_bodies()).transpose()?;
+        let stored_before = shared_bodies(target).await?;
         let sent = people[0].messenger.send("load", &"x".repeat(1024)).await?;
         for (who, why) in &sent.undelivered {
             errors.note(format_args!("{who}: {why}"));
         }
-        let stored_after = target.store().map(|s| s.shared_bodies()).transpose()?;
+        let stored_after = shared_bodies(target).await?;
         let node_bytes = stored_before.zip(stored_after).map(|((_, b0), (_, b1))| {
             b1.saturating_sub(b0) + (sent.seqs.len() * NODE_BYTES_PER_REFERENCE) as u64
         });
@@ -259,4 +259,13 @@ fn hex_tag() -> String {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
+}
+
+/// How many shared bodies the target's store holds, and their bytes (`None`
+/// for a node in another process).
+async fn shared_bodies(target: &Target) -> anyhow::Result<Option<(u64, u64)>> {
+    Ok(match target.store() {
+        Some(s) => Some(s.shared_bodies().await?),
+        None => None,
+    })
 }

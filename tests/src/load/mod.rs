@@ -42,7 +42,7 @@ impl Target {
     }
 
     /// The node's database, when it runs in this process (for storage figures).
-    pub fn store(&self) -> Option<quicnprotochat_actors::store::ServerStore> {
+    pub fn store(&self) -> Option<quicnprotochat_actors::store::Store> {
         self.node.as_ref().and_then(|n| n.store.clone())
     }
 }
@@ -62,7 +62,7 @@ struct InProcessNode {
     task: Option<tokio::task::JoinHandle<()>>,
     config: ServerConfig,
     /// Dropped while the node is down (it holds the database open).
-    store: Option<quicnprotochat_actors::store::ServerStore>,
+    store: Option<quicnprotochat_actors::store::Store>,
     _dir: Option<tempfile::TempDir>,
 }
 

@@ -1,0 +1,370 @@
+//! The node's one write path into PostgreSQL, with group commit: the same
+//! [`WriteOp`]s and answers as the redb writer (`store/writer.rs`), a batch
+//! per transaction, answered only after `COMMIT` returned.
+//!
+//! Differences from redb, and why:
+//! - Seqs come from the database (see the module above): when one differs from
+//!   what the inbox actor reserved, another node wrote to that inbox, and the
+//!   actor is told to reload instead of being told the seq is durable.
+//! - Each transaction first locks the marks of every inbox it writes, in key
+//!   order, so writers on several nodes cannot deadlock.
+//! - A failed batch does not stop the writer. A statement that fails rolls
+//!   the whole transaction back: its ops are answered "not stored" and their
+//!   inbox actors reload. A failed `COMMIT` (the connection lost) is answered
+//!   "outcome unknown", as on redb, and the actors reload too. Unlike a redb
+//!   file after a failed fsync, the database stays consistent and is the
+//!   authority every node reloads from, so the next batch may go ahead (on a
+//!   new connection).
+
+use std::collections::HashMap;
+use std::thread::JoinHandle;
+
+use quicnprotochat_wire::IdentityKey;
+use ractor::ActorRef;
+use tokio::sync::mpsc;
+use tokio_postgres::Client;
+
+use super::{PgStore, accounts, delivery};
+use crate::error::DeliveryError;
+use crate::inbox::InboxMsg;
+use crate::store::StoreError;
+use crate::store::ops::{AccountWrite, GroupWrite, after_commit};
+use crate::store::writer::{
+    Outcome, SharedWrite, WriteOp, gather, outcome_unknown, refuse, refuse_queued,
+};
+
+/// Starts the writer on a thread of its own (with its own runtime, as the redb
+/// writer has its own thread), so a slow database never stalls the node's
+/// runtime and the node's handle is the same for both backends.
+pub(crate) fn start(
+    store: PgStore,
+    rx: mpsc::Receiver<WriteOp>,
+) -> std::io::Result<JoinHandle<()>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("store-writer-pg".into())
+        .spawn(move || runtime.block_on(run(store, rx)))
+}
+
+async fn run(store: PgStore, mut rx: mpsc::Receiver<WriteOp>) {
+    let mut client: Option<Client> = None;
+    let mut batch = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let shutdown = gather(first, &mut rx, &mut batch);
+        if !batch.is_empty() {
+            if client.as_ref().is_none_or(Client::is_closed) {
+                client = match store.connect().await {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot reach PostgreSQL; refusing this batch");
+                        None
+                    }
+                };
+            }
+            match client.as_mut() {
+                Some(c) => {
+                    if let Err(e) = commit_batch(c, &mut batch).await {
+                        tracing::error!(error = %e, "PostgreSQL batch failed");
+                    }
+                }
+                None => {
+                    for op in batch.drain(..) {
+                        refuse(op, "the database cannot be reached");
+                    }
+                }
+            }
+        }
+        if let Some(done) = shutdown {
+            let _ = done.send(());
+            break;
+        }
+    }
+    refuse_queued(&mut rx);
+}
+
+/// The inboxes an op writes to (locked in order before anything is written).
+fn written_inboxes(op: &WriteOp, out: &mut Vec<[u8; 32]>) {
+    match op {
+        WriteOp::Append { inbox, .. }
+        | WriteOp::AppendMissedMarker { inbox, .. }
+        | WriteOp::Ack { inbox, .. } => out.push(inbox.0),
+        WriteOp::AppendMany { appends, .. } => out.extend(appends.iter().map(|a| a.inbox.0)),
+        WriteOp::AppendShared { bodies, missed, .. } => {
+            out.extend(bodies.iter().flat_map(|b| b.refs.iter().map(|r| r.inbox.0)));
+            out.extend(missed.iter().map(|(k, _)| k.0));
+        }
+        _ => {}
+    }
+}
+
+/// What the batch learned about inboxes, told to their actors after the commit.
+#[derive(Default)]
+struct Marks {
+    /// Highest seq stored per inbox, by the seq its actor expected.
+    durable: HashMap<IdentityKey, (u64, ActorRef<InboxMsg>)>,
+    /// Actors whose reserved seqs the database did not use: reload.
+    stale: Vec<ActorRef<InboxMsg>>,
+    /// Acks written, to confirm.
+    acking: Vec<(ActorRef<InboxMsg>, u64)>,
+}
+
+impl Marks {
+    /// Notes that `inbox`'s actor reserved `reserved` and the database stored `stored`.
+    fn stored(&mut self, inbox: IdentityKey, reserved: u64, stored: u64, notify: ActorRef<InboxMsg>) {
+        if reserved == stored {
+            let e = self.durable.entry(inbox).or_insert((stored, notify));
+            e.0 = e.0.max(stored);
+        } else {
+            self.stale.push(notify);
+        }
+    }
+
+    /// Every actor this batch touched (to reload after a failure).
+    fn all(self) -> impl Iterator<Item = ActorRef<InboxMsg>> {
+        self.durable
+            .into_values()
+            .map(|(_, a)| a)
+            .chain(self.stale)
+            .chain(self.acking.into_iter().map(|(a, _)| a))
+    }
+}
+
+/// Applies and commits one batch, then answers every op in it.
+async fn commit_batch(client: &mut Client, batch: &mut Vec<WriteOp>) -> Result<(), StoreError> {
+    let mut inboxes = Vec::new();
+    for op in batch.iter() {
+        written_inboxes(op, &mut inboxes);
+    }
+    let mut ops = std::mem::take(batch).into_iter();
+    let mut outcomes = Vec::new();
+    let mut marks = Marks::default();
+    let mut depth_change = 0f64;
+    metrics::histogram!(crate::telemetry::COMMIT_BATCH_SIZE).record(ops.len() as f64);
+    let applied: Result<(), (StoreError, bool)> = async {
+        let txn = client.transaction().await.map_err(|e| (super::pg(e), false))?;
+        delivery::lock_inboxes(&txn, &inboxes)
+            .await
+            .map_err(|e| (e, false))?;
+        for op in ops.by_ref() {
+            apply(&txn, op, &mut outcomes, &mut marks, &mut depth_change)
+                .await
+                .map_err(|e| (e, false))?;
+        }
+        let started = std::time::Instant::now();
+        txn.commit().await.map_err(|e| (super::pg(e), true))?;
+        metrics::histogram!(crate::telemetry::COMMIT_SECONDS)
+            .record(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+    .await;
+    match applied {
+        Ok(()) => {
+            for outcome in outcomes {
+                outcome.send(None);
+            }
+            metrics::gauge!(crate::telemetry::QUEUE_DEPTH).increment(depth_change);
+            for (_, (seq, notify)) in marks.durable {
+                let _ = notify.send_message(InboxMsg::Durable(seq));
+            }
+            for notify in marks.stale {
+                let _ = notify.send_message(InboxMsg::Resync(
+                    "another node wrote to this inbox".into(),
+                ));
+            }
+            for (notify, up_to) in marks.acking {
+                let _ = notify.send_message(InboxMsg::AckDurable(up_to));
+            }
+            Ok(())
+        }
+        Err((e, at_commit)) => {
+            let why = e.to_string();
+            let fail = || {
+                if at_commit {
+                    outcome_unknown(&why)
+                } else {
+                    DeliveryError::Store(StoreError::Postgres(format!("not stored: {why}")))
+                }
+            };
+            for outcome in outcomes {
+                outcome.send(Some(&fail));
+            }
+            for op in ops {
+                refuse(op, &format!("not stored: {why}"));
+            }
+            for notify in marks.all() {
+                let _ = notify.send_message(InboxMsg::Resync(why.clone()));
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Applies one op inside `txn`; notes what to answer and tell after the commit.
+async fn apply(
+    txn: &tokio_postgres::Transaction<'_>,
+    op: WriteOp,
+    outcomes: &mut Vec<Outcome>,
+    marks: &mut Marks,
+    depth: &mut f64,
+) -> Result<(), StoreError> {
+    match op {
+        WriteOp::Append {
+            inbox,
+            seq,
+            payload,
+            notify,
+            reply,
+        } => {
+            let stored = delivery::append(txn, &inbox, 0, &payload).await?;
+            marks.stored(inbox, seq, stored, notify);
+            *depth += 1.0;
+            outcomes.push(Outcome::Seq(reply, Ok(stored)));
+        }
+        WriteOp::AppendMany {
+            appends,
+            fence,
+            reply,
+        } => {
+            let mut seqs = Vec::with_capacity(appends.len());
+            for a in appends {
+                let stored = delivery::append(txn, &a.inbox, 0, &a.payload).await?;
+                marks.stored(a.inbox, a.seq, stored, a.notify);
+                seqs.push(stored);
+            }
+            if let Some(f) = &fence {
+                delivery::set_group_fence(txn, f).await?;
+            }
+            *depth += seqs.len() as f64;
+            outcomes.push(Outcome::Seqs(reply, Ok(seqs)));
+        }
+        WriteOp::AppendShared {
+            bodies,
+            missed,
+            fence,
+            reply,
+        } => {
+            for SharedWrite { body, refs } in bodies.into_iter().filter(|b| !b.refs.is_empty()) {
+                let recipients: Vec<(&IdentityKey, &[u8])> =
+                    refs.iter().map(|r| (&r.inbox, r.part.as_slice())).collect();
+                let seqs = delivery::append_shared(txn, &body, &recipients).await?;
+                *depth += seqs.len() as f64;
+                for (r, stored) in refs.into_iter().zip(seqs) {
+                    marks.stored(r.inbox, r.seq, stored, r.notify);
+                }
+            }
+            for (inbox, group) in &missed {
+                delivery::record_missed(txn, inbox, group).await?;
+            }
+            if let Some(f) = &fence {
+                delivery::set_group_fence(txn, f).await?;
+            }
+            outcomes.push(Outcome::Unit(reply, Ok(())));
+        }
+        WriteOp::AppendMissedMarker { inbox, seq, notify } => {
+            let stored = delivery::append_missed_marker(txn, &inbox).await?;
+            *depth += 1.0;
+            marks.stored(inbox, seq, stored, notify);
+        }
+        WriteOp::Ack {
+            inbox,
+            up_to,
+            reply,
+            notify,
+        } => {
+            let deleted = delivery::ack(txn, &inbox, up_to).await?;
+            *depth -= deleted as f64;
+            marks.acking.push((notify, up_to));
+            outcomes.push(Outcome::Unit(reply, Ok(())));
+        }
+        WriteOp::Load { inbox, reply } => {
+            let meta = delivery::load(txn, &inbox).await?;
+            outcomes.push(Outcome::Meta(reply, Ok(meta)));
+        }
+        WriteOp::Account(op) => outcomes.push(Outcome::Custom(apply_account(txn, op).await?)),
+        WriteOp::Group(op) => outcomes.push(Outcome::Custom(apply_group(txn, op).await?)),
+        WriteOp::Custom(apply) => apply(None)(Err(DeliveryError::Store(StoreError::Postgres(
+            "a redb transaction hook cannot run on PostgreSQL".into(),
+        )))),
+        WriteOp::Shutdown { .. } => unreachable!("shutdown is taken out of the batch"),
+    }
+    Ok(())
+}
+
+type After = crate::store::writer::AfterCommit;
+
+async fn apply_account(
+    txn: &tokio_postgres::Transaction<'_>,
+    op: AccountWrite,
+) -> Result<After, StoreError> {
+    Ok(match op {
+        AccountWrite::InitSecret { name, value, reply } => {
+            after_commit(reply, Ok(accounts::init_secret(txn, name, &value).await?))
+        }
+        AccountWrite::Register {
+            username,
+            record,
+            device,
+            now_ms,
+            reply,
+        } => after_commit(
+            reply,
+            Ok(accounts::register(txn, &username, &record, &device, now_ms).await?),
+        ),
+        AccountWrite::Login {
+            username,
+            device,
+            token_hash,
+            expires_at_ms,
+            now_ms,
+            reply,
+        } => after_commit(
+            reply,
+            Ok(accounts::login(txn, &username, &device, &token_hash, expires_at_ms, now_ms).await?),
+        ),
+        AccountWrite::Logout { token_hash, reply } => {
+            after_commit(reply, Ok(accounts::logout(txn, &token_hash).await?))
+        }
+        AccountWrite::RemoveDevice { device, reply, .. } => {
+            after_commit(reply, Ok(accounts::remove_device(txn, &device).await?))
+        }
+        AccountWrite::DeleteAccount { username, reply } => {
+            after_commit(reply, Ok(accounts::delete_account(txn, &username).await?))
+        }
+        AccountWrite::Upload { upload, reply } => {
+            after_commit(reply, Ok(accounts::store_upload(txn, &upload).await?))
+        }
+        AccountWrite::Claim {
+            suite,
+            devices,
+            reply,
+        } => after_commit(reply, Ok(accounts::claim(txn, suite, &devices).await?)),
+        AccountWrite::SetAccessKey {
+            device,
+            hash,
+            reply,
+        } => after_commit(reply, Ok(accounts::set_access_key(txn, &device, &hash).await?)),
+    })
+}
+
+async fn apply_group(
+    txn: &tokio_postgres::Transaction<'_>,
+    op: GroupWrite,
+) -> Result<After, StoreError> {
+    Ok(match op {
+        GroupWrite::Fence { group_id, reply } => {
+            after_commit(reply, Ok(delivery::group_fence(txn, &group_id).await?))
+        }
+        GroupWrite::GroupsCreated { device, reply } => {
+            after_commit(reply, Ok(delivery::groups_created(txn, &device).await?))
+        }
+        GroupWrite::CollectDead {
+            is_member_alive,
+            reply,
+        } => after_commit(
+            reply,
+            Ok(delivery::collect_dead_group_fences(txn, &*is_member_alive).await?),
+        ),
+    })
+}
