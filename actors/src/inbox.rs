@@ -31,6 +31,10 @@ pub enum InboxMsg {
     AckDurable(u64),
     /// The writer found this actor's view inconsistent with the disk: restart.
     Resync(String),
+    /// Another node wrote to this inbox (a shared store): reload the marks
+    /// from the store, after every write this actor submitted, and wake the
+    /// long-polls the new messages satisfy.
+    Reload,
     /// Periodic check whether the actor may retire.
     IdleCheck,
     /// The registry is at capacity: retire now unless something is held that
@@ -428,6 +432,12 @@ impl InboxRegistry {
         rx.await.map_err(|_| DeliveryError::Restarting)?
     }
 
+    /// Tells the inbox's actor, if one is alive, that another node wrote to
+    /// the inbox (see [`InboxMsg::Reload`]).
+    pub async fn reload(&self, inbox: IdentityKey) -> bool {
+        self.actors.send_if_live(&inbox, InboxMsg::Reload).await
+    }
+
     /// Test and chaos hook: makes the inbox's actor panic.
     #[doc(hidden)]
     pub async fn crash(&self, inbox: IdentityKey) -> Result<(), DeliveryError> {
@@ -505,6 +515,10 @@ impl Actor for InboxActor {
         message: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
+        if let InboxMsg::Reload = message {
+            reload(state).await?;
+            return Ok(());
+        }
         let inbox = state
             .inbox
             .as_mut()
@@ -559,6 +573,14 @@ impl Actor for InboxActor {
                         ack(&state.args, &myself, inbox, everything, reply).await;
                     }
                     InboxRequest::Ack { up_to, reply } => {
+                        // On a shared store another node may have stored (and
+                        // served) seqs this actor has not heard of yet.
+                        let inbox = if up_to > inbox.assigned() {
+                            reload(state).await?;
+                            state.inbox.as_mut().expect("reloaded")
+                        } else {
+                            inbox
+                        };
                         ack(&state.args, &myself, inbox, up_to, reply).await;
                         if let Some(seq) = inbox.missed_marker_due(state.args.settings.limits) {
                             state
@@ -594,6 +616,7 @@ impl Actor for InboxActor {
                 wake_ready(&mut state.waiters, inbox);
             }
             InboxMsg::AckDurable(up_to) => inbox.mark_ack_durable(up_to),
+            InboxMsg::Reload => unreachable!("handled above"),
             InboxMsg::Resync(why) => {
                 return Err(format!("inbox state out of step with the store: {why}").into());
             }
@@ -611,6 +634,15 @@ impl Actor for InboxActor {
         }
         Ok(())
     }
+}
+
+/// Reloads the inbox's marks through the writer (after every write this actor
+/// submitted) and wakes the waiters the store's messages satisfy.
+async fn reload(state: &mut InboxActorState) -> Result<(), StoreError> {
+    let meta = state.args.writer.load(state.args.inbox()).await?;
+    let inbox = state.inbox.insert(InboxState::recovered(meta));
+    wake_ready(&mut state.waiters, inbox);
+    Ok(())
 }
 
 /// Applies an ack to the state and hands the deletion to the writer (which

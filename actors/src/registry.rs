@@ -272,6 +272,15 @@ where
         Err(DeliveryError::Restarting)
     }
 
+    /// Delivers `msg` (not counted as a request) to the actor of `key` if one
+    /// is alive; returns whether one was. Nothing is spawned.
+    pub async fn send_if_live(&self, key: &K, msg: M) -> bool {
+        let actors = self.inner.actors.lock().await;
+        actors
+            .get(key)
+            .is_some_and(|e| e.actor.send_message(msg).is_ok())
+    }
+
     /// Stops every actor and the supervisor (node shutdown).
     pub async fn stop(&self) {
         for (_, e) in self.inner.actors.lock().await.drain() {

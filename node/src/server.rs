@@ -18,9 +18,9 @@ use quicnprotochat_actors::core::inbox::InboxLimits;
 use quicnprotochat_actors::core::rate::RateLimits;
 use quicnprotochat_actors::group::{GroupRegistry, GroupSettings};
 use quicnprotochat_actors::inbox::{InboxRegistry, InboxSettings};
+use quicnprotochat_actors::store::postgres::{News, PgStore};
 use quicnprotochat_actors::store::private_fs::private_dir;
 use quicnprotochat_actors::store::writer::StoreWriter;
-use quicnprotochat_actors::store::postgres::PgStore;
 use quicnprotochat_actors::store::{ServerStore, Store, StoreError, StoreOptions};
 use quicnprotochat_actors::telemetry;
 use quicnprotochat_crypto::token::TokenHash;
@@ -86,6 +86,8 @@ pub struct Server {
     ctx: Arc<NodeContext>,
     writer: StoreWriter,
     writer_thread: std::thread::JoinHandle<()>,
+    /// Follows what other nodes sharing a PostgreSQL store write.
+    news: Option<tokio::task::JoinHandle<()>>,
     max_payload: usize,
 }
 
@@ -123,7 +125,7 @@ impl Server {
             config.tls_key.as_deref(),
         )?;
         let store = match &config.store {
-            Some(url) => Store::Postgres(PgStore::open(url).await?),
+            Some(url) => Store::Postgres(Box::new(PgStore::open(url).await?)),
             None => Store::Redb(ServerStore::open(
                 &config.data_dir.join(DB_FILE),
                 StoreOptions {
@@ -198,7 +200,12 @@ impl Server {
             started: Instant::now(),
         });
         ctx.collect_garbage().await;
+        let news = match &ctx.store {
+            Store::Postgres(pg) => Some(follow_other_nodes(pg.listen().await?, &ctx)),
+            Store::Redb(_) => None,
+        };
         Ok(Server {
+            news,
             rpc_threads: config.rpc_threads,
             gate: ConnectionGate::new(config.limits.admission),
             endpoint,
@@ -322,6 +329,9 @@ impl Server {
             }
         })
         .await;
+        if let Some(news) = &self.news {
+            news.abort();
+        }
         self.ctx.groups.stop().await;
         self.ctx.registry.stop().await;
         self.writer.shutdown().await;
@@ -331,6 +341,31 @@ impl Server {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Acts on what other nodes sharing the database wrote: wakes the long-polls
+/// of inboxes that got messages, reloads the device and session directory when
+/// accounts changed.
+fn follow_other_nodes(
+    mut news: tokio::sync::mpsc::Receiver<News>,
+    ctx: &Arc<NodeContext>,
+) -> tokio::task::JoinHandle<()> {
+    let ctx = Arc::downgrade(ctx);
+    tokio::spawn(async move {
+        while let Some(n) = news.recv().await {
+            let Some(ctx) = ctx.upgrade() else { break };
+            match n {
+                News::Inbox(inbox) => {
+                    ctx.registry.reload(inbox).await;
+                }
+                News::Accounts => {
+                    if let Err(e) = ctx.auth.reload_directory().await {
+                        tracing::warn!(error = %e, "could not reload the device directory");
+                    }
+                }
+            }
+        }
+    })
 }
 
 /// Binds and serves; prints `listening on ADDR` once ready.

@@ -71,3 +71,18 @@ pub async fn register(
         .unwrap();
     (conn, logged.session)
 }
+
+/// Logs `d` in to the existing account `name` on `node`.
+pub async fn log_in(
+    node: &TestNode,
+    name: &str,
+    password: &str,
+    d: &Device,
+) -> (NodeConnection, SessionHandle) {
+    let conn = node.connect().await.unwrap();
+    let logged = conn
+        .login(name, password.as_bytes(), &d.id, None)
+        .await
+        .unwrap();
+    (conn, logged.session)
+}

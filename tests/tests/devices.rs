@@ -236,7 +236,11 @@ async fn a_removed_device_still_in_a_group_fails_no_fan_out_and_gets_nothing() {
             node.stored(&laptop.key()).await.is_empty(),
             "nothing is stored for a removed device"
         );
-        assert_eq!(node.stored(&phone.key()).await.len(), 3, "Welcome, hi, commit");
+        assert_eq!(
+            node.stored(&phone.key()).await.len(),
+            3,
+            "Welcome, hi, commit"
+        );
     })
     .await;
     node.stop().await;

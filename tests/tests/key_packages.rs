@@ -282,8 +282,12 @@ async fn key_packages_are_served_as_mls_messages_even_when_uploaded_bare_or_stor
         assert!(claimed.iter().all(|c| is_message(&c.key_package)));
     })
     .await;
-    // A file from before the framing (schema 3) holds bare packages: framed on open.
+    // A file from before the framing (schema 3) holds bare packages: framed on
+    // open. (A redb upgrade: PostgreSQL databases began with framed packages.)
     node.stop().await;
+    if quicnprotochat_tests::test_store_url().is_some() {
+        return;
+    }
     {
         let db = redb::Database::open(dir.path().join("node.redb")).unwrap();
         let txn = db.begin_write().unwrap();

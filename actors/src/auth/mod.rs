@@ -151,6 +151,32 @@ impl AuthService {
         })
     }
 
+    /// Reloads the devices and live sessions from the store: another node
+    /// sharing it registered, logged in, logged out or removed something.
+    pub async fn reload_directory(&self) -> Result<(), AuthError> {
+        let directory = self.store.directory(now_ms()).await?;
+        let devices: HashMap<IdentityKey, String> = directory.devices.into_iter().collect();
+        let sessions = directory
+            .sessions
+            .into_iter()
+            .map(|(hash, identity, expires_at_ms)| {
+                (
+                    hash,
+                    SessionRecord {
+                        identity,
+                        expires_at_ms,
+                    },
+                )
+            })
+            .collect();
+        *self.devices.write().expect("lock") = devices;
+        *self.sessions.write().expect("lock") = sessions;
+        if directory.accounts_exist {
+            self.accounts_exist.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
     // ---- registration and login ------------------------------------------------
 
     /// OPAQUE registration, first step. A taken name is refused here already.

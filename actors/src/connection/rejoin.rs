@@ -60,10 +60,7 @@ pub(super) async fn group_info(
             )
         })?;
     let auth = ctx.auth.clone();
-    let members = auth
-        .member_entries(&members)
-        .await
-        .map_err(auth_refusal)?;
+    let members = auth.member_entries(&members).await.map_err(auth_refusal)?;
     Ok(FoundGroupInfo {
         group_info: info,
         members,

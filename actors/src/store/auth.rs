@@ -323,7 +323,10 @@ fn store_upload(
     let (next, served) = stats.get(&device.0)?.map(|v| v.value()).unwrap_or((0, 0));
     let mut kps = txn.open_table(tables.one_time)?;
     let stored = kps.range((&device.0, 0)..=(&device.0, u64::MAX))?.count() as u64;
-    let has_last_resort = txn.open_table(tables.last_resort)?.get(&device.0)?.is_some();
+    let has_last_resort = txn
+        .open_table(tables.last_resort)?
+        .get(&device.0)?
+        .is_some();
     let has_hybrid = txn.open_table(HYBRID_KEYS)?.get(&device.0)?.is_some();
     if let Err(refusal) = super::ops::check_upload_fits(
         stored,
@@ -353,7 +356,10 @@ impl super::ServerStore {
     /// A node secret, if stored.
     pub fn secret(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let txn = self.db().begin_read()?;
-        Ok(txn.open_table(SECRETS)?.get(name)?.map(|v| v.value().to_vec()))
+        Ok(txn
+            .open_table(SECRETS)?
+            .get(name)?
+            .map(|v| v.value().to_vec()))
     }
 
     /// Every device, and every session alive at `now_ms`.

@@ -14,9 +14,11 @@ pub(super) const GROUPS: TableDefinition<&[u8], u64> = TableDefinition::new("gro
 pub(super) const GROUP_MEMBERS: TableDefinition<&[u8], &[u8]> =
     TableDefinition::new("group_members");
 /// Group id → the device whose commit created its fence.
-pub(super) const GROUP_CREATORS: TableDefinition<&[u8], &[u8; 32]> = TableDefinition::new("group_creators");
+pub(super) const GROUP_CREATORS: TableDefinition<&[u8], &[u8; 32]> =
+    TableDefinition::new("group_creators");
 /// Device → how many live fences it created (its group quota).
-pub(super) const GROUPS_CREATED: TableDefinition<&[u8; 32], u64> = TableDefinition::new("groups_created");
+pub(super) const GROUPS_CREATED: TableDefinition<&[u8; 32], u64> =
+    TableDefinition::new("groups_created");
 
 /// The persisted epoch fence of `group_id` as of `txn`: the epoch the next commit
 /// must be made at (`None`: no commit yet) and who may make it.
@@ -117,7 +119,6 @@ pub fn set_group_fence(
         .insert(group_id, members.concat().as_slice())?;
     Ok(())
 }
-
 
 /// Applies one group request to `txn` (the redb writer's batch).
 pub(super) fn apply(txn: &WriteTransaction, op: GroupWrite) -> AfterCommit {

@@ -122,6 +122,9 @@ pub enum AccountWrite {
     },
 }
 
+/// Whether a member device (its identity key) still exists.
+pub type MemberCheck = Box<dyn Fn(&[u8; 32]) -> bool + Send>;
+
 /// What the group actors ask of the store in write order.
 pub enum GroupWrite {
     /// A group's fence: the epoch the next commit must be made at (`None`: no
@@ -142,7 +145,7 @@ pub enum GroupWrite {
     /// Deletes the fences of groups none of whose members `is_member_alive`.
     CollectDead {
         /// Whether a member device still exists.
-        is_member_alive: Box<dyn Fn(&[u8; 32]) -> bool + Send>,
+        is_member_alive: MemberCheck,
         /// Answered with how many were deleted.
         reply: Reply<usize>,
     },

@@ -20,7 +20,7 @@ pub enum Store {
     /// The embedded redb file (one node).
     Redb(ServerStore),
     /// PostgreSQL (one or more nodes).
-    Postgres(PgStore),
+    Postgres(Box<PgStore>),
 }
 
 /// What the Authentication Service loads as a node starts.

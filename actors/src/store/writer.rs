@@ -237,7 +237,7 @@ impl StoreWriter {
             super::Store::Redb(s) => StoreWriter::start(s.clone()),
             super::Store::Postgres(pg) => {
                 let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-                let handle = super::postgres::writer::start(pg.clone(), rx)?;
+                let handle = super::postgres::writer::start((**pg).clone(), rx)?;
                 Ok((StoreWriter { tx }, handle))
             }
         }
@@ -264,7 +264,10 @@ impl StoreWriter {
 
     /// Sends the request `make` builds around a reply port, and returns the
     /// answer (given once the write is durable).
-    pub async fn request<T>(&self, make: impl FnOnce(Reply<T>) -> WriteOp) -> Result<T, DeliveryError> {
+    pub async fn request<T>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> WriteOp,
+    ) -> Result<T, DeliveryError> {
         let (reply, rx) = oneshot::channel();
         self.submit(make(reply)).await;
         rx.await

@@ -83,7 +83,10 @@ pub(super) async fn login(
     .await
     .map_err(pg)?;
     let owner: String = txn
-        .query_one("SELECT username FROM devices WHERE device = $1", &[&&device.0[..]])
+        .query_one(
+            "SELECT username FROM devices WHERE device = $1",
+            &[&&device.0[..]],
+        )
         .await
         .map_err(pg)?
         .get(0);
@@ -102,9 +105,12 @@ pub(super) async fn login(
 
 /// Ends a session.
 pub(super) async fn logout(txn: &Transaction<'_>, token_hash: &[u8; 32]) -> Result<(), StoreError> {
-    txn.execute("DELETE FROM sessions WHERE token_hash = $1", &[&&token_hash[..]])
-        .await
-        .map_err(pg)?;
+    txn.execute(
+        "DELETE FROM sessions WHERE token_hash = $1",
+        &[&&token_hash[..]],
+    )
+    .await
+    .map_err(pg)?;
     Ok(())
 }
 
@@ -124,7 +130,10 @@ pub(super) async fn remove_device(
         txn.execute(sql, &[&d]).await.map_err(pg)?;
     }
     let rows = txn
-        .query("DELETE FROM sessions WHERE device = $1 RETURNING token_hash", &[&d])
+        .query(
+            "DELETE FROM sessions WHERE device = $1 RETURNING token_hash",
+            &[&d],
+        )
         .await
         .map_err(pg)?;
     rows.iter().map(|r| key32(r.get(0))).collect()

@@ -63,9 +63,9 @@ pub(super) async fn append_shared(
     recipients
         .iter()
         .map(|(k, _)| {
-            seqs.get(&k.0).copied().ok_or_else(|| {
-                StoreError::Corrupt("a shared body's recipient got no seq".into())
-            })
+            seqs.get(&k.0)
+                .copied()
+                .ok_or_else(|| StoreError::Corrupt("a shared body's recipient got no seq".into()))
         })
         .collect()
 }
@@ -182,7 +182,10 @@ pub(super) async fn ack(
 }
 
 /// An inbox's marks and its count of missed messages, as of `txn`.
-pub(super) async fn load(txn: &Transaction<'_>, inbox: &IdentityKey) -> Result<InboxMeta, StoreError> {
+pub(super) async fn load(
+    txn: &Transaction<'_>,
+    inbox: &IdentityKey,
+) -> Result<InboxMeta, StoreError> {
     let row = txn
         .query_opt(
             "SELECT last_seq, acked FROM inbox_meta WHERE inbox = $1",
@@ -320,9 +323,12 @@ pub(super) async fn collect_dead_group_fences(
         txn.execute("DELETE FROM groups WHERE group_id = $1", &[&group_id])
             .await
             .map_err(pg)?;
-        txn.execute("DELETE FROM member_groups WHERE group_id = $1", &[&group_id])
-            .await
-            .map_err(pg)?;
+        txn.execute(
+            "DELETE FROM member_groups WHERE group_id = $1",
+            &[&group_id],
+        )
+        .await
+        .map_err(pg)?;
         if let Some(c) = r.get::<_, Option<Vec<u8>>>(2) {
             txn.execute(
                 "UPDATE groups_created SET n = n - 1 WHERE device = $1",

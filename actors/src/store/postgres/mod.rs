@@ -46,6 +46,64 @@ const MIGRATION_LOCK: i64 = 0x7170_635f_6d69_6772;
 pub struct PgStore {
     config: tokio_postgres::Config,
     pool: Pool,
+    /// This node among those sharing the database (random per start): its
+    /// own notifications are not news to it.
+    node_id: u64,
+}
+
+/// The channel nodes tell each other what they wrote on.
+pub(super) const CHANNEL: &str = "qpc";
+/// Notifications held for the node at most; past it the oldest news is
+/// dropped (a long-poll then ends by its timeout, and the next ack or fetch
+/// reads the store anyway).
+const NEWS_QUEUE: usize = 4096;
+
+/// What another node wrote, as its notification tells.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum News {
+    /// Messages were stored in this inbox.
+    Inbox(IdentityKey),
+    /// Accounts, devices or sessions changed.
+    Accounts,
+}
+
+impl News {
+    /// The notification's payload: kind, node, and the inbox in hex.
+    pub(super) fn payload(&self, node_id: u64) -> String {
+        match self {
+            News::Inbox(k) => format!("i {node_id:016x} {}", hex(&k.0)),
+            News::Accounts => format!("a {node_id:016x}"),
+        }
+    }
+
+    /// The news in `payload`, unless this node sent it (or it is unreadable).
+    fn parse(payload: &str, node_id: u64) -> Option<News> {
+        let mut parts = payload.split(' ');
+        let kind = parts.next()?;
+        let from = u64::from_str_radix(parts.next()?, 16).ok()?;
+        if from == node_id {
+            return None;
+        }
+        match kind {
+            "i" => {
+                let h = parts.next()?;
+                let mut key = [0u8; 32];
+                if h.len() != 64 {
+                    return None;
+                }
+                for (i, b) in key.iter_mut().enumerate() {
+                    *b = u8::from_str_radix(h.get(2 * i..2 * i + 2)?, 16).ok()?;
+                }
+                Some(News::Inbox(IdentityKey(key)))
+            }
+            "a" => Some(News::Accounts),
+            _ => None,
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl std::fmt::Debug for PgStore {
@@ -65,6 +123,18 @@ pub(super) fn pg(e: tokio_postgres::Error) -> StoreError {
 
 fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
     StoreError::Postgres(e.to_string())
+}
+
+fn rand_node_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.write_u32(std::process::id());
+    h.finish()
 }
 
 /// An i64 column as the u64 it stores (never negative: written from u64s).
@@ -102,6 +172,7 @@ impl PgStore {
             .build()
             .map_err(|e| StoreError::Postgres(e.to_string()))?,
             config,
+            node_id: rand_node_id(),
         };
         store.migrate().await?;
         Ok(store)
@@ -117,6 +188,50 @@ impl PgStore {
             }
         });
         Ok(client)
+    }
+
+    /// This node's id among those sharing the database.
+    pub(super) fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
+    /// Listens for what other nodes write: a connection of its own that
+    /// `LISTEN`s, its news forwarded to the returned queue (bounded; dropped
+    /// when full). Ends when the connection does.
+    pub async fn listen(&self) -> Result<tokio::sync::mpsc::Receiver<News>, StoreError> {
+        use futures::StreamExt;
+        let (client, mut connection) = self.config.connect(NoTls).await.map_err(pg)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(NEWS_QUEUE);
+        let held = tx.clone();
+        let node_id = self.node_id;
+        tokio::spawn(async move {
+            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+            while let Some(message) = messages.next().await {
+                match message {
+                    Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
+                        if let Some(news) = News::parse(n.payload(), node_id) {
+                            let _ = tx.try_send(news);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "PostgreSQL listener connection ended");
+                        break;
+                    }
+                }
+            }
+        });
+        client
+            .batch_execute(&format!("LISTEN {CHANNEL}"))
+            .await
+            .map_err(pg)?;
+        // Dropping the client would close the connection: a task holds it
+        // until the node drops the queue.
+        tokio::spawn(async move {
+            held.closed().await;
+            drop(client);
+        });
+        Ok(rx)
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -161,7 +276,11 @@ impl PgStore {
                 "SELECT m.seq, m.kind, m.data, m.part, b.data FROM messages m \
                  LEFT JOIN bodies b ON b.id = m.body \
                  WHERE m.inbox = $1 AND m.seq > $2 ORDER BY m.seq LIMIT $3",
-                &[&&inbox.0[..], &i(after), &(limit.min(i64::MAX as usize) as i64)],
+                &[
+                    &&inbox.0[..],
+                    &i(after),
+                    &(limit.min(i64::MAX as usize) as i64),
+                ],
             )
             .await
             .map_err(pg)?;
@@ -224,8 +343,17 @@ impl PgStore {
             .collect()
     }
 
-    async fn count(&self, sql: &str, params: &[&(dyn tokio_postgres::types::ToSql + Sync)]) -> Result<u64, StoreError> {
-        let row = self.client().await?.query_one(sql, params).await.map_err(pg)?;
+    async fn count(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_one(sql, params)
+            .await
+            .map_err(pg)?;
         Ok(u(row.get(0)))
     }
 
@@ -236,8 +364,11 @@ impl PgStore {
 
     /// Unacknowledged messages of `inbox`.
     pub async fn stored_count(&self, inbox: &IdentityKey) -> Result<u64, StoreError> {
-        self.count("SELECT count(*) FROM messages WHERE inbox = $1", &[&&inbox.0[..]])
-            .await
+        self.count(
+            "SELECT count(*) FROM messages WHERE inbox = $1",
+            &[&&inbox.0[..]],
+        )
+        .await
     }
 
     /// How many shared bodies are stored, and their bytes.
@@ -430,7 +561,10 @@ impl PgStore {
         let row = self
             .client()
             .await?
-            .query_opt("SELECT hash FROM access_keys WHERE device = $1", &[&&device.0[..]])
+            .query_opt(
+                "SELECT hash FROM access_keys WHERE device = $1",
+                &[&&device.0[..]],
+            )
             .await
             .map_err(pg)?;
         row.map(|r| key32(r.get(0))).transpose()

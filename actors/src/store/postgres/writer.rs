@@ -24,7 +24,7 @@ use ractor::ActorRef;
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
-use super::{PgStore, accounts, delivery};
+use super::{CHANNEL, News, PgStore, accounts, delivery};
 use crate::error::DeliveryError;
 use crate::inbox::InboxMsg;
 use crate::store::StoreError;
@@ -65,7 +65,7 @@ async fn run(store: PgStore, mut rx: mpsc::Receiver<WriteOp>) {
             }
             match client.as_mut() {
                 Some(c) => {
-                    if let Err(e) = commit_batch(c, &mut batch).await {
+                    if let Err(e) = commit_batch(c, store.node_id(), &mut batch).await {
                         tracing::error!(error = %e, "PostgreSQL batch failed");
                     }
                 }
@@ -99,6 +99,49 @@ fn written_inboxes(op: &WriteOp, out: &mut Vec<[u8; 32]>) {
     }
 }
 
+/// Whether `op` changes what nodes cache of accounts (devices, sessions).
+fn changes_accounts(op: &WriteOp) -> bool {
+    matches!(
+        op,
+        WriteOp::Account(
+            AccountWrite::Register { .. }
+                | AccountWrite::Login { .. }
+                | AccountWrite::Logout { .. }
+                | AccountWrite::RemoveDevice { .. }
+                | AccountWrite::DeleteAccount { .. }
+        )
+    )
+}
+
+/// Tells the other nodes, in the transaction (PostgreSQL delivers a
+/// notification only if it commits), which inboxes got messages and whether
+/// accounts changed.
+async fn notify(
+    txn: &tokio_postgres::Transaction<'_>,
+    node_id: u64,
+    marks: &Marks,
+    accounts_changed: bool,
+) -> Result<(), StoreError> {
+    let mut payloads: Vec<String> = marks
+        .stored_inboxes
+        .iter()
+        .map(|k| News::Inbox(*k).payload(node_id))
+        .collect();
+    if accounts_changed {
+        payloads.push(News::Accounts.payload(node_id));
+    }
+    if payloads.is_empty() {
+        return Ok(());
+    }
+    txn.execute(
+        &format!("SELECT pg_notify('{CHANNEL}', p) FROM unnest($1::TEXT[]) AS p"),
+        &[&payloads],
+    )
+    .await
+    .map_err(super::pg)?;
+    Ok(())
+}
+
 /// What the batch learned about inboxes, told to their actors after the commit.
 #[derive(Default)]
 struct Marks {
@@ -108,11 +151,20 @@ struct Marks {
     stale: Vec<ActorRef<InboxMsg>>,
     /// Acks written, to confirm.
     acking: Vec<(ActorRef<InboxMsg>, u64)>,
+    /// Inboxes that got messages (for the other nodes' long-polls).
+    stored_inboxes: std::collections::BTreeSet<IdentityKey>,
 }
 
 impl Marks {
     /// Notes that `inbox`'s actor reserved `reserved` and the database stored `stored`.
-    fn stored(&mut self, inbox: IdentityKey, reserved: u64, stored: u64, notify: ActorRef<InboxMsg>) {
+    fn stored(
+        &mut self,
+        inbox: IdentityKey,
+        reserved: u64,
+        stored: u64,
+        notify: ActorRef<InboxMsg>,
+    ) {
+        self.stored_inboxes.insert(inbox);
         if reserved == stored {
             let e = self.durable.entry(inbox).or_insert((stored, notify));
             e.0 = e.0.max(stored);
@@ -132,10 +184,16 @@ impl Marks {
 }
 
 /// Applies and commits one batch, then answers every op in it.
-async fn commit_batch(client: &mut Client, batch: &mut Vec<WriteOp>) -> Result<(), StoreError> {
+async fn commit_batch(
+    client: &mut Client,
+    node_id: u64,
+    batch: &mut Vec<WriteOp>,
+) -> Result<(), StoreError> {
     let mut inboxes = Vec::new();
+    let mut told_accounts = false;
     for op in batch.iter() {
         written_inboxes(op, &mut inboxes);
+        told_accounts |= changes_accounts(op);
     }
     let mut ops = std::mem::take(batch).into_iter();
     let mut outcomes = Vec::new();
@@ -143,7 +201,10 @@ async fn commit_batch(client: &mut Client, batch: &mut Vec<WriteOp>) -> Result<(
     let mut depth_change = 0f64;
     metrics::histogram!(crate::telemetry::COMMIT_BATCH_SIZE).record(ops.len() as f64);
     let applied: Result<(), (StoreError, bool)> = async {
-        let txn = client.transaction().await.map_err(|e| (super::pg(e), false))?;
+        let txn = client
+            .transaction()
+            .await
+            .map_err(|e| (super::pg(e), false))?;
         delivery::lock_inboxes(&txn, &inboxes)
             .await
             .map_err(|e| (e, false))?;
@@ -152,6 +213,9 @@ async fn commit_batch(client: &mut Client, batch: &mut Vec<WriteOp>) -> Result<(
                 .await
                 .map_err(|e| (e, false))?;
         }
+        notify(&txn, node_id, &marks, told_accounts)
+            .await
+            .map_err(|e| (e, false))?;
         let started = std::time::Instant::now();
         txn.commit().await.map_err(|e| (super::pg(e), true))?;
         metrics::histogram!(crate::telemetry::COMMIT_SECONDS)
@@ -169,9 +233,8 @@ async fn commit_batch(client: &mut Client, batch: &mut Vec<WriteOp>) -> Result<(
                 let _ = notify.send_message(InboxMsg::Durable(seq));
             }
             for notify in marks.stale {
-                let _ = notify.send_message(InboxMsg::Resync(
-                    "another node wrote to this inbox".into(),
-                ));
+                let _ = notify
+                    .send_message(InboxMsg::Resync("another node wrote to this inbox".into()));
             }
             for (notify, up_to) in marks.acking {
                 let _ = notify.send_message(InboxMsg::AckDurable(up_to));
@@ -321,7 +384,10 @@ async fn apply_account(
             reply,
         } => after_commit(
             reply,
-            Ok(accounts::login(txn, &username, &device, &token_hash, expires_at_ms, now_ms).await?),
+            Ok(
+                accounts::login(txn, &username, &device, &token_hash, expires_at_ms, now_ms)
+                    .await?,
+            ),
         ),
         AccountWrite::Logout { token_hash, reply } => {
             after_commit(reply, Ok(accounts::logout(txn, &token_hash).await?))
@@ -344,7 +410,10 @@ async fn apply_account(
             device,
             hash,
             reply,
-        } => after_commit(reply, Ok(accounts::set_access_key(txn, &device, &hash).await?)),
+        } => after_commit(
+            reply,
+            Ok(accounts::set_access_key(txn, &device, &hash).await?),
+        ),
     })
 }
 

@@ -1,0 +1,157 @@
+//! Several nodes on one PostgreSQL database serve one population: accounts made
+//! on one node log in on another, a message enqueued through one node wakes a
+//! long-poll on another, seqs stay gap-free with writers on both, and a node
+//! that stops leaves its clients to carry on through the other.
+//!
+//! Needs PostgreSQL: `QPC_TEST_STORE` (see `scripts/start-postgres.sh`).
+//! Without it the tests say why and pass, unless `QPC_REQUIRE_POSTGRES` is set
+//! (as CI sets it), when they fail.
+
+use std::time::{Duration, Instant};
+
+use quicnprotochat::config::ServerConfig;
+use quicnprotochat::tls;
+use quicnprotochat_tests::accounts::{device, log_in, register};
+use quicnprotochat_tests::{TestNode, create_test_database, local, test_store_url};
+
+/// The URL of a fresh database, or `None` (after saying why) without PostgreSQL.
+async fn fresh_database(name: &str) -> Option<String> {
+    let Some(url) = test_store_url() else {
+        if std::env::var_os("QPC_REQUIRE_POSTGRES").is_some() {
+            panic!("QPC_REQUIRE_POSTGRES is set but QPC_TEST_STORE is not");
+        }
+        eprintln!("skipped: set QPC_TEST_STORE to a PostgreSQL URL to run the multi-node tests");
+        return None;
+    };
+    let unique = format!(
+        "{name}_{}_{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos()
+    );
+    Some(create_test_database(&url, &unique).await)
+}
+
+/// Two nodes on `store` sharing one certificate (as a deployment's nodes do).
+async fn two_nodes(store: &str, dirs: &[tempfile::TempDir; 2]) -> (TestNode, TestNode) {
+    let mut a = ServerConfig::ephemeral(dirs[0].path());
+    a.store = Some(store.to_string());
+    let a = TestNode::start_with(a).await;
+    let mut b = ServerConfig::ephemeral(dirs[1].path());
+    b.store = Some(store.to_string());
+    b.tls_cert = Some(dirs[0].path().join(tls::CERT_FILE));
+    b.tls_key = Some(dirs[0].path().join(tls::KEY_FILE));
+    std::fs::copy(
+        dirs[0].path().join(tls::CERT_FILE),
+        dirs[1].path().join(tls::CERT_FILE),
+    )
+    .unwrap();
+    let b = TestNode::start_with(b).await;
+    (a, b)
+}
+
+/// Waits until `f` holds (another node's news arrives asynchronously).
+async fn eventually<F: AsyncFnMut() -> bool>(mut f: F) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !f().await {
+        assert!(Instant::now() < deadline, "never happened");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_enqueued_on_one_node_wakes_a_long_poll_on_another() {
+    let Some(store) = fresh_database("two_nodes").await else {
+        return;
+    };
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let (node_a, node_b) = two_nodes(&store, &dirs).await;
+    let alice = device();
+    let bob = device();
+    local(async {
+        let (_ca, alice_s) = register(&node_a, "alice", "pw", &alice).await;
+        let (_cb, bob_s) = register(&node_b, "bob", "pw", &bob).await;
+        // Node A learns of bob's device from B's notification.
+        eventually(async || alice_s.enqueue(&bob.key(), b"hello").await.is_ok()).await;
+        let got = bob_s.fetch(0, 0).await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].seq, 1);
+        // A long-poll waiting on B is woken by an enqueue through A.
+        let waiting = bob_s.fetch_wait(1, 0, Duration::from_secs(20));
+        let sending = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            alice_s.enqueue(&bob.key(), b"across").await.unwrap()
+        };
+        let started = Instant::now();
+        let (woken, seq) = tokio::join!(waiting, sending);
+        let woken = woken.unwrap();
+        assert_eq!(seq, 2, "seqs are gap-free across nodes");
+        assert_eq!(woken.len(), 1, "woken with the message");
+        assert_eq!(woken[0].data, b"across");
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "woken, not timed out"
+        );
+        // Writers on both nodes: seqs stay one inbox's gap-free sequence.
+        let mut seqs = Vec::new();
+        for k in 0..10u8 {
+            let via_a = alice_s.enqueue(&bob.key(), &[k]).await.unwrap();
+            seqs.push(via_a);
+        }
+        let carol = device();
+        let (_cc, carol_s) = register(&node_b, "carol", "pw", &carol).await;
+        for k in 0..10u8 {
+            seqs.push(carol_s.enqueue(&bob.key(), &[k]).await.unwrap());
+        }
+        seqs.sort();
+        assert_eq!(seqs, (3..=22).collect::<Vec<u64>>());
+        let all = bob_s.fetch(0, 0).await.unwrap();
+        assert_eq!(
+            all.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            (1..=22).collect::<Vec<u64>>()
+        );
+        // An ack through B of seqs B's inbox actor heard of only from the store.
+        bob_s.ack(22).await.unwrap();
+        assert!(bob_s.fetch(0, 0).await.unwrap().is_empty());
+    })
+    .await;
+    node_a.stop().await;
+    node_b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_of_a_stopped_node_carry_on_through_another_with_nothing_lost() {
+    let Some(store) = fresh_database("failover").await else {
+        return;
+    };
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let (node_a, node_b) = two_nodes(&store, &dirs).await;
+    let alice = device();
+    let bob = device();
+    let acknowledged = local(async {
+        let (_ca, alice_s) = register(&node_a, "alice", "pw", &alice).await;
+        let (_cb, _bob_s) = register(&node_a, "bob", "pw", &bob).await;
+        let mut seqs = Vec::new();
+        for k in 0..20u8 {
+            seqs.push(alice_s.enqueue(&bob.key(), &[k]).await.unwrap());
+        }
+        seqs
+    })
+    .await;
+    node_a.stop().await;
+    local(async {
+        // Bob logs in on B (the account and its messages are in the database).
+        let bob_again = log_in(&node_b, "bob", "pw", &bob).await;
+        let got = bob_again.1.fetch(0, 0).await.unwrap();
+        assert_eq!(
+            got.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            acknowledged,
+            "every acknowledged message is there"
+        );
+        assert_eq!(
+            got.iter().map(|e| e.data[0]).collect::<Vec<_>>(),
+            (0..20).collect::<Vec<u8>>()
+        );
+    })
+    .await;
+    node_b.stop().await;
+}
