@@ -24,6 +24,15 @@ pub enum DeliveryError {
     /// The store failed: the node's doing; nothing acknowledged is lost.
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// Another node sharing the store accepted a commit first: this one was
+    /// made at a stale epoch. Nothing of it was stored.
+    #[error(
+        "the group's epoch fence moved on another node (the group is at epoch {current:?}); fetch the commits and retry"
+    )]
+    FenceMoved {
+        /// The epoch the group's next commit must be made at, as stored.
+        current: Option<u64>,
+    },
     /// The actor owning the inbox stopped or restarted while the request was in
     /// flight; retrying is safe.
     #[error("inbox restarting, retry")]
@@ -34,6 +43,7 @@ impl From<DeliveryError> for WireError {
     fn from(e: DeliveryError) -> Self {
         let code = match &e {
             DeliveryError::Refused(r) | DeliveryError::RefusedBy { refusal: r, .. } => r.code(),
+            DeliveryError::FenceMoved { .. } => ErrorCode::StaleEpoch,
             DeliveryError::Store(_) | DeliveryError::Restarting => ErrorCode::Unavailable,
         };
         // Store details are for the operator's log, not for remote parties.

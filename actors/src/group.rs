@@ -421,6 +421,7 @@ impl Actor for GroupActor {
                     creator,
                     // This call publishes none: the one kept no longer matches.
                     group_info: None,
+                    expected: state.fence.next(),
                 };
                 let next = state.fence.after_accepting(epoch, members);
                 match state
@@ -537,6 +538,7 @@ async fn commit_shared(state: &mut GroupActorState, c: SharedCommit) -> Result<u
         members: c.members.iter().copied().collect(),
         creator,
         group_info: c.group_info,
+        expected: state.fence.next(),
     };
     let next = state.fence.after_accepting(c.epoch, c.members);
     let gid = state.args.membership.key().clone();

@@ -155,3 +155,57 @@ async fn clients_of_a_stopped_node_carry_on_through_another_with_nothing_lost() 
     .await;
     node_b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_commit_per_epoch_holds_across_nodes() {
+    use quicnprotochat_tests::mls_commit;
+    use quicnprotochat_wire::{ErrorCode, IdentityKey};
+    let Some(store) = fresh_database("fence").await else {
+        return;
+    };
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let (node_a, node_b) = two_nodes(&store, &dirs).await;
+    let alice = quicnprotochat_crypto::Identity::generate();
+    let bob = quicnprotochat_crypto::Identity::generate();
+    let bob_key = IdentityKey(bob.public_key());
+    let group = b"shared-fence".to_vec();
+    let ab = vec![alice.public_key().to_vec(), bob.public_key().to_vec()];
+    local(async {
+        let (_ca, via_a) = node_a.session(&alice).await;
+        let (_cb, via_b) = node_b.session(&alice).await;
+        let commit = async |s: &quicnprotochat::client::SessionHandle, epoch: u64, text: &[u8]| {
+            s.commit(
+                &group,
+                epoch,
+                &ab,
+                &[(bob_key, text.to_vec())],
+                &mls_commit(&group, epoch),
+            )
+            .await
+        };
+        // B's group actor holds the fence at epoch 1 in memory ...
+        commit(&via_b, 0, b"e0").await.unwrap();
+        // ... when A accepts the commit at epoch 1 ...
+        commit(&via_a, 1, b"e1 via A").await.unwrap();
+        // ... so B's offer at epoch 1 passes B's own check, and the store refuses it.
+        let lost = commit(&via_b, 1, b"e1 via B").await.unwrap_err();
+        assert_eq!(lost.code(), Some(ErrorCode::StaleEpoch), "{lost}");
+        // B learned the fence from the store: the next epoch goes through it.
+        commit(&via_b, 2, b"e2").await.unwrap();
+        let (_cbob, bob_s) = node_a.session(&bob).await;
+        let got: Vec<Vec<u8>> = bob_s
+            .fetch(0, 0)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|e| e.data)
+            .collect();
+        assert_eq!(
+            got,
+            vec![b"e0".to_vec(), b"e1 via A".to_vec(), b"e2".to_vec()]
+        );
+    })
+    .await;
+    node_a.stop().await;
+    node_b.stop().await;
+}

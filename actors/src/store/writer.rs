@@ -166,6 +166,10 @@ pub struct FenceWrite {
     pub creator: Option<[u8; 32]>,
     /// The GroupInfo the commit published for the epoch it leads to, if any.
     pub group_info: Option<Vec<u8>>,
+    /// The fence the commit was checked against (the epoch the store should
+    /// hold as next; `None`: the group has no fence yet). A store that other
+    /// nodes write too refuses the write when the stored fence differs.
+    pub expected: Option<u64>,
 }
 
 /// Called with the commit's outcome once the batch is durable (or failed).

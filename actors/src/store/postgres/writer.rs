@@ -290,6 +290,11 @@ async fn apply(
             fence,
             reply,
         } => {
+            if let Some(moved) = fence_moved(txn, fence.as_ref()).await? {
+                marks.stale.extend(appends.into_iter().map(|a| a.notify));
+                outcomes.push(Outcome::Seqs(reply, Err(moved)));
+                return Ok(());
+            }
             let mut seqs = Vec::with_capacity(appends.len());
             for a in appends {
                 let stored = delivery::append(txn, &a.inbox, 0, &a.payload).await?;
@@ -308,6 +313,13 @@ async fn apply(
             fence,
             reply,
         } => {
+            if let Some(moved) = fence_moved(txn, fence.as_ref()).await? {
+                marks
+                    .stale
+                    .extend(bodies.into_iter().flat_map(|b| b.refs).map(|r| r.notify));
+                outcomes.push(Outcome::Unit(reply, Err(moved)));
+                return Ok(());
+            }
             for SharedWrite { body, refs } in bodies.into_iter().filter(|b| !b.refs.is_empty()) {
                 let recipients: Vec<(&IdentityKey, &[u8])> =
                     refs.iter().map(|r| (&r.inbox, r.part.as_slice())).collect();
@@ -353,6 +365,20 @@ async fn apply(
         WriteOp::Shutdown { .. } => unreachable!("shutdown is taken out of the batch"),
     }
     Ok(())
+}
+
+/// Why a commit's write must not go ahead: another node moved the group's
+/// fence since this node's group actor checked it. The fence's row stays
+/// locked to the end of the transaction, so it cannot move in between.
+async fn fence_moved(
+    txn: &tokio_postgres::Transaction<'_>,
+    fence: Option<&crate::store::writer::FenceWrite>,
+) -> Result<Option<DeliveryError>, StoreError> {
+    let Some(f) = fence else {
+        return Ok(None);
+    };
+    let (current, _) = delivery::group_fence(txn, &f.group_id).await?;
+    Ok((current != f.expected).then_some(DeliveryError::FenceMoved { current }))
 }
 
 type After = crate::store::writer::AfterCommit;
