@@ -71,6 +71,14 @@ pub(crate) struct ServerArgs {
     /// Data directory [default: ./data].
     #[arg(long)]
     pub(crate) data_dir: Option<PathBuf>,
+    /// The node's certificate (PEM or DER), with --tls-key; nodes of one
+    /// deployment share one, so that clients pinning it reach any of them
+    /// [default: a self-signed one generated in the data directory].
+    #[arg(long, requires = "tls_key")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    pub(crate) tls_key: Option<PathBuf>,
     /// Keep the node's tables in this PostgreSQL database
     /// (postgres://USER@HOST:PORT/DB), shared by every node of a deployment
     /// [default: the embedded database in the data directory].

@@ -254,6 +254,8 @@ fn serve(runtime: &tokio::runtime::Runtime, args: ServerArgs) -> anyhow::Result<
         listen: args.listen,
         data_dir: args.data_dir,
         store: args.store,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
         auth_token: args.auth_token,
         operator_token: args.operator_token,
         queue_limit: args.queue_limit,

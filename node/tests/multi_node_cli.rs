@@ -1,0 +1,100 @@
+//! Two node processes on one PostgreSQL database, driven through the CLI: users
+//! of a node killed with SIGKILL carry on through the other, and nothing the
+//! killed node acknowledged is lost.
+//!
+//! Needs PostgreSQL: `QPC_TEST_STORE` (see `scripts/start-postgres.sh`).
+//! Without it the test says why and passes, unless `QPC_REQUIRE_POSTGRES` is
+//! set (as CI sets it).
+
+mod common;
+
+use common::{ServerProcess, User, assert_no_fork, untimed};
+
+/// A fresh database on the server of `QPC_TEST_STORE`, or `None` without one.
+fn fresh_database(name: &str) -> Option<String> {
+    let Some(url) = std::env::var("QPC_TEST_STORE")
+        .ok()
+        .filter(|u| !u.is_empty())
+    else {
+        if std::env::var_os("QPC_REQUIRE_POSTGRES").is_some() {
+            panic!("QPC_REQUIRE_POSTGRES is set but QPC_TEST_STORE is not");
+        }
+        eprintln!("skipped: set QPC_TEST_STORE to a PostgreSQL URL to run the multi-node tests");
+        return None;
+    };
+    let name = format!("{name}_{}", std::process::id());
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .expect("PostgreSQL reachable");
+            tokio::spawn(connection);
+            for sql in [
+                format!("DROP DATABASE IF EXISTS {name}"),
+                format!("CREATE DATABASE {name}"),
+            ] {
+                client
+                    .batch_execute(&sql)
+                    .await
+                    .expect("test database created");
+            }
+        });
+    let base = url.rsplit_once('/').map_or(url.as_str(), |(b, _)| b);
+    Some(format!("{base}/{name}"))
+}
+
+#[test]
+fn users_of_a_node_killed_with_sigkill_carry_on_through_another_and_lose_nothing() {
+    let Some(store) = fresh_database("cli_failover") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
+    let node_a = ServerProcess::start(&a_dir, &["--store", &store]);
+    // The deployment's nodes share one certificate, which clients pin.
+    let ca = a_dir.join("server-cert.der");
+    let key = a_dir.join("server-key.der");
+    let node_b = ServerProcess::start(
+        &b_dir,
+        &[
+            "--store",
+            &store,
+            "--tls-cert",
+            ca.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let (a, b) = (node_a.addr, node_b.addr);
+    let alice = User::new(dir.path(), "alice");
+    let bob = User::new(dir.path(), "bob");
+    // Accounts made through A, the group joined through B.
+    alice.ok(a, &ca, &["register-user", "--username", "alice"]);
+    bob.ok(a, &ca, &["register-user", "--username", "bob"]);
+    alice.ok(a, &ca, &["create-group", "g"]);
+    alice.ok(a, &ca, &["invite", "--group", "g", "bob"]);
+    bob.ok(b, &ca, &["join"]);
+    // Each send returns once node A acknowledged it.
+    for k in 0..5 {
+        alice.ok(a, &ca, &["send", "--group", "g", &format!("m{k}")]);
+    }
+    node_a.signal("-9");
+    drop(node_a);
+    let got = bob.ok(b, &ca, &["recv"]);
+    let lines: Vec<&str> = got.lines().map(untimed).collect();
+    for k in 0..5 {
+        let want = format!("[g] alice: m{k}");
+        assert!(lines.contains(&want.as_str()), "{want} missing in {got}");
+    }
+    // Alice carries on through B.
+    alice.ok(b, &ca, &["send", "--group", "g", "after the kill"]);
+    assert!(
+        bob.ok(b, &ca, &["recv"]).contains("alice: after the kill"),
+        "alice's message through B reached bob"
+    );
+    alice.ok(b, &ca, &["recv"]);
+    assert_no_fork(b, &ca, "g", &[&alice, &bob]);
+}
