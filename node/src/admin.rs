@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use quicnprotochat_actors::store::admin;
+use quicnprotochat_actors::store::postgres::PgStore;
 use quicnprotochat_actors::store::{ServerStore, StoreError, StoreOptions};
 
 use crate::client::commands::{ClientOptions, CommandError};
@@ -35,6 +36,28 @@ fn open(data_dir: &Path) -> Result<ServerStore, AdminError> {
         StoreError::Database(redb::DatabaseError::DatabaseAlreadyOpen) => AdminError::InUse(path),
         other => other.into(),
     })
+}
+
+/// `admin copy-to-postgres`: every record of the stopped node's database into
+/// the empty PostgreSQL database at `url`, in one transaction. Says what it
+/// copied.
+pub async fn copy_to_postgres(data_dir: &Path, url: &str) -> Result<String, AdminError> {
+    let store = open(data_dir)?;
+    let snapshot = tokio::task::spawn_blocking(move || store.snapshot())
+        .await
+        .map_err(|_| StoreError::ReadTask)??;
+    let target = PgStore::open(url).await?;
+    target.import(&snapshot).await?;
+    let counts: Vec<String> = snapshot
+        .counts()
+        .into_iter()
+        .map(|(what, n)| format!("{n} {what}"))
+        .collect();
+    Ok(format!(
+        "copied {} to {}",
+        counts.join(", "),
+        crate::config::redact_url(url)
+    ))
 }
 
 /// `admin accounts`: each account with its devices (identity keys in hex).

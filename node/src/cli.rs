@@ -163,6 +163,13 @@ pub(crate) enum AdminCommand {
         /// The account to delete.
         username: String,
     },
+    /// Copy the stopped node's database into an empty PostgreSQL database
+    /// (postgres://USER@HOST:PORT/DB); then start the nodes with --store.
+    /// The data folder is left as it was.
+    CopyToPostgres {
+        /// The target database (its schema is created if missing).
+        url: String,
+    },
 }
 
 /// The commands that talk to a node as a client.

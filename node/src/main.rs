@@ -103,6 +103,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         quicnprotochat::admin::delete_account_remote(&opts, &token, &username)
                             .await
                     }
+                    AdminCommand::CopyToPostgres { .. } => Err(commands::CommandError::Invalid(
+                        "copy-to-postgres works on a stopped node's data folder (--data-dir), not over --server"
+                            .into(),
+                    )),
                 }
             });
             return Ok(report(result, false, false));
@@ -114,6 +118,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 AdminCommand::Accounts => quicnprotochat::admin::accounts(&data_dir)?,
                 AdminCommand::DeleteAccount { username } => {
                     quicnprotochat::admin::delete_account(&data_dir, &username)?
+                }
+                AdminCommand::CopyToPostgres { url } => {
+                    runtime.block_on(quicnprotochat::admin::copy_to_postgres(&data_dir, &url))?
                 }
             };
             println!("{line}");

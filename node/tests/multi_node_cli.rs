@@ -98,3 +98,82 @@ fn users_of_a_node_killed_with_sigkill_carry_on_through_another_and_lose_nothing
     alice.ok(b, &ca, &["recv"]);
     assert_no_fork(b, &ca, "g", &[&alice, &bob]);
 }
+
+#[test]
+fn a_redb_node_moves_to_postgres_with_its_accounts_groups_and_queued_messages() {
+    let Some(store) = fresh_database("cli_copy") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (a_dir, b_dir) = (dir.path().join("a"), dir.path().join("b"));
+    let old = ServerProcess::start(&a_dir, &[]);
+    let ca = a_dir.join("server-cert.der");
+    let key = a_dir.join("server-key.der");
+    let alice = User::new(dir.path(), "alice");
+    let bob = User::new(dir.path(), "bob");
+    alice.ok(old.addr, &ca, &["register-user", "--username", "alice"]);
+    bob.ok(old.addr, &ca, &["register-user", "--username", "bob"]);
+    alice.ok(old.addr, &ca, &["create-group", "g"]);
+    alice.ok(old.addr, &ca, &["invite", "--group", "g", "bob"]);
+    bob.ok(old.addr, &ca, &["join"]);
+    for k in 0..3 {
+        alice.ok(
+            old.addr,
+            &ca,
+            &["send", "--group", "g", &format!("queued {k}")],
+        );
+    }
+    old.signal("-TERM");
+    drop(old);
+
+    let copy = |url: &str| {
+        std::process::Command::new(common::BIN)
+            .args(["admin", "--data-dir"])
+            .arg(&a_dir)
+            .args(["copy-to-postgres", url])
+            .output()
+            .unwrap()
+    };
+    let out = copy(&store);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("2 accounts") && said.contains("1 groups"),
+        "{said}"
+    );
+    // A second copy into the now used database is refused and changes nothing.
+    let again = copy(&store);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already holds node data"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+
+    let new = ServerProcess::start(
+        &b_dir,
+        &[
+            "--store",
+            &store,
+            "--tls-cert",
+            ca.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
+    let got = bob.ok(new.addr, &ca, &["recv"]);
+    for k in 0..3 {
+        assert!(got.contains(&format!("alice: queued {k}")), "{got}");
+    }
+    alice.ok(new.addr, &ca, &["send", "--group", "g", "on postgres"]);
+    assert!(
+        bob.ok(new.addr, &ca, &["recv"])
+            .contains("alice: on postgres")
+    );
+    alice.ok(new.addr, &ca, &["recv"]);
+    assert_no_fork(new.addr, &ca, "g", &[&alice, &bob]);
+}

@@ -18,7 +18,7 @@ fn small() -> EnqueueParams {
 
 #[test]
 fn enqueue_scenario_runs() {
-    let target = Target::in_process().unwrap();
+    let target = Target::in_process(None).unwrap();
     let r = load::enqueue(&target, &small(), false).unwrap();
     assert!(r.get("messages").unwrap() > 0.0, "{}", r.table());
     assert_eq!(r.errors, 0, "{}", r.table());
@@ -32,13 +32,32 @@ fn enqueue_scenario_runs() {
 
 #[test]
 fn store_scenario_runs() {
-    let r = load::store(&small(), false).unwrap();
+    let r = load::store(&small(), None, false).unwrap();
+    assert!(r.get("messages").unwrap() > 0.0, "{}", r.table());
+}
+
+/// The same on PostgreSQL, when the suites run there (`QPC_TEST_STORE`).
+#[test]
+fn store_scenario_runs_on_postgres() {
+    let Some(url) = quicnprotochat_tests::test_store_url() else {
+        eprintln!("skipped: QPC_TEST_STORE unset");
+        return;
+    };
+    let db = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(quicnprotochat_tests::create_test_database(
+            &url,
+            &format!("qpc_load_smoke_{}", std::process::id()),
+        ));
+    let r = load::store(&small(), Some(&db), false).unwrap();
     assert!(r.get("messages").unwrap() > 0.0, "{}", r.table());
 }
 
 #[test]
 fn deliver_scenario_delivers_everything_offered() {
-    let target = Target::in_process().unwrap();
+    let target = Target::in_process(None).unwrap();
     let r = load::deliver(
         &target,
         &DeliverParams {
@@ -57,7 +76,7 @@ fn deliver_scenario_delivers_everything_offered() {
 
 #[test]
 fn connections_scenario_runs() {
-    let target = Target::in_process().unwrap();
+    let target = Target::in_process(None).unwrap();
     let r = load::connections(&target, 8, false).unwrap();
     assert_eq!(r.errors, 0, "{}", r.table());
     assert!(r.get("handshakes_per_s").unwrap() > 0.0);
@@ -65,7 +84,7 @@ fn connections_scenario_runs() {
 
 #[test]
 fn inboxes_scenario_fills_restarts_and_answers() {
-    let mut target = Target::in_process().unwrap();
+    let mut target = Target::in_process(None).unwrap();
     let r = load::inboxes(&mut target, 200, false).unwrap();
     assert_eq!(r.errors, 0, "{}", r.table());
     assert!(
@@ -77,7 +96,7 @@ fn inboxes_scenario_fills_restarts_and_answers() {
 
 #[test]
 fn groups_scenario_builds_a_group_and_compares_with_openmls() {
-    let target = Target::in_process().unwrap();
+    let target = Target::in_process(None).unwrap();
     let r = load::groups(
         &target,
         &GroupParams {
@@ -107,7 +126,7 @@ fn groups_scenario_builds_a_group_and_compares_with_openmls() {
 
 #[test]
 fn stall_scenario_pings_beside_each_storm() {
-    let target = Target::in_process().unwrap();
+    let target = Target::in_process(None).unwrap();
     for storm in [
         load::Storm::None,
         load::Storm::Flood { connections: 1 },

@@ -11,9 +11,9 @@ use super::fences::GROUP_MEMBERS;
 use super::server::{ServerStore, StoreError};
 
 /// Group id → its latest GroupInfo (an MLSMessage).
-const GROUP_INFOS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("group_infos");
+pub(super) const GROUP_INFOS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("group_infos");
 /// (member device, group id) → (): the groups whose fence names a device.
-const MEMBER_GROUPS: TableDefinition<(&[u8; 32], &[u8]), ()> =
+pub(super) const MEMBER_GROUPS: TableDefinition<(&[u8; 32], &[u8]), ()> =
     TableDefinition::new("member_groups");
 
 /// Creates the tables if missing.

@@ -14,6 +14,7 @@ pub mod postgres;
 pub mod private_fs;
 mod read;
 pub mod server;
+pub mod snapshot;
 pub mod writer;
 
 pub use read::{Directory, Store};

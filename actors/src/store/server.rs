@@ -22,20 +22,22 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTran
 use super::fences::{GROUP_CREATORS, GROUP_MEMBERS, GROUPS, GROUPS_CREATED};
 use crate::core::inbox::InboxMeta;
 
-const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
-const INBOX_IDX: TableDefinition<(&[u8; 32], u64), u64> = TableDefinition::new("inbox_idx");
-const INBOX_META: TableDefinition<&[u8; 32], (u64, u64)> = TableDefinition::new("inbox_meta");
+pub(super) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+pub(super) const INBOX_IDX: TableDefinition<(&[u8; 32], u64), u64> =
+    TableDefinition::new("inbox_idx");
+pub(super) const INBOX_META: TableDefinition<&[u8; 32], (u64, u64)> =
+    TableDefinition::new("inbox_meta");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Log key of a shared body → how many inbox entries point at it (absent: the
 /// entry belongs to one inbox alone).
-const BODY_REFS: TableDefinition<u64, u64> = TableDefinition::new("body_refs");
+pub(super) const BODY_REFS: TableDefinition<u64, u64> = TableDefinition::new("body_refs");
 /// (inbox, seq) → the recipient's part of a shared envelope (absent when empty).
-const PARTS: TableDefinition<(&[u8; 32], u64), &[u8]> = TableDefinition::new("parts");
+pub(super) const PARTS: TableDefinition<(&[u8; 32], u64), &[u8]> = TableDefinition::new("parts");
 /// Inbox → messages dropped for it while full, not yet told (an encoded
 /// missed-messages envelope).
-const MISSED: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("missed");
+pub(super) const MISSED: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("missed");
 /// Log keys of missed-messages notes (the node's own envelopes).
-const NOTES: TableDefinition<u64, ()> = TableDefinition::new("notes");
+pub(super) const NOTES: TableDefinition<u64, ()> = TableDefinition::new("notes");
 
 const KEY_SCHEMA_VERSION: &str = "schema_version";
 const KEY_NEXT_LOG: &str = "next_log";
@@ -100,6 +102,9 @@ pub enum StoreError {
     #[error("PostgreSQL: {0}")]
     /// PostgreSQL refused or could not be reached (what it said).
     Postgres(String),
+    #[error("the target database already holds node data: copy into an empty database")]
+    /// A copy's target is not empty (nothing was written).
+    TargetNotEmpty,
     #[error("a store read task failed")]
     /// A read on the blocking pool panicked or was cancelled.
     ReadTask,

@@ -33,6 +33,10 @@ struct Cli {
     /// scenarios that measure latency.
     #[arg(long, global = true)]
     plot: Option<PathBuf>,
+    /// Run the in-process node (and the `store` scenario) on this PostgreSQL
+    /// database (postgres://USER@HOST:PORT/DB) instead of a redb file.
+    #[arg(long, global = true)]
+    store: Option<String>,
     /// Seconds to run (timed scenarios).
     #[arg(long, global = true, default_value_t = 10)]
     duration: u64,
@@ -149,7 +153,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         None if matches!(cli.scenario, Scenario::Store { .. }) => {
             Target::external("127.0.0.1:0".parse()?, cli.ca_cert.clone())
         }
-        None => Target::in_process()?,
+        None => Target::in_process(cli.store.clone())?,
     };
     if target.is_in_process() {
         eprintln!(
@@ -187,6 +191,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 payload,
                 duration,
             },
+            cli.store.as_deref(),
             show,
         )?,
         Scenario::Deliver {

@@ -88,10 +88,12 @@ pub fn load_test_config(data_dir: PathBuf) -> ServerConfig {
 }
 
 impl Target {
-    /// Starts a node in this process on a temporary data directory.
-    pub fn in_process() -> anyhow::Result<Target> {
+    /// Starts a node in this process on a temporary data directory, its
+    /// tables there or in the PostgreSQL database `store`.
+    pub fn in_process(store: Option<String>) -> anyhow::Result<Target> {
         let dir = tempfile::tempdir()?;
-        let config = load_test_config(dir.path().to_path_buf());
+        let mut config = load_test_config(dir.path().to_path_buf());
+        config.store = store;
         Target::start(config, Some(dir))
     }
 

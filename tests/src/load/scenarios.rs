@@ -11,8 +11,9 @@ use quicnprotochat::client::{NodeConnection, SessionHandle};
 use quicnprotochat::tls;
 use quicnprotochat_actors::core::inbox::InboxLimits;
 use quicnprotochat_actors::inbox::{InboxRegistry, InboxSettings};
+use quicnprotochat_actors::store::postgres::PgStore;
 use quicnprotochat_actors::store::writer::StoreWriter;
-use quicnprotochat_actors::store::{ServerStore, StoreOptions};
+use quicnprotochat_actors::store::{ServerStore, Store, StoreOptions};
 use quicnprotochat_crypto::Identity;
 use quicnprotochat_wire::IdentityKey;
 
@@ -203,8 +204,20 @@ pub fn enqueue(target: &Target, p: &EnqueueParams, show_progress: bool) -> anyho
 
 /// `store`: the node's store alone (writer with group commit behind inbox
 /// actors, no network): the local ceiling `enqueue` is compared against.
-pub fn store(p: &EnqueueParams, show_progress: bool) -> anyhow::Result<Report> {
+pub fn store(
+    p: &EnqueueParams,
+    postgres: Option<&str>,
+    show_progress: bool,
+) -> anyhow::Result<Report> {
     let mut report = Report::new("store")
+        .param(
+            "backend",
+            if postgres.is_some() {
+                "postgres"
+            } else {
+                "redb"
+            },
+        )
         .param("in_flight", p.connections * p.in_flight)
         .param("inboxes", p.inboxes)
         .param("payload", p.payload)
@@ -217,8 +230,14 @@ pub fn store(p: &EnqueueParams, show_progress: bool) -> anyhow::Result<Report> {
         .build()?;
     let total_in_flight = p.connections * p.in_flight;
     let (count, hist, elapsed, cpu) = runtime.block_on(async {
-        let store = ServerStore::open(&dir.path().join("node.redb"), StoreOptions::default())?;
-        let (writer, thread) = StoreWriter::start(store)?;
+        let store = match postgres {
+            Some(url) => Store::Postgres(Box::new(PgStore::open(url).await?)),
+            None => Store::Redb(ServerStore::open(
+                &dir.path().join("node.redb"),
+                StoreOptions::default(),
+            )?),
+        };
+        let (writer, thread) = StoreWriter::start_for(&store)?;
         let registry = InboxRegistry::start(
             writer.clone(),
             InboxSettings {

@@ -30,6 +30,7 @@ use crate::core::inbox::InboxMeta;
 
 mod accounts;
 mod delivery;
+mod import;
 pub(super) mod writer;
 
 mod embedded {
