@@ -23,6 +23,14 @@ pub type MessageRow = (
     Option<Vec<u8>>,
 );
 
+/// Per device and suite: device, suite, next number, last-resort serves,
+/// last-resort package.
+pub type KeyPackageStatsRow = ([u8; 32], i16, u64, u64, Option<Vec<u8>>);
+/// An inbox's marks: inbox, last seq, acked, missed record.
+pub type InboxRow = ([u8; 32], u64, u64, Option<Vec<u8>>);
+/// A fence: group, next epoch, members (concatenated), creator, GroupInfo.
+pub type GroupRow = (Vec<u8>, u64, Vec<u8>, Option<[u8; 32]>, Option<Vec<u8>>);
+
 /// Every record of a node database.
 #[derive(Debug, Default)]
 pub struct Snapshot {
@@ -37,19 +45,19 @@ pub struct Snapshot {
     /// One-time KeyPackages: device, suite, number, package.
     pub key_packages: Vec<([u8; 32], i16, u64, Vec<u8>)>,
     /// Per device and suite: next number, last-resort serves, last-resort package.
-    pub kp_stats: Vec<([u8; 32], i16, u64, u64, Option<Vec<u8>>)>,
+    pub kp_stats: Vec<KeyPackageStatsRow>,
     /// Hybrid public keys: device, key.
     pub hybrid_keys: Vec<([u8; 32], Vec<u8>)>,
     /// Sealed-sender access keys: device, hash.
     pub access_keys: Vec<([u8; 32], [u8; 32])>,
     /// Inbox marks: inbox, last seq, acked, missed record.
-    pub inboxes: Vec<([u8; 32], u64, u64, Option<Vec<u8>>)>,
+    pub inboxes: Vec<InboxRow>,
     /// Shared bodies: id, data, references.
     pub bodies: Vec<(u64, Vec<u8>, u64)>,
     /// Unacknowledged messages.
     pub messages: Vec<MessageRow>,
     /// Fences: group, next epoch, members (concatenated), creator, GroupInfo.
-    pub groups: Vec<(Vec<u8>, u64, Vec<u8>, Option<[u8; 32]>, Option<Vec<u8>>)>,
+    pub groups: Vec<GroupRow>,
     /// Live fences each device created.
     pub groups_created: Vec<([u8; 32], u64)>,
     /// Member index: device, group.
