@@ -305,6 +305,8 @@ impl InboxRegistry {
             // (Regular admissions never answer a drop: a refusal is an `Err`.)
         }
         let mut seqs = vec![0u64; deliveries.len()];
+        // Which delivery each append is, to put the stored seqs in place.
+        let mut order = Vec::with_capacity(deliveries.len());
         let mut appends = Vec::with_capacity(deliveries.len());
         let mut payloads: Vec<Option<Vec<u8>>> =
             deliveries.into_iter().map(|d| Some(d.payload)).collect();
@@ -312,7 +314,7 @@ impl InboxRegistry {
         for ((inbox, indices), (first, r)) in by_inbox.iter().zip(reservations) {
             for (k, &i) in indices.iter().enumerate() {
                 let seq = first + k as u64;
-                seqs[i] = seq;
+                order.push(i);
                 appends.push(MultiAppend {
                     inbox: *inbox,
                     seq,
@@ -333,7 +335,11 @@ impl InboxRegistry {
                 submitted,
             )
             .await?;
-        debug_assert_eq!(stored.len(), seqs.len());
+        // The store's seqs: the reserved ones, unless another node sharing
+        // the store wrote to an inbox first.
+        for (i, seq) in order.into_iter().zip(stored) {
+            seqs[i] = seq;
+        }
         Ok(seqs)
     }
 
@@ -385,17 +391,26 @@ impl InboxRegistry {
             outcomes.push(body_outcomes);
             writes.push(SharedWrite { body: b.body, refs });
         }
-        self.submit_reserved(
-            |reply| WriteOp::AppendShared {
-                bodies: writes,
-                missed,
-                fence,
-                reply,
-            },
-            lock,
-            submitted,
-        )
-        .await?;
+        let stored = self
+            .submit_reserved(
+                |reply| WriteOp::AppendShared {
+                    bodies: writes,
+                    missed,
+                    fence,
+                    reply,
+                },
+                lock,
+                submitted,
+            )
+            .await?;
+        // The store's seqs, in reference order: the reserved ones, unless
+        // another node sharing the store wrote to an inbox first.
+        let mut stored = stored.into_iter();
+        for outcome in outcomes.iter_mut().flatten() {
+            if let Ok(seq) = outcome {
+                *seq = stored.next().unwrap_or(*seq);
+            }
+        }
         Ok(outcomes)
     }
 

@@ -190,8 +190,10 @@ async fn one_commit_per_epoch_holds_across_nodes() {
         // ... so B's offer at epoch 1 passes B's own check, and the store refuses it.
         let lost = commit(&via_b, 1, b"e1 via B").await.unwrap_err();
         assert_eq!(lost.code(), Some(ErrorCode::StaleEpoch), "{lost}");
-        // B learned the fence from the store: the next epoch goes through it.
-        commit(&via_b, 2, b"e2").await.unwrap();
+        // B learned the fence from the store: the next epoch goes through it,
+        // and the seq it answers is the one stored (bob's inbox got seq 2
+        // through A, which B's inbox actor may not have heard of yet).
+        assert_eq!(commit(&via_b, 2, b"e2").await.unwrap(), vec![3]);
         let (_cbob, bob_s) = node_a.session(&bob).await;
         let got: Vec<Vec<u8>> = bob_s
             .fetch(0, 0)

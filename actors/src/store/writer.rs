@@ -69,8 +69,10 @@ pub enum WriteOp {
         missed: Vec<(IdentityKey, Vec<u8>)>,
         /// A group fence to write in the same transaction, if any.
         fence: Option<FenceWrite>,
-        /// Answered once durable.
-        reply: Reply<()>,
+        /// Answered once durable with the seqs stored, one per reference in
+        /// order (the reserved ones; on a store other nodes write too, the
+        /// store's).
+        reply: Reply<Vec<u64>>,
     },
     /// Queue the missed-messages marker of `inbox` as `seq` (its actor assigned
     /// it) and clear the count it tells.
@@ -596,7 +598,14 @@ fn commit_batch(store: &ServerStore, batch: &mut Vec<WriteOp>) -> Result<(), Sto
                         reply,
                     } => {
                         let result =
-                            append_shared(&txn, &mut writes, &bodies, &missed, fence.as_ref());
+                            append_shared(&txn, &mut writes, &bodies, &missed, fence.as_ref()).map(
+                                |()| {
+                                    bodies
+                                        .iter()
+                                        .flat_map(|b| b.refs.iter().map(|r| r.seq))
+                                        .collect::<Vec<u64>>()
+                                },
+                            );
                         depth_change += settle_appends(
                             result.as_ref().map(|_| ()),
                             bodies
@@ -605,7 +614,7 @@ fn commit_batch(store: &ServerStore, batch: &mut Vec<WriteOp>) -> Result<(), Sto
                                 .map(|r| (r.inbox, r.seq, r.notify)),
                             &mut durable,
                         );
-                        outcomes.push(Outcome::Unit(reply, result.map_err(Into::into)));
+                        outcomes.push(Outcome::Seqs(reply, result.map_err(Into::into)));
                     }
                     WriteOp::AppendMissedMarker { inbox, seq, notify } => {
                         let result = writes.append_missed_marker(&inbox, seq);

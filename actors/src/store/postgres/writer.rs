@@ -317,9 +317,10 @@ async fn apply(
                 marks
                     .stale
                     .extend(bodies.into_iter().flat_map(|b| b.refs).map(|r| r.notify));
-                outcomes.push(Outcome::Unit(reply, Err(moved)));
+                outcomes.push(Outcome::Seqs(reply, Err(moved)));
                 return Ok(());
             }
+            let mut stored_seqs = Vec::new();
             for SharedWrite { body, refs } in bodies.into_iter().filter(|b| !b.refs.is_empty()) {
                 let recipients: Vec<(&IdentityKey, &[u8])> =
                     refs.iter().map(|r| (&r.inbox, r.part.as_slice())).collect();
@@ -327,6 +328,7 @@ async fn apply(
                 *depth += seqs.len() as f64;
                 for (r, stored) in refs.into_iter().zip(seqs) {
                     marks.stored(r.inbox, r.seq, stored, r.notify);
+                    stored_seqs.push(stored);
                 }
             }
             for (inbox, group) in &missed {
@@ -335,7 +337,7 @@ async fn apply(
             if let Some(f) = &fence {
                 delivery::set_group_fence(txn, f).await?;
             }
-            outcomes.push(Outcome::Unit(reply, Ok(())));
+            outcomes.push(Outcome::Seqs(reply, Ok(stored_seqs)));
         }
         WriteOp::AppendMissedMarker { inbox, seq, notify } => {
             let stored = delivery::append_missed_marker(txn, &inbox).await?;
