@@ -406,10 +406,8 @@ impl InboxRegistry {
         // The store's seqs, in reference order: the reserved ones, unless
         // another node sharing the store wrote to an inbox first.
         let mut stored = stored.into_iter();
-        for outcome in outcomes.iter_mut().flatten() {
-            if let Ok(seq) = outcome {
-                *seq = stored.next().unwrap_or(*seq);
-            }
+        for seq in outcomes.iter_mut().flatten().flatten() {
+            *seq = stored.next().unwrap_or(*seq);
         }
         Ok(outcomes)
     }

@@ -46,6 +46,20 @@ fn fresh_database(name: &str) -> Option<String> {
     Some(format!("{base}/{name}"))
 }
 
+/// A node on `store` with the certificate `cert` and its `key`.
+fn on_postgres(
+    data_dir: &std::path::Path,
+    store: &str,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> ServerProcess {
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    ServerProcess::start(
+        data_dir,
+        &["--store", store, "--tls-cert", cert, "--tls-key", key],
+    )
+}
+
 #[test]
 fn users_of_a_node_killed_with_sigkill_carry_on_through_another_and_lose_nothing() {
     let Some(store) = fresh_database("cli_failover") else {
@@ -57,17 +71,7 @@ fn users_of_a_node_killed_with_sigkill_carry_on_through_another_and_lose_nothing
     // The deployment's nodes share one certificate, which clients pin.
     let ca = a_dir.join("server-cert.der");
     let key = a_dir.join("server-key.der");
-    let node_b = ServerProcess::start(
-        &b_dir,
-        &[
-            "--store",
-            &store,
-            "--tls-cert",
-            ca.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-        ],
-    );
+    let node_b = on_postgres(&b_dir, &store, &ca, &key);
     let (a, b) = (node_a.addr, node_b.addr);
     let alice = User::new(dir.path(), "alice");
     let bob = User::new(dir.path(), "bob");
@@ -154,17 +158,7 @@ fn a_redb_node_moves_to_postgres_with_its_accounts_groups_and_queued_messages() 
         String::from_utf8_lossy(&again.stderr)
     );
 
-    let new = ServerProcess::start(
-        &b_dir,
-        &[
-            "--store",
-            &store,
-            "--tls-cert",
-            ca.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-        ],
-    );
+    let new = on_postgres(&b_dir, &store, &ca, &key);
     let got = bob.ok(new.addr, &ca, &["recv"]);
     for k in 0..3 {
         assert!(got.contains(&format!("alice: queued {k}")), "{got}");

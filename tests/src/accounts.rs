@@ -61,15 +61,13 @@ pub async fn register(
     password: &str,
     d: &Device,
 ) -> (NodeConnection, SessionHandle) {
-    let conn = node.connect().await.unwrap();
-    conn.register(name, password.as_bytes(), &d.id, None)
+    node.connect()
+        .await
+        .unwrap()
+        .register(name, password.as_bytes(), &d.id, None)
         .await
         .unwrap();
-    let logged = conn
-        .login(name, password.as_bytes(), &d.id, None)
-        .await
-        .unwrap();
-    (conn, logged.session)
+    log_in(node, name, password, d).await
 }
 
 /// Logs `d` in to the existing account `name` on `node`.

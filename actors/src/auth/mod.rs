@@ -37,6 +37,33 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// What the service keeps in memory of a directory read from the store:
+/// device → username, token hash → session, and whether accounts exist.
+type Cached = (
+    HashMap<IdentityKey, String>,
+    HashMap<[u8; 32], SessionRecord>,
+    bool,
+);
+
+fn cached(directory: crate::store::Directory) -> Cached {
+    let sessions = directory
+        .sessions
+        .into_iter()
+        .map(|(hash, identity, expires_at_ms)| {
+            let session = SessionRecord {
+                identity,
+                expires_at_ms,
+            };
+            (hash, session)
+        })
+        .collect();
+    (
+        directory.devices.into_iter().collect(),
+        sessions,
+        directory.accounts_exist,
+    )
+}
+
 /// A live session.
 #[derive(Debug, Clone, Copy)]
 struct SessionRecord {
@@ -125,22 +152,7 @@ impl AuthService {
                 })?
             }
         };
-        let directory = store.directory(now_ms()).await?;
-        let devices: HashMap<IdentityKey, String> = directory.devices.into_iter().collect();
-        let sessions = directory
-            .sessions
-            .into_iter()
-            .map(|(hash, identity, expires_at_ms)| {
-                (
-                    hash,
-                    SessionRecord {
-                        identity,
-                        expires_at_ms,
-                    },
-                )
-            })
-            .collect();
-        let accounts = directory.accounts_exist;
+        let (devices, sessions, accounts) = cached(store.directory(now_ms()).await?);
         Ok(AuthService {
             writer,
             store,
@@ -154,24 +166,10 @@ impl AuthService {
     /// Reloads the devices and live sessions from the store: another node
     /// sharing it registered, logged in, logged out or removed something.
     pub async fn reload_directory(&self) -> Result<(), AuthError> {
-        let directory = self.store.directory(now_ms()).await?;
-        let devices: HashMap<IdentityKey, String> = directory.devices.into_iter().collect();
-        let sessions = directory
-            .sessions
-            .into_iter()
-            .map(|(hash, identity, expires_at_ms)| {
-                (
-                    hash,
-                    SessionRecord {
-                        identity,
-                        expires_at_ms,
-                    },
-                )
-            })
-            .collect();
+        let (devices, sessions, accounts) = cached(self.store.directory(now_ms()).await?);
         *self.devices.write().expect("lock") = devices;
         *self.sessions.write().expect("lock") = sessions;
-        if directory.accounts_exist {
+        if accounts {
             self.accounts_exist.store(true, Ordering::Release);
         }
         Ok(())

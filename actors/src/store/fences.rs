@@ -30,12 +30,7 @@ pub fn group_fence(
     let members = txn
         .open_table(GROUP_MEMBERS)?
         .get(group_id)?
-        .map(|v| {
-            v.value()
-                .chunks_exact(32)
-                .map(|c| c.try_into().expect("32-byte chunks"))
-                .collect()
-        })
+        .map(|v| members_of(v.value()))
         .unwrap_or_default();
     Ok((next, members))
 }
@@ -66,12 +61,7 @@ pub fn collect_dead_group_fences(
     for g in &dead {
         let members: Vec<[u8; 32]> = members_table
             .remove(g.as_slice())?
-            .map(|v| {
-                v.value()
-                    .chunks_exact(32)
-                    .map(|c| c.try_into().expect("32-byte chunks"))
-                    .collect()
-            })
+            .map(|v| members_of(v.value()))
             .unwrap_or_default();
         super::group_directory::forget_group(txn, g, &members)?;
         groups.remove(g.as_slice())?;
@@ -118,6 +108,14 @@ pub fn set_group_fence(
     txn.open_table(GROUP_MEMBERS)?
         .insert(group_id, members.concat().as_slice())?;
     Ok(())
+}
+
+/// A fence's members as stored: identity keys, 32 bytes each, concatenated.
+pub(super) fn members_of(bytes: &[u8]) -> Vec<[u8; 32]> {
+    bytes
+        .chunks_exact(32)
+        .map(|c| c.try_into().expect("32-byte chunks"))
+        .collect()
 }
 
 /// Applies one group request to `txn` (the redb writer's batch).

@@ -8,6 +8,7 @@ use tokio_postgres::Transaction;
 use super::{i, key32, pg, u};
 use crate::core::inbox::InboxMeta;
 use crate::store::StoreError;
+use crate::store::fences::members_of;
 use crate::store::writer::FenceWrite;
 
 /// Stores one direct message (kind 0) or missed note (kind 2) in `inbox` under
@@ -201,13 +202,6 @@ pub(super) async fn load(
         acked: u(row.get(1)),
         missed: missed(txn, inbox).await?.count,
     })
-}
-
-fn members_of(bytes: &[u8]) -> Vec<[u8; 32]> {
-    bytes
-        .chunks_exact(32)
-        .map(|c| c.try_into().expect("32-byte chunks"))
-        .collect()
 }
 
 /// A group's fence as of `txn`, its row locked until the transaction ends.
