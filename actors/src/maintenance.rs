@@ -24,6 +24,15 @@ impl NodeContext {
     /// Without accounts every inbox and member is valid: nothing is looked at.
     pub async fn collect_garbage(&self) -> Collected {
         let mut collected = Collected::default();
+        // Nodes sharing a store learn of each other's new devices by
+        // notification: read the directory afresh, so a device registered on
+        // another node a moment ago is not taken for removed.
+        if matches!(self.store, crate::store::Store::Postgres(_))
+            && let Err(e) = self.auth.reload_directory().await
+        {
+            tracing::warn!(error = %e, "could not reload the device directory; collecting nothing");
+            return collected;
+        }
         if !self.auth.accounts_exist() {
             return collected;
         }

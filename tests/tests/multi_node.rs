@@ -211,3 +211,36 @@ async fn one_commit_per_epoch_holds_across_nodes() {
     node_a.stop().await;
     node_b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_may_acknowledge_before_durable_is_refused() {
+    use quicnprotochat_actors::store::StoreError;
+    use quicnprotochat_actors::store::postgres::PgStore;
+    let Some(store) = fresh_database("not_durable").await else {
+        return;
+    };
+    let name = store.rsplit_once('/').unwrap().1.to_string();
+    let (client, connection) = tokio_postgres::connect(&store, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+        .batch_execute(&format!(
+            "ALTER DATABASE {name} SET synchronous_commit = off"
+        ))
+        .await
+        .unwrap();
+    match PgStore::open(&store).await {
+        Err(StoreError::NotDurable(setting)) => assert_eq!(setting, "off"),
+        other => panic!("expected NotDurable, got {other:?}"),
+    }
+    client
+        .batch_execute(&format!(
+            "ALTER DATABASE {name} SET synchronous_commit = on"
+        ))
+        .await
+        .unwrap();
+    PgStore::open(&store)
+        .await
+        .expect("a durable database opens");
+}

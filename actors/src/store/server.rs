@@ -102,6 +102,11 @@ pub enum StoreError {
     #[error("PostgreSQL: {0}")]
     /// PostgreSQL refused or could not be reached (what it said).
     Postgres(String),
+    #[error(
+        "the database's synchronous_commit is {0}: a commit could return before it is durable; set it to on (the default)"
+    )]
+    /// The database may answer a commit before it is durable.
+    NotDurable(String),
     #[error("the target database already holds node data: copy into an empty database")]
     /// A copy's target is not empty (nothing was written).
     TargetNotEmpty,

@@ -175,6 +175,7 @@ impl PgStore {
             config,
             node_id: rand_node_id(),
         };
+        store.check_durability().await?;
         store.migrate().await?;
         Ok(store)
     }
@@ -189,6 +190,23 @@ impl PgStore {
             }
         });
         Ok(client)
+    }
+
+    /// Refuses a database whose commits may return before they are durable
+    /// (`synchronous_commit = off`): the node answers a seq only after its
+    /// commit, and that answer must mean the message survives a crash.
+    async fn check_durability(&self) -> Result<(), StoreError> {
+        let row = self
+            .client()
+            .await?
+            .query_one("SELECT current_setting('synchronous_commit')", &[])
+            .await
+            .map_err(pg)?;
+        let setting: String = row.get(0);
+        if setting == "off" {
+            return Err(StoreError::NotDurable(setting));
+        }
+        Ok(())
     }
 
     /// This node's id among those sharing the database.
