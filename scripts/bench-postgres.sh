@@ -43,6 +43,7 @@ DB=$(fresh qpc_bench_pgbench)
 # The node's schema, from its migration.
 "${PSQL[@]}" "$DB" -f actors/migrations/V1__initial.sql >/dev/null
 SCRIPT=$(mktemp)
+chmod 644 "$SCRIPT" # read by pgbench as the postgres user
 cat >"$SCRIPT" <<SQL
 \set k random(1, $INBOXES)
 BEGIN;

@@ -1,6 +1,8 @@
 //! The delivery writes on PostgreSQL: messages, shared bodies, acks, missed
 //! counts and group fences, each inside the writer's batch transaction.
 
+use std::collections::HashMap;
+
 use quicnprotochat_wire::IdentityKey;
 use quicnprotochat_wire::fanout::Missed;
 use tokio_postgres::Transaction;
@@ -71,33 +73,123 @@ pub(super) async fn append_shared(
         .collect()
 }
 
-/// Locks the marks of `inboxes` (creating missing ones) in key order, so that
-/// writers on several nodes that touch the same inboxes take their locks in
-/// the same order and cannot deadlock.
-pub(super) async fn lock_inboxes(
-    txn: &Transaction<'_>,
-    inboxes: &[[u8; 32]],
-) -> Result<(), StoreError> {
-    if inboxes.is_empty() {
-        return Ok(());
+/// The batch's direct messages. The transaction first locks the marks of
+/// every inbox the batch writes (creating missing ones) in key order, so that
+/// writers on several nodes cannot deadlock, and reads their last seqs. A
+/// direct message then takes the next seq from those locked rows, and all of
+/// them are written by two statements ([`Appends::flush`]) instead of a round
+/// trip each. Ops that write an inbox by SQL of their own flush first and
+/// [`Appends::reload`] after.
+pub(super) struct Appends {
+    /// Every locked inbox's last seq, as this transaction has it.
+    last: HashMap<[u8; 32], u64>,
+    /// Inboxes locked, sorted.
+    locked: Vec<Vec<u8>>,
+    /// Not yet written: inbox, seq, payload.
+    inboxes: Vec<Vec<u8>>,
+    seqs: Vec<i64>,
+    data: Vec<Vec<u8>>,
+}
+
+impl Appends {
+    /// Locks the marks of `inboxes` and reads their last seqs.
+    pub(super) async fn lock(
+        txn: &Transaction<'_>,
+        inboxes: &[[u8; 32]],
+    ) -> Result<Appends, StoreError> {
+        let mut locked: Vec<Vec<u8>> = inboxes.iter().map(|k| k.to_vec()).collect();
+        locked.sort();
+        locked.dedup();
+        let mut appends = Appends {
+            last: HashMap::with_capacity(locked.len()),
+            locked,
+            inboxes: Vec::new(),
+            seqs: Vec::new(),
+            data: Vec::new(),
+        };
+        if appends.locked.is_empty() {
+            return Ok(appends);
+        }
+        txn.execute(
+            "INSERT INTO inbox_meta (inbox, last_seq, acked) \
+               SELECT k, 0, 0 FROM unnest($1::BYTEA[]) AS k ORDER BY k ON CONFLICT (inbox) DO NOTHING",
+            &[&appends.locked],
+        )
+        .await
+        .map_err(pg)?;
+        let rows = txn
+            .query(
+                "SELECT inbox, last_seq FROM inbox_meta WHERE inbox = ANY($1) ORDER BY inbox FOR UPDATE",
+                &[&appends.locked],
+            )
+            .await
+            .map_err(pg)?;
+        for r in rows {
+            appends.last.insert(key32(r.get(0))?, u(r.get(1)));
+        }
+        Ok(appends)
     }
-    let mut sorted: Vec<&[u8]> = inboxes.iter().map(|k| &k[..]).collect();
-    sorted.sort();
-    sorted.dedup();
-    txn.execute(
-        "INSERT INTO inbox_meta (inbox, last_seq, acked) \
-           SELECT k, 0, 0 FROM unnest($1::BYTEA[]) AS k ORDER BY k ON CONFLICT (inbox) DO NOTHING",
-        &[&sorted],
-    )
-    .await
-    .map_err(pg)?;
-    txn.execute(
-        "SELECT 1 FROM inbox_meta WHERE inbox = ANY($1) ORDER BY inbox FOR UPDATE",
-        &[&sorted],
-    )
-    .await
-    .map_err(pg)?;
-    Ok(())
+
+    /// Takes the next seq of `inbox` for `payload`; written by the next flush.
+    pub(super) fn push(&mut self, inbox: &IdentityKey, payload: Vec<u8>) -> Result<u64, StoreError> {
+        let last = self
+            .last
+            .get_mut(&inbox.0)
+            .ok_or_else(|| StoreError::Corrupt(format!("inbox {inbox:?} written but not locked")))?;
+        *last += 1;
+        self.inboxes.push(inbox.0.to_vec());
+        self.seqs.push(i(*last));
+        self.data.push(payload);
+        Ok(*last)
+    }
+
+    /// Writes the messages taken since the last flush, and their inboxes'
+    /// last seqs.
+    pub(super) async fn flush(&mut self, txn: &Transaction<'_>) -> Result<(), StoreError> {
+        if self.inboxes.is_empty() {
+            return Ok(());
+        }
+        txn.execute(
+            "INSERT INTO messages (inbox, seq, kind, data) \
+               SELECT i, s, 0, d FROM unnest($1::BYTEA[], $2::BIGINT[], $3::BYTEA[]) AS t(i, s, d)",
+            &[&self.inboxes, &self.seqs, &self.data],
+        )
+        .await
+        .map_err(pg)?;
+        let mut touched: Vec<&Vec<u8>> = self.inboxes.iter().collect();
+        touched.sort();
+        touched.dedup();
+        let lasts: Vec<i64> = touched
+            .iter()
+            .map(|k| i(key32(k).ok().and_then(|k| self.last.get(&k).copied()).unwrap_or(0)))
+            .collect();
+        txn.execute(
+            "UPDATE inbox_meta m SET last_seq = v.s \
+               FROM unnest($1::BYTEA[], $2::BIGINT[]) AS v(i, s) WHERE m.inbox = v.i",
+            &[&touched, &lasts],
+        )
+        .await
+        .map_err(pg)?;
+        self.inboxes.clear();
+        self.seqs.clear();
+        self.data.clear();
+        Ok(())
+    }
+
+    /// Reads the locked inboxes' last seqs again (after SQL of its own wrote some).
+    pub(super) async fn reload(&mut self, txn: &Transaction<'_>) -> Result<(), StoreError> {
+        let rows = txn
+            .query(
+                "SELECT inbox, last_seq FROM inbox_meta WHERE inbox = ANY($1)",
+                &[&self.locked],
+            )
+            .await
+            .map_err(pg)?;
+        for r in rows {
+            self.last.insert(key32(r.get(0))?, u(r.get(1)));
+        }
+        Ok(())
+    }
 }
 
 /// What was dropped for `inbox` and not yet told.

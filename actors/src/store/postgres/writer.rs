@@ -24,6 +24,7 @@ use ractor::ActorRef;
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
+use super::delivery::Appends;
 use super::{CHANNEL, News, PgStore, accounts, delivery};
 use crate::error::DeliveryError;
 use crate::inbox::InboxMsg;
@@ -205,14 +206,20 @@ async fn commit_batch(
             .transaction()
             .await
             .map_err(|e| (super::pg(e), false))?;
-        delivery::lock_inboxes(&txn, &inboxes)
+        let mut appends = Appends::lock(&txn, &inboxes)
             .await
             .map_err(|e| (e, false))?;
         for op in ops.by_ref() {
-            apply(&txn, op, &mut outcomes, &mut marks, &mut depth_change)
-                .await
-                .map_err(|e| (e, false))?;
+            let mut batch = Applying {
+                txn: &txn,
+                appends: &mut appends,
+                outcomes: &mut outcomes,
+                marks: &mut marks,
+                depth: &mut depth_change,
+            };
+            batch.apply(op).await.map_err(|e| (e, false))?;
         }
+        appends.flush(&txn).await.map_err(|e| (e, false))?;
         notify(&txn, node_id, &marks, told_accounts)
             .await
             .map_err(|e| (e, false))?;
@@ -264,109 +271,132 @@ async fn commit_batch(
     }
 }
 
-/// Applies one op inside `txn`; notes what to answer and tell after the commit.
-async fn apply(
-    txn: &tokio_postgres::Transaction<'_>,
-    op: WriteOp,
-    outcomes: &mut Vec<Outcome>,
-    marks: &mut Marks,
-    depth: &mut f64,
-) -> Result<(), StoreError> {
-    match op {
-        WriteOp::Append {
-            inbox,
-            seq,
-            payload,
-            notify,
-            reply,
-        } => {
-            let stored = delivery::append(txn, &inbox, 0, &payload).await?;
-            marks.stored(inbox, seq, stored, notify);
-            *depth += 1.0;
-            outcomes.push(Outcome::Seq(reply, Ok(stored)));
-        }
-        WriteOp::AppendMany {
-            appends,
-            fence,
-            reply,
-        } => {
-            if let Some(moved) = fence_moved(txn, fence.as_ref()).await? {
-                marks.stale.extend(appends.into_iter().map(|a| a.notify));
-                outcomes.push(Outcome::Seqs(reply, Err(moved)));
-                return Ok(());
-            }
-            let mut seqs = Vec::with_capacity(appends.len());
-            for a in appends {
-                let stored = delivery::append(txn, &a.inbox, 0, &a.payload).await?;
-                marks.stored(a.inbox, a.seq, stored, a.notify);
-                seqs.push(stored);
-            }
-            if let Some(f) = &fence {
-                delivery::set_group_fence(txn, f).await?;
-            }
-            *depth += seqs.len() as f64;
-            outcomes.push(Outcome::Seqs(reply, Ok(seqs)));
-        }
-        WriteOp::AppendShared {
-            bodies,
-            missed,
-            fence,
-            reply,
-        } => {
-            if let Some(moved) = fence_moved(txn, fence.as_ref()).await? {
-                marks
-                    .stale
-                    .extend(bodies.into_iter().flat_map(|b| b.refs).map(|r| r.notify));
-                outcomes.push(Outcome::Seqs(reply, Err(moved)));
-                return Ok(());
-            }
-            let mut stored_seqs = Vec::new();
-            for SharedWrite { body, refs } in bodies.into_iter().filter(|b| !b.refs.is_empty()) {
-                let recipients: Vec<(&IdentityKey, &[u8])> =
-                    refs.iter().map(|r| (&r.inbox, r.part.as_slice())).collect();
-                let seqs = delivery::append_shared(txn, &body, &recipients).await?;
-                *depth += seqs.len() as f64;
-                for (r, stored) in refs.into_iter().zip(seqs) {
-                    marks.stored(r.inbox, r.seq, stored, r.notify);
-                    stored_seqs.push(stored);
-                }
-            }
-            for (inbox, group) in &missed {
-                delivery::record_missed(txn, inbox, group).await?;
-            }
-            if let Some(f) = &fence {
-                delivery::set_group_fence(txn, f).await?;
-            }
-            outcomes.push(Outcome::Seqs(reply, Ok(stored_seqs)));
-        }
-        WriteOp::AppendMissedMarker { inbox, seq, notify } => {
-            let stored = delivery::append_missed_marker(txn, &inbox).await?;
-            *depth += 1.0;
-            marks.stored(inbox, seq, stored, notify);
-        }
-        WriteOp::Ack {
-            inbox,
-            up_to,
-            reply,
-            notify,
-        } => {
-            let deleted = delivery::ack(txn, &inbox, up_to).await?;
-            *depth -= deleted as f64;
-            marks.acking.push((notify, up_to));
-            outcomes.push(Outcome::Unit(reply, Ok(())));
-        }
-        WriteOp::Load { inbox, reply } => {
-            let meta = delivery::load(txn, &inbox).await?;
-            outcomes.push(Outcome::Meta(reply, Ok(meta)));
-        }
-        WriteOp::Account(op) => outcomes.push(Outcome::Custom(apply_account(txn, op).await?)),
-        WriteOp::Group(op) => outcomes.push(Outcome::Custom(apply_group(txn, op).await?)),
-        WriteOp::Custom(apply) => apply(None)(Err(DeliveryError::Store(StoreError::Postgres(
-            "a redb transaction hook cannot run on PostgreSQL".into(),
-        )))),
-        WriteOp::Shutdown { .. } => unreachable!("shutdown is taken out of the batch"),
+/// One batch being applied: its transaction, its direct messages, and what
+/// to answer and tell after the commit.
+struct Applying<'b, 't> {
+    txn: &'b tokio_postgres::Transaction<'t>,
+    appends: &'b mut Appends,
+    outcomes: &'b mut Vec<Outcome>,
+    marks: &'b mut Marks,
+    depth: &'b mut f64,
+}
+
+impl Applying<'_, '_> {
+    /// Writes the direct messages taken so far, before SQL of an op's own
+    /// reads or writes inboxes.
+    async fn flush(&mut self) -> Result<(), StoreError> {
+        self.appends.flush(self.txn).await
     }
-    Ok(())
+
+    /// Applies one op inside the transaction.
+    async fn apply(&mut self, op: WriteOp) -> Result<(), StoreError> {
+        let txn = self.txn;
+        match op {
+            WriteOp::Append {
+                inbox,
+                seq,
+                payload,
+                notify,
+                reply,
+            } => {
+                let stored = self.appends.push(&inbox, payload)?;
+                self.marks.stored(inbox, seq, stored, notify);
+                *self.depth += 1.0;
+                self.outcomes.push(Outcome::Seq(reply, Ok(stored)));
+            }
+            WriteOp::AppendMany {
+                appends,
+                fence,
+                reply,
+            } => {
+                if let Some(moved) = fence_moved(txn, fence.as_ref()).await? {
+                    self.marks.stale.extend(appends.into_iter().map(|a| a.notify));
+                    self.outcomes.push(Outcome::Seqs(reply, Err(moved)));
+                    return Ok(());
+                }
+                let mut seqs = Vec::with_capacity(appends.len());
+                for a in appends {
+                    let stored = self.appends.push(&a.inbox, a.payload)?;
+                    self.marks.stored(a.inbox, a.seq, stored, a.notify);
+                    seqs.push(stored);
+                }
+                if let Some(f) = &fence {
+                    delivery::set_group_fence(txn, f).await?;
+                }
+                *self.depth += seqs.len() as f64;
+                self.outcomes.push(Outcome::Seqs(reply, Ok(seqs)));
+            }
+            WriteOp::AppendShared {
+                bodies,
+                missed,
+                fence,
+                reply,
+            } => {
+                if let Some(moved) = fence_moved(txn, fence.as_ref()).await? {
+                    self.marks
+                        .stale
+                        .extend(bodies.into_iter().flat_map(|b| b.refs).map(|r| r.notify));
+                    self.outcomes.push(Outcome::Seqs(reply, Err(moved)));
+                    return Ok(());
+                }
+                self.flush().await?;
+                let mut stored_seqs = Vec::new();
+                for SharedWrite { body, refs } in bodies.into_iter().filter(|b| !b.refs.is_empty()) {
+                    let recipients: Vec<(&IdentityKey, &[u8])> =
+                        refs.iter().map(|r| (&r.inbox, r.part.as_slice())).collect();
+                    let seqs = delivery::append_shared(txn, &body, &recipients).await?;
+                    *self.depth += seqs.len() as f64;
+                    for (r, stored) in refs.into_iter().zip(seqs) {
+                        self.marks.stored(r.inbox, r.seq, stored, r.notify);
+                        stored_seqs.push(stored);
+                    }
+                }
+                for (inbox, group) in &missed {
+                    delivery::record_missed(txn, inbox, group).await?;
+                }
+                if let Some(f) = &fence {
+                    delivery::set_group_fence(txn, f).await?;
+                }
+                self.appends.reload(txn).await?;
+                self.outcomes.push(Outcome::Seqs(reply, Ok(stored_seqs)));
+            }
+            WriteOp::AppendMissedMarker { inbox, seq, notify } => {
+                self.flush().await?;
+                let stored = delivery::append_missed_marker(txn, &inbox).await?;
+                self.appends.reload(txn).await?;
+                *self.depth += 1.0;
+                self.marks.stored(inbox, seq, stored, notify);
+            }
+            WriteOp::Ack {
+                inbox,
+                up_to,
+                reply,
+                notify,
+            } => {
+                self.flush().await?;
+                let deleted = delivery::ack(txn, &inbox, up_to).await?;
+                *self.depth -= deleted as f64;
+                self.marks.acking.push((notify, up_to));
+                self.outcomes.push(Outcome::Unit(reply, Ok(())));
+            }
+            WriteOp::Load { inbox, reply } => {
+                self.flush().await?;
+                let meta = delivery::load(txn, &inbox).await?;
+                self.outcomes.push(Outcome::Meta(reply, Ok(meta)));
+            }
+            WriteOp::Account(op) => self
+                .outcomes
+                .push(Outcome::Custom(apply_account(txn, op).await?)),
+            WriteOp::Group(op) => self
+                .outcomes
+                .push(Outcome::Custom(apply_group(txn, op).await?)),
+            WriteOp::Custom(apply) => apply(None)(Err(DeliveryError::Store(StoreError::Postgres(
+                "a redb transaction hook cannot run on PostgreSQL".into(),
+            )))),
+            WriteOp::Shutdown { .. } => unreachable!("shutdown is taken out of the batch"),
+        }
+        Ok(())
+    }
 }
 
 /// Why a commit's write must not go ahead: another node moved the group's
