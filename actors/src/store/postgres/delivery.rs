@@ -131,11 +131,14 @@ impl Appends {
     }
 
     /// Takes the next seq of `inbox` for `payload`; written by the next flush.
-    pub(super) fn push(&mut self, inbox: &IdentityKey, payload: Vec<u8>) -> Result<u64, StoreError> {
-        let last = self
-            .last
-            .get_mut(&inbox.0)
-            .ok_or_else(|| StoreError::Corrupt(format!("inbox {inbox:?} written but not locked")))?;
+    pub(super) fn push(
+        &mut self,
+        inbox: &IdentityKey,
+        payload: Vec<u8>,
+    ) -> Result<u64, StoreError> {
+        let last = self.last.get_mut(&inbox.0).ok_or_else(|| {
+            StoreError::Corrupt(format!("inbox {inbox:?} written but not locked"))
+        })?;
         *last += 1;
         self.inboxes.push(inbox.0.to_vec());
         self.seqs.push(i(*last));
@@ -161,7 +164,12 @@ impl Appends {
         touched.dedup();
         let lasts: Vec<i64> = touched
             .iter()
-            .map(|k| i(key32(k).ok().and_then(|k| self.last.get(&k).copied()).unwrap_or(0)))
+            .map(|k| {
+                i(key32(k)
+                    .ok()
+                    .and_then(|k| self.last.get(&k).copied())
+                    .unwrap_or(0))
+            })
             .collect();
         txn.execute(
             "UPDATE inbox_meta m SET last_seq = v.s \

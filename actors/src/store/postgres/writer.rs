@@ -310,7 +310,9 @@ impl Applying<'_, '_> {
                 reply,
             } => {
                 if let Some(moved) = fence_moved(txn, fence.as_ref()).await? {
-                    self.marks.stale.extend(appends.into_iter().map(|a| a.notify));
+                    self.marks
+                        .stale
+                        .extend(appends.into_iter().map(|a| a.notify));
                     self.outcomes.push(Outcome::Seqs(reply, Err(moved)));
                     return Ok(());
                 }
@@ -341,7 +343,8 @@ impl Applying<'_, '_> {
                 }
                 self.flush().await?;
                 let mut stored_seqs = Vec::new();
-                for SharedWrite { body, refs } in bodies.into_iter().filter(|b| !b.refs.is_empty()) {
+                for SharedWrite { body, refs } in bodies.into_iter().filter(|b| !b.refs.is_empty())
+                {
                     let recipients: Vec<(&IdentityKey, &[u8])> =
                         refs.iter().map(|r| (&r.inbox, r.part.as_slice())).collect();
                     let seqs = delivery::append_shared(txn, &body, &recipients).await?;
