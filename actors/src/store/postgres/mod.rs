@@ -31,7 +31,11 @@ use crate::core::inbox::InboxMeta;
 mod accounts;
 mod delivery;
 mod import;
+mod news;
 pub(super) mod writer;
+
+pub(super) use news::CHANNEL;
+pub use news::News;
 
 mod embedded {
     refinery::embed_migrations!("migrations");
@@ -50,61 +54,6 @@ pub struct PgStore {
     /// This node among those sharing the database (random per start): its
     /// own notifications are not news to it.
     node_id: u64,
-}
-
-/// The channel nodes tell each other what they wrote on.
-pub(super) const CHANNEL: &str = "qpc";
-/// Notifications held for the node at most; past it the oldest news is
-/// dropped (a long-poll then ends by its timeout, and the next ack or fetch
-/// reads the store anyway).
-const NEWS_QUEUE: usize = 4096;
-
-/// What another node wrote, as its notification tells.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum News {
-    /// Messages were stored in this inbox.
-    Inbox(IdentityKey),
-    /// Accounts, devices or sessions changed.
-    Accounts,
-}
-
-impl News {
-    /// The notification's payload: kind, node, and the inbox in hex.
-    pub(super) fn payload(&self, node_id: u64) -> String {
-        match self {
-            News::Inbox(k) => format!("i {node_id:016x} {}", hex(&k.0)),
-            News::Accounts => format!("a {node_id:016x}"),
-        }
-    }
-
-    /// The news in `payload`, unless this node sent it (or it is unreadable).
-    fn parse(payload: &str, node_id: u64) -> Option<News> {
-        let mut parts = payload.split(' ');
-        let kind = parts.next()?;
-        let from = u64::from_str_radix(parts.next()?, 16).ok()?;
-        if from == node_id {
-            return None;
-        }
-        match kind {
-            "i" => {
-                let h = parts.next()?;
-                let mut key = [0u8; 32];
-                if h.len() != 64 {
-                    return None;
-                }
-                for (i, b) in key.iter_mut().enumerate() {
-                    *b = u8::from_str_radix(h.get(2 * i..2 * i + 2)?, 16).ok()?;
-                }
-                Some(News::Inbox(IdentityKey(key)))
-            }
-            "a" => Some(News::Accounts),
-            _ => None,
-        }
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl std::fmt::Debug for PgStore {
@@ -212,45 +161,6 @@ impl PgStore {
     /// This node's id among those sharing the database.
     pub(super) fn node_id(&self) -> u64 {
         self.node_id
-    }
-
-    /// Listens for what other nodes write: a connection of its own that
-    /// `LISTEN`s, its news forwarded to the returned queue (bounded; dropped
-    /// when full). Ends when the connection does.
-    pub async fn listen(&self) -> Result<tokio::sync::mpsc::Receiver<News>, StoreError> {
-        use futures::StreamExt;
-        let (client, mut connection) = self.config.connect(NoTls).await.map_err(pg)?;
-        let (tx, rx) = tokio::sync::mpsc::channel(NEWS_QUEUE);
-        let held = tx.clone();
-        let node_id = self.node_id;
-        tokio::spawn(async move {
-            let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
-            while let Some(message) = messages.next().await {
-                match message {
-                    Ok(tokio_postgres::AsyncMessage::Notification(n)) => {
-                        if let Some(news) = News::parse(n.payload(), node_id) {
-                            let _ = tx.try_send(news);
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::warn!(error = %e, "PostgreSQL listener connection ended");
-                        break;
-                    }
-                }
-            }
-        });
-        client
-            .batch_execute(&format!("LISTEN {CHANNEL}"))
-            .await
-            .map_err(pg)?;
-        // Dropping the client would close the connection: a task holds it
-        // until the node drops the queue.
-        tokio::spawn(async move {
-            held.closed().await;
-            drop(client);
-        });
-        Ok(rx)
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {
@@ -481,40 +391,6 @@ impl PgStore {
             sessions,
             accounts_exist,
         })
-    }
-
-    /// The session with this token hash, if stored: its device and expiry.
-    pub async fn session(
-        &self,
-        token_hash: &[u8; 32],
-    ) -> Result<Option<(IdentityKey, u64)>, StoreError> {
-        let row = self
-            .client()
-            .await?
-            .query_opt(
-                "SELECT device, expires_ms FROM sessions WHERE token_hash = $1",
-                &[&&token_hash[..]],
-            )
-            .await
-            .map_err(pg)?;
-        row.map(|r| Ok((IdentityKey(key32(r.get(0))?), u(r.get(1)))))
-            .transpose()
-    }
-
-    /// The devices of `username` (sorted), if the account exists.
-    pub async fn account_devices(&self, username: &str) -> Result<Vec<IdentityKey>, StoreError> {
-        let rows = self
-            .client()
-            .await?
-            .query(
-                "SELECT device FROM devices WHERE username = $1 ORDER BY device",
-                &[&username],
-            )
-            .await
-            .map_err(pg)?;
-        rows.iter()
-            .map(|r| key32(r.get(0)).map(IdentityKey))
-            .collect()
     }
 
     /// The OPAQUE password record of `username`.
