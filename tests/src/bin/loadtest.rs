@@ -23,6 +23,10 @@ struct Cli {
     /// Node to test instead of an in-process one (HOST:PORT).
     #[arg(long, global = true)]
     server: Option<SocketAddr>,
+    /// The process id of the --server node, when it runs on this machine: its
+    /// CPU time is then reported.
+    #[arg(long, global = true, requires = "server")]
+    node_pid: Option<u32>,
     /// Its certificate (with --server).
     #[arg(long, global = true, default_value = "data/server-cert.der")]
     ca_cert: PathBuf,
@@ -74,6 +78,14 @@ enum Scenario {
         receivers: usize,
         #[arg(long, default_value_t = 1024)]
         payload: usize,
+    },
+    /// The disk's floor: latency of 4 KiB appended and fdatasync'ed, N times,
+    /// in DIR (default: the temporary directory).
+    Disk {
+        #[arg(long, default_value_t = 1000)]
+        syncs: u64,
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
     /// Open and hold N authenticated connections.
     Connections {
@@ -149,8 +161,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let show = !cli.json;
     let duration = Duration::from_secs(cli.duration);
     let mut target = match cli.server {
-        Some(addr) => Target::external(addr, cli.ca_cert.clone()),
-        None if matches!(cli.scenario, Scenario::Store { .. }) => {
+        Some(addr) => Target::external(addr, cli.ca_cert.clone()).with_pid(cli.node_pid),
+        None if matches!(cli.scenario, Scenario::Store { .. } | Scenario::Disk { .. }) => {
             Target::external("127.0.0.1:0".parse()?, cli.ca_cert.clone())
         }
         None => Target::in_process(cli.store.clone())?,
@@ -208,6 +220,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             },
             show,
         )?,
+        Scenario::Disk { syncs, dir } => {
+            load::disk(&dir.unwrap_or_else(std::env::temp_dir), syncs)?
+        }
         Scenario::Connections { count } => load::connections(&target, count, show)?,
         Scenario::Inboxes { count } => load::inboxes(&mut target, count, show)?,
         Scenario::Stall { storm, size } => {

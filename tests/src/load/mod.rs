@@ -5,6 +5,7 @@
 //! so the node's CPU time can be told apart from the load generator's (which runs
 //! on the calling thread).
 
+mod disk;
 mod groups;
 pub mod plot;
 mod report;
@@ -12,6 +13,7 @@ mod scenarios;
 mod stall;
 mod sys;
 
+pub use disk::disk;
 pub use groups::{GroupParams, groups};
 pub use report::{Latency, Report};
 pub use scenarios::*;
@@ -54,6 +56,9 @@ pub struct Target {
     /// Its certificate.
     pub ca_cert: PathBuf,
     node: Option<InProcessNode>,
+    /// The process id of an external node on this machine, whose CPU time the
+    /// scenarios then report (`--node-pid`).
+    external_pid: Option<u32>,
 }
 
 struct InProcessNode {
@@ -126,6 +131,7 @@ impl Target {
                 store,
                 _dir: dir,
             }),
+            external_pid: None,
         })
     }
 
@@ -135,6 +141,26 @@ impl Target {
             addr,
             ca_cert,
             node: None,
+            external_pid: None,
+        }
+    }
+
+    /// Names the process of an external node on this machine, so that its CPU
+    /// time is measured (the node against the server, as `redis-benchmark`
+    /// measures Redis).
+    pub fn with_pid(mut self, pid: Option<u32>) -> Target {
+        self.external_pid = pid;
+        self
+    }
+
+    /// CPU seconds the node has used so far: its threads when it runs in this
+    /// process, the whole process when it is external with a known pid, `None`
+    /// otherwise.
+    pub(crate) fn node_cpu_seconds(&self) -> Option<f64> {
+        match (&self.node, self.external_pid) {
+            (Some(_), _) => Some(sys::thread_cpu_seconds(&sys::NODE_THREADS)),
+            (None, Some(pid)) => sys::process_cpu_seconds(pid),
+            (None, None) => None,
         }
     }
 

@@ -142,7 +142,7 @@ pub fn enqueue(target: &Target, p: &EnqueueParams, show_progress: bool) -> anyho
         }
         let count = Rc::new(Cell::new(0u64));
         let payload: Rc<Vec<u8>> = Rc::new((0..p.payload).map(|i| i as u8).collect());
-        let cpu_before = thread_cpu_seconds(&NODE_THREADS);
+        let cpu_before = target.node_cpu_seconds();
         let start = Instant::now();
         let deadline = start + p.duration;
         let bar = progress(show_progress, p.duration.as_secs(), "enqueue");
@@ -186,7 +186,10 @@ pub fn enqueue(target: &Target, p: &EnqueueParams, show_progress: bool) -> anyho
         let elapsed = start.elapsed();
         ticker.abort();
         bar.finish_and_clear();
-        let cpu = thread_cpu_seconds(&NODE_THREADS) - cpu_before;
+        let cpu = target
+            .node_cpu_seconds()
+            .zip(cpu_before)
+            .map(|(after, before)| after - before);
         for (conn, _) in sessions {
             conn.close().await;
         }
@@ -194,7 +197,9 @@ pub fn enqueue(target: &Target, p: &EnqueueParams, show_progress: bool) -> anyho
     })?;
     report.figure("messages_per_s", count as f64 / elapsed.as_secs_f64());
     report.figure("messages", count as f64);
-    if target.is_in_process() && count > 0 {
+    if let Some(cpu) = cpu
+        && count > 0
+    {
         report.figure("node_cpu_us_per_message", cpu * 1e6 / count as f64);
     }
     report.latency = Some(Latency::of(&hist));
