@@ -13,6 +13,13 @@ use quicnprotochat::config::{FileConfig, ServerConfig};
 
 mod cli;
 
+/// The node allocates and frees small buffers at a high rate on several threads
+/// (Cap'n Proto messages, QUIC frames, redb pages); under `loadtest enqueue`
+/// glibc's malloc spent a fifth of the RPC threads' time consolidating and
+/// unlinking chunks (docs/performance.md, the enqueue profile).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn default_state_dir() -> PathBuf {
     dirs::data_dir()
         .map(|d| d.join("quicnprotochat"))
