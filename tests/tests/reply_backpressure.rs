@@ -52,12 +52,24 @@ async fn replies_nobody_reads_stop_the_reading_of_requests_not_grow_a_queue() {
         let hostile = conn.authenticate(&me, None).await.unwrap();
         let before = fetches_answered(metrics).await;
         pause.pause();
-        let calls: Vec<_> = (0..FETCHES)
-            .map(|_| {
-                let s = hostile.clone();
-                tokio::task::spawn_local(async move { s.fetch(0, 0).await })
-            })
-            .collect();
+        let spawn_fetches = |n: usize| -> Vec<_> {
+            (0..n)
+                .map(|_| {
+                    let s = hostile.clone();
+                    tokio::task::spawn_local(async move { s.fetch(0, 0).await })
+                })
+                .collect()
+        };
+        // A first wave fills the client's flow-control window with replies it
+        // does not read. (Requests that reach the node together, before any
+        // reply is stuck, are read together and answered: the call budget
+        // bounds those. Sending all 120 at once made the test depend on
+        // whether they arrived in one read.)
+        const FIRST_WAVE: usize = 8;
+        let mut calls = spawn_fetches(FIRST_WAVE);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // The rest come once the replies are stuck: the node must not read them.
+        calls.extend(spawn_fetches(FETCHES - FIRST_WAVE));
         // Let the node answer all it will while nobody reads.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let answered_unread = fetches_answered(metrics).await - before;
