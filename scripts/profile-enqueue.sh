@@ -5,9 +5,10 @@
 #
 #   scripts/profile-enqueue.sh [OUT_SVG] [SECONDS]
 #
-# Writes OUT_SVG (default docs/enqueue-flamegraph.svg), OUT_SVG.folded (the
-# folded stacks, for grep), and prints the share of each thread and of the
-# frames that matter. Installs Debian's perf and crates.io's inferno if missing.
+# Writes OUT_SVG (default docs/enqueue-flamegraph.svg) and prints the share of
+# each thread and of the frames that matter; with KEEP_FOLDED=1 also keeps the
+# folded stacks (several MB, for grep) as OUT_SVG.folded. Installs Debian's perf
+# and crates.io's inferno if missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-docs/enqueue-flamegraph.svg}"
@@ -51,18 +52,23 @@ perf record -q -F 199 --call-graph dwarf,32768 -p "$node_pid" -o "$dir/perf.data
     -- sleep "$seconds" 2>/dev/null
 wait "$load_pid"
 cat "$dir/enqueue.txt"
-perf script -i "$dir/perf.data" 2>/dev/null | inferno-collapse-perf --all > "$out.folded"
+folded="$dir/stacks.folded"
+perf script -i "$dir/perf.data" 2>/dev/null | inferno-collapse-perf --all > "$folded"
+# Frames narrower than a pixel are left out: the file stays small enough to keep
+# in the book.
 inferno-flamegraph --title "node under loadtest enqueue (1 KiB, 1,000 inboxes, 256 in flight)" \
-    --width 1600 < "$out.folded" > "$out"
+    --width 1600 --minwidth 1 < "$folded" > "$out"
 echo "flame graph: $out"
-python3 - "$out.folded" <<'PY'
+if [ "${KEEP_FOLDED:-0}" = 1 ]; then cp "$folded" "$out.folded"; fi
+python3 - "$folded" <<'PY'
 import sys, collections
 total = 0
 by_thread = collections.Counter()
 frames = collections.Counter()
 marks = {
-    "commit (redb commit: write-out, fsync)": "Commit::commit",
+    "redb commit (page write-out, fsyncs)": "WriteTransaction::commit",
     "redb inserts": "WriteBatch::append",
+    "pwrite (redb pages to the page cache)": "pwrite",
     "fdatasync": "fdatasync",
     "writer replies / wakes": "Outcome",
     "capnp-rpc": "capnp_rpc",

@@ -32,7 +32,7 @@ fn enqueue_scenario_runs() {
 
 #[test]
 fn store_scenario_runs() {
-    let r = load::store(&small(), None, false).unwrap();
+    let r = load::store(&small(), None, Default::default(), false).unwrap();
     assert!(r.get("messages").unwrap() > 0.0, "{}", r.table());
 }
 
@@ -51,7 +51,7 @@ fn store_scenario_runs_on_postgres() {
             &url,
             &format!("qpc_load_smoke_{}", std::process::id()),
         ));
-    let r = load::store(&small(), Some(&db), false).unwrap();
+    let r = load::store(&small(), Some(&db), Default::default(), false).unwrap();
     assert!(r.get("messages").unwrap() > 0.0, "{}", r.table());
 }
 

@@ -5,6 +5,7 @@
 //! reads go through [`Store`].
 
 pub mod admin;
+mod answers;
 pub mod auth;
 pub mod crash_point;
 pub mod fences;

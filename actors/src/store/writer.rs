@@ -17,6 +17,7 @@ use quicnprotochat_wire::IdentityKey;
 use ractor::ActorRef;
 use tokio::sync::{mpsc, oneshot};
 
+use super::answers::Answerer;
 use super::crash_point::{self, CrashPoint};
 use super::ops::{AccountWrite, GroupWrite};
 use super::server::{ServerStore, StoreError, WriteBatch};
@@ -388,25 +389,34 @@ fn run(store: ServerStore, mut rx: mpsc::Receiver<WriteOp>) {
     if let Ok(n) = store.stored_total() {
         metrics::gauge!(crate::telemetry::QUEUE_DEPTH).set(n as f64);
     }
+    let answerer = Answerer::start();
     let mut poisoned: Option<String> = None;
     let mut batch: Vec<WriteOp> = Vec::new();
     while let Some(first) = rx.blocking_recv() {
         let shutdown = gather(first, &mut rx, &mut batch);
         if let Some(why) = &poisoned {
-            for op in batch.drain(..) {
-                refuse(op, why);
-            }
+            // Through the answerer, so no refusal overtakes the answers of
+            // the batches before it.
+            let (ops, why) = (std::mem::take(&mut batch), why.clone());
+            answerer.send(move || {
+                for op in ops {
+                    refuse(op, &why);
+                }
+            });
         } else if !batch.is_empty()
-            && let Err(e) = commit_batch(&store, &mut batch)
+            && let Err(e) = commit_batch(&store, &mut batch, &answerer)
         {
             tracing::error!(error = %e, "store commit failed; refusing all further writes");
             poisoned = Some(e.to_string());
         }
         if let Some(done) = shutdown {
-            let _ = done.send(());
+            answerer.send(move || {
+                let _ = done.send(());
+            });
             break;
         }
     }
+    answerer.finish();
     refuse_queued(&mut rx);
 }
 
@@ -542,9 +552,15 @@ fn settle_appends(
     added
 }
 
-/// Applies and commits one batch, then answers every op in it.
-fn commit_batch(store: &ServerStore, batch: &mut Vec<WriteOp>) -> Result<(), StoreError> {
+/// Applies and commits one batch, then has `answerer` answer every op in it.
+fn commit_batch(
+    store: &ServerStore,
+    batch: &mut Vec<WriteOp>,
+    answerer: &Answerer,
+) -> Result<(), StoreError> {
     let mut outcomes = Vec::with_capacity(batch.len());
+    // Payloads written, freed by the answerer rather than on this thread.
+    let mut spent: Vec<Vec<u8>> = Vec::with_capacity(batch.len());
     let mut durable: HashMap<IdentityKey, (u64, ActorRef<InboxMsg>)> = HashMap::new();
     let mut depth_change = 0f64;
     // Inbox actors whose acks this batch carries, and how far: told once the
@@ -564,7 +580,9 @@ fn commit_batch(store: &ServerStore, batch: &mut Vec<WriteOp>) -> Result<(), Sto
                         notify,
                         reply,
                     } => {
-                        match writes.append(&inbox, seq, &payload) {
+                        let appended = writes.append(&inbox, seq, &payload);
+                        spent.push(payload);
+                        match appended {
                             Ok(()) => {
                                 depth_change += 1.0;
                                 durable.insert(inbox, (seq, notify));
@@ -673,22 +691,25 @@ fn commit_batch(store: &ServerStore, batch: &mut Vec<WriteOp>) -> Result<(), Sto
         Ok(())
     })();
     let failure = result.as_ref().err().map(StoreError::to_string);
-    let unknown = failure.clone().map(|why| move || outcome_unknown(&why));
-    for outcome in outcomes {
-        outcome.send(unknown.as_ref().map(|f| f as &dyn Fn() -> DeliveryError));
-    }
-    if let Some(why) = &failure {
-        for (notify, _) in acking {
-            let _ = notify.send_message(InboxMsg::Resync(why.clone()));
+    answerer.send(move || {
+        drop(spent);
+        let unknown = failure.clone().map(|why| move || outcome_unknown(&why));
+        for outcome in outcomes {
+            outcome.send(unknown.as_ref().map(|f| f as &dyn Fn() -> DeliveryError));
         }
-    } else {
-        metrics::gauge!(crate::telemetry::QUEUE_DEPTH).increment(depth_change);
-        for (_, (seq, notify)) in durable {
-            let _ = notify.send_message(InboxMsg::Durable(seq));
+        if let Some(why) = &failure {
+            for (notify, _) in acking {
+                let _ = notify.send_message(InboxMsg::Resync(why.clone()));
+            }
+        } else {
+            metrics::gauge!(crate::telemetry::QUEUE_DEPTH).increment(depth_change);
+            for (_, (seq, notify)) in durable {
+                let _ = notify.send_message(InboxMsg::Durable(seq));
+            }
+            for (notify, up_to) in acking {
+                let _ = notify.send_message(InboxMsg::AckDurable(up_to));
+            }
         }
-        for (notify, up_to) in acking {
-            let _ = notify.send_message(InboxMsg::AckDurable(up_to));
-        }
-    }
+    });
     result
 }

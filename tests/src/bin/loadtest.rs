@@ -63,6 +63,10 @@ enum Scenario {
     },
     /// The store alone (no network): the ceiling for `enqueue`.
     Store {
+        /// Commit with one fsync instead of redb's two-phase commit (what the
+        /// node does): measures the second fsync's cost.
+        #[arg(long)]
+        one_phase_commit: bool,
         #[arg(long, default_value_t = 256)]
         in_flight: usize,
         #[arg(long, default_value_t = 1000)]
@@ -192,6 +196,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             show,
         )?,
         Scenario::Store {
+            one_phase_commit,
             in_flight,
             inboxes,
             payload,
@@ -204,6 +209,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 duration,
             },
             cli.store.as_deref(),
+            quicnprotochat_actors::store::StoreOptions {
+                two_phase_commit: !one_phase_commit,
+                ..Default::default()
+            },
             show,
         )?,
         Scenario::Deliver {

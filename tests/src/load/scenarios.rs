@@ -209,12 +209,16 @@ pub fn enqueue(target: &Target, p: &EnqueueParams, show_progress: bool) -> anyho
 
 /// `store`: the node's store alone (writer with group commit behind inbox
 /// actors, no network): the local ceiling `enqueue` is compared against.
+///
+/// `redb` sets how the redb store commits (the node's default, or one fsync per
+/// commit to measure what two-phase commit costs); ignored on PostgreSQL.
 pub fn store(
     p: &EnqueueParams,
     postgres: Option<&str>,
+    redb: StoreOptions,
     show_progress: bool,
 ) -> anyhow::Result<Report> {
-    let mut report = Report::new("store")
+    let report = Report::new("store")
         .param(
             "backend",
             if postgres.is_some() {
@@ -227,6 +231,11 @@ pub fn store(
         .param("inboxes", p.inboxes)
         .param("payload", p.payload)
         .param("duration_s", p.duration.as_secs_f64());
+    let mut report = if postgres.is_none() && !redb.two_phase_commit {
+        report.param("commit", "one-phase")
+    } else {
+        report
+    };
     let dir = tempfile::tempdir()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -237,10 +246,7 @@ pub fn store(
     let (count, hist, elapsed, cpu) = runtime.block_on(async {
         let store = match postgres {
             Some(url) => Store::Postgres(Box::new(PgStore::open(url).await?)),
-            None => Store::Redb(ServerStore::open(
-                &dir.path().join("node.redb"),
-                StoreOptions::default(),
-            )?),
+            None => Store::Redb(ServerStore::open(&dir.path().join("node.redb"), redb)?),
         };
         let (writer, thread) = StoreWriter::start_for(&store)?;
         let registry = InboxRegistry::start(
