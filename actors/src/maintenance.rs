@@ -27,7 +27,7 @@ impl NodeContext {
         // Nodes sharing a store learn of each other's new devices by
         // notification: read the directory afresh, so a device registered on
         // another node a moment ago is not taken for removed.
-        if matches!(self.store, crate::store::Store::Postgres(_))
+        if self.writer.is_shared()
             && let Err(e) = self.auth.reload_directory().await
         {
             tracing::warn!(error = %e, "could not reload the device directory; collecting nothing");

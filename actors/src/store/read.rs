@@ -12,7 +12,6 @@ use super::admin::Account;
 use super::postgres::PgStore;
 use super::server::{ServerStore, StoreError};
 use crate::auth::ClaimedPackage;
-use crate::core::inbox::InboxMeta;
 
 /// The node's database. Cheap to clone.
 #[derive(Clone)]
@@ -65,14 +64,6 @@ impl Store {
         }
     }
 
-    /// The redb store, when that is the backend (tests and `admin` on a file).
-    pub fn as_redb(&self) -> Option<&ServerStore> {
-        match self {
-            Store::Redb(s) => Some(s),
-            Store::Postgres(_) => None,
-        }
-    }
-
     /// Envelopes of `inbox` with seq > `after`, in seq order, at most `limit`,
     /// no more than `max_bytes` of payload (but always at least one if any exist).
     pub async fn fetch(
@@ -91,30 +82,9 @@ impl Store {
         }
     }
 
-    /// An inbox's marks.
-    pub async fn inbox_meta(&self, inbox: IdentityKey) -> Result<InboxMeta, StoreError> {
-        match self {
-            Store::Redb(s) => s.inbox_meta(&inbox),
-            Store::Postgres(p) => p.inbox_meta(&inbox).await,
-        }
-    }
-
     /// Every inbox that holds unacknowledged messages.
     pub async fn inboxes_with_messages(&self) -> Result<Vec<IdentityKey>, StoreError> {
         read!(self, inboxes_with_messages)
-    }
-
-    /// Unacknowledged messages of every inbox.
-    pub async fn stored_total(&self) -> Result<u64, StoreError> {
-        read!(self, stored_total)
-    }
-
-    /// Unacknowledged messages of `inbox`.
-    pub async fn stored_count(&self, inbox: IdentityKey) -> Result<u64, StoreError> {
-        match self {
-            Store::Redb(s) => s.stored_count(&inbox),
-            Store::Postgres(p) => p.stored_count(&inbox).await,
-        }
     }
 
     /// How many shared bodies are stored, and their bytes.

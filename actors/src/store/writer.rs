@@ -221,6 +221,8 @@ impl WriteOp {
 #[derive(Clone)]
 pub struct StoreWriter {
     tx: mpsc::Sender<WriteOp>,
+    /// Whether other nodes may write the same store (PostgreSQL).
+    shared: bool,
 }
 
 /// Writes queued for the writer at most; a full queue makes submitters wait
@@ -235,7 +237,7 @@ impl StoreWriter {
         let handle = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || run(store, rx))?;
-        Ok((StoreWriter { tx }, handle))
+        Ok((StoreWriter { tx, shared: false }, handle))
     }
 
     /// Starts the writer of `store`, whichever backend it is.
@@ -245,9 +247,15 @@ impl StoreWriter {
             super::Store::Postgres(pg) => {
                 let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
                 let handle = super::postgres::writer::start((**pg).clone(), rx)?;
-                Ok((StoreWriter { tx }, handle))
+                Ok((StoreWriter { tx, shared: true }, handle))
             }
         }
+    }
+
+    /// Whether other nodes may write the same store: then what an inbox
+    /// actor holds in memory can be behind the store.
+    pub fn is_shared(&self) -> bool {
+        self.shared
     }
 
     /// Queues a write, waiting while the queue is full. If the writer is gone,

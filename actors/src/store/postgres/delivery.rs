@@ -1,7 +1,7 @@
 //! The delivery writes on PostgreSQL: messages, shared bodies, acks, missed
 //! counts and group fences, each inside the writer's batch transaction.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use quicnprotochat_wire::IdentityKey;
 use quicnprotochat_wire::fanout::Missed;
@@ -85,6 +85,8 @@ pub(super) struct Appends {
     last: HashMap<[u8; 32], u64>,
     /// Inboxes locked, sorted.
     locked: Vec<Vec<u8>>,
+    /// Inboxes with messages not yet written.
+    touched: BTreeSet<[u8; 32]>,
     /// Not yet written: inbox, seq, payload.
     inboxes: Vec<Vec<u8>>,
     seqs: Vec<i64>,
@@ -103,6 +105,7 @@ impl Appends {
         let mut appends = Appends {
             last: HashMap::with_capacity(locked.len()),
             locked,
+            touched: BTreeSet::new(),
             inboxes: Vec::new(),
             seqs: Vec::new(),
             data: Vec::new(),
@@ -140,6 +143,7 @@ impl Appends {
             StoreError::Corrupt(format!("inbox {inbox:?} written but not locked"))
         })?;
         *last += 1;
+        self.touched.insert(inbox.0);
         self.inboxes.push(inbox.0.to_vec());
         self.seqs.push(i(*last));
         self.data.push(payload);
@@ -159,18 +163,11 @@ impl Appends {
         )
         .await
         .map_err(pg)?;
-        let mut touched: Vec<&Vec<u8>> = self.inboxes.iter().collect();
-        touched.sort();
-        touched.dedup();
-        let lasts: Vec<i64> = touched
+        let (touched, lasts): (Vec<&[u8]>, Vec<i64>) = self
+            .touched
             .iter()
-            .map(|k| {
-                i(key32(k)
-                    .ok()
-                    .and_then(|k| self.last.get(&k).copied())
-                    .unwrap_or(0))
-            })
-            .collect();
+            .map(|k| (&k[..], i(self.last.get(k).copied().unwrap_or(0))))
+            .unzip();
         txn.execute(
             "UPDATE inbox_meta m SET last_seq = v.s \
                FROM unnest($1::BYTEA[], $2::BIGINT[]) AS v(i, s) WHERE m.inbox = v.i",
@@ -178,6 +175,7 @@ impl Appends {
         )
         .await
         .map_err(pg)?;
+        self.touched.clear();
         self.inboxes.clear();
         self.seqs.clear();
         self.data.clear();

@@ -26,7 +26,6 @@ use super::StoreError;
 use super::admin::Account;
 use super::ops::suite_code;
 use crate::auth::ClaimedPackage;
-use crate::core::inbox::InboxMeta;
 
 mod accounts;
 mod delivery;
@@ -239,26 +238,6 @@ impl PgStore {
         Ok(out)
     }
 
-    /// An inbox's marks (all zero for one never used).
-    pub async fn inbox_meta(&self, inbox: &IdentityKey) -> Result<InboxMeta, StoreError> {
-        let row = self
-            .client()
-            .await?
-            .query_opt(
-                "SELECT last_seq, acked FROM inbox_meta WHERE inbox = $1",
-                &[&&inbox.0[..]],
-            )
-            .await
-            .map_err(pg)?;
-        Ok(row
-            .map(|r| InboxMeta {
-                last_seq: u(r.get(0)),
-                acked: u(r.get(1)),
-                missed: 0,
-            })
-            .unwrap_or_default())
-    }
-
     /// Every inbox that holds unacknowledged messages.
     pub async fn inboxes_with_messages(&self) -> Result<Vec<IdentityKey>, StoreError> {
         let rows = self
@@ -270,34 +249,6 @@ impl PgStore {
         rows.iter()
             .map(|r| key32(r.get(0)).map(IdentityKey))
             .collect()
-    }
-
-    async fn count(
-        &self,
-        sql: &str,
-        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
-    ) -> Result<u64, StoreError> {
-        let row = self
-            .client()
-            .await?
-            .query_one(sql, params)
-            .await
-            .map_err(pg)?;
-        Ok(u(row.get(0)))
-    }
-
-    /// Unacknowledged messages of every inbox.
-    pub async fn stored_total(&self) -> Result<u64, StoreError> {
-        self.count("SELECT count(*) FROM messages", &[]).await
-    }
-
-    /// Unacknowledged messages of `inbox`.
-    pub async fn stored_count(&self, inbox: &IdentityKey) -> Result<u64, StoreError> {
-        self.count(
-            "SELECT count(*) FROM messages WHERE inbox = $1",
-            &[&&inbox.0[..]],
-        )
-        .await
     }
 
     /// How many shared bodies are stored, and their bytes.
