@@ -1,6 +1,6 @@
 //! Inbox actors and their registry.
 //!
-//! One [`InboxActor`] per active inbox owns its [`InboxState`]: it assigns seqs,
+//! One [`InboxActor`] per active inbox owns its [`InboxState`](crate::core::inbox::InboxState): it assigns seqs,
 //! enforces limits and holds long-poll waiters, but never waits for the disk: it
 //! hands each write and the caller's reply port to the [`StoreWriter`] and goes on.
 //!

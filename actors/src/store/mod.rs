@@ -10,6 +10,7 @@ pub mod auth;
 pub mod crash_point;
 pub mod fences;
 pub mod group_directory;
+mod handle;
 pub mod ops;
 pub mod postgres;
 pub mod private_fs;

@@ -3,7 +3,7 @@
 //!
 //! - Schema: `actors/migrations/`, applied by refinery when a node starts
 //!   (under an advisory lock, so nodes starting together migrate once).
-//! - Writes: one writer per node ([`writer`]) applies the same [`WriteOp`]s as
+//! - Writes: one writer per node (`postgres/writer.rs`) applies the same [`WriteOp`]s as
 //!   the redb writer, a batch per transaction, and answers after `COMMIT`
 //!   (PostgreSQL's `synchronous_commit` makes that durable).
 //! - Seqs: assigned inside the transaction that stores the message, by
