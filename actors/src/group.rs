@@ -24,8 +24,9 @@ use crate::core::inbox::{Admission, InboxRefusal};
 use crate::error::DeliveryError;
 use crate::inbox::{Delivery, InboxRegistry, SharedBody, SharedRecipient};
 use crate::registry::{Capacity, Membership, Registry};
+use crate::store::StoreWriter;
 use crate::store::ops::GroupWrite;
-use crate::store::writer::{FenceWrite, StoreWriter, WriteOp};
+use crate::store::writer::{FenceWrite, WriteOp};
 
 pub use crate::core::commit::MAX_GROUP_ID_LEN;
 

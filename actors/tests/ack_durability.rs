@@ -8,7 +8,7 @@ mod common;
 use std::time::Duration;
 
 use common::{hold_writer, inbox, start_inboxes};
-use quicnprotochat_actors::store::writer::StoreWriter;
+use quicnprotochat_actors::store::StoreWriter;
 use quicnprotochat_actors::store::{ServerStore, StoreOptions};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,7 @@ use quicnprotochat_actors::core::inbox::{Admission, InboxLimits, InboxRefusal};
 use quicnprotochat_actors::inbox::{
     Delivery, InboxRegistry, InboxSettings, SharedBody, SharedRecipient,
 };
-use quicnprotochat_actors::store::writer::StoreWriter;
+use quicnprotochat_actors::store::StoreWriter;
 use quicnprotochat_actors::store::{ServerStore, StoreOptions};
 use quicnprotochat_wire::{IdentityKey, Inbound};
 

@@ -23,7 +23,7 @@ use common::{Rng, inbox, seeds, start_groups, start_inboxes};
 use quicnprotochat_actors::DeliveryError;
 use quicnprotochat_actors::group::CommitError;
 use quicnprotochat_actors::inbox::Delivery;
-use quicnprotochat_actors::store::writer::StoreWriter;
+use quicnprotochat_actors::store::StoreWriter;
 use quicnprotochat_actors::store::{ServerStore, StoreError, StoreOptions};
 use redb::StorageBackend;
 use redb::backends::FileBackend;

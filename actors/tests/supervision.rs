@@ -11,7 +11,7 @@ use common::start_inboxes;
 use quicnprotochat_actors::DeliveryError;
 use quicnprotochat_actors::core::inbox::InboxRefusal;
 use quicnprotochat_actors::inbox::InboxRegistry;
-use quicnprotochat_actors::store::writer::StoreWriter;
+use quicnprotochat_actors::store::StoreWriter;
 use quicnprotochat_actors::store::{ServerStore, StoreOptions};
 use quicnprotochat_wire::IdentityKey;
 

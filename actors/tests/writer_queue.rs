@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::hold_writer;
-use quicnprotochat_actors::store::writer::{QUEUE_CAPACITY, StoreWriter, WriteOp};
+use quicnprotochat_actors::store::writer::WriteOp;
+use quicnprotochat_actors::store::{QUEUE_CAPACITY, StoreWriter};
 use quicnprotochat_actors::store::{ServerStore, StoreOptions};
 use quicnprotochat_wire::IdentityKey;
 use tokio::sync::oneshot;

@@ -21,9 +21,10 @@ mod directory;
 mod error;
 mod rules;
 
+use crate::store::StoreWriter;
 use crate::store::auth::OPAQUE_SETUP_KEY;
 use crate::store::ops::AccountWrite;
-use crate::store::writer::{StoreWriter, WriteOp};
+use crate::store::writer::WriteOp;
 use crate::store::{Store, StoreError};
 pub use directory::MemberEntry;
 pub use error::AuthError;

@@ -51,7 +51,7 @@ pub struct NodeContext {
     /// The node's database, for reads.
     pub store: Store,
     /// The store's one writer (for maintenance writes outside any call).
-    pub writer: crate::store::writer::StoreWriter,
+    pub writer: crate::store::StoreWriter,
     /// Accounts, devices, sessions, KeyPackages.
     pub auth: Arc<AuthService>,
     /// Rate limits per session, address and claim target.

@@ -15,7 +15,8 @@ use crate::core::inbox::{AckPlan, InboxRefusal, InboxState};
 use crate::error::DeliveryError;
 use crate::registry::Membership;
 use crate::store::StoreError;
-use crate::store::writer::{StoreWriter, WriteOp};
+use crate::store::StoreWriter;
+use crate::store::writer::WriteOp;
 
 /// What an inbox actor starts from.
 pub struct InboxArgs {

@@ -18,7 +18,8 @@ use tokio::sync::oneshot;
 use crate::core::inbox::{Admission, InboxLimits, InboxRefusal};
 use crate::error::DeliveryError;
 use crate::registry::{Capacity, Registry};
-use crate::store::writer::{FenceWrite, MultiAppend, SharedRef, SharedWrite, StoreWriter, WriteOp};
+use crate::store::StoreWriter;
+use crate::store::writer::{FenceWrite, MultiAppend, SharedRef, SharedWrite, WriteOp};
 
 mod actor;
 pub use actor::{InboxActor, InboxActorState, InboxArgs};

@@ -37,10 +37,10 @@ impl StoreWriter {
     }
 
     /// Starts the writer of `store`, whichever backend it is.
-    pub fn start_for(store: &super::Store) -> std::io::Result<(StoreWriter, JoinHandle<()>)> {
+    pub fn start_for(store: &super::read::Store) -> std::io::Result<(StoreWriter, JoinHandle<()>)> {
         match store {
-            super::Store::Redb(s) => StoreWriter::start(s.clone()),
-            super::Store::Postgres(pg) => {
+            super::read::Store::Redb(s) => StoreWriter::start(s.clone()),
+            super::read::Store::Postgres(pg) => {
                 let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
                 let handle = super::postgres::writer::start((**pg).clone(), rx)?;
                 Ok((StoreWriter { tx, shared: true }, handle))

@@ -1,7 +1,7 @@
 //! The node's stores. Two backends keep the same tables with the same promises:
 //! an embedded redb file (the default, [`server::ServerStore`]) and PostgreSQL
 //! ([`postgres::PgStore`]), for several nodes serving one population. Every
-//! write goes through the [`writer::StoreWriter`] as a typed [`writer::WriteOp`];
+//! write goes through the [`StoreWriter`] as a typed [`writer::WriteOp`];
 //! reads go through [`Store`].
 
 pub mod admin;
@@ -19,5 +19,6 @@ pub mod server;
 pub mod snapshot;
 pub mod writer;
 
+pub use handle::{QUEUE_CAPACITY, StoreWriter};
 pub use read::{Directory, Store};
 pub use server::{ServerStore, StoreError, StoreOptions};

@@ -20,7 +20,6 @@ use super::answers::Answerer;
 use super::crash_point::{self, CrashPoint};
 use super::ops::{AccountWrite, GroupWrite};
 
-pub use super::handle::{QUEUE_CAPACITY, StoreWriter};
 use super::server::{ServerStore, StoreError, WriteBatch};
 use crate::core::inbox::InboxMeta;
 use crate::error::DeliveryError;

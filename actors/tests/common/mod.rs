@@ -8,7 +8,8 @@ use std::time::Duration;
 use quicnprotochat_actors::core::inbox::InboxLimits;
 use quicnprotochat_actors::group::{GroupRegistry, GroupSettings};
 use quicnprotochat_actors::inbox::{InboxRegistry, InboxSettings};
-use quicnprotochat_actors::store::writer::{StoreWriter, TransactError};
+use quicnprotochat_actors::store::StoreWriter;
+use quicnprotochat_actors::store::writer::TransactError;
 use quicnprotochat_wire::IdentityKey;
 
 /// xorshift64*: enough randomness for choosing moments and operations, and
