@@ -30,6 +30,45 @@ fn enqueue_scenario_runs() {
     );
 }
 
+/// `bench-vs-redis.sh` drives a node in another process and reads its CPU time
+/// through `--node-pid`: against an external node with a pid, the CPU figure is
+/// reported (here the "external" node is this process's own, reached by address).
+#[test]
+fn an_external_node_with_a_pid_gets_its_cpu_time_reported() {
+    let node = Target::in_process(None).unwrap();
+    let external = Target::external(node.addr, node.ca_cert.clone());
+    let without_pid = load::enqueue(&external, &small(), false).unwrap();
+    assert_eq!(without_pid.errors, 0, "{}", without_pid.table());
+    assert!(without_pid.get("node_cpu_us_per_message").is_none());
+    let with_pid = external.with_pid(Some(std::process::id()));
+    let r = load::enqueue(&with_pid, &small(), false).unwrap();
+    assert_eq!(r.errors, 0, "{}", r.table());
+    assert!(
+        r.get("node_cpu_us_per_message").unwrap() > 0.0,
+        "{}",
+        r.table()
+    );
+}
+
+#[test]
+fn the_disk_scenario_times_each_sync() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = load::disk(dir.path(), 20).unwrap();
+    assert_eq!(r.latency.as_ref().unwrap().count, 20);
+    assert!(r.get("syncs_per_s").unwrap() > 0.0);
+}
+
+#[test]
+fn store_scenario_runs_with_one_phase_commit() {
+    let options = quicnprotochat_actors::store::StoreOptions {
+        two_phase_commit: false,
+        ..Default::default()
+    };
+    let r = load::store(&small(), None, options, false).unwrap();
+    assert!(r.get("messages").unwrap() > 0.0, "{}", r.table());
+    assert!(r.table().contains("one-phase"), "{}", r.table());
+}
+
 #[test]
 fn store_scenario_runs() {
     let r = load::store(&small(), None, Default::default(), false).unwrap();
