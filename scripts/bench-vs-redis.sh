@@ -28,17 +28,12 @@ fi
 dir="$(mktemp -d)"
 port="${REDIS_PORT:-6391}"
 node_port="${NODE_PORT:-7491}"
-node_pid=""
+. scripts/bench-node.sh
 redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" --appendonly yes \
     --appendfsync always --save '' --daemonize yes --pidfile "$dir/redis.pid" \
     --logfile "$dir/redis.log"
-stop_pid() {
-    kill "$1" 2>/dev/null || true
-    # Wait until it is gone, so the next run finds the port free.
-    for _ in $(seq 100); do kill -0 "$1" 2>/dev/null || break; sleep 0.1; done
-}
 cleanup() {
-    [ -n "$node_pid" ] && stop_pid "$node_pid"
+    stop_bench_node
     [ -f "$dir/redis.pid" ] && stop_pid "$(cat "$dir/redis.pid")"
     rm -rf "$dir"
 }
@@ -59,40 +54,13 @@ json_figure() {
 print(f[k] if k in f else r["latency"][k])' "$1"
 }
 
-# Limits a load test must not trip over (it measures the store and the wire, not
-# the abuse protections), as `loadtest` sets them for its in-process node.
-cat > "$dir/node.toml" <<TOML
-queue_limit = 10000000
-[rate_limits]
-enqueue_per_sec_per_session = 10000000
-enqueue_per_sec_per_address = 10000000
-logins_per_min_per_address = 10000000
-claims_per_min_per_requester = 10000000
-claims_per_min_per_target = 10000000
-[limits]
-# deliver's one sender offers tens of thousands a second: past 128 calls in
-# flight (the default) a commit's pause would refuse some.
-calls_per_connection = 4096
-TOML
-start_node() {
-    rm -rf "$dir/node"
-    mkdir -p "$dir/node"
-    target/release/quicnprotochat server --config "$dir/node.toml" --data-dir "$dir/node" \
-        --listen "127.0.0.1:$node_port" > "$dir/node.log" 2>&1 &
-    node_pid=$!
-    for _ in $(seq 200); do grep -q "listening on" "$dir/node.log" && return; sleep 0.05; done
-    echo "the node did not start: $(cat "$dir/node.log")" >&2
-    exit 1
-}
-stop_node() { stop_pid "$node_pid"; node_pid=""; }
-
 cargo build --release --locked -q -p quicnprotochat-tests --bin loadtest \
     -p quicnprotochat --bin quicnprotochat
 loadtest=(target/release/loadtest --json --duration "$duration")
 for run in $(seq "$runs"); do
     redis_before="$(redis_rps)"
     store="$("${loadtest[@]}" store | json_figure messages_per_s)"
-    start_node
+    start_bench_node "$dir" "$node_port"
     against_node=(--server "127.0.0.1:$node_port" --ca-cert "$dir/node/server-cert.der")
     ours="$("${loadtest[@]}" "${against_node[@]}" --node-pid "$node_pid" enqueue)"
     redis_after="$(redis_rps)"
@@ -101,7 +69,7 @@ for run in $(seq "$runs"); do
     ours_cpu="$(printf '%s' "$ours" | json_figure node_cpu_us_per_message)"
     rate="$(python3 -c "print(int($ours_rps / 2))")"
     deliver="$("${loadtest[@]}" "${against_node[@]}" deliver --rate "$rate")"
-    stop_node
+    stop_bench_node
     python3 - "$run" "$redis_before" "$redis_after" "$ours_rps" "$store" "$ours_cpu" \
         "$(printf '%s' "$disk" | json_figure p99_us)" \
         "$(printf '%s' "$deliver" | json_figure p50_us)" \

@@ -24,23 +24,13 @@ cargo build --release --locked -q -p quicnprotochat-tests --bin loadtest \
     -p quicnprotochat --bin quicnprotochat
 
 dir="$(mktemp -d)"
-node_pid=""
+. scripts/bench-node.sh
 cleanup() {
-    [ -n "$node_pid" ] && kill "$node_pid" 2>/dev/null || true
+    stop_bench_node
     rm -rf "$dir"
 }
 trap cleanup EXIT
-mkdir "$dir/node"
-cat > "$dir/node.toml" <<TOML
-queue_limit = 10000000
-[rate_limits]
-enqueue_per_sec_per_session = 10000000
-enqueue_per_sec_per_address = 10000000
-TOML
-target/release/quicnprotochat server --config "$dir/node.toml" --data-dir "$dir/node" \
-    --listen 127.0.0.1:7493 > "$dir/node.log" 2>&1 &
-node_pid=$!
-for _ in $(seq 200); do grep -q "listening on" "$dir/node.log" && break; sleep 0.05; done
+start_bench_node "$dir" 7493
 
 target/release/loadtest --server 127.0.0.1:7493 --ca-cert "$dir/node/server-cert.der" \
     --node-pid "$node_pid" --duration $((seconds + 4)) enqueue > "$dir/enqueue.txt" 2>&1 &

@@ -127,9 +127,7 @@ impl Appends {
             )
             .await
             .map_err(pg)?;
-        for r in rows {
-            appends.last.insert(key32(r.get(0))?, u(r.get(1)));
-        }
+        appends.note_last_seqs(rows)?;
         Ok(appends)
     }
 
@@ -191,6 +189,11 @@ impl Appends {
             )
             .await
             .map_err(pg)?;
+        self.note_last_seqs(rows)
+    }
+
+    /// Takes the `(inbox, last_seq)` rows read for the locked inboxes.
+    fn note_last_seqs(&mut self, rows: Vec<tokio_postgres::Row>) -> Result<(), StoreError> {
         for r in rows {
             self.last.insert(key32(r.get(0))?, u(r.get(1)));
         }

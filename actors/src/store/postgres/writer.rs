@@ -31,7 +31,7 @@ use crate::inbox::InboxMsg;
 use crate::store::StoreError;
 use crate::store::ops::{AccountWrite, GroupWrite, after_commit};
 use crate::store::writer::{
-    Outcome, SharedWrite, WriteOp, gather, outcome_unknown, refuse, refuse_queued,
+    Outcome, Reply, SharedWrite, WriteOp, gather, outcome_unknown, refuse, refuse_queued,
 };
 
 /// Starts the writer on a thread of its own (with its own runtime, as the redb
@@ -288,6 +288,18 @@ impl Applying<'_, '_> {
         self.appends.flush(self.txn).await
     }
 
+    /// Refuses a multi-inbox write whose group fence moved: nothing of it is
+    /// written, and the actors that reserved its seqs reload.
+    fn refuse_moved(
+        &mut self,
+        notify: impl IntoIterator<Item = ActorRef<InboxMsg>>,
+        reply: Reply<Vec<u64>>,
+        moved: DeliveryError,
+    ) {
+        self.marks.stale.extend(notify);
+        self.outcomes.push(Outcome::Seqs(reply, Err(moved)));
+    }
+
     /// Applies one op inside the transaction.
     async fn apply(&mut self, op: WriteOp) -> Result<(), StoreError> {
         let txn = self.txn;
@@ -310,10 +322,7 @@ impl Applying<'_, '_> {
                 reply,
             } => {
                 if let Some(moved) = fence_moved(txn, fence.as_ref()).await? {
-                    self.marks
-                        .stale
-                        .extend(appends.into_iter().map(|a| a.notify));
-                    self.outcomes.push(Outcome::Seqs(reply, Err(moved)));
+                    self.refuse_moved(appends.into_iter().map(|a| a.notify), reply, moved);
                     return Ok(());
                 }
                 let mut seqs = Vec::with_capacity(appends.len());
@@ -335,10 +344,8 @@ impl Applying<'_, '_> {
                 reply,
             } => {
                 if let Some(moved) = fence_moved(txn, fence.as_ref()).await? {
-                    self.marks
-                        .stale
-                        .extend(bodies.into_iter().flat_map(|b| b.refs).map(|r| r.notify));
-                    self.outcomes.push(Outcome::Seqs(reply, Err(moved)));
+                    let notify = bodies.into_iter().flat_map(|b| b.refs).map(|r| r.notify);
+                    self.refuse_moved(notify, reply, moved);
                     return Ok(());
                 }
                 self.flush().await?;
