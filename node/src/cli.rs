@@ -101,10 +101,20 @@ pub(crate) struct ServerArgs {
     /// register].
     #[arg(long, env = "QPC_AUTH_TOKEN", hide_env_values = true)]
     pub(crate) auth_token: Option<String>,
+    /// Read the admission token from this file (kept out of the process list).
+    #[arg(long, conflicts_with = "auth_token")]
+    pub(crate) auth_token_file: Option<PathBuf>,
     /// The operator's token for `admin --server` on the running node (at least
-    /// 16 characters) [default: none, admin only on a stopped node's data].
+    /// 128 bits: see --generate-operator-token) [default: none, admin only on a
+    /// stopped node's data].
     #[arg(long, env = "QPC_OPERATOR_TOKEN", hide_env_values = true)]
     pub(crate) operator_token: Option<String>,
+    /// Read the operator token from this file (kept out of the process list).
+    #[arg(long, conflicts_with = "operator_token")]
+    pub(crate) operator_token_file: Option<PathBuf>,
+    /// Print a fresh operator token (256 random bits) and exit.
+    #[arg(long)]
+    pub(crate) generate_operator_token: bool,
 }
 
 #[derive(Subcommand)]

@@ -11,8 +11,63 @@ use quicnprotochat_actors::store::server::DEFAULT_CACHE_BYTES;
 use quicnprotochat_wire::limits::{DEFAULT_MAX_PAYLOAD, DEFAULT_QUEUE_LIMIT};
 use serde::Deserialize;
 
-/// The shortest operator token accepted.
-pub const MIN_OPERATOR_TOKEN_LEN: usize = 16;
+/// The least strength an operator token must carry, in bits (estimated from
+/// its length and the kinds of character it uses: see [`token_strength_bits`]).
+pub const MIN_OPERATOR_TOKEN_BITS: u32 = 128;
+
+/// An upper estimate of the bits a token carries if its characters were drawn
+/// at random from the classes it uses (lower case, upper case, digits, other
+/// printable): its length times log2 of their combined size, no more than 8
+/// bits per distinct character (so `aaaa…` stays weak). A floor, not a
+/// measurement: it refuses what is surely too weak (`hunter2`, a 16-character
+/// word) and lets generated tokens (`server --generate-operator-token`) pass.
+pub fn token_strength_bits(token: &str) -> u32 {
+    let has = |f: fn(&char) -> bool| token.chars().any(|c| f(&c));
+    let alphabet = [
+        (has(|c| c.is_ascii_lowercase()), 26.0),
+        (has(|c| c.is_ascii_uppercase()), 26.0),
+        (has(|c| c.is_ascii_digit()), 10.0),
+        (has(|c| !c.is_ascii_alphanumeric()), 33.0),
+    ]
+    .iter()
+    .filter(|(present, _)| *present)
+    .map(|(_, n)| n)
+    .sum::<f64>();
+    if alphabet == 0.0 {
+        return 0;
+    }
+    let distinct = token
+        .chars()
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    let per_char = alphabet.log2();
+    let bits = (token.chars().count() as f64 * per_char).min(distinct as f64 * 8.0 * per_char);
+    bits as u32
+}
+
+/// A fresh operator token: 256 random bits, hex (64 characters).
+pub fn generate_operator_token() -> String {
+    hex::encode(quicnprotochat_crypto::token::generate_token())
+}
+
+/// Reads a token from a file (what `--operator-token-file` and
+/// `--auth-token-file` name), so it stays out of `/proc/*/cmdline`; one
+/// trailing newline is dropped.
+pub fn read_token_file(path: &Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let token = text.strip_suffix('\n').unwrap_or(&text);
+    let token = token.strip_suffix('\r').unwrap_or(token);
+    if token.is_empty() || token.contains('\n') {
+        return Err(ConfigError::Invalid(format!(
+            "{} must hold the token alone, on one line",
+            path.display()
+        )));
+    }
+    Ok(token.to_string())
+}
 
 /// Default listen address: loopback only, so a first start exposes nothing.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7000";
@@ -200,6 +255,8 @@ pub struct RateLimitsFile {
     pub claims_per_min_per_requester: Option<u32>,
     /// `claims_per_min_per_target`
     pub claims_per_min_per_target: Option<u32>,
+    /// `claims_per_min_per_device`
+    pub claims_per_min_per_device: Option<u32>,
 }
 
 impl RateLimitsFile {
@@ -221,6 +278,9 @@ impl RateLimitsFile {
             claims_per_min_per_target: self
                 .claims_per_min_per_target
                 .unwrap_or(d.claims_per_min_per_target),
+            claims_per_min_per_device: self
+                .claims_per_min_per_device
+                .unwrap_or(d.claims_per_min_per_device),
         };
         let all = [
             c.enqueue_per_sec_per_session,
@@ -228,6 +288,7 @@ impl RateLimitsFile {
             c.logins_per_min_per_address,
             c.claims_per_min_per_requester,
             c.claims_per_min_per_target,
+            c.claims_per_min_per_device,
         ];
         if all.contains(&0) {
             return Err(ConfigError::Invalid(
@@ -402,12 +463,13 @@ impl ServerConfig {
         if s.auth_token.as_deref() == Some("") {
             return Err(ConfigError::Invalid("auth_token must not be empty".into()));
         }
-        if s.operator_token
-            .as_ref()
-            .is_some_and(|t| t.len() < MIN_OPERATOR_TOKEN_LEN)
+        if let Some(bits) = s.operator_token.as_deref().map(token_strength_bits)
+            && bits < MIN_OPERATOR_TOKEN_BITS
         {
             return Err(ConfigError::Invalid(format!(
-                "operator_token must be at least {MIN_OPERATOR_TOKEN_LEN} characters (it administers accounts over the network)"
+                "operator_token is too weak (about {bits} bits; it administers accounts over the \
+                 network and needs at least {MIN_OPERATOR_TOKEN_BITS}): make one with \
+                 `quicnprotochat server --generate-operator-token`"
             )));
         }
         Ok(ServerConfig {
@@ -536,10 +598,11 @@ mod tests {
             logins_per_min_per_address,
             claims_per_min_per_requester,
             claims_per_min_per_target,
+            claims_per_min_per_device,
         } = rate_limits.unwrap();
         assert!(enqueue_per_sec_per_session.is_some() && enqueue_per_sec_per_address.is_some());
         assert!(logins_per_min_per_address.is_some() && claims_per_min_per_requester.is_some());
-        assert!(claims_per_min_per_target.is_some());
+        assert!(claims_per_min_per_target.is_some() && claims_per_min_per_device.is_some());
         let LimitsFile {
             connections,
             connections_per_address,
@@ -634,12 +697,41 @@ mod tests {
     }
 
     #[test]
+    fn generated_operator_tokens_are_strong_enough_and_words_are_not() {
+        assert!(token_strength_bits(&generate_operator_token()) >= MIN_OPERATOR_TOKEN_BITS);
+        for weak in [
+            "hunter2",
+            "0123456789abcdef",
+            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        ] {
+            assert!(
+                token_strength_bits(weak) < MIN_OPERATOR_TOKEN_BITS,
+                "{weak}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_token_file_holds_one_line_and_its_newline_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("token");
+        std::fs::write(&f, "s3cret-token\n").unwrap();
+        assert_eq!(read_token_file(&f).unwrap(), "s3cret-token");
+        std::fs::write(&f, "one\ntwo\n").unwrap();
+        assert!(read_token_file(&f).is_err());
+        std::fs::write(&f, "\n").unwrap();
+        assert!(read_token_file(&f).is_err());
+        let e = read_token_file(&dir.path().join("missing")).unwrap_err();
+        assert!(e.to_string().contains("cannot read"), "{e}");
+    }
+
+    #[test]
     fn a_short_operator_token_is_refused() {
         let short = FileConfig {
             operator_token: Some("hunter2".into()),
             ..FileConfig::default()
         };
         let e = ServerConfig::from_settings(short).unwrap_err().to_string();
-        assert!(e.contains("operator_token must be at least 16"), "{e}");
+        assert!(e.contains("operator_token is too weak"), "{e}");
     }
 }

@@ -259,7 +259,18 @@ async fn web(
 
 /// `server`: the file's settings under the flags', then the node until a signal.
 fn serve(runtime: &tokio::runtime::Runtime, args: ServerArgs) -> anyhow::Result<()> {
+    if args.generate_operator_token {
+        println!("{}", quicnprotochat::config::generate_operator_token());
+        return Ok(());
+    }
     init_logging("info");
+    let from_file = |path: &Option<std::path::PathBuf>| {
+        path.as_deref()
+            .map(quicnprotochat::config::read_token_file)
+            .transpose()
+    };
+    let auth_token = from_file(&args.auth_token_file)?.or(args.auth_token);
+    let operator_token = from_file(&args.operator_token_file)?.or(args.operator_token);
     let file = match &args.config {
         Some(path) => FileConfig::load(path)?,
         None => FileConfig::default(),
@@ -270,8 +281,8 @@ fn serve(runtime: &tokio::runtime::Runtime, args: ServerArgs) -> anyhow::Result<
         store: args.store,
         tls_cert: args.tls_cert,
         tls_key: args.tls_key,
-        auth_token: args.auth_token,
-        operator_token: args.operator_token,
+        auth_token,
+        operator_token,
         queue_limit: args.queue_limit,
         max_payload: args.max_payload,
         sealed_sender: args.sealed_sender.then_some(true),

@@ -84,3 +84,35 @@ pub async fn log_in(
         .unwrap();
     (conn, logged.session)
 }
+
+/// `n` connections of one fresh registered device, each with a live session
+/// (one password login, then resumes, which no login limit counts): the node
+/// serves KeyPackages to registered devices only. Must run on a `LocalSet`.
+pub async fn claimers(node: &TestNode, n: usize) -> Vec<NodeConnection> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let name = format!("claimer{}", NEXT.fetch_add(1, Ordering::Relaxed));
+    let d = device();
+    node.connect()
+        .await
+        .unwrap()
+        .register(&name, b"pw", &d.id, None)
+        .await
+        .unwrap();
+    let first = node.connect().await.unwrap();
+    let token = first.login(&name, b"pw", &d.id, None).await.unwrap().token;
+    let mut out = vec![first];
+    while out.len() < n {
+        let conn = node.connect().await.unwrap();
+        conn.resume(&token, None).await.unwrap();
+        out.push(conn);
+    }
+    out.truncate(n);
+    out
+}
+
+/// One connection of a fresh registered device with a live session (see
+/// [`claimers`]). Must run on a `LocalSet`.
+pub async fn claimer(node: &TestNode) -> NodeConnection {
+    claimers(node, 1).await.pop().expect("one")
+}

@@ -195,7 +195,7 @@ async fn sealed_sender_delivers_without_telling_the_node_who_sent() {
     let alice_name = "alice-the-sender";
     let bob = device();
     local(async {
-        let (_c, bob_s) = register(&node, "bob", "pw", &bob).await;
+        let (bob_conn, bob_s) = register(&node, "bob", "pw", &bob).await;
         bob.publish(&bob_s, 2).await;
         let access_key = [42u8; 32];
         bob_s
@@ -203,9 +203,11 @@ async fn sealed_sender_delivers_without_telling_the_node_who_sent() {
             .await
             .unwrap();
 
-        // alice fetches bob's published key without logging in...
+        // alice learns bob's published key (the node serves KeyPackages to
+        // registered devices only: here bob's own connection reads it for her)
+        // and sends without logging in...
         let anon = node.connect().await.unwrap();
-        let claimed = anon
+        let claimed = bob_conn
             .fetch_key_packages(&KeyPackageTarget::Username("bob".into()))
             .await
             .unwrap();
@@ -387,6 +389,29 @@ async fn once_accounts_exist_only_registered_devices_authenticate_and_guessing_i
         let err = early_s.fetch(0, 0).await.unwrap_err();
         assert_eq!(err.code(), Some(ErrorCode::Unauthorized), "{err}");
         phone_s.fetch(0, 0).await.expect("registered devices go on");
+    })
+    .await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_operator_token_guess_is_compared_while_its_address_is_limited() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::ephemeral(dir.path());
+    let token = quicnprotochat::config::generate_operator_token();
+    config.operator_token = Some(token.clone());
+    config.rate_limits.logins_per_min_per_address = 5;
+    let node = TestNode::start_with(config).await;
+    local(async {
+        let conn = node.connect().await.unwrap();
+        for i in 0..5 {
+            let err = conn.operator(&format!("guess-{i}")).await.err().unwrap();
+            assert_eq!(err.code(), Some(ErrorCode::Unauthorized), "{err}");
+        }
+        // The right token now: the address is limited, so it is not judged
+        // (before, it was compared first and accepted).
+        let err = conn.operator(&token).await.err().unwrap();
+        assert_eq!(err.code(), Some(ErrorCode::RateLimited), "{err}");
     })
     .await;
     node.stop().await;

@@ -245,3 +245,104 @@ async fn a_removed_device_still_in_a_group_fails_no_fan_out_and_gets_nothing() {
     .await;
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_devices_key_never_registers_or_logs_in_again_and_gets_nothing_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    let gid = b"the-stolen-laptop".to_vec();
+    let laptop = device();
+    // What a send to the group tells of the laptop.
+    async fn laptop_outcome(
+        a: &quicnprotochat::client::SessionHandle,
+        gid: &[u8],
+        laptop: &IdentityKey,
+    ) -> Result<u64, ErrorCode> {
+        let outcomes = a.send_group(gid, b"secret", &[]).await.unwrap();
+        let o = outcomes
+            .into_iter()
+            .find(|o| o.recipient == *laptop)
+            .unwrap();
+        o.outcome.map_err(|e| e.code)
+    }
+    local(async {
+        let (alice, phone) = (device(), device());
+        let (_ca, a) = register(&node, "hana", "pw", &alice).await;
+        let (_cp, p) = register(&node, "ivan", "pw", &phone).await;
+        let c = node.connect().await.unwrap();
+        c.login("ivan", b"pw", &laptop.id, None).await.unwrap();
+        let everyone: Vec<Vec<u8>> = [&alice, &phone, &laptop]
+            .iter()
+            .map(|d| d.key().0.to_vec())
+            .collect();
+        let bodies = CommitBodies {
+            commit: b"commit".to_vec(),
+            welcome: b"welcome".to_vec(),
+            receipt: b"receipt".to_vec(),
+            ..CommitBodies::default()
+        };
+        a.commit_group(&gid, 0, &everyone, &mls_commit(&gid, 0), &bodies)
+            .await
+            .unwrap();
+        assert!(laptop_outcome(&a, &gid, &laptop.key()).await.is_ok());
+
+        // The laptop is stolen; the phone removes it. Nobody has committed its
+        // MLS removal yet, so the group still names it.
+        p.remove_device(&laptop.key()).await.unwrap();
+        assert_eq!(
+            laptop_outcome(&a, &gid, &laptop.key()).await,
+            Err(ErrorCode::NotFound)
+        );
+
+        // The thief re-registers the stolen key under a new name: refused, and
+        // no account is left behind.
+        let thief = node.connect().await.unwrap();
+        let err = thief
+            .register("mallory", b"pw-m", &laptop.id, None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::Unauthorized), "{err}");
+        assert!(
+            err.to_string().contains("removed from its account"),
+            "{err}"
+        );
+        let err = thief
+            .login("mallory", b"pw-m", &laptop.id, None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::Unauthorized), "{err}");
+        // Nor can it log in to its old account with a stolen password.
+        let err = thief
+            .login("ivan", b"pw", &laptop.id, None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::Unauthorized), "{err}");
+        assert!(
+            err.to_string().contains("removed from its account"),
+            "{err}"
+        );
+
+        // So the group's sends still skip it, and nothing is stored for it.
+        assert_eq!(
+            laptop_outcome(&a, &gid, &laptop.key()).await,
+            Err(ErrorCode::NotFound)
+        );
+        assert!(node.stored(&laptop.key()).await.is_empty());
+    })
+    .await;
+
+    // After a restart the key is still retired.
+    let node = node.restart().await;
+    local(async {
+        let err = node
+            .connect()
+            .await
+            .unwrap()
+            .register("mallory2", b"pw-m", &laptop.id, None)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::Unauthorized), "{err}");
+    })
+    .await;
+    node.stop().await;
+}

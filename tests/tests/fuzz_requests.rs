@@ -270,6 +270,7 @@ async fn every_fuzzed_request_gets_an_answer_or_a_typed_refusal() {
     config.rate_limits.logins_per_min_per_address = 1_000_000;
     config.rate_limits.claims_per_min_per_requester = 1_000_000;
     config.rate_limits.claims_per_min_per_target = 1_000_000;
+    config.rate_limits.claims_per_min_per_device = 1_000_000;
     let node = TestNode::start_with(config).await;
     local(async {
         let me = Identity::generate();

@@ -350,10 +350,8 @@ async fn an_mls_rs_member_joins_talks_and_commits_in_a_group_of_openmls_members(
         assert_eq!(rusty.epoch_authenticator(), authenticator(&alice).await);
 
         // rusty adds carol (openmls) from her KeyPackage, claimed through the node.
-        let claimed = node
-            .connect()
+        let claimed = quicnprotochat_tests::accounts::claimer(&node)
             .await
-            .unwrap()
             .fetch_key_packages(&KeyPackageTarget::Username("carol".into()))
             .await
             .unwrap();

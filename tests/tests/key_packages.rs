@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use quicnprotochat::client::KeyPackageTarget;
 use quicnprotochat_crypto::mls::{Suite, validate_key_package};
-use quicnprotochat_tests::accounts::{device, register};
+use quicnprotochat_tests::accounts::{claimer, claimers, device, register};
 use quicnprotochat_tests::{TestNode, local};
 use quicnprotochat_wire::ErrorCode;
 use redb::ReadableTable;
@@ -27,7 +27,7 @@ async fn key_packages_one_time_then_last_resort_and_two_devices() {
         laptop.publish(&laptop_s, 1).await;
         assert_eq!(laptop_s.whoami().await.unwrap().device_count, 2);
 
-        let claimer = node.connect().await.unwrap();
+        let claimer = claimer(&node).await;
         let mut seen = HashSet::new();
         let mut last_resort_seen = 0;
         for round in 0..5 {
@@ -113,12 +113,10 @@ async fn a_one_time_package_is_never_served_twice_to_32_concurrent_claimers() {
         let carol = device();
         let (_c, s) = register(&node, "carol", "pw", &carol).await;
         carol.publish(&s, 20).await;
-        let claims = (0..32).map(|_| async {
-            let conn = node.connect().await.unwrap();
-            let got = conn
-                .fetch_key_packages(&KeyPackageTarget::Device(carol.key()))
-                .await
-                .unwrap();
+        let conns = claimers(&node, 32).await;
+        let target = &KeyPackageTarget::Device(carol.key());
+        let claims = conns.into_iter().map(|conn| async move {
+            let got = conn.fetch_key_packages(target).await.unwrap();
             conn.close().await;
             got.into_iter().next().unwrap()
         });
@@ -207,7 +205,7 @@ async fn looking_at_someones_keys_consumes_none_of_their_packages() {
         let bob = device();
         let (_c, bob_s) = register(&node, "bob", "pw", &bob).await;
         bob.publish(&bob_s, 2).await;
-        let stranger = node.connect().await.unwrap();
+        let stranger = claimer(&node).await;
         for _ in 0..5 {
             let seen = stranger
                 .peek_key_packages(&KeyPackageTarget::Username("bob".into()))
@@ -273,7 +271,7 @@ async fn key_packages_are_served_as_mls_messages_even_when_uploaded_bare_or_stor
             )
             .await
             .unwrap();
-        let claimer = node.connect().await.unwrap();
+        let claimer = claimer(&node).await;
         let claimed = claimer
             .fetch_key_packages(&KeyPackageTarget::Username("bob".into()))
             .await
@@ -318,7 +316,7 @@ async fn key_packages_are_served_as_mls_messages_even_when_uploaded_bare_or_stor
     }
     let node = TestNode::start(dir.path()).await;
     local(async {
-        let claimer = node.connect().await.unwrap();
+        let claimer = claimer(&node).await;
         let claimed = claimer
             .fetch_key_packages(&KeyPackageTarget::Username("bob".into()))
             .await
@@ -331,6 +329,89 @@ async fn key_packages_are_served_as_mls_messages_even_when_uploaded_bare_or_stor
                 validate_key_package(&c.key_package).unwrap().identity_key,
                 c.identity_key.0.to_vec()
             );
+        }
+    })
+    .await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_gets_no_key_packages_and_one_requester_takes_only_its_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = quicnprotochat::config::ServerConfig::ephemeral(dir.path());
+    config.rate_limits.claims_per_min_per_target = 3;
+    config.rate_limits.claims_per_min_per_device = 5;
+    let node = TestNode::start_with(config).await;
+    local(async {
+        let bob = device();
+        let (_c, bob_s) = register(&node, "bob", "pw", &bob).await;
+        bob.publish(&bob_s, 20).await;
+
+        // No session on the connection: nothing, for claims and looks alike.
+        let stranger = node.connect().await.unwrap();
+        let by_name = KeyPackageTarget::Username("bob".into());
+        let by_key = KeyPackageTarget::Device(bob.key());
+        for t in [&by_name, &by_key] {
+            let err = stranger.fetch_key_packages(t).await.unwrap_err();
+            assert_eq!(err.code(), Some(ErrorCode::Unauthorized), "{err}");
+            let err = stranger.peek_key_packages(t).await.unwrap_err();
+            assert_eq!(err.code(), Some(ErrorCode::Unauthorized), "{err}");
+        }
+        assert_eq!(bob_s.key_package_status().await.unwrap(), (20, 0));
+
+        // A registered requester takes its share of bob's device, whichever
+        // form of the target it names: the name and the key count as one.
+        let first = claimer(&node).await;
+        first.fetch_key_packages(&by_name).await.unwrap();
+        first.fetch_key_packages(&by_key).await.unwrap();
+        first.fetch_key_packages(&by_name).await.unwrap();
+        for t in [&by_name, &by_key] {
+            let err = first.fetch_key_packages(t).await.unwrap_err();
+            assert_eq!(err.code(), Some(ErrorCode::RateLimited), "{err}");
+        }
+        // Another requester has a share of its own, up to the cap on bob's
+        // device across all requesters (5 a minute).
+        let second = claimer(&node).await;
+        second.fetch_key_packages(&by_key).await.unwrap();
+        second.fetch_key_packages(&by_key).await.unwrap();
+        let err = second.fetch_key_packages(&by_key).await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::RateLimited), "{err}");
+        assert_eq!(
+            bob_s.key_package_status().await.unwrap(),
+            (15, 0),
+            "5 one-time packages taken, no more"
+        );
+    })
+    .await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_claim_target_is_refused_before_any_limiter_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = quicnprotochat::config::ServerConfig::ephemeral(dir.path());
+    config.rate_limits.claims_per_min_per_requester = 5;
+    let node = TestNode::start_with(config).await;
+    local(async {
+        let bob = device();
+        let (_c, bob_s) = register(&node, "bob", "pw", &bob).await;
+        bob.publish(&bob_s, 2).await;
+        let requester = claimer(&node).await;
+        let huge = "x".repeat(256 * 1024);
+        for _ in 0..20 {
+            let err = requester
+                .fetch_key_packages(&KeyPackageTarget::Username(huge.clone()))
+                .await
+                .unwrap_err();
+            assert_eq!(err.code(), Some(ErrorCode::BadRequest), "{err}");
+        }
+        // None of the 20 was counted (nor kept): the requester's budget of 5
+        // is whole.
+        for _ in 0..5 {
+            requester
+                .fetch_key_packages(&KeyPackageTarget::Device(bob.key()))
+                .await
+                .unwrap();
         }
     })
     .await;

@@ -20,6 +20,9 @@ pub enum AuthError {
     /// revoked token: the caller learns nothing about which.
     #[error("wrong username, password, identity key or token")]
     Unauthorized,
+    #[error("{}", AccountRefusal::DeviceRetired)]
+    /// The device's key was retired (removed, or its account deleted).
+    DeviceRetired,
     #[error("{0}")]
     /// The named user or device does not exist.
     NotFound(&'static str),
@@ -48,6 +51,7 @@ impl From<AccountRefusal> for AuthError {
         match r {
             AccountRefusal::UsernameTaken => AuthError::UsernameTaken,
             AccountRefusal::OtherAccount => AuthError::Unauthorized,
+            AccountRefusal::DeviceRetired => AuthError::DeviceRetired,
             AccountRefusal::DeviceTaken | AccountRefusal::BadRequest(_) => {
                 AuthError::BadRequest(r.to_string())
             }
@@ -60,7 +64,7 @@ impl From<AuthError> for WireError {
         let code = match &e {
             AuthError::BadUsername(_) | AuthError::BadRequest(_) => ErrorCode::BadRequest,
             AuthError::UsernameTaken => ErrorCode::AlreadyExists,
-            AuthError::Unauthorized => ErrorCode::Unauthorized,
+            AuthError::Unauthorized | AuthError::DeviceRetired => ErrorCode::Unauthorized,
             AuthError::NotFound(_) => ErrorCode::NotFound,
             // Details are for the operator's log (connection.rs logs them).
             AuthError::Store(_) => {

@@ -10,7 +10,6 @@
 use std::collections::HashMap;
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use quicnprotochat_crypto::mls::Suite;
 use quicnprotochat_crypto::opaque::{self, ServerLoginState, ServerSetup};
@@ -31,12 +30,7 @@ pub use error::AuthError;
 use error::opaque_err;
 pub use rules::*;
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use crate::store::now_ms;
 
 /// What the service keeps in memory of a directory read from the store:
 /// device → username, token hash → session, and whether accounts exist.
@@ -470,15 +464,15 @@ impl AuthService {
         Ok(())
     }
 
-    /// Claims one KeyPackage per device of the target: a one-time package is
-    /// deleted in the transaction that returns it; when none is left the
-    /// last-resort package is served (and counted).
+    /// Claims one KeyPackage per device of `devices` (a target resolved by
+    /// [`AuthService::target_devices`]): a one-time package is deleted in the
+    /// transaction that returns it; when none is left the last-resort package
+    /// is served (and counted).
     pub async fn claim_key_packages(
         &self,
-        target: ClaimTarget,
+        devices: Vec<IdentityKey>,
         suite: Suite,
     ) -> Result<Vec<ClaimedPackage>, AuthError> {
-        let devices = self.target_devices(&target);
         if devices.is_empty() {
             return Err(AuthError::NotFound(NO_SUCH_USER));
         }
@@ -498,15 +492,15 @@ impl AuthService {
         Ok(claimed)
     }
 
-    /// What a claim against `target` would serve, consuming nothing: per device
-    /// with published keys, its hybrid key and last-resort package of `suite`
-    /// (reusable by design, so serving it here is not counted as served).
+    /// What a claim against `devices` would serve, consuming nothing: per
+    /// device with published keys, its hybrid key and last-resort package of
+    /// `suite` (reusable by design, so serving it here is not counted as
+    /// served).
     pub async fn peek_key_packages(
         &self,
-        target: &ClaimTarget,
+        devices: Vec<IdentityKey>,
         suite: Suite,
     ) -> Result<Vec<ClaimedPackage>, AuthError> {
-        let devices = self.target_devices(target);
         if devices.is_empty() {
             return Err(AuthError::NotFound(NO_SUCH_USER));
         }
@@ -517,8 +511,9 @@ impl AuthService {
         Ok(out)
     }
 
-    /// The registered devices a claim against `target` is for.
-    fn target_devices(&self, target: &ClaimTarget) -> Vec<IdentityKey> {
+    /// The registered devices a claim against `target` is for (none for an
+    /// unknown name or device).
+    pub fn target_devices(&self, target: &ClaimTarget) -> Vec<IdentityKey> {
         match target {
             ClaimTarget::Username(name) => self.devices_of(name),
             ClaimTarget::Device(d) if self.devices.read().expect("lock").contains_key(d) => {

@@ -18,6 +18,10 @@ pub(super) struct NodeService {
     /// Whether this connection has presented the admission token (calls that
     /// carry no token of their own, like registerFinish, need that).
     admitted: Cell<bool>,
+    /// The last session this connection opened: its device and token hash
+    /// (`None` for a key-only session). On a node with accounts, KeyPackages
+    /// are claimed and peeked by a registered device with a live session.
+    opened: Cell<Option<(IdentityKey, Option<[u8; 32]>)>>,
 }
 
 impl NodeService {
@@ -30,6 +34,7 @@ impl NodeService {
             nonce: Cell::new(None),
             login: RefCell::new(None),
             admitted: Cell::new(false),
+            opened: Cell::new(None),
         }
     }
 
@@ -56,6 +61,7 @@ impl NodeService {
         token_hash: Option<[u8; 32]>,
         proof: SessionProof,
     ) -> session::Client {
+        self.opened.set(Some((identity, token_hash)));
         capnp_rpc::new_client(SessionService::new(
             self.ctx.clone(),
             self.budget.clone(),
@@ -293,6 +299,12 @@ impl node::Server for NodeService {
         {
             Ok(issued) => issued,
             Err(AuthError::Store(e)) => return Err(auth_refusal(AuthError::Store(e))),
+            // Said plainly: only who knows the password and holds the key gets
+            // here, and that user needs to know to start a new profile.
+            Err(AuthError::DeviceRetired) => {
+                self.log_refused_login("login", "a removed device's key");
+                return Err(auth_refusal(AuthError::DeviceRetired));
+            }
             Err(_) => {
                 self.log_refused_login("login", "wrong password or another account's device");
                 return Err(login_refused());
@@ -386,11 +398,11 @@ impl node::Server for NodeService {
     ) -> Result<(), capnp::Error> {
         let p = params.get().map_err(bad_params)?;
         let _call = admit(&self.budget, p.total_size())?;
-        let (target, suite) = self.key_package_request(p.get_target(), p.get_ciphersuite())?;
+        let (devices, suite) = self.key_package_request(p.get_target(), p.get_ciphersuite())?;
         let claimed = self
             .ctx
             .auth
-            .claim_key_packages(target, suite)
+            .claim_key_packages(devices, suite)
             .await
             .map_err(auth_refusal)?;
         write_packages(&claimed, results.get().init_packages(claimed.len() as u32));
@@ -404,9 +416,9 @@ impl node::Server for NodeService {
     ) -> Result<(), capnp::Error> {
         let p = params.get().map_err(bad_params)?;
         let _call = admit(&self.budget, p.total_size())?;
-        let (target, suite) = self.key_package_request(p.get_target(), p.get_ciphersuite())?;
+        let (devices, suite) = self.key_package_request(p.get_target(), p.get_ciphersuite())?;
         let auth = self.ctx.auth.clone();
-        let peeked = spawned(async move { auth.peek_key_packages(&target, suite).await })
+        let peeked = spawned(async move { auth.peek_key_packages(devices, suite).await })
             .await?
             .map_err(auth_refusal)?;
         write_packages(&peeked, results.get().init_packages(peeked.len() as u32));
@@ -427,9 +439,13 @@ impl node::Server for NodeService {
                 "this node has no operator token (operator_token in its config)",
             ));
         };
+        // Every presentation counts against the login limit BEFORE the token
+        // is compared: while an address is limited, no guess of it is judged
+        // (answering RATE_LIMITED and then accepting the right token would let
+        // a guesser go on at full speed). The comparison is constant-time.
+        self.count_login_attempt()?;
         if !hash.matches(presented) {
-            // Guessing is counted against the same limit as passwords.
-            self.failed_attempt("operator", "wrong operator token")?;
+            self.log_refused_login("operator", "wrong operator token");
             return Err(refuse(ErrorCode::Unauthorized, "wrong operator token"));
         }
         tracing::info!(remote = %self.conn.remote, "operator connected");
@@ -441,41 +457,74 @@ impl node::Server for NodeService {
 }
 
 impl NodeService {
-    /// Reads a KeyPackage request's target and suite and counts it against the
-    /// claim limits: per requester, and per (requester, target), so that nobody
-    /// can use up the claims of a target for everyone else.
+    /// Who asks for KeyPackages. On a node with accounts: a registered device
+    /// whose session (opened on this connection) is alive; strangers are
+    /// refused. Without accounts: the caller's address.
+    fn key_package_requester(&self) -> Result<Requester, capnp::Error> {
+        if !self.ctx.auth.accounts_exist() {
+            return Ok(Requester::Address(self.conn.remote.ip()));
+        }
+        match self.opened.get() {
+            Some((device, Some(token_hash)))
+                if self.ctx.auth.session_alive(&token_hash)
+                    && self.ctx.auth.account_of(&device).is_some() =>
+            {
+                Ok(Requester::Device(device.0))
+            }
+            _ => Err(refuse(
+                ErrorCode::Unauthorized,
+                "KeyPackages are served to registered devices: log in first",
+            )),
+        }
+    }
+
+    /// Reads a KeyPackage request's target and suite, checks them, resolves the
+    /// target to its devices and counts the request against the claim limits:
+    /// per requester, per (requester, device) and per device. Validation comes
+    /// first: nothing a caller sends is kept by a limiter (its keys are fixed
+    /// size).
     fn key_package_request(
         &self,
         target: capnp::Result<quicnprotochat_wire::node_capnp::key_package_target::Reader<'_>>,
         ciphersuite: u16,
-    ) -> Result<(ClaimTarget, Suite), capnp::Error> {
+    ) -> Result<(Vec<IdentityKey>, Suite), capnp::Error> {
         use quicnprotochat_wire::node_capnp::key_package_target::Which;
         let target = match target
             .map_err(bad_params)?
             .which()
             .map_err(|e| bad_params(e.into()))?
         {
-            Which::Username(name) => ClaimTarget::Username(text(name)?),
+            Which::Username(name) => {
+                let name = text(name)?;
+                crate::auth::check_username(&name).map_err(auth_refusal)?;
+                ClaimTarget::Username(name)
+            }
             Which::IdentityKey(key) => ClaimTarget::Device(IdentityKey::from_wire(
                 key.map_err(bad_params)?,
                 "identityKey",
             )?),
         };
-        let target_bytes = match &target {
-            ClaimTarget::Username(n) => n.as_bytes().to_vec(),
-            ClaimTarget::Device(d) => d.0.to_vec(),
-        };
-        self.ctx
-            .rates
-            .claim(self.conn.remote.ip(), &target_bytes)
-            .map_err(rate_limited)?;
         let suite = Suite::from_code(ciphersuite).ok_or_else(|| {
             refuse(
                 ErrorCode::BadRequest,
                 format!("unsupported ciphersuite {ciphersuite:#06x}"),
             )
         })?;
-        Ok((target, suite))
+        let requester = self.key_package_requester()?;
+        let devices = self.ctx.auth.target_devices(&target);
+        if devices.is_empty() {
+            // Counted too, so probing for names costs the same as claiming.
+            self.ctx.rates.claim(requester, &[]).map_err(rate_limited)?;
+            return Err(auth_refusal(crate::auth::AuthError::NotFound(
+                crate::auth::NO_SUCH_USER,
+            )));
+        }
+        let keys: Vec<[u8; 32]> = devices.iter().map(|d| d.0).collect();
+        self.ctx
+            .rates
+            .claim(requester, &keys)
+            .map_err(rate_limited)?;
+        Ok((devices, suite))
     }
 }
 

@@ -22,10 +22,14 @@ pub struct RateConfig {
     pub logins_per_min_per_address: u32,
     /// KeyPackage claims per minute per requester address.
     pub claims_per_min_per_requester: u32,
-    /// KeyPackage claims per minute by one requester address against one target
-    /// account or device. Per requester, not per target alone: a limit shared by
-    /// all requesters would let one of them keep a target un-addable for everyone.
+    /// KeyPackage claims per minute by one requester against one target device
+    /// (a username counts as each of its devices). Per requester: one requester
+    /// may take this share of a device's packages and no more.
     pub claims_per_min_per_target: u32,
+    /// KeyPackage claims per minute against one device by all requesters
+    /// together: what a crowd of requesters (or one with many addresses) can
+    /// take of a device's one-time packages.
+    pub claims_per_min_per_device: u32,
 }
 
 impl Default for RateConfig {
@@ -36,6 +40,7 @@ impl Default for RateConfig {
             logins_per_min_per_address: 30,
             claims_per_min_per_requester: 120,
             claims_per_min_per_target: 60,
+            claims_per_min_per_device: 300,
         }
     }
 }
@@ -98,8 +103,20 @@ pub struct RateLimits {
     enqueue_session: Limiter<[u8; 32]>,
     enqueue_address: Limiter<IpAddr>,
     logins: Limiter<IpAddr>,
-    claims_requester: Limiter<IpAddr>,
-    claims_target: Limiter<(IpAddr, Vec<u8>)>,
+    claims_requester: Limiter<Requester>,
+    claims_target: Limiter<(Requester, [u8; 32])>,
+    claims_device: Limiter<[u8; 32]>,
+}
+
+/// Who claims KeyPackages: a registered device (its session), or, on a node
+/// without accounts, an address. Fixed-size either way: a limiter's keys cost
+/// the same whatever a caller sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Requester {
+    /// A registered device with a live session.
+    Device([u8; 32]),
+    /// A source address (nodes without accounts).
+    Address(IpAddr),
 }
 
 impl RateLimits {
@@ -114,6 +131,7 @@ impl RateLimits {
             logins: Limiter::new(c.logins_per_min_per_address, min),
             claims_requester: Limiter::new(c.claims_per_min_per_requester, min),
             claims_target: Limiter::new(c.claims_per_min_per_target, min),
+            claims_device: Limiter::new(c.claims_per_min_per_device, min),
         }
     }
 
@@ -162,13 +180,16 @@ impl RateLimits {
         self.refused.swap(0, Ordering::Relaxed)
     }
 
-    /// One KeyPackage claim (or look) by `requester` against `target`.
-    pub fn claim(&self, requester: IpAddr, target: &[u8]) -> Result<(), RateLimited> {
-        self.counted(
-            self.claims_requester
-                .check(&requester)
-                .and_then(|()| self.claims_target.check(&(requester, target.to_vec()))),
-        )
+    /// One KeyPackage claim (or look) by `requester` against `devices` (the
+    /// target resolved: a username counts as each of its devices).
+    pub fn claim(&self, requester: Requester, devices: &[[u8; 32]]) -> Result<(), RateLimited> {
+        self.counted(self.claims_requester.check(&requester).and_then(|()| {
+            devices.iter().try_for_each(|d| {
+                self.claims_target
+                    .check(&(requester, *d))
+                    .and_then(|()| self.claims_device.check(d))
+            })
+        }))
     }
 
     /// Forgets keys that have been quiet long enough to be back at full burst, so
@@ -179,6 +200,7 @@ impl RateLimits {
         self.logins.inner.retain_recent();
         self.claims_requester.inner.retain_recent();
         self.claims_target.inner.retain_recent();
+        self.claims_device.inner.retain_recent();
     }
 }
 
@@ -211,16 +233,17 @@ mod tests {
             claims_per_min_per_target: 2,
             ..RateConfig::default()
         });
-        let attacker: IpAddr = "127.0.0.9".parse().unwrap();
-        let friend: IpAddr = "127.0.0.2".parse().unwrap();
-        limits.claim(attacker, b"bob").unwrap();
-        limits.claim(attacker, b"bob").unwrap();
-        assert!(limits.claim(attacker, b"bob").is_err());
+        let attacker = Requester::Address("127.0.0.9".parse().unwrap());
+        let friend = Requester::Address("127.0.0.2".parse().unwrap());
+        let (bob, carol) = ([1; 32], [2; 32]);
+        limits.claim(attacker, &[bob]).unwrap();
+        limits.claim(attacker, &[bob]).unwrap();
+        assert!(limits.claim(attacker, &[bob]).is_err());
         limits
-            .claim(friend, b"bob")
+            .claim(friend, &[bob])
             .expect("bob stays addable for others");
         limits
-            .claim(attacker, b"carol")
+            .claim(attacker, &[carol])
             .expect("other targets unaffected");
     }
 
@@ -230,10 +253,44 @@ mod tests {
             claims_per_min_per_requester: 3,
             ..RateConfig::default()
         });
-        let a: IpAddr = "127.0.0.3".parse().unwrap();
-        for t in [b"t1", b"t2", b"t3"] {
-            limits.claim(a, t).unwrap();
+        let a = Requester::Address("127.0.0.3".parse().unwrap());
+        for t in [[1; 32], [2; 32], [3; 32]] {
+            limits.claim(a, &[t]).unwrap();
         }
-        assert!(limits.claim(a, b"t4").is_err());
+        assert!(limits.claim(a, &[[4; 32]]).is_err());
+    }
+
+    #[test]
+    fn one_requester_takes_its_share_of_a_device_and_all_together_no_more_than_the_cap() {
+        let limits = RateLimits::new(RateConfig {
+            claims_per_min_per_target: 2,
+            claims_per_min_per_device: 3,
+            ..RateConfig::default()
+        });
+        let bob = [7; 32];
+        let (r1, r2) = (Requester::Device([1; 32]), Requester::Device([2; 32]));
+        limits.claim(r1, &[bob]).unwrap();
+        limits.claim(r1, &[bob]).unwrap();
+        assert!(limits.claim(r1, &[bob]).is_err(), "r1's share is 2");
+        limits.claim(r2, &[bob]).unwrap();
+        assert!(
+            limits.claim(r2, &[bob]).is_err(),
+            "3 for bob across requesters"
+        );
+        assert!(
+            limits.claim(r2, &[[8; 32]]).is_ok(),
+            "another device is unaffected"
+        );
+    }
+
+    #[test]
+    fn a_username_counts_as_each_of_its_devices() {
+        let limits = RateLimits::new(RateConfig {
+            claims_per_min_per_target: 1,
+            ..RateConfig::default()
+        });
+        let r = Requester::Device([1; 32]);
+        limits.claim(r, &[[7; 32], [8; 32]]).unwrap();
+        assert!(limits.claim(r, &[[8; 32]]).is_err(), "[8; 32] was claimed");
     }
 }

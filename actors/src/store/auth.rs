@@ -71,10 +71,23 @@ pub fn key_package_tables(suite: Suite) -> KeyPackageTables {
 pub const HYBRID_KEYS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("hybrid_keys");
 /// device → SHA-256 of its sealed-sender access key.
 pub const ACCESS_KEYS: TableDefinition<&[u8; 32], &[u8; 32]> = TableDefinition::new("access_keys");
+/// Identity keys of removed or deleted devices → when they were retired (ms
+/// since the epoch). A retired key never registers or logs in again: whoever
+/// holds it (a thief with the stolen device) stays out for good.
+pub const RETIRED_DEVICES: TableDefinition<&[u8; 32], u64> =
+    TableDefinition::new("retired_devices");
+
+/// Whether `device`'s key was retired (its device removed or its account deleted).
+fn is_retired(txn: &WriteTransaction, device: &IdentityKey) -> Result<bool, StoreError> {
+    Ok(txn.open_table(RETIRED_DEVICES)?.get(&device.0)?.is_some())
+}
 
 /// Deletes every row of `device` (a device of `username`): its directory
-/// entries, KeyPackages of every suite, hybrid key, access key and sessions.
-/// Returns the hashes of the sessions it ended.
+/// entries, KeyPackages of every suite, hybrid key, access key and sessions;
+/// and retires its key, so that it never becomes a device again: the group
+/// fences that still name it (until someone commits its MLS removal) fan out
+/// nothing to it and accept no external join it would vouch for. Returns the
+/// hashes of the sessions it ended.
 pub fn remove_device_rows(
     txn: &WriteTransaction,
     username: &str,
@@ -92,6 +105,8 @@ pub fn remove_device_rows(
     }
     txn.open_table(HYBRID_KEYS)?.remove(&device.0)?;
     txn.open_table(ACCESS_KEYS)?.remove(&device.0)?;
+    txn.open_table(RETIRED_DEVICES)?
+        .insert(&device.0, super::now_ms())?;
     let mut sessions = txn.open_table(SESSIONS)?;
     let mut dropped = Vec::new();
     for e in sessions.iter()? {
@@ -227,6 +242,9 @@ pub(super) fn apply(
                 if devices.get(&device.0)?.is_some() {
                     return Ok(Err(AccountRefusal::DeviceTaken));
                 }
+                if is_retired(txn, &device)? {
+                    return Ok(Err(AccountRefusal::DeviceRetired));
+                }
                 users.insert(username.as_str(), record.as_slice())?;
                 devices.insert(&device.0, username.as_str())?;
                 txn.open_table(ACCOUNT_DEVICES)?
@@ -244,6 +262,9 @@ pub(super) fn apply(
             reply,
         } => {
             let result = (|| -> Result<Result<(), AccountRefusal>, StoreError> {
+                if is_retired(txn, &device)? {
+                    return Ok(Err(AccountRefusal::DeviceRetired));
+                }
                 let mut devices = txn.open_table(DEVICES)?;
                 let owner = devices.get(&device.0)?.map(|v| v.value().to_string());
                 match owner {

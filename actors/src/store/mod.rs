@@ -22,3 +22,10 @@ pub mod writer;
 pub use handle::{QUEUE_CAPACITY, StoreWriter};
 pub use read::{Directory, Store};
 pub use server::{ServerStore, StoreError, StoreOptions};
+
+/// Now, in ms since the Unix epoch (the stores' timestamps).
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

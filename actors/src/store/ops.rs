@@ -22,6 +22,12 @@ pub enum AccountRefusal {
     #[error("this identity key already belongs to an account")]
     /// The device already belongs to an account.
     DeviceTaken,
+    #[error(
+        "this device was removed from its account: its key can never register or log in \
+         again (start a new profile)"
+    )]
+    /// The device's key was retired (the device removed, or its account deleted).
+    DeviceRetired,
     #[error("the device belongs to another account")]
     /// A login names a device of another account.
     OtherAccount,

@@ -246,6 +246,7 @@ impl ServerStore {
             txn.open_table(KP_STATS_PQ)?;
             txn.open_table(HYBRID_KEYS)?;
             txn.open_table(ACCESS_KEYS)?;
+            txn.open_table(RETIRED_DEVICES)?;
         }
         txn.commit()?;
         Ok(store)

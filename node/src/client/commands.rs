@@ -386,6 +386,8 @@ pub async fn check_key(
     let conn = opts.connect().await?;
     let out = match username {
         Some(name) => {
+            // The node serves KeyPackages to registered devices: a session first.
+            open_session(opts, &conn, &state, &identity).await?;
             let claimed = conn
                 .peek_key_packages(&KeyPackageTarget::Username(name.to_string()))
                 .await?;

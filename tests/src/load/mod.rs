@@ -81,6 +81,7 @@ pub fn load_test_config(data_dir: PathBuf) -> ServerConfig {
     c.rate_limits.logins_per_min_per_address = 10_000_000;
     c.rate_limits.claims_per_min_per_requester = 10_000_000;
     c.rate_limits.claims_per_min_per_target = 10_000_000;
+    c.rate_limits.claims_per_min_per_device = 10_000_000;
     // Every simulated client comes from 127.0.0.1: the per-address cap would
     // refuse all but the first thousand.
     c.limits.admission.connections = 1_000_000;

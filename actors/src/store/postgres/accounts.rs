@@ -30,6 +30,18 @@ pub(super) async fn init_secret(
     Ok(row.get(0))
 }
 
+/// Whether `device`'s key was retired (removed, or its account deleted).
+async fn is_retired(txn: &Transaction<'_>, device: &IdentityKey) -> Result<bool, StoreError> {
+    Ok(txn
+        .query_opt(
+            "SELECT 1 FROM retired_devices WHERE device = $1",
+            &[&&device.0[..]],
+        )
+        .await
+        .map_err(pg)?
+        .is_some())
+}
+
 /// A new account with its first device.
 pub(super) async fn register(
     txn: &Transaction<'_>,
@@ -38,6 +50,9 @@ pub(super) async fn register(
     device: &IdentityKey,
     now_ms: u64,
 ) -> Result<Result<(), AccountRefusal>, StoreError> {
+    if is_retired(txn, device).await? {
+        return Ok(Err(AccountRefusal::DeviceRetired));
+    }
     let inserted = txn
         .execute(
             "INSERT INTO users (username, record) VALUES ($1, $2) ON CONFLICT DO NOTHING",
@@ -75,6 +90,9 @@ pub(super) async fn login(
     expires_at_ms: u64,
     now_ms: u64,
 ) -> Result<Result<(), AccountRefusal>, StoreError> {
+    if is_retired(txn, device).await? {
+        return Ok(Err(AccountRefusal::DeviceRetired));
+    }
     txn.execute(
         "INSERT INTO devices (device, username, added_ms) VALUES ($1, $2, $3) \
          ON CONFLICT DO NOTHING",
@@ -114,12 +132,20 @@ pub(super) async fn logout(txn: &Transaction<'_>, token_hash: &[u8; 32]) -> Resu
     Ok(())
 }
 
-/// Deletes every row of `device`; returns the hashes of the sessions it ended.
+/// Deletes every row of `device` and retires its key; returns the hashes of
+/// the sessions it ended.
 pub(super) async fn remove_device(
     txn: &Transaction<'_>,
     device: &IdentityKey,
+    now_ms: u64,
 ) -> Result<Vec<[u8; 32]>, StoreError> {
     let d = &device.0[..];
+    txn.execute(
+        "INSERT INTO retired_devices (device, retired_ms) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        &[&d, &i(now_ms)],
+    )
+    .await
+    .map_err(pg)?;
     for sql in [
         "DELETE FROM devices WHERE device = $1",
         "DELETE FROM key_packages WHERE device = $1",
@@ -143,6 +169,7 @@ pub(super) async fn remove_device(
 pub(super) async fn delete_account(
     txn: &Transaction<'_>,
     username: &str,
+    now_ms: u64,
 ) -> Result<Option<DeletedAccount>, StoreError> {
     let deleted = txn
         .execute("DELETE FROM users WHERE username = $1", &[&username])
@@ -164,7 +191,7 @@ pub(super) async fn delete_account(
         .collect::<Result<_, _>>()?;
     let mut sessions = Vec::new();
     for d in &devices {
-        sessions.extend(remove_device(txn, d).await?);
+        sessions.extend(remove_device(txn, d, now_ms).await?);
     }
     Ok(Some((
         Account {

@@ -461,10 +461,15 @@ async fn apply_account(
             after_commit(reply, Ok(accounts::logout(txn, &token_hash).await?))
         }
         AccountWrite::RemoveDevice { device, reply, .. } => {
-            after_commit(reply, Ok(accounts::remove_device(txn, &device).await?))
+            let now = crate::store::now_ms();
+            after_commit(reply, Ok(accounts::remove_device(txn, &device, now).await?))
         }
         AccountWrite::DeleteAccount { username, reply } => {
-            after_commit(reply, Ok(accounts::delete_account(txn, &username).await?))
+            let now = crate::store::now_ms();
+            after_commit(
+                reply,
+                Ok(accounts::delete_account(txn, &username, now).await?),
+            )
         }
         AccountWrite::Upload { upload, reply } => {
             after_commit(reply, Ok(accounts::store_upload(txn, &upload).await?))
