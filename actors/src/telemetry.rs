@@ -31,13 +31,16 @@ pub const LOGINS_FAILED_TOTAL: &str = "qpc_logins_failed_total";
 pub const CONNECTIONS_REFUSED_TOTAL: &str = "qpc_connections_refused_total";
 /// Calls refused over a budget (counter).
 pub const OVER_BUDGET_TOTAL: &str = "qpc_calls_over_budget_total";
+/// Connections closed because their replies stayed unread too long (counter).
+pub const STALLED_CONNECTIONS_TOTAL: &str = "qpc_stalled_connections_total";
 /// Request bytes held by calls in flight (gauge).
 pub const BYTES_IN_FLIGHT: &str = "qpc_call_bytes_in_flight";
 pub use quicnprotochat_wire::error::REFUSALS_TOTAL;
 
 /// Every counter, so a fresh node reports them at zero rather than not at all.
-pub const COUNTERS: [&str; 11] = [
+pub const COUNTERS: [&str; 12] = [
     OVER_BUDGET_TOTAL,
+    STALLED_CONNECTIONS_TOTAL,
     LOGINS_TOTAL,
     LOGINS_FAILED_TOTAL,
     CONNECTIONS_REFUSED_TOTAL,
@@ -89,6 +92,10 @@ pub fn describe() {
     describe_counter!(
         OVER_BUDGET_TOTAL,
         "calls refused over a connection's or the node's in-flight budget"
+    );
+    describe_counter!(
+        STALLED_CONNECTIONS_TOTAL,
+        "connections closed because their replies stayed unread (limits.reply_stall_secs)"
     );
     describe_gauge!(
         BYTES_IN_FLIGHT,

@@ -6,21 +6,31 @@
 //! connection's requests while its replies cannot be written: once the QUIC
 //! stream pushes back (the peer's flow-control window is full), the reader waits
 //! until a write goes through again. The client's own sends then block on QUIC
-//! flow control, and the node holds at most the replies of the calls already in
-//! flight (which the call budget bounds).
+//! flow control.
+//!
+//! That bounds what new requests can add, not the replies of calls already read
+//! (long-polls woken later): those reserve their bytes in the connection's
+//! budget before they are built, and the writer here gives the bytes back as the
+//! stream takes them, or all at once when the connection ends
+//! (`ConnectionBudget::reserve_reply`). A connection whose replies stay stuck for
+//! too long is closed by its server loop ([`CongestionWatch::stuck_for`]).
 
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use futures::io::{AsyncRead, AsyncWrite};
+use quicnprotochat_actors::core::budget::ConnectionBudget;
 
 /// Whether a connection's replies are stuck, shared by its two halves.
 #[derive(Default)]
 struct Congestion {
     stuck: Cell<bool>,
+    /// Since when writes have been refused (`None` while they go through).
+    stuck_since: Cell<Option<Instant>>,
     /// The reader waiting for the writer to move again.
     reader: RefCell<Option<Waker>>,
 }
@@ -28,15 +38,40 @@ struct Congestion {
 impl Congestion {
     fn set(&self, stuck: bool) {
         self.stuck.set(stuck);
-        if !stuck && let Some(w) = self.reader.borrow_mut().take() {
-            w.wake();
+        if stuck {
+            if self.stuck_since.get().is_none() {
+                self.stuck_since.set(Some(Instant::now()));
+            }
+        } else {
+            self.stuck_since.set(None);
+            if let Some(w) = self.reader.borrow_mut().take() {
+                w.wake();
+            }
         }
     }
 }
 
+/// Tells a connection's server loop how long its replies have been stuck.
+#[derive(Clone)]
+pub struct CongestionWatch {
+    congestion: Rc<Congestion>,
+}
+
+impl CongestionWatch {
+    /// How long writes have been refused without a break (`None`: they go
+    /// through).
+    pub fn stuck_for(&self) -> Option<Duration> {
+        self.congestion.stuck_since.get().map(|t| t.elapsed())
+    }
+}
+
 /// Wraps a connection's two halves so that its requests are read only while its
-/// replies can be written.
-pub fn couple<R, W>(reader: R, writer: W) -> (GatedReader<R>, WatchedWriter<W>) {
+/// replies can be written, and the bytes written are given back to `budget`.
+pub fn couple<R, W>(
+    reader: R,
+    writer: W,
+    budget: ConnectionBudget,
+) -> (GatedReader<R>, WatchedWriter<W>, CongestionWatch) {
     let congestion = Rc::new(Congestion::default());
     (
         GatedReader {
@@ -45,8 +80,10 @@ pub fn couple<R, W>(reader: R, writer: W) -> (GatedReader<R>, WatchedWriter<W>) 
         },
         WatchedWriter {
             inner: writer,
-            congestion,
+            congestion: congestion.clone(),
+            budget,
         },
+        CongestionWatch { congestion },
     )
 }
 
@@ -70,16 +107,25 @@ impl<R: AsyncRead + Unpin> AsyncRead for GatedReader<R> {
     }
 }
 
-/// The reply half: tells the request half whether writes go through.
+/// The reply half: tells the request half whether writes go through, and the
+/// budget how many reply bytes left memory.
 pub struct WatchedWriter<W> {
     inner: W,
     congestion: Rc<Congestion>,
+    budget: ConnectionBudget,
 }
 
 impl<W> WatchedWriter<W> {
     fn observe<T>(&self, poll: Poll<T>) -> Poll<T> {
         self.congestion.set(poll.is_pending());
         poll
+    }
+}
+
+impl<W> Drop for WatchedWriter<W> {
+    fn drop(&mut self) {
+        // The connection is gone, and with it every reply still queued.
+        self.budget.replies_dropped();
     }
 }
 
@@ -90,6 +136,9 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for WatchedWriter<W> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &poll {
+            self.budget.replies_written(*n as u64);
+        }
         self.observe(poll)
     }
 
@@ -141,12 +190,16 @@ mod tests {
     fn requests_are_not_read_while_replies_cannot_be_written() {
         let open = Rc::new(Cell::new(false));
         let requests: &[u8] = b"request bytes";
-        let (mut reader, mut writer) = couple(
+        let budget = quicnprotochat_actors::core::budget::NodeBudget::new(Default::default());
+        let connection = budget.connection();
+        connection.reserve_reply(5).unwrap();
+        let (mut reader, mut writer, watch) = couple(
             requests,
             Valve {
                 open: open.clone(),
                 written: Vec::new(),
             },
+            connection.clone(),
         );
         let waker = noop_waker();
         let mut cx = Context::from_waker(&waker);
@@ -156,9 +209,12 @@ mod tests {
             Pin::new(&mut reader).poll_read(&mut cx, &mut buf),
             Poll::Ready(Ok(4))
         ));
-        // A reply the peer does not take: reading stops.
+        // A reply the peer does not take: reading stops, and its bytes stay
+        // counted.
         let mut write = writer.write_all(b"reply");
         assert!(Pin::new(&mut write).poll(&mut cx).is_pending());
+        assert!(watch.stuck_for().is_some());
+        assert_eq!(connection.replies_queued(), 5);
         assert!(
             Pin::new(&mut reader)
                 .poll_read(&mut cx, &mut buf)
@@ -170,8 +226,14 @@ mod tests {
             Pin::new(&mut write).poll(&mut cx),
             Poll::Ready(Ok(()))
         ));
+        assert_eq!(watch.stuck_for(), None);
+        assert_eq!(connection.replies_queued(), 0, "written: given back");
         let mut rest = Vec::new();
         futures::executor::block_on(reader.read_to_end(&mut rest)).unwrap();
         assert_eq!(rest, b"est bytes");
+        // A connection that ends gives back whatever replies it still had.
+        connection.reserve_reply(100).unwrap();
+        drop(writer);
+        assert_eq!(budget.reply_bytes_queued(), 0);
     }
 }

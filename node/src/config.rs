@@ -155,6 +155,10 @@ pub struct LimitsFile {
     pub store_cache_bytes: Option<usize>,
     /// `groups_per_device`
     pub groups_per_device: Option<u64>,
+    /// `reply_bytes_per_connection`
+    pub reply_bytes_per_connection: Option<u64>,
+    /// `reply_stall_secs`
+    pub reply_stall_secs: Option<u64>,
 }
 
 /// What the node holds at most, resolved.
@@ -172,7 +176,14 @@ pub struct Limits {
     pub store_cache_bytes: usize,
     /// Groups one device may create (fences it started that are still kept).
     pub groups_per_device: u64,
+    /// A connection whose replies stay unwritten (its peer reads nothing) this
+    /// long is closed.
+    pub reply_stall: Duration,
 }
+
+/// Default of `reply_stall_secs`: far past any network hiccup, short enough
+/// that unread replies do not sit in memory for minutes.
+pub const DEFAULT_REPLY_STALL: Duration = Duration::from_secs(30);
 
 /// Default of `long_polls_per_inbox`: a few devices' worth of reconnects.
 pub const DEFAULT_LONG_POLLS_PER_INBOX: u32 = 8;
@@ -190,6 +201,7 @@ impl Default for Limits {
             live_inboxes: DEFAULT_LIVE_INBOXES,
             store_cache_bytes: DEFAULT_CACHE_BYTES,
             groups_per_device: DEFAULT_GROUPS_PER_DEVICE,
+            reply_stall: DEFAULT_REPLY_STALL,
         }
     }
 }
@@ -212,11 +224,17 @@ impl LimitsFile {
                     .bytes_per_connection
                     .unwrap_or(d.budget.bytes_per_connection),
                 bytes_per_node: self.bytes_in_flight.unwrap_or(d.budget.bytes_per_node),
+                reply_bytes_per_connection: self
+                    .reply_bytes_per_connection
+                    .unwrap_or(d.budget.reply_bytes_per_connection),
             },
             long_polls_per_inbox: self.long_polls_per_inbox.unwrap_or(d.long_polls_per_inbox),
             live_inboxes: self.live_inboxes.unwrap_or(d.live_inboxes),
             store_cache_bytes: self.store_cache_bytes.unwrap_or(d.store_cache_bytes),
             groups_per_device: self.groups_per_device.unwrap_or(d.groups_per_device),
+            reply_stall: self
+                .reply_stall_secs
+                .map_or(d.reply_stall, Duration::from_secs),
         };
         let counts = [
             l.admission.connections,
@@ -225,7 +243,12 @@ impl LimitsFile {
             l.long_polls_per_inbox,
             l.live_inboxes,
         ];
-        if counts.contains(&0) || l.budget.bytes_per_connection == 0 || l.groups_per_device == 0 {
+        if counts.contains(&0)
+            || l.budget.bytes_per_connection == 0
+            || l.budget.reply_bytes_per_connection == 0
+            || l.groups_per_device == 0
+            || l.reply_stall.is_zero()
+        {
             return Err(ConfigError::Invalid("limits must be at least 1".into()));
         }
         if l.budget.bytes_per_connection < max_payload as u64
@@ -613,12 +636,15 @@ mod tests {
             live_inboxes,
             store_cache_bytes,
             groups_per_device,
+            reply_bytes_per_connection,
+            reply_stall_secs,
         } = limits.unwrap();
         assert!(connections.is_some() && connections_per_address.is_some());
         assert!(calls_per_connection.is_some() && bytes_per_connection.is_some());
         assert!(bytes_in_flight.is_some() && long_polls_per_inbox.is_some());
         assert!(live_inboxes.is_some() && store_cache_bytes.is_some());
-        assert!(groups_per_device.is_some());
+        assert!(groups_per_device.is_some() && reply_bytes_per_connection.is_some());
+        assert!(reply_stall_secs.is_some());
     }
 
     #[test]

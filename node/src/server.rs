@@ -88,7 +88,16 @@ pub struct Server {
     writer_thread: std::thread::JoinHandle<()>,
     /// Follows what other nodes sharing a PostgreSQL store write.
     news: Option<tokio::task::JoinHandle<()>>,
+    connections: ConnectionSettings,
+}
+
+/// What every connection's server loop needs of the configuration.
+#[derive(Debug, Clone, Copy)]
+struct ConnectionSettings {
+    /// Largest payload (the reader limits follow it).
     max_payload: usize,
+    /// A connection whose replies stay unwritten this long is closed.
+    reply_stall: Duration,
 }
 
 impl Server {
@@ -213,7 +222,10 @@ impl Server {
             ctx,
             writer,
             writer_thread,
-            max_payload: config.max_payload,
+            connections: ConnectionSettings {
+                max_payload: config.max_payload,
+                reply_stall: config.limits.reply_stall,
+            },
         })
     }
 
@@ -241,7 +253,7 @@ impl Server {
         // capnp-rpc is !Send: a connection's RPC system stays on the thread it
         // starts on. Several such threads share the connections (round robin), so
         // one busy connection slows only its thread's share.
-        let max_payload = self.max_payload;
+        let settings = self.connections;
         let mut rpc_threads = Vec::new();
         let mut conn_txs = Vec::new();
         for i in 0..self.rpc_threads {
@@ -250,7 +262,7 @@ impl Server {
             rpc_threads.push(
                 std::thread::Builder::new()
                     .name(format!("rpc-{i}"))
-                    .spawn(move || rpc_thread_main(ctx, rx, max_payload))
+                    .spawn(move || rpc_thread_main(ctx, rx, settings))
                     .map_err(ServerError::Thread)?,
             );
             conn_txs.push(tx);
@@ -381,7 +393,7 @@ pub async fn run(
 fn rpc_thread_main(
     ctx: Arc<NodeContext>,
     mut conns: mpsc::UnboundedReceiver<(quinn::Connection, ConnectionSlot)>,
-    max_payload: usize,
+    settings: ConnectionSettings,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -403,7 +415,7 @@ fn rpc_thread_main(
                 ctx.clone(),
                 conn,
                 slot,
-                max_payload,
+                settings,
             )));
         }
         // The endpoint is closed: every connection ends; wait for their tasks, but
@@ -430,15 +442,15 @@ async fn serve_connection(
     ctx: Arc<NodeContext>,
     conn: quinn::Connection,
     slot: ConnectionSlot,
-    max_payload: usize,
+    settings: ConnectionSettings,
 ) {
     metrics::gauge!(telemetry::CONNECTIONS_OPEN).increment(1.0);
-    serve_rpc(ctx, conn, max_payload).await;
+    serve_rpc(ctx, conn, settings).await;
     metrics::gauge!(telemetry::CONNECTIONS_OPEN).decrement(1.0);
     drop(slot);
 }
 
-async fn serve_rpc(ctx: Arc<NodeContext>, conn: quinn::Connection, max_payload: usize) {
+async fn serve_rpc(ctx: Arc<NodeContext>, conn: quinn::Connection, settings: ConnectionSettings) {
     let remote = conn.remote_address();
     let mut channel_binding = [0u8; CHANNEL_BINDING_LEN];
     if conn
@@ -459,23 +471,58 @@ async fn serve_rpc(ctx: Arc<NodeContext>, conn: quinn::Connection, max_payload: 
             return;
         }
     };
-    // Requests are read only while replies can be written (see `backpressure`).
-    let (recv, send) = crate::backpressure::couple(recv, send);
-    let network = twoparty::VatNetwork::new(recv, send, Side::Server, reader_options(max_payload));
+    // Requests are read only while replies can be written, and reply bytes
+    // count against the connection's budget until written (see `backpressure`).
+    let budget = ctx.budget.connection();
+    let (recv, send, congestion) = crate::backpressure::couple(recv, send, budget.clone());
+    let network = twoparty::VatNetwork::new(
+        recv,
+        send,
+        Side::Server,
+        reader_options(settings.max_payload),
+    );
     let bootstrap = connection::bootstrap(
         ctx,
         ConnectionInfo {
             channel_binding,
             remote,
         },
+        budget,
     );
     let rpc = RpcSystem::new(Box::new(network), Some(bootstrap.client));
-    if let Err(e) = rpc.await {
-        // Malformed framing or a vanished peer: drop this connection only.
-        tracing::debug!(%remote, error = %e, "connection closed with error");
-        // capnp-rpc has queued an Abort telling the peer why; give it a moment to
-        // arrive before the connection (and anything unsent) is torn down.
-        let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
-        conn.close(3u32.into(), b"protocol error");
+    // Replies nobody reads for this long: the peer is gone or hostile.
+    let stalled = async {
+        let mut tick = tokio::time::interval(Duration::from_secs(1).min(settings.reply_stall));
+        loop {
+            tick.tick().await;
+            if congestion
+                .stuck_for()
+                .is_some_and(|d| d >= settings.reply_stall)
+            {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        outcome = rpc => {
+            if let Err(e) = outcome {
+                // Malformed framing or a vanished peer: drop this connection only.
+                tracing::debug!(%remote, error = %e, "connection closed with error");
+                // capnp-rpc has queued an Abort telling the peer why; give it a
+                // moment to arrive before the connection (and anything unsent) is
+                // torn down.
+                let _ = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+                conn.close(3u32.into(), b"protocol error");
+            }
+        }
+        () = stalled => {
+            metrics::counter!(telemetry::STALLED_CONNECTIONS_TOTAL).increment(1);
+            tracing::info!(
+                %remote,
+                stalled_secs = settings.reply_stall.as_secs(),
+                "closing a connection whose replies have not been read"
+            );
+            conn.close(4u32.into(), b"replies unread");
+        }
     }
 }

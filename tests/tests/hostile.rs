@@ -224,3 +224,160 @@ async fn a_max_rate_sender_into_one_inbox_and_a_handshake_storm_leave_others_ser
     .await;
     node.stop().await;
 }
+
+/// A client that holds long-polls on many sessions of one connection and
+/// freezes its QUIC credit, then has every inbox filled: the woken replies
+/// (about 1 MiB each) wait unread.
+struct FrozenReader {
+    pause: std::rc::Rc<quicnprotochat::client::rpc::ReplyPause>,
+    calls: Vec<tokio::task::JoinHandle<Result<usize, quicnprotochat::client::ClientError>>>,
+    /// Keeps the connection's endpoint alive.
+    _endpoint: quinn::Endpoint,
+}
+
+const SESSIONS: usize = 8;
+const WAITS_PER_SESSION: usize = 4;
+
+async fn freeze_and_wake(node: &TestNode) -> FrozenReader {
+    use quicnprotochat::client::NodeConnection;
+    use quicnprotochat::client::rpc::ReplyPause;
+    let pinned = quicnprotochat::tls::read_pinned_cert(&node.cert_path()).unwrap();
+    let endpoint = quicnprotochat::client::client_endpoint(node.addr, pinned).unwrap();
+    let pause = std::rc::Rc::new(ReplyPause::default());
+    let conn = NodeConnection::connect_with_reply_pause(&endpoint, node.addr, pause.clone())
+        .await
+        .unwrap();
+    let identities: Vec<Identity> = (0..SESSIONS).map(|_| Identity::generate()).collect();
+    let mut sessions = Vec::new();
+    for id in &identities {
+        sessions.push(conn.authenticate(id, None).await.unwrap());
+    }
+    pause.pause();
+    let mut calls = Vec::new();
+    for s in &sessions {
+        for _ in 0..WAITS_PER_SESSION {
+            let s = s.clone();
+            calls.push(tokio::task::spawn_local(async move {
+                s.fetch_wait(0, 0, Duration::from_secs(30))
+                    .await
+                    .map(|l| l.len())
+            }));
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every inbox gets 4 × 256 KiB: each woken long-poll would answer ~1 MiB.
+    let feeder = Identity::generate();
+    let (_f, fs) = node.session(&feeder).await;
+    for id in &identities {
+        for _ in 0..4 {
+            fs.enqueue(
+                &IdentityKey(id.public_key()),
+                &vec![7u8; 256 * KIB as usize],
+            )
+            .await
+            .unwrap();
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    FrozenReader {
+        pause,
+        calls,
+        _endpoint: endpoint,
+    }
+}
+
+fn frozen_config(dir: &std::path::Path, stall: Duration) -> ServerConfig {
+    let mut config = ServerConfig::ephemeral(dir);
+    config.limits.budget.reply_bytes_per_connection = 2 * 1024 * KIB;
+    config.limits.reply_stall = stall;
+    config.rate_limits.enqueue_per_sec_per_session = 1_000_000;
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_a_frozen_reader_leaves_unread_stay_within_its_budget_and_others_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = frozen_config(dir.path(), Duration::from_secs(60));
+    let cap = config.limits.budget.reply_bytes_per_connection;
+    let node = TestNode::start_with(config).await;
+    local(async {
+        let frozen = freeze_and_wake(&node).await;
+        // 32 woken replies of ~1 MiB wanted; the node holds at most the
+        // connection's reply budget (one reply may pass alone).
+        let queued = node.budget().reply_bytes_queued();
+        assert!(queued > 0, "the woken replies that fit are counted");
+        assert!(
+            queued <= cap + 1024 * KIB + 4 * 64,
+            "{queued} unread reply bytes held, cap {cap}"
+        );
+        // Someone else is served meanwhile.
+        let bob = Identity::generate();
+        let (_b, bs) = node.session(&bob).await;
+        for i in 0..20u8 {
+            bs.enqueue(&IdentityKey(bob.public_key()), &[i])
+                .await
+                .unwrap();
+        }
+        assert_eq!(bs.fetch(0, 0).await.unwrap().len(), 20);
+        // The reader reads again: every call is answered, either with its
+        // messages or, past the budget, RATE_LIMITED (nothing is lost: a fetch
+        // is not destructive).
+        frozen.pause.resume();
+        let (mut served, mut limited) = (0, 0);
+        for c in frozen.calls {
+            match c.await.unwrap() {
+                Ok(n) => {
+                    assert!((1..=4).contains(&n), "{n}");
+                    served += 1;
+                }
+                Err(e) => {
+                    assert_eq!(e.code(), Some(ErrorCode::RateLimited), "{e}");
+                    assert!(e.to_string().contains("unread"), "{e}");
+                    limited += 1;
+                }
+            }
+        }
+        assert!(
+            served >= 1 && limited >= 1,
+            "{served} served, {limited} limited"
+        );
+        assert_eq!(node.budget().reply_bytes_queued(), 0, "all written");
+    })
+    .await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_whose_replies_stay_unread_is_closed_and_its_replies_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start_with(frozen_config(dir.path(), Duration::from_secs(2))).await;
+    local(async {
+        let frozen = freeze_and_wake(&node).await;
+        assert!(node.budget().reply_bytes_queued() > 0);
+        // Past the stall time the node closes the connection: its calls fail
+        // and the bytes of its unread replies are given back.
+        let mut freed = false;
+        for _ in 0..100 {
+            if node.budget().reply_bytes_queued() == 0 {
+                freed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            freed,
+            "{} bytes still held",
+            node.budget().reply_bytes_queued()
+        );
+        // What the client had received before the close it still reads; the
+        // rest fails with the connection.
+        frozen.pause.resume();
+        let mut failed = 0;
+        for c in frozen.calls {
+            failed += usize::from(c.await.unwrap().is_err());
+        }
+        assert!(failed > 0, "the connection was closed");
+    })
+    .await;
+    node.stop().await;
+}

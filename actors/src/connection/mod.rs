@@ -91,9 +91,9 @@ fn over_budget(e: OverBudget) -> capnp::Error {
     tracing::debug!(reason = %e, "call refused over budget");
     match e {
         // The caller's own doing: it pipelines more than it may.
-        OverBudget::Calls { .. } | OverBudget::ConnectionBytes { .. } => {
-            refuse(ErrorCode::RateLimited, e.to_string())
-        }
+        OverBudget::Calls { .. }
+        | OverBudget::ConnectionBytes { .. }
+        | OverBudget::UnreadReplies { .. } => refuse(ErrorCode::RateLimited, e.to_string()),
         // Load on the node as a whole.
         OverBudget::NodeBytes { .. } => refuse(ErrorCode::Unavailable, e.to_string()),
     }
@@ -155,9 +155,21 @@ pub struct ConnectionInfo {
     pub remote: std::net::SocketAddr,
 }
 
-/// The bootstrap capability of a connection.
-pub fn bootstrap(ctx: Arc<NodeContext>, conn: ConnectionInfo) -> node::Client {
-    capnp_rpc::new_client(NodeService::new(ctx, conn))
+/// The bootstrap capability of a connection whose calls and replies count
+/// against `budget` (from [`NodeBudget::connection`]; the stream that writes
+/// the replies gives their bytes back as it takes them).
+pub fn bootstrap(
+    ctx: Arc<NodeContext>,
+    conn: ConnectionInfo,
+    budget: ConnectionBudget,
+) -> node::Client {
+    capnp_rpc::new_client(NodeService::new(ctx, conn, budget))
+}
+
+/// Reserves a reply of `bytes` against the connection's budget before it is
+/// built (see [`ConnectionBudget::reserve_reply`]).
+fn reserve_reply(budget: &ConnectionBudget, bytes: u64) -> Result<(), capnp::Error> {
+    budget.reserve_reply(bytes).map_err(over_budget)
 }
 
 fn refuse(code: ErrorCode, detail: impl Into<String>) -> capnp::Error {

@@ -25,10 +25,14 @@ pub(super) struct NodeService {
 }
 
 impl NodeService {
-    /// A fresh connection's bootstrap service, with a budget of its own.
-    pub(super) fn new(ctx: Arc<NodeContext>, conn: ConnectionInfo) -> NodeService {
+    /// A fresh connection's bootstrap service, with its budget.
+    pub(super) fn new(
+        ctx: Arc<NodeContext>,
+        conn: ConnectionInfo,
+        budget: ConnectionBudget,
+    ) -> NodeService {
         NodeService {
-            budget: ctx.budget.connection(),
+            budget,
             ctx,
             conn,
             nonce: Cell::new(None),

@@ -84,6 +84,14 @@ fn write_seqs(seqs: &[u64], mut out: capnp::primitive_list::Builder<'_, u64>) {
     }
 }
 
+/// What a reply carrying `list` holds: its payloads and a word-aligned
+/// envelope around each.
+fn reply_bytes(list: &[Envelope]) -> u64 {
+    list.iter()
+        .map(|e| (e.data.len() + e.part.len()) as u64 + 32)
+        .sum()
+}
+
 fn write_envelopes(
     list: &[Envelope],
     mut out: capnp::struct_list::Builder<'_, quicnprotochat_wire::node_capnp::envelope::Owned>,
@@ -232,6 +240,13 @@ impl session::Server for SessionService {
             .map_err(bad_params)?;
         check_group_id(group_id).map_err(commit_refusal)?;
         let found = super::rejoin::group_info(&self.ctx, &self.identity, group_id).await?;
+        // Up to a MiB of GroupInfo and ~1.2 KiB per member (hybrid key, name).
+        let member_bytes: u64 = found
+            .members
+            .iter()
+            .map(|m| 64 + m.username.len() as u64 + m.hybrid_public_key.len() as u64)
+            .sum();
+        reserve_reply(&self.budget, found.group_info.len() as u64 + member_bytes)?;
         let mut r = results.get();
         r.set_group_info(&found.group_info);
         let mut list = r.init_members(found.members.len() as u32);
@@ -326,6 +341,7 @@ impl session::Server for SessionService {
         let p = params.get().map_err(bad_params)?;
         let _call = admit(&self.budget, p.total_size())?;
         let list = self.read_inbox(p.get_after(), p.get_limit()).await?;
+        reserve_reply(&self.budget, reply_bytes(&list))?;
         metrics::counter!(crate::telemetry::FETCHES_TOTAL).increment(1);
         write_envelopes(&list, results.get().init_envelopes(list.len() as u32));
         Ok(())
@@ -353,6 +369,9 @@ impl session::Server for SessionService {
                 list = self.read_inbox(after, limit).await?;
             }
         }
+        // A woken long-poll's reply waits for the peer to read it: counted
+        // until written, refused past the budget (the messages stay stored).
+        reserve_reply(&self.budget, reply_bytes(&list))?;
         metrics::counter!(crate::telemetry::FETCHES_TOTAL).increment(1);
         write_envelopes(&list, results.get().init_envelopes(list.len() as u32));
         Ok(())

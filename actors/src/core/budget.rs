@@ -11,6 +11,17 @@
 //!
 //! A [`CallPermit`] is the right to hold one call's bytes; dropping it gives
 //! them back. No clocks, no I/O: property tests drive this directly.
+//!
+//! Replies are counted too. A call's permit ends when the call returns, but its
+//! reply then waits in capnp-rpc's outgoing queue until the peer's flow control
+//! lets it out: a client that holds many long-polls and never reads would make
+//! the node hold every woken reply (measured: 16 sessions × 8 `fetchWait` woken by
+//! 4 MiB each took a node from 65 to 702 MiB per connection). So a large reply
+//! reserves its bytes before it is built ([`ConnectionBudget::reserve_reply`]) and
+//! gives them back as the connection's stream takes them
+//! ([`ConnectionBudget::replies_written`]) or when the connection ends; a reply
+//! over the connection's or the node's budget is refused instead (its messages
+//! stay stored: a fetch is not destructive).
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -23,8 +34,11 @@ pub struct BudgetConfig {
     pub calls_per_connection: u32,
     /// Request bytes one connection's calls in flight may hold.
     pub bytes_per_connection: u64,
-    /// Request bytes all calls in flight together may hold.
+    /// Request bytes all calls in flight together may hold, replies waiting to
+    /// be written included.
     pub bytes_per_node: u64,
+    /// Reply bytes one connection may have waiting to be written.
+    pub reply_bytes_per_connection: u64,
 }
 
 impl Default for BudgetConfig {
@@ -33,6 +47,7 @@ impl Default for BudgetConfig {
             calls_per_connection: 128,
             bytes_per_connection: 16 * 1024 * 1024,
             bytes_per_node: 256 * 1024 * 1024,
+            reply_bytes_per_connection: 16 * 1024 * 1024,
         }
     }
 }
@@ -56,6 +71,18 @@ pub enum OverBudget {
         /// The cap.
         max: u64,
     },
+    /// This connection's replies wait unread: the caller's doing (it does not
+    /// read what it asked for).
+    #[error(
+        "{queued} reply bytes wait unread on this connection, at most {max} allowed; read the \
+         replies, then retry"
+    )]
+    UnreadReplies {
+        /// Reply bytes waiting now.
+        queued: u64,
+        /// The cap.
+        max: u64,
+    },
     /// The node as a whole holds too many bytes in calls: load, nobody's fault.
     #[error("the node is busy ({held} bytes in flight); retry shortly")]
     NodeBytes {
@@ -74,6 +101,8 @@ pub struct NodeBudget {
 struct NodeInner {
     config: BudgetConfig,
     bytes: AtomicU64,
+    /// Of `bytes`, those of replies waiting to be written.
+    replies: AtomicU64,
     /// The most bytes ever held at once (for tests and metrics).
     peak: AtomicU64,
     refused: AtomicU64,
@@ -86,6 +115,7 @@ impl NodeBudget {
             inner: Arc::new(NodeInner {
                 config,
                 bytes: AtomicU64::new(0),
+                replies: AtomicU64::new(0),
                 peak: AtomicU64::new(0),
                 refused: AtomicU64::new(0),
             }),
@@ -108,6 +138,11 @@ impl NodeBudget {
     /// Bytes held by calls in flight now.
     pub fn bytes_in_flight(&self) -> u64 {
         self.inner.bytes.load(Ordering::Acquire)
+    }
+
+    /// Bytes of replies waiting to be written, all connections.
+    pub fn reply_bytes_queued(&self) -> u64 {
+        self.inner.replies.load(Ordering::Acquire)
     }
 
     /// The most bytes calls ever held at once.
@@ -154,6 +189,8 @@ impl NodeBudget {
 struct Held {
     calls: u32,
     bytes: u64,
+    /// Reply bytes reserved and not yet written.
+    replies: u64,
 }
 
 /// One connection's budget. Cheap to clone (shared by its capabilities).
@@ -203,6 +240,64 @@ impl ConnectionBudget {
         let held = self.held.lock().expect("budget lock");
         (held.calls, held.bytes)
     }
+
+    /// Reserves `bytes` for a reply about to be built, until the stream takes
+    /// them ([`ConnectionBudget::replies_written`]); refused when the
+    /// connection's unread replies or the node's bytes are over budget. As for
+    /// requests, one reply alone always fits the connection's budget.
+    pub fn reserve_reply(&self, bytes: u64) -> Result<(), OverBudget> {
+        let max = self.node.inner.config.reply_bytes_per_connection;
+        let mut held = self.held.lock().expect("budget lock");
+        let r = if held.replies > 0 && held.replies.saturating_add(bytes) > max {
+            Err(OverBudget::UnreadReplies {
+                queued: held.replies,
+                max,
+            })
+        } else {
+            self.node.take(bytes)
+        };
+        match r {
+            Ok(()) => {
+                held.replies += bytes;
+                self.node.inner.replies.fetch_add(bytes, Ordering::AcqRel);
+            }
+            Err(_) => {
+                self.node.inner.refused.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        r
+    }
+
+    /// The connection's stream took `bytes`: that much of the reserved replies
+    /// is gone from memory. (Small replies are not reserved, so what is
+    /// written may exceed what was; the count stops at zero.)
+    pub fn replies_written(&self, bytes: u64) {
+        let mut held = self.held.lock().expect("budget lock");
+        let freed = bytes.min(held.replies);
+        held.replies -= freed;
+        drop(held);
+        self.free_replies(freed);
+    }
+
+    /// The connection ended: whatever replies it had waiting are dropped.
+    pub fn replies_dropped(&self) {
+        let mut held = self.held.lock().expect("budget lock");
+        let freed = std::mem::take(&mut held.replies);
+        drop(held);
+        self.free_replies(freed);
+    }
+
+    fn free_replies(&self, bytes: u64) {
+        if bytes > 0 {
+            self.node.inner.replies.fetch_sub(bytes, Ordering::AcqRel);
+            self.node.give_back(bytes);
+        }
+    }
+
+    /// Reply bytes reserved on this connection and not yet written.
+    pub fn replies_queued(&self) -> u64 {
+        self.held.lock().expect("budget lock").replies
+    }
 }
 
 /// One admitted call's share of the budgets; given back on drop.
@@ -233,7 +328,47 @@ mod tests {
             calls_per_connection: 3,
             bytes_per_connection: 100,
             bytes_per_node: 150,
+            reply_bytes_per_connection: 60,
         }
+    }
+
+    #[test]
+    fn unread_replies_count_until_written_and_past_the_cap_are_refused() {
+        let node = NodeBudget::new(small());
+        let c = node.connection();
+        c.reserve_reply(40).unwrap();
+        assert!(matches!(
+            c.reserve_reply(30).unwrap_err(),
+            OverBudget::UnreadReplies {
+                queued: 40,
+                max: 60
+            }
+        ));
+        c.reserve_reply(20).expect("fits exactly");
+        assert_eq!(node.reply_bytes_queued(), 60);
+        assert_eq!(node.bytes_in_flight(), 60, "replies hold node bytes too");
+        c.replies_written(50);
+        assert_eq!(c.replies_queued(), 10);
+        c.reserve_reply(50).expect("room again once written");
+        // More written than reserved (small replies are not reserved): stops at 0.
+        c.replies_written(1_000);
+        assert_eq!((c.replies_queued(), node.bytes_in_flight()), (0, 0));
+    }
+
+    #[test]
+    fn a_connections_unread_replies_go_with_it_and_the_node_budget_binds_them_all() {
+        let node = NodeBudget::new(small());
+        let (c1, c2, c3) = (node.connection(), node.connection(), node.connection());
+        c1.reserve_reply(60).unwrap();
+        c2.reserve_reply(60).unwrap();
+        assert!(matches!(
+            c3.reserve_reply(60).unwrap_err(),
+            OverBudget::NodeBytes { held: 120 }
+        ));
+        assert!(c3.admit(40).is_err(), "requests share the node's bytes");
+        c1.replies_dropped();
+        assert_eq!(node.reply_bytes_queued(), 60);
+        c3.reserve_reply(60).expect("c1's bytes came back");
     }
 
     #[test]
@@ -277,33 +412,47 @@ mod tests {
     }
 
     proptest! {
-        /// Whatever the order of admissions and releases over several
-        /// connections, what is held never exceeds the caps (beyond one
-        /// oversized request alone) and everything is given back in the end.
+        /// Whatever the order of admissions, releases, reply reservations and
+        /// writes over several connections, what is held never exceeds the
+        /// caps (beyond one oversized request alone) and everything is given
+        /// back in the end.
         #[test]
         fn held_bytes_never_exceed_the_caps(
-            ops in proptest::collection::vec((0usize..4, 0u64..80, any::<bool>()), 1..200)
+            ops in proptest::collection::vec((0usize..4, 0u64..80, 0u8..4), 1..200)
         ) {
             let config = small();
             let node = NodeBudget::new(config);
             let conns: Vec<_> = (0..4).map(|_| node.connection()).collect();
             let mut permits: Vec<Vec<CallPermit>> = (0..4).map(|_| Vec::new()).collect();
-            for (c, bytes, release) in ops {
-                if release && !permits[c].is_empty() {
-                    permits[c].remove(0);
-                } else if let Ok(p) = conns[c].admit(bytes) {
-                    permits[c].push(p);
+            for (c, bytes, op) in ops {
+                match op {
+                    0 if !permits[c].is_empty() => drop(permits[c].remove(0)),
+                    1 => drop(conns[c].reserve_reply(bytes)),
+                    2 => conns[c].replies_written(bytes),
+                    _ => {
+                        if let Ok(p) = conns[c].admit(bytes) {
+                            permits[c].push(p);
+                        }
+                    }
                 }
                 for (i, conn) in conns.iter().enumerate() {
                     let (calls, held) = conn.in_flight();
                     prop_assert!(calls <= config.calls_per_connection);
                     prop_assert!(held <= config.bytes_per_connection);
                     prop_assert_eq!(calls as usize, permits[i].len());
+                    // One reply alone may exceed the cap (bytes < 80).
+                    prop_assert!(
+                        conn.replies_queued() <= config.reply_bytes_per_connection.max(79)
+                    );
                 }
                 prop_assert!(node.bytes_in_flight() <= config.bytes_per_node);
             }
             drop(permits);
+            for conn in &conns {
+                conn.replies_dropped();
+            }
             prop_assert_eq!(node.bytes_in_flight(), 0);
+            prop_assert_eq!(node.reply_bytes_queued(), 0);
             prop_assert!(node.peak_bytes_in_flight() <= config.bytes_per_node);
         }
     }
