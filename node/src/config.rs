@@ -157,6 +157,8 @@ pub struct LimitsFile {
     pub groups_per_device: Option<u64>,
     /// `reply_bytes_per_connection`
     pub reply_bytes_per_connection: Option<u64>,
+    /// `devices_per_account`
+    pub devices_per_account: Option<u32>,
     /// `reply_stall_secs`
     pub reply_stall_secs: Option<u64>,
 }
@@ -179,7 +181,13 @@ pub struct Limits {
     /// A connection whose replies stay unwritten (its peer reads nothing) this
     /// long is closed.
     pub reply_stall: Duration,
+    /// Devices one account may have (a login from one more is refused).
+    pub devices_per_account: u32,
 }
+
+/// Default of `devices_per_account`: a person's phones, computers and
+/// browsers, with room to spare.
+pub const DEFAULT_DEVICES_PER_ACCOUNT: u32 = 16;
 
 /// Default of `reply_stall_secs`: far past any network hiccup, short enough
 /// that unread replies do not sit in memory for minutes.
@@ -202,6 +210,7 @@ impl Default for Limits {
             store_cache_bytes: DEFAULT_CACHE_BYTES,
             groups_per_device: DEFAULT_GROUPS_PER_DEVICE,
             reply_stall: DEFAULT_REPLY_STALL,
+            devices_per_account: DEFAULT_DEVICES_PER_ACCOUNT,
         }
     }
 }
@@ -235,6 +244,7 @@ impl LimitsFile {
             reply_stall: self
                 .reply_stall_secs
                 .map_or(d.reply_stall, Duration::from_secs),
+            devices_per_account: self.devices_per_account.unwrap_or(d.devices_per_account),
         };
         let counts = [
             l.admission.connections,
@@ -242,6 +252,7 @@ impl LimitsFile {
             l.budget.calls_per_connection,
             l.long_polls_per_inbox,
             l.live_inboxes,
+            l.devices_per_account,
         ];
         if counts.contains(&0)
             || l.budget.bytes_per_connection == 0
@@ -638,13 +649,14 @@ mod tests {
             groups_per_device,
             reply_bytes_per_connection,
             reply_stall_secs,
+            devices_per_account,
         } = limits.unwrap();
         assert!(connections.is_some() && connections_per_address.is_some());
         assert!(calls_per_connection.is_some() && bytes_per_connection.is_some());
         assert!(bytes_in_flight.is_some() && long_polls_per_inbox.is_some());
         assert!(live_inboxes.is_some() && store_cache_bytes.is_some());
         assert!(groups_per_device.is_some() && reply_bytes_per_connection.is_some());
-        assert!(reply_stall_secs.is_some());
+        assert!(reply_stall_secs.is_some() && devices_per_account.is_some());
     }
 
     #[test]

@@ -171,7 +171,14 @@ impl Server {
             addr: config.listen,
             source,
         })?;
-        let auth = Arc::new(AuthService::open(store.clone(), writer.clone()).await?);
+        let auth = Arc::new(
+            AuthService::open(
+                store.clone(),
+                writer.clone(),
+                config.limits.devices_per_account,
+            )
+            .await?,
+        );
         let directory = {
             let auth = auth.clone();
             Arc::new(move |inbox: &IdentityKey| auth.accepts_inbox(inbox))

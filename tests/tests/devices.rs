@@ -346,3 +346,32 @@ async fn a_removed_devices_key_never_registers_or_logs_in_again_and_gets_nothing
     .await;
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_account_has_at_most_its_quota_of_devices_and_a_removal_frees_a_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = quicnprotochat::config::ServerConfig::ephemeral(dir.path());
+    config.limits.devices_per_account = 2;
+    let node = TestNode::start_with(config).await;
+    local(async {
+        let (phone, laptop, tablet) = (device(), device(), device());
+        let (_cp, p) = register(&node, "june", "pw", &phone).await;
+        let c = node.connect().await.unwrap();
+        c.login("june", b"pw", &laptop.id, None).await.unwrap();
+        let err = c
+            .login("june", b"pw", &tablet.id, None)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(err.code(), Some(ErrorCode::QuotaExceeded), "{err}");
+        assert!(err.to_string().contains("at most 2 devices"), "{err}");
+        // Devices already in the account still log in.
+        c.login("june", b"pw", &laptop.id, None).await.unwrap();
+        assert_eq!(p.whoami().await.unwrap().device_count, 2);
+        p.remove_device(&laptop.key()).await.unwrap();
+        c.login("june", b"pw", &tablet.id, None).await.unwrap();
+        assert_eq!(p.whoami().await.unwrap().device_count, 2);
+    })
+    .await;
+    node.stop().await;
+}

@@ -26,6 +26,9 @@ pub enum ErrorCode {
     Unimplemented,
     /// The thing to create exists already (e.g. a taken username).
     AlreadyExists,
+    /// The caller's account (or device) holds as much of something as the node
+    /// allows (devices, groups, stored bytes); free some, do not just retry.
+    QuotaExceeded,
     /// A transient node-side failure (an actor restarted, the store is unavailable);
     /// nothing the caller had acknowledged is lost; retrying may succeed.
     Unavailable,
@@ -33,7 +36,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for exhaustive tests and parsing.
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::QueueFull,
         ErrorCode::TooLarge,
         ErrorCode::Unauthorized,
@@ -44,6 +47,7 @@ impl ErrorCode {
         ErrorCode::Unimplemented,
         ErrorCode::Unavailable,
         ErrorCode::AlreadyExists,
+        ErrorCode::QuotaExceeded,
     ];
 
     /// The stable text of the code, as it appears on the wire.
@@ -59,6 +63,7 @@ impl ErrorCode {
             ErrorCode::Unimplemented => "UNIMPLEMENTED",
             ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::AlreadyExists => "ALREADY_EXISTS",
+            ErrorCode::QuotaExceeded => "QUOTA_EXCEEDED",
         }
     }
 

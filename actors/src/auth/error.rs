@@ -20,6 +20,9 @@ pub enum AuthError {
     /// revoked token: the caller learns nothing about which.
     #[error("wrong username, password, identity key or token")]
     Unauthorized,
+    #[error("{0}")]
+    /// A quota of the account is used up (what, and the quota).
+    QuotaExceeded(String),
     #[error("{}", AccountRefusal::DeviceRetired)]
     /// The device's key was retired (removed, or its account deleted).
     DeviceRetired,
@@ -52,6 +55,7 @@ impl From<AccountRefusal> for AuthError {
             AccountRefusal::UsernameTaken => AuthError::UsernameTaken,
             AccountRefusal::OtherAccount => AuthError::Unauthorized,
             AccountRefusal::DeviceRetired => AuthError::DeviceRetired,
+            AccountRefusal::TooManyDevices { .. } => AuthError::QuotaExceeded(r.to_string()),
             AccountRefusal::DeviceTaken | AccountRefusal::BadRequest(_) => {
                 AuthError::BadRequest(r.to_string())
             }
@@ -66,6 +70,7 @@ impl From<AuthError> for WireError {
             AuthError::UsernameTaken => ErrorCode::AlreadyExists,
             AuthError::Unauthorized | AuthError::DeviceRetired => ErrorCode::Unauthorized,
             AuthError::NotFound(_) => ErrorCode::NotFound,
+            AuthError::QuotaExceeded(_) => ErrorCode::QuotaExceeded,
             // Details are for the operator's log (connection.rs logs them).
             AuthError::Store(_) => {
                 return WireError::new(ErrorCode::Unavailable, "storage unavailable");

@@ -117,13 +117,19 @@ pub struct AuthService {
     devices: RwLock<HashMap<IdentityKey, String>>,
     /// token hash → session.
     sessions: RwLock<HashMap<[u8; 32], SessionRecord>>,
+    /// Devices one account may have.
+    max_devices_per_account: u32,
     accounts_exist: AtomicBool,
 }
 
 impl AuthService {
     /// Loads (or, on first start, creates and persists) the OPAQUE server setup,
     /// the device directory and the live sessions.
-    pub async fn open(store: Store, writer: StoreWriter) -> Result<AuthService, AuthError> {
+    pub async fn open(
+        store: Store,
+        writer: StoreWriter,
+        max_devices_per_account: u32,
+    ) -> Result<AuthService, AuthError> {
         let existing = store.secret(OPAQUE_SETUP_KEY).await?;
         let setup = match existing {
             Some(bytes) => ServerSetup::from_bytes(&bytes).map_err(|_| {
@@ -154,6 +160,7 @@ impl AuthService {
             setup,
             devices: RwLock::new(devices),
             sessions: RwLock::new(sessions),
+            max_devices_per_account,
             accounts_exist: AtomicBool::new(accounts),
         })
     }
@@ -259,6 +266,7 @@ impl AuthService {
                     token_hash,
                     expires_at_ms,
                     now_ms: now_ms(),
+                    max_devices: self.max_devices_per_account,
                     reply,
                 })
             })

@@ -304,10 +304,11 @@ impl node::Server for NodeService {
             Ok(issued) => issued,
             Err(AuthError::Store(e)) => return Err(auth_refusal(AuthError::Store(e))),
             // Said plainly: only who knows the password and holds the key gets
-            // here, and that user needs to know to start a new profile.
-            Err(AuthError::DeviceRetired) => {
-                self.log_refused_login("login", "a removed device's key");
-                return Err(auth_refusal(AuthError::DeviceRetired));
+            // here, and that user needs to know what to do (start a new
+            // profile; remove a device first).
+            Err(e @ (AuthError::DeviceRetired | AuthError::QuotaExceeded(_))) => {
+                self.log_refused_login("login", "a removed device, or one device too many");
+                return Err(auth_refusal(e));
             }
             Err(_) => {
                 self.log_refused_login("login", "wrong password or another account's device");

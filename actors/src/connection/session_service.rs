@@ -5,7 +5,8 @@
 use super::*;
 use crate::auth::SessionProof;
 use crate::core::commit::{
-    CommitCallRefusal, check_commit_header, check_group_id, check_group_info, check_members,
+    CommitCallRefusal, check_commit_header, check_group_id, check_group_info,
+    check_group_info_quota, check_members,
 };
 use crate::group::SharedCommit;
 use quicnprotochat_crypto::mls::CommitHeader;
@@ -619,6 +620,13 @@ impl session::Server for SessionService {
                 .collect()
         });
         let members = self.members(p.get_members().map_err(bad_params)?)?;
+        if let Some(info) = &group_info {
+            let registered = members
+                .iter()
+                .filter(|m| self.ctx.auth.accepts_inbox(&IdentityKey(**m)))
+                .count();
+            check_group_info_quota(info.len(), registered).map_err(commit_refusal)?;
+        }
         let mut bodies = Vec::with_capacity(3);
         for body in [
             p.get_commit_body(),
@@ -680,6 +688,8 @@ fn check_commit_call(
 fn commit_refusal(e: CommitCallRefusal) -> capnp::Error {
     let code = if e.is_too_large() {
         ErrorCode::TooLarge
+    } else if matches!(e, CommitCallRefusal::GroupInfoOverQuota { .. }) {
+        ErrorCode::QuotaExceeded
     } else {
         ErrorCode::BadRequest
     };

@@ -41,6 +41,20 @@ pub enum CommitCallRefusal {
     #[error("groupInfo is larger than {MAX_GROUP_INFO} bytes")]
     /// The published GroupInfo is too large to keep.
     GroupInfoTooLarge,
+    #[error(
+        "groupInfo is {len} bytes; a group of {members} registered member(s) may keep at most \
+         {allowance} (a GroupInfo grows with its members, ~1.4 KiB each)"
+    )]
+    /// The GroupInfo is larger than its group's size explains: a device
+    /// could otherwise keep a MiB on the node for every group it creates.
+    GroupInfoOverQuota {
+        /// Its size.
+        len: usize,
+        /// The registered members the commit names.
+        members: usize,
+        /// What a group of that size may keep.
+        allowance: usize,
+    },
     #[error("groupInfo: {0}")]
     /// The published GroupInfo does not parse (why).
     MalformedGroupInfo(String),
@@ -64,6 +78,35 @@ impl CommitCallRefusal {
             CommitCallRefusal::TooManyMembers | CommitCallRefusal::GroupInfoTooLarge
         )
     }
+}
+
+/// What a GroupInfo may take for a group of `registered_members`: a fixed part
+/// and a share per member generous for the post-quantum suite's leaves and
+/// parent nodes (measured: ~1.4 KiB per member), up to [`MAX_GROUP_INFO`].
+pub fn group_info_allowance(registered_members: usize) -> usize {
+    const FIXED: usize = 8 * 1024;
+    const PER_MEMBER: usize = 4 * 1024;
+    FIXED
+        .saturating_add(PER_MEMBER.saturating_mul(registered_members))
+        .min(MAX_GROUP_INFO)
+}
+
+/// Whether a GroupInfo of `len` bytes fits a group of `registered_members`
+/// (the members the commit names that are registered devices: naming
+/// strangers' keys buys no room).
+pub fn check_group_info_quota(
+    len: usize,
+    registered_members: usize,
+) -> Result<(), CommitCallRefusal> {
+    let allowance = group_info_allowance(registered_members);
+    if len > allowance {
+        return Err(CommitCallRefusal::GroupInfoOverQuota {
+            len,
+            members: registered_members,
+            allowance,
+        });
+    }
+    Ok(())
 }
 
 /// The group id must be 1 to [`MAX_GROUP_ID_LEN`] bytes.
@@ -181,6 +224,23 @@ mod tests {
             check_group_info(b"garbage", b"g", 0),
             Err(CommitCallRefusal::MalformedGroupInfo(_))
         ));
+    }
+
+    #[test]
+    fn a_group_info_may_grow_with_its_registered_members_and_no_further() {
+        assert!(check_group_info_quota(8 * 1024, 0).is_ok());
+        assert!(matches!(
+            check_group_info_quota(64 * 1024, 1),
+            Err(CommitCallRefusal::GroupInfoOverQuota {
+                allowance: 12_288,
+                ..
+            })
+        ));
+        // ~1.4 KiB per member (post-quantum suite) always fits.
+        for n in [1, 2, 10, 100, 700] {
+            assert!(check_group_info_quota(1_434 * n + 2_048, n).is_ok(), "{n}");
+        }
+        assert_eq!(group_info_allowance(usize::MAX), MAX_GROUP_INFO);
     }
 
     #[test]

@@ -259,6 +259,7 @@ pub(super) fn apply(
             token_hash,
             expires_at_ms,
             now_ms,
+            max_devices,
             reply,
         } => {
             let result = (|| -> Result<Result<(), AccountRefusal>, StoreError> {
@@ -271,9 +272,17 @@ pub(super) fn apply(
                     Some(o) if o != username => return Ok(Err(AccountRefusal::OtherAccount)),
                     Some(_) => {}
                     None => {
+                        let mut account = txn.open_table(ACCOUNT_DEVICES)?;
+                        let has = account
+                            .range(
+                                (username.as_str(), &[0u8; 32])..=(username.as_str(), &[255u8; 32]),
+                            )?
+                            .count();
+                        if has >= max_devices as usize {
+                            return Ok(Err(AccountRefusal::TooManyDevices { max: max_devices }));
+                        }
                         devices.insert(&device.0, username.as_str())?;
-                        txn.open_table(ACCOUNT_DEVICES)?
-                            .insert((username.as_str(), &device.0), now_ms)?;
+                        account.insert((username.as_str(), &device.0), now_ms)?;
                     }
                 }
                 txn.open_table(SESSIONS)?

@@ -28,6 +28,12 @@ pub enum AccountRefusal {
     )]
     /// The device's key was retired (the device removed, or its account deleted).
     DeviceRetired,
+    #[error("an account may have at most {max} devices: remove one first")]
+    /// The account has as many devices as the node allows.
+    TooManyDevices {
+        /// The quota.
+        max: u32,
+    },
     #[error("the device belongs to another account")]
     /// A login names a device of another account.
     OtherAccount,
@@ -73,6 +79,9 @@ pub enum AccountWrite {
         expires_at_ms: u64,
         /// Now (ms since the Unix epoch).
         now_ms: u64,
+        /// Devices the account may have at most (a new device past it is
+        /// refused).
+        max_devices: u32,
         /// Answered once durable.
         reply: Reply<Result<(), AccountRefusal>>,
     },

@@ -89,9 +89,38 @@ pub(super) async fn login(
     token_hash: &[u8; 32],
     expires_at_ms: u64,
     now_ms: u64,
+    max_devices: u32,
 ) -> Result<Result<(), AccountRefusal>, StoreError> {
     if is_retired(txn, device).await? {
         return Ok(Err(AccountRefusal::DeviceRetired));
+    }
+    // A new device counts against the account's quota. The account's row is
+    // locked first, so two nodes adding devices at once count one another.
+    let known = txn
+        .query_opt(
+            "SELECT username FROM devices WHERE device = $1",
+            &[&&device.0[..]],
+        )
+        .await
+        .map_err(pg)?;
+    if known.is_none() {
+        txn.query_opt(
+            "SELECT 1 FROM users WHERE username = $1 FOR UPDATE",
+            &[&username],
+        )
+        .await
+        .map_err(pg)?;
+        let has: i64 = txn
+            .query_one(
+                "SELECT count(*) FROM devices WHERE username = $1",
+                &[&username],
+            )
+            .await
+            .map_err(pg)?
+            .get(0);
+        if has >= i64::from(max_devices) {
+            return Ok(Err(AccountRefusal::TooManyDevices { max: max_devices }));
+        }
     }
     txn.execute(
         "INSERT INTO devices (device, username, added_ms) VALUES ($1, $2, $3) \

@@ -449,13 +449,20 @@ async fn apply_account(
             token_hash,
             expires_at_ms,
             now_ms,
+            max_devices,
             reply,
         } => after_commit(
             reply,
-            Ok(
-                accounts::login(txn, &username, &device, &token_hash, expires_at_ms, now_ms)
-                    .await?,
-            ),
+            Ok(accounts::login(
+                txn,
+                &username,
+                &device,
+                &token_hash,
+                expires_at_ms,
+                now_ms,
+                max_devices,
+            )
+            .await?),
         ),
         AccountWrite::Logout { token_hash, reply } => {
             after_commit(reply, Ok(accounts::logout(txn, &token_hash).await?))
