@@ -27,7 +27,7 @@ use crate::auth::{
 };
 use crate::core::budget::{CallPermit, ConnectionBudget, NodeBudget, OverBudget};
 use crate::core::inbox::InboxLimits;
-use crate::core::rate::{RateLimited, RateLimits, Requester};
+use crate::core::rate::{ClaimShare, RateLimited, RateLimits, Requester};
 use crate::group::GroupRegistry;
 use crate::inbox::{Delivery, InboxRegistry};
 use crate::store::Store;

@@ -403,13 +403,18 @@ impl node::Server for NodeService {
     ) -> Result<(), capnp::Error> {
         let p = params.get().map_err(bad_params)?;
         let _call = admit(&self.budget, p.total_size())?;
-        let (devices, suite) = self.key_package_request(p.get_target(), p.get_ciphersuite())?;
-        let claimed = self
-            .ctx
-            .auth
-            .claim_key_packages(devices, suite)
-            .await
-            .map_err(auth_refusal)?;
+        let (devices, suite, share) =
+            self.key_package_request(p.get_target(), p.get_ciphersuite())?;
+        let auth = self.ctx.auth.clone();
+        let claimed = match share {
+            ClaimShare::OneTime => auth.claim_key_packages(devices, suite).await,
+            // Past the device's cap across requesters: its reusable package,
+            // consuming nothing.
+            ClaimShare::LastResortOnly => {
+                spawned(async move { auth.peek_key_packages(devices, suite).await }).await?
+            }
+        }
+        .map_err(auth_refusal)?;
         write_packages(&claimed, results.get().init_packages(claimed.len() as u32));
         Ok(())
     }
@@ -421,7 +426,7 @@ impl node::Server for NodeService {
     ) -> Result<(), capnp::Error> {
         let p = params.get().map_err(bad_params)?;
         let _call = admit(&self.budget, p.total_size())?;
-        let (devices, suite) = self.key_package_request(p.get_target(), p.get_ciphersuite())?;
+        let (devices, suite, _) = self.key_package_request(p.get_target(), p.get_ciphersuite())?;
         let auth = self.ctx.auth.clone();
         let peeked = spawned(async move { auth.peek_key_packages(devices, suite).await })
             .await?
@@ -485,14 +490,15 @@ impl NodeService {
 
     /// Reads a KeyPackage request's target and suite, checks them, resolves the
     /// target to its devices and counts the request against the claim limits:
-    /// per requester, per (requester, device) and per device. Validation comes
+    /// per requester and per (requester, device), then per device (past which
+    /// only last-resort packages are served). Validation comes
     /// first: nothing a caller sends is kept by a limiter (its keys are fixed
     /// size).
     fn key_package_request(
         &self,
         target: capnp::Result<quicnprotochat_wire::node_capnp::key_package_target::Reader<'_>>,
         ciphersuite: u16,
-    ) -> Result<(Vec<IdentityKey>, Suite), capnp::Error> {
+    ) -> Result<(Vec<IdentityKey>, Suite, ClaimShare), capnp::Error> {
         use quicnprotochat_wire::node_capnp::key_package_target::Which;
         let target = match target
             .map_err(bad_params)?
@@ -525,11 +531,12 @@ impl NodeService {
             )));
         }
         let keys: Vec<[u8; 32]> = devices.iter().map(|d| d.0).collect();
-        self.ctx
+        let share = self
+            .ctx
             .rates
             .claim(requester, &keys)
             .map_err(rate_limited)?;
-        Ok((devices, suite))
+        Ok((devices, suite, share))
     }
 }
 

@@ -26,9 +26,9 @@ pub struct RateConfig {
     /// (a username counts as each of its devices). Per requester: one requester
     /// may take this share of a device's packages and no more.
     pub claims_per_min_per_target: u32,
-    /// KeyPackage claims per minute against one device by all requesters
-    /// together: what a crowd of requesters (or one with many addresses) can
-    /// take of a device's one-time packages.
+    /// One-time KeyPackage claims per minute against one device by all
+    /// requesters together: what a crowd of requesters can take of a device's
+    /// one-time packages. Past it claims get the last-resort package.
     pub claims_per_min_per_device: u32,
 }
 
@@ -108,6 +108,16 @@ pub struct RateLimits {
     claims_device: Limiter<[u8; 32]>,
 }
 
+/// What a claim within the requester's limits may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimShare {
+    /// One-time packages (the last-resort one when none is left).
+    OneTime,
+    /// A target device's claims across all requesters are used up for now:
+    /// its reusable last-resort package only.
+    LastResortOnly,
+}
+
 /// Who claims KeyPackages: a registered device (its session), or, on a node
 /// without accounts, an address. Fixed-size either way: a limiter's keys cost
 /// the same whatever a caller sends.
@@ -181,15 +191,28 @@ impl RateLimits {
     }
 
     /// One KeyPackage claim (or look) by `requester` against `devices` (the
-    /// target resolved: a username counts as each of its devices).
-    pub fn claim(&self, requester: Requester, devices: &[[u8; 32]]) -> Result<(), RateLimited> {
+    /// target resolved: a username counts as each of its devices). Refused past
+    /// the requester's own limits; past a device's cap across all requesters,
+    /// allowed for its reusable last-resort package only, so a crowd of
+    /// requesters can use up a device's one-time packages for a while but never
+    /// make it un-addable.
+    pub fn claim(
+        &self,
+        requester: Requester,
+        devices: &[[u8; 32]],
+    ) -> Result<ClaimShare, RateLimited> {
         self.counted(self.claims_requester.check(&requester).and_then(|()| {
-            devices.iter().try_for_each(|d| {
-                self.claims_target
-                    .check(&(requester, *d))
-                    .and_then(|()| self.claims_device.check(d))
-            })
-        }))
+            devices
+                .iter()
+                .try_for_each(|d| self.claims_target.check(&(requester, *d)))
+        }))?;
+        let mut share = ClaimShare::OneTime;
+        for d in devices {
+            if self.claims_device.check(d).is_err() {
+                share = ClaimShare::LastResortOnly;
+            }
+        }
+        Ok(share)
     }
 
     /// Forgets keys that have been quiet long enough to be back at full burst, so
@@ -261,7 +284,7 @@ mod tests {
     }
 
     #[test]
-    fn one_requester_takes_its_share_of_a_device_and_all_together_no_more_than_the_cap() {
+    fn one_requester_takes_its_share_of_a_device_and_past_the_cap_all_get_its_last_resort() {
         let limits = RateLimits::new(RateConfig {
             claims_per_min_per_target: 2,
             claims_per_min_per_device: 3,
@@ -269,16 +292,18 @@ mod tests {
         });
         let bob = [7; 32];
         let (r1, r2) = (Requester::Device([1; 32]), Requester::Device([2; 32]));
-        limits.claim(r1, &[bob]).unwrap();
-        limits.claim(r1, &[bob]).unwrap();
+        assert_eq!(limits.claim(r1, &[bob]), Ok(ClaimShare::OneTime));
+        assert_eq!(limits.claim(r1, &[bob]), Ok(ClaimShare::OneTime));
         assert!(limits.claim(r1, &[bob]).is_err(), "r1's share is 2");
-        limits.claim(r2, &[bob]).unwrap();
-        assert!(
-            limits.claim(r2, &[bob]).is_err(),
-            "3 for bob across requesters"
+        assert_eq!(limits.claim(r2, &[bob]), Ok(ClaimShare::OneTime));
+        assert_eq!(
+            limits.claim(r2, &[bob]),
+            Ok(ClaimShare::LastResortOnly),
+            "3 one-time claims of bob across requesters; then only its last resort"
         );
-        assert!(
-            limits.claim(r2, &[[8; 32]]).is_ok(),
+        assert_eq!(
+            limits.claim(r2, &[[8; 32]]),
+            Ok(ClaimShare::OneTime),
             "another device is unaffected"
         );
     }
