@@ -117,6 +117,16 @@ fn a_removed_device_leaves_its_groups_working_and_reads_nothing_new() {
     assert!(devices.starts_with("1 device(s) of bob"), "{devices}");
     assert!(!devices.contains(&laptop_id), "{devices}");
 
+    // The laptop was stolen: the thief registers its profile under a new name,
+    // or logs it in to bob's account with a stolen password. Its key is retired:
+    // both are refused, so nothing sent from now on reaches it (below).
+    let (ok, _, err) = laptop.run(at, &ca, &["register-user", "--username", "mallory"]);
+    assert!(!ok);
+    assert_one_line_error(&err, "removed from its account");
+    let (ok, _, err) = laptop.run(at, &ca, &["login", "--username", "bob"]);
+    assert!(!ok);
+    assert_one_line_error(&err, "removed from its account");
+
     // The group keeps working for everyone left...
     let sent = alice.ok(at, &ca, &["send", "--group", "g", "after"]);
     assert!(sent.contains("sent to 1 member device(s)"), "{sent}");

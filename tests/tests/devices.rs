@@ -3,9 +3,9 @@
 //! named by a group fails no fan-out and gets nothing; removing a device needs
 //! the password; groups left without registered members are collected.
 
-use quicnprotochat::client::CommitBodies;
+use quicnprotochat::client::{CommitBodies, NodeConnection, SessionHandle};
 use quicnprotochat_crypto::Identity;
-use quicnprotochat_tests::accounts::{device, register};
+use quicnprotochat_tests::accounts::{Device, device, register};
 use quicnprotochat_tests::{TestNode, local, mls_commit};
 use quicnprotochat_wire::{ErrorCode, IdentityKey};
 
@@ -188,30 +188,64 @@ async fn removing_a_device_needs_a_fresh_password_login_not_a_token_or_a_device_
     node.stop().await;
 }
 
+/// hana, and ivan with a phone and a `laptop`, in a group `gid` that hana
+/// created (commit at epoch 0).
+struct GroupWithALaptop {
+    /// hana's session.
+    a: SessionHandle,
+    /// ivan's phone's session.
+    p: SessionHandle,
+    phone: Device,
+    /// The three devices' keys, as a commit names them.
+    everyone: Vec<Vec<u8>>,
+    bodies: CommitBodies,
+    _connections: Vec<NodeConnection>,
+}
+
+async fn group_with_a_laptop(node: &TestNode, gid: &[u8], laptop: &Device) -> GroupWithALaptop {
+    let (alice, phone) = (device(), device());
+    let (ca, a) = register(node, "hana", "pw", &alice).await;
+    let (cp, p) = register(node, "ivan", "pw", &phone).await;
+    let c = node.connect().await.unwrap();
+    c.login("ivan", b"pw", &laptop.id, None).await.unwrap();
+    let everyone: Vec<Vec<u8>> = [&alice, &phone, laptop]
+        .iter()
+        .map(|d| d.key().0.to_vec())
+        .collect();
+    let bodies = CommitBodies {
+        commit: b"commit".to_vec(),
+        welcome: b"welcome".to_vec(),
+        receipt: b"receipt".to_vec(),
+        ..CommitBodies::default()
+    };
+    a.commit_group(gid, 0, &everyone, &mls_commit(gid, 0), &bodies)
+        .await
+        .unwrap();
+    GroupWithALaptop {
+        a,
+        p,
+        phone,
+        everyone,
+        bodies,
+        _connections: vec![ca, cp, c],
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_device_still_in_a_group_fails_no_fan_out_and_gets_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let node = TestNode::start(dir.path()).await;
     local(async {
-        let (alice, phone, laptop) = (device(), device(), device());
-        let (_ca, a) = register(&node, "hana", "pw", &alice).await;
-        let (_cp, p) = register(&node, "ivan", "pw", &phone).await;
-        let c = node.connect().await.unwrap();
-        c.login("ivan", b"pw", &laptop.id, None).await.unwrap();
+        let laptop = device();
         let gid = b"with-a-laptop".to_vec();
-        let everyone: Vec<Vec<u8>> = [&alice, &phone, &laptop]
-            .iter()
-            .map(|d| d.key().0.to_vec())
-            .collect();
-        let bodies = CommitBodies {
-            commit: b"commit".to_vec(),
-            welcome: b"welcome".to_vec(),
-            receipt: b"receipt".to_vec(),
-            ..CommitBodies::default()
-        };
-        a.commit_group(&gid, 0, &everyone, &mls_commit(&gid, 0), &bodies)
-            .await
-            .unwrap();
+        let GroupWithALaptop {
+            a,
+            p,
+            phone,
+            everyone,
+            bodies,
+            ..
+        } = group_with_a_laptop(&node, &gid, &laptop).await;
         // The laptop leaves the account; nobody has committed its removal yet.
         p.remove_device(&laptop.key()).await.unwrap();
         assert!(node.stored(&laptop.key()).await.is_empty());
@@ -266,24 +300,7 @@ async fn a_removed_devices_key_never_registers_or_logs_in_again_and_gets_nothing
         o.outcome.map_err(|e| e.code)
     }
     local(async {
-        let (alice, phone) = (device(), device());
-        let (_ca, a) = register(&node, "hana", "pw", &alice).await;
-        let (_cp, p) = register(&node, "ivan", "pw", &phone).await;
-        let c = node.connect().await.unwrap();
-        c.login("ivan", b"pw", &laptop.id, None).await.unwrap();
-        let everyone: Vec<Vec<u8>> = [&alice, &phone, &laptop]
-            .iter()
-            .map(|d| d.key().0.to_vec())
-            .collect();
-        let bodies = CommitBodies {
-            commit: b"commit".to_vec(),
-            welcome: b"welcome".to_vec(),
-            receipt: b"receipt".to_vec(),
-            ..CommitBodies::default()
-        };
-        a.commit_group(&gid, 0, &everyone, &mls_commit(&gid, 0), &bodies)
-            .await
-            .unwrap();
+        let GroupWithALaptop { a, p, .. } = group_with_a_laptop(&node, &gid, &laptop).await;
         assert!(laptop_outcome(&a, &gid, &laptop.key()).await.is_ok());
 
         // The laptop is stolen; the phone removes it. Nobody has committed its
