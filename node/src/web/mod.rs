@@ -17,6 +17,7 @@
 
 pub mod agent;
 pub mod http;
+pub mod listener;
 pub mod views;
 
 use std::future::Future;
@@ -89,6 +90,13 @@ pub async fn run(
         shutdown.await;
         let _ = stop.send(());
     };
+    // A cap on connections and a deadline per request: other local users
+    // reach this port too (see `listener`).
+    let listener = listener::BoundedListener::new(
+        listener,
+        listener::MAX_CONNECTIONS,
+        listener::RESPONSE_DEADLINE,
+    );
     let served = axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
         .await;
