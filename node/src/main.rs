@@ -36,15 +36,27 @@ fn init_logging(default: &str) {
         .init();
 }
 
-async fn shutdown_signal() {
+/// SIGINT or SIGTERM. The handlers are installed when this is called (inside
+/// the runtime), not when the future is first polled: a signal that comes right
+/// after the process said it is ready is then a graceful stop, not the default
+/// action that kills it.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let term = signal(SignalKind::terminate()).ok();
+    let int = signal(SignalKind::interrupt()).ok();
+    async move {
+        let next = |s: Option<tokio::signal::unix::Signal>| async move {
+            match s {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            () = next(int) => {}
+            () = next(term) => {}
+        }
     }
 }
 
@@ -245,13 +257,15 @@ async fn web(
         .local_addr()
         .map_err(|e| commands::CommandError::Invalid(e.to_string()))?;
     let token = web::new_access_token();
+    // Before the address is printed: from then on a signal stops gracefully.
+    let stop = shutdown_signal();
     // The address carries the token: it goes to the user's terminal, never to
     // the log.
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "web UI at {}", web::page_url(addr, &token));
     let _ = out.flush();
     drop(out);
-    web::run(listener, opts.clone(), token, shutdown_signal())
+    web::run(listener, opts.clone(), token, stop)
         .await
         .map_err(failed)?;
     Ok(String::new())
@@ -290,6 +304,6 @@ fn serve(runtime: &tokio::runtime::Runtime, args: ServerArgs) -> anyhow::Result<
         ..FileConfig::default()
     };
     let config = ServerConfig::from_settings(file.overridden_by(flags))?;
-    runtime.block_on(quicnprotochat::server::run(config, shutdown_signal()))?;
+    runtime.block_on(async { quicnprotochat::server::run(config, shutdown_signal()).await })?;
     Ok(())
 }

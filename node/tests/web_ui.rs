@@ -283,3 +283,49 @@ fn the_web_ui_listens_on_loopback_addresses_only() {
     assert!(!out.status.success());
     assert_one_line_error(&String::from_utf8_lossy(&out.stderr), "loopback");
 }
+
+#[test]
+fn web_stops_on_sigint_and_sigterm_also_after_its_node_is_gone() {
+    use std::time::{Duration, Instant};
+    for (signal, node_up) in [("-INT", true), ("-INT", false), ("-TERM", false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let ca = data.join(tls::CERT_FILE);
+        let server = ServerProcess::start(&data, &[]);
+        let alice = User::new(dir.path(), "alice");
+        alice.ok(server.addr, &ca, &["register-user", "--username", "alice"]);
+        let mut web = WebProcess::start(&alice, server.addr, &ca);
+        let server = if node_up {
+            Some(server)
+        } else {
+            // The node goes away; the web app's messenger reconnects.
+            let mut server = server;
+            server.signal("-TERM");
+            let _ = server.child.wait();
+            drop(server);
+            std::thread::sleep(Duration::from_secs(3));
+            None
+        };
+        let status = Command::new("kill")
+            .args([signal, &web.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let sent = Instant::now();
+        let exited = loop {
+            if let Some(status) = web.child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(
+                sent.elapsed() < Duration::from_secs(10),
+                "web still running {signal} after its node {}",
+                if node_up { "stayed up" } else { "went away" }
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        // (It takes at most two grace periods of 1 s; the bound above is
+        // loose for a loaded machine: the failure is never stopping.)
+        assert!(exited.success(), "{signal}: {exited}");
+        drop(server);
+    }
+}

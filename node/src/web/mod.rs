@@ -20,7 +20,7 @@ pub mod http;
 pub mod listener;
 pub mod views;
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
@@ -86,8 +86,10 @@ pub async fn run(
     let router = http::router(http::WebState::new(addr, &token, calls, events, stopping));
     // On shutdown the agent stops first: open event streams end with it, so
     // the server's graceful shutdown does not wait on them.
+    let (signalled, mut on_signal) = tokio::sync::watch::channel(false);
     let shutdown = async move {
         shutdown.await;
+        let _ = signalled.send(true);
         let _ = stop.send(());
     };
     // A cap on connections and a deadline per request: other local users
@@ -99,8 +101,31 @@ pub async fn run(
     );
     let served = axum::serve(listener, router)
         .with_graceful_shutdown(shutdown)
-        .await;
-    // The agent closes the profile as it ends.
-    let _ = agent.await;
-    served.map_err(WebStartError::Serve)
+        .into_future();
+    // Graceful work gets a deadline once the signal came: a call waiting on a
+    // node that is gone (or a login still reconnecting) must not keep the
+    // process alive.
+    let grace_over = async {
+        let _ = on_signal.wait_for(|s| *s).await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    let served = tokio::select! {
+        served = served => served.map_err(WebStartError::Serve),
+        () = grace_over => {
+            eprintln!(
+                "stopped without waiting for the calls in flight (the node did not answer within {} s)",
+                SHUTDOWN_GRACE.as_secs()
+            );
+            Ok(())
+        }
+    };
+    // The agent closes the profile as it ends; what it had not written is
+    // the profile's to recover (its store is crash-safe).
+    if tokio::time::timeout(SHUTDOWN_GRACE, agent).await.is_err() {
+        eprintln!("stopped before the profile's agent finished (the node did not answer)");
+    }
+    served
 }
+
+/// How long `web` waits for work in flight after SIGINT or SIGTERM.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
