@@ -10,5 +10,6 @@ pub mod config;
 pub mod demo;
 pub mod metrics;
 pub mod server;
+pub mod shutdown;
 pub mod tls;
 pub mod web;

@@ -10,6 +10,7 @@ use cli::{AdminCommand, AdminRemote, Cli, ClientCommand, Command, ServerArgs};
 use quicnprotochat::client::commands::{self, ClientOptions};
 use quicnprotochat::client::group_commands;
 use quicnprotochat::config::{FileConfig, ServerConfig};
+use quicnprotochat::shutdown::Shutdown;
 
 mod cli;
 
@@ -36,47 +37,34 @@ fn init_logging(default: &str) {
         .init();
 }
 
-/// SIGINT or SIGTERM. The handlers are installed when this is called (inside
-/// the runtime), not when the future is first polled: a signal that comes right
-/// after the process said it is ready is then a graceful stop, not the default
-/// action that kills it.
-fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let term = signal(SignalKind::terminate()).ok();
-    let int = signal(SignalKind::interrupt()).ok();
-    async move {
-        let next = |s: Option<tokio::signal::unix::Signal>| async move {
-            match s {
-                Some(mut s) => {
-                    s.recv().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            () = next(int) => {}
-            () = next(term) => {}
-        }
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli) {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = match run(&runtime, cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Not a plain drop: that waits for every blocking task, and `chat`'s read
+    // of stdin is one that ends only with the next line typed.
+    runtime.shutdown_timeout(Duration::from_millis(250));
+    code
 }
 
-fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+fn run(runtime: &tokio::runtime::Runtime, cli: Cli) -> anyhow::Result<ExitCode> {
     let client = match cli.command {
-        Command::Server(args) => return serve(&runtime, args).map(|()| ExitCode::SUCCESS),
+        Command::Server(args) => return serve(runtime, args).map(|()| ExitCode::SUCCESS),
         Command::Completions { shell } => {
             let mut cmd = Cli::command();
             clap_complete::generate(shell, &mut cmd, "quicnprotochat", &mut std::io::stdout());
@@ -107,7 +95,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 json: false,
             };
             let local = tokio::task::LocalSet::new();
-            let result = local.block_on(&runtime, async {
+            let result = local.block_on(runtime, async {
                 let token = operator_token.ok_or_else(|| {
                     commands::CommandError::Invalid(
                         "admin --server needs the node's operator token (--operator-token or QPC_OPERATOR_TOKEN)"
@@ -148,7 +136,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo => {
             init_logging("warn");
             let local = tokio::task::LocalSet::new();
-            let line = local.block_on(&runtime, quicnprotochat::demo::demo())?;
+            let line = local.block_on(runtime, quicnprotochat::demo::demo())?;
             if !line.is_empty() {
                 println!("{line}");
             }
@@ -169,7 +157,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     let speaks_json = client.speaks_json();
     let local = tokio::task::LocalSet::new();
-    let result = local.block_on(&runtime, async {
+    let result = local.block_on(runtime, async {
         use ClientCommand::*;
         match client {
             Health { .. } => commands::health(&opts).await,
@@ -201,7 +189,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Send { group, message, .. } => {
                 group_commands::send(&opts, &group, &message.join(" ")).await
             }
-            Recv { wait, .. } => group_commands::recv(&opts, Duration::from_secs(wait)).await,
+            Recv { wait, .. } => {
+                let shutdown = on_signals("recv")?;
+                group_commands::recv(&opts, Duration::from_secs(wait), &shutdown).await
+            }
             History { group, limit, .. } => group_commands::history(&opts, &group, limit).await,
             Remove {
                 group, username, ..
@@ -210,7 +201,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Update { group, .. } => group_commands::update(&opts, &group).await,
             Groups { .. } => group_commands::groups(&opts).await,
             Members { group, .. } => group_commands::members(&opts, &group).await,
-            Chat { group, .. } => group_commands::chat(&opts, &group).await,
+            Chat { group, .. } => {
+                let shutdown = on_signals("chat")?;
+                group_commands::chat(&opts, &group, &shutdown).await
+            }
             DemoGroup { .. } => quicnprotochat::demo::demo_group(&opts).await,
             Web { listen, .. } => web(&opts, listen).await,
         }
@@ -244,6 +238,13 @@ fn report(
     ExitCode::SUCCESS
 }
 
+/// The stop signals of a long-running client command (`quicnprotochat::shutdown`).
+fn on_signals(what: &'static str) -> Result<Shutdown, commands::CommandError> {
+    Shutdown::on_signals(what).map_err(|e| {
+        commands::CommandError::Invalid(format!("cannot install the signal handlers: {e}"))
+    })
+}
+
 /// `web`: binds, prints the address to open, serves until a signal.
 async fn web(
     opts: &ClientOptions,
@@ -258,14 +259,14 @@ async fn web(
         .map_err(|e| commands::CommandError::Invalid(e.to_string()))?;
     let token = web::new_access_token();
     // Before the address is printed: from then on a signal stops gracefully.
-    let stop = shutdown_signal();
+    let shutdown = on_signals("web")?;
     // The address carries the token: it goes to the user's terminal, never to
     // the log.
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "web UI at {}", web::page_url(addr, &token));
     let _ = out.flush();
     drop(out);
-    web::run(listener, opts.clone(), token, stop)
+    web::run(listener, opts.clone(), token, shutdown.requested())
         .await
         .map_err(failed)?;
     Ok(String::new())
@@ -304,6 +305,10 @@ fn serve(runtime: &tokio::runtime::Runtime, args: ServerArgs) -> anyhow::Result<
         ..FileConfig::default()
     };
     let config = ServerConfig::from_settings(file.overridden_by(flags))?;
-    runtime.block_on(async { quicnprotochat::server::run(config, shutdown_signal()).await })?;
+    runtime.block_on(async {
+        let shutdown = Shutdown::on_signals("server")?;
+        quicnprotochat::server::run(config, shutdown.requested()).await?;
+        anyhow::Ok(())
+    })?;
     Ok(())
 }

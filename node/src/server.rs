@@ -37,8 +37,12 @@ pub const DB_FILE: &str = "node.redb";
 
 /// How long a new connection may take to open its RPC stream.
 const STREAM_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long shutdown waits for open connections' tasks to end.
-const CONNECTION_DRAIN: Duration = Duration::from_secs(5);
+/// How long shutdown waits for open connections' tasks to end. With the
+/// endpoint's last wait below, well within `crate::shutdown::DEADLINE`: a
+/// signalled node stops gracefully in time whatever its clients do.
+const CONNECTION_DRAIN: Duration = Duration::from_millis(750);
+/// How long shutdown waits for the endpoint to send its last close frames.
+const ENDPOINT_IDLE_WAIT: Duration = Duration::from_millis(250);
 
 #[derive(Debug, thiserror::Error)]
 /// Why a node could not start.
@@ -356,7 +360,7 @@ impl Server {
         self.writer.shutdown().await;
         let writer_thread = self.writer_thread;
         let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.endpoint.wait_idle()).await;
+        let _ = tokio::time::timeout(ENDPOINT_IDLE_WAIT, self.endpoint.wait_idle()).await;
         tracing::info!("stopped");
         Ok(())
     }

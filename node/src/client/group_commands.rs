@@ -14,6 +14,7 @@ use crate::client::display::escape_untrusted;
 use crate::client::messenger::{Messenger, MessengerError};
 use crate::client::output;
 use crate::client::state::lines::ShownLine;
+use crate::shutdown::{FINISHING, Shutdown};
 
 impl From<MessengerError> for CommandError {
     fn from(e: MessengerError) -> Self {
@@ -45,6 +46,29 @@ pub(crate) async fn messenger_with(
 
 async fn messenger(opts: &ClientOptions) -> Result<Messenger, CommandError> {
     messenger_with(opts, COMMAND_PATIENCE).await
+}
+
+/// `work`, unless a stop is asked first: then `None`, and `work` is dropped
+/// where it waits (a connection attempt, a long-poll; what it had stored is
+/// in the crash-safe profile).
+async fn unless_stopped<T>(shutdown: &Shutdown, work: impl Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        out = work => Some(out),
+        () = shutdown.requested() => None,
+    }
+}
+
+/// Closes the messenger; after a stop, within [`FINISHING`] (its actors may
+/// be waiting on a node that is gone), saying so if it did not finish.
+async fn close_messenger(m: Messenger, shutdown: &Shutdown) {
+    if !shutdown.is_requested() {
+        return m.close().await;
+    }
+    if tokio::time::timeout(FINISHING, m.close()).await.is_err() {
+        eprintln!(
+            "stopped before the profile's actors finished (what they stored is kept; the rest comes again from the node)"
+        );
+    }
 }
 
 /// `create-group NAME [--classic]`: post-quantum unless asked otherwise.
@@ -133,19 +157,28 @@ fn show_unread(
 /// `recv [--wait SECS]`: applies the inbox and prints each message as
 /// `YYYY-MM-DD HH:MM:SS  [GROUP] SENDER: TEXT` (UTC); with `--wait`, first waits
 /// that long for something.
-pub async fn recv(opts: &ClientOptions, wait: Duration) -> Result<String, CommandError> {
-    let mut m = messenger(opts).await?;
+pub async fn recv(
+    opts: &ClientOptions,
+    wait: Duration,
+    shutdown: &Shutdown,
+) -> Result<String, CommandError> {
+    let Some(m) = unless_stopped(shutdown, messenger(opts)).await else {
+        return Ok(String::new());
+    };
+    let mut m = m?;
     let format = |l: &ShownLine| match opts.json {
         true => output::line_json(l),
         false => output::recv_text(l),
     };
     // Lines from earlier runs first (e.g. ones that arrived while sending).
     let mut shown = show_unread(&m, format)?;
-    m.pull(if shown > 0 { Duration::ZERO } else { wait })
-        .await?;
+    let wait = if shown > 0 { Duration::ZERO } else { wait };
+    if let Some(pulled) = unless_stopped(shutdown, m.pull(wait)).await {
+        pulled?;
+    }
     shown += show_unread(&m, format)?;
-    m.close().await;
-    Ok(if shown == 0 && !opts.json {
+    close_messenger(m, shutdown).await;
+    Ok(if shown == 0 && !opts.json && !shutdown.is_requested() {
         "no new messages".into()
     } else {
         String::new()
@@ -307,39 +340,54 @@ fn members_by_user(devices: &[String]) -> Vec<String> {
 
 /// `chat --group NAME`: stdin lines are sent; incoming messages appear as
 /// `HH:MM:SS [SENDER] TEXT` (other groups' as `HH:MM:SS [GROUP] SENDER: TEXT`) as the receiver,
-/// following the inbox, applies them; Ctrl+D ends it. A lost connection is
-/// re-established by the session actor, with backoff; a line typed meanwhile is
-/// sent once it is back.
-pub async fn chat(opts: &ClientOptions, group: &str) -> Result<String, CommandError> {
+/// following the inbox, applies them; Ctrl+D (or SIGINT/SIGTERM) ends it. A lost
+/// connection is re-established by the session actor, with backoff; a line typed
+/// meanwhile is sent once it is back. At the end, what is typed and unsent is sent
+/// if the connection allows (after a signal, within [`FINISHING`]), and counted if
+/// not.
+pub async fn chat(
+    opts: &ClientOptions,
+    group: &str,
+    shutdown: &Shutdown,
+) -> Result<String, CommandError> {
     use tokio::io::AsyncBufReadExt;
-    let mut m = messenger_with(opts, LONG_PATIENCE).await?;
-    m.group(group).await?; // an unknown group is an error before anything else
+    let start = async {
+        let m = messenger_with(opts, LONG_PATIENCE).await?;
+        m.group(group).await?; // an unknown group is an error before anything else
+        let arrivals = m.follow().await?;
+        Ok::<_, CommandError>((m, arrivals))
+    };
+    let Some(started) = unless_stopped(shutdown, start).await else {
+        return Ok(String::new());
+    };
+    let (mut m, mut arrivals) = started?;
     let format = |l: &ShownLine| match opts.json {
         true => output::line_json(l),
         false => output::chat_text(l, group),
     };
     show_unread(&m, format)?;
     let mut events = m.connection_events();
-    let mut arrivals = m.follow().await?;
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     // Lines typed but not yet delivered (the connection was down), oldest first.
     let mut unsent: std::collections::VecDeque<String> = Default::default();
-    loop {
+    'chat: loop {
         while let Some(text) = unsent.front() {
-            match m.send(group, text).await {
-                Ok(_) => {
+            match unless_stopped(shutdown, m.send(group, text)).await {
+                None => break 'chat,
+                Some(Ok(_)) => {
                     unsent.pop_front();
                 }
-                Err(e) if Messenger::is_connection_loss(&e) => break,
-                Err(e) => return Err(e.into()),
+                Some(Err(e)) if Messenger::is_connection_loss(&e) => break,
+                Some(Err(e)) => return Err(e.into()),
             }
         }
         // Sending caught up on the inbox: show what came.
         show_unread(&m, format)?;
         let step: Result<(), MessengerError> = tokio::select! {
+            () = shutdown.requested() => break 'chat,
             line = stdin.next_line() => {
                 match line.map_err(|e| CommandError::Invalid(format!("cannot read stdin: {e}")))? {
-                    None => break,
+                    None => break 'chat,
                     Some(text) if text.trim().is_empty() => Ok(()),
                     Some(text) => {
                         // A line that cannot be a message is reported, and chat
@@ -384,23 +432,34 @@ pub async fn chat(opts: &ClientOptions, group: &str) -> Result<String, CommandEr
         }
         show_unread(&m, format)?;
     }
-    // Ctrl+D: what is typed is sent before leaving, if the connection allows.
-    while let Some(text) = unsent.pop_front() {
-        if let Err(e) = m.send(group, &text).await {
-            unsent.push_front(text);
-            if !Messenger::is_connection_loss(&e) {
-                return Err(e.into());
+    // What is typed is sent before leaving, if the connection allows; after a
+    // signal, only within the time left for finishing.
+    let flush = async {
+        while let Some(text) = unsent.front() {
+            match m.send(group, text).await {
+                Ok(_) => {
+                    unsent.pop_front();
+                }
+                Err(e) if Messenger::is_connection_loss(&e) => return Ok(()),
+                Err(e) => return Err(e),
             }
-            break;
         }
+        Ok(())
+    };
+    let flushed = match shutdown.is_requested() {
+        true => tokio::time::timeout(FINISHING, flush).await.ok(),
+        false => Some(flush.await),
+    };
+    if let Some(flushed) = flushed {
+        flushed?;
     }
     show_unread(&m, format)?;
     if !unsent.is_empty() {
         eprintln!(
-            "{} line(s) typed while disconnected were not sent",
+            "{} line(s) typed were not sent (the node did not take them)",
             unsent.len()
         );
     }
-    m.close().await;
+    close_messenger(m, shutdown).await;
     Ok(String::new())
 }

@@ -113,8 +113,8 @@ pub async fn run(
         served = served => served.map_err(WebStartError::Serve),
         () = grace_over => {
             eprintln!(
-                "stopped without waiting for the calls in flight (the node did not answer within {} s)",
-                SHUTDOWN_GRACE.as_secs()
+                "stopped without waiting for the calls in flight (the node did not answer within {} ms)",
+                SHUTDOWN_GRACE.as_millis()
             );
             Ok(())
         }
@@ -127,5 +127,7 @@ pub async fn run(
     served
 }
 
-/// How long `web` waits for work in flight after SIGINT or SIGTERM.
-pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long `web` waits for work in flight after SIGINT or SIGTERM, and then
+/// again for the profile's agent (two graceful steps, within the process's
+/// deadline: `crate::shutdown`).
+pub const SHUTDOWN_GRACE: std::time::Duration = crate::shutdown::FINISHING;
