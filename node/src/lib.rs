@@ -12,4 +12,5 @@ pub mod metrics;
 pub mod server;
 pub mod shutdown;
 pub mod tls;
+pub mod tokens;
 pub mod web;

@@ -275,13 +275,13 @@ async fn web(
 /// `server`: the file's settings under the flags', then the node until a signal.
 fn serve(runtime: &tokio::runtime::Runtime, args: ServerArgs) -> anyhow::Result<()> {
     if args.generate_operator_token {
-        println!("{}", quicnprotochat::config::generate_operator_token());
+        println!("{}", quicnprotochat::tokens::generate_operator_token());
         return Ok(());
     }
     init_logging("info");
     let from_file = |path: &Option<std::path::PathBuf>| {
         path.as_deref()
-            .map(quicnprotochat::config::read_token_file)
+            .map(quicnprotochat::tokens::read_token_file)
             .transpose()
     };
     let auth_token = from_file(&args.auth_token_file)?.or(args.auth_token);

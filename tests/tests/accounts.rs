@@ -398,7 +398,7 @@ async fn once_accounts_exist_only_registered_devices_authenticate_and_guessing_i
 async fn no_operator_token_guess_is_compared_while_its_address_is_limited() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = ServerConfig::ephemeral(dir.path());
-    let token = quicnprotochat::config::generate_operator_token();
+    let token = quicnprotochat::tokens::generate_operator_token();
     config.operator_token = Some(token.clone());
     config.rate_limits.logins_per_min_per_address = 5;
     let node = TestNode::start_with(config).await;

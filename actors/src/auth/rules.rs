@@ -158,6 +158,41 @@ pub fn check_upload(
     })
 }
 
+/// The session a connection opened, as the KeyPackage rule sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct OpenedSession {
+    /// Its device.
+    pub device: IdentityKey,
+    /// Whether its session is still alive (not logged out, expired or ended by
+    /// a device removal).
+    pub alive: bool,
+    /// Whether its device belongs to an account.
+    pub registered: bool,
+}
+
+/// Why a KeyPackage request is refused before anything is served.
+pub const KEY_PACKAGES_NEED_A_SESSION: &str =
+    "KeyPackages are served to registered devices: log in first";
+
+/// Who asks for KeyPackages, as the claim limits count them. On a node with
+/// accounts only a registered device whose session, opened on this
+/// connection, is alive (strangers take nothing: `UNAUTHORIZED`); on a node
+/// without accounts, the caller's address.
+pub fn key_package_requester(
+    accounts_exist: bool,
+    address: std::net::IpAddr,
+    opened: Option<OpenedSession>,
+) -> Result<crate::core::rate::Requester, &'static str> {
+    use crate::core::rate::Requester;
+    if !accounts_exist {
+        return Ok(Requester::Address(address));
+    }
+    match opened {
+        Some(s) if s.alive && s.registered => Ok(Requester::Device(s.device.0)),
+        _ => Err(KEY_PACKAGES_NEED_A_SESSION),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,6 +234,34 @@ mod tests {
             "abcdefghijklmnopqrstuvwxyz0123456",
         ] {
             assert!(check_username(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_a_registered_device_with_a_live_session_claims_key_packages_on_a_node_with_accounts() {
+        use crate::core::rate::Requester;
+        let address: std::net::IpAddr = [192, 0, 2, 7].into();
+        let device = IdentityKey([7; 32]);
+        let session = |alive, registered| {
+            Some(OpenedSession {
+                device,
+                alive,
+                registered,
+            })
+        };
+        assert_eq!(
+            key_package_requester(false, address, None),
+            Ok(Requester::Address(address))
+        );
+        assert_eq!(
+            key_package_requester(true, address, session(true, true)),
+            Ok(Requester::Device([7; 32]))
+        );
+        for refused in [None, session(false, true), session(true, false)] {
+            assert_eq!(
+                key_package_requester(true, address, refused),
+                Err(KEY_PACKAGES_NEED_A_SESSION)
+            );
         }
     }
 }

@@ -5,6 +5,7 @@
 use std::cell::{Cell, RefCell};
 
 use super::*;
+use crate::auth::{OpenedSession, key_package_requester};
 
 pub(super) struct NodeService {
     ctx: Arc<NodeContext>,
@@ -467,25 +468,19 @@ impl node::Server for NodeService {
 }
 
 impl NodeService {
-    /// Who asks for KeyPackages. On a node with accounts: a registered device
-    /// whose session (opened on this connection) is alive; strangers are
-    /// refused. Without accounts: the caller's address.
+    /// Who asks for KeyPackages (`auth::rules::key_package_requester`).
     fn key_package_requester(&self) -> Result<Requester, capnp::Error> {
-        if !self.ctx.auth.accounts_exist() {
-            return Ok(Requester::Address(self.conn.remote.ip()));
-        }
-        match self.opened.get() {
-            Some((device, Some(token_hash)))
-                if self.ctx.auth.session_alive(&token_hash)
-                    && self.ctx.auth.account_of(&device).is_some() =>
-            {
-                Ok(Requester::Device(device.0))
-            }
-            _ => Err(refuse(
-                ErrorCode::Unauthorized,
-                "KeyPackages are served to registered devices: log in first",
-            )),
-        }
+        let opened = self.opened.get().map(|(device, token_hash)| OpenedSession {
+            device,
+            alive: token_hash.is_some_and(|t| self.ctx.auth.session_alive(&t)),
+            registered: self.ctx.auth.account_of(&device).is_some(),
+        });
+        key_package_requester(
+            self.ctx.auth.accounts_exist(),
+            self.conn.remote.ip(),
+            opened,
+        )
+        .map_err(|why| refuse(ErrorCode::Unauthorized, why))
     }
 
     /// Reads a KeyPackage request's target and suite, checks them, resolves the

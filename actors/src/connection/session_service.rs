@@ -686,12 +686,5 @@ fn check_commit_call(
 }
 
 fn commit_refusal(e: CommitCallRefusal) -> capnp::Error {
-    let code = if e.is_too_large() {
-        ErrorCode::TooLarge
-    } else if matches!(e, CommitCallRefusal::GroupInfoOverQuota { .. }) {
-        ErrorCode::QuotaExceeded
-    } else {
-        ErrorCode::BadRequest
-    };
-    refuse(code, e.to_string())
+    refuse(e.code(), e.to_string())
 }

@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 
 use quicnprotochat_crypto::mls::CommitHeader;
+use quicnprotochat_wire::ErrorCode;
 use quicnprotochat_wire::limits::{MAX_DELIVERIES, MAX_GROUP_INFO};
 
 /// Longest group id the node keeps (MLS group ids are usually 16–32 bytes).
@@ -71,12 +72,22 @@ pub enum CommitCallRefusal {
 }
 
 impl CommitCallRefusal {
-    /// Whether the call was refused for its size rather than its content.
-    pub fn is_too_large(&self) -> bool {
-        matches!(
-            self,
-            CommitCallRefusal::TooManyMembers | CommitCallRefusal::GroupInfoTooLarge
-        )
+    /// The wire code the caller gets: its size (`TOO_LARGE`), its account's
+    /// quota (`QUOTA_EXCEEDED`) or its content (`BAD_REQUEST`).
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            CommitCallRefusal::TooManyMembers | CommitCallRefusal::GroupInfoTooLarge => {
+                ErrorCode::TooLarge
+            }
+            CommitCallRefusal::GroupInfoOverQuota { .. } => ErrorCode::QuotaExceeded,
+            CommitCallRefusal::GroupIdLength
+            | CommitCallRefusal::CommitterNotAMember
+            | CommitCallRefusal::MissingCommit
+            | CommitCallRefusal::MalformedCommit(_)
+            | CommitCallRefusal::HeaderMismatch { .. }
+            | CommitCallRefusal::MalformedGroupInfo(_)
+            | CommitCallRefusal::GroupInfoMismatch { .. } => ErrorCode::BadRequest,
+        }
     }
 }
 
@@ -205,7 +216,10 @@ mod tests {
                 k
             })
             .collect();
-        assert!(check_members(&many, &[0; 32]).unwrap_err().is_too_large());
+        assert_eq!(
+            check_members(&many, &[0; 32]).unwrap_err().code(),
+            ErrorCode::TooLarge
+        );
     }
 
     #[test]
@@ -215,10 +229,11 @@ mod tests {
             check_group_info(&vec![0; MAX_GROUP_INFO + 1], b"g", 0),
             Err(CommitCallRefusal::GroupInfoTooLarge)
         );
-        assert!(
+        assert_eq!(
             check_group_info(&vec![0; MAX_GROUP_INFO + 1], b"g", 0)
                 .unwrap_err()
-                .is_too_large()
+                .code(),
+            ErrorCode::TooLarge
         );
         assert!(matches!(
             check_group_info(b"garbage", b"g", 0),

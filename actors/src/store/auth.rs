@@ -278,8 +278,10 @@ pub(super) fn apply(
                                 (username.as_str(), &[0u8; 32])..=(username.as_str(), &[255u8; 32]),
                             )?
                             .count();
-                        if has >= max_devices as usize {
-                            return Ok(Err(AccountRefusal::TooManyDevices { max: max_devices }));
+                        if let Err(refusal) =
+                            AccountRefusal::check_another_device_fits(has as u64, max_devices)
+                        {
+                            return Ok(Err(refusal));
                         }
                         devices.insert(&device.0, username.as_str())?;
                         account.insert((username.as_str(), &device.0), now_ms)?;

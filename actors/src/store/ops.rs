@@ -42,6 +42,17 @@ pub enum AccountRefusal {
     BadRequest(String),
 }
 
+impl AccountRefusal {
+    /// The device quota, the same in every store: an account that has `has`
+    /// devices may add one more while it is under `max`.
+    pub fn check_another_device_fits(has: u64, max: u32) -> Result<(), AccountRefusal> {
+        match has < u64::from(max) {
+            true => Ok(()),
+            false => Err(AccountRefusal::TooManyDevices { max }),
+        }
+    }
+}
+
 /// A write of the Authentication Service.
 pub enum AccountWrite {
     /// Stores `value` as the secret `name` unless one is stored; answers the one
@@ -241,4 +252,20 @@ pub fn check_upload_fits(
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AccountRefusal;
+
+    #[test]
+    fn an_account_under_its_device_quota_may_add_one_and_at_it_may_not() {
+        assert_eq!(AccountRefusal::check_another_device_fits(0, 1), Ok(()));
+        assert_eq!(AccountRefusal::check_another_device_fits(15, 16), Ok(()));
+        assert_eq!(
+            AccountRefusal::check_another_device_fits(16, 16),
+            Err(AccountRefusal::TooManyDevices { max: 16 })
+        );
+        assert!(AccountRefusal::check_another_device_fits(0, 0).is_err());
+    }
 }

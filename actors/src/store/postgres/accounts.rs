@@ -118,8 +118,10 @@ pub(super) async fn login(
             .await
             .map_err(pg)?
             .get(0);
-        if has >= i64::from(max_devices) {
-            return Ok(Err(AccountRefusal::TooManyDevices { max: max_devices }));
+        if let Err(refusal) =
+            AccountRefusal::check_another_device_fits(has.max(0) as u64, max_devices)
+        {
+            return Ok(Err(refusal));
         }
     }
     txn.execute(
