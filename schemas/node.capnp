@@ -213,6 +213,12 @@ interface Session {
   # The groups (at most 4,096) any device of the caller's account is a member
   # of, as the groups' fences name them: what a device with no local state
   # rejoins.
+
+  logoutEverywhere @17 () -> (sessionsEnded :UInt32);
+  # Ends every session of every device of the caller's account, this one too:
+  # each device must log in with the password again. Needs a session from a
+  # password login of the last 5 minutes (UNAUTHORIZED otherwise), so that a
+  # stolen token or device key cannot lock the owner out.
 }
 
 struct MemberEntry {

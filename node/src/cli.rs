@@ -219,6 +219,10 @@ pub(crate) enum ClientCommand {
     },
     /// Revoke this profile's session.
     Logout {
+        /// End every session of every device of the account, this one's too
+        /// (asks for the account password).
+        #[arg(long)]
+        everywhere: bool,
         #[command(flatten)]
         c: ClientFlags,
     },
@@ -401,7 +405,7 @@ impl ClientCommand {
             Health { c }
             | Ping { c }
             | Whoami { c }
-            | Logout { c }
+            | Logout { c, .. }
             | Devices { c }
             | Join { c }
             | Groups { c }

@@ -171,7 +171,15 @@ fn run(runtime: &tokio::runtime::Runtime, cli: Cli) -> anyhow::Result<ExitCode> 
                 let password = commands::read_password(false)?;
                 commands::login(&opts, &username, &password).await
             }
-            Logout { .. } => commands::logout(&opts).await,
+            Logout {
+                everywhere: false, ..
+            } => commands::logout(&opts).await,
+            Logout {
+                everywhere: true, ..
+            } => {
+                let password = commands::read_password(false)?;
+                commands::logout_everywhere(&opts, &password).await
+            }
             CheckKey { username, .. } => commands::check_key(&opts, username.as_deref()).await,
             RefreshKeypackage { count, .. } => commands::refresh_key_packages(&opts, count).await,
             Devices { .. } => commands::devices(&opts).await,

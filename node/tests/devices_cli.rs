@@ -276,3 +276,39 @@ fn a_users_only_profile_deleted_and_logged_in_again_rejoins_by_itself_and_reads_
     assert!(members.contains("bob (2 devices)"), "{members}");
     assert_no_fork(at, &ca, "g", &[&alice, &phone]);
 }
+
+#[test]
+fn logging_out_everywhere_sends_every_device_of_the_account_back_to_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let World {
+        server,
+        ca,
+        alice,
+        phone,
+        laptop,
+    } = World::start(dir.path());
+    let at = server.addr;
+    laptop.ok(at, &ca, &["login", "--username", "bob"]);
+    let said = phone.ok(at, &ca, &["logout", "--everywhere"]);
+    assert!(said.contains("logged out everywhere"), "{said}");
+    // Both of bob's profiles must log in again: this one forgot its token
+    // (only its device key speaks for it, as after `logout`), the other's is
+    // refused. alice's account is untouched.
+    let (ok, out, err) = phone.run(at, &ca, &["whoami"]);
+    assert!(ok && out.contains("challenge session"), "{out} {err}");
+    let (ok, _, err) = laptop.run(at, &ca, &["whoami"]);
+    assert!(!ok, "still logged in: {err}");
+    assert!(err.contains("log in"), "{err}");
+    alice.ok(at, &ca, &["whoami"]);
+    laptop.ok(at, &ca, &["login", "--username", "bob"]);
+    laptop.ok(at, &ca, &["whoami"]);
+    // A wrong password ends nothing.
+    let wrong = User {
+        state: laptop.state.clone(),
+        password: "not-it".into(),
+    };
+    let (ok, _, err) = wrong.run(at, &ca, &["logout", "--everywhere"]);
+    assert!(!ok);
+    assert_one_line_error(&err, "");
+    laptop.ok(at, &ca, &["whoami"]);
+}

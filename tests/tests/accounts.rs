@@ -77,6 +77,59 @@ async fn register_login_resume_logout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logging_out_everywhere_ends_every_session_of_the_account_and_needs_a_fresh_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    let (phone, laptop, other) = (device(), device(), device());
+    let (phone_token, laptop_token) = local(async {
+        let (_c, hal) = register(&node, "hal", "pw-hal", &other).await;
+        let (_c1, _) = register(&node, "gus", "pw", &phone).await;
+        let c1 = node.connect().await.unwrap();
+        let phone_login = c1.login("gus", b"pw", &phone.id, None).await.unwrap();
+        let c2 = node.connect().await.unwrap();
+        let laptop_login = c2.login("gus", b"pw", &laptop.id, None).await.unwrap();
+
+        // A remembered (stolen) token alone cannot lock the owner out.
+        let c3 = node.connect().await.unwrap();
+        let (resumed, _) = c3.resume(&phone_login.token, None).await.unwrap();
+        let err = resumed.logout_everywhere().await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::Unauthorized), "{err}");
+        assert!(
+            err.to_string().contains("needs the account password"),
+            "{err}"
+        );
+        laptop_login.session.whoami().await.expect("nothing ended");
+
+        // With the password just now: every session of both devices ends,
+        // this one's too, on the connections that hold them.
+        let ended = phone_login.session.logout_everywhere().await.unwrap();
+        assert!(ended >= 3, "phone (twice) and laptop: {ended}");
+        for session in [&phone_login.session, &laptop_login.session, &resumed] {
+            let err = session.whoami().await.unwrap_err();
+            assert_eq!(err.code(), Some(ErrorCode::Unauthorized), "{err}");
+        }
+        // Another account is untouched.
+        assert_eq!(hal.whoami().await.unwrap().username, "hal");
+        (phone_login.token, laptop_login.token)
+    })
+    .await;
+    // Durable: after a restart the old tokens still resume nothing, and the
+    // password logs in again.
+    let node = node.restart().await;
+    local(async {
+        let conn = node.connect().await.unwrap();
+        for token in [&phone_token, &laptop_token] {
+            let err = conn.resume(token, None).await.err().unwrap();
+            assert_eq!(err.code(), Some(ErrorCode::Unauthorized), "{err}");
+        }
+        let again = conn.login("gus", b"pw", &laptop.id, None).await.unwrap();
+        assert_eq!(again.session.whoami().await.unwrap().device_count, 2);
+    })
+    .await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_password_unknown_user_and_wrong_key_look_the_same() {
     let dir = tempfile::tempdir().unwrap();
     let node = TestNode::start(dir.path()).await;

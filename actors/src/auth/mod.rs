@@ -329,6 +329,26 @@ impl AuthService {
         Ok(())
     }
 
+    /// Ends every session of every device of `by`'s account (its own too);
+    /// returns how many ended.
+    pub async fn logout_everywhere(&self, by: IdentityKey) -> Result<usize, AuthError> {
+        let account = self.account_of(&by).ok_or(AuthError::Unauthorized)?;
+        let ended = self
+            .writer
+            .request(|reply| {
+                WriteOp::Account(AccountWrite::LogoutEverywhere {
+                    username: account.username.clone(),
+                    reply,
+                })
+            })
+            .await?;
+        let mut sessions = self.sessions.write().expect("lock");
+        for k in &ended {
+            sessions.remove(k);
+        }
+        Ok(ended.len())
+    }
+
     // ---- the device directory ---------------------------------------------------
 
     /// Whether anything may be delivered to `inbox`: once accounts exist, only

@@ -53,9 +53,10 @@ impl SessionProof {
         matches!(self, SessionProof::Key { opened } if now.duration_since(*opened) > SESSION_TTL)
     }
 
-    /// Whether the session may remove devices: only within
-    /// [`PASSWORD_FRESH_FOR`] of a password login.
-    pub fn may_remove_devices(&self, now: Instant) -> bool {
+    /// Whether the session may act for the whole account (remove a device,
+    /// log out everywhere): only within [`PASSWORD_FRESH_FOR`] of a password
+    /// login.
+    pub fn may_act_for_the_account(&self, now: Instant) -> bool {
         matches!(self, SessionProof::Password { at } if now.duration_since(*at) < PASSWORD_FRESH_FOR)
     }
 }
@@ -201,12 +202,12 @@ mod tests {
     fn only_a_fresh_password_login_removes_devices_and_key_sessions_end_like_token_ones() {
         let t = Instant::now();
         let password = SessionProof::Password { at: t };
-        assert!(password.may_remove_devices(t));
-        assert!(password.may_remove_devices(t + PASSWORD_FRESH_FOR - Duration::from_secs(1)));
-        assert!(!password.may_remove_devices(t + PASSWORD_FRESH_FOR));
+        assert!(password.may_act_for_the_account(t));
+        assert!(password.may_act_for_the_account(t + PASSWORD_FRESH_FOR - Duration::from_secs(1)));
+        assert!(!password.may_act_for_the_account(t + PASSWORD_FRESH_FOR));
         let key = SessionProof::Key { opened: t };
-        assert!(!key.may_remove_devices(t));
-        assert!(!SessionProof::Token.may_remove_devices(t));
+        assert!(!key.may_act_for_the_account(t));
+        assert!(!SessionProof::Token.may_act_for_the_account(t));
         assert!(!key.expired(t + SESSION_TTL));
         assert!(key.expired(t + SESSION_TTL + Duration::from_secs(1)));
         assert!(!SessionProof::Token.expired(t + SESSION_TTL * 2));

@@ -497,6 +497,34 @@ impl session::Server for SessionService {
             .map_err(auth_refusal)
     }
 
+    async fn logout_everywhere(
+        self: Rc<Self>,
+        _: session::LogoutEverywhereParams,
+        mut results: session::LogoutEverywhereResults,
+    ) -> Result<(), capnp::Error> {
+        let _call = admit_call(&self.budget)?;
+        self.check_alive()?;
+        if !self
+            .proof
+            .may_act_for_the_account(std::time::Instant::now())
+        {
+            return Err(refuse(
+                ErrorCode::Unauthorized,
+                "logging out everywhere needs the account password: log in again first",
+            ));
+        }
+        let ended = self
+            .ctx
+            .auth
+            .logout_everywhere(self.identity)
+            .await
+            .map_err(auth_refusal)?;
+        results
+            .get()
+            .set_sessions_ended(u32::try_from(ended).unwrap_or(u32::MAX));
+        Ok(())
+    }
+
     async fn remove_device(
         self: Rc<Self>,
         params: session::RemoveDeviceParams,
@@ -512,7 +540,10 @@ impl session::Server for SessionService {
                 .map_err(bad_params)?,
             "identityKey",
         )?;
-        if !self.proof.may_remove_devices(std::time::Instant::now()) {
+        if !self
+            .proof
+            .may_act_for_the_account(std::time::Instant::now())
+        {
             return Err(refuse(
                 ErrorCode::Unauthorized,
                 "removing a device needs the account password: log in again first",

@@ -121,6 +121,32 @@ pub fn remove_device_rows(
     Ok(dropped)
 }
 
+/// Ends every session of every device of `username`; returns their hashes.
+/// (Sessions are keyed by token hash: the scan is over all of them, as for a
+/// removed device; both are rare.)
+pub fn end_account_sessions(
+    txn: &WriteTransaction,
+    username: &str,
+) -> Result<Vec<[u8; 32]>, StoreError> {
+    let devices: std::collections::HashSet<[u8; 32]> = txn
+        .open_table(ACCOUNT_DEVICES)?
+        .range((username, &[0u8; 32])..=(username, &[255u8; 32]))?
+        .map(|e| e.map(|(k, _)| *k.value().1))
+        .collect::<Result<_, _>>()?;
+    let mut sessions = txn.open_table(SESSIONS)?;
+    let mut ended = Vec::new();
+    for e in sessions.iter()? {
+        let (k, v) = e?;
+        if devices.contains(v.value().0) {
+            ended.push(*k.value());
+        }
+    }
+    for k in &ended {
+        sessions.remove(k)?;
+    }
+    Ok(ended)
+}
+
 /// Claims one KeyPackage of `tables`' suite per device of `devices` that
 /// published keys: a one-time package is deleted as it is returned; when none
 /// is left the last-resort one is served and counted.
@@ -299,6 +325,9 @@ pub(super) fn apply(
                 Ok(())
             })();
             after_commit(reply, result.map_err(e))
+        }
+        AccountWrite::LogoutEverywhere { username, reply } => {
+            after_commit(reply, end_account_sessions(txn, &username).map_err(e))
         }
         AccountWrite::RemoveDevice {
             username,

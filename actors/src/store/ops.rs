@@ -103,6 +103,14 @@ pub enum AccountWrite {
         /// Answered once durable.
         reply: Reply<()>,
     },
+    /// Ends every session of every device of `username`; answers the hashes
+    /// of the sessions it ended.
+    LogoutEverywhere {
+        /// The account.
+        username: String,
+        /// Answered once durable.
+        reply: Reply<Vec<[u8; 32]>>,
+    },
     /// Removes a device of `username` with its sessions, KeyPackages and keys;
     /// answers the hashes of the sessions it ended.
     RemoveDevice {
@@ -199,7 +207,8 @@ impl AccountWrite {
             AccountWrite::Logout { reply, .. } | AccountWrite::SetAccessKey { reply, .. } => {
                 drop(reply.send(Err(err)))
             }
-            AccountWrite::RemoveDevice { reply, .. } => drop(reply.send(Err(err))),
+            AccountWrite::RemoveDevice { reply, .. }
+            | AccountWrite::LogoutEverywhere { reply, .. } => drop(reply.send(Err(err))),
             AccountWrite::DeleteAccount { reply, .. } => drop(reply.send(Err(err))),
             AccountWrite::Claim { reply, .. } => drop(reply.send(Err(err))),
         }

@@ -474,6 +474,28 @@ pub async fn logout(opts: &ClientOptions) -> Result<String, CommandError> {
     Ok("logged out".into())
 }
 
+/// `logout --everywhere`: with the account password (a fresh login), ends
+/// every session of every device of the account, this one's too: a stolen
+/// token or profile then needs the password again.
+pub async fn logout_everywhere(
+    opts: &ClientOptions,
+    password: &str,
+) -> Result<String, CommandError> {
+    let (conn, session) = password_session(opts, password).await?;
+    let ended = session.logout_everywhere().await?;
+    conn.close().await;
+    let state = ClientState::open(&opts.state_dir)?;
+    if let Some(login) = state.saved_login()? {
+        state.save_login(&SavedLogin {
+            token: Vec::new(),
+            ..login
+        })?;
+    }
+    Ok(format!(
+        "logged out everywhere: {ended} session(s) ended; every device of this account must log in again"
+    ))
+}
+
 /// `devices`: every device of this account, this one marked.
 pub async fn devices(opts: &ClientOptions) -> Result<String, CommandError> {
     let LoggedInProfile {

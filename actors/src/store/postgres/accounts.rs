@@ -163,6 +163,22 @@ pub(super) async fn logout(txn: &Transaction<'_>, token_hash: &[u8; 32]) -> Resu
     Ok(())
 }
 
+/// Ends every session of every device of `username`; returns their hashes.
+pub(super) async fn logout_everywhere(
+    txn: &Transaction<'_>,
+    username: &str,
+) -> Result<Vec<[u8; 32]>, StoreError> {
+    let rows = txn
+        .query(
+            "DELETE FROM sessions WHERE device IN \
+             (SELECT device FROM devices WHERE username = $1) RETURNING token_hash",
+            &[&username],
+        )
+        .await
+        .map_err(pg)?;
+    rows.iter().map(|r| key32(r.get(0))).collect()
+}
+
 /// Deletes every row of `device` and retires its key; returns the hashes of
 /// the sessions it ended.
 pub(super) async fn remove_device(

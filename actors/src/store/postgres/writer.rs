@@ -108,6 +108,7 @@ fn changes_accounts(op: &WriteOp) -> bool {
             AccountWrite::Register { .. }
                 | AccountWrite::Login { .. }
                 | AccountWrite::Logout { .. }
+                | AccountWrite::LogoutEverywhere { .. }
                 | AccountWrite::RemoveDevice { .. }
                 | AccountWrite::DeleteAccount { .. }
         )
@@ -467,6 +468,10 @@ async fn apply_account(
         AccountWrite::Logout { token_hash, reply } => {
             after_commit(reply, Ok(accounts::logout(txn, &token_hash).await?))
         }
+        AccountWrite::LogoutEverywhere { username, reply } => after_commit(
+            reply,
+            Ok(accounts::logout_everywhere(txn, &username).await?),
+        ),
         AccountWrite::RemoveDevice { device, reply, .. } => {
             let now = crate::store::now_ms();
             after_commit(reply, Ok(accounts::remove_device(txn, &device, now).await?))

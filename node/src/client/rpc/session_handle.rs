@@ -197,6 +197,18 @@ impl SessionHandle {
         Ok(())
     }
 
+    /// Ends every session of every device of this account (this one too);
+    /// returns how many ended. Needs a fresh password login.
+    pub async fn logout_everywhere(&self) -> Result<u32, ClientError> {
+        let reply = self
+            .session
+            .logout_everywhere_request()
+            .send()
+            .promise
+            .await?;
+        Ok(reply.get()?.get_sessions_ended())
+    }
+
     /// Removes another device from this account.
     pub async fn remove_device(&self, device: &IdentityKey) -> Result<(), ClientError> {
         let mut req = self.session.remove_device_request();
