@@ -219,6 +219,14 @@ interface Session {
   # each device must log in with the password again. Needs a session from a
   # password login of the last 5 minutes (UNAUTHORIZED otherwise), so that a
   # stolen token or device key cannot lock the owner out.
+
+  changePasswordStart @18 (request :Data) -> (response :Data);
+  changePasswordFinish @19 (upload :Data) -> (sessionsEnded :UInt32);
+  # A new password: an OPAQUE registration under the account's own name that
+  # replaces its record (the old password then logs in nowhere). Both need a
+  # session from a password login of the last 5 minutes, which proves the old
+  # password (UNAUTHORIZED otherwise). The finish also ends every other session
+  # of the account, since a password that leaked may have opened them.
 }
 
 struct MemberEntry {

@@ -217,6 +217,13 @@ pub(crate) enum ClientCommand {
         #[command(flatten)]
         c: ClientFlags,
     },
+    /// Set a new account password (asks for the current one, then the new one
+    /// twice, or reads QPC_PASSWORD and QPC_NEW_PASSWORD); every other session
+    /// of the account ends.
+    ChangePassword {
+        #[command(flatten)]
+        c: ClientFlags,
+    },
     /// Revoke this profile's session.
     Logout {
         /// End every session of every device of the account, this one's too
@@ -406,6 +413,7 @@ impl ClientCommand {
             | Ping { c }
             | Whoami { c }
             | Logout { c, .. }
+            | ChangePassword { c }
             | Devices { c }
             | Join { c }
             | Groups { c }

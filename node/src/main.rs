@@ -171,6 +171,11 @@ fn run(runtime: &tokio::runtime::Runtime, cli: Cli) -> anyhow::Result<ExitCode> 
                 let password = commands::read_password(false)?;
                 commands::login(&opts, &username, &password).await
             }
+            ChangePassword { .. } => {
+                let current = commands::read_password(false)?;
+                let new = commands::read_new_password()?;
+                commands::change_password(&opts, &current, &new).await
+            }
             Logout {
                 everywhere: false, ..
             } => commands::logout(&opts).await,

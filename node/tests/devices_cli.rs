@@ -312,3 +312,43 @@ fn logging_out_everywhere_sends_every_device_of_the_account_back_to_the_password
     assert_one_line_error(&err, "");
     laptop.ok(at, &ca, &["whoami"]);
 }
+
+#[test]
+fn a_changed_password_logs_in_and_the_old_one_no_longer_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let World {
+        server,
+        ca,
+        phone,
+        laptop,
+        ..
+    } = World::start(dir.path());
+    let at = server.addr;
+    let out = phone
+        .command(at, &ca, &["change-password"])
+        .env("QPC_NEW_PASSWORD", "a-new-password")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(said.contains("password changed"), "{said}");
+    phone.ok(at, &ca, &["whoami"]); // still logged in
+    // The old password logs in nowhere; the new one does.
+    let (ok, _, err) = laptop.run(at, &ca, &["login", "--username", "bob"]);
+    assert!(!ok);
+    assert_one_line_error(&err, "");
+    let renewed = User {
+        state: laptop.state.clone(),
+        password: "a-new-password".into(),
+    };
+    renewed.ok(at, &ca, &["login", "--username", "bob"]);
+    // An empty new password is refused before anything is sent.
+    let out = phone
+        .command(at, &ca, &["change-password"])
+        .env("QPC_NEW_PASSWORD", "")
+        .env("QPC_PASSWORD", "a-new-password")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_one_line_error(&String::from_utf8_lossy(&out.stderr), "empty new password");
+}

@@ -77,6 +77,55 @@ async fn register_login_resume_logout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_password_replaces_the_old_one_and_ends_the_accounts_other_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    let (phone, laptop) = (device(), device());
+    local(async {
+        let (_c1, _) = register(&node, "ida", "old-pw", &phone).await;
+        let c1 = node.connect().await.unwrap();
+        let phone_login = c1.login("ida", b"old-pw", &phone.id, None).await.unwrap();
+        let c2 = node.connect().await.unwrap();
+        let laptop_login = c2.login("ida", b"old-pw", &laptop.id, None).await.unwrap();
+
+        // A token alone (stolen, say) cannot set a password.
+        let c3 = node.connect().await.unwrap();
+        let (resumed, _) = c3.resume(&laptop_login.token, None).await.unwrap();
+        let err = resumed.change_password("ida", b"mine-now").await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::Unauthorized), "{err}");
+        assert!(err.to_string().contains("needs the account password"), "{err}");
+
+        // A fresh password login can: the other sessions end, this one goes on.
+        let ended = phone_login
+            .session
+            .change_password("ida", b"new-pw")
+            .await
+            .unwrap();
+        assert!(ended >= 2, "the laptop's and the first login's: {ended}");
+        assert_eq!(phone_login.session.whoami().await.unwrap().username, "ida");
+        let err = laptop_login.session.whoami().await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::Unauthorized), "{err}");
+    })
+    .await;
+    // Durable: after a restart only the new password logs in.
+    let node = node.restart().await;
+    local(async {
+        let conn = node.connect().await.unwrap();
+        let err = conn
+            .login("ida", b"old-pw", &laptop.id, None)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(err.code(), Some(ErrorCode::Unauthorized), "{err}");
+        let conn = node.connect().await.unwrap();
+        let again = conn.login("ida", b"new-pw", &laptop.id, None).await.unwrap();
+        assert_eq!(again.session.whoami().await.unwrap().device_count, 2);
+    })
+    .await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logging_out_everywhere_ends_every_session_of_the_account_and_needs_a_fresh_password() {
     let dir = tempfile::tempdir().unwrap();
     let node = TestNode::start(dir.path()).await;

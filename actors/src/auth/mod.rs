@@ -349,6 +349,46 @@ impl AuthService {
         Ok(ended.len())
     }
 
+    /// A new password for `by`'s account, first step: an OPAQUE registration
+    /// under the account's own name (stateless at the node, like
+    /// `register_start`).
+    pub fn change_password_start(
+        &self,
+        by: IdentityKey,
+        request: &[u8],
+    ) -> Result<Vec<u8>, AuthError> {
+        let account = self.account_of(&by).ok_or(AuthError::Unauthorized)?;
+        opaque::server_register_start(&self.setup, request, &account.username).map_err(opaque_err)
+    }
+
+    /// A new password, last step: replaces the account's record and ends every
+    /// other session of the account (`keep` goes on); returns how many ended.
+    pub async fn change_password_finish(
+        &self,
+        by: IdentityKey,
+        upload: &[u8],
+        keep: Option<[u8; 32]>,
+    ) -> Result<usize, AuthError> {
+        let account = self.account_of(&by).ok_or(AuthError::Unauthorized)?;
+        let record = opaque::server_register_finish(upload).map_err(opaque_err)?;
+        let ended = self
+            .writer
+            .request(|reply| {
+                WriteOp::Account(AccountWrite::ChangePassword {
+                    username: account.username.clone(),
+                    record,
+                    keep,
+                    reply,
+                })
+            })
+            .await?;
+        let mut sessions = self.sessions.write().expect("lock");
+        for k in &ended {
+            sessions.remove(k);
+        }
+        Ok(ended.len())
+    }
+
     // ---- the device directory ---------------------------------------------------
 
     /// Whether anything may be delivered to `inbox`: once accounts exist, only

@@ -62,6 +62,22 @@ impl SessionService {
         Ok(())
     }
 
+    /// Refuses what acts for the whole account (removing a device, logging out
+    /// everywhere, a new password) unless this session is a password login of
+    /// the last few minutes: a stolen token or device key alone cannot.
+    fn check_password_fresh(&self, what: &str) -> Result<(), capnp::Error> {
+        if !self
+            .proof
+            .may_act_for_the_account(std::time::Instant::now())
+        {
+            return Err(refuse(
+                ErrorCode::Unauthorized,
+                format!("{what} needs the account password: log in again first"),
+            ));
+        }
+        Ok(())
+    }
+
     /// Reads the own inbox off the store (on the blocking pool: it may touch disk).
     async fn read_inbox(&self, after: u64, limit: u32) -> Result<Vec<Envelope>, capnp::Error> {
         let limit = match limit {
@@ -517,6 +533,53 @@ impl session::Server for SessionService {
             .ctx
             .auth
             .logout_everywhere(self.identity)
+            .await
+            .map_err(auth_refusal)?;
+        results
+            .get()
+            .set_sessions_ended(u32::try_from(ended).unwrap_or(u32::MAX));
+        Ok(())
+    }
+
+    async fn change_password_start(
+        self: Rc<Self>,
+        params: session::ChangePasswordStartParams,
+        mut results: session::ChangePasswordStartResults,
+    ) -> Result<(), capnp::Error> {
+        let _call = admit_call(&self.budget)?;
+        self.check_alive()?;
+        self.check_password_fresh("changing the password")?;
+        let request = params
+            .get()
+            .map_err(bad_params)?
+            .get_request()
+            .map_err(bad_params)?;
+        let response = self
+            .ctx
+            .auth
+            .change_password_start(self.identity, request)
+            .map_err(auth_refusal)?;
+        results.get().set_response(&response);
+        Ok(())
+    }
+
+    async fn change_password_finish(
+        self: Rc<Self>,
+        params: session::ChangePasswordFinishParams,
+        mut results: session::ChangePasswordFinishResults,
+    ) -> Result<(), capnp::Error> {
+        let _call = admit_call(&self.budget)?;
+        self.check_alive()?;
+        self.check_password_fresh("changing the password")?;
+        let upload = params
+            .get()
+            .map_err(bad_params)?
+            .get_upload()
+            .map_err(bad_params)?;
+        let ended = self
+            .ctx
+            .auth
+            .change_password_finish(self.identity, upload, self.token_hash)
             .await
             .map_err(auth_refusal)?;
         results

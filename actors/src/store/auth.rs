@@ -121,12 +121,13 @@ pub fn remove_device_rows(
     Ok(dropped)
 }
 
-/// Ends every session of every device of `username`; returns their hashes.
-/// (Sessions are keyed by token hash: the scan is over all of them, as for a
-/// removed device; both are rare.)
+/// Ends every session of every device of `username` but `keep`; returns
+/// their hashes. (Sessions are keyed by token hash: the scan is over all of
+/// them, as for a removed device; both are rare.)
 pub fn end_account_sessions(
     txn: &WriteTransaction,
     username: &str,
+    keep: Option<&[u8; 32]>,
 ) -> Result<Vec<[u8; 32]>, StoreError> {
     let devices: std::collections::HashSet<[u8; 32]> = txn
         .open_table(ACCOUNT_DEVICES)?
@@ -137,7 +138,7 @@ pub fn end_account_sessions(
     let mut ended = Vec::new();
     for e in sessions.iter()? {
         let (k, v) = e?;
-        if devices.contains(v.value().0) {
+        if devices.contains(v.value().0) && keep != Some(k.value()) {
             ended.push(*k.value());
         }
     }
@@ -327,7 +328,20 @@ pub(super) fn apply(
             after_commit(reply, result.map_err(e))
         }
         AccountWrite::LogoutEverywhere { username, reply } => {
-            after_commit(reply, end_account_sessions(txn, &username).map_err(e))
+            after_commit(reply, end_account_sessions(txn, &username, None).map_err(e))
+        }
+        AccountWrite::ChangePassword {
+            username,
+            record,
+            keep,
+            reply,
+        } => {
+            let result = (|| -> Result<Vec<[u8; 32]>, StoreError> {
+                txn.open_table(USERS)?
+                    .insert(username.as_str(), record.as_slice())?;
+                end_account_sessions(txn, &username, keep.as_ref())
+            })();
+            after_commit(reply, result.map_err(e))
         }
         AccountWrite::RemoveDevice {
             username,

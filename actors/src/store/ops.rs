@@ -111,6 +111,18 @@ pub enum AccountWrite {
         /// Answered once durable.
         reply: Reply<Vec<[u8; 32]>>,
     },
+    /// Replaces the OPAQUE record of `username` and ends every session of its
+    /// devices but `keep`; answers the hashes of the sessions it ended.
+    ChangePassword {
+        /// The account.
+        username: String,
+        /// The new OPAQUE password record.
+        record: Vec<u8>,
+        /// SHA-256 of the session that asked, which goes on.
+        keep: Option<[u8; 32]>,
+        /// Answered once durable.
+        reply: Reply<Vec<[u8; 32]>>,
+    },
     /// Removes a device of `username` with its sessions, KeyPackages and keys;
     /// answers the hashes of the sessions it ended.
     RemoveDevice {
@@ -208,7 +220,8 @@ impl AccountWrite {
                 drop(reply.send(Err(err)))
             }
             AccountWrite::RemoveDevice { reply, .. }
-            | AccountWrite::LogoutEverywhere { reply, .. } => drop(reply.send(Err(err))),
+            | AccountWrite::LogoutEverywhere { reply, .. }
+            | AccountWrite::ChangePassword { reply, .. } => drop(reply.send(Err(err))),
             AccountWrite::DeleteAccount { reply, .. } => drop(reply.send(Err(err))),
             AccountWrite::Claim { reply, .. } => drop(reply.send(Err(err))),
         }

@@ -496,6 +496,47 @@ pub async fn logout_everywhere(
     ))
 }
 
+/// `change-password`: with the current password (a fresh login), a new one;
+/// every other session of the account ends (a leaked password may have opened
+/// them), this profile stays logged in.
+pub async fn change_password(
+    opts: &ClientOptions,
+    current: &str,
+    new: &str,
+) -> Result<String, CommandError> {
+    let username = ClientState::open(&opts.state_dir)?
+        .saved_login()?
+        .ok_or(CommandError::NotLoggedIn)?
+        .username;
+    let (conn, session) = password_session(opts, current).await?;
+    let ended = session.change_password(&username, new.as_bytes()).await?;
+    conn.close().await;
+    Ok(format!(
+        "password changed; {ended} other session(s) of {username} ended (their devices log in with the new password)"
+    ))
+}
+
+/// The new password of `change-password`: `QPC_NEW_PASSWORD`, or asked twice.
+pub fn read_new_password() -> Result<String, CommandError> {
+    let p = match std::env::var("QPC_NEW_PASSWORD") {
+        Ok(p) => p,
+        Err(_) => {
+            let p = rpassword::prompt_password("new password: ")
+                .map_err(|e| CommandError::Password(e.to_string()))?;
+            let again = rpassword::prompt_password("new password again: ")
+                .map_err(|e| CommandError::Password(e.to_string()))?;
+            if again != p {
+                return Err(CommandError::Password("the two passwords differ".into()));
+            }
+            p
+        }
+    };
+    if p.is_empty() {
+        return Err(CommandError::Password("empty new password".into()));
+    }
+    Ok(p)
+}
+
 /// `devices`: every device of this account, this one marked.
 pub async fn devices(opts: &ClientOptions) -> Result<String, CommandError> {
     let LoggedInProfile {

@@ -163,20 +163,39 @@ pub(super) async fn logout(txn: &Transaction<'_>, token_hash: &[u8; 32]) -> Resu
     Ok(())
 }
 
-/// Ends every session of every device of `username`; returns their hashes.
-pub(super) async fn logout_everywhere(
+/// Ends every session of every device of `username` but `keep`; returns
+/// their hashes.
+pub(super) async fn end_account_sessions(
     txn: &Transaction<'_>,
     username: &str,
+    keep: Option<&[u8; 32]>,
 ) -> Result<Vec<[u8; 32]>, StoreError> {
+    let keep: &[u8] = keep.map(|k| &k[..]).unwrap_or(&[]);
     let rows = txn
         .query(
             "DELETE FROM sessions WHERE device IN \
-             (SELECT device FROM devices WHERE username = $1) RETURNING token_hash",
-            &[&username],
+             (SELECT device FROM devices WHERE username = $1) AND token_hash <> $2 \
+             RETURNING token_hash",
+            &[&username, &keep],
         )
         .await
         .map_err(pg)?;
     rows.iter().map(|r| key32(r.get(0))).collect()
+}
+
+/// Replaces the OPAQUE record of `username`.
+pub(super) async fn set_password_record(
+    txn: &Transaction<'_>,
+    username: &str,
+    record: &[u8],
+) -> Result<(), StoreError> {
+    txn.execute(
+        "UPDATE users SET record = $2 WHERE username = $1",
+        &[&username, &record],
+    )
+    .await
+    .map_err(pg)?;
+    Ok(())
 }
 
 /// Deletes every row of `device` and retires its key; returns the hashes of

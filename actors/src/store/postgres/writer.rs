@@ -109,6 +109,7 @@ fn changes_accounts(op: &WriteOp) -> bool {
                 | AccountWrite::Login { .. }
                 | AccountWrite::Logout { .. }
                 | AccountWrite::LogoutEverywhere { .. }
+                | AccountWrite::ChangePassword { .. }
                 | AccountWrite::RemoveDevice { .. }
                 | AccountWrite::DeleteAccount { .. }
         )
@@ -470,8 +471,20 @@ async fn apply_account(
         }
         AccountWrite::LogoutEverywhere { username, reply } => after_commit(
             reply,
-            Ok(accounts::logout_everywhere(txn, &username).await?),
+            Ok(accounts::end_account_sessions(txn, &username, None).await?),
         ),
+        AccountWrite::ChangePassword {
+            username,
+            record,
+            keep,
+            reply,
+        } => {
+            accounts::set_password_record(txn, &username, &record).await?;
+            after_commit(
+                reply,
+                Ok(accounts::end_account_sessions(txn, &username, keep.as_ref()).await?),
+            )
+        }
         AccountWrite::RemoveDevice { device, reply, .. } => {
             let now = crate::store::now_ms();
             after_commit(reply, Ok(accounts::remove_device(txn, &device, now).await?))

@@ -209,6 +209,27 @@ impl SessionHandle {
         Ok(reply.get()?.get_sessions_ended())
     }
 
+    /// A new password for this account (an OPAQUE registration under its
+    /// `username`); ends every other session of the account and returns how
+    /// many. Needs a fresh password login.
+    pub async fn change_password(
+        &self,
+        username: &str,
+        new_password: &[u8],
+    ) -> Result<u32, ClientError> {
+        let (state, request) = opaque::client_register_start(new_password).map_err(opaque_err)?;
+        let mut req = self.session.change_password_start_request();
+        req.get().set_request(&request);
+        let reply = req.send().promise.await?;
+        let response = reply.get()?.get_response()?.to_vec();
+        let upload = opaque::client_register_finish(state, new_password, &response, username)
+            .map_err(opaque_err)?;
+        let mut req = self.session.change_password_finish_request();
+        req.get().set_upload(&upload);
+        let reply = req.send().promise.await?;
+        Ok(reply.get()?.get_sessions_ended())
+    }
+
     /// Removes another device from this account.
     pub async fn remove_device(&self, device: &IdentityKey) -> Result<(), ClientError> {
         let mut req = self.session.remove_device_request();
