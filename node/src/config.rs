@@ -105,6 +105,8 @@ pub struct LimitsFile {
     pub devices_per_account: Option<u32>,
     /// `reply_stall_secs`
     pub reply_stall_secs: Option<u64>,
+    /// `session_idle_secs`
+    pub session_idle_secs: Option<u64>,
 }
 
 /// What the node holds at most, resolved.
@@ -127,6 +129,8 @@ pub struct Limits {
     pub reply_stall: Duration,
     /// Devices one account may have (a login from one more is refused).
     pub devices_per_account: u32,
+    /// How long a session token lives unused (each resume moves its end).
+    pub session_idle: Duration,
 }
 
 /// Default of `devices_per_account`: a person's phones, computers and
@@ -155,6 +159,7 @@ impl Default for Limits {
             groups_per_device: DEFAULT_GROUPS_PER_DEVICE,
             reply_stall: DEFAULT_REPLY_STALL,
             devices_per_account: DEFAULT_DEVICES_PER_ACCOUNT,
+            session_idle: quicnprotochat_actors::auth::DEFAULT_SESSION_IDLE,
         }
     }
 }
@@ -189,6 +194,9 @@ impl LimitsFile {
                 .reply_stall_secs
                 .map_or(d.reply_stall, Duration::from_secs),
             devices_per_account: self.devices_per_account.unwrap_or(d.devices_per_account),
+            session_idle: self
+                .session_idle_secs
+                .map_or(d.session_idle, Duration::from_secs),
         };
         let counts = [
             l.admission.connections,
@@ -203,6 +211,7 @@ impl LimitsFile {
             || l.budget.reply_bytes_per_connection == 0
             || l.groups_per_device == 0
             || l.reply_stall.is_zero()
+            || l.session_idle.is_zero()
         {
             return Err(ConfigError::Invalid("limits must be at least 1".into()));
         }
@@ -594,6 +603,7 @@ mod tests {
             reply_bytes_per_connection,
             reply_stall_secs,
             devices_per_account,
+            session_idle_secs,
         } = limits.unwrap();
         assert!(connections.is_some() && connections_per_address.is_some());
         assert!(calls_per_connection.is_some() && bytes_per_connection.is_some());
@@ -601,6 +611,7 @@ mod tests {
         assert!(live_inboxes.is_some() && store_cache_bytes.is_some());
         assert!(groups_per_device.is_some() && reply_bytes_per_connection.is_some());
         assert!(reply_stall_secs.is_some() && devices_per_account.is_some());
+        assert!(session_idle_secs.is_some());
     }
 
     #[test]

@@ -180,6 +180,7 @@ impl Server {
                 store.clone(),
                 writer.clone(),
                 config.limits.devices_per_account,
+                config.limits.session_idle,
             )
             .await?,
         );

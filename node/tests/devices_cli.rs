@@ -330,7 +330,11 @@ fn a_changed_password_logs_in_and_the_old_one_no_longer_does() {
         .output()
         .unwrap();
     let said = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(said.contains("password changed"), "{said}");
     phone.ok(at, &ca, &["whoami"]); // still logged in
     // The old password logs in nowhere; the new one does.

@@ -77,6 +77,53 @@ async fn register_login_resume_logout() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_unused_for_its_idle_time_ends_and_one_in_use_lives_on_also_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::ephemeral(dir.path());
+    // Each resume moves a token's end 10 s ahead (written at most every 1.25 s).
+    config.limits.session_idle = Duration::from_secs(10);
+    let node = TestNode::start_with(config).await;
+    let (phone, laptop) = (device(), device());
+    let (used, unused) = local(async {
+        let (_c, _) = register(&node, "jan", "pw", &phone).await;
+        let c1 = node.connect().await.unwrap();
+        let used = c1.login("jan", b"pw", &phone.id, None).await.unwrap();
+        let c2 = node.connect().await.unwrap();
+        let unused = c2.login("jan", b"pw", &laptop.id, None).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let c3 = node.connect().await.unwrap();
+        let (_, moved_to) = c3.resume(&used.token, None).await.unwrap();
+        assert!(
+            moved_to >= used.expires_at_ms + 2_500,
+            "a resume 3 s in moves the end: {moved_to} vs {}",
+            used.expires_at_ms
+        );
+        (used, unused)
+    })
+    .await;
+    // The moved end is durable; the unused token's idle time runs out.
+    let node = node.restart().await;
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64
+    };
+    while now_ms() <= unused.expires_at_ms + 200 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    local(async {
+        let conn = node.connect().await.unwrap();
+        let err = conn.resume(&unused.token, None).await.err().unwrap();
+        assert_eq!(err.code(), Some(ErrorCode::Unauthorized), "{err}");
+        let (session, _) = conn.resume(&used.token, None).await.unwrap();
+        assert_eq!(session.whoami().await.unwrap().username, "jan");
+    })
+    .await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_password_replaces_the_old_one_and_ends_the_accounts_other_sessions() {
     let dir = tempfile::tempdir().unwrap();
     let node = TestNode::start(dir.path()).await;
@@ -91,9 +138,15 @@ async fn a_new_password_replaces_the_old_one_and_ends_the_accounts_other_session
         // A token alone (stolen, say) cannot set a password.
         let c3 = node.connect().await.unwrap();
         let (resumed, _) = c3.resume(&laptop_login.token, None).await.unwrap();
-        let err = resumed.change_password("ida", b"mine-now").await.unwrap_err();
+        let err = resumed
+            .change_password("ida", b"mine-now")
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), Some(ErrorCode::Unauthorized), "{err}");
-        assert!(err.to_string().contains("needs the account password"), "{err}");
+        assert!(
+            err.to_string().contains("needs the account password"),
+            "{err}"
+        );
 
         // A fresh password login can: the other sessions end, this one goes on.
         let ended = phone_login
@@ -118,7 +171,10 @@ async fn a_new_password_replaces_the_old_one_and_ends_the_accounts_other_session
             .unwrap();
         assert_eq!(err.code(), Some(ErrorCode::Unauthorized), "{err}");
         let conn = node.connect().await.unwrap();
-        let again = conn.login("ida", b"new-pw", &laptop.id, None).await.unwrap();
+        let again = conn
+            .login("ida", b"new-pw", &laptop.id, None)
+            .await
+            .unwrap();
         assert_eq!(again.session.whoami().await.unwrap().device_count, 2);
     })
     .await;

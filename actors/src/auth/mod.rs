@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use quicnprotochat_crypto::mls::Suite;
 use quicnprotochat_crypto::opaque::{self, ServerLoginState, ServerSetup};
@@ -119,6 +120,8 @@ pub struct AuthService {
     sessions: RwLock<HashMap<[u8; 32], SessionRecord>>,
     /// Devices one account may have.
     max_devices_per_account: u32,
+    /// How long a session token lives unused.
+    session_idle: Duration,
     accounts_exist: AtomicBool,
 }
 
@@ -129,6 +132,7 @@ impl AuthService {
         store: Store,
         writer: StoreWriter,
         max_devices_per_account: u32,
+        session_idle: Duration,
     ) -> Result<AuthService, AuthError> {
         let existing = store.secret(OPAQUE_SETUP_KEY).await?;
         let setup = match existing {
@@ -161,6 +165,7 @@ impl AuthService {
             devices: RwLock::new(devices),
             sessions: RwLock::new(sessions),
             max_devices_per_account,
+            session_idle,
             accounts_exist: AtomicBool::new(accounts),
         })
     }
@@ -257,7 +262,7 @@ impl AuthService {
         // Only a real account can get here: a fake record never verifies.
         let token = generate_token();
         let token_hash = TokenHash::of(&token).digest();
-        let expires_at_ms = now_ms() + SESSION_TTL.as_millis() as u64;
+        let expires_at_ms = now_ms().saturating_add(self.session_idle.as_millis() as u64);
         self.writer
             .request(|reply| {
                 WriteOp::Account(AccountWrite::Login {
@@ -289,15 +294,40 @@ impl AuthService {
         })
     }
 
-    /// Resumes a session by token: returns its device and expiry.
-    pub fn resume(&self, token: &[u8]) -> Result<(IdentityKey, [u8; 32], u64), AuthError> {
+    /// Resumes a session by token: returns its device, token hash and end.
+    /// A use: the session's end moves [`AuthService::session_idle`] ahead
+    /// (durably, at most once per eighth of it: `rules::session_extension`).
+    pub async fn resume(&self, token: &[u8]) -> Result<(IdentityKey, [u8; 32], u64), AuthError> {
         let hash = TokenHash::of(token).digest();
-        let sessions = self.sessions.read().expect("lock");
+        let now = now_ms();
         // Looked up by SHA-256 of the token: timing can reveal at most something
         // about a hash, which says nothing usable about the token.
-        match sessions.get(&hash) {
-            Some(s) if s.expires_at_ms > now_ms() => Ok((s.identity, hash, s.expires_at_ms)),
-            _ => Err(AuthError::Unauthorized),
+        let found = self.sessions.read().expect("lock").get(&hash).copied();
+        let session = match found {
+            Some(s) if s.expires_at_ms > now => s,
+            _ => return Err(AuthError::Unauthorized),
+        };
+        let Some(expires_at_ms) = session_extension(session.expires_at_ms, now, self.session_idle)
+        else {
+            return Ok((session.identity, hash, session.expires_at_ms));
+        };
+        self.writer
+            .request(|reply| {
+                WriteOp::Account(AccountWrite::ExtendSession {
+                    token_hash: hash,
+                    expires_at_ms,
+                    reply,
+                })
+            })
+            .await?;
+        // Unless it ended while the write was under way.
+        let mut sessions = self.sessions.write().expect("lock");
+        match sessions.get_mut(&hash) {
+            Some(s) => {
+                s.expires_at_ms = s.expires_at_ms.max(expires_at_ms);
+                Ok((s.identity, hash, s.expires_at_ms))
+            }
+            None => Err(AuthError::Unauthorized),
         }
     }
 

@@ -22,8 +22,22 @@ pub const MAX_STORED_KEY_PACKAGES: u64 = 1000;
 pub const NO_SUCH_USER: &str = "no such user or device";
 /// The `NOT_FOUND` detail for a user with nothing published for the suite.
 pub const NO_KEY_PACKAGES: &str = "no KeyPackages published for this ciphersuite";
-/// How long a session token lives (and a session opened by device key alone).
+/// How long a session opened by device key alone lives.
 pub const SESSION_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How long a session token lives unused, by default: each use (a resume)
+/// moves its end this far ahead (see [`session_extension`]).
+pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The new end of a session token used at `now_ms`, if it is time to write
+/// one: a token lives `idle` past its last use, and its stored end is moved
+/// at most once per eighth of `idle` (a token in daily use costs a write every
+/// few days, not one per connection). So a token ends between 7/8 of `idle`
+/// and `idle` after its last use, and one in use does not end.
+pub fn session_extension(expires_at_ms: u64, now_ms: u64, idle: Duration) -> Option<u64> {
+    let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+    let renewed = now_ms.saturating_add(idle_ms);
+    (renewed.saturating_sub(expires_at_ms) >= (idle_ms / 8).max(1)).then_some(renewed)
+}
 /// How long after a password login (OPAQUE) its session may remove devices: a
 /// stolen token or device key alone must not lock the owner out of the account.
 pub const PASSWORD_FRESH_FOR: Duration = Duration::from_secs(300);
@@ -264,5 +278,22 @@ mod tests {
                 Err(KEY_PACKAGES_NEED_A_SESSION)
             );
         }
+    }
+
+    #[test]
+    fn a_token_in_use_is_extended_at_most_once_per_eighth_of_its_idle_time() {
+        let idle = Duration::from_secs(800);
+        let idle_ms = 800_000;
+        let issued_at = 1_000_000;
+        let end = issued_at + idle_ms;
+        // Used again soon: no write.
+        assert_eq!(session_extension(end, issued_at + 99_999, idle), None);
+        // An eighth of its idle time later: moved to a full idle time ahead.
+        assert_eq!(
+            session_extension(end, issued_at + 100_000, idle),
+            Some(issued_at + 100_000 + idle_ms)
+        );
+        // A zero idle time never divides by zero.
+        assert_eq!(session_extension(5, 5, Duration::ZERO), None);
     }
 }

@@ -341,14 +341,20 @@ impl node::Server for NodeService {
         self.check_admission(p.get_auth_token().map_err(bad_params)?)?;
         // A valid token is 256 random bits: only failed resumes count against the
         // login limit, so a client may reconnect as often as it needs to.
-        let (device, token_hash, expires_at_ms) =
-            match self.ctx.auth.resume(p.get_token().map_err(bad_params)?) {
-                Ok(resumed) => resumed,
-                Err(e) => {
-                    self.failed_attempt("resume", "unknown, expired or revoked token")?;
-                    return Err(auth_refusal(e));
-                }
-            };
+        let (device, token_hash, expires_at_ms) = match self
+            .ctx
+            .auth
+            .resume(p.get_token().map_err(bad_params)?)
+            .await
+        {
+            Ok(resumed) => resumed,
+            Err(e @ AuthError::Unauthorized) => {
+                self.failed_attempt("resume", "unknown, expired or revoked token")?;
+                return Err(auth_refusal(e));
+            }
+            // The store failed moving the session's end: not a guess.
+            Err(e) => return Err(auth_refusal(e)),
+        };
         metrics::counter!(crate::telemetry::LOGINS_TOTAL, "call" => "resume").increment(1);
         tracing::debug!(remote = %self.conn.remote, ?device, "session resumed");
         let mut r = results.get();

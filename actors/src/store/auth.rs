@@ -327,6 +327,21 @@ pub(super) fn apply(
             })();
             after_commit(reply, result.map_err(e))
         }
+        AccountWrite::ExtendSession {
+            token_hash,
+            expires_at_ms,
+            reply,
+        } => {
+            let result = (|| -> Result<(), StoreError> {
+                let mut sessions = txn.open_table(SESSIONS)?;
+                let device = sessions.get(&token_hash)?.map(|v| *v.value().0);
+                if let Some(device) = device {
+                    sessions.insert(&token_hash, (&device, expires_at_ms))?;
+                }
+                Ok(())
+            })();
+            after_commit(reply, result.map_err(e))
+        }
         AccountWrite::LogoutEverywhere { username, reply } => {
             after_commit(reply, end_account_sessions(txn, &username, None).map_err(e))
         }

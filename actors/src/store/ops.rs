@@ -103,6 +103,16 @@ pub enum AccountWrite {
         /// Answered once durable.
         reply: Reply<()>,
     },
+    /// Moves the end of a live session (it was used); nothing if the session
+    /// ended meanwhile (a logout is never undone).
+    ExtendSession {
+        /// SHA-256 of its token.
+        token_hash: [u8; 32],
+        /// Its new end (ms since the Unix epoch).
+        expires_at_ms: u64,
+        /// Answered once durable.
+        reply: Reply<()>,
+    },
     /// Ends every session of every device of `username`; answers the hashes
     /// of the sessions it ended.
     LogoutEverywhere {
@@ -216,9 +226,9 @@ impl AccountWrite {
             AccountWrite::Register { reply, .. }
             | AccountWrite::Login { reply, .. }
             | AccountWrite::Upload { reply, .. } => drop(reply.send(Err(err))),
-            AccountWrite::Logout { reply, .. } | AccountWrite::SetAccessKey { reply, .. } => {
-                drop(reply.send(Err(err)))
-            }
+            AccountWrite::Logout { reply, .. }
+            | AccountWrite::ExtendSession { reply, .. }
+            | AccountWrite::SetAccessKey { reply, .. } => drop(reply.send(Err(err))),
             AccountWrite::RemoveDevice { reply, .. }
             | AccountWrite::LogoutEverywhere { reply, .. }
             | AccountWrite::ChangePassword { reply, .. } => drop(reply.send(Err(err))),

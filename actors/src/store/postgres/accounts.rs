@@ -163,6 +163,21 @@ pub(super) async fn logout(txn: &Transaction<'_>, token_hash: &[u8; 32]) -> Resu
     Ok(())
 }
 
+/// Moves the end of session `token_hash`, if it is still there.
+pub(super) async fn extend_session(
+    txn: &Transaction<'_>,
+    token_hash: &[u8; 32],
+    expires_at_ms: u64,
+) -> Result<(), StoreError> {
+    txn.execute(
+        "UPDATE sessions SET expires_ms = $2 WHERE token_hash = $1",
+        &[&&token_hash[..], &i(expires_at_ms)],
+    )
+    .await
+    .map_err(pg)?;
+    Ok(())
+}
+
 /// Ends every session of every device of `username` but `keep`; returns
 /// their hashes.
 pub(super) async fn end_account_sessions(

@@ -109,6 +109,7 @@ fn changes_accounts(op: &WriteOp) -> bool {
                 | AccountWrite::Login { .. }
                 | AccountWrite::Logout { .. }
                 | AccountWrite::LogoutEverywhere { .. }
+                | AccountWrite::ExtendSession { .. }
                 | AccountWrite::ChangePassword { .. }
                 | AccountWrite::RemoveDevice { .. }
                 | AccountWrite::DeleteAccount { .. }
@@ -469,6 +470,14 @@ async fn apply_account(
         AccountWrite::Logout { token_hash, reply } => {
             after_commit(reply, Ok(accounts::logout(txn, &token_hash).await?))
         }
+        AccountWrite::ExtendSession {
+            token_hash,
+            expires_at_ms,
+            reply,
+        } => after_commit(
+            reply,
+            Ok(accounts::extend_session(txn, &token_hash, expires_at_ms).await?),
+        ),
         AccountWrite::LogoutEverywhere { username, reply } => after_commit(
             reply,
             Ok(accounts::end_account_sessions(txn, &username, None).await?),
