@@ -186,8 +186,34 @@ fn chat_stops_on_either_signal_whatever_its_node_does() {
 fn a_line_typed_but_not_sent_when_chat_stops_is_counted_and_a_second_signal_stops_at_once() {
     let (world, server) = World::new();
     let alice = &world.alice;
+    let (chat, stdin) = chat_with_a_line_its_node_cannot_take(alice, server, &world.ca);
+
+    // One signal: the last send gets a moment, then the line is counted.
+    let (status, _, err) = stop(chat, "-INT", "chat with a line unsent");
+    assert_stopped_itself(status, &err, "-INT", "chat with a line unsent");
+    assert!(err.contains("1 line(s) typed were not sent"), "{err}");
+    drop(stdin);
+
+    // Two signals in a row: the second ends it without the graceful part.
+    let server = ServerProcess::start(&world.data, &[]);
+    let (chat, _stdin) = chat_with_a_line_its_node_cannot_take(alice, server, &world.ca);
+    kill(&chat, "-INT");
+    std::thread::sleep(Duration::from_millis(100));
+    let (status, _, err) = stop(chat, "-INT", "chat, twice");
+    assert!(err.contains("second signal, stopped at once"), "{err}");
+    assert_eq!(status.code(), Some(130), "{err}");
+}
+
+/// `chat` started with `server` up, which then goes away, and a line typed
+/// after: the line waits for a node that is not coming back. Its stdin is
+/// returned (kept open: chat goes on waiting for lines).
+fn chat_with_a_line_its_node_cannot_take(
+    alice: &User,
+    server: ServerProcess,
+    ca: &Path,
+) -> (Child, std::process::ChildStdin) {
     let mut chat = alice
-        .command(server.addr, &world.ca, &["chat", "--group", "g"])
+        .command(server.addr, ca, &["chat", "--group", "g"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -198,32 +224,7 @@ fn a_line_typed_but_not_sent_when_chat_stops_is_counted_and_a_second_signal_stop
     let mut stdin = chat.stdin.take().unwrap();
     writeln!(stdin, "typed while the node is gone").unwrap();
     std::thread::sleep(SETTLE);
-
-    // One signal: the last send gets a moment, then the line is counted.
-    let (status, _, err) = stop(chat, "-INT", "chat with a line unsent");
-    assert_stopped_itself(status, &err, "-INT", "chat with a line unsent");
-    assert!(err.contains("1 line(s) typed were not sent"), "{err}");
-    drop(stdin);
-
-    // Two signals in a row: the second ends it without the graceful part.
-    let server = ServerProcess::start(&world.data, &[]);
-    let mut chat = alice
-        .command(server.addr, &world.ca, &["chat", "--group", "g"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(SETTLE);
-    drop(server);
-    let mut stdin = chat.stdin.take().unwrap();
-    writeln!(stdin, "another line for a node that is gone").unwrap();
-    std::thread::sleep(SETTLE);
-    kill(&chat, "-INT");
-    std::thread::sleep(Duration::from_millis(100));
-    let (status, _, err) = stop(chat, "-INT", "chat, twice");
-    assert!(err.contains("second signal, stopped at once"), "{err}");
-    assert_eq!(status.code(), Some(130), "{err}");
+    (chat, stdin)
 }
 
 #[test]
@@ -284,7 +285,8 @@ fn a_server_with_clients_waiting_stops_on_either_signal_and_starts_again() {
     let (world, server) = World::new();
     drop(server);
     for signal in ["-INT", "-TERM"] {
-        let (node, addr) = server_speaking_on_stderr(&world.data);
+        let (node, addr) =
+            ServerProcess::spawn_child(&world.data, "127.0.0.1:0", &[], &[], Stdio::piped());
         // A client long-polling its inbox holds a connection and a call.
         let mut recv = world
             .alice
@@ -305,27 +307,4 @@ fn a_server_with_clients_waiting_stops_on_either_signal_and_starts_again() {
     // Its data folder opens again, with alice's account in it.
     let server = ServerProcess::start(&world.data, &[]);
     world.alice.ok(server.addr, &world.ca, &["whoami"]);
-}
-
-/// `server` on `data` with its stderr captured; its address once it listens.
-fn server_speaking_on_stderr(data: &Path) -> (Child, SocketAddr) {
-    let mut child = Command::new(common::BIN)
-        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .trim()
-        .parse()
-        .unwrap();
-    (child, addr)
 }

@@ -372,10 +372,7 @@ impl AuthService {
                 })
             })
             .await?;
-        let mut sessions = self.sessions.write().expect("lock");
-        for k in &ended {
-            sessions.remove(k);
-        }
+        self.forget_sessions(&ended);
         Ok(ended.len())
     }
 
@@ -412,10 +409,7 @@ impl AuthService {
                 })
             })
             .await?;
-        let mut sessions = self.sessions.write().expect("lock");
-        for k in &ended {
-            sessions.remove(k);
-        }
+        self.forget_sessions(&ended);
         Ok(ended.len())
     }
 
@@ -495,11 +489,16 @@ impl AuthService {
             })
             .await?;
         self.devices.write().expect("lock").remove(&device);
-        let mut sessions = self.sessions.write().expect("lock");
-        for k in dropped_sessions {
-            sessions.remove(&k);
-        }
+        self.forget_sessions(&dropped_sessions);
         Ok(())
+    }
+
+    /// Drops sessions the store has just ended from the cache.
+    fn forget_sessions(&self, ended: &[[u8; 32]]) {
+        let mut sessions = self.sessions.write().expect("lock");
+        for k in ended {
+            sessions.remove(k);
+        }
     }
 
     /// Every account with its devices, by name (the operator's view).

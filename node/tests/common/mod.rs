@@ -39,6 +39,20 @@ impl ServerProcess {
         extra: &[&str],
         env: &[(&str, String)],
     ) -> ServerProcess {
+        let (child, addr) =
+            ServerProcess::spawn_child(data_dir, listen, extra, env, Stdio::inherit());
+        ServerProcess { child, addr }
+    }
+
+    /// The server's child process (its stderr as given) and its address, once
+    /// it listens; for tests that handle the process themselves.
+    pub(crate) fn spawn_child(
+        data_dir: &Path,
+        listen: &str,
+        extra: &[&str],
+        env: &[(&str, String)],
+        stderr: Stdio,
+    ) -> (Child, SocketAddr) {
         let mut child = Command::new(BIN)
             .args(["server", "--listen", listen, "--data-dir"])
             .arg(data_dir)
@@ -46,7 +60,7 @@ impl ServerProcess {
             .env("RUST_LOG", "warn")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("server starts");
         let stdout = child.stdout.take().unwrap();
@@ -58,7 +72,7 @@ impl ServerProcess {
             .trim()
             .parse()
             .unwrap();
-        ServerProcess { child, addr }
+        (child, addr)
     }
 
     pub(crate) fn signal(&self, sig: &str) {
