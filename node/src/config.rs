@@ -141,6 +141,9 @@ pub const DEFAULT_DEVICES_PER_ACCOUNT: u32 = 16;
 /// that unread replies do not sit in memory for minutes.
 pub const DEFAULT_REPLY_STALL: Duration = Duration::from_secs(30);
 
+/// The longest `session_idle_secs`: a token unused for a year is forgotten.
+pub const MAX_SESSION_IDLE: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Default of `long_polls_per_inbox`: a few devices' worth of reconnects.
 pub const DEFAULT_LONG_POLLS_PER_INBOX: u32 = 8;
 /// Default of `groups_per_device`: far beyond a person's, far below a disk's worth.
@@ -214,6 +217,12 @@ impl LimitsFile {
             || l.session_idle.is_zero()
         {
             return Err(ConfigError::Invalid("limits must be at least 1".into()));
+        }
+        if l.session_idle > MAX_SESSION_IDLE {
+            return Err(ConfigError::Invalid(format!(
+                "session_idle_secs may be at most {} (a year)",
+                MAX_SESSION_IDLE.as_secs()
+            )));
         }
         if l.budget.bytes_per_connection < max_payload as u64
             || l.budget.bytes_per_node < l.budget.bytes_per_connection
@@ -505,6 +514,21 @@ mod tests {
     use super::*;
 
     const EXAMPLE: &str = include_str!("../../quicnprotochat.example.toml");
+
+    #[test]
+    fn a_session_idle_time_of_zero_or_over_a_year_is_refused() {
+        for (secs, says) in [(0, "at least 1"), (366 * 24 * 3600, "at most")] {
+            let file = FileConfig {
+                limits: Some(LimitsFile {
+                    session_idle_secs: Some(secs),
+                    ..LimitsFile::default()
+                }),
+                ..FileConfig::default()
+            };
+            let err = ServerConfig::from_settings(file).unwrap_err().to_string();
+            assert!(err.contains(says), "{secs}: {err}");
+        }
+    }
 
     #[test]
     fn relative_paths_in_a_config_file_are_relative_to_its_folder() {

@@ -20,9 +20,11 @@ use tokio::sync::watch;
 /// rest is for the exit itself on a loaded machine.
 pub const DEADLINE: Duration = Duration::from_millis(1500);
 
-/// The exit status of a process that a signal stopped before its work ended
-/// (128 + SIGINT, the shell's convention).
+/// The exit status of a process that SIGINT stopped before its work ended
+/// (128 + the signal's number, the shell's convention).
 pub const INTERRUPTED_STATUS: i32 = 130;
+/// The same for SIGTERM.
+pub const TERMINATED_STATUS: i32 = 143;
 
 /// What a command hears of the stop signals: whether (and when) a graceful
 /// stop was asked.
@@ -39,16 +41,17 @@ impl Shutdown {
     ///
     /// First signal: says so on stderr and asks for the stop. Then, a second
     /// signal or the end of [`DEADLINE`] ends the process with
-    /// [`INTERRUPTED_STATUS`], saying which.
+    /// [`INTERRUPTED_STATUS`] or [`TERMINATED_STATUS`] (by the first signal),
+    /// saying which.
     pub fn on_signals(what: &'static str) -> std::io::Result<Shutdown> {
         use tokio::signal::unix::{SignalKind, signal};
         let mut int = signal(SignalKind::interrupt())?;
         let mut term = signal(SignalKind::terminate())?;
         let (ask, asked) = watch::channel(false);
         tokio::spawn(async move {
-            let first = tokio::select! {
-                _ = int.recv() => "SIGINT",
-                _ = term.recv() => "SIGTERM",
+            let (first, status) = tokio::select! {
+                _ = int.recv() => ("SIGINT", INTERRUPTED_STATUS),
+                _ = term.recv() => ("SIGTERM", TERMINATED_STATUS),
             };
             eprintln!("{what}: {first}, stopping (a second signal stops at once)");
             let _ = ask.send(true);
@@ -66,7 +69,7 @@ impl Shutdown {
                     );
                 }
             }
-            std::process::exit(INTERRUPTED_STATUS);
+            std::process::exit(status);
         });
         Ok(Shutdown { asked })
     }

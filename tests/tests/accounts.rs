@@ -158,21 +158,52 @@ async fn a_new_password_replaces_the_old_one_and_ends_the_accounts_other_session
         assert_eq!(phone_login.session.whoami().await.unwrap().username, "ida");
         let err = laptop_login.session.whoami().await.unwrap_err();
         assert_eq!(err.code(), Some(ErrorCode::Unauthorized), "{err}");
-    })
-    .await;
-    // Durable: after a restart only the new password logs in.
-    let node = node.restart().await;
-    local(async {
-        let conn = node.connect().await.unwrap();
-        let err = conn
-            .login("ida", b"old-pw", &laptop.id, None)
+
+        // A login started with the new password and finished after another
+        // change is refused: it proved a record that is gone.
+        let thief = node.connect().await.unwrap();
+        let (state, request) = opaque::client_login_start(b"new-pw").unwrap();
+        let response = thief.login_start_raw("ida", &request).await.unwrap();
+        let fin = opaque::client_login_finish(state, b"new-pw", &response, "ida").unwrap();
+        let c4 = node.connect().await.unwrap();
+        let fresh = c4.login("ida", b"new-pw", &phone.id, None).await.unwrap();
+        fresh
+            .session
+            .change_password("ida", b"newer-pw")
+            .await
+            .unwrap();
+        let signature = thief.prove(&laptop.id).await.unwrap();
+        let err = thief
+            .login_finish_raw(&fin.finalization, &laptop.id.public_key(), &signature)
             .await
             .err()
             .unwrap();
         assert_eq!(err.code(), Some(ErrorCode::Unauthorized), "{err}");
+
+        // A key-only session cannot set a password either.
+        let c5 = node.connect().await.unwrap();
+        let by_key = c5.authenticate(&phone.id, None).await.unwrap();
+        let err = by_key.change_password("ida", b"mine").await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::Unauthorized), "{err}");
+        let err = by_key.logout_everywhere().await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::Unauthorized), "{err}");
+    })
+    .await;
+    // Durable: after a restart only the newest password logs in.
+    let node = node.restart().await;
+    local(async {
+        for old in [&b"old-pw"[..], b"new-pw"] {
+            let conn = node.connect().await.unwrap();
+            let err = conn
+                .login("ida", old, &laptop.id, None)
+                .await
+                .err()
+                .unwrap();
+            assert_eq!(err.code(), Some(ErrorCode::Unauthorized), "{err}");
+        }
         let conn = node.connect().await.unwrap();
         let again = conn
-            .login("ida", b"new-pw", &laptop.id, None)
+            .login("ida", b"newer-pw", &laptop.id, None)
             .await
             .unwrap();
         assert_eq!(again.session.whoami().await.unwrap().device_count, 2);

@@ -53,7 +53,9 @@ impl From<AccountRefusal> for AuthError {
     fn from(r: AccountRefusal) -> Self {
         match r {
             AccountRefusal::UsernameTaken => AuthError::UsernameTaken,
-            AccountRefusal::OtherAccount => AuthError::Unauthorized,
+            AccountRefusal::OtherAccount | AccountRefusal::PasswordChanged => {
+                AuthError::Unauthorized
+            }
             AccountRefusal::DeviceRetired => AuthError::DeviceRetired,
             AccountRefusal::TooManyDevices { .. } => AuthError::QuotaExceeded(r.to_string()),
             AccountRefusal::DeviceTaken | AccountRefusal::BadRequest(_) => {

@@ -231,20 +231,29 @@ impl AuthService {
     }
 
     /// OPAQUE login, first step. Unknown users get an answer from a fake record,
-    /// indistinguishable from a real one.
+    /// indistinguishable from a real one. Also returns the SHA-256 of the
+    /// record used, which the last step hands back: a login may only finish
+    /// against the record it started with (a password change in between
+    /// refuses it).
     pub async fn login_start(
         &self,
         username: &str,
         request: &[u8],
-    ) -> Result<(ServerLoginState, Vec<u8>), AuthError> {
+    ) -> Result<(ServerLoginState, Vec<u8>, [u8; 32]), AuthError> {
         // A malformed name cannot exist; answer it like any unknown user.
         let record = if check_username(username).is_ok() {
             self.password_record(username).await?
         } else {
             None
         };
-        opaque::server_login_start(&self.setup, record.as_deref(), request, username)
-            .map_err(opaque_err)
+        // (A fake record's login never verifies: its hash is never compared.)
+        let record_hash = record
+            .as_deref()
+            .map_or([0; 32], |r| TokenHash::of(r).digest());
+        let (state, response) =
+            opaque::server_login_start(&self.setup, record.as_deref(), request, username)
+                .map_err(opaque_err)?;
+        Ok((state, response, record_hash))
     }
 
     /// OPAQUE login, last step, for a caller that has proven it holds `device`'s
@@ -256,13 +265,15 @@ impl AuthService {
         username: &str,
         finalization: &[u8],
         device: IdentityKey,
+        record_hash: [u8; 32],
     ) -> Result<IssuedSession, AuthError> {
         opaque::server_login_finish(state, finalization, username)
             .map_err(|_| AuthError::Unauthorized)?;
         // Only a real account can get here: a fake record never verifies.
         let token = generate_token();
         let token_hash = TokenHash::of(&token).digest();
-        let expires_at_ms = now_ms().saturating_add(self.session_idle.as_millis() as u64);
+        let idle_ms = u64::try_from(self.session_idle.as_millis()).unwrap_or(u64::MAX);
+        let expires_at_ms = now_ms().saturating_add(idle_ms);
         self.writer
             .request(|reply| {
                 WriteOp::Account(AccountWrite::Login {
@@ -272,6 +283,7 @@ impl AuthService {
                     expires_at_ms,
                     now_ms: now_ms(),
                     max_devices: self.max_devices_per_account,
+                    record_hash,
                     reply,
                 })
             })
@@ -408,7 +420,7 @@ impl AuthService {
                     reply,
                 })
             })
-            .await?;
+            .await??;
         self.forget_sessions(&ended);
         Ok(ended.len())
     }

@@ -22,6 +22,8 @@ pub const MAX_STORED_KEY_PACKAGES: u64 = 1000;
 pub const NO_SUCH_USER: &str = "no such user or device";
 /// The `NOT_FOUND` detail for a user with nothing published for the suite.
 pub const NO_KEY_PACKAGES: &str = "no KeyPackages published for this ciphersuite";
+/// How long an OPAQUE login may take between its start and its finish.
+pub const LOGIN_FINISH_WITHIN: Duration = Duration::from_secs(60);
 /// How long a session opened by device key alone lives.
 pub const SESSION_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// How long a session token lives unused, by default: each use (a resume)
@@ -32,7 +34,8 @@ pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(30 * 24 * 3600);
 /// one: a token lives `idle` past its last use, and its stored end is moved
 /// at most once per eighth of `idle` (a token in daily use costs a write every
 /// few days, not one per connection). So a token ends between 7/8 of `idle`
-/// and `idle` after its last use, and one in use does not end.
+/// and `idle` after its last resume, and one resumed regularly does not end
+/// (a connection kept open does not resume: it ends at the end it had).
 pub fn session_extension(expires_at_ms: u64, now_ms: u64, idle: Duration) -> Option<u64> {
     let idle_ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
     let renewed = now_ms.saturating_add(idle_ms);

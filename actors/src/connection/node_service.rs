@@ -5,7 +5,7 @@
 use std::cell::{Cell, RefCell};
 
 use super::*;
-use crate::auth::{OpenedSession, key_package_requester};
+use crate::auth::{LOGIN_FINISH_WITHIN, OpenedSession, key_package_requester};
 
 pub(super) struct NodeService {
     ctx: Arc<NodeContext>,
@@ -15,7 +15,7 @@ pub(super) struct NodeService {
     /// The outstanding challenge; taken (single use) by whatever proves an identity.
     nonce: Cell<Option<[u8; AUTH_NONCE_LEN]>>,
     /// An OPAQUE login between its start and finish.
-    login: RefCell<Option<(String, ServerLoginState)>>,
+    login: RefCell<Option<PendingLogin>>,
     /// Whether this connection has presented the admission token (calls that
     /// carry no token of their own, like registerFinish, need that).
     admitted: Cell<bool>,
@@ -23,6 +23,15 @@ pub(super) struct NodeService {
     /// (`None` for a key-only session). On a node with accounts, KeyPackages
     /// are claimed and peeked by a registered device with a live session.
     opened: Cell<Option<(IdentityKey, Option<[u8; 32]>)>>,
+}
+
+/// An OPAQUE login between its start and finish.
+struct PendingLogin {
+    username: String,
+    state: ServerLoginState,
+    /// SHA-256 of the password record it started with.
+    record_hash: [u8; 32],
+    started: std::time::Instant,
 }
 
 impl NodeService {
@@ -266,10 +275,16 @@ impl node::Server for NodeService {
         // OPAQUE and a database read: off the RPC thread.
         let auth = self.ctx.auth.clone();
         let name = username.clone();
-        let (state, response) = spawned(async move { auth.login_start(&name, &request).await })
-            .await?
-            .map_err(auth_refusal)?;
-        *self.login.borrow_mut() = Some((username, state));
+        let (state, response, record_hash) =
+            spawned(async move { auth.login_start(&name, &request).await })
+                .await?
+                .map_err(auth_refusal)?;
+        *self.login.borrow_mut() = Some(PendingLogin {
+            username,
+            state,
+            record_hash,
+            started: std::time::Instant::now(),
+        });
         results.get().set_response(&response);
         Ok(())
     }
@@ -281,9 +296,21 @@ impl node::Server for NodeService {
     ) -> Result<(), capnp::Error> {
         let p = params.get().map_err(bad_params)?;
         let _call = admit(&self.budget, p.total_size())?;
-        let Some((username, state)) = self.login.borrow_mut().take() else {
+        let Some(PendingLogin {
+            username,
+            state,
+            record_hash,
+            started,
+        }) = self.login.borrow_mut().take()
+        else {
             return Err(login_refused());
         };
+        // A login left half-done is not finished later (the password may
+        // have changed meanwhile, and nobody waits that long by accident).
+        if started.elapsed() > LOGIN_FINISH_WITHIN {
+            self.log_refused_login("login", "finished too long after it started");
+            return Err(login_refused());
+        }
         // Every failure below answers alike: wrong password, unknown user and a
         // wrong identity key are indistinguishable to the caller.
         let device = self
@@ -299,7 +326,7 @@ impl node::Server for NodeService {
         let issued = match self
             .ctx
             .auth
-            .login_finish(state, &username, &finalization, device)
+            .login_finish(state, &username, &finalization, device, record_hash)
             .await
         {
             Ok(issued) => issued,

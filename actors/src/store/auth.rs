@@ -287,11 +287,19 @@ pub(super) fn apply(
             expires_at_ms,
             now_ms,
             max_devices,
+            record_hash,
             reply,
         } => {
             let result = (|| -> Result<Result<(), AccountRefusal>, StoreError> {
                 if is_retired(txn, &device)? {
                     return Ok(Err(AccountRefusal::DeviceRetired));
+                }
+                let record = txn
+                    .open_table(USERS)?
+                    .get(username.as_str())?
+                    .map(|r| quicnprotochat_crypto::token::TokenHash::of(r.value()).digest());
+                if record != Some(record_hash) {
+                    return Ok(Err(AccountRefusal::PasswordChanged));
                 }
                 let mut devices = txn.open_table(DEVICES)?;
                 let owner = devices.get(&device.0)?.map(|v| v.value().to_string());
@@ -334,9 +342,12 @@ pub(super) fn apply(
         } => {
             let result = (|| -> Result<(), StoreError> {
                 let mut sessions = txn.open_table(SESSIONS)?;
-                let device = sessions.get(&token_hash)?.map(|v| *v.value().0);
-                if let Some(device) = device {
-                    sessions.insert(&token_hash, (&device, expires_at_ms))?;
+                let found = sessions
+                    .get(&token_hash)?
+                    .map(|v| (*v.value().0, v.value().1));
+                // Never moved back (two resumes at once) nor revived.
+                if let Some((device, end)) = found {
+                    sessions.insert(&token_hash, (&device, end.max(expires_at_ms)))?;
                 }
                 Ok(())
             })();
@@ -351,10 +362,14 @@ pub(super) fn apply(
             keep,
             reply,
         } => {
-            let result = (|| -> Result<Vec<[u8; 32]>, StoreError> {
-                txn.open_table(USERS)?
-                    .insert(username.as_str(), record.as_slice())?;
-                end_account_sessions(txn, &username, keep.as_ref())
+            let result = (|| -> Result<Result<Vec<[u8; 32]>, AccountRefusal>, StoreError> {
+                let mut users = txn.open_table(USERS)?;
+                // Not an account deleted meanwhile: that would bring it back.
+                if users.get(username.as_str())?.is_none() {
+                    return Ok(Err(AccountRefusal::PasswordChanged));
+                }
+                users.insert(username.as_str(), record.as_slice())?;
+                Ok(Ok(end_account_sessions(txn, &username, keep.as_ref())?))
             })();
             after_commit(reply, result.map_err(e))
         }

@@ -37,6 +37,10 @@ pub enum AccountRefusal {
     #[error("the device belongs to another account")]
     /// A login names a device of another account.
     OtherAccount,
+    #[error("the password changed while logging in")]
+    /// The login proved a password record that has been replaced (or the
+    /// account deleted) since it started.
+    PasswordChanged,
     #[error("{0}")]
     /// The request does not fit what is stored (what is wrong).
     BadRequest(String),
@@ -93,6 +97,9 @@ pub enum AccountWrite {
         /// Devices the account may have at most (a new device past it is
         /// refused).
         max_devices: u32,
+        /// SHA-256 of the password record the login proved: a record replaced
+        /// meanwhile (a password change) refuses the login.
+        record_hash: [u8; 32],
         /// Answered once durable.
         reply: Reply<Result<(), AccountRefusal>>,
     },
@@ -130,8 +137,8 @@ pub enum AccountWrite {
         record: Vec<u8>,
         /// SHA-256 of the session that asked, which goes on.
         keep: Option<[u8; 32]>,
-        /// Answered once durable.
-        reply: Reply<Vec<[u8; 32]>>,
+        /// Answered once durable; refused if the account is gone.
+        reply: Reply<Result<Vec<[u8; 32]>, AccountRefusal>>,
     },
     /// Removes a device of `username` with its sessions, KeyPackages and keys;
     /// answers the hashes of the sessions it ended.
@@ -230,8 +237,8 @@ impl AccountWrite {
             | AccountWrite::ExtendSession { reply, .. }
             | AccountWrite::SetAccessKey { reply, .. } => drop(reply.send(Err(err))),
             AccountWrite::RemoveDevice { reply, .. }
-            | AccountWrite::LogoutEverywhere { reply, .. }
-            | AccountWrite::ChangePassword { reply, .. } => drop(reply.send(Err(err))),
+            | AccountWrite::LogoutEverywhere { reply, .. } => drop(reply.send(Err(err))),
+            AccountWrite::ChangePassword { reply, .. } => drop(reply.send(Err(err))),
             AccountWrite::DeleteAccount { reply, .. } => drop(reply.send(Err(err))),
             AccountWrite::Claim { reply, .. } => drop(reply.send(Err(err))),
         }

@@ -58,6 +58,19 @@ async fn unless_stopped<T>(shutdown: &Shutdown, work: impl Future<Output = T>) -
     }
 }
 
+/// `work` to its end; once a stop is asked, for at most [`FINISHING`] more
+/// (`None`: cut off, its outcome unknown). For work that must not simply be
+/// dropped: a send goes on in its group actor, so a dropped one may still go
+/// out.
+async fn finish_within<T>(shutdown: &Shutdown, work: impl Future<Output = T>) -> Option<T> {
+    let mut work = std::pin::pin!(work);
+    tokio::select! {
+        out = &mut work => return Some(out),
+        () = shutdown.requested() => {}
+    }
+    tokio::time::timeout(FINISHING, work).await.ok()
+}
+
 /// Closes the messenger; after a stop, within [`FINISHING`] (its actors may
 /// be waiting on a node that is gone), saying so if it did not finish.
 async fn close_messenger(m: Messenger, shutdown: &Shutdown) {
@@ -370,15 +383,21 @@ pub async fn chat(
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     // Lines typed but not yet delivered (the connection was down), oldest first.
     let mut unsent: std::collections::VecDeque<String> = Default::default();
+    // A line whose send was cut off by a stop: it may have gone out.
+    let mut in_doubt = false;
     'chat: loop {
         while let Some(text) = unsent.front() {
-            match unless_stopped(shutdown, m.send(group, text)).await {
-                None => break 'chat,
-                Some(Ok(_)) => {
+            let Some(sent) = finish_within(shutdown, m.send(group, text)).await else {
+                unsent.pop_front();
+                in_doubt = true;
+                break 'chat;
+            };
+            match sent {
+                Ok(_) => {
                     unsent.pop_front();
                 }
-                Some(Err(e)) if Messenger::is_connection_loss(&e) => break,
-                Some(Err(e)) => return Err(e.into()),
+                Err(e) if Messenger::is_connection_loss(&e) => break,
+                Err(e) => return Err(e.into()),
             }
         }
         // Sending caught up on the inbox: show what came.
@@ -402,13 +421,19 @@ pub async fn chat(
             }
             arrived = arrivals.recv() => match arrived {
                 // Something was applied: settle what a full pull settles.
-                Some(Ok(())) => m.pull(Duration::ZERO).await.map(|_| ()),
+                // (A stop drops it: pulling again later loses nothing.)
+                Some(Ok(())) => unless_stopped(shutdown, m.pull(Duration::ZERO))
+                    .await
+                    .map_or(Ok(()), |pulled| pulled.map(|_| ())),
                 Some(Err(e)) => Err(e),
                 // The receiver restarted: follow the new one.
-                None => {
-                    arrivals = m.follow().await?;
-                    Ok(())
-                }
+                None => match unless_stopped(shutdown, m.follow()).await {
+                    Some(followed) => {
+                        arrivals = followed?;
+                        Ok(())
+                    }
+                    None => break 'chat,
+                },
             },
             event = events.recv() => {
                 match event {
@@ -433,27 +458,34 @@ pub async fn chat(
         show_unread(&m, format)?;
     }
     // What is typed is sent before leaving, if the connection allows; after a
-    // signal, only within the time left for finishing.
-    let flush = async {
-        while let Some(text) = unsent.front() {
-            match m.send(group, text).await {
-                Ok(_) => {
-                    unsent.pop_front();
+    // signal, within one finishing step (unless a send already took it).
+    if !in_doubt {
+        let flush = async {
+            while let Some(text) = unsent.front() {
+                match m.send(group, text).await {
+                    Ok(_) => {
+                        unsent.pop_front();
+                    }
+                    Err(e) if Messenger::is_connection_loss(&e) => return Ok(()),
+                    Err(e) => return Err(e),
                 }
-                Err(e) if Messenger::is_connection_loss(&e) => return Ok(()),
-                Err(e) => return Err(e),
             }
+            Ok(())
+        };
+        let flushed = match shutdown.is_requested() {
+            true => tokio::time::timeout(FINISHING, flush).await.ok(),
+            false => Some(flush.await),
+        };
+        match flushed {
+            Some(flushed) => flushed?,
+            // Cut off in the middle of the first line's send.
+            None => in_doubt = unsent.pop_front().is_some(),
         }
-        Ok(())
-    };
-    let flushed = match shutdown.is_requested() {
-        true => tokio::time::timeout(FINISHING, flush).await.ok(),
-        false => Some(flush.await),
-    };
-    if let Some(flushed) = flushed {
-        flushed?;
     }
     show_unread(&m, format)?;
+    if in_doubt {
+        eprintln!("1 line typed may or may not have been sent (the node did not answer in time)");
+    }
     if !unsent.is_empty() {
         eprintln!(
             "{} line(s) typed were not sent (the node did not take them)",

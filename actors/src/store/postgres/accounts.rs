@@ -87,12 +87,25 @@ pub(super) async fn login(
     username: &str,
     device: &IdentityKey,
     token_hash: &[u8; 32],
-    expires_at_ms: u64,
-    now_ms: u64,
+    (expires_at_ms, now_ms): (u64, u64),
     max_devices: u32,
+    record_hash: &[u8; 32],
 ) -> Result<Result<(), AccountRefusal>, StoreError> {
     if is_retired(txn, device).await? {
         return Ok(Err(AccountRefusal::DeviceRetired));
+    }
+    // The record the login proved, still (locked against a password change
+    // committing in between).
+    let record = txn
+        .query_opt(
+            "SELECT record FROM users WHERE username = $1 FOR SHARE",
+            &[&username],
+        )
+        .await
+        .map_err(pg)?
+        .map(|r| quicnprotochat_crypto::token::TokenHash::of(r.get::<_, &[u8]>(0)).digest());
+    if record.as_ref() != Some(record_hash) {
+        return Ok(Err(AccountRefusal::PasswordChanged));
     }
     // A new device counts against the account's quota. The account's row is
     // locked first, so two nodes adding devices at once count one another.
@@ -170,7 +183,7 @@ pub(super) async fn extend_session(
     expires_at_ms: u64,
 ) -> Result<(), StoreError> {
     txn.execute(
-        "UPDATE sessions SET expires_ms = $2 WHERE token_hash = $1",
+        "UPDATE sessions SET expires_ms = GREATEST(expires_ms, $2) WHERE token_hash = $1",
         &[&&token_hash[..], &i(expires_at_ms)],
     )
     .await
@@ -198,19 +211,21 @@ pub(super) async fn end_account_sessions(
     rows.iter().map(|r| key32(r.get(0))).collect()
 }
 
-/// Replaces the OPAQUE record of `username`.
+/// Replaces the OPAQUE record of `username`; `false` if there is no such
+/// account (deleted meanwhile).
 pub(super) async fn set_password_record(
     txn: &Transaction<'_>,
     username: &str,
     record: &[u8],
-) -> Result<(), StoreError> {
-    txn.execute(
-        "UPDATE users SET record = $2 WHERE username = $1",
-        &[&username, &record],
-    )
-    .await
-    .map_err(pg)?;
-    Ok(())
+) -> Result<bool, StoreError> {
+    let updated = txn
+        .execute(
+            "UPDATE users SET record = $2 WHERE username = $1",
+            &[&username, &record],
+        )
+        .await
+        .map_err(pg)?;
+    Ok(updated == 1)
 }
 
 /// Deletes every row of `device` and retires its key; returns the hashes of

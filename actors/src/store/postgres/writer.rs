@@ -29,7 +29,7 @@ use super::{CHANNEL, News, PgStore, accounts, delivery};
 use crate::error::DeliveryError;
 use crate::inbox::InboxMsg;
 use crate::store::StoreError;
-use crate::store::ops::{AccountWrite, GroupWrite, after_commit};
+use crate::store::ops::{AccountRefusal, AccountWrite, GroupWrite, after_commit};
 use crate::store::writer::{
     Outcome, Reply, SharedWrite, WriteOp, gather, outcome_unknown, refuse, refuse_queued,
 };
@@ -453,6 +453,7 @@ async fn apply_account(
             expires_at_ms,
             now_ms,
             max_devices,
+            record_hash,
             reply,
         } => after_commit(
             reply,
@@ -461,9 +462,9 @@ async fn apply_account(
                 &username,
                 &device,
                 &token_hash,
-                expires_at_ms,
-                now_ms,
+                (expires_at_ms, now_ms),
                 max_devices,
+                &record_hash,
             )
             .await?),
         ),
@@ -488,11 +489,16 @@ async fn apply_account(
             keep,
             reply,
         } => {
-            accounts::set_password_record(txn, &username, &record).await?;
-            after_commit(
-                reply,
-                Ok(accounts::end_account_sessions(txn, &username, keep.as_ref()).await?),
-            )
+            let result = match accounts::set_password_record(txn, &username, &record).await? {
+                false => Ok(Err(AccountRefusal::PasswordChanged)),
+                true => Ok(Ok(accounts::end_account_sessions(
+                    txn,
+                    &username,
+                    keep.as_ref(),
+                )
+                .await?)),
+            };
+            after_commit(reply, result)
         }
         AccountWrite::RemoveDevice { device, reply, .. } => {
             let now = crate::store::now_ms();

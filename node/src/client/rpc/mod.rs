@@ -276,8 +276,10 @@ impl NodeConnection {
         })
     }
 
-    /// Signs this connection's fresh challenge with `identity`.
-    async fn prove(&self, identity: &Identity) -> Result<[u8; 64], ClientError> {
+    /// Signs this connection's fresh challenge with `identity` (public for
+    /// tests that send `loginFinish` themselves).
+    #[doc(hidden)]
+    pub async fn prove(&self, identity: &Identity) -> Result<[u8; 64], ClientError> {
         let nonce: [u8; 32] =
             self.challenge().await?.try_into().map_err(|_| {
                 ClientError::Protocol("challenge nonce has the wrong length".into())
