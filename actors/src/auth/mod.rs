@@ -249,7 +249,7 @@ impl AuthService {
         // (A fake record's login never verifies: its hash is never compared.)
         let record_hash = record
             .as_deref()
-            .map_or([0; 32], |r| TokenHash::of(r).digest());
+            .map_or([0; 32], crate::store::ops::password_record_fingerprint);
         let (state, response) =
             opaque::server_login_start(&self.setup, record.as_deref(), request, username)
                 .map_err(opaque_err)?;

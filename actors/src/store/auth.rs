@@ -297,7 +297,7 @@ pub(super) fn apply(
                 let record = txn
                     .open_table(USERS)?
                     .get(username.as_str())?
-                    .map(|r| quicnprotochat_crypto::token::TokenHash::of(r.value()).digest());
+                    .map(|r| super::ops::password_record_fingerprint(r.value()));
                 if record != Some(record_hash) {
                     return Ok(Err(AccountRefusal::PasswordChanged));
                 }

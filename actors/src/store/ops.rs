@@ -46,6 +46,13 @@ pub enum AccountRefusal {
     BadRequest(String),
 }
 
+/// What a login carries of the password record it proved, and what a
+/// store compares it with in the login's write (a record replaced meanwhile
+/// refuses the login): SHA-256 of the record.
+pub fn password_record_fingerprint(record: &[u8]) -> [u8; 32] {
+    quicnprotochat_crypto::token::TokenHash::of(record).digest()
+}
+
 impl AccountRefusal {
     /// The device quota, the same in every store: an account that has `has`
     /// devices may add one more while it is under `max`.

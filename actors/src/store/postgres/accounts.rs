@@ -103,7 +103,7 @@ pub(super) async fn login(
         )
         .await
         .map_err(pg)?
-        .map(|r| quicnprotochat_crypto::token::TokenHash::of(r.get::<_, &[u8]>(0)).digest());
+        .map(|r| crate::store::ops::password_record_fingerprint(r.get::<_, &[u8]>(0)));
     if record.as_ref() != Some(record_hash) {
         return Ok(Err(AccountRefusal::PasswordChanged));
     }
