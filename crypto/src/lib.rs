@@ -1,8 +1,10 @@
-//! Every cryptographic decision of quicnprotochat lives here, with no sockets, files
-//! or actors: identity keys, the authentication transcript a client signs to prove
+//! Every cryptographic decision of quicnprotochat lives here, with no sockets or
+//! actors: identity keys, the authentication transcript a client signs to prove
 //! who it is on one connection, how operator tokens are compared, MLS group
 //! membership (`mls`), the post-quantum hybrid envelope and sealed sender
-//! (`envelope`), and OPAQUE password authentication (`opaque`). Other crates call
+//! (`envelope`), OPAQUE password authentication (`opaque`), and the owner-only
+//! files and folders that keep secrets at rest (`private_fs`, the one place that
+//! touches the file system, shared by node and client). Other crates call
 //! this one; nothing else touches openmls, x-wing or opaque-ke directly.
 #![forbid(unsafe_code)]
 
@@ -12,6 +14,7 @@ pub mod envelope;
 pub mod identity;
 pub mod mls;
 pub mod opaque;
+pub mod private_fs;
 pub mod token;
 
 pub use auth::{

@@ -7,8 +7,8 @@ use quicnprotochat_actors::store::admin;
 use quicnprotochat_actors::store::postgres::PgStore;
 use quicnprotochat_actors::store::{ServerStore, StoreError, StoreOptions};
 
-use crate::client::commands::{ClientOptions, CommandError};
 use crate::server::DB_FILE;
+use quicnprotochat_client::commands::{ClientOptions, CommandError};
 
 /// Why an admin command did nothing.
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +79,7 @@ fn account_lines<'a>(
             let hexes: Vec<String> = devices.iter().map(|d| hex::encode(d.0)).collect();
             format!(
                 "{}  {} device(s)  {}",
-                crate::client::display::escape_untrusted(username),
+                quicnprotochat_client::display::escape_untrusted(username),
                 devices.len(),
                 hexes.join(" ")
             )

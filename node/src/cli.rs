@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use quicnprotochat::client::commands;
+use quicnprotochat_client::commands;
 
 #[derive(Parser)]
 #[command(
@@ -376,7 +376,7 @@ pub(crate) enum ClientCommand {
     /// (it carries the UI's access token); Ctrl+C stops it.
     Web {
         /// Where to serve the UI (loopback only; port 0 picks a free one).
-        #[arg(long, default_value = quicnprotochat::web::DEFAULT_LISTEN)]
+        #[arg(long, default_value = quicnprotochat_client::web::DEFAULT_LISTEN)]
         listen: SocketAddr,
         #[command(flatten)]
         c: ClientFlags,

@@ -10,13 +10,13 @@ use std::time::Duration;
 
 use quicnprotochat_crypto::mls::Suite;
 
-use crate::client::actors::NodeAddress;
-use crate::client::commands::{ClientOptions, CommandError, enroll};
-use crate::client::messenger::{Line, Messenger};
-use crate::client::{ClientState, NodeConnection};
 use crate::config::ServerConfig;
 use crate::server::Server;
-use crate::tls;
+use quicnprotochat_client::actors::NodeAddress;
+use quicnprotochat_client::commands::{ClientOptions, CommandError, enroll};
+use quicnprotochat_client::messenger::{Line, Messenger};
+use quicnprotochat_client::{ClientState, NodeConnection};
+use quicnprotochat_wire::tls;
 
 /// One demo participant: a profile in a temporary directory, logged in.
 struct Participant {

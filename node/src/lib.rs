@@ -1,16 +1,13 @@
-//! The quicnprotochat node: configuration, TLS material, the QUIC server wiring
-//! (`server::run`), and the client side (connection, typed calls, local state,
-//! commands). `main.rs` only parses flags.
+//! The quicnprotochat binary's library: configuration, the QUIC server wiring
+//! (`server::run`), operator commands and the embedded demo. The client lives in
+//! `quicnprotochat-client`, the server's actors and stores in
+//! `quicnprotochat-actors`; `main.rs` only parses flags.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod backpressure;
-pub mod client;
 pub mod config;
 pub mod demo;
 pub mod metrics;
 pub mod server;
-pub mod shutdown;
-pub mod tls;
 pub mod tokens;
-pub mod web;

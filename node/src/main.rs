@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use clap::{CommandFactory, Parser};
 use cli::{AdminCommand, AdminRemote, Cli, ClientCommand, Command, ServerArgs};
-use quicnprotochat::client::commands::{self, ClientOptions};
-use quicnprotochat::client::group_commands;
 use quicnprotochat::config::{FileConfig, ServerConfig};
-use quicnprotochat::shutdown::Shutdown;
+use quicnprotochat_client::commands::{self, ClientOptions};
+use quicnprotochat_client::group_commands;
+use quicnprotochat_client::shutdown::Shutdown;
 
 mod cli;
 
@@ -234,7 +234,7 @@ fn report(
     json: bool,
     speaks_json: bool,
 ) -> ExitCode {
-    use quicnprotochat::client::output;
+    use quicnprotochat_client::output;
     match result {
         Ok(line) if json && !speaks_json => println!("{}", output::done_json(&line)),
         Ok(line) if !line.is_empty() => println!("{line}"),
@@ -251,7 +251,7 @@ fn report(
     ExitCode::SUCCESS
 }
 
-/// The stop signals of a long-running client command (`quicnprotochat::shutdown`).
+/// The stop signals of a long-running client command (`quicnprotochat_client::shutdown`).
 fn on_signals(what: &'static str) -> Result<Shutdown, commands::CommandError> {
     Shutdown::on_signals(what).map_err(|e| {
         commands::CommandError::Invalid(format!("cannot install the signal handlers: {e}"))
@@ -263,7 +263,7 @@ async fn web(
     opts: &ClientOptions,
     listen: std::net::SocketAddr,
 ) -> Result<String, commands::CommandError> {
-    use quicnprotochat::web;
+    use quicnprotochat_client::web;
     use std::io::Write;
     let failed = |e: web::WebStartError| commands::CommandError::Invalid(e.to_string());
     let listener = web::bind(listen).await.map_err(failed)?;

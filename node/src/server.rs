@@ -20,9 +20,9 @@ use quicnprotochat_actors::group::{GroupRegistry, GroupSettings};
 use quicnprotochat_actors::inbox::{InboxRegistry, InboxSettings};
 use quicnprotochat_actors::store::StoreWriter;
 use quicnprotochat_actors::store::postgres::{News, PgStore};
-use quicnprotochat_actors::store::private_fs::private_dir;
 use quicnprotochat_actors::store::{ServerStore, Store, StoreError, StoreOptions};
 use quicnprotochat_actors::telemetry;
+use quicnprotochat_crypto::private_fs::private_dir;
 use quicnprotochat_crypto::token::TokenHash;
 use quicnprotochat_crypto::{CHANNEL_BINDING_LEN, EXPORTER_LABEL};
 use quicnprotochat_wire::IdentityKey;
@@ -30,7 +30,7 @@ use quicnprotochat_wire::limits::reader_options;
 use tokio::sync::mpsc;
 
 use crate::config::ServerConfig;
-use crate::tls::{self, TlsError};
+use quicnprotochat_wire::tls::{self, TlsError};
 
 /// Name of the node's database file inside the data directory.
 pub const DB_FILE: &str = "node.redb";
@@ -38,7 +38,7 @@ pub const DB_FILE: &str = "node.redb";
 /// How long a new connection may take to open its RPC stream.
 const STREAM_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for open connections' tasks to end. With the
-/// endpoint's last wait below, well within `crate::shutdown::DEADLINE`: a
+/// endpoint's last wait below, well within `quicnprotochat_client::shutdown::DEADLINE`: a
 /// signalled node stops gracefully in time whatever its clients do.
 const CONNECTION_DRAIN: Duration = Duration::from_millis(750);
 /// How long shutdown waits for the endpoint to send its last close frames.

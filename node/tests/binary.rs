@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use common::{BIN, ServerProcess, assert_one_line_error, client, client_env};
 
-use quicnprotochat::client::NodeConnection;
-use quicnprotochat::tls;
+use quicnprotochat_client::NodeConnection;
 use quicnprotochat_crypto::Identity;
 use quicnprotochat_wire::IdentityKey;
+use quicnprotochat_wire::tls;
 
 #[test]
 fn health_ping_whoami_against_a_server_process_then_sigterm() {
@@ -278,7 +278,7 @@ fn kill_dash_nine_loses_no_acknowledged_message() {
 /// seqs are exactly 1..=n, and bodies read the same for every recipient.
 #[test]
 fn kill_dash_nine_loses_no_acknowledged_group_message() {
-    use quicnprotochat::client::CommitBodies;
+    use quicnprotochat_client::CommitBodies;
     use quicnprotochat_wire::Inbound;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use common::ServerProcess;
 use crash_load::{Cast, Ledger};
-use quicnprotochat::tls;
 use quicnprotochat_actors::store::crash_point::{CRASH_POINT_ENV, CrashPoint};
+use quicnprotochat_wire::tls;
 
 /// xorshift64*: replayable from its seed.
 struct Rng(u64);

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{ServerProcess, User, assert_no_fork, assert_one_line_error};
-use quicnprotochat::tls;
+use quicnprotochat_wire::tls;
 use std::path::{Path, PathBuf};
 
 /// The device's identity key, as `whoami` prints it.

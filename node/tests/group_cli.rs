@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::{
     BIN, ServerProcess, User, assert_no_fork, assert_one_line_error, client_env, untimed,
 };
-use quicnprotochat::tls;
+use quicnprotochat_wire::tls;
 
 /// A server process and alice and bob, registered, in group "g".
 struct Pair {
@@ -475,7 +475,7 @@ fn an_empty_or_over_size_message_is_refused_with_one_line_and_chat_goes_on() {
     let (ok, _, err) = p.alice.run(at, &p.ca, &["send", "--group", "g", "  "]);
     assert!(!ok);
     assert_one_line_error(&err, "empty message");
-    let long = "x".repeat(quicnprotochat::client::core::MAX_MESSAGE_BYTES + 1);
+    let long = "x".repeat(quicnprotochat_client::core::MAX_MESSAGE_BYTES + 1);
     let (ok, _, err) = p.alice.run(at, &p.ca, &["send", "--group", "g", &long]);
     assert!(!ok);
     assert_one_line_error(&err, "at most 65536 bytes");
@@ -540,7 +540,7 @@ fn recv_shows_each_message_with_its_time() {
         .find(|l| l.ends_with("[g] alice: timed"))
         .expect(&out);
     // `YYYY-MM-DD HH:MM:SS  [g] alice: timed`, today (UTC).
-    let today = quicnprotochat::client::display::utc_time(
+    let today = quicnprotochat_client::display::utc_time(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()

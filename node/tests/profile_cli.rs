@@ -5,7 +5,7 @@
 mod common;
 
 use common::{ServerProcess, User, assert_no_fork, assert_one_line_error};
-use quicnprotochat::tls;
+use quicnprotochat_wire::tls;
 
 #[test]
 fn a_refused_leave_leaves_every_other_command_working() {

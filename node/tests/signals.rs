@@ -16,7 +16,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{ServerProcess, User};
-use quicnprotochat::tls;
+use quicnprotochat_wire::tls;
 
 /// Far above the promise; a process that ignores its signals never gets here.
 const NEVER: Duration = Duration::from_secs(10);

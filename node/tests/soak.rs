@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use common::ServerProcess;
 use crash_load::{Cast, Ledger};
-use quicnprotochat::tls;
+use quicnprotochat_wire::tls;
 
 fn env_number(var: &str, default: u64) -> u64 {
     std::env::var(var)

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use common::{ServerProcess, User, assert_one_line_error};
-use quicnprotochat::tls;
+use quicnprotochat_wire::tls;
 
 /// A `web` child process; killed on drop.
 struct WebProcess {

@@ -2,7 +2,7 @@
 //! its MLS side and hybrid key, registered and logged in through a real node.
 
 use openmls_memory_storage::MemoryStorage;
-use quicnprotochat::client::{NodeConnection, SessionHandle};
+use quicnprotochat_client::{NodeConnection, SessionHandle};
 use quicnprotochat_crypto::Identity;
 use quicnprotochat_crypto::envelope::HybridKeyPair;
 use quicnprotochat_crypto::mls::{GroupMember, Suite};

@@ -11,14 +11,14 @@ use std::sync::Arc;
 
 use quicnprotochat_actors::connection::NodeContext;
 
-use quicnprotochat::client::actors::NodeAddress;
-use quicnprotochat::client::commands::enroll;
-use quicnprotochat::client::messenger::Messenger;
-use quicnprotochat::client::{ClientError, ClientState, NodeConnection, SessionHandle};
 use quicnprotochat::config::ServerConfig;
 use quicnprotochat::server::Server;
-use quicnprotochat::tls;
+use quicnprotochat_client::actors::NodeAddress;
+use quicnprotochat_client::commands::enroll;
+use quicnprotochat_client::messenger::Messenger;
+use quicnprotochat_client::{ClientError, ClientState, NodeConnection, SessionHandle};
 use quicnprotochat_crypto::Identity;
+use quicnprotochat_wire::tls;
 use tokio::sync::oneshot;
 
 /// A node running in this process on 127.0.0.1 with a port of its own.
@@ -356,7 +356,7 @@ impl Person {
             conn,
             address,
             username,
-            quicnprotochat::client::state::CACHE_BYTES,
+            quicnprotochat_client::state::CACHE_BYTES,
         )
         .await
     }
@@ -397,7 +397,7 @@ impl Person {
     pub async fn log_in_again(node: &TestNode, username: &str) -> Person {
         let dir = tempfile::tempdir().expect("temp dir");
         let password = format!("pw-{username}");
-        let opts = quicnprotochat::client::commands::ClientOptions {
+        let opts = quicnprotochat_client::commands::ClientOptions {
             server: node.addr.to_string(),
             ca_cert: node.cert_path(),
             state_dir: dir.path().to_path_buf(),
@@ -406,7 +406,7 @@ impl Person {
             ca_bundle: None,
             server_name: None,
         };
-        quicnprotochat::client::commands::login(&opts, username, &password)
+        quicnprotochat_client::commands::login(&opts, username, &password)
             .await
             .expect("logs in");
         let state = ClientState::open(dir.path()).expect("profile opens");

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use quicnprotochat::client::KeyPackageTarget;
 use quicnprotochat::config::ServerConfig;
+use quicnprotochat_client::KeyPackageTarget;
 use quicnprotochat_crypto::Identity;
 use quicnprotochat_crypto::envelope::{open_sealed_sender, seal_sealed_sender};
 use quicnprotochat_crypto::opaque;

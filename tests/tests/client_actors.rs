@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use quicnprotochat::client::actors::ConnectionEvent;
-use quicnprotochat::client::messenger::Messenger;
+use quicnprotochat_client::actors::ConnectionEvent;
+use quicnprotochat_client::messenger::Messenger;
 use quicnprotochat_crypto::mls::Suite;
 use quicnprotochat_tests::{TestNode, alice_and_bob_in_g, assert_no_fork, local, pull_shown};
 

@@ -3,7 +3,7 @@
 //! named by a group fails no fan-out and gets nothing; removing a device needs
 //! the password; groups left without registered members are collected.
 
-use quicnprotochat::client::{CommitBodies, NodeConnection, SessionHandle};
+use quicnprotochat_client::{CommitBodies, NodeConnection, SessionHandle};
 use quicnprotochat_crypto::Identity;
 use quicnprotochat_tests::accounts::{Device, device, register};
 use quicnprotochat_tests::{TestNode, local, mls_commit};
@@ -288,7 +288,7 @@ async fn a_removed_devices_key_never_registers_or_logs_in_again_and_gets_nothing
     let laptop = device();
     // What a send to the group tells of the laptop.
     async fn laptop_outcome(
-        a: &quicnprotochat::client::SessionHandle,
+        a: &quicnprotochat_client::SessionHandle,
         gid: &[u8],
         laptop: &IdentityKey,
     ) -> Result<u64, ErrorCode> {

@@ -5,8 +5,8 @@
 
 use std::collections::BTreeMap;
 
-use quicnprotochat::client::{ClientError, SessionHandle};
 use quicnprotochat::config::ServerConfig;
+use quicnprotochat_client::{ClientError, SessionHandle};
 use quicnprotochat_crypto::Identity;
 use quicnprotochat_tests::{TestNode, local, mls_commit};
 use quicnprotochat_wire::{ErrorCode, IdentityKey};
@@ -620,7 +620,7 @@ async fn a_device_creates_so_many_groups_and_no_more_across_restarts() {
 /// its Welcome, an oversized part is refused; every refusal stores nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_sends_and_shared_commits_reach_members_only_and_refusals_store_nothing() {
-    use quicnprotochat::client::CommitBodies;
+    use quicnprotochat_client::CommitBodies;
     use quicnprotochat_wire::Inbound;
     let dir = tempfile::tempdir().unwrap();
     let node = TestNode::start(dir.path()).await;

@@ -6,8 +6,8 @@
 use quicnprotochat_wire::Inbound;
 use std::collections::BTreeMap;
 
-use quicnprotochat::client::messenger::{CrashPoint, MessengerError};
 use quicnprotochat::config::ServerConfig;
+use quicnprotochat_client::messenger::{CrashPoint, MessengerError};
 use quicnprotochat_crypto::mls::Suite;
 use quicnprotochat_tests::{
     Person, TestNode, alice_and_bob_in_g, assert_no_fork, local, pull_shown as pull,

@@ -229,8 +229,8 @@ async fn a_max_rate_sender_into_one_inbox_and_a_handshake_storm_leave_others_ser
 /// freezes its QUIC credit, then has every inbox filled: the woken replies
 /// (about 1 MiB each) wait unread.
 struct FrozenReader {
-    pause: std::rc::Rc<quicnprotochat::client::rpc::ReplyPause>,
-    calls: Vec<tokio::task::JoinHandle<Result<usize, quicnprotochat::client::ClientError>>>,
+    pause: std::rc::Rc<quicnprotochat_client::rpc::ReplyPause>,
+    calls: Vec<tokio::task::JoinHandle<Result<usize, quicnprotochat_client::ClientError>>>,
     /// Keeps the connection's endpoint alive.
     _endpoint: quinn::Endpoint,
 }
@@ -239,10 +239,10 @@ const SESSIONS: usize = 8;
 const WAITS_PER_SESSION: usize = 4;
 
 async fn freeze_and_wake(node: &TestNode) -> FrozenReader {
-    use quicnprotochat::client::NodeConnection;
-    use quicnprotochat::client::rpc::ReplyPause;
-    let pinned = quicnprotochat::tls::read_pinned_cert(&node.cert_path()).unwrap();
-    let endpoint = quicnprotochat::client::client_endpoint(node.addr, pinned).unwrap();
+    use quicnprotochat_client::NodeConnection;
+    use quicnprotochat_client::rpc::ReplyPause;
+    let pinned = quicnprotochat_wire::tls::read_pinned_cert(&node.cert_path()).unwrap();
+    let endpoint = quicnprotochat_client::client_endpoint(node.addr, pinned).unwrap();
     let pause = std::rc::Rc::new(ReplyPause::default());
     let conn = NodeConnection::connect_with_reply_pause(&endpoint, node.addr, pause.clone())
         .await

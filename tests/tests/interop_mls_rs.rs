@@ -23,8 +23,8 @@ use mls_rs::identity::basic::{BasicCredential, BasicIdentityProvider};
 use mls_rs::mls_rules::{DefaultMlsRules, EncryptionOptions};
 use mls_rs::{CipherSuite, Client, ExtensionList, Group, MlsMessage};
 use mls_rs_crypto_rustcrypto::RustCryptoProvider;
-use quicnprotochat::client::message::{Body, ClientMessage, RosterEntry};
-use quicnprotochat::client::{CommitBodies, KeyPackageTarget, SessionHandle};
+use quicnprotochat_client::message::{Body, ClientMessage, RosterEntry};
+use quicnprotochat_client::{CommitBodies, KeyPackageTarget, SessionHandle};
 use quicnprotochat_crypto::Identity;
 use quicnprotochat_crypto::envelope::{
     BodyProtection, HybridKeyPair, HybridPublicKey, open_shared, seal_shared,

@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use quicnprotochat::client::KeyPackageTarget;
+use quicnprotochat_client::KeyPackageTarget;
 use quicnprotochat_crypto::mls::{Suite, validate_key_package};
 use quicnprotochat_tests::accounts::{claimer, claimers, device, register};
 use quicnprotochat_tests::{TestNode, local};
@@ -154,7 +154,7 @@ async fn key_packages_are_kept_and_claimed_per_ciphersuite() {
         assert_eq!(err.code(), Some(ErrorCode::NotFound), "{err}");
         assert!(
             err.to_string()
-                .contains(quicnprotochat_actors::auth::NO_KEY_PACKAGES)
+                .contains(quicnprotochat_wire::error::NO_KEY_PACKAGES)
         );
 
         // One upload is one suite.

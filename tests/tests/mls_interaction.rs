@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{Hash, Hasher};
 use std::time::Duration;
 
-use quicnprotochat::client::SessionHandle;
+use quicnprotochat_client::SessionHandle;
 use quicnprotochat_crypto::mls::Suite;
 use quicnprotochat_tests::{Person, Rng, TestNode, local};
 use quicnprotochat_wire::{Envelope, IdentityKey, Inbound};
@@ -51,7 +51,7 @@ impl Ledger {
     /// `text` (the message just sent) or, after anything else, as no message.
     async fn tag_new(
         &mut self,
-        raws: &[(quicnprotochat::client::NodeConnection, SessionHandle)],
+        raws: &[(quicnprotochat_client::NodeConnection, SessionHandle)],
         text: Option<&str>,
     ) {
         for (r, (_, raw)) in raws.iter().enumerate() {
@@ -384,7 +384,7 @@ async fn every_message_is_shown_once_dropped_or_reported_under_reorder_duplicati
 async fn raw_session(
     node: &TestNode,
     p: &Person,
-) -> (quicnprotochat::client::NodeConnection, SessionHandle) {
+) -> (quicnprotochat_client::NodeConnection, SessionHandle) {
     let conn = node.connect().await.unwrap();
     let s = conn
         .login(
@@ -405,8 +405,8 @@ struct Pair {
     alice: Person,
     bob: Person,
     gid: Vec<u8>,
-    bob_raw: (quicnprotochat::client::NodeConnection, SessionHandle),
-    alice_raw: (quicnprotochat::client::NodeConnection, SessionHandle),
+    bob_raw: (quicnprotochat_client::NodeConnection, SessionHandle),
+    alice_raw: (quicnprotochat_client::NodeConnection, SessionHandle),
 }
 
 impl Pair {

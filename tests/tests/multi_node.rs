@@ -10,9 +10,9 @@
 use std::time::{Duration, Instant};
 
 use quicnprotochat::config::ServerConfig;
-use quicnprotochat::tls;
 use quicnprotochat_tests::accounts::{device, log_in, register};
 use quicnprotochat_tests::{TestNode, create_test_database, local, test_store_url};
+use quicnprotochat_wire::tls;
 
 /// The URL of a fresh database, or `None` (after saying why) without PostgreSQL.
 async fn fresh_database(name: &str) -> Option<String> {
@@ -173,7 +173,7 @@ async fn one_commit_per_epoch_holds_across_nodes() {
     local(async {
         let (_ca, via_a) = node_a.session(&alice).await;
         let (_cb, via_b) = node_b.session(&alice).await;
-        let commit = async |s: &quicnprotochat::client::SessionHandle, epoch: u64, text: &[u8]| {
+        let commit = async |s: &quicnprotochat_client::SessionHandle, epoch: u64, text: &[u8]| {
             s.commit(
                 &group,
                 epoch,

@@ -5,8 +5,8 @@
 //! sequences of sends, commits, refusals and crash points never leave a profile
 //! unable to pull.
 
-use quicnprotochat::client::messenger::{CrashPoint, MAX_PROPOSAL_ATTEMPTS, MessengerError};
 use quicnprotochat::config::ServerConfig;
+use quicnprotochat_client::messenger::{CrashPoint, MAX_PROPOSAL_ATTEMPTS, MessengerError};
 use quicnprotochat_crypto::mls::{MlsError, Suite};
 use quicnprotochat_tests::{
     Person, TestNode, alice_and_bob_in_g, assert_no_fork, local, pull_shown as pull,

@@ -4,7 +4,7 @@
 //! lost its state) gets the GroupInfo and joins; strangers get neither, and a
 //! GroupInfo that does not match the commit is refused.
 
-use quicnprotochat::client::{ClientError, CommitBodies, SessionHandle};
+use quicnprotochat_client::{ClientError, CommitBodies, SessionHandle};
 use quicnprotochat_crypto::mls::{CommitOutput, Group, Suite};
 use quicnprotochat_tests::accounts::{Device, device, register};
 use quicnprotochat_tests::{TestNode, local};
@@ -305,7 +305,7 @@ async fn a_device_removed_from_a_group_no_longer_lists_it_and_the_index_survives
 // around it, see.
 
 mod through_the_client {
-    use quicnprotochat::client::messenger::CrashPoint;
+    use quicnprotochat_client::messenger::CrashPoint;
     use quicnprotochat_tests::{
         Person, TestNode, alice_and_bob_in_g, assert_no_fork, local, pull_shown,
     };
@@ -463,7 +463,7 @@ mod through_the_client {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joiner_claiming_another_users_name_is_shown_by_its_key_not_that_name() {
-    use quicnprotochat::client::message::{Body, ClientMessage, RosterEntry};
+    use quicnprotochat_client::message::{Body, ClientMessage, RosterEntry};
     use quicnprotochat_crypto::envelope::{BodyProtection, HybridPublicKey, seal_shared};
     use quicnprotochat_tests::{alice_and_bob_in_g, pull_shown};
     use quicnprotochat_wire::IdentityKey;

@@ -8,12 +8,12 @@
 use std::rc::Rc;
 use std::time::Duration;
 
-use quicnprotochat::client::NodeConnection;
-use quicnprotochat::client::rpc::ReplyPause;
 use quicnprotochat::config::ServerConfig;
-use quicnprotochat::tls;
+use quicnprotochat_client::NodeConnection;
+use quicnprotochat_client::rpc::ReplyPause;
 use quicnprotochat_crypto::Identity;
 use quicnprotochat_tests::{TestNode, local};
+use quicnprotochat_wire::tls;
 use quicnprotochat_wire::{ErrorCode, IdentityKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -45,7 +45,7 @@ async fn replies_nobody_reads_stop_the_reading_of_requests_not_grow_a_queue() {
                 .unwrap();
         }
         let pinned = tls::read_pinned_cert(&node.cert_path()).unwrap();
-        let endpoint = quicnprotochat::client::client_endpoint(node.addr, pinned).unwrap();
+        let endpoint = quicnprotochat_client::client_endpoint(node.addr, pinned).unwrap();
         let pause = Rc::new(ReplyPause::default());
         let conn = NodeConnection::connect_with_reply_pause(&endpoint, node.addr, pause.clone())
             .await

@@ -6,11 +6,11 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use quicnprotochat::client::ClientState;
-use quicnprotochat::client::state::STATE_FILE;
 use quicnprotochat::server::DB_FILE;
-use quicnprotochat::tls::KEY_FILE;
+use quicnprotochat_client::ClientState;
+use quicnprotochat_client::state::STATE_FILE;
 use quicnprotochat_tests::{TestNode, local};
+use quicnprotochat_wire::tls::KEY_FILE;
 
 fn mode(p: &Path) -> u32 {
     std::fs::metadata(p).unwrap().permissions().mode() & 0o777
@@ -74,8 +74,8 @@ fn file_contains(path: &Path, needle: &[u8]) -> bool {
 
 #[test]
 fn a_profile_s_secrets_are_sealed_in_its_database_and_open_only_with_its_key_file() {
-    use quicnprotochat::client::profile_key::KEY_FILE;
-    use quicnprotochat::client::state::SavedLogin;
+    use quicnprotochat_client::profile_key::KEY_FILE;
+    use quicnprotochat_client::state::SavedLogin;
     use quicnprotochat_crypto::mls::Suite;
 
     let root = tempfile::tempdir().unwrap();

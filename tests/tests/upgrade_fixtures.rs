@@ -14,10 +14,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use quicnprotochat::client::ClientState;
-use quicnprotochat::client::commands::{ClientOptions, enroll, login};
-use quicnprotochat::client::message::ClientMessage;
-use quicnprotochat::client::messenger::Messenger;
+use quicnprotochat_client::ClientState;
+use quicnprotochat_client::commands::{ClientOptions, enroll, login};
+use quicnprotochat_client::message::ClientMessage;
+use quicnprotochat_client::messenger::Messenger;
 use quicnprotochat_crypto::envelope::{BodyProtection, open_shared, seal_shared};
 use quicnprotochat_crypto::mls::Suite;
 use quicnprotochat_tests::{TestNode, local, pull_shown};
@@ -192,7 +192,7 @@ async fn write_fixture_set() {
         // A wire message as today's code seals it for bob.
         let gid = alice.group("g").await.unwrap().group_id;
         let msg = ClientMessage {
-            body: quicnprotochat::client::message::Body::Group,
+            body: quicnprotochat_client::message::Body::Group,
             group_id: gid.clone(),
             mls: vec![7; 100],
             sender_name: "alice".into(),

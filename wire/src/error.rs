@@ -34,6 +34,15 @@ pub enum ErrorCode {
     Unavailable,
 }
 
+/// The `NOT_FOUND` detail of a KeyPackage claim for an unknown user or device.
+/// Part of the contract: clients tell an unknown user from one who published
+/// nothing for the asked suite by these details (an older client reads only the
+/// code).
+pub const NO_SUCH_USER: &str = "no such user or device";
+/// The `NOT_FOUND` detail of a KeyPackage claim for a user with nothing
+/// published for the asked suite.
+pub const NO_KEY_PACKAGES: &str = "no KeyPackages published for this ciphersuite";
+
 impl ErrorCode {
     /// Every code, for exhaustive tests and parsing.
     pub const ALL: [ErrorCode; 11] = [

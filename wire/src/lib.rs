@@ -1,8 +1,9 @@
 //! The wire contract of quicnprotochat: the Cap'n Proto code generated from
 //! `schemas/node.capnp` (committed, so building needs no schema compiler), the stable
 //! error codes carried in exception texts, the reader limits that keep a hostile
-//! message from making a peer allocate, and the typed values other crates use instead
-//! of raw Cap'n Proto readers.
+//! message from making a peer allocate, the typed values other crates use instead
+//! of raw Cap'n Proto readers, and the QUIC + TLS 1.3 transport both ends
+//! configure (`tls`: the node's certificate, the client's pinning).
 #![forbid(unsafe_code)]
 
 #[allow(
@@ -19,6 +20,7 @@ pub mod node_capnp;
 pub mod error;
 pub mod fanout;
 pub mod limits;
+pub mod tls;
 pub mod types;
 
 pub use error::{ErrorCode, WireError};

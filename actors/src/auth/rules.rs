@@ -17,11 +17,7 @@ pub const MAX_UPLOAD: usize = 200;
 /// Most one-time KeyPackages one device may have stored, per suite.
 pub const MAX_STORED_KEY_PACKAGES: u64 = 1000;
 
-/// The `NOT_FOUND` details of a KeyPackage claim: clients tell an unknown user
-/// from one who published nothing for the asked suite by them.
-pub const NO_SUCH_USER: &str = "no such user or device";
-/// The `NOT_FOUND` detail for a user with nothing published for the suite.
-pub const NO_KEY_PACKAGES: &str = "no KeyPackages published for this ciphersuite";
+pub use quicnprotochat_wire::error::{NO_KEY_PACKAGES, NO_SUCH_USER};
 /// How long an OPAQUE login may take between its start and its finish.
 pub const LOGIN_FINISH_WITHIN: Duration = Duration::from_secs(60);
 /// How long a session opened by device key alone lives.

@@ -13,7 +13,6 @@ pub mod group_directory;
 mod handle;
 pub mod ops;
 pub mod postgres;
-pub mod private_fs;
 mod read;
 pub mod server;
 pub mod snapshot;

@@ -167,9 +167,11 @@ impl ServerStore {
     /// Opens (or creates) the node's database at `path`, owner-only (0600): it
     /// holds the OPAQUE server setup and the password records.
     pub fn open(path: &Path, options: StoreOptions) -> Result<ServerStore, StoreError> {
-        super::private_fs::private_file(path).map_err(|source| StoreError::Permissions {
-            path: path.to_owned(),
-            source,
+        quicnprotochat_crypto::private_fs::private_file(path).map_err(|source| {
+            StoreError::Permissions {
+                path: path.to_owned(),
+                source,
+            }
         })?;
         let db = redb::Builder::new()
             .set_cache_size(options.cache_bytes)

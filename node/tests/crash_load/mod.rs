@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::Duration;
 
-use quicnprotochat::client::{ClientError, CommitBodies, NodeConnection, SessionHandle};
+use quicnprotochat_client::{ClientError, CommitBodies, NodeConnection, SessionHandle};
 use quicnprotochat_crypto::Identity;
 use quicnprotochat_wire::{ErrorCode, IdentityKey};
 use rustls::pki_types::CertificateDer;

@@ -90,9 +90,9 @@ pub fn groups(target: &Target, p: &GroupParams, show_progress: bool) -> anyhow::
         .thread_name("qpc-client-net")
         .enable_all()
         .build()?;
-    let pinned = quicnprotochat::tls::read_pinned_cert(&target.ca_cert)?;
+    let pinned = quicnprotochat_wire::tls::read_pinned_cert(&target.ca_cert)?;
     let endpoint =
-        network.block_on(async { quicnprotochat::client::client_endpoint(target.addr, pinned) })?;
+        network.block_on(async { quicnprotochat_client::client_endpoint(target.addr, pinned) })?;
     let (send_hist, decrypts_per_s, add_ours, build, rss) = run_local(async {
         let bar = progress(show_progress, p.members as u64 + 1, "register");
         let mut address = target.address()?;

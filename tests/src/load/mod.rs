@@ -33,10 +33,10 @@ pub const NODE_THREAD: &str = "qpc-node";
 /// elsewhere (`--server`).
 impl Target {
     /// How the client actor trees of the harness reach the node.
-    pub fn address(&self) -> anyhow::Result<quicnprotochat::client::actors::NodeAddress> {
-        Ok(quicnprotochat::client::actors::NodeAddress {
+    pub fn address(&self) -> anyhow::Result<quicnprotochat_client::actors::NodeAddress> {
+        Ok(quicnprotochat_client::actors::NodeAddress {
             addr: self.addr,
-            trust: quicnprotochat::tls::read_pinned_cert(&self.ca_cert)?.into(),
+            trust: quicnprotochat_wire::tls::read_pinned_cert(&self.ca_cert)?.into(),
             auth_token: None,
             reconnect_patience: std::time::Duration::from_secs(10),
             endpoint: None,
@@ -123,7 +123,7 @@ impl Target {
         });
         Ok(Target {
             addr,
-            ca_cert: config.data_dir.join(quicnprotochat::tls::CERT_FILE),
+            ca_cert: config.data_dir.join(quicnprotochat_wire::tls::CERT_FILE),
             node: Some(InProcessNode {
                 runtime,
                 stop: Some(stop),

@@ -7,15 +7,15 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
-use quicnprotochat::client::{NodeConnection, SessionHandle};
-use quicnprotochat::tls;
 use quicnprotochat_actors::core::inbox::InboxLimits;
 use quicnprotochat_actors::inbox::{InboxRegistry, InboxSettings};
 use quicnprotochat_actors::store::StoreWriter;
 use quicnprotochat_actors::store::postgres::PgStore;
 use quicnprotochat_actors::store::{ServerStore, Store, StoreOptions};
+use quicnprotochat_client::{NodeConnection, SessionHandle};
 use quicnprotochat_crypto::Identity;
 use quicnprotochat_wire::IdentityKey;
+use quicnprotochat_wire::tls;
 
 use super::report::{Failures, Latency, histogram, record};
 use super::sys::{NODE_THREADS, rss_bytes, thread_cpu_seconds};
@@ -72,7 +72,7 @@ fn shared_endpoint(target: &Target) -> anyhow::Result<quinn::Endpoint> {
         Some(ep) => ep,
         None => {
             let pinned = tls::read_pinned_cert(&target.ca_cert)?;
-            let ep = quicnprotochat::client::client_endpoint(target.addr, pinned)?;
+            let ep = quicnprotochat_client::client_endpoint(target.addr, pinned)?;
             ENDPOINT.with(|e| *e.borrow_mut() = Some((target.addr, ep.clone())));
             ep
         }

@@ -1,0 +1,436 @@
+//! The receiver actor: takes envelopes from the own inbox and applies them
+//! strictly in seq order, each exactly once: it opens the hybrid seal, routes
+//! group traffic to the group's actor (which commits the envelope's effects with
+//! the cursor in one transaction) and joins groups from Welcomes itself. The inbox
+//! is acked only up to what is durably applied.
+//!
+//! Fetches run outside its mailbox (the answer comes back as a message), so a
+//! long-poll never blocks a catch-up another caller asks for; two fetches that
+//! overlap are harmless because nothing at or below the cursor is applied again.
+//!
+//! Callers either pull (apply what is there, optionally waiting for something
+//! first) or follow: the receiver then long-polls in a loop for as long as the
+//! follower listens, and tells it after every batch it applied.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quicnprotochat_crypto::envelope::{
+    EnvelopeError, HybridPublicKey, open_sealed_sender, open_shared,
+};
+use quicnprotochat_crypto::mls::GroupMember;
+use quicnprotochat_wire::fanout::Missed;
+use quicnprotochat_wire::{Envelope, Inbound};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use super::group::GroupMsg;
+use super::session::SessionMsg;
+use super::supervisor::{SessionSlot, SupervisorMsg};
+use super::{Effects, Profile, ask, ask_session, notice, short_hex};
+use crate::ClientError;
+use crate::message::{Body, ClientMessage};
+use crate::messenger::terms::{Line, MessengerError, is_connection_loss};
+use crate::mls_store::RedbMlsStorage;
+
+/// Envelopes asked for per fetch.
+const FETCH_BATCH: u32 = 256;
+
+/// How long one long-poll of a follow waits (the node caps it anyway).
+const FOLLOW_WAIT: Duration = Duration::from_secs(25);
+/// Pause before a follow retries after a lost connection.
+const FOLLOW_RETRY: Duration = Duration::from_secs(1);
+
+type PullReply = RpcReplyPort<Result<Vec<Line>, MessengerError>>;
+
+/// Told after each batch the receiver applied (or why following stopped working).
+pub(crate) type Follower = tokio::sync::mpsc::UnboundedSender<Result<(), MessengerError>>;
+
+/// Who a chain of fetches works for.
+enum Owner {
+    /// A caller's pull: fetch, apply, ack, until the inbox is empty; then answer.
+    Caller(PullReply),
+    /// The follow loop: long-poll again whenever the inbox is empty.
+    Follow,
+}
+
+pub(crate) struct PullJob {
+    owner: Owner,
+    lines: Vec<Line>,
+}
+
+pub(crate) enum ReceiverMsg {
+    /// Applies everything waiting; with a non-zero `wait`, first waits up to that
+    /// long for something to arrive. Answers the lines produced.
+    Pull { wait: Duration, reply: PullReply },
+    /// Long-poll in a loop, telling `to` after each applied batch, until `to`
+    /// is closed (a newer follower replaces an older one).
+    Follow { to: Follower },
+    /// The follow loop's next fetch (after a pause).
+    Resume,
+    /// A fetch of `job` came back.
+    Fetched {
+        job: PullJob,
+        result: Result<Vec<Envelope>, ClientError>,
+    },
+}
+
+pub(crate) struct ReceiverArgs {
+    pub profile: Arc<Profile>,
+    pub session: SessionSlot,
+    pub supervisor: ActorRef<SupervisorMsg>,
+}
+
+pub(crate) struct ReceiverState {
+    profile: Arc<Profile>,
+    session: SessionSlot,
+    supervisor: ActorRef<SupervisorMsg>,
+    /// The MLS view used to join groups (and to commit envelopes that touch no
+    /// group): its own overlay, apart from every group actor's.
+    joiner: GroupMember<RedbMlsStorage>,
+    /// The highest seq applied (durably: it is stored with each envelope).
+    cursor: u64,
+    follower: Option<Follower>,
+    /// Whether the follow loop has a fetch in flight (or a retry pending).
+    following: bool,
+}
+
+#[derive(Default)]
+pub(crate) struct ReceiverActor;
+
+impl ReceiverState {
+    fn fetch(&self, myself: &ActorRef<ReceiverMsg>, job: PullJob, wait: Duration) {
+        let session = self.session.get();
+        let myself = myself.clone();
+        let after = self.cursor;
+        tokio::spawn(async move {
+            let result = ask_session(&session, |reply| SessionMsg::Fetch {
+                after,
+                limit: FETCH_BATCH,
+                wait,
+                reply,
+            })
+            .await;
+            let _ = myself.cast(ReceiverMsg::Fetched { job, result });
+        });
+    }
+
+    /// Starts the follow loop's next fetch unless one is in flight or nobody
+    /// listens any more.
+    fn follow(&mut self, myself: &ActorRef<ReceiverMsg>, wait: Duration) {
+        if self.following {
+            return;
+        }
+        if self.follower.as_ref().is_none_or(|f| f.is_closed()) {
+            self.follower = None;
+            return;
+        }
+        self.following = true;
+        let job = PullJob {
+            owner: Owner::Follow,
+            lines: Vec::new(),
+        };
+        self.fetch(myself, job, wait);
+    }
+
+    /// Applies a fetched batch in seq order; whether anything new was applied.
+    async fn apply_batch(
+        &mut self,
+        mut envelopes: Vec<Envelope>,
+        job: &mut PullJob,
+    ) -> Result<bool, MessengerError> {
+        envelopes.sort_by_key(|e| e.seq);
+        let mut applied = false;
+        for env in envelopes {
+            if env.seq <= self.cursor {
+                continue; // a duplicate: already applied
+            }
+            job.lines.extend(self.apply(&env).await?);
+            self.cursor = env.seq;
+            applied = true;
+        }
+        if applied {
+            let up_to = self.cursor;
+            ask_session(&self.session.get(), |reply| SessionMsg::Ack {
+                up_to,
+                reply,
+            })
+            .await?;
+        }
+        Ok(applied)
+    }
+
+    /// Applies one envelope: its effects and the cursor commit together.
+    async fn apply(&mut self, env: &Envelope) -> Result<Vec<Line>, MessengerError> {
+        let seq = env.seq;
+        let mut fx = Effects::default();
+        let me = self.profile.me();
+        // `None`: a note from the node itself, nothing to open.
+        let opened = match env.inbound() {
+            Ok(Inbound::Direct(d)) => Some(open_sealed_sender(&me, &self.profile.hybrid, d)),
+            Ok(Inbound::Shared { part, body }) => {
+                Some(open_shared(&self.profile.hybrid, part, body))
+            }
+            Ok(Inbound::Missed(missed)) => {
+                fx.lines.push(self.missed_notice(seq, &missed)?);
+                None
+            }
+            Err(_) => Some(Err(EnvelopeError::Truncated)),
+        };
+        match opened {
+            None => {}
+            Some(Err(e)) => fx.lines.push(notice(
+                seq,
+                None,
+                format!("message {seq} could not be opened: {e}"),
+            )),
+            Some(Ok(sealed)) => match ClientMessage::decode(&sealed.payload) {
+                Err(e) => fx.lines.push(notice(
+                    seq,
+                    None,
+                    format!("message {seq} is malformed: {e}"),
+                )),
+                Ok(msg) => match msg.body {
+                    Body::Welcome => self.join(seq, &msg, &mut fx)?,
+                    Body::Group | Body::CommitReceipt { .. } => {
+                        let known = self.profile.state.group_name(&msg.group_id)?.is_some();
+                        let ours = matches!(msg.body, Body::Group) || sealed.sender == me;
+                        if known && ours {
+                            let group = self.group(&msg.group_id).await?;
+                            return ask(&group, "group actor", |reply| GroupMsg::Apply {
+                                seq,
+                                sender: sealed.sender,
+                                msg,
+                                raw: sealed.payload,
+                                reply,
+                            })
+                            .await;
+                        }
+                        // A receipt of a group already left, or one someone else
+                        // sent (only we can confirm our commits): nothing to do.
+                        if matches!(msg.body, Body::Group) {
+                            fx.lines.push(notice(
+                                seq,
+                                None,
+                                format!(
+                                    "a message for a group this profile is not in (from {})",
+                                    msg.sender_name
+                                ),
+                            ));
+                        }
+                    }
+                },
+            },
+        }
+        let storage = self.joiner.provider().storage_provider();
+        if let Err(e) = self.profile.commit_envelope(storage, seq, &fx) {
+            storage.rollback();
+            return Err(e);
+        }
+        Ok(fx.lines)
+    }
+
+    /// The line that tells of messages the node could not queue for us.
+    fn missed_notice(&self, seq: u64, missed: &Missed) -> Result<Line, MessengerError> {
+        let mut names = Vec::new();
+        for g in &missed.groups {
+            names.push(match self.profile.state.group_name(g)? {
+                Some(name) => name,
+                None => format!("group {}", short_hex(g)),
+            });
+        }
+        let group = (missed.groups.len() == 1).then(|| names[0].clone());
+        let whose = if names.is_empty() {
+            String::new()
+        } else {
+            format!(" of {}", names.join(", "))
+        };
+        Ok(notice(
+            seq,
+            group.as_deref(),
+            format!(
+                "you missed {} message(s){whose}: your inbox was full when they were sent",
+                missed.count
+            ),
+        ))
+    }
+
+    async fn group(&self, gid: &[u8]) -> Result<ActorRef<GroupMsg>, MessengerError> {
+        let gid = gid.to_vec();
+        ask(&self.supervisor, "client supervisor", |reply| {
+            SupervisorMsg::Group { gid, reply }
+        })
+        .await
+    }
+
+    /// Joins the group a Welcome invites us to (nothing kept when it cannot).
+    fn join(
+        &mut self,
+        seq: u64,
+        msg: &ClientMessage,
+        fx: &mut Effects,
+    ) -> Result<(), MessengerError> {
+        let group = match self.joiner.join(&msg.mls) {
+            Ok(g) => g,
+            Err(e) => {
+                self.joiner.provider().storage_provider().rollback();
+                fx.lines.push(notice(
+                    seq,
+                    None,
+                    format!(
+                        "an invitation from {} could not be used: {e}",
+                        msg.sender_name
+                    ),
+                ));
+                return Ok(());
+            }
+        };
+        // Already in it (rejoined by external commit while this invitation was
+        // on its way): the group as it is here stays.
+        if let Some(known) = self.profile.state.group_name(&group.group_id())? {
+            self.joiner.provider().storage_provider().rollback();
+            fx.lines.push(notice(
+                seq,
+                Some(&known),
+                format!(
+                    "an invitation from {} to a group this device is already in was ignored",
+                    msg.sender_name
+                ),
+            ));
+            return Ok(());
+        }
+        let members: BTreeSet<Vec<u8>> = group.members().into_iter().collect();
+        let me = self.profile.me();
+        for e in &msg.roster {
+            if members.contains(e.identity.as_slice())
+                && e.identity != me
+                && HybridPublicKey::verify(&e.hybrid_key, &e.identity).is_ok()
+            {
+                fx.roster.push(e.clone());
+            }
+        }
+        let wanted = group.name().unwrap_or_else(|| "unnamed".into());
+        let name = self
+            .profile
+            .state
+            .free_group_name(&wanted, &group.group_id())?;
+        fx.lines.push(Line {
+            seq,
+            group: Some(name.clone()),
+            sender: None,
+            text: format!(
+                "joined, invited by {} ({} members, epoch {})",
+                msg.sender_name,
+                members.len(),
+                group.epoch()
+            ),
+            epoch: Some(group.epoch()),
+        });
+        fx.set_group = Some((name, group.group_id()));
+        Ok(())
+    }
+}
+
+impl Actor for ReceiverActor {
+    type Msg = ReceiverMsg;
+    type State = ReceiverState;
+    type Arguments = ReceiverArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<ReceiverMsg>,
+        args: ReceiverArgs,
+    ) -> Result<ReceiverState, ActorProcessingErr> {
+        let joiner = args.profile.state.mls_member(&args.profile.identity)?;
+        let cursor = args.profile.state.cursor()?;
+        Ok(ReceiverState {
+            profile: args.profile,
+            session: args.session,
+            supervisor: args.supervisor,
+            joiner,
+            cursor,
+            follower: None,
+            following: false,
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<ReceiverMsg>,
+        msg: ReceiverMsg,
+        state: &mut ReceiverState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ReceiverMsg::Pull { wait, reply } => {
+                let job = PullJob {
+                    owner: Owner::Caller(reply),
+                    lines: Vec::new(),
+                };
+                state.fetch(&myself, job, wait);
+            }
+            ReceiverMsg::Follow { to } => {
+                state.follower = Some(to);
+                state.follow(&myself, Duration::ZERO);
+            }
+            ReceiverMsg::Resume => {
+                state.following = false;
+                state.follow(&myself, FOLLOW_WAIT);
+            }
+            ReceiverMsg::Fetched { mut job, result } => {
+                // Ok(true): the batch had envelopes, so there may be more.
+                let outcome = match result {
+                    Err(e) => Err(e.into()),
+                    Ok(envelopes) if envelopes.is_empty() => Ok(false),
+                    Ok(envelopes) => match state.apply_batch(envelopes, &mut job).await {
+                        Ok(applied) => {
+                            if let (true, Some(f)) = (applied, &state.follower) {
+                                let _ = f.send(Ok(()));
+                            }
+                            Ok(true)
+                        }
+                        Err(e) => Err(e),
+                    },
+                };
+                match (job.owner, outcome) {
+                    // Something came: there may be more.
+                    (owner @ Owner::Caller(_), Ok(true)) => {
+                        let job = PullJob {
+                            owner,
+                            lines: job.lines,
+                        };
+                        state.fetch(&myself, job, Duration::ZERO)
+                    }
+                    (Owner::Caller(reply), Ok(false)) => {
+                        let _ = reply.send(Ok(job.lines));
+                    }
+                    (Owner::Caller(reply), Err(e)) => {
+                        let _ = reply.send(Err(e));
+                    }
+                    (Owner::Follow, Ok(more)) => {
+                        state.following = false;
+                        let wait = if more { Duration::ZERO } else { FOLLOW_WAIT };
+                        state.follow(&myself, wait);
+                    }
+                    (Owner::Follow, Err(e)) => {
+                        let lost = is_connection_loss(&e);
+                        if let Some(f) = &state.follower
+                            && f.send(Err(e)).is_ok()
+                            && lost
+                        {
+                            // The session actor reconnects on the next request.
+                            let myself = myself.clone();
+                            tokio::spawn(async move {
+                                tokio::time::sleep(FOLLOW_RETRY).await;
+                                let _ = myself.cast(ReceiverMsg::Resume);
+                            });
+                        } else {
+                            state.following = false;
+                            state.follower = None;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

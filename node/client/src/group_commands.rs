@@ -1,0 +1,497 @@
+//! The group commands of the CLI: each opens the profile's messenger on a fresh
+//! connection, does one thing, and says what happened in one line (or, for `recv`
+//! and `chat`, one line per message).
+
+use std::io::Write;
+use std::time::Duration;
+
+use quicnprotochat_crypto::mls::Suite;
+
+use crate::ClientState;
+use crate::actors::session::ConnectionEvent;
+use crate::commands::{ClientOptions, CommandError, parse_identity, password_session};
+use crate::display::escape_untrusted;
+use crate::messenger::{Messenger, MessengerError};
+use crate::output;
+use crate::shutdown::{FINISHING, Shutdown};
+use crate::state::lines::ShownLine;
+
+impl From<MessengerError> for CommandError {
+    fn from(e: MessengerError) -> Self {
+        match e {
+            MessengerError::Client(c) => CommandError::Client(c),
+            MessengerError::State(s) => CommandError::State(s),
+            other => CommandError::Invalid(other.to_string()),
+        }
+    }
+}
+
+/// How long a one-shot command waits for a lost connection to come back.
+const COMMAND_PATIENCE: Duration = Duration::from_secs(5);
+/// How long `chat` (and the web UI) keep trying to get a lost connection back.
+pub(crate) const LONG_PATIENCE: Duration = Duration::from_secs(24 * 3600);
+
+/// The profile's messenger (its actor tree), connected and resumed.
+pub(crate) async fn messenger_with(
+    opts: &ClientOptions,
+    patience: Duration,
+) -> Result<Messenger, CommandError> {
+    let state = ClientState::open(&opts.state_dir)?;
+    if state.saved_login()?.is_none_or(|l| l.token.is_empty()) {
+        return Err(CommandError::NotLoggedIn);
+    }
+    let address = opts.node_address(patience)?;
+    Ok(Messenger::start(state, address).await?)
+}
+
+async fn messenger(opts: &ClientOptions) -> Result<Messenger, CommandError> {
+    messenger_with(opts, COMMAND_PATIENCE).await
+}
+
+/// `work`, unless a stop is asked first: then `None`, and `work` is dropped
+/// where it waits (a connection attempt, a long-poll; what it had stored is
+/// in the crash-safe profile).
+async fn unless_stopped<T>(shutdown: &Shutdown, work: impl Future<Output = T>) -> Option<T> {
+    tokio::select! {
+        out = work => Some(out),
+        () = shutdown.requested() => None,
+    }
+}
+
+/// `work` to its end; once a stop is asked, for at most [`FINISHING`] more
+/// (`None`: cut off, its outcome unknown). For work that must not simply be
+/// dropped: a send goes on in its group actor, so a dropped one may still go
+/// out.
+async fn finish_within<T>(shutdown: &Shutdown, work: impl Future<Output = T>) -> Option<T> {
+    let mut work = std::pin::pin!(work);
+    tokio::select! {
+        out = &mut work => return Some(out),
+        () = shutdown.requested() => {}
+    }
+    tokio::time::timeout(FINISHING, work).await.ok()
+}
+
+/// Closes the messenger; after a stop, within [`FINISHING`] (its actors may
+/// be waiting on a node that is gone), saying so if it did not finish.
+async fn close_messenger(m: Messenger, shutdown: &Shutdown) {
+    if !shutdown.is_requested() {
+        return m.close().await;
+    }
+    if tokio::time::timeout(FINISHING, m.close()).await.is_err() {
+        eprintln!(
+            "stopped before the profile's actors finished (what they stored is kept; the rest comes again from the node)"
+        );
+    }
+}
+
+/// `create-group NAME [--classic]`: post-quantum unless asked otherwise.
+pub async fn create_group(
+    opts: &ClientOptions,
+    name: &str,
+    post_quantum: bool,
+) -> Result<String, CommandError> {
+    let mut m = messenger(opts).await?;
+    let suite = if post_quantum {
+        Suite::PostQuantum
+    } else {
+        Suite::Classic
+    };
+    m.create_group(name, suite).await?;
+    m.close().await;
+    Ok(format!("created group {name} ({suite:?} ciphersuite)"))
+}
+
+/// `invite --group NAME USERNAME...`.
+pub async fn invite(
+    opts: &ClientOptions,
+    group: &str,
+    users: &[String],
+) -> Result<String, CommandError> {
+    let mut m = messenger(opts).await?;
+    let epoch = m.invite(group, users).await?;
+    m.close().await;
+    Ok(format!(
+        "invited {} to {group}; the group is at epoch {epoch}",
+        users.join(", ")
+    ))
+}
+
+/// `join`: applies pending Welcomes (and everything else waiting) and names the
+/// groups joined; other lines stay for `recv`.
+pub async fn join(opts: &ClientOptions) -> Result<String, CommandError> {
+    let mut m = messenger(opts).await?;
+    m.pull(Duration::ZERO).await?;
+    let joined: Vec<_> = m
+        .unread()?
+        .into_iter()
+        .filter(|(_, l)| l.is_notice() && l.text.starts_with("joined, invited by"))
+        .collect();
+    let keys: Vec<_> = joined.iter().map(|(k, _)| *k).collect();
+    m.mark_shown(&keys)?;
+    m.close().await;
+    if joined.is_empty() && !opts.json {
+        return Ok("no pending invitations".into());
+    }
+    Ok(joined
+        .iter()
+        .map(|(_, l)| match opts.json {
+            true => output::line_json(l),
+            false => l.display(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+/// `send --group NAME MESSAGE...`.
+pub async fn send(opts: &ClientOptions, group: &str, text: &str) -> Result<String, CommandError> {
+    let mut m = messenger(opts).await?;
+    let report = m.send(group, text).await?;
+    m.close().await;
+    Ok(report.summary(group))
+}
+
+/// Prints every line not shown yet, marking each shown right after printing it:
+/// a crash can repeat at most the line being printed, never lose one.
+fn show_unread(
+    m: &Messenger,
+    format: impl Fn(&ShownLine) -> String,
+) -> Result<usize, CommandError> {
+    let mut out = std::io::stdout().lock();
+    let unread = m.unread()?;
+    for (key, line) in &unread {
+        writeln!(out, "{}", format(line))
+            .and_then(|_| out.flush())
+            .map_err(|e| CommandError::Invalid(format!("cannot write to stdout: {e}")))?;
+        m.mark_shown(&[*key])?;
+    }
+    Ok(unread.len())
+}
+
+/// `recv [--wait SECS]`: applies the inbox and prints each message as
+/// `YYYY-MM-DD HH:MM:SS  [GROUP] SENDER: TEXT` (UTC); with `--wait`, first waits
+/// that long for something.
+pub async fn recv(
+    opts: &ClientOptions,
+    wait: Duration,
+    shutdown: &Shutdown,
+) -> Result<String, CommandError> {
+    let Some(m) = unless_stopped(shutdown, messenger(opts)).await else {
+        return Ok(String::new());
+    };
+    let mut m = m?;
+    let format = |l: &ShownLine| match opts.json {
+        true => output::line_json(l),
+        false => output::recv_text(l),
+    };
+    // Lines from earlier runs first (e.g. ones that arrived while sending).
+    let mut shown = show_unread(&m, format)?;
+    let wait = if shown > 0 { Duration::ZERO } else { wait };
+    if let Some(pulled) = unless_stopped(shutdown, m.pull(wait)).await {
+        pulled?;
+    }
+    shown += show_unread(&m, format)?;
+    close_messenger(m, shutdown).await;
+    Ok(if shown == 0 && !opts.json && !shutdown.is_requested() {
+        "no new messages".into()
+    } else {
+        String::new()
+    })
+}
+
+/// `remove-device ID`: removes another device of this account (the account
+/// password again: a fresh OPAQUE login), ending its sessions at the node, then
+/// removes it from every group this device shares with it.
+pub async fn remove_device(
+    opts: &ClientOptions,
+    device_hex: &str,
+    password: &str,
+) -> Result<String, CommandError> {
+    let device = parse_identity(device_hex)?;
+    {
+        let (conn, session) = password_session(opts, password).await?;
+        session.remove_device(&device).await?;
+        conn.close().await;
+    }
+    let mut m = messenger(opts).await?;
+    let groups = m.remove_device_from_groups(device.0).await?;
+    m.close().await;
+    let mut out = format!("removed device {}", device.to_hex());
+    if !groups.is_empty() {
+        out.push_str(&format!("; removed it from {}", groups.join(", ")));
+    }
+    Ok(out)
+}
+
+/// `remove --group NAME USERNAME`.
+pub async fn remove(opts: &ClientOptions, group: &str, user: &str) -> Result<String, CommandError> {
+    let mut m = messenger(opts).await?;
+    let epoch = m.remove(group, &[user.to_string()]).await?;
+    m.close().await;
+    Ok(format!(
+        "removed {user} from {group}; the group is at epoch {epoch}"
+    ))
+}
+
+/// `leave --group NAME`.
+pub async fn leave(opts: &ClientOptions, group: &str) -> Result<String, CommandError> {
+    let mut m = messenger(opts).await?;
+    m.leave(group).await?;
+    m.close().await;
+    Ok(format!(
+        "left {group}; a remaining member's client removes this device"
+    ))
+}
+
+/// `update --group NAME`.
+pub async fn update(opts: &ClientOptions, group: &str) -> Result<String, CommandError> {
+    let mut m = messenger(opts).await?;
+    let epoch = m.update(group).await?;
+    m.close().await;
+    Ok(format!(
+        "refreshed this device's keys in {group}; the group is at epoch {epoch}"
+    ))
+}
+
+/// `groups`: one line per group with epoch and member count.
+pub async fn groups(opts: &ClientOptions) -> Result<String, CommandError> {
+    let mut m = messenger(opts).await?;
+    m.pull(Duration::ZERO).await?;
+    let groups = m.groups().await?;
+    m.close().await;
+    if opts.json {
+        let lines: Vec<String> = groups.into_iter().map(output::group_json).collect();
+        return Ok(lines.join("\n"));
+    }
+    if groups.is_empty() {
+        return Ok("no groups".into());
+    }
+    Ok(groups
+        .into_iter()
+        .map(|g| {
+            // The check is the start of the epoch authenticator: members who
+            // compare it (like a safety number) know they are in one group, not
+            // in a fork of it.
+            let g = output::GroupView::from(g);
+            format!(
+                "{}  epoch {}  {} member(s)  {}  check {}",
+                escape_untrusted(&g.name),
+                g.epoch,
+                g.members.len(),
+                g.suite,
+                g.check
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+/// `history --group NAME [--limit N]`: the group's newest messages, received and
+/// sent, oldest first, as `YYYY-MM-DD HH:MM:SS  SENDER: TEXT` (UTC).
+pub async fn history(
+    opts: &ClientOptions,
+    group: &str,
+    limit: usize,
+) -> Result<String, CommandError> {
+    let mut m = messenger(opts).await?;
+    m.pull(Duration::ZERO).await?;
+    let entries = m.history(group, limit)?;
+    m.close().await;
+    if opts.json {
+        let lines: Vec<String> = entries
+            .iter()
+            .map(|e| output::history_json(group, e))
+            .collect();
+        return Ok(lines.join("\n"));
+    }
+    if entries.is_empty() {
+        return Ok(format!("no messages in {}", escape_untrusted(group)));
+    }
+    Ok(entries
+        .iter()
+        .map(|e| {
+            format!(
+                "{}  {}: {}",
+                crate::display::utc_time(e.at_ms),
+                escape_untrusted(&e.sender),
+                escape_untrusted(&e.text)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+/// `members --group NAME`.
+pub async fn members(opts: &ClientOptions, group: &str) -> Result<String, CommandError> {
+    let mut m = messenger(opts).await?;
+    m.pull(Duration::ZERO).await?;
+    let g = m.group(group).await?;
+    m.close().await;
+    if opts.json {
+        return Ok(output::group_json(g));
+    }
+    Ok(members_by_user(&g.members).join("\n"))
+}
+
+/// One line per user, with how many devices when more than one: a user's
+/// devices are separate MLS members, never shown as a bare duplicate.
+fn members_by_user(devices: &[String]) -> Vec<String> {
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for name in devices {
+        match counts.iter_mut().find(|(n, _)| n == name) {
+            Some((_, c)) => *c += 1,
+            None => counts.push((name, 1)),
+        }
+    }
+    counts
+        .into_iter()
+        .map(|(name, n)| match n {
+            1 => escape_untrusted(name).into_owned(),
+            n => format!("{} ({n} devices)", escape_untrusted(name)),
+        })
+        .collect()
+}
+
+/// `chat --group NAME`: stdin lines are sent; incoming messages appear as
+/// `HH:MM:SS [SENDER] TEXT` (other groups' as `HH:MM:SS [GROUP] SENDER: TEXT`) as the receiver,
+/// following the inbox, applies them; Ctrl+D (or SIGINT/SIGTERM) ends it. A lost
+/// connection is re-established by the session actor, with backoff; a line typed
+/// meanwhile is sent once it is back. At the end, what is typed and unsent is sent
+/// if the connection allows (after a signal, within [`FINISHING`]), and counted if
+/// not.
+pub async fn chat(
+    opts: &ClientOptions,
+    group: &str,
+    shutdown: &Shutdown,
+) -> Result<String, CommandError> {
+    use tokio::io::AsyncBufReadExt;
+    let start = async {
+        let m = messenger_with(opts, LONG_PATIENCE).await?;
+        m.group(group).await?; // an unknown group is an error before anything else
+        let arrivals = m.follow().await?;
+        Ok::<_, CommandError>((m, arrivals))
+    };
+    let Some(started) = unless_stopped(shutdown, start).await else {
+        return Ok(String::new());
+    };
+    let (mut m, mut arrivals) = started?;
+    let format = |l: &ShownLine| match opts.json {
+        true => output::line_json(l),
+        false => output::chat_text(l, group),
+    };
+    show_unread(&m, format)?;
+    let mut events = m.connection_events();
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    // Lines typed but not yet delivered (the connection was down), oldest first.
+    let mut unsent: std::collections::VecDeque<String> = Default::default();
+    // A line whose send was cut off by a stop: it may have gone out.
+    let mut in_doubt = false;
+    'chat: loop {
+        while let Some(text) = unsent.front() {
+            let Some(sent) = finish_within(shutdown, m.send(group, text)).await else {
+                unsent.pop_front();
+                in_doubt = true;
+                break 'chat;
+            };
+            match sent {
+                Ok(_) => {
+                    unsent.pop_front();
+                }
+                Err(e) if Messenger::is_connection_loss(&e) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        // Sending caught up on the inbox: show what came.
+        show_unread(&m, format)?;
+        let step: Result<(), MessengerError> = tokio::select! {
+            () = shutdown.requested() => break 'chat,
+            line = stdin.next_line() => {
+                match line.map_err(|e| CommandError::Invalid(format!("cannot read stdin: {e}")))? {
+                    None => break 'chat,
+                    Some(text) if text.trim().is_empty() => Ok(()),
+                    Some(text) => {
+                        // A line that cannot be a message is reported, and chat
+                        // goes on with the next one.
+                        match crate::core::check_message_text(&text) {
+                            Ok(()) => unsent.push_back(text),
+                            Err(refusal) => eprintln!("error: {refusal}"),
+                        }
+                        Ok(())
+                    }
+                }
+            }
+            arrived = arrivals.recv() => match arrived {
+                // Something was applied: settle what a full pull settles.
+                // (A stop drops it: pulling again later loses nothing.)
+                Some(Ok(())) => unless_stopped(shutdown, m.pull(Duration::ZERO))
+                    .await
+                    .map_or(Ok(()), |pulled| pulled.map(|_| ())),
+                Some(Err(e)) => Err(e),
+                // The receiver restarted: follow the new one.
+                None => match unless_stopped(shutdown, m.follow()).await {
+                    Some(followed) => {
+                        arrivals = followed?;
+                        Ok(())
+                    }
+                    None => break 'chat,
+                },
+            },
+            event = events.recv() => {
+                match event {
+                    Ok(ConnectionEvent::Lost) => eprintln!("connection to {} lost", opts.server),
+                    Ok(ConnectionEvent::Retrying { delay }) => eprintln!(
+                        "cannot reach {}; retrying in {} ms",
+                        opts.server,
+                        delay.as_millis()
+                    ),
+                    Ok(ConnectionEvent::Reconnected) => eprintln!("reconnected to {}", opts.server),
+                    Err(_) => {} // lagged: later events still come
+                }
+                Ok(())
+            }
+        };
+        match step {
+            Ok(()) => {}
+            // The next request waits for the session actor to reconnect.
+            Err(e) if Messenger::is_connection_loss(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+        show_unread(&m, format)?;
+    }
+    // What is typed is sent before leaving, if the connection allows; after a
+    // signal, within one finishing step (unless a send already took it).
+    if !in_doubt {
+        let flush = async {
+            while let Some(text) = unsent.front() {
+                match m.send(group, text).await {
+                    Ok(_) => {
+                        unsent.pop_front();
+                    }
+                    Err(e) if Messenger::is_connection_loss(&e) => return Ok(()),
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        };
+        let flushed = match shutdown.is_requested() {
+            true => tokio::time::timeout(FINISHING, flush).await.ok(),
+            false => Some(flush.await),
+        };
+        match flushed {
+            Some(flushed) => flushed?,
+            // Cut off in the middle of the first line's send.
+            None => in_doubt = unsent.pop_front().is_some(),
+        }
+    }
+    show_unread(&m, format)?;
+    if in_doubt {
+        eprintln!("1 line typed may or may not have been sent (the node did not answer in time)");
+    }
+    if !unsent.is_empty() {
+        eprintln!(
+            "{} line(s) typed were not sent (the node did not take them)",
+            unsent.len()
+        );
+    }
+    close_messenger(m, shutdown).await;
+    Ok(String::new())
+}

@@ -1,0 +1,434 @@
+//! The web UI's agent: one local task that owns the profile's messenger (the
+//! client's actor tree, which lives on a `LocalSet`) and takes the HTTP
+//! handlers' calls one at a time, as the CLI's `chat` loop does. Between calls it
+//! follows the inbox and tells the pages what changed.
+
+use std::time::Duration;
+
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+
+use crate::ClientState;
+use crate::actors::session::ConnectionEvent;
+use crate::commands::{self, ClientOptions};
+use crate::group_commands::{LONG_PATIENCE, messenger_with};
+use crate::messenger::Messenger;
+use crate::web::views::{GroupView, MessageView, SentView, StatusView, WebError};
+
+/// Calls waiting for the agent; a handler waits for room beyond this.
+const CALL_QUEUE: usize = 64;
+/// Events kept for a page that reads slowly; one that falls further behind
+/// reloads everything (it is told it lagged).
+const EVENT_BUFFER: usize = 64;
+/// The most messages one history call returns.
+pub const MAX_HISTORY_LIMIT: usize = 1_000;
+
+type Reply<T> = oneshot::Sender<Result<T, WebError>>;
+
+/// What a handler asks of the agent.
+pub enum Call {
+    /// The profile's state.
+    Status(Reply<StatusView>),
+    /// Create the account with this profile's identity, then log in.
+    Register {
+        /// The account's name.
+        username: String,
+        /// Its password.
+        password: String,
+        /// The answer.
+        reply: Reply<StatusView>,
+    },
+    /// Log this profile's device in.
+    Login {
+        /// The account's name.
+        username: String,
+        /// Its password.
+        password: String,
+        /// The answer.
+        reply: Reply<StatusView>,
+    },
+    /// Every group.
+    Groups(Reply<Vec<GroupView>>),
+    /// The newest `limit` messages of a group.
+    History {
+        /// The group's name.
+        group: String,
+        /// How many.
+        limit: usize,
+        /// The answer.
+        reply: Reply<Vec<MessageView>>,
+    },
+    /// Send a message.
+    Send {
+        /// The group's name.
+        group: String,
+        /// The message.
+        text: String,
+        /// The answer.
+        reply: Reply<SentView>,
+    },
+    /// Create a group (post-quantum suite).
+    Create {
+        /// The group's name.
+        name: String,
+        /// The answer.
+        reply: Reply<GroupView>,
+    },
+    /// Add every device of each user to a group.
+    Invite {
+        /// The group's name.
+        group: String,
+        /// Who.
+        usernames: Vec<String>,
+        /// The answer.
+        reply: Reply<GroupView>,
+    },
+    /// The account's devices, hex identity keys.
+    Devices(Reply<Vec<String>>),
+}
+
+/// What pages are told as it happens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// Messages or groups changed: read them again.
+    Changed,
+    /// A notice about a group (someone joined, left, was removed), as a line.
+    Notice(String),
+    /// The connection to the node: `lost`, `retrying` or `back`.
+    Connection(&'static str),
+}
+
+/// Starts the agent for the profile in `opts` on the current `LocalSet`. It
+/// runs until every call sender is gone or `stop` fires, then closes the
+/// profile. Returns the call queue, the event source, a flag that turns true
+/// once the agent is stopping (pages' event streams end with it), and the task.
+pub fn start(
+    opts: ClientOptions,
+    stop: oneshot::Receiver<()>,
+) -> (
+    mpsc::Sender<Call>,
+    broadcast::Sender<Event>,
+    watch::Receiver<bool>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (calls_tx, calls) = mpsc::channel(CALL_QUEUE);
+    let (events, _) = broadcast::channel(EVENT_BUFFER);
+    let (stopping_tx, stopping) = watch::channel(false);
+    let agent = Agent {
+        opts,
+        messenger: None,
+        arrivals: None,
+        connection: None,
+        events: events.clone(),
+    };
+    let task = tokio::task::spawn_local(agent.run(calls, stop, stopping_tx));
+    (calls_tx, events, stopping, task)
+}
+
+struct Agent {
+    opts: ClientOptions,
+    messenger: Option<Messenger>,
+    arrivals: Option<mpsc::UnboundedReceiver<Result<(), crate::messenger::MessengerError>>>,
+    connection: Option<broadcast::Receiver<ConnectionEvent>>,
+    events: broadcast::Sender<Event>,
+}
+
+impl Agent {
+    async fn run(
+        mut self,
+        mut calls: mpsc::Receiver<Call>,
+        mut stop: oneshot::Receiver<()>,
+        stopping: watch::Sender<bool>,
+    ) {
+        // A profile that is logged in already starts its messenger at once.
+        if let Err(e) = self.resume().await {
+            tracing::warn!(error = %e.message, "the web UI could not resume the profile's login");
+        }
+        loop {
+            tokio::select! {
+                call = calls.recv() => match call {
+                    Some(call) => self.handle(call).await,
+                    None => break,
+                },
+                _ = &mut stop => break,
+                arrived = next(&mut self.arrivals) => self.on_arrival(arrived).await,
+                event = next_event(&mut self.connection) => self.on_connection(event),
+            }
+        }
+        let _ = stopping.send(true);
+        if let Some(m) = self.messenger.take() {
+            m.close().await;
+        }
+    }
+
+    /// Starts the messenger when the profile holds a login.
+    async fn resume(&mut self) -> Result<(), WebError> {
+        let state =
+            ClientState::open(&self.opts.state_dir).map_err(commands::CommandError::from)?;
+        let logged_in = state
+            .saved_login()
+            .map_err(commands::CommandError::from)?
+            .is_some_and(|l| !l.token.is_empty());
+        drop(state);
+        if logged_in {
+            self.start_messenger().await?;
+        }
+        Ok(())
+    }
+
+    async fn start_messenger(&mut self) -> Result<(), WebError> {
+        let m = messenger_with(&self.opts, LONG_PATIENCE).await?;
+        self.connection = Some(m.connection_events());
+        self.arrivals = Some(m.follow().await?);
+        self.messenger = Some(m);
+        // What arrived while nobody looked.
+        self.on_arrival(Some(Ok(()))).await;
+        Ok(())
+    }
+
+    fn messenger(&mut self) -> Result<&mut Messenger, WebError> {
+        self.messenger.as_mut().ok_or_else(WebError::not_logged_in)
+    }
+
+    async fn handle(&mut self, call: Call) {
+        match call {
+            Call::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+            Call::Register {
+                username,
+                password,
+                reply,
+            } => {
+                let r = self.log_in(&username, &password, true).await;
+                let _ = reply.send(r);
+            }
+            Call::Login {
+                username,
+                password,
+                reply,
+            } => {
+                let r = self.log_in(&username, &password, false).await;
+                let _ = reply.send(r);
+            }
+            Call::Groups(reply) => {
+                let r = self.groups().await;
+                let _ = reply.send(r);
+            }
+            Call::History {
+                group,
+                limit,
+                reply,
+            } => {
+                let r = self.messenger().and_then(|m| {
+                    Ok(m.history(&group, limit.min(MAX_HISTORY_LIMIT))?
+                        .iter()
+                        .map(MessageView::from)
+                        .collect())
+                });
+                let _ = reply.send(r);
+            }
+            Call::Send { group, text, reply } => {
+                let r = self.send(&group, &text).await;
+                let _ = reply.send(r);
+            }
+            Call::Create { name, reply } => {
+                let r = self.create(&name).await;
+                let _ = reply.send(r);
+            }
+            Call::Invite {
+                group,
+                usernames,
+                reply,
+            } => {
+                let r = self.invite(&group, &usernames).await;
+                let _ = reply.send(r);
+            }
+            Call::Devices(reply) => {
+                let r = self.devices().await;
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    fn status(&self) -> Result<StatusView, WebError> {
+        let (logged_in, username, identity) = match &self.messenger {
+            Some(m) => (true, Some(m.username().to_string()), m.identity_key()),
+            None => {
+                let state = ClientState::open(&self.opts.state_dir)
+                    .map_err(commands::CommandError::from)?;
+                let identity = state.identity().map_err(commands::CommandError::from)?;
+                (false, None, identity.public_key())
+            }
+        };
+        Ok(StatusView {
+            logged_in,
+            username,
+            identity: hex::encode(identity),
+            server: self.opts.server.clone(),
+        })
+    }
+
+    async fn log_in(
+        &mut self,
+        username: &str,
+        password: &str,
+        register: bool,
+    ) -> Result<StatusView, WebError> {
+        if username.trim().is_empty() {
+            return Err(WebError::invalid("empty username"));
+        }
+        if password.is_empty() {
+            return Err(WebError::invalid("empty password"));
+        }
+        // The profile is one file: the running messenger lets go of it first.
+        if let Some(m) = self.messenger.take() {
+            self.arrivals = None;
+            self.connection = None;
+            m.close().await;
+        }
+        let done = if register {
+            commands::register_user(&self.opts, username, password).await
+        } else {
+            commands::login(&self.opts, username, password).await
+        };
+        if let Err(e) = done {
+            // A refused login leaves the profile's earlier login as it was:
+            // carry on with it.
+            if let Err(again) = self.resume().await {
+                tracing::warn!(error = %again.message, "cannot resume the earlier login");
+            }
+            return Err(e.into());
+        }
+        self.start_messenger().await?;
+        self.status()
+    }
+
+    async fn groups(&mut self) -> Result<Vec<GroupView>, WebError> {
+        let m = self.messenger()?;
+        Ok(m.groups().await?.into_iter().map(GroupView::from).collect())
+    }
+
+    async fn send(&mut self, group: &str, text: &str) -> Result<SentView, WebError> {
+        let m = self.messenger()?;
+        let report = m.send(group, text).await?;
+        self.after_change().await;
+        Ok(SentView {
+            delivered: report.seqs.len(),
+            undelivered: report
+                .undelivered
+                .iter()
+                .map(|(who, why)| format!("{who}: {why}"))
+                .collect(),
+        })
+    }
+
+    async fn create(&mut self, name: &str) -> Result<GroupView, WebError> {
+        if name.trim().is_empty() {
+            return Err(WebError::invalid("empty group name"));
+        }
+        let m = self.messenger()?;
+        m.create_group(name, quicnprotochat_crypto::mls::Suite::PostQuantum)
+            .await?;
+        let g = m.group(name).await?;
+        self.after_change().await;
+        Ok(g.into())
+    }
+
+    async fn invite(&mut self, group: &str, usernames: &[String]) -> Result<GroupView, WebError> {
+        if usernames.is_empty() || usernames.iter().any(|u| u.trim().is_empty()) {
+            return Err(WebError::invalid("name at least one user to invite"));
+        }
+        let m = self.messenger()?;
+        m.invite(group, usernames).await?;
+        let g = m.group(group).await?;
+        self.after_change().await;
+        Ok(g.into())
+    }
+
+    async fn devices(&mut self) -> Result<Vec<String>, WebError> {
+        let m = self.messenger()?;
+        Ok(m.devices().await?.iter().map(|d| d.to_hex()).collect())
+    }
+
+    /// Something arrived (or following failed): apply it, tell the pages.
+    async fn on_arrival(&mut self, arrived: Option<Result<(), crate::messenger::MessengerError>>) {
+        let Some(m) = self.messenger.as_mut() else {
+            return;
+        };
+        match arrived {
+            // The receiver restarted: follow the new one.
+            None => match m.follow().await {
+                Ok(a) => self.arrivals = Some(a),
+                Err(e) => {
+                    self.arrivals = None;
+                    tracing::warn!(error = %e, "cannot follow the inbox");
+                }
+            },
+            Some(Err(e)) => tracing::info!(error = %e, "fetching the inbox failed; retrying"),
+            Some(Ok(())) => {
+                if let Err(e) = m.pull(Duration::ZERO).await {
+                    tracing::info!(error = %e, "applying the inbox failed");
+                }
+                self.after_change().await;
+            }
+        }
+    }
+
+    /// Tells the pages what changed: notices as lines, then `Changed`. The
+    /// lines are in the history (messages) or told here once (notices), so they
+    /// are marked shown.
+    async fn after_change(&mut self) {
+        let Some(m) = self.messenger.as_ref() else {
+            return;
+        };
+        match m.unread() {
+            Ok(lines) => {
+                for (_, line) in &lines {
+                    if line.is_notice() {
+                        let _ = self.events.send(Event::Notice(line.display()));
+                    }
+                }
+                let keys: Vec<_> = lines.iter().map(|(k, _)| *k).collect();
+                if let Err(e) = m.mark_shown(&keys) {
+                    tracing::warn!(error = %e, "cannot mark lines shown");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read new lines"),
+        }
+        let _ = self.events.send(Event::Changed);
+    }
+
+    fn on_connection(&mut self, event: Option<ConnectionEvent>) {
+        let e = match event {
+            Some(ConnectionEvent::Lost) => Event::Connection("lost"),
+            Some(ConnectionEvent::Retrying { .. }) => Event::Connection("retrying"),
+            Some(ConnectionEvent::Reconnected) => Event::Connection("back"),
+            None => return,
+        };
+        let _ = self.events.send(e);
+    }
+}
+
+/// The next notice of `arrivals`, or never when there is none to follow.
+async fn next(
+    arrivals: &mut Option<mpsc::UnboundedReceiver<Result<(), crate::messenger::MessengerError>>>,
+) -> Option<Result<(), crate::messenger::MessengerError>> {
+    match arrivals {
+        Some(a) => a.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next connection event (`None` after a lag), or never without a messenger.
+async fn next_event(
+    events: &mut Option<broadcast::Receiver<ConnectionEvent>>,
+) -> Option<ConnectionEvent> {
+    match events {
+        Some(e) => match e.recv().await {
+            Ok(ev) => Some(ev),
+            Err(broadcast::error::RecvError::Lagged(_)) => None,
+            Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
