@@ -52,6 +52,26 @@ pub enum StateError {
     #[error(transparent)]
     /// The profile key could not be had.
     Key(#[from] KeyFileError),
+    #[error("{}", in_use_text(dir, *pid))]
+    /// Another process owns the profile (a daemon, `chat`, `web` or another
+    /// command): which, when it said.
+    InUse {
+        /// The profile folder.
+        dir: PathBuf,
+        /// The owner's process id.
+        pid: Option<u32>,
+    },
+}
+
+fn in_use_text(dir: &Path, pid: Option<u32>) -> String {
+    let who = match pid {
+        Some(pid) => format!("pid {pid}"),
+        None => "another process".to_string(),
+    };
+    format!(
+        "profile {} in use by {who}; run one process per profile (`quicnprotochat daemon` serves every command while it runs)",
+        dir.display()
+    )
 }
 
 /// The name a secret is sealed under: its table and key.
@@ -71,6 +91,9 @@ pub struct ClientState {
     db: Arc<Database>,
     path: PathBuf,
     key: Arc<ProfileKey>,
+    /// This process's hold on the profile; after `db` so that it is let go of
+    /// last.
+    _owner: Arc<owner::ProfileOwner>,
 }
 
 impl ClientState {
@@ -88,6 +111,7 @@ impl ClientState {
             path: dir.to_owned(),
             source,
         })?;
+        let owner = owner::ProfileOwner::take(dir)?;
         let path = dir.join(STATE_FILE);
         private_file(&path).map_err(|e| StateError::Store {
             path: path.clone(),
@@ -109,6 +133,7 @@ impl ClientState {
             db: Arc::new(db),
             path,
             key: Arc::new(key),
+            _owner: Arc::new(owner),
         };
         state.seal_legacy_values()?;
         Ok(state)
@@ -362,3 +387,4 @@ impl ClientState {
 pub mod groups;
 pub mod history;
 pub mod lines;
+pub mod owner;
