@@ -548,8 +548,16 @@ pub async fn devices(opts: &ClientOptions) -> Result<String, CommandError> {
     } = logged_in(opts).await?;
     let devices = session.devices().await?;
     conn.close().await;
-    let me = IdentityKey(identity.public_key());
-    let mut out = format!("{} device(s) of {}:", devices.len(), login.username);
+    Ok(devices_text(
+        &devices,
+        &IdentityKey(identity.public_key()),
+        &login.username,
+    ))
+}
+
+/// `devices`' lines: every device of `username`'s account, `me` marked.
+pub(crate) fn devices_text(devices: &[IdentityKey], me: &IdentityKey, username: &str) -> String {
+    let mut out = format!("{} device(s) of {username}:", devices.len());
     for d in devices {
         out.push_str(&format!(
             "\n  {}{}",
@@ -557,7 +565,7 @@ pub async fn devices(opts: &ClientOptions) -> Result<String, CommandError> {
             if d == me { "  (this device)" } else { "" }
         ));
     }
-    Ok(out)
+    out
 }
 
 /// Parses a hex identity key given on the command line.
@@ -681,14 +689,19 @@ pub async fn whoami(opts: &ClientOptions) -> Result<String, CommandError> {
         refill_if_low(&state, &identity, &session).await?;
     }
     conn.close().await;
-    let mut line = format!("identity {}", me.identity_key.to_hex());
-    if !me.username.is_empty() {
-        line = format!(
-            "{} ({line}); {} device(s); session expires {}",
-            me.username,
-            me.device_count,
-            format_expiry(me.expires_at_ms)
-        );
+    Ok(whoami_line(&me))
+}
+
+/// `whoami`'s line for what the node said.
+pub(crate) fn whoami_line(me: &crate::rpc::WhoAmI) -> String {
+    let line = format!("identity {}", me.identity_key.to_hex());
+    if me.username.is_empty() {
+        return line;
     }
-    Ok(line)
+    format!(
+        "{} ({line}); {} device(s); session expires {}",
+        me.username,
+        me.device_count,
+        format_expiry(me.expires_at_ms)
+    )
 }

@@ -5,14 +5,12 @@
 use std::io::Write;
 use std::time::Duration;
 
-use quicnprotochat_crypto::mls::Suite;
-
 use crate::ClientState;
 use crate::actors::session::ConnectionEvent;
 use crate::commands::{ClientOptions, CommandError, parse_identity, password_session};
-use crate::display::escape_untrusted;
 use crate::messenger::{Messenger, MessengerError};
 use crate::output;
+use crate::profile_command::{ProfileCommand, recv_line};
 use crate::shutdown::{FINISHING, Shutdown};
 use crate::state::lines::ShownLine;
 
@@ -84,21 +82,28 @@ async fn close_messenger(m: Messenger, shutdown: &Shutdown) {
     }
 }
 
+/// Runs `command` on a messenger of its own, then closes it.
+async fn run_locally(
+    opts: &ClientOptions,
+    command: ProfileCommand,
+) -> Result<String, CommandError> {
+    let mut m = messenger(opts).await?;
+    let out = command.run_on(&mut m, opts.json).await;
+    m.close().await;
+    out
+}
+
 /// `create-group NAME [--classic]`: post-quantum unless asked otherwise.
 pub async fn create_group(
     opts: &ClientOptions,
     name: &str,
     post_quantum: bool,
 ) -> Result<String, CommandError> {
-    let mut m = messenger(opts).await?;
-    let suite = if post_quantum {
-        Suite::PostQuantum
-    } else {
-        Suite::Classic
+    let command = ProfileCommand::CreateGroup {
+        name: name.into(),
+        classic: !post_quantum,
     };
-    m.create_group(name, suite).await?;
-    m.close().await;
-    Ok(format!("created group {name} ({suite:?} ciphersuite)"))
+    run_locally(opts, command).await
 }
 
 /// `invite --group NAME USERNAME...`.
@@ -107,47 +112,26 @@ pub async fn invite(
     group: &str,
     users: &[String],
 ) -> Result<String, CommandError> {
-    let mut m = messenger(opts).await?;
-    let epoch = m.invite(group, users).await?;
-    m.close().await;
-    Ok(format!(
-        "invited {} to {group}; the group is at epoch {epoch}",
-        users.join(", ")
-    ))
+    let command = ProfileCommand::Invite {
+        group: group.into(),
+        usernames: users.to_vec(),
+    };
+    run_locally(opts, command).await
 }
 
 /// `join`: applies pending Welcomes (and everything else waiting) and names the
 /// groups joined; other lines stay for `recv`.
 pub async fn join(opts: &ClientOptions) -> Result<String, CommandError> {
-    let mut m = messenger(opts).await?;
-    m.pull(Duration::ZERO).await?;
-    let joined: Vec<_> = m
-        .unread()?
-        .into_iter()
-        .filter(|(_, l)| l.is_notice() && l.text.starts_with("joined, invited by"))
-        .collect();
-    let keys: Vec<_> = joined.iter().map(|(k, _)| *k).collect();
-    m.mark_shown(&keys)?;
-    m.close().await;
-    if joined.is_empty() && !opts.json {
-        return Ok("no pending invitations".into());
-    }
-    Ok(joined
-        .iter()
-        .map(|(_, l)| match opts.json {
-            true => output::line_json(l),
-            false => l.display(),
-        })
-        .collect::<Vec<_>>()
-        .join("\n"))
+    run_locally(opts, ProfileCommand::Join).await
 }
 
 /// `send --group NAME MESSAGE...`.
 pub async fn send(opts: &ClientOptions, group: &str, text: &str) -> Result<String, CommandError> {
-    let mut m = messenger(opts).await?;
-    let report = m.send(group, text).await?;
-    m.close().await;
-    Ok(report.summary(group))
+    let command = ProfileCommand::Send {
+        group: group.into(),
+        message: text.into(),
+    };
+    run_locally(opts, command).await
 }
 
 /// Prints every line not shown yet, marking each shown right after printing it:
@@ -179,10 +163,7 @@ pub async fn recv(
         return Ok(String::new());
     };
     let mut m = m?;
-    let format = |l: &ShownLine| match opts.json {
-        true => output::line_json(l),
-        false => output::recv_text(l),
-    };
+    let format = |l: &ShownLine| recv_line(l, opts.json);
     // Lines from earlier runs first (e.g. ones that arrived while sending).
     let mut shown = show_unread(&m, format)?;
     let wait = if shown > 0 { Duration::ZERO } else { wait };
@@ -224,65 +205,38 @@ pub async fn remove_device(
 
 /// `remove --group NAME USERNAME`.
 pub async fn remove(opts: &ClientOptions, group: &str, user: &str) -> Result<String, CommandError> {
-    let mut m = messenger(opts).await?;
-    let epoch = m.remove(group, &[user.to_string()]).await?;
-    m.close().await;
-    Ok(format!(
-        "removed {user} from {group}; the group is at epoch {epoch}"
-    ))
+    let command = ProfileCommand::Remove {
+        group: group.into(),
+        username: user.into(),
+    };
+    run_locally(opts, command).await
 }
 
 /// `leave --group NAME`.
 pub async fn leave(opts: &ClientOptions, group: &str) -> Result<String, CommandError> {
-    let mut m = messenger(opts).await?;
-    m.leave(group).await?;
-    m.close().await;
-    Ok(format!(
-        "left {group}; a remaining member's client removes this device"
-    ))
+    run_locally(
+        opts,
+        ProfileCommand::Leave {
+            group: group.into(),
+        },
+    )
+    .await
 }
 
 /// `update --group NAME`.
 pub async fn update(opts: &ClientOptions, group: &str) -> Result<String, CommandError> {
-    let mut m = messenger(opts).await?;
-    let epoch = m.update(group).await?;
-    m.close().await;
-    Ok(format!(
-        "refreshed this device's keys in {group}; the group is at epoch {epoch}"
-    ))
+    run_locally(
+        opts,
+        ProfileCommand::Update {
+            group: group.into(),
+        },
+    )
+    .await
 }
 
 /// `groups`: one line per group with epoch and member count.
 pub async fn groups(opts: &ClientOptions) -> Result<String, CommandError> {
-    let mut m = messenger(opts).await?;
-    m.pull(Duration::ZERO).await?;
-    let groups = m.groups().await?;
-    m.close().await;
-    if opts.json {
-        let lines: Vec<String> = groups.into_iter().map(output::group_json).collect();
-        return Ok(lines.join("\n"));
-    }
-    if groups.is_empty() {
-        return Ok("no groups".into());
-    }
-    Ok(groups
-        .into_iter()
-        .map(|g| {
-            // The check is the start of the epoch authenticator: members who
-            // compare it (like a safety number) know they are in one group, not
-            // in a fork of it.
-            let g = output::GroupView::from(g);
-            format!(
-                "{}  epoch {}  {} member(s)  {}  check {}",
-                escape_untrusted(&g.name),
-                g.epoch,
-                g.members.len(),
-                g.suite,
-                g.check
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n"))
+    run_locally(opts, ProfileCommand::Groups).await
 }
 
 /// `history --group NAME [--limit N]`: the group's newest messages, received and
@@ -292,63 +246,22 @@ pub async fn history(
     group: &str,
     limit: usize,
 ) -> Result<String, CommandError> {
-    let mut m = messenger(opts).await?;
-    m.pull(Duration::ZERO).await?;
-    let entries = m.history(group, limit)?;
-    m.close().await;
-    if opts.json {
-        let lines: Vec<String> = entries
-            .iter()
-            .map(|e| output::history_json(group, e))
-            .collect();
-        return Ok(lines.join("\n"));
-    }
-    if entries.is_empty() {
-        return Ok(format!("no messages in {}", escape_untrusted(group)));
-    }
-    Ok(entries
-        .iter()
-        .map(|e| {
-            format!(
-                "{}  {}: {}",
-                crate::display::utc_time(e.at_ms),
-                escape_untrusted(&e.sender),
-                escape_untrusted(&e.text)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("\n"))
+    let command = ProfileCommand::History {
+        group: group.into(),
+        limit,
+    };
+    run_locally(opts, command).await
 }
 
 /// `members --group NAME`.
 pub async fn members(opts: &ClientOptions, group: &str) -> Result<String, CommandError> {
-    let mut m = messenger(opts).await?;
-    m.pull(Duration::ZERO).await?;
-    let g = m.group(group).await?;
-    m.close().await;
-    if opts.json {
-        return Ok(output::group_json(g));
-    }
-    Ok(members_by_user(&g.members).join("\n"))
-}
-
-/// One line per user, with how many devices when more than one: a user's
-/// devices are separate MLS members, never shown as a bare duplicate.
-fn members_by_user(devices: &[String]) -> Vec<String> {
-    let mut counts: Vec<(&str, usize)> = Vec::new();
-    for name in devices {
-        match counts.iter_mut().find(|(n, _)| n == name) {
-            Some((_, c)) => *c += 1,
-            None => counts.push((name, 1)),
-        }
-    }
-    counts
-        .into_iter()
-        .map(|(name, n)| match n {
-            1 => escape_untrusted(name).into_owned(),
-            n => format!("{} ({n} devices)", escape_untrusted(name)),
-        })
-        .collect()
+    run_locally(
+        opts,
+        ProfileCommand::Members {
+            group: group.into(),
+        },
+    )
+    .await
 }
 
 /// `chat --group NAME`: stdin lines are sent; incoming messages appear as

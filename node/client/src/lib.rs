@@ -20,6 +20,7 @@ pub mod message;
 pub mod messenger;
 pub mod mls_store;
 pub mod output;
+pub mod profile_command;
 pub mod profile_key;
 mod record_pieces;
 pub mod rejoin;

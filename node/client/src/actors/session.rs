@@ -19,7 +19,7 @@ use ractor::{ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::broadcast;
 
 use super::{NodeAddress, Profile};
-use crate::rpc::{CommitBodies, SendOutcome};
+use crate::rpc::{CommitBodies, SendOutcome, WhoAmI};
 use crate::{
     ClaimedKeyPackage, ClientError, DirectoryEntry, KeyDirectory, KeyPackageTarget, NodeConnection,
     SessionHandle,
@@ -84,6 +84,10 @@ pub(crate) enum SessionMsg {
     /// Every device of the account.
     Devices {
         reply: Reply<Vec<IdentityKey>>,
+    },
+    /// What the node knows of this session (account, devices, expiry).
+    Whoami {
+        reply: Reply<WhoAmI>,
     },
     /// What a claim would serve, consuming nothing (who a user's devices are).
     PeekKeyPackages {
@@ -342,6 +346,11 @@ impl ThreadLocalActor for SessionActor {
             SessionMsg::Devices { reply } => {
                 state
                     .run(&myself, reply, move |s, _| async move { s.devices().await })
+                    .await
+            }
+            SessionMsg::Whoami { reply } => {
+                state
+                    .run(&myself, reply, move |s, _| async move { s.whoami().await })
                     .await
             }
             SessionMsg::PeekKeyPackages {

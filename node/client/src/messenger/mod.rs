@@ -495,6 +495,12 @@ impl Messenger {
         Ok(ask_session(&self.session.get(), |reply| SessionMsg::Devices { reply }).await?)
     }
 
+    /// What the node knows of this profile's session: account, device count,
+    /// when the session ends.
+    pub async fn whoami(&self) -> Result<crate::rpc::WhoAmI, MessengerError> {
+        Ok(ask_session(&self.session.get(), |reply| SessionMsg::Whoami { reply }).await?)
+    }
+
     /// Lines produced but not yet shown, oldest first.
     pub fn unread(&self) -> Result<Vec<(LineKey, ShownLine)>, MessengerError> {
         Ok(self.profile.state.unread()?)

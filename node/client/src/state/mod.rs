@@ -133,7 +133,7 @@ impl ClientState {
             db: Arc::new(db),
             path,
             key: Arc::new(key),
-            _owner: Arc::new(owner),
+            _owner: owner,
         };
         state.seal_legacy_values()?;
         Ok(state)

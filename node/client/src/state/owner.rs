@@ -6,11 +6,16 @@
 //! and writes its pid there: a second opener reads the pid and is refused with
 //! [`StateError::InUse`]. The kernel drops the lock with the process, however it
 //! ends, so a stale file never keeps a profile locked.
+//!
+//! Within the owning process the hold is shared: a daemon holds its profile for
+//! its whole life, and the profile's state opened inside it (by its messenger,
+//! a login) takes the same hold rather than being refused by it.
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
 
 use super::StateError;
 
@@ -19,13 +24,34 @@ pub const OWNER_FILE: &str = "owner.lock";
 
 /// The held lock; the profile is this process's while it lives.
 #[derive(Debug)]
-pub(crate) struct ProfileOwner {
+pub struct ProfileOwner {
     _file: File,
 }
 
+/// The profiles this process holds, by canonical folder (a few per process; the
+/// load generator's hundreds at most, each entry gone with its hold).
+static HELD: Mutex<Vec<(PathBuf, Weak<ProfileOwner>)>> = Mutex::new(Vec::new());
+
 impl ProfileOwner {
-    /// Takes the profile in `dir` for this process, or says which process has it.
-    pub(crate) fn take(dir: &Path) -> Result<ProfileOwner, StateError> {
+    /// Takes the profile in `dir` for this process (or shares the hold this
+    /// process has already), or says which process has it.
+    pub fn take(dir: &Path) -> Result<Arc<ProfileOwner>, StateError> {
+        let key = dir.canonicalize().unwrap_or_else(|_| dir.to_owned());
+        let mut held = HELD.lock().unwrap_or_else(|e| e.into_inner());
+        held.retain(|(_, hold)| hold.strong_count() > 0);
+        if let Some(hold) = held
+            .iter()
+            .find(|(d, _)| *d == key)
+            .and_then(|(_, h)| h.upgrade())
+        {
+            return Ok(hold);
+        }
+        let hold = Arc::new(ProfileOwner::lock(dir)?);
+        held.push((key, Arc::downgrade(&hold)));
+        Ok(hold)
+    }
+
+    fn lock(dir: &Path) -> Result<ProfileOwner, StateError> {
         let path = dir.join(OWNER_FILE);
         let failed = |source: std::io::Error| StateError::Store {
             path: path.clone(),
@@ -82,12 +108,16 @@ mod tests {
     fn a_second_owner_is_refused_with_the_first_owners_pid() {
         let dir = tempfile::tempdir().unwrap();
         let first = ProfileOwner::take(dir.path()).unwrap();
-        match ProfileOwner::take(dir.path()) {
+        // Another process, as far as the kernel's lock can tell.
+        match ProfileOwner::lock(dir.path()) {
             Err(StateError::InUse { pid, .. }) => assert_eq!(pid, Some(std::process::id())),
             other => panic!("a second owner was not refused: {other:?}"),
         }
         assert_eq!(current_owner(dir.path()), Some(std::process::id()));
+        let shared = ProfileOwner::take(dir.path()).expect("the owning process shares its hold");
         drop(first);
+        assert_eq!(current_owner(dir.path()), Some(std::process::id()));
+        drop(shared);
         assert_eq!(current_owner(dir.path()), None);
         ProfileOwner::take(dir.path()).expect("the profile is free once its owner is gone");
     }

@@ -1,0 +1,420 @@
+//! The client commands that work on a profile's open [`Messenger`]: one
+//! definition of what each does and prints, whoever holds the messenger. A
+//! one-shot CLI command starts a messenger of its own, runs the command on it
+//! and closes it (`group_commands`); a daemon runs it on its resident messenger
+//! and hands the text back over its socket (`daemon`), so both print the same.
+
+use std::time::Duration;
+
+use quicnprotochat_crypto::mls::Suite;
+use serde::Deserialize;
+
+use crate::commands::{CommandError, devices_text, whoami_line};
+use crate::display::{escape_untrusted, utc_time};
+use crate::messenger::Messenger;
+use crate::output;
+use crate::state::lines::ShownLine;
+
+/// The most messages one `history` returns (a daemon's caller cannot make it
+/// read the whole profile into one reply).
+pub const MAX_HISTORY_LIMIT: usize = 1_000;
+
+/// A command on the profile, with its arguments as the CLI takes them. As
+/// JSON-RPC parameters: an object with these fields (kebab-case method names,
+/// `docs/daemon.md`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(
+    tag = "method",
+    content = "params",
+    rename_all = "kebab-case",
+    deny_unknown_fields
+)]
+pub enum ProfileCommand {
+    /// `whoami`.
+    #[serde(with = "no_params")]
+    Whoami,
+    /// `devices`.
+    #[serde(with = "no_params")]
+    Devices,
+    /// `groups`.
+    #[serde(with = "no_params")]
+    Groups,
+    /// `members --group NAME`.
+    Members {
+        /// The group.
+        group: String,
+    },
+    /// `history --group NAME [--limit N]`.
+    History {
+        /// The group.
+        group: String,
+        /// How many of the newest messages (at most [`MAX_HISTORY_LIMIT`]).
+        #[serde(default = "default_history_limit")]
+        limit: usize,
+    },
+    /// `send --group NAME MESSAGE`.
+    Send {
+        /// The group.
+        group: String,
+        /// The text.
+        message: String,
+    },
+    /// `create-group NAME [--classic]`.
+    CreateGroup {
+        /// The group's name.
+        name: String,
+        /// The classic suite instead of the post-quantum one.
+        #[serde(default)]
+        classic: bool,
+    },
+    /// `invite --group NAME USERNAME...`.
+    Invite {
+        /// The group.
+        group: String,
+        /// Who.
+        usernames: Vec<String>,
+    },
+    /// `join`.
+    #[serde(with = "no_params")]
+    Join,
+    /// `recv` (what has arrived; a daemon's caller waits with `wait`).
+    Recv {
+        /// Seconds to wait for something when nothing is there.
+        #[serde(default)]
+        wait: u64,
+    },
+    /// `remove --group NAME USERNAME`.
+    Remove {
+        /// The group.
+        group: String,
+        /// Who.
+        username: String,
+    },
+    /// `leave --group NAME`.
+    Leave {
+        /// The group.
+        group: String,
+    },
+    /// `update --group NAME`.
+    Update {
+        /// The group.
+        group: String,
+    },
+}
+
+fn default_history_limit() -> usize {
+    20
+}
+
+/// Unit variants take no parameters, or an empty object or array.
+mod no_params {
+    use serde::{Deserialize, Deserializer};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<(), D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Empty {}
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Nothing {
+            Object(Empty),
+            Array([(); 0]),
+        }
+        Option::<Nothing>::deserialize(d).map(|_| ())
+    }
+}
+
+/// The method names, as a daemon lists them.
+pub const METHODS: [&str; 14] = [
+    "whoami",
+    "devices",
+    "groups",
+    "members",
+    "history",
+    "send",
+    "create-group",
+    "invite",
+    "join",
+    "recv",
+    "remove",
+    "leave",
+    "update",
+    "subscribe",
+];
+
+impl ProfileCommand {
+    /// Whether the command changes groups (so watchers should look again).
+    pub fn changes_groups(&self) -> bool {
+        !matches!(
+            self,
+            ProfileCommand::Whoami
+                | ProfileCommand::Devices
+                | ProfileCommand::Groups
+                | ProfileCommand::Members { .. }
+                | ProfileCommand::History { .. }
+        )
+    }
+
+    /// Runs the command on `m` and gives what the CLI prints (`json`: as with
+    /// `--json`). `recv` here only takes what has arrived; its `wait` is the
+    /// caller's.
+    pub async fn run_on(&self, m: &mut Messenger, json: bool) -> Result<String, CommandError> {
+        match self {
+            ProfileCommand::Whoami => Ok(whoami_line(&m.whoami().await?)),
+            ProfileCommand::Devices => {
+                let devices = m.devices().await?;
+                let me = quicnprotochat_wire::IdentityKey(m.identity_key());
+                Ok(devices_text(&devices, &me, m.username()))
+            }
+            ProfileCommand::Groups => {
+                m.pull(Duration::ZERO).await?;
+                groups_text(m, json).await
+            }
+            ProfileCommand::Members { group } => {
+                m.pull(Duration::ZERO).await?;
+                let g = m.group(group).await?;
+                if json {
+                    return Ok(output::group_json(g));
+                }
+                Ok(members_by_user(&g.members).join("\n"))
+            }
+            ProfileCommand::History { group, limit } => {
+                m.pull(Duration::ZERO).await?;
+                history_text(m, group, (*limit).min(MAX_HISTORY_LIMIT), json)
+            }
+            ProfileCommand::Send { group, message } => {
+                Ok(m.send(group, message).await?.summary(group))
+            }
+            ProfileCommand::CreateGroup { name, classic } => {
+                let suite = if *classic {
+                    Suite::Classic
+                } else {
+                    Suite::PostQuantum
+                };
+                m.create_group(name, suite).await?;
+                Ok(format!("created group {name} ({suite:?} ciphersuite)"))
+            }
+            ProfileCommand::Invite { group, usernames } => {
+                if usernames.is_empty() {
+                    return Err(CommandError::Invalid(
+                        "name at least one user to invite".into(),
+                    ));
+                }
+                let epoch = m.invite(group, usernames).await?;
+                Ok(format!(
+                    "invited {} to {group}; the group is at epoch {epoch}",
+                    usernames.join(", ")
+                ))
+            }
+            ProfileCommand::Join => join_text(m, json).await,
+            ProfileCommand::Recv { .. } => {
+                m.pull(Duration::ZERO).await?;
+                let unread = m.unread()?;
+                let keys: Vec<_> = unread.iter().map(|(k, _)| *k).collect();
+                let text = unread
+                    .iter()
+                    .map(|(_, l)| recv_line(l, json))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                // Handed to the caller: shown (the daemon writes the reply next).
+                m.mark_shown(&keys)?;
+                Ok(text)
+            }
+            ProfileCommand::Remove { group, username } => {
+                let epoch = m.remove(group, std::slice::from_ref(username)).await?;
+                Ok(format!(
+                    "removed {username} from {group}; the group is at epoch {epoch}"
+                ))
+            }
+            ProfileCommand::Leave { group } => {
+                m.leave(group).await?;
+                Ok(format!(
+                    "left {group}; a remaining member's client removes this device"
+                ))
+            }
+            ProfileCommand::Update { group } => {
+                let epoch = m.update(group).await?;
+                Ok(format!(
+                    "refreshed this device's keys in {group}; the group is at epoch {epoch}"
+                ))
+            }
+        }
+    }
+}
+
+/// One received line as `recv` prints it.
+pub(crate) fn recv_line(l: &ShownLine, json: bool) -> String {
+    match json {
+        true => output::line_json(l),
+        false => output::recv_text(l),
+    }
+}
+
+/// `join`: applies pending Welcomes (and everything else waiting) and names the
+/// groups joined; other lines stay for `recv`.
+async fn join_text(m: &mut Messenger, json: bool) -> Result<String, CommandError> {
+    m.pull(Duration::ZERO).await?;
+    let joined: Vec<_> = m
+        .unread()?
+        .into_iter()
+        .filter(|(_, l)| l.is_notice() && l.text.starts_with("joined, invited by"))
+        .collect();
+    let keys: Vec<_> = joined.iter().map(|(k, _)| *k).collect();
+    m.mark_shown(&keys)?;
+    if joined.is_empty() && !json {
+        return Ok("no pending invitations".into());
+    }
+    Ok(joined
+        .iter()
+        .map(|(_, l)| match json {
+            true => output::line_json(l),
+            false => l.display(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+/// `groups`: one line per group with epoch and member count.
+async fn groups_text(m: &Messenger, json: bool) -> Result<String, CommandError> {
+    let groups = m.groups().await?;
+    if json {
+        let lines: Vec<String> = groups.into_iter().map(output::group_json).collect();
+        return Ok(lines.join("\n"));
+    }
+    if groups.is_empty() {
+        return Ok("no groups".into());
+    }
+    Ok(groups
+        .into_iter()
+        .map(|g| {
+            // The check is the start of the epoch authenticator: members who
+            // compare it (like a safety number) know they are in one group, not
+            // in a fork of it.
+            let g = output::GroupView::from(g);
+            format!(
+                "{}  epoch {}  {} member(s)  {}  check {}",
+                escape_untrusted(&g.name),
+                g.epoch,
+                g.members.len(),
+                g.suite,
+                g.check
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+/// `history`: the group's newest messages, received and sent, oldest first, as
+/// `YYYY-MM-DD HH:MM:SS  SENDER: TEXT` (UTC).
+fn history_text(
+    m: &Messenger,
+    group: &str,
+    limit: usize,
+    json: bool,
+) -> Result<String, CommandError> {
+    let entries = m.history(group, limit)?;
+    if json {
+        let lines: Vec<String> = entries
+            .iter()
+            .map(|e| output::history_json(group, e))
+            .collect();
+        return Ok(lines.join("\n"));
+    }
+    if entries.is_empty() {
+        return Ok(format!("no messages in {}", escape_untrusted(group)));
+    }
+    Ok(entries
+        .iter()
+        .map(|e| {
+            format!(
+                "{}  {}: {}",
+                utc_time(e.at_ms),
+                escape_untrusted(&e.sender),
+                escape_untrusted(&e.text)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n"))
+}
+
+/// One line per user, with how many devices when more than one: a user's
+/// devices are separate MLS members, never shown as a bare duplicate.
+fn members_by_user(devices: &[String]) -> Vec<String> {
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for name in devices {
+        match counts.iter_mut().find(|(n, _)| n == name) {
+            Some((_, c)) => *c += 1,
+            None => counts.push((name, 1)),
+        }
+    }
+    counts
+        .into_iter()
+        .map(|(name, n)| match n {
+            1 => escape_untrusted(name).into_owned(),
+            n => format!("{} ({n} devices)", escape_untrusted(name)),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(v: serde_json::Value) -> Result<ProfileCommand, serde_json::Error> {
+        serde_json::from_value(v)
+    }
+
+    #[test]
+    fn methods_take_their_parameters_by_name_with_the_clis_defaults() {
+        use serde_json::json;
+        assert_eq!(
+            parse(json!({"method": "history", "params": {"group": "g"}})).unwrap(),
+            ProfileCommand::History {
+                group: "g".into(),
+                limit: 20
+            }
+        );
+        assert_eq!(
+            parse(json!({"method": "groups"})).unwrap(),
+            ProfileCommand::Groups
+        );
+        assert_eq!(
+            parse(json!({"method": "groups", "params": {}})).unwrap(),
+            ProfileCommand::Groups
+        );
+        assert_eq!(
+            parse(json!({"method": "create-group", "params": {"name": "g"}})).unwrap(),
+            ProfileCommand::CreateGroup {
+                name: "g".into(),
+                classic: false
+            }
+        );
+    }
+
+    #[test]
+    fn a_missing_or_mistyped_or_unknown_parameter_is_refused() {
+        use serde_json::json;
+        for v in [
+            json!({"method": "history", "params": {}}),
+            json!({"method": "history", "params": {"group": 7}}),
+            json!({"method": "send", "params": {"group": "g"}}),
+            json!({"method": "groups", "params": {"extra": 1}}),
+        ] {
+            assert!(parse(v.clone()).is_err(), "{v} was accepted");
+        }
+    }
+
+    #[test]
+    fn every_listed_method_but_subscribe_is_a_command() {
+        use serde_json::json;
+        for method in METHODS.iter().filter(|m| **m != "subscribe") {
+            let err = parse(json!({"method": method, "params": {"bogus_param_xyz": 1}}));
+            // A known method fails on its parameters, not on its name.
+            let text = match err {
+                Ok(_) => continue,
+                Err(e) => e.to_string(),
+            };
+            assert!(!text.contains("unknown variant"), "{method}: {text}");
+        }
+    }
+}
