@@ -371,9 +371,22 @@ pub(crate) enum ClientCommand {
         #[command(flatten)]
         c: ClientFlags,
     },
+    /// Own this profile and serve it to the other commands: one process keeps
+    /// the profile open, connected and following its inbox, and answers on the
+    /// Unix socket `daemon.sock` in the profile folder (JSON-RPC 2.0, one request
+    /// per line: docs/daemon.md). While it runs, `send`, `recv`, `history`,
+    /// `groups` and the other profile commands go through it. Ctrl+C stops it.
+    Daemon {
+        /// Also serve the web UI here (loopback only; port 0 picks a free one).
+        #[arg(long)]
+        web: Option<SocketAddr>,
+        #[command(flatten)]
+        c: ClientFlags,
+    },
     /// Serve a web UI for this profile on a loopback address: sign in, groups,
     /// conversations with history, live updates. Prints the address to open
-    /// (it carries the UI's access token); Ctrl+C stops it.
+    /// (it carries the UI's access token); Ctrl+C stops it. The same as
+    /// `daemon --web ADDR`: the other commands go through it while it runs.
     Web {
         /// Where to serve the UI (loopback only; port 0 picks a free one).
         #[arg(long, default_value = quicnprotochat_client::web::DEFAULT_LISTEN)]
@@ -433,6 +446,7 @@ impl ClientCommand {
             | Update { c, .. }
             | Members { c, .. }
             | Chat { c, .. }
+            | Daemon { c, .. }
             | Web { c, .. } => c,
         }
     }

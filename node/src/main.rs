@@ -159,10 +159,15 @@ fn run(runtime: &tokio::runtime::Runtime, cli: Cli) -> anyhow::Result<ExitCode> 
     let local = tokio::task::LocalSet::new();
     let result = local.block_on(runtime, async {
         use ClientCommand::*;
+        use quicnprotochat_client::daemon::client::{
+            recv_through_daemon_or as recv_via_daemon, run_profile_command as profile,
+            through_daemon_or as via_daemon,
+        };
+        use quicnprotochat_client::profile_command::ProfileCommand as P;
         match client {
             Health { .. } => commands::health(&opts).await,
             Ping { .. } => commands::ping(&opts).await,
-            Whoami { .. } => commands::whoami(&opts).await,
+            Whoami { .. } => via_daemon(&opts, P::Whoami, commands::whoami(&opts)).await,
             RegisterUser { username, .. } => {
                 let password = commands::read_password(true)?;
                 commands::register_user(&opts, &username, &password).await
@@ -187,39 +192,42 @@ fn run(runtime: &tokio::runtime::Runtime, cli: Cli) -> anyhow::Result<ExitCode> 
             }
             CheckKey { username, .. } => commands::check_key(&opts, username.as_deref()).await,
             RefreshKeypackage { count, .. } => commands::refresh_key_packages(&opts, count).await,
-            Devices { .. } => commands::devices(&opts).await,
+            Devices { .. } => via_daemon(&opts, P::Devices, commands::devices(&opts)).await,
             RemoveDevice { identity, .. } => {
                 let password = commands::read_password(false)?;
                 group_commands::remove_device(&opts, &identity, &password).await
             }
             CreateGroup { name, classic, .. } => {
-                group_commands::create_group(&opts, &name, !classic).await
+                profile(&opts, P::CreateGroup { name, classic }).await
             }
             Invite {
                 group, usernames, ..
-            } => group_commands::invite(&opts, &group, &usernames).await,
-            Join { .. } => group_commands::join(&opts).await,
+            } => profile(&opts, P::Invite { group, usernames }).await,
+            Join { .. } => profile(&opts, P::Join).await,
             Send { group, message, .. } => {
-                group_commands::send(&opts, &group, &message.join(" ")).await
+                let message = message.join(" ");
+                profile(&opts, P::Send { group, message }).await
             }
             Recv { wait, .. } => {
                 let shutdown = on_signals("recv")?;
-                group_commands::recv(&opts, Duration::from_secs(wait), &shutdown).await
+                let local = group_commands::recv(&opts, Duration::from_secs(wait), &shutdown);
+                recv_via_daemon(&opts, wait, local).await
             }
-            History { group, limit, .. } => group_commands::history(&opts, &group, limit).await,
+            History { group, limit, .. } => profile(&opts, P::History { group, limit }).await,
             Remove {
                 group, username, ..
-            } => group_commands::remove(&opts, &group, &username).await,
-            Leave { group, .. } => group_commands::leave(&opts, &group).await,
-            Update { group, .. } => group_commands::update(&opts, &group).await,
-            Groups { .. } => group_commands::groups(&opts).await,
-            Members { group, .. } => group_commands::members(&opts, &group).await,
+            } => profile(&opts, P::Remove { group, username }).await,
+            Leave { group, .. } => profile(&opts, P::Leave { group }).await,
+            Update { group, .. } => profile(&opts, P::Update { group }).await,
+            Groups { .. } => profile(&opts, P::Groups).await,
+            Members { group, .. } => profile(&opts, P::Members { group }).await,
             Chat { group, .. } => {
                 let shutdown = on_signals("chat")?;
                 group_commands::chat(&opts, &group, &shutdown).await
             }
             DemoGroup { .. } => quicnprotochat::demo::demo_group(&opts).await,
-            Web { listen, .. } => web(&opts, listen).await,
+            Daemon { web, .. } => daemon(&opts, web).await,
+            Web { listen, .. } => daemon(&opts, Some(listen)).await,
         }
     });
     Ok(report(result, opts.json, speaks_json))
@@ -258,30 +266,47 @@ fn on_signals(what: &'static str) -> Result<Shutdown, commands::CommandError> {
     })
 }
 
-/// `web`: binds, prints the address to open, serves until a signal.
-async fn web(
+/// `daemon [--web ADDR]` (and `web`): takes the profile and its socket, binds
+/// the web UI if asked, says where each is, serves until a signal.
+async fn daemon(
     opts: &ClientOptions,
-    listen: std::net::SocketAddr,
+    web: Option<std::net::SocketAddr>,
 ) -> Result<String, commands::CommandError> {
-    use quicnprotochat_client::web;
+    use quicnprotochat_client::{daemon, web as web_ui};
     use std::io::Write;
-    let failed = |e: web::WebStartError| commands::CommandError::Invalid(e.to_string());
-    let listener = web::bind(listen).await.map_err(failed)?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| commands::CommandError::Invalid(e.to_string()))?;
-    let token = web::new_access_token();
-    // Before the address is printed: from then on a signal stops gracefully.
-    let shutdown = on_signals("web")?;
-    // The address carries the token: it goes to the user's terminal, never to
-    // the log.
+    let invalid = |e: &dyn std::fmt::Display| commands::CommandError::Invalid(e.to_string());
+    let socket = daemon::bind(&opts.state_dir).map_err(|e| match e {
+        daemon::DaemonError::Profile(state) => commands::CommandError::State(state),
+        other => invalid(&other),
+    })?;
+    let web = match web {
+        None => None,
+        Some(addr) => {
+            let listener = web_ui::bind(addr).await.map_err(|e| invalid(&e))?;
+            let token = web_ui::new_access_token();
+            Some(daemon::WebFront { listener, token })
+        }
+    };
+    // Before the addresses are printed: from then on a signal stops gracefully.
+    let shutdown = on_signals(if web.is_some() { "web" } else { "daemon" })?;
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "web UI at {}", web::page_url(addr, &token));
+    let _ = writeln!(
+        out,
+        "daemon serving {} (pid {})",
+        socket.path().display(),
+        std::process::id()
+    );
+    if let Some(front) = &web {
+        let addr = front.listener.local_addr().map_err(|e| invalid(&e))?;
+        // The address carries the token: it goes to the user's terminal,
+        // never to the log.
+        let _ = writeln!(out, "web UI at {}", web_ui::page_url(addr, &front.token));
+    }
     let _ = out.flush();
     drop(out);
-    web::run(listener, opts.clone(), token, shutdown.requested())
+    daemon::run(socket, opts.clone(), web, shutdown.requested())
         .await
-        .map_err(failed)?;
+        .map_err(|e| invalid(&e))?;
     Ok(String::new())
 }
 

@@ -42,7 +42,28 @@ pub enum CommandError {
     #[error("{0}")]
     /// Anything else a command refuses (what).
     Invalid(String),
+    #[error("{message}")]
+    /// The command failed in the profile's daemon, which said why.
+    Daemon {
+        /// Its message, as the command would print it.
+        message: String,
+        /// Its kind (one of [`CommandError::kind`]'s).
+        kind: &'static str,
+        /// The node's refusal code, when the node refused.
+        refusal: Option<String>,
+    },
 }
+
+/// Every kind [`CommandError::kind`] gives.
+pub const KINDS: [&str; 7] = [
+    "refused",
+    "unreachable",
+    "not_logged_in",
+    "certificate",
+    "profile",
+    "password",
+    "invalid",
+];
 
 /// Exit status of a client command that failed: the node refused.
 pub const EXIT_REFUSED: u8 = 3;
@@ -72,6 +93,7 @@ impl CommandError {
             CommandError::State(_) => "profile",
             CommandError::Password(_) => "password",
             CommandError::BadServer(_) | CommandError::Invalid(_) => "invalid",
+            CommandError::Daemon { kind, .. } => kind,
         }
     }
 
@@ -79,6 +101,7 @@ impl CommandError {
     pub fn refusal_code(&self) -> Option<String> {
         match self {
             CommandError::Client(c) => c.code().map(|c| c.to_string()),
+            CommandError::Daemon { refusal, .. } => refusal.clone(),
             _ => None,
         }
     }

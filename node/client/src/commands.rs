@@ -42,7 +42,7 @@ pub struct ClientOptions {
 }
 
 pub use crate::command_error::{
-    CommandError, EXIT_FAILED, EXIT_NOT_LOGGED_IN, EXIT_REFUSED, EXIT_UNREACHABLE,
+    CommandError, EXIT_FAILED, EXIT_NOT_LOGGED_IN, EXIT_REFUSED, EXIT_UNREACHABLE, KINDS,
 };
 
 /// The password: `QPC_PASSWORD` when set, otherwise asked for without echo.

@@ -83,7 +83,7 @@ async fn close_messenger(m: Messenger, shutdown: &Shutdown) {
 }
 
 /// Runs `command` on a messenger of its own, then closes it.
-async fn run_locally(
+pub async fn run_locally(
     opts: &ClientOptions,
     command: ProfileCommand,
 ) -> Result<String, CommandError> {

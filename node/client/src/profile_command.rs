@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use quicnprotochat_crypto::mls::Suite;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::commands::{CommandError, devices_text, whoami_line};
 use crate::display::{escape_untrusted, utc_time};
@@ -22,7 +22,7 @@ pub const MAX_HISTORY_LIMIT: usize = 1_000;
 /// A command on the profile, with its arguments as the CLI takes them. As
 /// JSON-RPC parameters: an object with these fields (kebab-case method names,
 /// `docs/daemon.md`).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(
     tag = "method",
     content = "params",
@@ -31,13 +31,13 @@ pub const MAX_HISTORY_LIMIT: usize = 1_000;
 )]
 pub enum ProfileCommand {
     /// `whoami`.
-    #[serde(with = "no_params")]
+    #[serde(deserialize_with = "no_params::deserialize")]
     Whoami,
     /// `devices`.
-    #[serde(with = "no_params")]
+    #[serde(deserialize_with = "no_params::deserialize")]
     Devices,
     /// `groups`.
-    #[serde(with = "no_params")]
+    #[serde(deserialize_with = "no_params::deserialize")]
     Groups,
     /// `members --group NAME`.
     Members {
@@ -75,7 +75,7 @@ pub enum ProfileCommand {
         usernames: Vec<String>,
     },
     /// `join`.
-    #[serde(with = "no_params")]
+    #[serde(deserialize_with = "no_params::deserialize")]
     Join,
     /// `recv` (what has arrived; a daemon's caller waits with `wait`).
     Recv {

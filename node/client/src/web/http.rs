@@ -37,8 +37,8 @@ use quicnprotochat_crypto::token::TokenHash;
 use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use super::agent::{Call, Event};
 use super::views::WebError;
+use crate::resident::{Call, Event, Handles};
 
 /// Largest request body: a message (64 KiB of text) with room for JSON escapes.
 const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -58,13 +58,13 @@ pub struct WebState {
 
 impl WebState {
     /// The state of a UI bound at `addr` whose API takes `token`.
-    pub fn new(
-        addr: SocketAddr,
-        token: &str,
-        calls: mpsc::Sender<Call>,
-        events: broadcast::Sender<Event>,
-        stopping: watch::Receiver<bool>,
-    ) -> Arc<WebState> {
+    pub fn new(addr: SocketAddr, token: &str, resident: Handles) -> Arc<WebState> {
+        let Handles {
+            calls,
+            events,
+            stopping,
+            ..
+        } = resident;
         let port = addr.port();
         Arc::new(WebState {
             hosts: vec![
@@ -375,9 +375,12 @@ async fn events(
                 };
                 let sse = match event {
                     Ok(Event::Changed) => SseEvent::default().event("changed").data("{}"),
-                    Ok(Event::Notice(line)) => SseEvent::default()
+                    Ok(Event::Line(line)) if line.is_notice() => SseEvent::default()
                         .event("notice")
-                        .data(serde_json::json!({ "line": line }).to_string()),
+                        .data(serde_json::json!({ "line": line.display() }).to_string()),
+                    Ok(Event::Line(line)) => SseEvent::default()
+                        .event("message")
+                        .data(crate::output::line_json(&line)),
                     Ok(Event::Connection(what)) => SseEvent::default()
                         .event("connection")
                         .data(serde_json::json!({ "state": what }).to_string()),

@@ -9,13 +9,13 @@
 //! another site cannot set that header without a CORS preflight this server never
 //! grants, and the `Host` check turns away DNS-rebinding pages.
 //!
-//! Shape: [`run`] binds nothing itself (mini-redis' `server::run(listener,
-//! shutdown)`); [`agent`] owns the profile's [`Messenger`] on the caller's
-//! `LocalSet` and serializes every call to it; [`http`] is the thin HTTP glue.
+//! Shape: [`serve`] binds nothing itself (mini-redis' `server::run(listener,
+//! shutdown)`); the resident client (`crate::resident`, started by
+//! `crate::daemon`) owns the profile's [`Messenger`] on the caller's `LocalSet`
+//! and serializes every call to it; [`http`] is the thin HTTP glue.
 //!
 //! [`Messenger`]: crate::messenger::Messenger
 
-pub mod agent;
 pub mod http;
 pub mod listener;
 pub mod views;
@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 
 use tokio::net::TcpListener;
 
-use crate::commands::ClientOptions;
+use crate::resident::Handles;
 
 /// Where `web` listens unless told otherwise (port 0: any free port).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:0";
@@ -71,26 +71,25 @@ pub fn page_url(addr: SocketAddr, token: &str) -> String {
     format!("http://{addr}/#token={token}")
 }
 
-/// Serves the UI of the profile in `opts` on `listener` until `shutdown`
-/// completes; `token` is the access token every API call must carry. Must run
-/// on a `tokio::task::LocalSet` (the client's actors do).
-pub async fn run(
+/// Serves the UI of the resident client behind `resident` on `listener` until
+/// `shutdown` completes; `token` is the access token every API call must carry.
+/// The resident client is the caller's to stop (`crate::daemon::run` does, first,
+/// so that open event streams end with it).
+pub async fn serve(
     listener: TcpListener,
-    opts: ClientOptions,
+    resident: Handles,
     token: String,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), WebStartError> {
     let addr = listener.local_addr().map_err(WebStartError::Serve)?;
-    let (stop, stop_rx) = tokio::sync::oneshot::channel();
-    let (calls, events, stopping, agent) = agent::start(opts, stop_rx);
-    let router = http::router(http::WebState::new(addr, &token, calls, events, stopping));
-    // On shutdown the agent stops first: open event streams end with it, so
-    // the server's graceful shutdown does not wait on them.
+    let mut stopping = resident.stopping.clone();
+    let router = http::router(http::WebState::new(addr, &token, resident));
     let (signalled, mut on_signal) = tokio::sync::watch::channel(false);
     let shutdown = async move {
         shutdown.await;
         let _ = signalled.send(true);
-        let _ = stop.send(());
+        // Event streams end once the resident client stops.
+        let _ = stopping.wait_for(|s| *s).await;
     };
     // A cap on connections and a deadline per request: other local users
     // reach this port too (see `listener`).
@@ -109,7 +108,7 @@ pub async fn run(
         let _ = on_signal.wait_for(|s| *s).await;
         tokio::time::sleep(SHUTDOWN_GRACE).await;
     };
-    let served = tokio::select! {
+    tokio::select! {
         served = served => served.map_err(WebStartError::Serve),
         () = grace_over => {
             eprintln!(
@@ -118,13 +117,7 @@ pub async fn run(
             );
             Ok(())
         }
-    };
-    // The agent closes the profile as it ends; what it had not written is
-    // the profile's to recover (its store is crash-safe).
-    if tokio::time::timeout(SHUTDOWN_GRACE, agent).await.is_err() {
-        eprintln!("stopped before the profile's agent finished (the node did not answer)");
     }
-    served
 }
 
 /// How long `web` waits for work in flight after SIGINT or SIGTERM, and then

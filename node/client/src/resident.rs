@@ -1,7 +1,12 @@
-//! The web UI's agent: one local task that owns the profile's messenger (the
-//! client's actor tree, which lives on a `LocalSet`) and takes the HTTP
-//! handlers' calls one at a time, as the CLI's `chat` loop does. Between calls it
-//! follows the inbox and tells the pages what changed.
+//! The resident client: one local task that owns the profile's messenger (the
+//! client's actor tree, which lives on a `LocalSet`) and takes calls one at a
+//! time, as the CLI's `chat` loop does: the web UI's handlers and the daemon's
+//! socket (`crate::daemon`) share it. Between calls it follows the inbox and
+//! tells its listeners what changed.
+//!
+//! A line (message or notice) counts as shown once it was told to a listener
+//! (a page's event stream, a socket subscriber); with nobody listening it stays
+//! unread for the next `recv`.
 
 use std::time::Duration;
 
@@ -9,9 +14,11 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::ClientState;
 use crate::actors::session::ConnectionEvent;
-use crate::commands::{self, ClientOptions};
+use crate::commands::{self, ClientOptions, CommandError};
 use crate::group_commands::{LONG_PATIENCE, messenger_with};
 use crate::messenger::Messenger;
+use crate::profile_command::ProfileCommand;
+use crate::state::lines::ShownLine;
 use crate::web::views::{GroupView, MessageView, SentView, StatusView, WebError};
 
 /// Calls waiting for the agent; a handler waits for room beyond this.
@@ -20,7 +27,7 @@ const CALL_QUEUE: usize = 64;
 /// reloads everything (it is told it lagged).
 const EVENT_BUFFER: usize = 64;
 /// The most messages one history call returns.
-pub const MAX_HISTORY_LIMIT: usize = 1_000;
+pub use crate::profile_command::MAX_HISTORY_LIMIT;
 
 type Reply<T> = oneshot::Sender<Result<T, WebError>>;
 
@@ -84,44 +91,71 @@ pub enum Call {
     },
     /// The account's devices, hex identity keys.
     Devices(Reply<Vec<String>>),
+    /// A CLI command, answered with what the CLI prints.
+    Command {
+        /// The command.
+        command: ProfileCommand,
+        /// As with `--json`.
+        json: bool,
+        /// The text, or why not.
+        reply: oneshot::Sender<Result<String, CommandError>>,
+    },
 }
 
-/// What pages are told as it happens.
+/// What listeners are told as it happens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// Messages or groups changed: read them again.
     Changed,
-    /// A notice about a group (someone joined, left, was removed), as a line.
-    Notice(String),
+    /// A line: a message someone sent, or a notice about a group (someone
+    /// joined, left, was removed).
+    Line(ShownLine),
     /// The connection to the node: `lost`, `retrying` or `back`.
     Connection(&'static str),
 }
 
-/// Starts the agent for the profile in `opts` on the current `LocalSet`. It
-/// runs until every call sender is gone or `stop` fires, then closes the
-/// profile. Returns the call queue, the event source, a flag that turns true
-/// once the agent is stopping (pages' event streams end with it), and the task.
+/// The handles on a running resident client; cloned by each front (web,
+/// socket).
+#[derive(Clone)]
+pub struct Handles {
+    /// Its call queue.
+    pub calls: mpsc::Sender<Call>,
+    /// What it tells listeners.
+    pub events: broadcast::Sender<Event>,
+    /// Counts the times something arrived (or was sent), listened to or not:
+    /// what a waiting `recv` watches without counting as a listener.
+    pub arrivals: watch::Receiver<u64>,
+    /// Turns true once it is stopping (event streams end with it).
+    pub stopping: watch::Receiver<bool>,
+}
+
+/// Starts the resident client for the profile in `opts` on the current
+/// `LocalSet`. It runs until every call sender is gone or `stop` fires, then
+/// closes the profile. Returns its handles and its task.
 pub fn start(
     opts: ClientOptions,
     stop: oneshot::Receiver<()>,
-) -> (
-    mpsc::Sender<Call>,
-    broadcast::Sender<Event>,
-    watch::Receiver<bool>,
-    tokio::task::JoinHandle<()>,
-) {
+) -> (Handles, tokio::task::JoinHandle<()>) {
     let (calls_tx, calls) = mpsc::channel(CALL_QUEUE);
     let (events, _) = broadcast::channel(EVENT_BUFFER);
     let (stopping_tx, stopping) = watch::channel(false);
+    let (changes, arrivals) = watch::channel(0);
     let agent = Agent {
         opts,
         messenger: None,
         arrivals: None,
         connection: None,
         events: events.clone(),
+        changes,
     };
     let task = tokio::task::spawn_local(agent.run(calls, stop, stopping_tx));
-    (calls_tx, events, stopping, task)
+    let handles = Handles {
+        calls: calls_tx,
+        events,
+        arrivals,
+        stopping,
+    };
+    (handles, task)
 }
 
 struct Agent {
@@ -130,6 +164,7 @@ struct Agent {
     arrivals: Option<mpsc::UnboundedReceiver<Result<(), crate::messenger::MessengerError>>>,
     connection: Option<broadcast::Receiver<ConnectionEvent>>,
     events: broadcast::Sender<Event>,
+    changes: watch::Sender<u64>,
 }
 
 impl Agent {
@@ -247,6 +282,37 @@ impl Agent {
                 let r = self.devices().await;
                 let _ = reply.send(r);
             }
+            Call::Command {
+                command,
+                json,
+                reply,
+            } => {
+                let r = self.command(&command, json).await;
+                if command.changes_groups() {
+                    self.after_change().await;
+                }
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    /// A CLI command on the resident messenger. Without a login only `whoami`
+    /// answers (with the device's identity, from the profile).
+    async fn command(
+        &mut self,
+        command: &ProfileCommand,
+        json: bool,
+    ) -> Result<String, CommandError> {
+        match (&mut self.messenger, command) {
+            (Some(m), command) => command.run_on(m, json).await,
+            (None, ProfileCommand::Whoami) => {
+                let state = ClientState::open(&self.opts.state_dir)?;
+                Ok(format!(
+                    "identity {}",
+                    hex::encode(state.identity()?.public_key())
+                ))
+            }
+            (None, _) => Err(CommandError::NotLoggedIn),
         }
     }
 
@@ -374,19 +440,21 @@ impl Agent {
         }
     }
 
-    /// Tells the pages what changed: notices as lines, then `Changed`. The
-    /// lines are in the history (messages) or told here once (notices), so they
-    /// are marked shown.
+    /// Tells the listeners what changed: each new line, then `Changed`. Told,
+    /// the lines are marked shown; with no listener they stay unread.
     async fn after_change(&mut self) {
         let Some(m) = self.messenger.as_ref() else {
             return;
         };
+        self.changes.send_modify(|n| *n += 1);
+        if self.events.receiver_count() == 0 {
+            // Nobody to tell: the lines stay unread, for the next `recv`.
+            return;
+        }
         match m.unread() {
             Ok(lines) => {
                 for (_, line) in &lines {
-                    if line.is_notice() {
-                        let _ = self.events.send(Event::Notice(line.display()));
-                    }
+                    let _ = self.events.send(Event::Line(line.clone()));
                 }
                 let keys: Vec<_> = lines.iter().map(|(k, _)| *k).collect();
                 if let Err(e) = m.mark_shown(&keys) {

@@ -1,0 +1,146 @@
+//! The CLI's side of the daemon: when the profile has a live daemon, a command
+//! is one call to it and prints what the daemon answers; when not, the command
+//! opens the profile itself.
+
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+use super::jsonrpc::{COMMAND_FAILED, MAX_REQUEST_BYTES};
+use crate::commands::{ClientOptions, CommandError, KINDS};
+use crate::profile_command::ProfileCommand;
+
+/// A connection to a profile's daemon.
+pub struct DaemonClient {
+    stream: BufReader<UnixStream>,
+    next_id: u64,
+}
+
+impl DaemonClient {
+    /// Connects to the daemon serving the profile in `dir`; `None` when none
+    /// does (no socket, or one a dead daemon left).
+    pub async fn connect(dir: &std::path::Path) -> Option<DaemonClient> {
+        let stream = UnixStream::connect(super::socket_path(dir)).await.ok()?;
+        Some(DaemonClient {
+            stream: BufReader::new(stream),
+            next_id: 1,
+        })
+    }
+
+    /// Calls `method`; its result, or its error as a command error.
+    pub async fn call(&mut self, method: &str, params: Value) -> Result<Value, CommandError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let request = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        let lost = |e: std::io::Error| {
+            CommandError::Invalid(format!("the profile's daemon stopped answering: {e}"))
+        };
+        let mut line = request.to_string();
+        line.push('\n');
+        if line.len() > MAX_REQUEST_BYTES {
+            return Err(CommandError::Invalid(
+                "the request is too long for the daemon".into(),
+            ));
+        }
+        self.stream
+            .get_mut()
+            .write_all(line.as_bytes())
+            .await
+            .map_err(lost)?;
+        loop {
+            let mut answer = String::new();
+            let n = self.stream.read_line(&mut answer).await.map_err(lost)?;
+            if n == 0 {
+                return Err(lost(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            let answer: Value = serde_json::from_str(&answer).map_err(|e| {
+                CommandError::Invalid(format!("the daemon answered something unreadable: {e}"))
+            })?;
+            // Notifications (events) are not answers.
+            if answer.get("id") != Some(&json!(id)) {
+                continue;
+            }
+            if let Some(error) = answer.get("error") {
+                return Err(error_of(error));
+            }
+            return Ok(answer.get("result").cloned().unwrap_or(Value::Null));
+        }
+    }
+
+    /// Runs `command` in the daemon; what the CLI prints.
+    pub async fn run(
+        &mut self,
+        command: &ProfileCommand,
+        json: bool,
+    ) -> Result<String, CommandError> {
+        let request = serde_json::to_value(command).expect("a command serializes");
+        let method = request["method"].as_str().unwrap_or_default().to_string();
+        let mut params = request.get("params").cloned().unwrap_or_else(|| json!({}));
+        params["json"] = json!(json);
+        let result = self.call(&method, params).await?;
+        Ok(result["output"].as_str().unwrap_or_default().to_string())
+    }
+}
+
+/// The command error a daemon's error object stands for.
+fn error_of(error: &Value) -> CommandError {
+    let message = error["message"]
+        .as_str()
+        .unwrap_or("the daemon refused")
+        .to_string();
+    if error["code"] != json!(COMMAND_FAILED) {
+        return CommandError::Invalid(format!("the daemon refused the call: {message}"));
+    }
+    let data = &error["data"];
+    let kind = data["kind"]
+        .as_str()
+        .and_then(|k| KINDS.into_iter().find(|known| *known == k))
+        .unwrap_or("invalid");
+    CommandError::Daemon {
+        message,
+        kind,
+        refusal: data["refusal"].as_str().map(str::to_string),
+    }
+}
+
+/// Runs `command` through the profile's daemon when one serves it; otherwise
+/// `local`, which opens the profile itself.
+pub async fn through_daemon_or(
+    opts: &ClientOptions,
+    command: ProfileCommand,
+    local: impl Future<Output = Result<String, CommandError>>,
+) -> Result<String, CommandError> {
+    match DaemonClient::connect(&opts.state_dir).await {
+        Some(mut daemon) => daemon.run(&command, opts.json).await,
+        None => local.await,
+    }
+}
+
+/// Runs `command` through the profile's daemon when one serves it; otherwise
+/// on a messenger of its own (`group_commands::run_locally`).
+pub async fn run_profile_command(
+    opts: &ClientOptions,
+    command: ProfileCommand,
+) -> Result<String, CommandError> {
+    let local = crate::group_commands::run_locally(opts, command.clone());
+    through_daemon_or(opts, command, local).await
+}
+
+/// `recv` through the profile's daemon when one serves it (which prints what
+/// the one-shot `recv` prints), otherwise `local`, which prints as it goes.
+pub async fn recv_through_daemon_or(
+    opts: &ClientOptions,
+    wait: u64,
+    local: impl Future<Output = Result<String, CommandError>>,
+) -> Result<String, CommandError> {
+    let Some(mut daemon) = DaemonClient::connect(&opts.state_dir).await else {
+        return local.await;
+    };
+    let out = daemon
+        .run(&ProfileCommand::Recv { wait }, opts.json)
+        .await?;
+    Ok(match out.is_empty() && !opts.json {
+        true => "no new messages".into(),
+        false => out,
+    })
+}

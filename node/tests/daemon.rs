@@ -1,0 +1,319 @@
+//! `quicnprotochat daemon` through the built binary: one process owns a profile
+//! and the CLI's commands go through it; a second owner is refused with the
+//! first one's pid; its socket speaks JSON-RPC 2.0 to any client (here a plain
+//! Unix socket, none of our client code), malformed requests included.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{ServerProcess, User, assert_one_line_error, untimed};
+use quicnprotochat_wire::tls;
+use serde_json::{Value, json};
+
+/// A server, and alice and bob registered with a group "g" they are both in.
+struct World {
+    _dir: tempfile::TempDir,
+    ca: PathBuf,
+    server: ServerProcess,
+    alice: User,
+    bob: User,
+}
+
+impl World {
+    fn start() -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let ca = data.join(tls::CERT_FILE);
+        let server = ServerProcess::start(&data, &[]);
+        let at = server.addr;
+        let (alice, bob) = (User::new(dir.path(), "alice"), User::new(dir.path(), "bob"));
+        alice.ok(at, &ca, &["register-user", "--username", "alice"]);
+        bob.ok(at, &ca, &["register-user", "--username", "bob"]);
+        alice.ok(at, &ca, &["create-group", "g"]);
+        alice.ok(at, &ca, &["invite", "--group", "g", "bob"]);
+        bob.ok(at, &ca, &["join"]);
+        World {
+            _dir: dir,
+            ca,
+            server,
+            alice,
+            bob,
+        }
+    }
+
+    fn ok(&self, user: &User, args: &[&str]) -> String {
+        user.ok(self.server.addr, &self.ca, args)
+    }
+
+    fn run(&self, user: &User, args: &[&str]) -> (bool, String, String) {
+        user.run(self.server.addr, &self.ca, args)
+    }
+
+    /// `daemon` for `user`, once it said where it serves.
+    fn daemon(&self, user: &User, extra: &[&str]) -> Daemon {
+        let mut args = vec!["daemon"];
+        args.extend_from_slice(extra);
+        let mut child = user
+            .command(self.server.addr, &self.ca, &args)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("daemon starts");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        assert!(
+            line.starts_with("daemon serving ") && line.contains(&format!("(pid {})", child.id())),
+            "{line:?}"
+        );
+        let socket = user.state.join("daemon.sock");
+        Daemon {
+            child,
+            socket,
+            _stdout: stdout,
+        }
+    }
+}
+
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+    _stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A plain JSON-RPC client on the daemon's socket.
+struct Rpc {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Rpc {
+    fn connect(socket: &Path) -> Rpc {
+        let writer = UnixStream::connect(socket).expect("the daemon's socket answers");
+        writer
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        Rpc {
+            reader: BufReader::new(writer.try_clone().unwrap()),
+            writer,
+        }
+    }
+
+    fn send_line(&mut self, line: &str) {
+        self.writer.write_all(line.as_bytes()).unwrap();
+        self.writer.write_all(b"\n").unwrap();
+    }
+
+    fn read(&mut self) -> Value {
+        let mut line = String::new();
+        self.reader.read_line(&mut line).expect("a line in time");
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
+    }
+
+    /// The next response (events in between are skipped).
+    fn response(&mut self) -> Value {
+        loop {
+            let v = self.read();
+            if v.get("method").is_none() {
+                return v;
+            }
+        }
+    }
+
+    fn call(&mut self, id: u64, method: &str, params: Value) -> Value {
+        self.send_line(
+            &json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string(),
+        );
+        let v = self.response();
+        assert_eq!(v["id"], json!(id), "{v}");
+        v
+    }
+}
+
+fn error_code(v: &Value) -> i64 {
+    v["error"]["code"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("not an error: {v}"))
+}
+
+#[test]
+fn the_cli_goes_through_a_running_daemon_on_the_same_profile() {
+    let w = World::start();
+    let daemon = w.daemon(&w.bob, &[]);
+    assert!(daemon.socket.exists());
+    let mode = std::fs::metadata(&daemon.socket)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the socket is the owner's only");
+
+    // Before: nothing new; whoami and groups answer from the daemon.
+    assert_eq!(w.ok(&w.bob, &["recv"]).trim(), "no new messages");
+    assert!(w.ok(&w.bob, &["whoami"]).starts_with("bob (identity "));
+    assert!(
+        w.ok(&w.bob, &["groups"])
+            .starts_with("g  epoch 1  2 member(s)")
+    );
+
+    w.ok(&w.alice, &["send", "--group", "g", "hello", "bob"]);
+    let got = w.ok(&w.bob, &["recv", "--wait", "10"]);
+    assert_eq!(
+        got.lines().map(untimed).collect::<Vec<_>>(),
+        vec!["[g] alice: hello bob"]
+    );
+    // Shown once: the next recv has nothing.
+    assert_eq!(w.ok(&w.bob, &["recv"]).trim(), "no new messages");
+
+    let sent = w.ok(&w.bob, &["send", "--group", "g", "hi", "alice"]);
+    assert!(
+        sent.starts_with("sent to 1 member device(s) of g"),
+        "{sent}"
+    );
+    let got = w.ok(&w.alice, &["recv", "--wait", "10"]);
+    assert_eq!(
+        got.lines().map(untimed).collect::<Vec<_>>(),
+        vec!["[g] bob: hi alice"]
+    );
+
+    let history = w.ok(&w.bob, &["history", "--group", "g"]);
+    let texts: Vec<&str> = history.lines().map(untimed).collect();
+    assert_eq!(
+        texts,
+        vec!["alice: hello bob", "bob: hi alice"],
+        "{history}"
+    );
+    let members = w.ok(&w.bob, &["members", "--group", "g"]);
+    assert_eq!(members.lines().collect::<Vec<_>>(), vec!["alice", "bob"]);
+
+    // --json and failures keep the CLI's shapes and exit codes.
+    let json_history = w.ok(&w.bob, &["history", "--group", "g", "--json"]);
+    let first: Value = serde_json::from_str(json_history.lines().next().unwrap()).unwrap();
+    assert_eq!(first["text"], "hello bob");
+    let (ok, _, err) = w.run(&w.bob, &["send", "--group", "nope", "x"]);
+    assert!(!ok);
+    assert_one_line_error(&err, "no group named \"nope\"");
+
+    // Commands that do not go through the daemon yet name its pid instead of
+    // a lock error.
+    let (ok, _, err) = w.run(&w.bob, &["chat", "--group", "g"]);
+    assert!(!ok);
+    assert_one_line_error(&err, &format!("in use by pid {}", daemon.child.id()));
+    assert!(!err.contains("Database already open"), "{err}");
+}
+
+#[test]
+fn a_second_daemon_on_a_profile_is_refused_with_the_first_ones_pid() {
+    let w = World::start();
+    let first = w.daemon(&w.bob, &[]);
+    let (ok, out, err) = w.run(&w.bob, &["daemon"]);
+    assert!(!ok, "{out}");
+    assert_one_line_error(&err, &format!("in use by pid {}", first.child.id()));
+    // `web` is a daemon too.
+    let (ok, _, err) = w.run(&w.bob, &["web"]);
+    assert!(!ok);
+    assert_one_line_error(&err, &format!("in use by pid {}", first.child.id()));
+    // The first still serves.
+    assert!(w.ok(&w.bob, &["groups"]).starts_with("g  epoch 1"));
+}
+
+#[test]
+fn a_socket_left_by_a_killed_daemon_is_cleaned_up_and_commands_run_without_it() {
+    let w = World::start();
+    let mut daemon = w.daemon(&w.bob, &[]);
+    daemon.child.kill().unwrap();
+    daemon.child.wait().unwrap();
+    assert!(daemon.socket.exists(), "kill -9 leaves the socket file");
+    // Nobody answers on it: the command opens the profile itself.
+    assert!(w.ok(&w.bob, &["groups"]).starts_with("g  epoch 1"));
+    // A new daemon replaces the stale socket.
+    let again = w.daemon(&w.bob, &[]);
+    assert!(w.ok(&w.bob, &["groups"]).starts_with("g  epoch 1"));
+    drop(again);
+}
+
+#[test]
+fn a_plain_json_rpc_client_is_answered_and_malformed_requests_get_standard_errors() {
+    let w = World::start();
+    let daemon = w.daemon(&w.bob, &[]);
+    let mut rpc = Rpc::connect(&daemon.socket);
+
+    // Malformed input: the standard codes, and the daemon keeps serving.
+    rpc.send_line("{this is not json");
+    let v = rpc.response();
+    assert_eq!(error_code(&v), -32700, "{v}");
+    assert_eq!(v["id"], Value::Null);
+    rpc.send_line(r#"[{"jsonrpc":"2.0","id":1,"method":"groups"}]"#);
+    assert_eq!(error_code(&rpc.response()), -32600);
+    rpc.send_line(r#"{"jsonrpc":"1.0","id":2,"method":"groups"}"#);
+    assert_eq!(error_code(&rpc.response()), -32600);
+    let v = rpc.call(3, "no-such-method", json!({}));
+    assert_eq!(error_code(&v), -32601, "{v}");
+    let v = rpc.call(4, "history", json!({"limit": 3}));
+    assert_eq!(error_code(&v), -32602, "{v}");
+    let v = rpc.call(5, "history", json!({"group": "g", "colour": "red"}));
+    assert_eq!(error_code(&v), -32602, "{v}");
+
+    // Well-formed calls.
+    let v = rpc.call(6, "status", json!({}));
+    assert_eq!(v["result"]["pid"], json!(daemon.child.id()), "{v}");
+    assert_eq!(v["result"]["username"], "bob");
+    let v = rpc.call(7, "groups", json!({"json": true}));
+    assert_eq!(v["result"]["values"][0]["name"], "g", "{v}");
+    let v = rpc.call(8, "send", json!({"group": "nope", "message": "x"}));
+    assert_eq!(error_code(&v), -32000, "{v}");
+    assert_eq!(v["error"]["data"]["exit"], 1, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no group named")
+    );
+
+    // Subscribed: a message alice sends arrives as an event, pushed.
+    let v = rpc.call(9, "subscribe", json!({}));
+    assert_eq!(v["result"]["subscribed"], true);
+    w.ok(&w.alice, &["send", "--group", "g", "pushed"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "no message event");
+        let v = rpc.read();
+        if v["method"] == "event" && v["params"]["kind"] == "message" {
+            assert_eq!(v["params"]["line"]["sender"], "alice", "{v}");
+            assert_eq!(v["params"]["line"]["text"], "pushed", "{v}");
+            break;
+        }
+    }
+    // Told to a subscriber, the message is shown: recv has nothing more.
+    assert_eq!(w.ok(&w.bob, &["recv"]).trim(), "no new messages");
+
+    // A request larger than the limit is refused and its connection closed;
+    // other connections are served.
+    let mut big = Rpc::connect(&daemon.socket);
+    // (The daemon stops reading past the limit: the rest of the write may
+    // find the connection closed.)
+    let _ = big.writer.write_all("x".repeat(600 * 1024).as_bytes());
+    assert_eq!(error_code(&big.response()), -32600);
+    let v = Rpc::connect(&daemon.socket).call(10, "whoami", json!({}));
+    assert!(
+        v["result"]["output"]
+            .as_str()
+            .unwrap()
+            .starts_with("bob (identity "),
+        "{v}"
+    );
+}
