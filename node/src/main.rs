@@ -290,18 +290,19 @@ async fn daemon(
     // Before the addresses are printed: from then on a signal stops gracefully.
     let shutdown = on_signals(if web.is_some() { "web" } else { "daemon" })?;
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(
-        out,
-        "daemon serving {} (pid {})",
-        socket.path().display(),
-        std::process::id()
-    );
+    // The page's address first: it is what `web` is run for.
     if let Some(front) = &web {
         let addr = front.listener.local_addr().map_err(|e| invalid(&e))?;
         // The address carries the token: it goes to the user's terminal,
         // never to the log.
         let _ = writeln!(out, "web UI at {}", web_ui::page_url(addr, &front.token));
     }
+    let _ = writeln!(
+        out,
+        "daemon serving {} (pid {})",
+        socket.path().display(),
+        std::process::id()
+    );
     let _ = out.flush();
     drop(out);
     daemon::run(socket, opts.clone(), web, shutdown.requested())

@@ -241,9 +241,16 @@ fn a_socket_left_by_a_killed_daemon_is_cleaned_up_and_commands_run_without_it() 
     // Nobody answers on it: the command opens the profile itself.
     assert!(w.ok(&w.bob, &["groups"]).starts_with("g  epoch 1"));
     // A new daemon replaces the stale socket.
-    let again = w.daemon(&w.bob, &[]);
+    let mut again = w.daemon(&w.bob, &[]);
     assert!(w.ok(&w.bob, &["groups"]).starts_with("g  epoch 1"));
-    drop(again);
+    // Stopped by a signal, it exits 0 and takes its socket with it.
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &again.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(again.child.wait().unwrap().success());
+    assert!(!again.socket.exists(), "a stopped daemon leaves no socket");
 }
 
 #[test]

@@ -158,6 +158,30 @@ fn two_profiles_hold_a_conversation_through_the_web_ui_in_chromium() {
 }
 
 #[test]
+fn the_cli_and_the_web_ui_share_one_profile() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let server = ServerProcess::start(&data, &[]);
+    let ca = data.join(tls::CERT_FILE);
+    let at = server.addr;
+    let (alice, bob) = (User::new(tmp.path(), "alice"), User::new(tmp.path(), "bob"));
+    alice.ok(at, &ca, &["register-user", "--username", "alice"]);
+    bob.ok(at, &ca, &["register-user", "--username", "bob"]);
+    alice.ok(at, &ca, &["create-group", "g"]);
+    alice.ok(at, &ca, &["invite", "--group", "g", "bob"]);
+    bob.ok(at, &ca, &["join"]);
+    // `web` owns bob's profile; his CLI goes through it.
+    let web = WebProcess::start(&bob, at, &ca);
+    bob.ok(at, &ca, &["send", "--group", "g", "from the cli"]);
+    let (status, body) = web.call("GET", "/api/groups/g/messages", None);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("from the cli"), "{body}");
+    alice.ok(at, &ca, &["send", "--group", "g", "to bob"]);
+    let history = bob.ok(at, &ca, &["history", "--group", "g"]);
+    assert!(history.contains("alice: to bob"), "{history}");
+}
+
+#[test]
 fn the_api_refuses_calls_without_the_token_from_other_hosts_and_bad_requests() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");

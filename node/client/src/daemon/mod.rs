@@ -124,7 +124,7 @@ pub async fn run(
         let _ = signalled.send(true);
         let _ = stop.send(());
     });
-    let socket = socket::serve(daemon.listener, resident.clone());
+    let socket = socket::serve(daemon.listener, resident.clone(), on_signal.clone());
     let served = match web {
         None => {
             socket.await;

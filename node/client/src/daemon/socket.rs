@@ -22,10 +22,14 @@ pub const MAX_CONNECTIONS: usize = 32;
 /// The longest a `recv` waits for something to arrive, whatever it asks.
 pub const MAX_RECV_WAIT: Duration = Duration::from_secs(3600);
 
-/// Serves `listener` until `stopping` turns true.
-pub(crate) async fn serve(listener: UnixListener, resident: Handles) {
+/// Serves `listener` until `signalled` turns true (connections in progress end
+/// when the resident client stops).
+pub(crate) async fn serve(
+    listener: UnixListener,
+    resident: Handles,
+    mut signalled: tokio::sync::watch::Receiver<bool>,
+) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let mut stopping = resident.stopping.clone();
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -36,7 +40,7 @@ pub(crate) async fn serve(listener: UnixListener, resident: Handles) {
                     continue;
                 }
             },
-            _ = stopping.wait_for(|s| *s) => return,
+            _ = signalled.wait_for(|s| *s) => return,
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tokio::task::spawn_local(refuse_over_cap(stream));
