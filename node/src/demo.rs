@@ -58,6 +58,8 @@ impl Participant {
                 auth_token: auth_token.map(str::to_string),
                 reconnect_patience: Duration::from_secs(5),
                 endpoint: None,
+                connect_within: None,
+                fail_fast: None,
             },
         )
         .await?;

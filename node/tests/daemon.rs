@@ -324,3 +324,54 @@ fn a_plain_json_rpc_client_is_answered_and_malformed_requests_get_standard_error
         "{v}"
     );
 }
+
+#[test]
+fn with_the_node_down_reads_answer_from_the_profile_with_and_without_a_daemon() {
+    let mut w = World::start();
+    w.ok(&w.alice, &["send", "--group", "g", "before the outage"]);
+    assert!(
+        w.ok(&w.bob, &["recv", "--wait", "10"])
+            .contains("before the outage")
+    );
+    let _ = w.server.child.kill();
+    let _ = w.server.child.wait();
+
+    // Without a daemon: the one-shot commands answer from the profile and
+    // say on stderr that the node was not asked.
+    for (args, expect) in [
+        (vec!["history", "--group", "g"], "alice: before the outage"),
+        (vec!["groups"], "g  epoch 1  2 member(s)"),
+        (vec!["members", "--group", "g"], "alice"),
+        (vec!["whoami"], "bob (identity "),
+        (vec!["devices"], "1 device(s) of bob:"),
+    ] {
+        let (ok, out, err) = w.run(&w.bob, &args);
+        assert!(ok, "{args:?}: {err}");
+        assert!(out.contains(expect), "{args:?}: {out}");
+        assert!(
+            err.contains("note: the node is unreachable"),
+            "{args:?}: {err}"
+        );
+    }
+    // What needs the node fails with the unreachable status.
+    let (ok, _, err) = w.run(&w.bob, &["send", "--group", "g", "x"]);
+    assert!(!ok);
+    assert!(err.contains("cannot reach"), "{err}");
+
+    // With a daemon started while the node is down: the same answers, and
+    // its status says it is not connected.
+    let daemon = w.daemon(&w.bob, &[]);
+    let (ok, out, err) = w.run(&w.bob, &["history", "--group", "g"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("alice: before the outage"), "{out}");
+    assert!(w.ok(&w.bob, &["groups"]).starts_with("g  epoch 1"));
+    let v = Rpc::connect(&daemon.socket).call(1, "status", json!({}));
+    let state = v["result"]["connection"].as_str().unwrap().to_string();
+    assert!(
+        state == "connecting" || state == "reconnecting",
+        "a daemon without its node says so: {v}"
+    );
+    let (ok, _, err) = w.run(&w.bob, &["send", "--group", "g", "x"]);
+    assert!(!ok);
+    assert_one_line_error(&err, "unreachable");
+}

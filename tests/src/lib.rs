@@ -330,6 +330,8 @@ impl TestNode {
             auth_token: self.config.auth_token.clone(),
             reconnect_patience: std::time::Duration::from_secs(10),
             endpoint: None,
+            connect_within: None,
+            fail_fast: None,
         }
     }
 

@@ -210,9 +210,17 @@ pub(crate) struct LoggedInProfile {
 
 /// Opens the profile and resumes its login; `NotLoggedIn` when it has none.
 pub(crate) async fn logged_in(opts: &ClientOptions) -> Result<LoggedInProfile, CommandError> {
+    let conn = opts.connect().await?;
+    logged_in_on(opts, conn).await
+}
+
+/// [`logged_in`] on a connection made already.
+async fn logged_in_on(
+    opts: &ClientOptions,
+    conn: NodeConnection,
+) -> Result<LoggedInProfile, CommandError> {
     let state = ClientState::open(&opts.state_dir)?;
     let identity = state.identity()?;
-    let conn = opts.connect().await?;
     let (session, login) = open_session(opts, &conn, &state, &identity).await?;
     let Some(login) = login else {
         return Err(CommandError::NotLoggedIn);
@@ -539,13 +547,28 @@ pub fn read_new_password() -> Result<String, CommandError> {
 
 /// `devices`: every device of this account, this one marked.
 pub async fn devices(opts: &ClientOptions) -> Result<String, CommandError> {
+    let conn = match opts.connect_for_read().await {
+        Err(e) if e.kind() == "unreachable" => {
+            // As the profile last saw them (device sync keeps the list).
+            let state = ClientState::open(&opts.state_dir)?;
+            let login = state
+                .saved_login()?
+                .filter(|l| !l.token.is_empty())
+                .ok_or(CommandError::NotLoggedIn)?;
+            let me = IdentityKey(state.identity()?.public_key());
+            let known = devices_last_seen(&state, &me)?;
+            eprintln!("note: the node is unreachable: the devices as this profile last saw them");
+            return Ok(devices_text(&known, &me, &login.username));
+        }
+        other => other?,
+    };
     let LoggedInProfile {
         conn,
         session,
         identity,
         login,
         ..
-    } = logged_in(opts).await?;
+    } = logged_in_on(opts, conn).await?;
     let devices = session.devices().await?;
     conn.close().await;
     Ok(devices_text(
@@ -553,6 +576,23 @@ pub async fn devices(opts: &ClientOptions) -> Result<String, CommandError> {
         &IdentityKey(identity.public_key()),
         &login.username,
     ))
+}
+
+/// The account's devices as the profile last settled its groups with them
+/// (`me` among them).
+pub(crate) fn devices_last_seen(
+    state: &ClientState,
+    me: &IdentityKey,
+) -> Result<Vec<IdentityKey>, crate::state::StateError> {
+    let mut known: Vec<IdentityKey> = state
+        .known_devices()?
+        .into_iter()
+        .map(IdentityKey)
+        .collect();
+    if !known.contains(me) {
+        known.insert(0, *me);
+    }
+    Ok(known)
 }
 
 /// `devices`' lines: every device of `username`'s account, `me` marked.
@@ -597,6 +637,19 @@ impl ClientOptions {
     pub async fn connect(&self) -> Result<NodeConnection, CommandError> {
         let addr = self.server_addr()?;
         Ok(NodeConnection::connect(addr, self.trust()?).await?)
+    }
+
+    /// [`Self::connect`] for a command that can answer from the profile: the
+    /// node counts as unreachable after [`crate::group_commands::READ_CONNECT_WITHIN`].
+    pub async fn connect_for_read(&self) -> Result<NodeConnection, CommandError> {
+        let within = crate::group_commands::READ_CONNECT_WITHIN;
+        match tokio::time::timeout(within, self.connect()).await {
+            Ok(connected) => connected,
+            Err(_) => Err(CommandError::Client(crate::ClientError::Unreachable {
+                addr: self.server_addr()?,
+                reason: format!("no answer within {} ms", within.as_millis()),
+            })),
+        }
     }
 
     /// The pinned certificate, or with a CA bundle its authorities and the
@@ -648,6 +701,8 @@ impl ClientOptions {
             auth_token: self.auth_token.clone(),
             reconnect_patience,
             endpoint: None,
+            connect_within: None,
+            fail_fast: None,
         })
     }
 }
@@ -682,7 +737,18 @@ pub async fn ping(opts: &ClientOptions) -> Result<String, CommandError> {
 pub async fn whoami(opts: &ClientOptions) -> Result<String, CommandError> {
     let state = ClientState::open(&opts.state_dir)?;
     let identity = state.identity()?;
-    let conn = opts.connect().await?;
+    let conn = match opts.connect_for_read().await {
+        Err(e) if e.kind() == "unreachable" => {
+            // What the profile knows: who it is, and its account.
+            let id = format!("identity {}", hex(&identity.public_key()));
+            eprintln!("note: the node is unreachable: device count and session expiry unknown");
+            return Ok(match state.saved_login()? {
+                Some(login) if !login.token.is_empty() => format!("{} ({id})", login.username),
+                _ => id,
+            });
+        }
+        other => other?,
+    };
     let (session, login) = open_session(opts, &conn, &state, &identity).await?;
     let me = session.whoami().await?;
     if login.is_some() {

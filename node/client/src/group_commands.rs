@@ -46,6 +46,45 @@ async fn messenger(opts: &ClientOptions) -> Result<Messenger, CommandError> {
     messenger_with(opts, COMMAND_PATIENCE).await
 }
 
+/// How long a read waits for the node before it answers from the profile (a
+/// QUIC + TLS handshake and a resume take a few round trips: tens of ms to a
+/// node across a continent).
+pub const READ_CONNECT_WITHIN: Duration = Duration::from_millis(300);
+/// How long a resident client's connection attempt may take.
+pub const RESIDENT_CONNECT_WITHIN: Duration = Duration::from_secs(2);
+/// A resident client's first wait between attempts (doubling up to 30 s).
+const RESIDENT_FIRST_BACKOFF: Duration = Duration::from_millis(250);
+/// A read tries the node once: its wait after a failure outlasts it.
+const READ_NO_RETRY: Duration = Duration::from_secs(3600);
+
+/// The profile's messenger for a read: it starts whether or not the node
+/// answers within [`READ_CONNECT_WITHIN`].
+async fn reading_messenger(opts: &ClientOptions) -> Result<Messenger, CommandError> {
+    started_fail_fast(opts, READ_CONNECT_WITHIN, READ_NO_RETRY).await
+}
+
+/// The messenger of a resident client: it starts from the profile whether or
+/// not the node answers, and its calls fail fast while the node is away (its
+/// follow loop keeps trying, backing off).
+pub(crate) async fn resident_messenger(opts: &ClientOptions) -> Result<Messenger, CommandError> {
+    started_fail_fast(opts, RESIDENT_CONNECT_WITHIN, RESIDENT_FIRST_BACKOFF).await
+}
+
+async fn started_fail_fast(
+    opts: &ClientOptions,
+    connect_within: Duration,
+    first_backoff: Duration,
+) -> Result<Messenger, CommandError> {
+    let state = ClientState::open(&opts.state_dir)?;
+    if state.saved_login()?.is_none_or(|l| l.token.is_empty()) {
+        return Err(CommandError::NotLoggedIn);
+    }
+    let mut address = opts.node_address(Duration::ZERO)?;
+    address.connect_within = Some(connect_within);
+    address.fail_fast = Some(first_backoff);
+    Ok(Messenger::start(state, address).await?)
+}
+
 /// `work`, unless a stop is asked first: then `None`, and `work` is dropped
 /// where it waits (a connection attempt, a long-poll; what it had stored is
 /// in the crash-safe profile).
@@ -82,15 +121,24 @@ async fn close_messenger(m: Messenger, shutdown: &Shutdown) {
     }
 }
 
-/// Runs `command` on a messenger of its own, then closes it.
+/// Runs `command` on a messenger of its own, then closes it. A read does not
+/// wait for a node that is down: it answers from the profile, and says so on
+/// stderr.
 pub async fn run_locally(
     opts: &ClientOptions,
     command: ProfileCommand,
 ) -> Result<String, CommandError> {
-    let mut m = messenger(opts).await?;
+    let mut m = match command.only_reads() {
+        true => reading_messenger(opts).await?,
+        false => messenger(opts).await?,
+    };
     let out = command.run_on(&mut m, opts.json).await;
     m.close().await;
-    out
+    let answer = out?;
+    if let Some(note) = &answer.note {
+        eprintln!("note: {note}");
+    }
+    Ok(answer.text)
 }
 
 /// `create-group NAME [--classic]`: post-quantum unless asked otherwise.

@@ -9,7 +9,7 @@ use std::time::Duration;
 use quicnprotochat_crypto::mls::Suite;
 use serde::{Deserialize, Serialize};
 
-use crate::commands::{CommandError, devices_text, whoami_line};
+use crate::commands::{CommandError, devices_last_seen, devices_text, whoami_line};
 use crate::display::{escape_untrusted, utc_time};
 use crate::messenger::Messenger;
 use crate::output;
@@ -155,36 +155,63 @@ impl ProfileCommand {
         )
     }
 
+    /// Whether the command only reads the profile (it answers with the node
+    /// down, from what the profile holds).
+    pub fn only_reads(&self) -> bool {
+        matches!(
+            self,
+            ProfileCommand::Whoami
+                | ProfileCommand::Devices
+                | ProfileCommand::Groups
+                | ProfileCommand::Members { .. }
+                | ProfileCommand::History { .. }
+        )
+    }
+
     /// Runs the command on `m` and gives what the CLI prints (`json`: as with
     /// `--json`). `recv` here only takes what has arrived; its `wait` is the
-    /// caller's.
-    pub async fn run_on(&self, m: &mut Messenger, json: bool) -> Result<String, CommandError> {
-        match self {
-            ProfileCommand::Whoami => Ok(whoami_line(&m.whoami().await?)),
+    /// caller's. A read with the node unreachable answers from the profile,
+    /// with a note that says so.
+    pub async fn run_on(&self, m: &mut Messenger, json: bool) -> Result<Answer, CommandError> {
+        let text = match self {
+            ProfileCommand::Whoami => {
+                return match m.whoami().await {
+                    Ok(me) => Ok(Answer::plain(whoami_line(&me))),
+                    Err(e) if Messenger::is_connection_loss(&e) => Ok(whoami_from_profile(m)),
+                    Err(e) => Err(e.into()),
+                };
+            }
             ProfileCommand::Devices => {
-                let devices = m.devices().await?;
                 let me = quicnprotochat_wire::IdentityKey(m.identity_key());
-                Ok(devices_text(&devices, &me, m.username()))
+                return match m.devices().await {
+                    Ok(devices) => Ok(Answer::plain(devices_text(&devices, &me, m.username()))),
+                    Err(e) if Messenger::is_connection_loss(&e) => devices_from_profile(m),
+                    Err(e) => Err(e.into()),
+                };
             }
             ProfileCommand::Groups => {
-                m.pull(Duration::ZERO).await?;
-                groups_text(m, json).await
+                let note = pull_if_reachable(m).await?;
+                return Ok(Answer {
+                    text: groups_text(m, json).await?,
+                    note,
+                });
             }
             ProfileCommand::Members { group } => {
-                m.pull(Duration::ZERO).await?;
+                let note = pull_if_reachable(m).await?;
                 let g = m.group(group).await?;
-                if json {
-                    return Ok(output::group_json(g));
-                }
-                Ok(members_by_user(&g.members).join("\n"))
+                let text = if json {
+                    output::group_json(g)
+                } else {
+                    members_by_user(&g.members).join("\n")
+                };
+                return Ok(Answer { text, note });
             }
             ProfileCommand::History { group, limit } => {
-                m.pull(Duration::ZERO).await?;
-                history_text(m, group, (*limit).min(MAX_HISTORY_LIMIT), json)
+                let note = pull_if_reachable(m).await?;
+                let text = history_text(m, group, (*limit).min(MAX_HISTORY_LIMIT), json)?;
+                return Ok(Answer { text, note });
             }
-            ProfileCommand::Send { group, message } => {
-                Ok(m.send(group, message).await?.summary(group))
-            }
+            ProfileCommand::Send { group, message } => m.send(group, message).await?.summary(group),
             ProfileCommand::CreateGroup { name, classic } => {
                 let suite = if *classic {
                     Suite::Classic
@@ -192,7 +219,7 @@ impl ProfileCommand {
                     Suite::PostQuantum
                 };
                 m.create_group(name, suite).await?;
-                Ok(format!("created group {name} ({suite:?} ciphersuite)"))
+                format!("created group {name} ({suite:?} ciphersuite)")
             }
             ProfileCommand::Invite { group, usernames } => {
                 if usernames.is_empty() {
@@ -201,12 +228,12 @@ impl ProfileCommand {
                     ));
                 }
                 let epoch = m.invite(group, usernames).await?;
-                Ok(format!(
+                format!(
                     "invited {} to {group}; the group is at epoch {epoch}",
                     usernames.join(", ")
-                ))
+                )
             }
-            ProfileCommand::Join => join_text(m, json).await,
+            ProfileCommand::Join => join_text(m, json).await?,
             ProfileCommand::Recv { .. } => {
                 m.pull(Duration::ZERO).await?;
                 let unread = m.unread()?;
@@ -218,27 +245,99 @@ impl ProfileCommand {
                     .join("\n");
                 // Handed to the caller: shown (the daemon writes the reply next).
                 m.mark_shown(&keys)?;
-                Ok(text)
+                text
             }
             ProfileCommand::Remove { group, username } => {
                 let epoch = m.remove(group, std::slice::from_ref(username)).await?;
-                Ok(format!(
-                    "removed {username} from {group}; the group is at epoch {epoch}"
-                ))
+                format!("removed {username} from {group}; the group is at epoch {epoch}")
             }
             ProfileCommand::Leave { group } => {
                 m.leave(group).await?;
-                Ok(format!(
-                    "left {group}; a remaining member's client removes this device"
-                ))
+                format!("left {group}; a remaining member's client removes this device")
             }
             ProfileCommand::Update { group } => {
                 let epoch = m.update(group).await?;
-                Ok(format!(
-                    "refreshed this device's keys in {group}; the group is at epoch {epoch}"
-                ))
+                format!("refreshed this device's keys in {group}; the group is at epoch {epoch}")
             }
+        };
+        Ok(Answer::plain(text))
+    }
+}
+
+impl ProfileCommand {
+    /// The answer from the profile alone, for a command that otherwise asks the
+    /// node (`whoami`, `devices`): what a resident client says while the node
+    /// is away, rather than waiting for an attempt to fail.
+    pub fn answer_from_profile(&self, m: &Messenger) -> Option<Result<Answer, CommandError>> {
+        match self {
+            ProfileCommand::Whoami => Some(Ok(whoami_from_profile(m))),
+            ProfileCommand::Devices => Some(devices_from_profile(m)),
+            _ => None,
         }
+    }
+}
+
+/// `whoami` from the profile: who it is; the node's part unknown.
+fn whoami_from_profile(m: &Messenger) -> Answer {
+    Answer::noted(
+        format!(
+            "{} (identity {})",
+            m.username(),
+            hex::encode(m.identity_key())
+        ),
+        "the node is unreachable: device count and session expiry unknown",
+    )
+}
+
+/// `devices` from the profile: as it last settled its groups with them.
+fn devices_from_profile(m: &Messenger) -> Result<Answer, CommandError> {
+    let me = quicnprotochat_wire::IdentityKey(m.identity_key());
+    let known = devices_last_seen(m.state(), &me)?;
+    Ok(Answer::noted(
+        devices_text(&known, &me, m.username()),
+        "the node is unreachable: the devices as this profile last saw them",
+    ))
+}
+
+/// What a command answers: the text the CLI prints, and a note for stderr
+/// (a read that the node could not refresh).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// What the CLI prints on stdout.
+    pub text: String,
+    /// What it says on stderr, if anything.
+    pub note: Option<String>,
+}
+
+impl Answer {
+    fn plain(text: String) -> Answer {
+        Answer { text, note: None }
+    }
+
+    fn noted(text: String, note: &str) -> Answer {
+        Answer {
+            text,
+            note: Some(note.to_string()),
+        }
+    }
+}
+
+/// The note of a read answered from the profile alone.
+pub const UNREFRESHED: &str =
+    "the node is unreachable: this is what the profile holds (newer messages may be waiting)";
+
+/// Applies what waits at the node, when it can be reached: a read answers
+/// from the profile anyway, with a note saying the node was not asked.
+async fn pull_if_reachable(m: &mut Messenger) -> Result<Option<String>, CommandError> {
+    // Followed, the profile is as current as the connection allows (the
+    // follower says when the node is away).
+    if m.is_followed() {
+        return Ok(None);
+    }
+    match m.pull(Duration::ZERO).await {
+        Ok(_) => Ok(None),
+        Err(e) if Messenger::is_connection_loss(&e) => Ok(Some(UNREFRESHED.into())),
+        Err(e) => Err(e.into()),
     }
 }
 

@@ -15,9 +15,9 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use crate::ClientState;
 use crate::actors::session::ConnectionEvent;
 use crate::commands::{self, ClientOptions, CommandError};
-use crate::group_commands::{LONG_PATIENCE, messenger_with};
+use crate::group_commands::resident_messenger;
 use crate::messenger::Messenger;
-use crate::profile_command::ProfileCommand;
+use crate::profile_command::{Answer, ProfileCommand};
 use crate::state::lines::ShownLine;
 use crate::web::views::{GroupView, MessageView, SentView, StatusView, WebError};
 
@@ -97,8 +97,8 @@ pub enum Call {
         command: ProfileCommand,
         /// As with `--json`.
         json: bool,
-        /// The text, or why not.
-        reply: oneshot::Sender<Result<String, CommandError>>,
+        /// The answer, or why not.
+        reply: oneshot::Sender<Result<Answer, CommandError>>,
     },
 }
 
@@ -110,8 +110,49 @@ pub enum Event {
     /// A line: a message someone sent, or a notice about a group (someone
     /// joined, left, was removed).
     Line(ShownLine),
-    /// The connection to the node: `lost`, `retrying` or `back`.
-    Connection(&'static str),
+    /// The connection to the node changed.
+    Connection(Link),
+}
+
+/// The resident client's connection to the node, as it last heard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    /// No login: nothing to connect.
+    SignedOut,
+    /// Started; the first attempt has not answered yet.
+    Connecting,
+    /// Connected and resumed.
+    Connected,
+    /// Lost; the next attempt is due then.
+    Reconnecting {
+        /// When the next attempt is due.
+        next_try: std::time::Instant,
+    },
+}
+
+impl Link {
+    /// One word for pages and scripts: `signed_out`, `connecting`,
+    /// `connected`, `reconnecting`.
+    pub fn state(&self) -> &'static str {
+        match self {
+            Link::SignedOut => "signed_out",
+            Link::Connecting => "connecting",
+            Link::Connected => "connected",
+            Link::Reconnecting { .. } => "reconnecting",
+        }
+    }
+
+    /// Milliseconds until the next attempt, while reconnecting.
+    pub fn next_try_ms(&self) -> Option<u64> {
+        match self {
+            Link::Reconnecting { next_try } => Some(
+                next_try
+                    .saturating_duration_since(std::time::Instant::now())
+                    .as_millis() as u64,
+            ),
+            _ => None,
+        }
+    }
 }
 
 /// The handles on a running resident client; cloned by each front (web,
@@ -147,6 +188,7 @@ pub fn start(
         connection: None,
         events: events.clone(),
         changes,
+        link: Link::SignedOut,
     };
     let task = tokio::task::spawn_local(agent.run(calls, stop, stopping_tx));
     let handles = Handles {
@@ -165,6 +207,7 @@ struct Agent {
     connection: Option<broadcast::Receiver<ConnectionEvent>>,
     events: broadcast::Sender<Event>,
     changes: watch::Sender<u64>,
+    link: Link,
 }
 
 impl Agent {
@@ -210,14 +253,22 @@ impl Agent {
         Ok(())
     }
 
+    /// Starts the messenger from the profile; it connects as its follow loop
+    /// first fetches (the calls meanwhile answer from the profile).
     async fn start_messenger(&mut self) -> Result<(), WebError> {
-        let m = messenger_with(&self.opts, LONG_PATIENCE).await?;
+        let m = resident_messenger(&self.opts).await?;
         self.connection = Some(m.connection_events());
         self.arrivals = Some(m.follow().await?);
         self.messenger = Some(m);
-        // What arrived while nobody looked.
-        self.on_arrival(Some(Ok(()))).await;
+        self.set_link(Link::Connecting);
         Ok(())
+    }
+
+    fn set_link(&mut self, link: Link) {
+        if self.link != link {
+            self.link = link;
+            let _ = self.events.send(Event::Connection(link));
+        }
     }
 
     fn messenger(&mut self) -> Result<&mut Messenger, WebError> {
@@ -302,15 +353,26 @@ impl Agent {
         &mut self,
         command: &ProfileCommand,
         json: bool,
-    ) -> Result<String, CommandError> {
+    ) -> Result<Answer, CommandError> {
         match (&mut self.messenger, command) {
-            (Some(m), command) => command.run_on(m, json).await,
+            (Some(m), command) => {
+                if self.link != Link::Connected
+                    && let Some(answer) = command.answer_from_profile(m)
+                {
+                    return answer;
+                }
+                let mut answer = command.run_on(m, json).await?;
+                if command.only_reads() && answer.note.is_none() && self.link != Link::Connected {
+                    answer.note = Some(crate::profile_command::UNREFRESHED.into());
+                }
+                Ok(answer)
+            }
             (None, ProfileCommand::Whoami) => {
                 let state = ClientState::open(&self.opts.state_dir)?;
-                Ok(format!(
-                    "identity {}",
-                    hex::encode(state.identity()?.public_key())
-                ))
+                Ok(Answer {
+                    text: format!("identity {}", hex::encode(state.identity()?.public_key())),
+                    note: None,
+                })
             }
             (None, _) => Err(CommandError::NotLoggedIn),
         }
@@ -331,6 +393,8 @@ impl Agent {
             username,
             identity: hex::encode(identity),
             server: self.opts.server.clone(),
+            connection: self.link.state(),
+            next_try_ms: self.link.next_try_ms(),
         })
     }
 
@@ -411,27 +475,43 @@ impl Agent {
         Ok(g.into())
     }
 
+    /// The account's devices (with the node away, as the profile last saw
+    /// them).
     async fn devices(&mut self) -> Result<Vec<String>, WebError> {
         let m = self.messenger()?;
-        Ok(m.devices().await?.iter().map(|d| d.to_hex()).collect())
+        let answer = ProfileCommand::Devices.run_on(m, false).await?;
+        // `devices`' lines: a heading, then one device (hex) per line.
+        Ok(answer
+            .text
+            .lines()
+            .skip(1)
+            .filter_map(|l| l.split_whitespace().next())
+            .map(str::to_string)
+            .collect())
     }
 
     /// Something arrived (or following failed): apply it, tell the pages.
     async fn on_arrival(&mut self, arrived: Option<Result<(), crate::messenger::MessengerError>>) {
-        let Some(m) = self.messenger.as_mut() else {
+        if self.messenger.is_none() {
             return;
-        };
+        }
         match arrived {
             // The receiver restarted: follow the new one.
-            None => match m.follow().await {
-                Ok(a) => self.arrivals = Some(a),
-                Err(e) => {
-                    self.arrivals = None;
-                    tracing::warn!(error = %e, "cannot follow the inbox");
+            None => {
+                let m = self.messenger.as_mut().expect("checked above");
+                match m.follow().await {
+                    Ok(a) => self.arrivals = Some(a),
+                    Err(e) => {
+                        self.arrivals = None;
+                        tracing::warn!(error = %e, "cannot follow the inbox");
+                    }
                 }
-            },
+            }
             Some(Err(e)) => tracing::info!(error = %e, "fetching the inbox failed; retrying"),
             Some(Ok(())) => {
+                // A fetch went through: the node is there.
+                self.set_link(Link::Connected);
+                let m = self.messenger.as_mut().expect("checked above");
                 if let Err(e) = m.pull(Duration::ZERO).await {
                     tracing::info!(error = %e, "applying the inbox failed");
                 }
@@ -467,13 +547,17 @@ impl Agent {
     }
 
     fn on_connection(&mut self, event: Option<ConnectionEvent>) {
-        let e = match event {
-            Some(ConnectionEvent::Lost) => Event::Connection("lost"),
-            Some(ConnectionEvent::Retrying { .. }) => Event::Connection("retrying"),
-            Some(ConnectionEvent::Reconnected) => Event::Connection("back"),
+        let link = match event {
+            Some(ConnectionEvent::Lost) => Link::Reconnecting {
+                next_try: std::time::Instant::now(),
+            },
+            Some(ConnectionEvent::Retrying { delay }) => Link::Reconnecting {
+                next_try: std::time::Instant::now() + delay,
+            },
+            Some(ConnectionEvent::Reconnected) => Link::Connected,
             None => return,
         };
-        let _ = self.events.send(e);
+        self.set_link(link);
     }
 }
 

@@ -40,6 +40,8 @@ impl Target {
             auth_token: None,
             reconnect_patience: std::time::Duration::from_secs(10),
             endpoint: None,
+            connect_within: None,
+            fail_fast: None,
         })
     }
 

@@ -59,6 +59,19 @@ pub struct NodeAddress {
     /// [`crate::client_endpoint`]), shared by the many clients of one
     /// process (a load generator); `None`: each connection has its own.
     pub endpoint: Option<quinn::Endpoint>,
+    /// How long one connection attempt may take before the node counts as
+    /// unreachable (`None`: the handshake's own timeout, 6 s). A command that
+    /// can answer from the profile bounds it, so a node that is down costs it
+    /// a fraction of a second.
+    pub connect_within: Option<Duration>,
+    /// Fail fast while disconnected, with this first wait between attempts:
+    /// a request makes at most one (bounded) attempt, and none at all before
+    /// the next one is due (the wait doubles, up to 30 s), instead of waiting
+    /// out `reconnect_patience`; the start does not connect. For a resident
+    /// client, whose follow loop keeps trying and whose calls must not hang
+    /// (250 ms), and for a read that answers from the profile (one attempt:
+    /// a wait longer than the command).
+    pub fail_fast: Option<Duration>,
 }
 
 impl std::fmt::Debug for NodeAddress {
@@ -70,6 +83,8 @@ impl std::fmt::Debug for NodeAddress {
                 &self.auth_token.as_ref().map(|_| "<redacted>"),
             )
             .field("reconnect_patience", &self.reconnect_patience)
+            .field("connect_within", &self.connect_within)
+            .field("fail_fast", &self.fail_fast)
             .finish()
     }
 }

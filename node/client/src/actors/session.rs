@@ -129,6 +129,9 @@ pub(crate) struct SessionState {
     live: Option<Live>,
     generation: u64,
     ever_connected: bool,
+    /// Fail-fast mode: when the next attempt is due, and the wait after it.
+    next_try: Option<Instant>,
+    backoff: Duration,
 }
 
 #[derive(Default)]
@@ -183,6 +186,9 @@ impl SessionState {
         if self.live.is_some() {
             return Ok(());
         }
+        if let Some(first_backoff) = self.address.fail_fast {
+            return self.try_once(first_backoff).await;
+        }
         let patience = if self.ever_connected {
             self.address.reconnect_patience
         } else {
@@ -191,7 +197,7 @@ impl SessionState {
         let deadline = Instant::now() + patience;
         let mut delay = FIRST_BACKOFF;
         loop {
-            match connect_once(&self.address, &self.profile).await {
+            match self.attempt().await {
                 Ok(live) => {
                     self.live = Some(live);
                     self.generation += 1;
@@ -208,6 +214,62 @@ impl SessionState {
                 }
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// One connection attempt, bounded by `connect_within`.
+    async fn attempt(&self) -> Result<Live, ClientError> {
+        let connect = connect_once(&self.address, &self.profile);
+        match self.address.connect_within {
+            None => connect.await,
+            Some(limit) => tokio::time::timeout(limit, connect)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(ClientError::Unreachable {
+                        addr: self.address.addr,
+                        reason: format!("no answer within {} ms", limit.as_millis()),
+                    })
+                }),
+        }
+    }
+
+    /// Fail-fast mode: one attempt if one is due, none otherwise.
+    async fn try_once(&mut self, first_backoff: Duration) -> Result<(), ClientError> {
+        let now = Instant::now();
+        if let Some(at) = self.next_try
+            && now < at
+        {
+            return Err(ClientError::Unreachable {
+                addr: self.address.addr,
+                reason: format!(
+                    "the node is unreachable; the next try is in {} s",
+                    (at - now).as_secs_f64().ceil() as u64
+                ),
+            });
+        }
+        match self.attempt().await {
+            Ok(live) => {
+                self.live = Some(live);
+                self.generation += 1;
+                // Told even for the first connection: a resident client
+                // starts without one and shows when it has one.
+                let _ = self.events.send(ConnectionEvent::Reconnected);
+                self.ever_connected = true;
+                self.next_try = None;
+                self.backoff = first_backoff;
+                Ok(())
+            }
+            Err(e) if is_connection_loss(&e) => {
+                let delay = match self.next_try {
+                    None => first_backoff,
+                    Some(_) => self.backoff,
+                };
+                self.next_try = Some(Instant::now() + delay);
+                self.backoff = (delay * 2).min(MAX_BACKOFF.max(first_backoff));
+                let _ = self.events.send(ConnectionEvent::Retrying { delay });
+                Err(e)
+            }
+            Err(e) => Err(e),
         }
     }
 
@@ -254,6 +316,8 @@ impl ThreadLocalActor for SessionActor {
             live: None,
             generation: 0,
             ever_connected: false,
+            next_try: None,
+            backoff: FIRST_BACKOFF,
         })
     }
 

@@ -67,7 +67,8 @@ impl DaemonClient {
         }
     }
 
-    /// Runs `command` in the daemon; what the CLI prints.
+    /// Runs `command` in the daemon; what the CLI prints (a note goes to
+    /// stderr here, as the one-shot command prints it).
     pub async fn run(
         &mut self,
         command: &ProfileCommand,
@@ -78,6 +79,9 @@ impl DaemonClient {
         let mut params = request.get("params").cloned().unwrap_or_else(|| json!({}));
         params["json"] = json!(json);
         let result = self.call(&method, params).await?;
+        if let Some(note) = result["note"].as_str() {
+            eprintln!("note: {note}");
+        }
         Ok(result["output"].as_str().unwrap_or_default().to_string())
     }
 }

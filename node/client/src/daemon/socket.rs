@@ -13,7 +13,7 @@ use tokio::sync::{Semaphore, broadcast, oneshot};
 use super::jsonrpc::{self, Method, Refusal};
 use crate::commands::CommandError;
 use crate::output;
-use crate::profile_command::ProfileCommand;
+use crate::profile_command::{Answer, ProfileCommand};
 use crate::resident::{Call, Event, Handles};
 use crate::web::views::WebError;
 
@@ -200,19 +200,19 @@ impl Connection {
                 // is not missed.
                 let mut arrivals = self.resident.arrivals.clone();
                 arrivals.borrow_and_update();
-                let mut text = self.command(command.clone(), json).await?;
-                if text.is_empty() && !wait.is_zero() {
+                let mut answer = self.command(command.clone(), json).await?;
+                if answer.text.is_empty() && !wait.is_zero() {
                     let arrived = tokio::time::timeout(wait, arrivals.changed()).await;
                     if matches!(arrived, Ok(Ok(()))) {
-                        text = self.command(command.clone(), json).await?;
+                        answer = self.command(command.clone(), json).await?;
                     }
                 }
-                Ok(command_result(text, json))
+                Ok(command_result(answer, json))
             }
         }
     }
 
-    async fn command(&self, command: ProfileCommand, json: bool) -> Result<String, CommandError> {
+    async fn command(&self, command: ProfileCommand, json: bool) -> Result<Answer, CommandError> {
         let (reply, answer) = oneshot::channel();
         let call = Call::Command {
             command,
@@ -256,7 +256,11 @@ impl Connection {
                 }
                 json!({"kind": kind, "line": v})
             }
-            Ok(Event::Connection(state)) => json!({"kind": "connection", "state": state}),
+            Ok(Event::Connection(link)) => json!({
+                "kind": "connection",
+                "state": link.state(),
+                "next_try_ms": link.next_try_ms(),
+            }),
             Err(broadcast::error::RecvError::Lagged(n)) => json!({"kind": "lagged", "missed": n}),
             Err(broadcast::error::RecvError::Closed) => {
                 self.events = None;
@@ -272,17 +276,19 @@ impl Connection {
     }
 }
 
-/// A command's result: what the CLI prints, and with `json` each printed
-/// line as a value.
-fn command_result(text: String, json: bool) -> Value {
-    if !json {
-        return json!({"output": text});
+/// A command's result: what the CLI prints (`output`), the note it prints on
+/// stderr if any (`note`), and with `json` each printed line as a value.
+fn command_result(answer: Answer, json: bool) -> Value {
+    let mut result = json!({"output": answer.text, "note": answer.note});
+    if json {
+        let values: Vec<Value> = answer
+            .text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        result["values"] = json!(values);
     }
-    let values: Vec<Value> = text
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    json!({"output": text, "values": values})
+    result
 }
 
 fn stopped() -> CommandError {

@@ -47,12 +47,16 @@ pub struct Messenger {
     stopped: Option<ractor::concurrency::JoinHandle<()>>,
     /// When the account's devices were last compared with the profile's groups.
     pub(crate) devices_checked: Option<std::time::Instant>,
+    /// Whether someone follows the inbox (the profile is kept current).
+    followed: std::sync::atomic::AtomicBool,
 }
 
 impl Messenger {
     /// Starts the actor tree of the profile in `state` (which must hold a login)
     /// and connects it to the node at `address`, resuming the profile's session.
-    /// Connection failures are reported here, typed.
+    /// Connection failures are reported here, typed; with `address.fail_fast`
+    /// it does not connect here (the messenger works from the profile and
+    /// connects with its first request that needs the node).
     pub async fn start(
         state: ClientState,
         address: NodeAddress,
@@ -69,6 +73,7 @@ impl Messenger {
             hybrid,
             username,
         });
+        let fail_fast = address.fail_fast;
         let me: RosterEntry = profile.my_entry();
         profile.state.write(|t| t.put_roster(&me))?;
         let (events, _) = broadcast::channel(64);
@@ -97,9 +102,14 @@ impl Messenger {
             crash_at: None,
             stopped: Some(stopped),
             devices_checked: None,
+            followed: std::sync::atomic::AtomicBool::new(false),
         };
-        let session = m.session.get();
-        ask_session(&session, |reply| SessionMsg::Connect { reply }).await?;
+        // A fail-fast (resident) messenger starts from its profile and
+        // connects with its first request.
+        if fail_fast.is_none() {
+            let session = m.session.get();
+            ask_session(&session, |reply| SessionMsg::Connect { reply }).await?;
+        }
         Ok(m)
     }
 
@@ -119,6 +129,12 @@ impl Messenger {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         tracing::warn!("client actors still hold the profile after closing");
+    }
+
+    /// Whether the inbox is followed (by [`Messenger::follow`]): what arrives
+    /// is applied as it comes, so a read need not pull first.
+    pub fn is_followed(&self) -> bool {
+        self.followed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// What happens to the connection (lost, retrying, back), as it happens.
@@ -216,6 +232,8 @@ impl Messenger {
         receiver
             .cast(ReceiverMsg::Follow { to })
             .map_err(|_| MessengerError::ActorStopped("receiver"))?;
+        self.followed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(notices)
     }
 

@@ -381,9 +381,13 @@ async fn events(
                     Ok(Event::Line(line)) => SseEvent::default()
                         .event("message")
                         .data(crate::output::line_json(&line)),
-                    Ok(Event::Connection(what)) => SseEvent::default()
-                        .event("connection")
-                        .data(serde_json::json!({ "state": what }).to_string()),
+                    Ok(Event::Connection(link)) => SseEvent::default().event("connection").data(
+                        serde_json::json!({
+                            "state": link.state(),
+                            "next_try_ms": link.next_try_ms(),
+                        })
+                        .to_string(),
+                    ),
                     // Fell behind: everything may have changed.
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         SseEvent::default().event("changed").data("{}")

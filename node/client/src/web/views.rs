@@ -17,6 +17,11 @@ pub struct StatusView {
     pub identity: String,
     /// The node, `HOST:PORT`.
     pub server: String,
+    /// The connection to it: `signed_out`, `connecting`, `connected`,
+    /// `reconnecting`.
+    pub connection: &'static str,
+    /// While reconnecting: milliseconds until the next attempt.
+    pub next_try_ms: Option<u64>,
 }
 
 pub use crate::output::{GroupView, MessageView};

@@ -57,8 +57,25 @@ function item(text, cls) {
   return li;
 }
 
+// The connection as the resident client last heard: never assumed.
+function showConnection(state, nextTryMs) {
+  const el = $("connection");
+  const words = {
+    connected: "connected",
+    connecting: "connecting…",
+    signed_out: "not signed in",
+    reconnecting:
+      "disconnected, reconnecting" +
+      (nextTryMs == null ? "" : " (next try in " + Math.ceil(nextTryMs / 1000) + " s)"),
+  };
+  el.textContent = words[state] || state;
+  el.className = state === "connected" ? "ok" : "down";
+  el.dataset.state = state;
+}
+
 async function refreshStatus() {
   const s = await api("GET", "/api/status");
+  showConnection(s.connection, s.next_try_ms);
   $("signin").hidden = s.logged_in;
   $("app").hidden = !s.logged_in;
   $("me").textContent = s.logged_in ? s.username + " on " + s.server : "not signed in";
@@ -136,10 +153,8 @@ function listen() {
     $("notices").prepend(item(JSON.parse(e.data).line));
   });
   events.addEventListener("connection", (e) => {
-    const state = JSON.parse(e.data).state;
-    const el = $("connection");
-    el.textContent = state === "back" ? "connected" : "connection " + state;
-    el.className = state === "back" ? "ok" : "down";
+    const c = JSON.parse(e.data);
+    showConnection(c.state, c.next_try_ms);
   });
 }
 
