@@ -42,6 +42,11 @@ pub enum CommandError {
     #[error("{0}")]
     /// Anything else a command refuses (what).
     Invalid(String),
+    #[error(
+        "{0}: not sent yet; the message waits in this profile's outbox and goes out with the next send (or at once under a running daemon)"
+    )]
+    /// The node could not be reached (why); the message stays queued.
+    Queued(String),
     #[error("{message}")]
     /// The command failed in the profile's daemon, which said why.
     Daemon {
@@ -82,9 +87,8 @@ impl CommandError {
         use ClientError as C;
         match self {
             CommandError::Client(C::Refused(_)) => "refused",
-            CommandError::Client(C::Unreachable { .. } | C::Transport(_) | C::Protocol(_)) => {
-                "unreachable"
-            }
+            CommandError::Client(C::Unreachable { .. } | C::Transport(_) | C::Protocol(_))
+            | CommandError::Queued(_) => "unreachable",
             CommandError::Client(C::Session(_))
             | CommandError::NotLoggedIn
             | CommandError::SessionEnded { .. } => "not_logged_in",

@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod actors;
+pub mod app_content;
 pub mod command_error;
 pub mod commands;
 pub mod core;

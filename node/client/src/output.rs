@@ -56,6 +56,12 @@ pub struct MessageView {
     pub sender: String,
     /// What it said, as sent (shown as text, never as markup).
     pub text: String,
+    /// `done` (received, or taken by the node), `pending` (ours, in the
+    /// outbox) or `failed` (ours, refused by the node).
+    pub delivery: &'static str,
+    /// Why the node refused it, when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
 }
 
 impl From<&HistoryEntry> for MessageView {
@@ -65,6 +71,11 @@ impl From<&HistoryEntry> for MessageView {
             time: utc_time(e.at_ms),
             sender: e.sender.clone(),
             text: e.text.clone(),
+            delivery: e.delivery.word(),
+            failed: match &e.delivery {
+                crate::state::history::Delivery::Failed(why) => Some(why.clone()),
+                _ => None,
+            },
         }
     }
 }
@@ -120,7 +131,7 @@ pub fn line_json(line: &ShownLine) -> String {
 }
 
 /// A message of `history --json`: `{"type": "message", "at_ms", "time",
-/// "group", "sender", "text"}`.
+/// "group", "sender", "text", "delivery"}` (and `failed`, why, when refused).
 pub fn history_json(group: &str, e: &HistoryEntry) -> String {
     #[derive(Serialize)]
     struct Entry<'a> {

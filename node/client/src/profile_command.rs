@@ -13,6 +13,7 @@ use crate::commands::{CommandError, devices_last_seen, devices_text, whoami_line
 use crate::display::{escape_untrusted, utc_time};
 use crate::messenger::Messenger;
 use crate::output;
+use crate::state::history::Delivery;
 use crate::state::lines::ShownLine;
 
 /// The most messages one `history` returns (a daemon's caller cannot make it
@@ -211,7 +212,17 @@ impl ProfileCommand {
                 let text = history_text(m, group, (*limit).min(MAX_HISTORY_LIMIT), json)?;
                 return Ok(Answer { text, note });
             }
-            ProfileCommand::Send { group, message } => m.send(group, message).await?.summary(group),
+            ProfileCommand::Send { group, message } => match m.send(group, message).await {
+                Ok(report) => report.summary(group),
+                // Queued: a resident client sends it when the node is back.
+                Err(e) if Messenger::is_connection_loss(&e) && m.is_followed() => format!(
+                    "queued for {group}: the node is unreachable; the message goes out when it is back (`history` shows it pending)"
+                ),
+                Err(e) if Messenger::is_connection_loss(&e) => {
+                    return Err(CommandError::Queued(e.to_string()));
+                }
+                Err(e) => return Err(e.into()),
+            },
             ProfileCommand::CreateGroup { name, classic } => {
                 let suite = if *classic {
                     Suite::Classic
@@ -425,8 +436,13 @@ fn history_text(
     Ok(entries
         .iter()
         .map(|e| {
+            let state = match &e.delivery {
+                Delivery::Done => String::new(),
+                Delivery::Pending => "  (pending: not sent yet)".into(),
+                Delivery::Failed(why) => format!("  (not sent: {})", escape_untrusted(why)),
+            };
             format!(
-                "{}  {}: {}",
+                "{}  {}: {}{state}",
                 utc_time(e.at_ms),
                 escape_untrusted(&e.sender),
                 escape_untrusted(&e.text)

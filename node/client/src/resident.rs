@@ -229,7 +229,7 @@ impl Agent {
                 },
                 _ = &mut stop => break,
                 arrived = next(&mut self.arrivals) => self.on_arrival(arrived).await,
-                event = next_event(&mut self.connection) => self.on_connection(event),
+                event = next_event(&mut self.connection) => self.on_connection(event).await,
             }
         }
         let _ = stopping.send(true);
@@ -515,6 +515,7 @@ impl Agent {
                 if let Err(e) = m.pull(Duration::ZERO).await {
                     tracing::info!(error = %e, "applying the inbox failed");
                 }
+                self.flush_outbox().await;
                 self.after_change().await;
             }
         }
@@ -546,7 +547,7 @@ impl Agent {
         let _ = self.events.send(Event::Changed);
     }
 
-    fn on_connection(&mut self, event: Option<ConnectionEvent>) {
+    async fn on_connection(&mut self, event: Option<ConnectionEvent>) {
         let link = match event {
             Some(ConnectionEvent::Lost) => Link::Reconnecting {
                 next_try: std::time::Instant::now(),
@@ -558,6 +559,25 @@ impl Agent {
             None => return,
         };
         self.set_link(link);
+        if link == Link::Connected {
+            self.flush_outbox().await;
+        }
+    }
+
+    /// Sends what waits in the outbox (queued while the node was away), in
+    /// order; what still cannot go waits for the next connection.
+    async fn flush_outbox(&mut self) {
+        let Some(m) = self.messenger.as_mut() else {
+            return;
+        };
+        match m.flush_outbox().await {
+            Ok(0) => {}
+            Ok(sent) => {
+                tracing::info!(sent, "sent what waited in the outbox");
+                self.after_change().await;
+            }
+            Err(e) => tracing::info!(error = %e, "the outbox waits for the node"),
+        }
     }
 }
 

@@ -238,6 +238,8 @@ pub(crate) struct Effects {
     pub release: Vec<u64>,
     /// The digest of the group message this envelope carried, to ignore replays.
     pub processed: Option<[u8; 32]>,
+    /// The key of the message id it carried, to show a resent message once.
+    pub message_id: Option<[u8; 32]>,
     /// Messages to keep in a group's history: (group id, entry).
     pub history: Vec<(Vec<u8>, crate::state::history::HistoryEntry)>,
 }
@@ -259,7 +261,7 @@ impl Effects {
         for s in &self.release {
             t.release(*s)?;
         }
-        if let Some(digest) = &self.processed {
+        for digest in self.processed.iter().chain(&self.message_id) {
             t.remember_processed(digest)?;
         }
         for (group_id, entry) in &self.history {

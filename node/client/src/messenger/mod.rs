@@ -49,6 +49,10 @@ pub struct Messenger {
     pub(crate) devices_checked: Option<std::time::Instant>,
     /// Whether someone follows the inbox (the profile is kept current).
     followed: std::sync::atomic::AtomicBool,
+    /// Reports of the messages this handle's sends queued, until returned.
+    sent_reports: std::collections::HashMap<u64, SendReport>,
+    /// Test hook: the next message sent is answered as if the connection dropped.
+    lose_next_send_answer: bool,
 }
 
 impl Messenger {
@@ -103,6 +107,8 @@ impl Messenger {
             stopped: Some(stopped),
             devices_checked: None,
             followed: std::sync::atomic::AtomicBool::new(false),
+            sent_reports: std::collections::HashMap::new(),
+            lose_next_send_answer: false,
         };
         // A fail-fast (resident) messenger starts from its profile and
         // connects with its first request.
@@ -140,6 +146,13 @@ impl Messenger {
     /// What happens to the connection (lost, retrying, back), as it happens.
     pub fn connection_events(&self) -> broadcast::Receiver<ConnectionEvent> {
         self.events.subscribe()
+    }
+
+    /// Test hook: the next message sent goes out, but its answer is lost, as
+    /// if the connection had dropped (it stays in the outbox).
+    #[doc(hidden)]
+    pub fn lose_next_send_answer(&mut self) {
+        self.lose_next_send_answer = true;
     }
 
     /// Test hook: the next commit (or rejoin by external commit) stops at
@@ -200,7 +213,27 @@ impl Messenger {
             .state
             .group_id(name)?
             .ok_or_else(|| MessengerError::UnknownGroup(name.to_string()))?;
-        Ok(self.profile.state.history(&gid, limit)?)
+        let mut entries = self.profile.state.history(&gid, limit)?;
+        // Ours still in the outbox come last: newer than anything sent.
+        let outbox: Vec<_> = self
+            .profile
+            .state
+            .outbox()?
+            .into_iter()
+            .filter(|o| o.group_id == gid)
+            .map(|o| crate::state::history::HistoryEntry {
+                at_ms: o.at_ms,
+                sender: self.profile.username.clone(),
+                text: o.text,
+                delivery: match o.failed {
+                    None => crate::state::history::Delivery::Pending,
+                    Some(why) => crate::state::history::Delivery::Failed(why),
+                },
+            })
+            .collect();
+        entries.extend(outbox);
+        let skip = entries.len().saturating_sub(limit);
+        Ok(entries.split_off(skip))
     }
 
     async fn group_actor(&self, name: &str) -> Result<ActorRef<GroupMsg>, MessengerError> {
@@ -402,11 +435,98 @@ impl Messenger {
     /// it and whose inbox did not take it.
     pub async fn send(&mut self, name: &str, text: &str) -> Result<SendReport, MessengerError> {
         crate::core::check_message_text(text)?;
+        let gid = self
+            .profile
+            .state
+            .group_id(name)?
+            .ok_or_else(|| MessengerError::UnknownGroup(name.to_string()))?;
+        let held = self.profile.state.outbox_len()?;
+        if held >= crate::state::outbox::MAX_OUTBOX {
+            return Err(MessengerError::OutboxFull(held));
+        }
+        let id = crate::app_content::MessageId::random();
+        let mut place = 0;
+        self.profile.state.write(|t| {
+            place = t.queue_outgoing(&gid, id, crate::actors::now_ms(), text)?;
+            Ok(())
+        })?;
+        // In order: what waited before goes first.
+        self.flush_outbox_until(Some(place)).await?;
+        self.sent_reports
+            .remove(&place)
+            .ok_or(MessengerError::ActorStopped("outbox"))
+    }
+
+    /// Sends what waits in the outbox, oldest first, stopping at the first
+    /// connection loss (the rest waits for the next try). A message the node
+    /// refuses stays in the outbox, failed; the others go on. Returns how many
+    /// went out.
+    pub async fn flush_outbox(&mut self) -> Result<usize, MessengerError> {
+        self.flush_outbox_until(None).await
+    }
+
+    /// [`Messenger::flush_outbox`] up to the message at `last` (the one a
+    /// send just queued: its report is kept in `sent_reports`, its failure is
+    /// the call's).
+    async fn flush_outbox_until(&mut self, last: Option<u64>) -> Result<usize, MessengerError> {
+        let waiting: Vec<_> = self
+            .profile
+            .state
+            .outbox()?
+            .into_iter()
+            .filter(|o| o.failed.is_none() && last.is_none_or(|l| o.place <= l))
+            .collect();
+        if waiting.is_empty() {
+            return Ok(0);
+        }
         self.pull(Duration::ZERO).await?;
+        let mut sent = 0;
+        for o in waiting {
+            let name = match self.profile.state.group_name(&o.group_id)? {
+                Some(name) => name,
+                None => {
+                    // The group is gone (left, removed): nothing to send it to.
+                    self.profile
+                        .state
+                        .write(|t| t.send_failed(o.place, "the group is gone"))?;
+                    continue;
+                }
+            };
+            let mine = Some(o.place) == last;
+            match self.deliver(&name, &o).await {
+                Ok(report) => {
+                    sent += 1;
+                    if mine {
+                        self.sent_reports.insert(o.place, report);
+                    }
+                }
+                Err(e) if Self::is_connection_loss(&e) => return Err(e),
+                Err(e) => {
+                    self.profile
+                        .state
+                        .write(|t| t.send_failed(o.place, &e.to_string()))?;
+                    if mine {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(sent)
+    }
+
+    /// Sends one message of the outbox.
+    async fn deliver(
+        &mut self,
+        name: &str,
+        o: &crate::state::outbox::Outgoing,
+    ) -> Result<SendReport, MessengerError> {
         let group = self.group_actor(name).await?;
-        let text = text.to_string();
+        let lose_answer = std::mem::take(&mut self.lose_next_send_answer);
         let report = ask(&group, "group actor", |reply| GroupMsg::Send {
-            text,
+            place: o.place,
+            id: o.id,
+            text: o.text.clone(),
+            lose_answer,
             reply,
         })
         .await?;

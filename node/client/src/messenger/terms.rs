@@ -136,6 +136,11 @@ pub enum MessengerError {
     #[error("the group changed {0} times while committing; try again")]
     /// Other commits kept winning.
     CommitRetriesExhausted(u32),
+    #[error(
+        "the outbox holds {0} messages waiting for the node: nothing more is queued until they go out (or fail)"
+    )]
+    /// The outbox is full (how many it holds).
+    OutboxFull(u64),
     #[error("the leave did not reach the group ({0}); you are still a member, nothing changed")]
     /// The leave proposal reached no member (why); it was taken back.
     LeaveNotSent(String),

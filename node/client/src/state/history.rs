@@ -21,6 +21,32 @@ pub struct HistoryEntry {
     pub sender: String,
     /// What it said.
     pub text: String,
+    /// Whether it is through (received, or taken by the node), or one of ours
+    /// still in the outbox.
+    pub delivery: Delivery,
+}
+
+/// Where a message of the history stands.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Delivery {
+    /// Received, or sent and taken by the node.
+    #[default]
+    Done,
+    /// Ours, in the outbox: it goes out when the node can be reached.
+    Pending,
+    /// Ours, refused by the node (why).
+    Failed(String),
+}
+
+impl Delivery {
+    /// One word for scripts: `done`, `pending`, `failed`.
+    pub fn word(&self) -> &'static str {
+        match self {
+            Delivery::Done => "done",
+            Delivery::Pending => "pending",
+            Delivery::Failed(_) => "failed",
+        }
+    }
 }
 
 impl ClientTxn<'_> {
@@ -64,6 +90,7 @@ impl ClientState {
                         at_ms,
                         sender: sender.to_string(),
                         text: text.to_string(),
+                        delivery: Delivery::Done,
                     });
                 }
                 newest.reverse();
@@ -83,6 +110,7 @@ mod tests {
             at_ms: n,
             sender: "alice".into(),
             text: format!("m{n}"),
+            delivery: Delivery::Done,
         }
     }
 

@@ -387,4 +387,5 @@ impl ClientState {
 pub mod groups;
 pub mod history;
 pub mod lines;
+pub mod outbox;
 pub mod owner;

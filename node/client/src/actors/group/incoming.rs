@@ -2,7 +2,8 @@
 //! about each (show, hold for a later epoch, release, report), and the lines shown.
 
 use super::*;
-use crate::state::history::HistoryEntry;
+use crate::app_content::AppContent;
+use crate::state::history::{Delivery, HistoryEntry};
 
 /// A held message: the sealed sender's identity, then the client message.
 fn encode_held(sender: &[u8; 32], msg: &[u8]) -> Vec<u8> {
@@ -194,13 +195,30 @@ impl GroupState {
                     plaintext,
                 }),
             ) => {
-                let text = String::from_utf8_lossy(&plaintext).into_owned();
+                let text = match crate::app_content::decode(&plaintext) {
+                    AppContent::Text { id, text } => {
+                        // A message sent again (its answer was lost) has a new
+                        // ciphertext but the same id: shown once.
+                        let key = crate::app_content::seen_key(&self.gid, id);
+                        if self.profile.state.was_processed(&key)? {
+                            tracing::debug!(seq, "ignored a message sent again");
+                            return Ok(false);
+                        }
+                        fx.message_id = Some(key);
+                        text
+                    }
+                    AppContent::Legacy(text) => text,
+                    AppContent::Unknown(version) => format!(
+                        "[a message in format {version}, which this version cannot show: update to read it]"
+                    ),
+                };
                 fx.history.push((
                     self.gid.clone(),
                     HistoryEntry {
                         at_ms: crate::actors::now_ms(),
                         sender: p.name_of(&sender),
                         text: text.clone(),
+                        delivery: Delivery::Done,
                     },
                 ));
                 fx.lines.push(Line {

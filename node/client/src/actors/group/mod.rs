@@ -76,8 +76,15 @@ pub(crate) enum GroupMsg {
         reply: Reply<Vec<Line>>,
     },
     /// Encrypts `text` for the group and delivers it to every other member device.
+    /// Sends the outbox's message at `place`; on its way out (taken by at
+    /// least one inbox) it leaves the outbox for the history, in one
+    /// transaction; refused by every inbox, it stays, failed.
     Send {
+        place: u64,
+        id: crate::app_content::MessageId,
         text: String,
+        /// Test hook: after the upload, answer as if the connection dropped.
+        lose_answer: bool,
         reply: Reply<SendReport>,
     },
     /// Claims and verifies KeyPackages of these users for this group's suite.
@@ -204,22 +211,39 @@ impl GroupState {
         Ok(report)
     }
 
-    async fn send(&mut self, text: &str) -> Result<SendReport, MessengerError> {
+    async fn send(
+        &mut self,
+        place: u64,
+        id: crate::app_content::MessageId,
+        text: &str,
+        lose_answer: bool,
+    ) -> Result<SendReport, MessengerError> {
         let mut group = self.load()?;
-        let ciphertext = group.encrypt(&self.member, text.as_bytes())?;
+        let plaintext = crate::app_content::encode_text(id, text);
+        let ciphertext = group.encrypt(&self.member, &plaintext)?;
         // The ratchet moved: persist that before anything leaves, so a crash can
         // never make us reuse a message key.
         self.save(|_| Ok(()))?;
         let report = self.send_to_group(&group, ciphertext).await?;
-        if !report.reached_nobody() {
+        if lose_answer {
+            return Err(MessengerError::Client(crate::ClientError::Transport(
+                "the answer was lost (test hook)".into(),
+            )));
+        }
+        if report.reached_nobody() {
+            let why = report.summary(&self.name()?);
+            self.profile.state.write(|t| t.send_failed(place, &why))?;
+        } else {
             let entry = crate::state::history::HistoryEntry {
                 at_ms: crate::actors::now_ms(),
                 sender: self.profile.username.clone(),
                 text: text.to_string(),
+                delivery: crate::state::history::Delivery::Done,
             };
-            self.profile
-                .state
-                .write(|t| t.add_history(&self.gid, &entry))?;
+            self.profile.state.write(|t| {
+                t.add_history(&self.gid, &entry)?;
+                t.sent(place)
+            })?;
         }
         Ok(report)
     }
@@ -384,8 +408,14 @@ impl Actor for GroupActor {
                 });
                 let _ = reply.send(r);
             }
-            GroupMsg::Send { text, reply } => {
-                let r = state.send(&text).await;
+            GroupMsg::Send {
+                place,
+                id,
+                text,
+                lose_answer,
+                reply,
+            } => {
+                let r = state.send(place, id, &text, lose_answer).await;
                 let _ = reply.send(settle(state, r));
             }
             GroupMsg::PrepareInvite { targets, reply } => {
