@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 /// A server, and alice and bob registered with a group "g" they are both in.
 struct World {
     _dir: tempfile::TempDir,
+    data: PathBuf,
     ca: PathBuf,
     server: ServerProcess,
     alice: User,
@@ -40,6 +41,7 @@ impl World {
         bob.ok(at, &ca, &["join"]);
         World {
             _dir: dir,
+            data,
             ca,
             server,
             alice,
@@ -353,10 +355,11 @@ fn with_the_node_down_reads_answer_from_the_profile_with_and_without_a_daemon() 
             "{args:?}: {err}"
         );
     }
-    // What needs the node fails with the unreachable status.
-    let (ok, _, err) = w.run(&w.bob, &["send", "--group", "g", "x"]);
+    // A send without a daemon fails with the unreachable status, and the
+    // message waits in the outbox.
+    let (ok, _, err) = w.run(&w.bob, &["send", "--group", "g", "queued by the cli"]);
     assert!(!ok);
-    assert!(err.contains("cannot reach"), "{err}");
+    assert_one_line_error(&err, "waits in this profile's outbox");
 
     // With a daemon started while the node is down: the same answers, and
     // its status says it is not connected.
@@ -371,7 +374,45 @@ fn with_the_node_down_reads_answer_from_the_profile_with_and_without_a_daemon() 
         state == "connecting" || state == "reconnecting",
         "a daemon without its node says so: {v}"
     );
-    let (ok, _, err) = w.run(&w.bob, &["send", "--group", "g", "x"]);
-    assert!(!ok);
-    assert_one_line_error(&err, "unreachable");
+    // Under the daemon a send is queued: it says so and exits 0.
+    let out = w.ok(&w.bob, &["send", "--group", "g", "queued by the daemon"]);
+    assert!(out.starts_with("queued for g"), "{out}");
+    let history = w.ok(&w.bob, &["history", "--group", "g"]);
+    let pending: Vec<&str> = history
+        .lines()
+        .filter(|l| l.ends_with("(pending: not sent yet)"))
+        .map(untimed)
+        .collect();
+    assert_eq!(
+        pending,
+        vec![
+            "bob: queued by the cli  (pending: not sent yet)",
+            "bob: queued by the daemon  (pending: not sent yet)"
+        ],
+        "{history}"
+    );
+    let json = w.ok(&w.bob, &["history", "--group", "g", "--json"]);
+    let last: Value = serde_json::from_str(json.lines().last().unwrap()).unwrap();
+    assert_eq!(last["delivery"], "pending", "{json}");
+
+    // The node comes back: the daemon sends both, in order, once.
+    let server = ServerProcess::start_at(&w.data, &w.server.addr.to_string(), &[]);
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while got.len() < 2 && Instant::now() < deadline {
+        let out = w.ok(&w.alice, &["recv", "--wait", "5"]);
+        got.extend(
+            out.lines()
+                .filter(|l| !l.contains("no new messages"))
+                .map(|l| untimed(l).to_string()),
+        );
+    }
+    assert_eq!(
+        got,
+        vec!["[g] bob: queued by the cli", "[g] bob: queued by the daemon"]
+    );
+    let history = w.ok(&w.bob, &["history", "--group", "g"]);
+    assert!(!history.contains("pending"), "{history}");
+    drop(daemon);
+    drop(server);
 }

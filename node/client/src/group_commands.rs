@@ -130,7 +130,17 @@ pub async fn run_locally(
 ) -> Result<String, CommandError> {
     let mut m = match command.only_reads() {
         true => reading_messenger(opts).await?,
-        false => messenger(opts).await?,
+        false => match (messenger(opts).await, &command) {
+            // The node is down: the message waits in the outbox all the same.
+            (Err(CommandError::Client(e)), ProfileCommand::Send { group, message })
+                if crate::actors::session::is_connection_loss(&e) =>
+            {
+                let state = ClientState::open(&opts.state_dir)?;
+                Messenger::queue(&state, group, message)?;
+                return Err(CommandError::Queued(e.to_string()));
+            }
+            (m, _) => m?,
+        },
     };
     let out = command.run_on(&mut m, opts.json).await;
     m.close().await;

@@ -114,7 +114,12 @@ impl Messenger {
         // connects with its first request.
         if fail_fast.is_none() {
             let session = m.session.get();
-            ask_session(&session, |reply| SessionMsg::Connect { reply }).await?;
+            if let Err(e) = ask_session(&session, |reply| SessionMsg::Connect { reply }).await {
+                // The tree lets go of the profile before the error is told:
+                // the caller may open it again at once.
+                m.close().await;
+                return Err(e.into());
+            }
         }
         Ok(m)
     }
@@ -434,27 +439,33 @@ impl Messenger {
     /// Sends `text` to every other member device (one upload); reports who got
     /// it and whose inbox did not take it.
     pub async fn send(&mut self, name: &str, text: &str) -> Result<SendReport, MessengerError> {
-        crate::core::check_message_text(text)?;
-        let gid = self
-            .profile
-            .state
-            .group_id(name)?
-            .ok_or_else(|| MessengerError::UnknownGroup(name.to_string()))?;
-        let held = self.profile.state.outbox_len()?;
-        if held >= crate::state::outbox::MAX_OUTBOX {
-            return Err(MessengerError::OutboxFull(held));
-        }
-        let id = crate::app_content::MessageId::random();
-        let mut place = 0;
-        self.profile.state.write(|t| {
-            place = t.queue_outgoing(&gid, id, crate::actors::now_ms(), text)?;
-            Ok(())
-        })?;
+        let place = Messenger::queue(&self.profile.state, name, text)?;
         // In order: what waited before goes first.
         self.flush_outbox_until(Some(place)).await?;
         self.sent_reports
             .remove(&place)
             .ok_or(MessengerError::ActorStopped("outbox"))
+    }
+
+    /// Writes a message for group `name` to the outbox of the profile in
+    /// `state` (with a fresh id), without sending it; its place. What `send`
+    /// does first, and what a command does alone when the node is down.
+    pub fn queue(state: &ClientState, name: &str, text: &str) -> Result<u64, MessengerError> {
+        crate::core::check_message_text(text)?;
+        let gid = state
+            .group_id(name)?
+            .ok_or_else(|| MessengerError::UnknownGroup(name.to_string()))?;
+        let held = state.outbox_len()?;
+        if held >= crate::state::outbox::MAX_OUTBOX {
+            return Err(MessengerError::OutboxFull(held));
+        }
+        let id = crate::app_content::MessageId::random();
+        let mut place = 0;
+        state.write(|t| {
+            place = t.queue_outgoing(&gid, id, crate::actors::now_ms(), text)?;
+            Ok(())
+        })?;
+        Ok(place)
     }
 
     /// Sends what waits in the outbox, oldest first, stopping at the first
