@@ -1,8 +1,12 @@
 // A scripted conversation between two profiles, each in its own `quicnprotochat
 // web`, in headless Chromium. Usage: node conversation.mjs URL_A URL_B SCREENSHOT
 // (the URLs as `web` printed them, token included). Exits non-zero on the first
-// step that does not happen.
+// step that does not happen. Near the end it prints `STOP_NODE` and waits for a
+// line on stdin: the caller stops the node, then answers.
 import { chromium } from "playwright-core";
+import { createInterface } from "node:readline";
+
+const stdinLines = createInterface({ input: process.stdin })[Symbol.asyncIterator]();
 
 const [urlA, urlB, screenshot] = process.argv.slice(2);
 if (!urlA || !urlB || !screenshot) {
@@ -28,6 +32,21 @@ let step = "start";
 const pageErrors = [];
 async function open(url) {
   const context = await browser.newContext({ viewport: { width: 1100, height: 650 } });
+  // Notifications are recorded rather than shown (headless has no desktop).
+  await context.addInitScript(() => {
+    window.__notifications = [];
+    window.Notification = class {
+      constructor(title, options) {
+        window.__notifications.push({ title, body: options && options.body });
+      }
+      static get permission() {
+        return "granted";
+      }
+      static requestPermission() {
+        return Promise.resolve("granted");
+      }
+    };
+  });
   const page = await context.newPage();
   page.setDefaultTimeout(STEP_MS);
   page.on("pageerror", (e) => pageErrors.push(String(e)));
@@ -109,11 +128,45 @@ try {
   await strangerPage.goto(new URL(urlA).origin + "/");
   await strangerPage.locator("#error", { hasText: "access token" }).waitFor({ timeout: STEP_MS });
 
+  step = "a message in a group that is not open counts as unread and notifies";
+  await alice.fill("#new-group-name", "side");
+  await alice.click("#create-group");
+  await alice.locator("#group-title", { hasText: "side" }).waitFor();
+  await alice.fill("#invite-name", "bob");
+  await alice.click("#invite");
+  await alice.locator("#members li", { hasText: "bob" }).waitFor();
+  await bob.locator('#groups li[data-group="side"]').waitFor();
+  await send(alice, "psst, over here");
+  await bob.locator('#groups li[data-group="side"] .unread', { hasText: "1" }).waitFor();
+  const notes = await bob.evaluate(() => window.__notifications);
+  if (!notes.some((n) => n.title === "alice in side" && n.body === "psst, over here")) {
+    throw new Error("no notification for the message: " + JSON.stringify(notes));
+  }
+
+  step = "opening the group clears its count";
+  await bob.locator('#groups li[data-group="side"]').click();
+  await bob.locator("#messages li", { hasText: "psst, over here" }).waitFor();
+  if ((await bob.locator('#groups li[data-group="side"] .unread').count()) !== 0) {
+    throw new Error("the count stayed after opening the group");
+  }
+
   step = "screenshot";
   await alice.screenshot({ path: screenshot });
+
+  step = "the node goes away: the page says so";
+  console.log("STOP_NODE");
+  await stdinLines.next();
+  await bob.locator('#connection[data-state="reconnecting"]').waitFor();
+
+  step = "a message written meanwhile is shown pending";
+  await bob.fill("#message-input", "written while away");
+  await bob.click("#send");
+  await bob.locator("#messages li.pending", { hasText: "written while away" }).waitFor();
+  await bob.locator("#messages li.pending .delivery", { hasText: "pending" }).waitFor();
   if (pageErrors.length) throw new Error("errors on the pages: " + pageErrors.join("; "));
   console.log("conversation ok");
   await browser.close();
+  process.exit(0);
 } catch (e) {
   console.error(`step "${step}" failed: ${e.message}`);
   await browser.close();

@@ -409,7 +409,10 @@ fn with_the_node_down_reads_answer_from_the_profile_with_and_without_a_daemon() 
     }
     assert_eq!(
         got,
-        vec!["[g] bob: queued by the cli", "[g] bob: queued by the daemon"]
+        vec![
+            "[g] bob: queued by the cli",
+            "[g] bob: queued by the daemon"
+        ]
     );
     let history = w.ok(&w.bob, &["history", "--group", "g"]);
     assert!(!history.contains("pending"), "{history}");

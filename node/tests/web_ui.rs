@@ -126,22 +126,41 @@ fn two_profiles_hold_a_conversation_through_the_web_ui_in_chromium() {
     };
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let server = ServerProcess::start(&data, &[]);
+    let mut server = ServerProcess::start(&data, &[]);
     let ca = data.join(tls::CERT_FILE);
     let alice = WebProcess::start(&User::new(tmp.path(), "alice"), server.addr, &ca);
     let bob = WebProcess::start(&User::new(tmp.path(), "bob"), server.addr, &ca);
     let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("web-ui.png");
-    let out = Command::new("node")
+    let mut script = Command::new("node")
         .arg(dir.join("conversation.mjs"))
         .args([&alice.url, &bob.url])
         .arg(&screenshot)
         .env("CHROMIUM", chromium)
-        .output()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("node runs");
+    // The script asks for the node to go away, to see the page say so.
+    let mut said = String::new();
+    let mut stdin = Some(script.stdin.take().unwrap());
+    for line in BufReader::new(script.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        if line == "STOP_NODE" {
+            let _ = server.child.kill();
+            let _ = server.child.wait();
+            // Answered, and closed: the script has nothing more to read.
+            if let Some(mut stdin) = stdin.take() {
+                let _ = writeln!(stdin, "stopped");
+            }
+        }
+        said.push_str(&line);
+        said.push('\n');
+    }
+    let out = script.wait_with_output().unwrap();
     assert!(
         out.status.success(),
-        "the browser conversation failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
+        "the browser conversation failed:\n{said}{}",
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(screenshot.exists());

@@ -438,18 +438,29 @@ impl Agent {
         Ok(m.groups().await?.into_iter().map(GroupView::from).collect())
     }
 
+    /// Sends a message; with the node away it is queued (the outbox sends it
+    /// when the node is back).
     async fn send(&mut self, group: &str, text: &str) -> Result<SentView, WebError> {
         let m = self.messenger()?;
-        let report = m.send(group, text).await?;
+        let sent = match m.send(group, text).await {
+            Ok(report) => SentView {
+                delivered: report.seqs.len(),
+                undelivered: report
+                    .undelivered
+                    .iter()
+                    .map(|(who, why)| format!("{who}: {why}"))
+                    .collect(),
+                queued: false,
+            },
+            Err(e) if Messenger::is_connection_loss(&e) => SentView {
+                delivered: 0,
+                undelivered: Vec::new(),
+                queued: true,
+            },
+            Err(e) => return Err(e.into()),
+        };
         self.after_change().await;
-        Ok(SentView {
-            delivered: report.seqs.len(),
-            undelivered: report
-                .undelivered
-                .iter()
-                .map(|(who, why)| format!("{who}: {why}"))
-                .collect(),
-        })
+        Ok(sent)
     }
 
     async fn create(&mut self, name: &str) -> Result<GroupView, WebError> {

@@ -12,7 +12,13 @@ use crate::app_content::MessageId;
 const OUTBOX: TableDefinition<u64, OutboxRow> = TableDefinition::new("outbox");
 
 /// (group id, message id, ms, text, why it failed or empty).
-type OutboxRow = (&'static [u8], &'static [u8; 16], u64, &'static str, &'static str);
+type OutboxRow = (
+    &'static [u8],
+    &'static [u8; 16],
+    u64,
+    &'static str,
+    &'static str,
+);
 
 /// Most messages the outbox holds (pending and failed); a send beyond waits
 /// for room.
@@ -128,7 +134,10 @@ mod tests {
         let out = state.outbox().unwrap();
         assert_eq!(out.len(), 2);
         assert_eq!((out[0].id, out[0].failed.clone()), (a, None));
-        assert_eq!((out[1].id, out[1].failed.clone()), (b, Some("QUEUE_FULL".into())));
+        assert_eq!(
+            (out[1].id, out[1].failed.clone()),
+            (b, Some("QUEUE_FULL".into()))
+        );
         state.write(|t| t.sent(pa)).unwrap();
         assert_eq!(state.outbox_len().unwrap(), 1);
         // Places never go back: a new message comes after the failed one.

@@ -33,6 +33,8 @@ pub struct SentView {
     pub delivered: usize,
     /// Member devices whose inbox did not take it, with why.
     pub undelivered: Vec<String>,
+    /// The node is away: it waits in the outbox and goes out when it is back.
+    pub queued: bool,
 }
 
 /// A refusal, as the page and scripts see it: an HTTP status, a stable code and

@@ -16,6 +16,8 @@ const token = () => sessionStorage.getItem(TOKEN_KEY) || "";
 const $ = (id) => document.getElementById(id);
 let current = null;
 let events = null;
+// Messages that arrived in each group since it was last open.
+const unread = {};
 
 async function api(method, path, body) {
   const res = await fetch(path, {
@@ -98,6 +100,13 @@ async function refreshGroups() {
     ...groups.map((g) => {
       const li = item(g.name, g.name === current ? "active" : "");
       li.dataset.group = g.name;
+      const n = unread[g.name] || 0;
+      if (n > 0) {
+        const badge = document.createElement("span");
+        badge.className = "unread";
+        badge.textContent = String(n);
+        li.append(" ", badge);
+      }
       li.addEventListener("click", () => guarded(() => select(g.name)));
       return li;
     })
@@ -131,6 +140,15 @@ async function refreshMessages() {
       text.className = "text";
       text.textContent = m.text;
       li.append(time, sender, text);
+      if (m.delivery !== "done") {
+        // Ours, still in the outbox (or refused): said, not hidden.
+        li.classList.add(m.delivery);
+        const state = document.createElement("span");
+        state.className = "delivery";
+        state.textContent =
+          m.delivery === "pending" ? "pending: not sent yet" : "not sent: " + (m.failed || "");
+        li.append(state);
+      }
       return li;
     })
   );
@@ -139,6 +157,8 @@ async function refreshMessages() {
 
 async function select(name) {
   current = name;
+  unread[name] = 0;
+  askForNotifications();
   $("group-title").textContent = name;
   for (const id of ["message-input", "send", "invite-name", "invite"]) $(id).disabled = false;
   await refreshGroups();
@@ -149,6 +169,12 @@ function listen() {
   if (events) return;
   events = new EventSource("/api/events?token=" + encodeURIComponent(token()));
   events.addEventListener("changed", () => guarded(refreshAll));
+  events.addEventListener("message", (e) => {
+    const m = JSON.parse(e.data);
+    if (m.group === current && !document.hidden) return;
+    unread[m.group] = (unread[m.group] || 0) + 1;
+    notify(m);
+  });
   events.addEventListener("notice", (e) => {
     $("notices").prepend(item(JSON.parse(e.data).line));
   });
@@ -156,6 +182,21 @@ function listen() {
     const c = JSON.parse(e.data);
     showConnection(c.state, c.next_try_ms);
   });
+}
+
+// Browser notifications for messages in a group that is not open: asked for
+// once (the browser remembers the answer).
+function askForNotifications() {
+  if (!("Notification" in window) || Notification.permission !== "default") return;
+  if (localStorage.getItem("qpc-notifications-asked")) return;
+  localStorage.setItem("qpc-notifications-asked", "1");
+  Notification.requestPermission();
+}
+
+function notify(m) {
+  if (!("Notification" in window) || Notification.permission !== "granted") return;
+  // Title and body are text: a notification renders no markup.
+  new Notification(m.sender + " in " + m.group, { body: m.text, tag: "qpc-" + m.group });
 }
 
 function credentials() {
@@ -194,6 +235,7 @@ $("send-form").addEventListener("submit", (e) => {
     );
     input.value = "";
     if (r.undelivered.length) showError("not delivered to " + r.undelivered.join("; "));
+    if (r.queued) showError("the node is unreachable: the message waits and goes out when it is back");
     await refreshMessages();
   });
 });
