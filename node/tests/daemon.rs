@@ -13,42 +13,13 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{ServerProcess, User, assert_one_line_error, untimed};
-use quicnprotochat_wire::tls;
 use serde_json::{Value, json};
 
-/// A server, and alice and bob registered with a group "g" they are both in.
-struct World {
-    _dir: tempfile::TempDir,
-    data: PathBuf,
-    ca: PathBuf,
-    server: ServerProcess,
-    alice: User,
-    bob: User,
-}
+/// The binary tests' pair (a server, alice and bob in group "g") with what
+/// these tests do with it.
+type World = common::Pair;
 
 impl World {
-    fn start() -> World {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        let ca = data.join(tls::CERT_FILE);
-        let server = ServerProcess::start(&data, &[]);
-        let at = server.addr;
-        let (alice, bob) = (User::new(dir.path(), "alice"), User::new(dir.path(), "bob"));
-        alice.ok(at, &ca, &["register-user", "--username", "alice"]);
-        bob.ok(at, &ca, &["register-user", "--username", "bob"]);
-        alice.ok(at, &ca, &["create-group", "g"]);
-        alice.ok(at, &ca, &["invite", "--group", "g", "bob"]);
-        bob.ok(at, &ca, &["join"]);
-        World {
-            _dir: dir,
-            data,
-            ca,
-            server,
-            alice,
-            bob,
-        }
-    }
-
     fn ok(&self, user: &User, args: &[&str]) -> String {
         user.ok(self.server.addr, &self.ca, args)
     }

@@ -6,48 +6,13 @@ mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{
-    BIN, ServerProcess, User, assert_no_fork, assert_one_line_error, client_env, untimed,
+    BIN, Pair, ServerProcess, User, assert_no_fork, assert_one_line_error, client_env, untimed,
 };
 use quicnprotochat_wire::tls;
-
-/// A server process and alice and bob, registered, in group "g".
-struct Pair {
-    dir: tempfile::TempDir,
-    data: PathBuf,
-    ca: PathBuf,
-    server: ServerProcess,
-    alice: User,
-    bob: User,
-}
-
-impl Pair {
-    fn start() -> Pair {
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        let ca = data.join(tls::CERT_FILE);
-        let server = ServerProcess::start(&data, &[]);
-        let at = server.addr;
-        let (alice, bob) = (User::new(dir.path(), "alice"), User::new(dir.path(), "bob"));
-        alice.ok(at, &ca, &["register-user", "--username", "alice"]);
-        bob.ok(at, &ca, &["register-user", "--username", "bob"]);
-        alice.ok(at, &ca, &["create-group", "g"]);
-        alice.ok(at, &ca, &["invite", "--group", "g", "bob"]);
-        bob.ok(at, &ca, &["join"]);
-        Pair {
-            dir,
-            data,
-            ca,
-            server,
-            alice,
-            bob,
-        }
-    }
-}
 
 /// The lines of an output, each without the time `recv` and `chat` put first.
 fn lines_of(out: &str) -> Vec<String> {

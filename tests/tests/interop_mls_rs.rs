@@ -23,6 +23,7 @@ use mls_rs::identity::basic::{BasicCredential, BasicIdentityProvider};
 use mls_rs::mls_rules::{DefaultMlsRules, EncryptionOptions};
 use mls_rs::{CipherSuite, Client, ExtensionList, Group, MlsMessage};
 use mls_rs_crypto_rustcrypto::RustCryptoProvider;
+use quicnprotochat_client::app_content::{self, AppContent};
 use quicnprotochat_client::message::{Body, ClientMessage, RosterEntry};
 use quicnprotochat_client::{CommitBodies, KeyPackageTarget, SessionHandle};
 use quicnprotochat_crypto::Identity;
@@ -160,7 +161,12 @@ impl<C: MlsConfig> Rusty<C> {
                 match self.group().process_incoming_message(message).unwrap() {
                     ReceivedMessage::ApplicationMessage(app) => {
                         let from = self.roster[&sender].username.clone();
-                        Got::Text(from, String::from_utf8(app.data().to_vec()).unwrap())
+                        // The application content format (id, then text) is
+                        // ours, above MLS: read with our reader.
+                        match app_content::decode(app.data()) {
+                            AppContent::Text { text, .. } => Got::Text(from, text),
+                            other => panic!("not a text message: {other:?}"),
+                        }
                     }
                     ReceivedMessage::Commit(_) => Got::Commit,
                     other => panic!("unexpected {other:?}"),
@@ -205,7 +211,10 @@ impl<C: MlsConfig> Rusty<C> {
     async fn send(&mut self, text: &str) {
         let mls = self
             .group()
-            .encrypt_application_message(text.as_bytes(), Vec::new())
+            .encrypt_application_message(
+                &app_content::encode_text(app_content::MessageId::random(), text),
+                Vec::new(),
+            )
             .unwrap()
             .to_bytes()
             .unwrap();

@@ -278,3 +278,37 @@ pub(crate) fn untimed(line: &str) -> &str {
     }
     line
 }
+
+/// A server process and alice and bob, registered, in group "g".
+pub(crate) struct Pair {
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) data: PathBuf,
+    pub(crate) ca: PathBuf,
+    pub(crate) server: ServerProcess,
+    pub(crate) alice: User,
+    pub(crate) bob: User,
+}
+
+impl Pair {
+    pub(crate) fn start() -> Pair {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let ca = data.join(quicnprotochat_wire::tls::CERT_FILE);
+        let server = ServerProcess::start(&data, &[]);
+        let at = server.addr;
+        let (alice, bob) = (User::new(dir.path(), "alice"), User::new(dir.path(), "bob"));
+        alice.ok(at, &ca, &["register-user", "--username", "alice"]);
+        bob.ok(at, &ca, &["register-user", "--username", "bob"]);
+        alice.ok(at, &ca, &["create-group", "g"]);
+        alice.ok(at, &ca, &["invite", "--group", "g", "bob"]);
+        bob.ok(at, &ca, &["join"]);
+        Pair {
+            dir,
+            data,
+            ca,
+            server,
+            alice,
+            bob,
+        }
+    }
+}
