@@ -143,8 +143,23 @@ fn the_cli_goes_through_a_running_daemon_on_the_same_profile() {
             .starts_with("g  epoch 1  2 member(s)")
     );
 
+    // A recv that waits before anything is sent gets it when it comes.
+    let waiting = w
+        .bob
+        .command(w.server.addr, &w.ca, &["recv", "--wait", "30"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
     w.ok(&w.alice, &["send", "--group", "g", "hello", "bob"]);
-    let got = w.ok(&w.bob, &["recv", "--wait", "10"]);
+    let out = waiting.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(
         got.lines().map(untimed).collect::<Vec<_>>(),
         vec!["[g] alice: hello bob"]
@@ -247,6 +262,10 @@ fn a_plain_json_rpc_client_is_answered_and_malformed_requests_get_standard_error
     assert_eq!(error_code(&v), -32602, "{v}");
     let v = rpc.call(5, "history", json!({"group": "g", "colour": "red"}));
     assert_eq!(error_code(&v), -32602, "{v}");
+    // A notification gets no answer, not even an error: the next line read
+    // is the next call's (`call` checks the id).
+    rpc.send_line(r#"{"jsonrpc":"2.0","method":"no-such-method"}"#);
+    rpc.send_line(r#"{"jsonrpc":"2.0","method":"history","params":{}}"#);
 
     // Well-formed calls.
     let v = rpc.call(6, "status", json!({}));

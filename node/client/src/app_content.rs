@@ -34,13 +34,16 @@ impl MessageId {
 }
 
 /// The key under which a receiver remembers having shown message `id` of
-/// group `group_id` (beside the digests of processed ciphertexts; the prefix
-/// keeps the two apart).
-pub fn seen_key(group_id: &[u8], id: MessageId) -> [u8; 32] {
-    let mut bytes = Vec::with_capacity(24 + group_id.len() + 16);
+/// group `group_id` from member `sender` (beside the digests of processed
+/// ciphertexts; the prefix keeps the two apart). The sender is part of it: a
+/// member reusing another's id hides nothing of the other's.
+pub fn seen_key(group_id: &[u8], sender: &[u8], id: MessageId) -> [u8; 32] {
+    let mut bytes = Vec::with_capacity(48 + group_id.len() + sender.len() + 16);
     bytes.extend_from_slice(b"quicnprotochat message id");
-    bytes.extend_from_slice(&(group_id.len() as u64).to_be_bytes());
-    bytes.extend_from_slice(group_id);
+    for part in [group_id, sender] {
+        bytes.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        bytes.extend_from_slice(part);
+    }
     bytes.extend_from_slice(&id.0);
     quicnprotochat_crypto::digest(&bytes)
 }

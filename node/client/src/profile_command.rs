@@ -14,7 +14,7 @@ use crate::display::{escape_untrusted, utc_time};
 use crate::messenger::Messenger;
 use crate::output;
 use crate::state::history::Delivery;
-use crate::state::lines::ShownLine;
+use crate::state::lines::{LineKey, ShownLine};
 
 /// The most messages one `history` returns (a daemon's caller cannot make it
 /// read the whole profile into one reply).
@@ -153,6 +153,7 @@ impl ProfileCommand {
                 | ProfileCommand::Groups
                 | ProfileCommand::Members { .. }
                 | ProfileCommand::History { .. }
+                | ProfileCommand::Recv { .. }
         )
     }
 
@@ -193,8 +194,8 @@ impl ProfileCommand {
             ProfileCommand::Groups => {
                 let note = pull_if_reachable(m).await?;
                 return Ok(Answer {
-                    text: groups_text(m, json).await?,
                     note,
+                    ..Answer::plain(groups_text(m, json).await?)
                 });
             }
             ProfileCommand::Members { group } => {
@@ -205,12 +206,18 @@ impl ProfileCommand {
                 } else {
                     members_by_user(&g.members).join("\n")
                 };
-                return Ok(Answer { text, note });
+                return Ok(Answer {
+                    note,
+                    ..Answer::plain(text)
+                });
             }
             ProfileCommand::History { group, limit } => {
                 let note = pull_if_reachable(m).await?;
                 let text = history_text(m, group, (*limit).min(MAX_HISTORY_LIMIT), json)?;
-                return Ok(Answer { text, note });
+                return Ok(Answer {
+                    note,
+                    ..Answer::plain(text)
+                });
             }
             ProfileCommand::Send { group, message } => match m.send(group, message).await {
                 Ok(report) => report.summary(group),
@@ -246,17 +253,24 @@ impl ProfileCommand {
             }
             ProfileCommand::Join => join_text(m, json).await?,
             ProfileCommand::Recv { .. } => {
-                m.pull(Duration::ZERO).await?;
+                // Followed, the lines are there already; and the node may be
+                // away.
+                if !m.is_followed() {
+                    m.pull(Duration::ZERO).await?;
+                }
                 let unread = m.unread()?;
-                let keys: Vec<_> = unread.iter().map(|(k, _)| *k).collect();
                 let text = unread
                     .iter()
                     .map(|(_, l)| recv_line(l, json))
                     .collect::<Vec<_>>()
                     .join("\n");
-                // Handed to the caller: shown (the daemon writes the reply next).
-                m.mark_shown(&keys)?;
-                text
+                // Shown once the caller has them: the daemon marks them after
+                // writing its reply (`Answer::shown`).
+                return Ok(Answer {
+                    text,
+                    note: None,
+                    shown: unread.into_iter().map(|(k, _)| k).collect(),
+                });
             }
             ProfileCommand::Remove { group, username } => {
                 let epoch = m.remove(group, std::slice::from_ref(username)).await?;
@@ -318,17 +332,26 @@ pub struct Answer {
     pub text: String,
     /// What it says on stderr, if anything.
     pub note: Option<String>,
+    /// Lines the text shows, to mark shown once it reached the caller
+    /// (`recv`).
+    pub shown: Vec<LineKey>,
 }
 
 impl Answer {
-    fn plain(text: String) -> Answer {
-        Answer { text, note: None }
+    /// Just text.
+    pub fn plain(text: String) -> Answer {
+        Answer {
+            text,
+            note: None,
+            shown: Vec::new(),
+        }
     }
 
     fn noted(text: String, note: &str) -> Answer {
         Answer {
             text,
             note: Some(note.to_string()),
+            shown: Vec::new(),
         }
     }
 }
@@ -363,7 +386,10 @@ pub(crate) fn recv_line(l: &ShownLine, json: bool) -> String {
 /// `join`: applies pending Welcomes (and everything else waiting) and names the
 /// groups joined; other lines stay for `recv`.
 async fn join_text(m: &mut Messenger, json: bool) -> Result<String, CommandError> {
-    m.pull(Duration::ZERO).await?;
+    // Followed, the Welcomes are applied as they arrive.
+    if !m.is_followed() {
+        m.pull(Duration::ZERO).await?;
+    }
     let joined: Vec<_> = m
         .unread()?
         .into_iter()

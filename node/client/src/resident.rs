@@ -91,6 +91,8 @@ pub enum Call {
     },
     /// The account's devices, hex identity keys.
     Devices(Reply<Vec<String>>),
+    /// These lines reached their reader: shown.
+    MarkShown(Vec<crate::state::lines::LineKey>),
     /// A CLI command, answered with what the CLI prints.
     Command {
         /// The command.
@@ -333,6 +335,13 @@ impl Agent {
                 let r = self.devices().await;
                 let _ = reply.send(r);
             }
+            Call::MarkShown(keys) => {
+                if let Some(m) = &self.messenger
+                    && let Err(e) = m.mark_shown(&keys)
+                {
+                    tracing::warn!(error = %e, "cannot mark lines shown");
+                }
+            }
             Call::Command {
                 command,
                 json,
@@ -369,10 +378,10 @@ impl Agent {
             }
             (None, ProfileCommand::Whoami) => {
                 let state = ClientState::open(&self.opts.state_dir)?;
-                Ok(Answer {
-                    text: format!("identity {}", hex::encode(state.identity()?.public_key())),
-                    note: None,
-                })
+                Ok(Answer::plain(format!(
+                    "identity {}",
+                    hex::encode(state.identity()?.public_key())
+                )))
             }
             (None, _) => Err(CommandError::NotLoggedIn),
         }
@@ -518,10 +527,21 @@ impl Agent {
                     }
                 }
             }
-            Some(Err(e)) => tracing::info!(error = %e, "fetching the inbox failed; retrying"),
+            Some(Err(e)) if Messenger::is_connection_loss(&e) => {
+                tracing::info!(error = %e, "fetching the inbox failed; retrying");
+            }
+            // Not the network (the session ended, the profile failed): the
+            // follow loop stops, and is not restarted in a loop; a login (or
+            // a restart) starts it again.
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "following the inbox stopped");
+                self.arrivals = None;
+            }
             Some(Ok(())) => {
                 // A fetch went through: the node is there.
                 self.set_link(Link::Connected);
+                // What a waiting `recv` watches: something arrived.
+                self.changes.send_modify(|n| *n += 1);
                 let m = self.messenger.as_mut().expect("checked above");
                 if let Err(e) = m.pull(Duration::ZERO).await {
                     tracing::info!(error = %e, "applying the inbox failed");
@@ -538,12 +558,15 @@ impl Agent {
         let Some(m) = self.messenger.as_ref() else {
             return;
         };
-        self.changes.send_modify(|n| *n += 1);
         if self.events.receiver_count() == 0 {
             // Nobody to tell: the lines stay unread, for the next `recv`.
             return;
         }
         match m.unread() {
+            // More than the event buffer holds: a listener would lag and miss
+            // them, so they stay unread (for `recv`) and listeners are told to
+            // read the history again.
+            Ok(lines) if lines.len() > EVENT_BUFFER / 2 => {}
             Ok(lines) => {
                 for (_, line) in &lines {
                     let _ = self.events.send(Event::Line(line.clone()));

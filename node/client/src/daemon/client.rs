@@ -56,8 +56,10 @@ impl DaemonClient {
             let answer: Value = serde_json::from_str(&answer).map_err(|e| {
                 CommandError::Invalid(format!("the daemon answered something unreadable: {e}"))
             })?;
-            // Notifications (events) are not answers.
-            if answer.get("id") != Some(&json!(id)) {
+            // Notifications (events) are not answers; an error without an id
+            // (the daemon is over its connection cap) is.
+            let unaddressed_error = answer.get("error").is_some() && answer["id"].is_null();
+            if answer.get("id") != Some(&json!(id)) && !unaddressed_error {
                 continue;
             }
             if let Some(error) = answer.get("error") {

@@ -27,7 +27,7 @@ pub const METHOD_NOT_FOUND: i64 = -32601;
 pub const INVALID_PARAMS: i64 = -32602;
 /// A command failed (application error; `data` says how).
 pub const COMMAND_FAILED: i64 = -32000;
-/// The daemon is stopping or over its connection cap.
+/// The daemon is over its connection cap (the connection is closed).
 pub const UNAVAILABLE: i64 = -32001;
 
 /// What a request asks for.
@@ -69,6 +69,9 @@ pub struct Request {
 pub struct Refusal {
     /// The request's id (`null` when it could not be read).
     pub id: Value,
+    /// The request was a well-formed notification (no `id`): JSON-RPC sends
+    /// nothing back, not even an error.
+    pub notification: bool,
     /// A standard code.
     pub code: i64,
     /// Why, for people.
@@ -77,7 +80,12 @@ pub struct Refusal {
 
 /// Parses one request line.
 pub fn parse(line: &[u8]) -> Result<Request, Refusal> {
-    let refuse = |id: Value, code, message: String| Refusal { id, code, message };
+    let refuse = |id: Value, code, message: String| Refusal {
+        id,
+        code,
+        message,
+        notification: false,
+    };
     let value: Value = serde_json::from_slice(line)
         .map_err(|e| refuse(Value::Null, PARSE_ERROR, format!("parse error: {e}")))?;
     let Value::Object(mut object) = value else {
@@ -137,6 +145,7 @@ pub fn parse(line: &[u8]) -> Result<Request, Refusal> {
         id: reply_id,
         code,
         message,
+        notification: id.is_none(),
     })?;
     Ok(Request { id, method })
 }
@@ -266,6 +275,16 @@ mod tests {
             code(r#"{"jsonrpc":"2.0","id":1,"method":"groups","params":{"json":"yes"}}"#),
             INVALID_PARAMS
         );
+    }
+
+    #[test]
+    fn a_notification_for_an_unknown_method_is_marked_to_get_no_answer() {
+        let r = parse(br#"{"jsonrpc":"2.0","method":"nope"}"#).unwrap_err();
+        assert!(r.notification);
+        let r = parse(br#"{"jsonrpc":"2.0","id":1,"method":"nope"}"#).unwrap_err();
+        assert!(!r.notification);
+        // Not even a request: answered (with a null id), as the spec says.
+        assert!(!parse(b"{oops").unwrap_err().notification);
     }
 
     #[test]

@@ -48,14 +48,24 @@ pub enum DaemonError {
 /// The daemon's socket, bound, with the profile held for this process.
 pub struct DaemonListener {
     listener: UnixListener,
-    path: PathBuf,
+    file: SocketFile,
     _owner: Arc<ProfileOwner>,
 }
 
 impl DaemonListener {
     /// Where the socket is.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.file.0
+    }
+}
+
+/// The socket's file, removed when the daemon is done with it (served, or
+/// failed to start after binding).
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 
@@ -93,7 +103,7 @@ pub fn bind(dir: &Path) -> Result<DaemonListener, DaemonError> {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(failed)?;
     Ok(DaemonListener {
         listener,
-        path,
+        file: SocketFile(path),
         _owner: owner,
     })
 }
@@ -124,7 +134,12 @@ pub async fn run(
         let _ = signalled.send(true);
         let _ = stop.send(());
     });
-    let socket = socket::serve(daemon.listener, resident.clone(), on_signal.clone());
+    let DaemonListener {
+        listener,
+        file,
+        _owner,
+    } = daemon;
+    let socket = socket::serve(listener, resident.clone(), on_signal.clone());
     let served = match web {
         None => {
             socket.await;
@@ -145,6 +160,8 @@ pub async fn run(
     if tokio::time::timeout(SHUTDOWN_GRACE, agent).await.is_err() {
         eprintln!("stopped before the profile's agent finished (the node did not answer)");
     }
-    let _ = std::fs::remove_file(&daemon.path);
+    // The socket goes before the profile's hold.
+    drop(file);
+    drop(_owner);
     served
 }

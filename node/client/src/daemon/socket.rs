@@ -15,6 +15,7 @@ use crate::commands::CommandError;
 use crate::output;
 use crate::profile_command::{Answer, ProfileCommand};
 use crate::resident::{Call, Event, Handles};
+use crate::state::lines::LineKey;
 use crate::web::views::WebError;
 
 /// Connections served at once; one more is told so and closed.
@@ -59,6 +60,7 @@ async fn refuse_over_cap(mut stream: UnixStream) {
         id: Value::Null,
         code: jsonrpc::UNAVAILABLE,
         message: format!("the daemon serves {MAX_CONNECTIONS} connections at most; try again"),
+        notification: false,
     });
     let _ = stream.write_all(format!("{line}\n").as_bytes()).await;
 }
@@ -130,6 +132,7 @@ impl Connection {
                                 "request longer than {} bytes",
                                 jsonrpc::MAX_REQUEST_BYTES
                             ),
+                            notification: false,
                         }))
                         .await;
                     return;
@@ -138,28 +141,47 @@ impl Connection {
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
-            let answer = match jsonrpc::parse(&line) {
-                Err(refusal) => Some(jsonrpc::refusal(&refusal)),
+            let (answer, shown) = match jsonrpc::parse(&line) {
+                // A notification is answered with nothing, even an error.
+                Err(refusal) if refusal.notification => (None, Vec::new()),
+                Err(refusal) => (Some(jsonrpc::refusal(&refusal)), Vec::new()),
                 Ok(request) => {
                     let id = request.id.clone();
                     let answer = self.answer(request.method).await;
-                    // A notification is answered with nothing, even an error.
-                    id.map(|id| match answer {
-                        Ok(value) => jsonrpc::result(&id, value),
-                        Err(e) => jsonrpc::command_failed(&id, &e),
-                    })
+                    match (id, answer) {
+                        (None, _) => (None, Vec::new()),
+                        (Some(id), Ok((value, shown))) => {
+                            (Some(jsonrpc::result(&id, value)), shown)
+                        }
+                        (Some(id), Err(e)) => (Some(jsonrpc::command_failed(&id, &e)), Vec::new()),
+                    }
                 }
             };
-            if let Some(line) = answer
-                && self.write(&line).await.is_err()
-            {
-                return;
+            if let Some(line) = answer {
+                if self.write(&line).await.is_err() {
+                    return;
+                }
+                // Written: the lines it shows reached their reader.
+                if !shown.is_empty() {
+                    let _ = self.resident.calls.send(Call::MarkShown(shown)).await;
+                }
             }
         }
     }
 
-    async fn answer(&mut self, method: Method) -> Result<Value, CommandError> {
+    /// What a request answers, and the lines it shows (marked shown once the
+    /// answer is written).
+    async fn answer(&mut self, method: Method) -> Result<(Value, Vec<LineKey>), CommandError> {
+        let value = match method {
+            Method::Command { command, json } => return self.run(command, json).await,
+            other => self.answer_other(other).await?,
+        };
+        Ok((value, Vec::new()))
+    }
+
+    async fn answer_other(&mut self, method: Method) -> Result<Value, CommandError> {
         match method {
+            Method::Command { .. } => unreachable!("answered by `run`"),
             Method::Subscribe => {
                 self.events = Some(self.resident.events.subscribe());
                 Ok(json!({"subscribed": true}))
@@ -191,23 +213,45 @@ impl Connection {
                     .await?;
                 Ok(serde_json::to_value(status).unwrap_or(Value::Null))
             }
-            Method::Command { command, json } => {
-                let wait = match &command {
-                    ProfileCommand::Recv { wait } => Duration::from_secs(*wait).min(MAX_RECV_WAIT),
-                    _ => Duration::ZERO,
-                };
-                // Watched before the first look: an arrival between the two
-                // is not missed.
-                let mut arrivals = self.resident.arrivals.clone();
-                arrivals.borrow_and_update();
-                let mut answer = self.command(command.clone(), json).await?;
-                if answer.text.is_empty() && !wait.is_zero() {
-                    let arrived = tokio::time::timeout(wait, arrivals.changed()).await;
-                    if matches!(arrived, Ok(Ok(()))) {
-                        answer = self.command(command.clone(), json).await?;
-                    }
+        }
+    }
+
+    /// A command; `recv` with a `wait` waits (until something arrives or the
+    /// time is up, or the caller hangs up) when nothing is there yet.
+    async fn run(
+        &mut self,
+        command: ProfileCommand,
+        json: bool,
+    ) -> Result<(Value, Vec<LineKey>), CommandError> {
+        let wait = match &command {
+            ProfileCommand::Recv { wait } => Duration::from_secs(*wait).min(MAX_RECV_WAIT),
+            _ => Duration::ZERO,
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        // Watched before the first look: an arrival between the two is not
+        // missed.
+        let mut arrivals = self.resident.arrivals.clone();
+        arrivals.borrow_and_update();
+        loop {
+            let answer = self.command(command.clone(), json).await?;
+            if !answer.text.is_empty() || tokio::time::Instant::now() >= deadline {
+                let shown = answer.shown.clone();
+                return Ok((command_result(answer, json), shown));
+            }
+            // The caller may hang up meanwhile: its slot is freed at once.
+            let hung_up = async {
+                match self.reader.fill_buf().await {
+                    Ok([]) | Err(_) => {}
+                    // A request sent ahead: read after this one.
+                    Ok(_) => std::future::pending().await,
                 }
-                Ok(command_result(answer, json))
+            };
+            tokio::select! {
+                changed = arrivals.changed() => if changed.is_err() {
+                    return Err(stopped());
+                },
+                () = tokio::time::sleep_until(deadline) => {}
+                () = hung_up => return Err(CommandError::Invalid("the caller hung up".into())),
             }
         }
     }

@@ -455,7 +455,7 @@ impl Messenger {
         let gid = state
             .group_id(name)?
             .ok_or_else(|| MessengerError::UnknownGroup(name.to_string()))?;
-        let held = state.outbox_len()?;
+        let held = state.outbox_waiting()?;
         if held >= crate::state::outbox::MAX_OUTBOX {
             return Err(MessengerError::OutboxFull(held));
         }

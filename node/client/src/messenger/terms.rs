@@ -137,7 +137,7 @@ pub enum MessengerError {
     /// Other commits kept winning.
     CommitRetriesExhausted(u32),
     #[error(
-        "the outbox holds {0} messages waiting for the node: nothing more is queued until they go out (or fail)"
+        "the outbox holds {0} messages waiting for the node: nothing more is queued until some go out"
     )]
     /// The outbox is full (how many it holds).
     OutboxFull(u64),

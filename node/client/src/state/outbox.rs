@@ -20,9 +20,11 @@ type OutboxRow = (
     &'static str,
 );
 
-/// Most messages the outbox holds (pending and failed); a send beyond waits
-/// for room.
+/// Most messages waiting in the outbox; a send beyond is refused until some
+/// go out.
 pub const MAX_OUTBOX: u64 = 1_000;
+/// Most refused messages kept to show; older ones are forgotten first.
+pub const MAX_FAILED: usize = 100;
 
 /// A message in the outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,6 +76,16 @@ impl ClientTxn<'_> {
             let why = if why.is_empty() { "refused" } else { why };
             table.insert(place, (g.as_slice(), &id, at, text.as_str(), why))?;
         }
+        // Bounded: the oldest refusals are forgotten first.
+        let failed: Vec<u64> = table
+            .iter()?
+            .filter_map(|row| row.ok())
+            .filter(|(_, v)| !v.value().4.is_empty())
+            .map(|(k, _)| k.value())
+            .collect();
+        for place in failed.iter().take(failed.len().saturating_sub(MAX_FAILED)) {
+            table.remove(*place)?;
+        }
         Ok(())
     }
 }
@@ -103,18 +115,32 @@ impl ClientState {
         )
     }
 
-    /// How many messages the outbox holds.
-    pub fn outbox_len(&self) -> Result<u64, StateError> {
-        self.read(
-            |t| Ok(redb::ReadableTableMetadata::len(&t.open_table(OUTBOX)?)?),
-            0,
-        )
+    /// How many messages wait in the outbox (refused ones not counted).
+    pub fn outbox_waiting(&self) -> Result<u64, StateError> {
+        Ok(self.outbox()?.iter().filter(|o| o.failed.is_none()).count() as u64)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn refused_messages_are_bounded_and_the_oldest_are_forgotten_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = ClientState::open(dir.path()).unwrap();
+        for n in 0..(MAX_FAILED as u8 + 3) {
+            state
+                .write(|t| {
+                    let place = t.queue_outgoing(b"g", MessageId([n; 16]), n.into(), "x")?;
+                    t.send_failed(place, "refused")
+                })
+                .unwrap();
+        }
+        let out = state.outbox().unwrap();
+        assert_eq!(out.len(), MAX_FAILED);
+        assert_eq!(out[0].id, MessageId([3; 16]), "the oldest went first");
+    }
 
     #[test]
     fn the_outbox_keeps_its_order_and_a_failure_stays_until_removed() {
@@ -139,7 +165,12 @@ mod tests {
             (b, Some("QUEUE_FULL".into()))
         );
         state.write(|t| t.sent(pa)).unwrap();
-        assert_eq!(state.outbox_len().unwrap(), 1);
+        assert_eq!(state.outbox().unwrap().len(), 1);
+        assert_eq!(
+            state.outbox_waiting().unwrap(),
+            0,
+            "a refusal does not wait"
+        );
         // Places never go back: a new message comes after the failed one.
         let mut pc = 0;
         state

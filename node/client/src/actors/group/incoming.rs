@@ -199,7 +199,7 @@ impl GroupState {
                     AppContent::Text { id, text } => {
                         // A message sent again (its answer was lost) has a new
                         // ciphertext but the same id: shown once.
-                        let key = crate::app_content::seen_key(&self.gid, id);
+                        let key = crate::app_content::seen_key(&self.gid, &sender, id);
                         if self.profile.state.was_processed(&key)? {
                             tracing::debug!(seq, "ignored a message sent again");
                             return Ok(false);
