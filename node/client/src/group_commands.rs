@@ -1,6 +1,7 @@
-//! The group commands of the CLI: each opens the profile's messenger on a fresh
-//! connection, does one thing, and says what happened in one line (or, for `recv`
-//! and `chat`, one line per message).
+//! The CLI's one-shot way to run profile commands: a messenger of its own for
+//! one [`ProfileCommand`] (`run_locally`), the messengers a read, a resident
+//! client or a command opens, and the commands that print as they go (`recv`,
+//! `chat`) or need a password (`remove-device`).
 
 use std::io::Write;
 use std::time::Duration;
@@ -151,47 +152,6 @@ pub async fn run_locally(
     Ok(answer.text)
 }
 
-/// `create-group NAME [--classic]`: post-quantum unless asked otherwise.
-pub async fn create_group(
-    opts: &ClientOptions,
-    name: &str,
-    post_quantum: bool,
-) -> Result<String, CommandError> {
-    let command = ProfileCommand::CreateGroup {
-        name: name.into(),
-        classic: !post_quantum,
-    };
-    run_locally(opts, command).await
-}
-
-/// `invite --group NAME USERNAME...`.
-pub async fn invite(
-    opts: &ClientOptions,
-    group: &str,
-    users: &[String],
-) -> Result<String, CommandError> {
-    let command = ProfileCommand::Invite {
-        group: group.into(),
-        usernames: users.to_vec(),
-    };
-    run_locally(opts, command).await
-}
-
-/// `join`: applies pending Welcomes (and everything else waiting) and names the
-/// groups joined; other lines stay for `recv`.
-pub async fn join(opts: &ClientOptions) -> Result<String, CommandError> {
-    run_locally(opts, ProfileCommand::Join).await
-}
-
-/// `send --group NAME MESSAGE...`.
-pub async fn send(opts: &ClientOptions, group: &str, text: &str) -> Result<String, CommandError> {
-    let command = ProfileCommand::Send {
-        group: group.into(),
-        message: text.into(),
-    };
-    run_locally(opts, command).await
-}
-
 /// Prints every line not shown yet, marking each shown right after printing it:
 /// a crash can repeat at most the line being printed, never lose one.
 fn show_unread(
@@ -259,67 +219,6 @@ pub async fn remove_device(
         out.push_str(&format!("; removed it from {}", groups.join(", ")));
     }
     Ok(out)
-}
-
-/// `remove --group NAME USERNAME`.
-pub async fn remove(opts: &ClientOptions, group: &str, user: &str) -> Result<String, CommandError> {
-    let command = ProfileCommand::Remove {
-        group: group.into(),
-        username: user.into(),
-    };
-    run_locally(opts, command).await
-}
-
-/// `leave --group NAME`.
-pub async fn leave(opts: &ClientOptions, group: &str) -> Result<String, CommandError> {
-    run_locally(
-        opts,
-        ProfileCommand::Leave {
-            group: group.into(),
-        },
-    )
-    .await
-}
-
-/// `update --group NAME`.
-pub async fn update(opts: &ClientOptions, group: &str) -> Result<String, CommandError> {
-    run_locally(
-        opts,
-        ProfileCommand::Update {
-            group: group.into(),
-        },
-    )
-    .await
-}
-
-/// `groups`: one line per group with epoch and member count.
-pub async fn groups(opts: &ClientOptions) -> Result<String, CommandError> {
-    run_locally(opts, ProfileCommand::Groups).await
-}
-
-/// `history --group NAME [--limit N]`: the group's newest messages, received and
-/// sent, oldest first, as `YYYY-MM-DD HH:MM:SS  SENDER: TEXT` (UTC).
-pub async fn history(
-    opts: &ClientOptions,
-    group: &str,
-    limit: usize,
-) -> Result<String, CommandError> {
-    let command = ProfileCommand::History {
-        group: group.into(),
-        limit,
-    };
-    run_locally(opts, command).await
-}
-
-/// `members --group NAME`.
-pub async fn members(opts: &ClientOptions, group: &str) -> Result<String, CommandError> {
-    run_locally(
-        opts,
-        ProfileCommand::Members {
-            group: group.into(),
-        },
-    )
-    .await
 }
 
 /// `chat --group NAME`: stdin lines are sent; incoming messages appear as
