@@ -227,6 +227,25 @@ interface Session {
   # session from a password login of the last 5 minutes, which proves the old
   # password (UNAUTHORIZED otherwise). The finish also ends every other session
   # of the account, since a password that leaked may have opened them.
+
+  subscribe @20 (receiver :InboxReceiver, after :UInt64) -> ();
+  # Push instead of long-polling: the node calls `receiver.deliver` with the
+  # own inbox's envelopes after `after` as they arrive, in seq order, one call
+  # at a time (what arrives while a call is in flight goes in the next one, at
+  # most `fetch`'s limits per call). Pushed envelopes stay queued until `ack`ed,
+  # as fetched ones do. A session has at most one subscription: a new one
+  # replaces the last. It ends with the session or the connection, when
+  # `deliver` fails, or after `receiver.ended` tells why.
+}
+
+interface InboxReceiver {
+  # Served by a client that subscribed (Session.subscribe).
+  deliver @0 (envelopes :List(Envelope)) -> ();
+  # The next envelopes in seq order. Answering asks for the next batch: a
+  # client that is slow to answer is sent nothing more meanwhile.
+  ended @1 (reason :Text) -> ();
+  # The subscription is over (the session ended, the inbox refused waiting);
+  # `reason` is a refusal as errors carry it ("CODE: detail").
 }
 
 struct MemberEntry {

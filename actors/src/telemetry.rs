@@ -9,6 +9,8 @@ pub const CONNECTIONS_OPEN: &str = "qpc_connections_open";
 pub const ENQUEUES_TOTAL: &str = "qpc_enqueues_total";
 /// `fetch` and `fetchWait` answered (counter).
 pub const FETCHES_TOTAL: &str = "qpc_fetches_total";
+/// Batches pushed to subscribed clients and taken by them (counter).
+pub const PUSHES_TOTAL: &str = "qpc_pushes_total";
 /// `ack` answered (counter).
 pub const ACKS_TOTAL: &str = "qpc_acks_total";
 /// Messages stored and not yet acknowledged (gauge).
@@ -60,6 +62,10 @@ pub fn describe() {
     describe_gauge!(CONNECTIONS_OPEN, "QUIC connections open now");
     describe_counter!(ENQUEUES_TOTAL, "messages accepted (durable)");
     describe_counter!(FETCHES_TOTAL, "fetch and fetchWait calls answered");
+    describe_counter!(
+        PUSHES_TOTAL,
+        "inbox batches pushed to subscribed clients and taken by them"
+    );
     describe_counter!(ACKS_TOTAL, "ack calls answered");
     describe_gauge!(
         QUEUE_DEPTH,

@@ -4,6 +4,7 @@
 
 pub mod accounts;
 pub mod load;
+pub mod scrape;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! The client's actor tree (DESIGN.md, "Client: the actor tree") against a real
 //! node: one supervised actor per group, restarted from the profile when it fails;
 //! the session actor getting a lost connection back by itself; the receiver's
-//! long-poll not holding up anything else.
+//! follow (pushed by the node) not holding up anything else.
 
 use std::time::Duration;
 
@@ -173,21 +173,30 @@ async fn a_long_poll_in_flight_does_not_hold_up_a_send() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_followed_inbox_is_applied_as_messages_arrive_without_being_asked() {
+async fn a_followed_inbox_is_pushed_and_applied_as_messages_arrive_without_being_asked() {
+    // `labelled`: 0 until the counter first moves.
+    use quicnprotochat_tests::scrape::{labelled, scrape};
     let dir = tempfile::tempdir().unwrap();
-    let node = TestNode::start(dir.path()).await;
+    let mut config = quicnprotochat::config::ServerConfig::ephemeral(dir.path());
+    config.metrics_listen = Some("127.0.0.1:0".parse().unwrap());
+    let node = TestNode::start_with(config).await;
+    let metrics = node.metrics_addr.expect("metrics endpoint bound");
     local(async {
         let (mut alice, bob) = alice_and_bob_in_g(&node).await;
         let mut arrivals = bob.messenger.follow().await.unwrap();
+        let pushes = labelled(&scrape(metrics).await, "qpc_pushes_total");
         for text in ["one", "two", "three"] {
             alice.messenger.send("g", text).await.unwrap();
-            // Bob's receiver long-polls by itself; he only waits for the notice.
+            // The node pushes to bob's receiver; he only waits for the notice.
             tokio::time::timeout(Duration::from_secs(30), arrivals.recv())
                 .await
                 .expect("a notice while following")
                 .expect("still following")
                 .unwrap();
         }
+        // Each message came by push (one at a time: each was awaited).
+        let pushed = labelled(&scrape(metrics).await, "qpc_pushes_total") - pushes;
+        assert!(pushed >= 3.0, "{pushed} pushes");
         let unread: Vec<String> = bob
             .messenger
             .unread()

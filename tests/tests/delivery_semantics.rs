@@ -191,3 +191,147 @@ async fn fetch_wait_returns_at_once_waits_for_arrivals_and_times_out_empty() {
     .await;
     node.stop().await;
 }
+
+/// The next thing a push subscription hands over, within a few seconds.
+async fn next_pushed(
+    pushed: &mut tokio::sync::mpsc::Receiver<quicnprotochat_client::Pushed>,
+) -> Option<quicnprotochat_client::Pushed> {
+    tokio::time::timeout(Duration::from_secs(10), pushed.recv())
+        .await
+        .expect("something pushed within 10 s")
+}
+
+fn batch(p: Option<quicnprotochat_client::Pushed>) -> Vec<quicnprotochat_wire::Envelope> {
+    match p {
+        Some(quicnprotochat_client::Pushed::Batch(b)) => b,
+        other => panic!("expected a pushed batch, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_delivers_what_is_queued_and_what_arrives_without_fetch_and_keeps_it_until_acked() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    local(async {
+        let bob = Identity::generate();
+        let (_c1, bob_s) = node.session(&bob).await;
+        let (_c2, alice_s) = node.session(&Identity::generate()).await;
+        alice_s.enqueue(&key(&bob), b"one").await.unwrap();
+        alice_s.enqueue(&key(&bob), b"two").await.unwrap();
+
+        // What is queued after the subscription's cursor comes at once.
+        let (to, mut pushed) = tokio::sync::mpsc::channel(4);
+        bob_s.subscribe(1, to).await.unwrap();
+        let first = batch(next_pushed(&mut pushed).await);
+        assert_eq!(
+            first
+                .iter()
+                .map(|e| (e.seq, e.data.clone()))
+                .collect::<Vec<_>>(),
+            vec![(2, b"two".to_vec())],
+            "only what is after the cursor"
+        );
+
+        // What arrives later is pushed as it arrives, with no call of bob's.
+        alice_s.enqueue(&key(&bob), b"three").await.unwrap();
+        let next = batch(next_pushed(&mut pushed).await);
+        assert_eq!(next.len(), 1);
+        assert_eq!((next[0].seq, next[0].data.as_slice()), (3, &b"three"[..]));
+
+        // Pushing deletes nothing: the inbox keeps it until acked.
+        assert_eq!(bob_s.fetch(0, 0).await.unwrap().len(), 3);
+        bob_s.ack(3).await.unwrap();
+        assert!(bob_s.fetch(0, 0).await.unwrap().is_empty());
+    })
+    .await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_makes_one_call_at_a_time_and_coalesces_what_arrives_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    local(async {
+        let bob = Identity::generate();
+        let (_c1, bob_s) = node.session(&bob).await;
+        let (_c2, alice_s) = node.session(&Identity::generate()).await;
+        // Room for one batch: the next `deliver` stays unanswered until bob
+        // takes the first, and everything after it waits at the node.
+        let (to, mut pushed) = tokio::sync::mpsc::channel(1);
+        bob_s.subscribe(0, to).await.unwrap();
+        for i in 0..20u8 {
+            alice_s.enqueue(&key(&bob), &[i]).await.unwrap();
+        }
+        let mut seqs = Vec::new();
+        let mut batches = 0;
+        while seqs.len() < 20 {
+            let b = batch(next_pushed(&mut pushed).await);
+            batches += 1;
+            seqs.extend(b.iter().map(|e| e.seq));
+        }
+        assert_eq!(
+            seqs,
+            (1..=20).collect::<Vec<u64>>(),
+            "every message once, in order"
+        );
+        assert!(
+            batches <= 3,
+            "one in the channel, one call in flight, the rest in one call: {batches} batches"
+        );
+    })
+    .await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_subscription_replaces_the_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    local(async {
+        let bob = Identity::generate();
+        let (_c1, bob_s) = node.session(&bob).await;
+        let (_c2, alice_s) = node.session(&Identity::generate()).await;
+        let (old_to, mut old) = tokio::sync::mpsc::channel(4);
+        bob_s.subscribe(0, old_to).await.unwrap();
+        let (new_to, mut new) = tokio::sync::mpsc::channel(4);
+        bob_s.subscribe(0, new_to).await.unwrap();
+        alice_s.enqueue(&key(&bob), b"hi").await.unwrap();
+        assert_eq!(batch(next_pushed(&mut new).await)[0].data, b"hi");
+        // The node let go of the old receiver: its channel closes, empty.
+        assert!(next_pushed(&mut old).await.is_none());
+    })
+    .await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_ends_with_unauthorized_when_its_session_ends() {
+    use quicnprotochat_tests::accounts::{device, register};
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    local(async {
+        let alice = device();
+        let (_c1, alice_s) = register(&node, "alice", "pw", &alice).await;
+        let (_c2, bob_s) = register(&node, "bob", "pw", &device()).await;
+        let (to, mut pushed) = tokio::sync::mpsc::channel(4);
+        alice_s.subscribe(0, to).await.unwrap();
+        alice_s.logout().await.unwrap();
+        // The next news finds the session gone: the node says so and stops.
+        bob_s
+            .enqueue(&IdentityKey(alice.id.public_key()), b"after logout")
+            .await
+            .unwrap();
+        match next_pushed(&mut pushed).await {
+            Some(quicnprotochat_client::Pushed::Ended(e)) => {
+                assert_eq!(e.code(), Some(ErrorCode::Unauthorized), "{e}")
+            }
+            other => panic!("expected the end of the subscription, got {other:?}"),
+        }
+        assert!(
+            next_pushed(&mut pushed).await.is_none(),
+            "nothing after the end"
+        );
+    })
+    .await;
+    node.stop().await;
+}

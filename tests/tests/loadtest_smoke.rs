@@ -94,14 +94,14 @@ fn store_scenario_runs_on_postgres() {
     assert!(r.get("messages").unwrap() > 0.0, "{}", r.table());
 }
 
-#[test]
-fn deliver_scenario_delivers_everything_offered() {
+fn deliver_everything_offered(push: bool) {
     let target = Target::in_process(None).unwrap();
     let r = load::deliver(
         &target,
         &DeliverParams {
             rate: 100,
             receivers: 2,
+            push,
             payload: 64,
             duration: Duration::from_millis(500),
         },
@@ -111,6 +111,16 @@ fn deliver_scenario_delivers_everything_offered() {
     assert!(r.get("offered").unwrap() > 0.0);
     assert_eq!(r.get("offered"), r.get("delivered"), "{}", r.table());
     assert_eq!(r.errors, 0);
+}
+
+#[test]
+fn deliver_scenario_delivers_everything_offered() {
+    deliver_everything_offered(false);
+}
+
+#[test]
+fn deliver_scenario_with_push_delivers_everything_offered() {
+    deliver_everything_offered(true);
 }
 
 #[test]

@@ -183,6 +183,10 @@ impl From<capnp::Error> for CallError {
         match (e.kind, WireError::parse(&e.extra)) {
             (capnp::ErrorKind::Disconnected, _) => CallError::Transport(e.to_string()),
             (_, Some(w)) => CallError::Refused(w),
+            // A method the peer's schema does not have yet (an older node).
+            (capnp::ErrorKind::Unimplemented, None) => {
+                CallError::Refused(WireError::new(ErrorCode::Unimplemented, e.extra))
+            }
             (_, None) if CAPNP_TOO_LARGE_MARKERS.iter().any(|m| e.extra.contains(m)) => {
                 CallError::Refused(WireError::new(
                     ErrorCode::TooLarge,
@@ -231,6 +235,13 @@ mod tests {
     fn disconnected_is_transport_even_if_text_has_a_code() {
         let e = capnp::Error::disconnected("NOT_FOUND: gone".into());
         assert!(matches!(CallError::from(e), CallError::Transport(_)));
+    }
+
+    #[test]
+    fn a_method_the_peer_does_not_have_is_refused_as_unimplemented() {
+        // What capnp-rpc answers for a method number the server's schema lacks.
+        let e = capnp::Error::unimplemented("Method not implemented.".into());
+        assert_eq!(CallError::from(e).code(), Some(ErrorCode::Unimplemented));
     }
 
     proptest! {

@@ -36,6 +36,7 @@ use quicnprotochat_crypto::opaque::ServerLoginState;
 
 mod node_service;
 mod operator_service;
+mod push;
 mod rejoin;
 mod session_service;
 

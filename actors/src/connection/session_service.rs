@@ -17,11 +17,40 @@ use quicnprotochat_wire::fanout::MAX_PART;
 pub(super) struct SessionService {
     ctx: Arc<NodeContext>,
     budget: ConnectionBudget,
-    identity: IdentityKey,
+    /// Whose session it is, and what keeps it standing.
+    terms: SessionTerms,
+    remote: std::net::SocketAddr,
+    /// The inbox push this session subscribed (it stops when replaced or
+    /// when the session is dropped with its connection).
+    push: std::cell::RefCell<Option<push::Subscription>>,
+}
+
+/// What decides whether a session still stands.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct SessionTerms {
+    pub(super) identity: IdentityKey,
     /// Set when the session came from a login or resume: it ends with the token.
     token_hash: Option<[u8; 32]>,
     proof: SessionProof,
-    remote: std::net::SocketAddr,
+}
+
+impl SessionTerms {
+    /// Whether the session's token is revoked or expired, or its device is no
+    /// longer registered (removed from its account).
+    pub(super) fn ended(&self, ctx: &NodeContext) -> bool {
+        match &self.token_hash {
+            Some(h) => !ctx.auth.session_alive(h),
+            None => {
+                !ctx.auth.accepts_inbox(&self.identity)
+                    || self.proof.expired(std::time::Instant::now())
+            }
+        }
+    }
+}
+
+/// The refusal of every call of a session that no longer stands.
+pub(super) fn session_ended() -> WireError {
+    WireError::new(ErrorCode::Unauthorized, "session ended; log in again")
 }
 
 impl SessionService {
@@ -36,28 +65,20 @@ impl SessionService {
         SessionService {
             ctx,
             budget,
-            identity,
-            token_hash,
-            proof,
+            terms: SessionTerms {
+                identity,
+                token_hash,
+                proof,
+            },
             remote,
+            push: std::cell::RefCell::new(None),
         }
     }
 
-    /// Refuses every call once the session's token is revoked or expired, or
-    /// its device is no longer registered (removed from its account).
+    /// Refuses every call once the session no longer stands.
     fn check_alive(&self) -> Result<(), capnp::Error> {
-        let ended = match &self.token_hash {
-            Some(h) => !self.ctx.auth.session_alive(h),
-            None => {
-                !self.ctx.auth.accepts_inbox(&self.identity)
-                    || self.proof.expired(std::time::Instant::now())
-            }
-        };
-        if ended {
-            return Err(refuse(
-                ErrorCode::Unauthorized,
-                "session ended; log in again",
-            ));
+        if self.terms.ended(&self.ctx) {
+            return Err(session_ended().into());
         }
         Ok(())
     }
@@ -67,6 +88,7 @@ impl SessionService {
     /// the last few minutes: a stolen token or device key alone cannot.
     fn check_password_fresh(&self, what: &str) -> Result<(), capnp::Error> {
         if !self
+            .terms
             .proof
             .may_act_for_the_account(std::time::Instant::now())
         {
@@ -78,21 +100,35 @@ impl SessionService {
         Ok(())
     }
 
-    /// Reads the own inbox off the store (on the blocking pool: it may touch disk).
+    /// Reads the own inbox off the store.
     async fn read_inbox(&self, after: u64, limit: u32) -> Result<Vec<Envelope>, capnp::Error> {
-        let limit = match limit {
-            0 => MAX_FETCH_LIMIT,
-            n => n.min(MAX_FETCH_LIMIT),
-        } as usize;
-        let store = self.ctx.store.clone();
-        let inbox = self.identity;
-        spawned(async move { store.fetch(inbox, after, limit, MAX_FETCH_BYTES).await })
-            .await?
-            .map_err(|e| {
-                tracing::error!(error = %e, "fetch failed");
-                refuse(ErrorCode::Unavailable, "storage unavailable")
-            })
+        read_inbox(&self.ctx, self.terms.identity, after, limit)
+            .await
+            .map_err(capnp::Error::from)
     }
+}
+
+/// Reads `inbox` off the store (as a task of the node's runtime: it may touch
+/// disk): envelopes after `after`, at most `limit` (0: the most a fetch may
+/// return) and the byte cap of a fetch.
+pub(super) async fn read_inbox(
+    ctx: &NodeContext,
+    inbox: IdentityKey,
+    after: u64,
+    limit: u32,
+) -> Result<Vec<Envelope>, WireError> {
+    let limit = match limit {
+        0 => MAX_FETCH_LIMIT,
+        n => n.min(MAX_FETCH_LIMIT),
+    } as usize;
+    let store = ctx.store.clone();
+    tokio::spawn(async move { store.fetch(inbox, after, limit, MAX_FETCH_BYTES).await })
+        .await
+        .map_err(|_| WireError::new(ErrorCode::Unavailable, "a node task failed"))?
+        .map_err(|e| {
+            tracing::error!(error = %e, "fetch failed");
+            WireError::new(ErrorCode::Unavailable, "storage unavailable")
+        })
 }
 
 fn write_seqs(seqs: &[u64], mut out: capnp::primitive_list::Builder<'_, u64>) {
@@ -103,13 +139,13 @@ fn write_seqs(seqs: &[u64], mut out: capnp::primitive_list::Builder<'_, u64>) {
 
 /// What a reply carrying `list` holds: its payloads and a word-aligned
 /// envelope around each.
-fn reply_bytes(list: &[Envelope]) -> u64 {
+pub(super) fn reply_bytes(list: &[Envelope]) -> u64 {
     list.iter()
         .map(|e| (e.data.len() + e.part.len()) as u64 + 32)
         .sum()
 }
 
-fn write_envelopes(
+pub(super) fn write_envelopes(
     list: &[Envelope],
     mut out: capnp::struct_list::Builder<'_, quicnprotochat_wire::node_capnp::envelope::Owned>,
 ) {
@@ -131,7 +167,7 @@ impl SessionService {
             .iter()
             .map(|m| Ok(IdentityKey::from_wire(m.map_err(bad_params)?, "member")?.0))
             .collect::<Result<std::collections::BTreeSet<_>, capnp::Error>>()?;
-        check_members(&members, &self.identity.0).map_err(commit_refusal)?;
+        check_members(&members, &self.terms.identity.0).map_err(commit_refusal)?;
         Ok(members)
     }
 
@@ -202,7 +238,11 @@ impl SessionService {
     fn charge_fanout(&self, recipients: usize) -> Result<(), capnp::Error> {
         self.ctx
             .rates
-            .enqueue_many(&self.identity.0, self.remote.ip(), 1 + recipients / 16)
+            .enqueue_many(
+                &self.terms.identity.0,
+                self.remote.ip(),
+                1 + recipients / 16,
+            )
             .map_err(rate_limited)
     }
 }
@@ -215,13 +255,14 @@ impl session::Server for SessionService {
     ) -> Result<(), capnp::Error> {
         let _call = admit_call(&self.budget)?;
         self.check_alive()?;
-        let account = self.ctx.auth.account_of(&self.identity);
+        let account = self.ctx.auth.account_of(&self.terms.identity);
         let expires = self
+            .terms
             .token_hash
             .and_then(|h| self.ctx.auth.session_expiry(&h))
             .unwrap_or(0);
         let mut r = results.get();
-        r.set_identity_key(&self.identity.0);
+        r.set_identity_key(&self.terms.identity.0);
         r.set_username(account.as_ref().map_or("", |a| a.username.as_str()));
         r.set_device_count(account.as_ref().map_or(1, |a| a.device_count));
         r.set_expires_at_ms(expires);
@@ -235,7 +276,7 @@ impl session::Server for SessionService {
     ) -> Result<(), capnp::Error> {
         let _call = admit_call(&self.budget)?;
         self.check_alive()?;
-        let devices = self.ctx.auth.devices_of_account(&self.identity);
+        let devices = self.ctx.auth.devices_of_account(&self.terms.identity);
         let mut list = results.get().init_identity_keys(devices.len() as u32);
         for (i, d) in devices.iter().enumerate() {
             list.set(i as u32, &d.0);
@@ -256,7 +297,7 @@ impl session::Server for SessionService {
             .get_group_id()
             .map_err(bad_params)?;
         check_group_id(group_id).map_err(commit_refusal)?;
-        let found = super::rejoin::group_info(&self.ctx, &self.identity, group_id).await?;
+        let found = super::rejoin::group_info(&self.ctx, &self.terms.identity, group_id).await?;
         // Up to a MiB of GroupInfo and ~1.2 KiB per member (hybrid key, name).
         let member_bytes: u64 = found
             .members
@@ -283,7 +324,7 @@ impl session::Server for SessionService {
     ) -> Result<(), capnp::Error> {
         let _call = admit_call(&self.budget)?;
         self.check_alive()?;
-        let groups = super::rejoin::account_groups(&self.ctx, &self.identity).await?;
+        let groups = super::rejoin::account_groups(&self.ctx, &self.terms.identity).await?;
         let mut list = results.get().init_group_ids(groups.len() as u32);
         for (i, g) in groups.iter().enumerate() {
             list.set(i as u32, g);
@@ -299,7 +340,7 @@ impl session::Server for SessionService {
         self.check_alive()?;
         self.ctx
             .rates
-            .enqueue(&self.identity.0, self.remote.ip())
+            .enqueue(&self.terms.identity.0, self.remote.ip())
             .map_err(rate_limited)?;
         let p = params.get().map_err(bad_params)?;
         let _call = admit(&self.budget, p.total_size())?;
@@ -335,7 +376,7 @@ impl session::Server for SessionService {
         }
         self.ctx
             .rates
-            .enqueue_many(&self.identity.0, self.remote.ip(), deliveries.len())
+            .enqueue_many(&self.terms.identity.0, self.remote.ip(), deliveries.len())
             .map_err(rate_limited)?;
         let count = deliveries.len() as u64;
         let seqs = self
@@ -379,7 +420,7 @@ impl session::Server for SessionService {
             let arrived = self
                 .ctx
                 .registry
-                .wait(self.identity, after, timeout)
+                .wait(self.terms.identity, after, timeout)
                 .await
                 .map_err(WireError::from)?;
             if arrived {
@@ -404,7 +445,7 @@ impl session::Server for SessionService {
         let up_to = params.get().map_err(bad_params)?.get_up_to();
         self.ctx
             .registry
-            .ack(self.identity, up_to)
+            .ack(self.terms.identity, up_to)
             .await
             .map_err(WireError::from)?;
         metrics::counter!(crate::telemetry::ACKS_TOTAL).increment(1);
@@ -427,7 +468,7 @@ impl session::Server for SessionService {
             .collect::<Result<Vec<_>, _>>()?;
         let last_resort = p.get_last_resort().map_err(bad_params)?.to_vec();
         let hybrid = p.get_hybrid_public_key().map_err(bad_params)?.to_vec();
-        let device = self.identity;
+        let device = self.terms.identity;
         // Validation is CPU work: off the RPC thread.
         let checked = blocking(move || check_upload(device, one_time, last_resort, hybrid))
             .await?
@@ -457,13 +498,23 @@ impl session::Server for SessionService {
         let members = self.members(p.get_members().map_err(bad_params)?)?;
         self.ctx
             .rates
-            .enqueue_many(&self.identity.0, self.remote.ip(), deliveries.len().max(1))
+            .enqueue_many(
+                &self.terms.identity.0,
+                self.remote.ip(),
+                deliveries.len().max(1),
+            )
             .map_err(rate_limited)?;
         let count = deliveries.len() as u64;
         let seqs = self
             .ctx
             .groups
-            .commit(group_id, p.get_epoch(), self.identity, members, deliveries)
+            .commit(
+                group_id,
+                p.get_epoch(),
+                self.terms.identity,
+                members,
+                deliveries,
+            )
             .await
             .map_err(WireError::from)?;
         metrics::counter!(crate::telemetry::ENQUEUES_TOTAL).increment(count);
@@ -478,7 +529,7 @@ impl session::Server for SessionService {
     ) -> Result<(), capnp::Error> {
         let _call = admit_call(&self.budget)?;
         self.check_alive()?;
-        let Some(hash) = self.token_hash else {
+        let Some(hash) = self.terms.token_hash else {
             return Err(refuse(
                 ErrorCode::BadRequest,
                 "this session did not come from a login",
@@ -508,7 +559,7 @@ impl session::Server for SessionService {
             })?;
         self.ctx
             .auth
-            .set_access_key(self.identity, hash)
+            .set_access_key(self.terms.identity, hash)
             .await
             .map_err(auth_refusal)
     }
@@ -521,6 +572,7 @@ impl session::Server for SessionService {
         let _call = admit_call(&self.budget)?;
         self.check_alive()?;
         if !self
+            .terms
             .proof
             .may_act_for_the_account(std::time::Instant::now())
         {
@@ -532,7 +584,7 @@ impl session::Server for SessionService {
         let ended = self
             .ctx
             .auth
-            .logout_everywhere(self.identity)
+            .logout_everywhere(self.terms.identity)
             .await
             .map_err(auth_refusal)?;
         results
@@ -557,7 +609,7 @@ impl session::Server for SessionService {
         let response = self
             .ctx
             .auth
-            .change_password_start(self.identity, request)
+            .change_password_start(self.terms.identity, request)
             .map_err(auth_refusal)?;
         results.get().set_response(&response);
         Ok(())
@@ -579,7 +631,7 @@ impl session::Server for SessionService {
         let ended = self
             .ctx
             .auth
-            .change_password_finish(self.identity, upload, self.token_hash)
+            .change_password_finish(self.terms.identity, upload, self.terms.token_hash)
             .await
             .map_err(auth_refusal)?;
         results
@@ -604,6 +656,7 @@ impl session::Server for SessionService {
             "identityKey",
         )?;
         if !self
+            .terms
             .proof
             .may_act_for_the_account(std::time::Instant::now())
         {
@@ -614,7 +667,7 @@ impl session::Server for SessionService {
         }
         self.ctx
             .auth
-            .remove_device(self.identity, device)
+            .remove_device(self.terms.identity, device)
             .await
             .map_err(auth_refusal)?;
         // The device is gone from the directory: nothing new reaches its inbox;
@@ -635,7 +688,7 @@ impl session::Server for SessionService {
         let _call = admit_call(&self.budget)?;
         self.check_alive()?;
         let auth = self.ctx.auth.clone();
-        let device = self.identity;
+        let device = self.terms.identity;
         let (remaining, served) = spawned(async move { auth.key_package_status(&device).await })
             .await?
             .map_err(auth_refusal)?;
@@ -662,7 +715,7 @@ impl session::Server for SessionService {
         let outcomes = self
             .ctx
             .groups
-            .send(group_id, self.identity, body.to_vec(), named)
+            .send(group_id, self.terms.identity, body.to_vec(), named)
             .await
             .map_err(WireError::from)?;
         let stored = outcomes.iter().filter(|(_, o)| o.is_ok()).count() as u64;
@@ -708,7 +761,7 @@ impl session::Server for SessionService {
         let joining = header.external.then(|| {
             self.ctx
                 .auth
-                .devices_of_account(&self.identity)
+                .devices_of_account(&self.terms.identity)
                 .into_iter()
                 .map(|d| d.0)
                 .collect()
@@ -750,7 +803,7 @@ impl session::Server for SessionService {
                 group_id,
                 SharedCommit {
                     epoch: p.get_epoch(),
-                    committer: self.identity,
+                    committer: self.terms.identity,
                     members,
                     commit_body,
                     welcome_body,
@@ -764,6 +817,28 @@ impl session::Server for SessionService {
             .map_err(WireError::from)?;
         metrics::counter!(crate::telemetry::ENQUEUES_TOTAL).increment(delivered as u64);
         results.get().set_delivered(delivered);
+        Ok(())
+    }
+
+    async fn subscribe(
+        self: Rc<Self>,
+        params: session::SubscribeParams,
+        _: session::SubscribeResults,
+    ) -> Result<(), capnp::Error> {
+        let _call = admit_call(&self.budget)?;
+        self.check_alive()?;
+        let p = params.get().map_err(bad_params)?;
+        let receiver = p.get_receiver().map_err(bad_params)?;
+        // The last subscription stops before this one starts: one at a time.
+        let mut slot = self.push.borrow_mut();
+        slot.take();
+        *slot = Some(push::Subscription::start(
+            self.ctx.clone(),
+            self.budget.clone(),
+            self.terms,
+            receiver,
+            p.get_after(),
+        ));
         Ok(())
     }
 }

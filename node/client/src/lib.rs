@@ -34,6 +34,7 @@ pub mod web;
 
 pub use rpc::{
     ClaimedKeyPackage, ClientError, CommitBodies, DirectoryEntry, Health, KeyDirectory,
-    KeyPackageTarget, LoggedIn, NodeConnection, SendOutcome, SessionHandle, client_endpoint,
+    KeyPackageTarget, LoggedIn, NodeConnection, Pushed, SendOutcome, SessionHandle,
+    client_endpoint,
 };
 pub use state::ClientState;

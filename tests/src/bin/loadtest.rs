@@ -80,6 +80,9 @@ enum Scenario {
         rate: u64,
         #[arg(long, default_value_t = 16)]
         receivers: usize,
+        /// Receivers subscribe to push (`Session.subscribe`) instead of long-polling.
+        #[arg(long)]
+        push: bool,
         #[arg(long, default_value_t = 1024)]
         payload: usize,
     },
@@ -218,12 +221,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Scenario::Deliver {
             rate,
             receivers,
+            push,
             payload,
         } => load::deliver(
             &target,
             &DeliverParams {
                 rate,
                 receivers,
+                push,
                 payload,
                 duration,
             },

@@ -320,8 +320,10 @@ pub fn store(
 pub struct DeliverParams {
     /// Messages offered per second.
     pub rate: u64,
-    /// Long-polling receivers, one connection each.
+    /// Receivers, one connection each.
     pub receivers: usize,
+    /// Receivers subscribe to push (`Session.subscribe`) instead of long-polling.
+    pub push: bool,
     /// Payload bytes per message.
     pub payload: usize,
     /// How long to run.
@@ -333,17 +335,20 @@ impl Default for DeliverParams {
         DeliverParams {
             rate: 2000,
             receivers: 16,
+            push: false,
             payload: 1024,
             duration: Duration::from_secs(10),
         }
     }
 }
 
-/// `deliver`: enqueue-to-delivery latency with long-polling receivers at an offered rate.
+/// `deliver`: enqueue-to-delivery latency with long-polling (or pushed-to)
+/// receivers at an offered rate.
 pub fn deliver(target: &Target, p: &DeliverParams, show_progress: bool) -> anyhow::Result<Report> {
     let mut report = Report::new("deliver")
         .param("offered_per_s", p.rate)
         .param("receivers", p.receivers)
+        .param("receive", if p.push { "push" } else { "long-poll" })
         .param("payload", p.payload.max(8))
         .param("duration_s", p.duration.as_secs_f64());
     let errors = Failures::default();
@@ -364,14 +369,11 @@ pub fn deliver(target: &Target, p: &DeliverParams, show_progress: bool) -> anyho
         for (_, s, _) in &receivers {
             let (s, stop, received, hist) =
                 (s.clone(), stop.clone(), received.clone(), hist.clone());
+            let push = p.push;
             recv_tasks.push(tokio::task::spawn_local(async move {
-                let mut after = 0;
-                while !stop.get() {
-                    let Ok(batch) = s.fetch_wait(after, 0, Duration::from_millis(500)).await else {
-                        break;
-                    };
+                let got = |batch: &[quicnprotochat_wire::Envelope]| {
                     let now = epoch.elapsed();
-                    for env in &batch {
+                    for env in batch {
                         let sent_at =
                             u64::from_le_bytes(env.data[..8].try_into().expect("8 bytes"));
                         record(
@@ -380,6 +382,33 @@ pub fn deliver(target: &Target, p: &DeliverParams, show_progress: bool) -> anyho
                         );
                         received.set(received.get() + 1);
                     }
+                };
+                if push {
+                    let (to, mut pushed) = tokio::sync::mpsc::channel(2);
+                    if s.subscribe(0, to).await.is_err() {
+                        return;
+                    }
+                    while !stop.get() {
+                        let next = tokio::time::timeout(Duration::from_millis(500), pushed.recv());
+                        match next.await {
+                            Err(_) => continue,
+                            Ok(Some(quicnprotochat_client::Pushed::Batch(batch))) => {
+                                got(&batch);
+                                if let Some(last) = batch.last() {
+                                    let _ = s.ack(last.seq).await;
+                                }
+                            }
+                            Ok(_) => break,
+                        }
+                    }
+                    return;
+                }
+                let mut after = 0;
+                while !stop.get() {
+                    let Ok(batch) = s.fetch_wait(after, 0, Duration::from_millis(500)).await else {
+                        break;
+                    };
+                    got(&batch);
                     if let Some(last) = batch.last() {
                         after = last.seq;
                         let _ = s.ack(after).await;

@@ -9,8 +9,10 @@
 //! overlap are harmless because nothing at or below the cursor is applied again.
 //!
 //! Callers either pull (apply what is there, optionally waiting for something
-//! first) or follow: the receiver then long-polls in a loop for as long as the
-//! follower listens, and tells it after every batch it applied.
+//! first) or follow: the receiver then catches up and has the node push what
+//! arrives (`subscribe`), for as long as the follower listens, and tells it
+//! after every batch it applied. A node without push (an older one) is
+//! long-polled in a loop instead.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -40,6 +42,9 @@ const FETCH_BATCH: u32 = 256;
 const FOLLOW_WAIT: Duration = Duration::from_secs(25);
 /// Pause before a follow retries after a lost connection.
 const FOLLOW_RETRY: Duration = Duration::from_secs(1);
+/// Pushed batches waiting for the receiver: the node makes its next call only
+/// once one is taken, so this is all that can pile up.
+const PUSHED_WAITING: usize = 2;
 
 type PullReply = RpcReplyPort<Result<Vec<Line>, MessengerError>>;
 
@@ -68,6 +73,13 @@ pub(crate) enum ReceiverMsg {
     Follow { to: Follower },
     /// The follow loop's next fetch (after a pause).
     Resume,
+    /// Subscription `subscription` pushed a batch.
+    Pushed {
+        subscription: u64,
+        batch: Vec<Envelope>,
+    },
+    /// Subscription `subscription` could not start or is over.
+    PushEnded { subscription: u64, why: ClientError },
     /// A fetch of `job` came back.
     Fetched {
         job: PullJob,
@@ -91,8 +103,25 @@ pub(crate) struct ReceiverState {
     /// The highest seq applied (durably: it is stored with each envelope).
     cursor: u64,
     follower: Option<Follower>,
-    /// Whether the follow loop has a fetch in flight (or a retry pending).
+    /// Whether the follow loop has a fetch in flight, a subscription, or a
+    /// retry pending.
     following: bool,
+    /// The live push subscription: its number and the task that forwards it.
+    push: Option<(u64, AbortOnDrop)>,
+    /// Numbers subscriptions, so that news of an earlier one is told apart.
+    subscriptions: u64,
+    /// The node answered `subscribe` with UNIMPLEMENTED: long-poll instead.
+    push_unsupported: bool,
+}
+
+/// Stops a forwarding task when its subscription is dropped; the node then
+/// finds its next `deliver` refused and ends the subscription.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 #[derive(Default)]
@@ -131,6 +160,72 @@ impl ReceiverState {
             lines: Vec::new(),
         };
         self.fetch(myself, job, wait);
+    }
+
+    /// Waits for news after a catch-up: a push subscription where the node has
+    /// them, a long-poll otherwise.
+    fn listen(&mut self, myself: &ActorRef<ReceiverMsg>) {
+        if self.push_unsupported {
+            return self.follow(myself, FOLLOW_WAIT);
+        }
+        if self.follower.as_ref().is_none_or(|f| f.is_closed()) {
+            self.follower = None;
+            return;
+        }
+        self.following = true;
+        self.subscriptions += 1;
+        let subscription = self.subscriptions;
+        let (session, after, myself) = (self.session.get(), self.cursor, myself.clone());
+        let task = tokio::spawn(async move {
+            let (to, mut pushed) = tokio::sync::mpsc::channel(PUSHED_WAITING);
+            let started =
+                ask_session(&session, |reply| SessionMsg::Subscribe { after, to, reply }).await;
+            let why = match started {
+                Err(e) => e,
+                Ok(()) => loop {
+                    match pushed.recv().await {
+                        Some(crate::Pushed::Batch(batch)) => {
+                            let _ = myself.cast(ReceiverMsg::Pushed {
+                                subscription,
+                                batch,
+                            });
+                        }
+                        Some(crate::Pushed::Ended(why)) => break why,
+                        // The receiver went with its connection.
+                        None => {
+                            break ClientError::Transport("the connection ended".into());
+                        }
+                    }
+                },
+            };
+            let _ = myself.cast(ReceiverMsg::PushEnded { subscription, why });
+        });
+        self.push = Some((subscription, AbortOnDrop(task.abort_handle())));
+    }
+
+    /// Whether `subscription` is the live one.
+    fn is_live(&self, subscription: u64) -> bool {
+        self.push.as_ref().is_some_and(|(n, _)| *n == subscription)
+    }
+
+    /// Following failed with `e`: the follower is told; after a lost
+    /// connection the loop starts again after a pause, otherwise it stops.
+    fn follow_failed(&mut self, myself: &ActorRef<ReceiverMsg>, e: MessengerError) {
+        let lost = is_connection_loss(&e);
+        if let Some(f) = &self.follower
+            && f.send(Err(e)).is_ok()
+            && lost
+        {
+            // The session actor reconnects on the next request.
+            let myself = myself.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(FOLLOW_RETRY).await;
+                let _ = myself.cast(ReceiverMsg::Resume);
+            });
+        } else {
+            self.following = false;
+            self.follower = None;
+        }
     }
 
     /// Applies a fetched batch in seq order; whether anything new was applied.
@@ -351,6 +446,9 @@ impl Actor for ReceiverActor {
             cursor,
             follower: None,
             following: false,
+            push: None,
+            subscriptions: 0,
+            push_unsupported: false,
         })
     }
 
@@ -373,8 +471,53 @@ impl Actor for ReceiverActor {
                 state.follow(&myself, Duration::ZERO);
             }
             ReceiverMsg::Resume => {
+                // Catch up first: what came while nobody listened.
                 state.following = false;
-                state.follow(&myself, FOLLOW_WAIT);
+                state.follow(&myself, Duration::ZERO);
+            }
+            ReceiverMsg::Pushed {
+                subscription,
+                batch,
+            } => {
+                if !state.is_live(subscription) {
+                    return Ok(());
+                }
+                if state.follower.as_ref().is_none_or(|f| f.is_closed()) {
+                    // Nobody listens any more: let the node stop pushing.
+                    state.push = None;
+                    state.following = false;
+                    state.follower = None;
+                }
+                let mut job = PullJob {
+                    owner: Owner::Follow,
+                    lines: Vec::new(),
+                };
+                match state.apply_batch(batch, &mut job).await {
+                    Ok(true) => {
+                        if let Some(f) = &state.follower {
+                            let _ = f.send(Ok(()));
+                        }
+                    }
+                    Ok(false) => {}
+                    Err(e) if state.is_live(subscription) => {
+                        state.push = None;
+                        state.follow_failed(&myself, e);
+                    }
+                    Err(_) => {}
+                }
+            }
+            ReceiverMsg::PushEnded { subscription, why } => {
+                if !state.is_live(subscription) {
+                    return Ok(());
+                }
+                state.push = None;
+                if why.code() == Some(quicnprotochat_wire::ErrorCode::Unimplemented) {
+                    state.push_unsupported = true;
+                    state.following = false;
+                    state.follow(&myself, FOLLOW_WAIT);
+                } else {
+                    state.follow_failed(&myself, why.into());
+                }
             }
             ReceiverMsg::Fetched { mut job, result } => {
                 // Ok(true): the batch had envelopes, so there may be more.
@@ -406,28 +549,15 @@ impl Actor for ReceiverActor {
                     (Owner::Caller(reply), Err(e)) => {
                         let _ = reply.send(Err(e));
                     }
-                    (Owner::Follow, Ok(more)) => {
+                    (Owner::Follow, Ok(true)) => {
                         state.following = false;
-                        let wait = if more { Duration::ZERO } else { FOLLOW_WAIT };
-                        state.follow(&myself, wait);
+                        state.follow(&myself, Duration::ZERO);
                     }
-                    (Owner::Follow, Err(e)) => {
-                        let lost = is_connection_loss(&e);
-                        if let Some(f) = &state.follower
-                            && f.send(Err(e)).is_ok()
-                            && lost
-                        {
-                            // The session actor reconnects on the next request.
-                            let myself = myself.clone();
-                            tokio::spawn(async move {
-                                tokio::time::sleep(FOLLOW_RETRY).await;
-                                let _ = myself.cast(ReceiverMsg::Resume);
-                            });
-                        } else {
-                            state.following = false;
-                            state.follower = None;
-                        }
+                    (Owner::Follow, Ok(false)) => {
+                        state.following = false;
+                        state.listen(&myself);
                     }
+                    (Owner::Follow, Err(e)) => state.follow_failed(&myself, e),
                 }
             }
         }

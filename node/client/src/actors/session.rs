@@ -62,6 +62,13 @@ pub(crate) enum SessionMsg {
         up_to: u64,
         reply: Reply<()>,
     },
+    /// Has the node push the inbox after `after` to `to` (see
+    /// [`SessionHandle::subscribe`]).
+    Subscribe {
+        after: u64,
+        to: tokio::sync::mpsc::Sender<crate::Pushed>,
+        reply: Reply<()>,
+    },
     SendGroup {
         group_id: Vec<u8>,
         body: Vec<u8>,
@@ -367,6 +374,13 @@ impl ThreadLocalActor for SessionActor {
                         reply,
                         move |s, _| async move { s.ack(up_to).await },
                     )
+                    .await
+            }
+            SessionMsg::Subscribe { after, to, reply } => {
+                state
+                    .run(&myself, reply, move |s, _| async move {
+                        s.subscribe(after, to).await
+                    })
                     .await
             }
             SessionMsg::SendGroup {

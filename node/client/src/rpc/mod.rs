@@ -20,11 +20,13 @@ use quicnprotochat_wire::tls::{self, ServerTrust, TlsError};
 
 mod keys;
 mod operator;
+mod push;
 mod reply_pause;
 mod session_handle;
 
 pub use keys::{ClaimedKeyPackage, KeyDirectory, KeyPackageTarget};
 pub use operator::{AccountEntry, OperatorHandle};
+pub use push::Pushed;
 use reply_pause::PausableReader;
 pub use reply_pause::ReplyPause;
 pub use session_handle::{CommitBodies, DirectoryEntry, SendOutcome, SessionHandle, WhoAmI};

@@ -401,6 +401,24 @@ impl SessionHandle {
             .map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
+    /// Asks the node to push the own inbox's envelopes after `after` to `to`
+    /// as they arrive, instead of long-polling (see [`Pushed`]); replaces this
+    /// session's last subscription. Needs a node that serves it
+    /// (`UNIMPLEMENTED` from an older one). The subscription also ends when
+    /// the connection does: `to`'s receiver then sees its senders gone.
+    pub async fn subscribe(
+        &self,
+        after: u64,
+        to: tokio::sync::mpsc::Sender<super::Pushed>,
+    ) -> Result<(), ClientError> {
+        let mut req = self.session.subscribe_request();
+        req.get()
+            .set_receiver(capnp_rpc::new_client(super::push::InboxReceiver { to }));
+        req.get().set_after(after);
+        req.send().promise.await?;
+        Ok(())
+    }
+
     /// Deletes the own inbox's envelopes up to `up_to` (durable on return).
     pub async fn ack(&self, up_to: u64) -> Result<(), ClientError> {
         let mut req = self.session.ack_request();

@@ -1,0 +1,123 @@
+//! Inbox push (`Session.subscribe`): the node calls the client's
+//! `InboxReceiver` with what arrives, instead of answering long-polls.
+//!
+//! One task per subscription, on the connection's thread (capnp-rpc is
+//! `!Send`). It makes one `deliver` call at a time: what arrives while a call
+//! is in flight waits in the store and goes in the next call, so a slow client
+//! holds at most one batch of the node's memory (a fetch's limits), counted
+//! against the connection's reply budget until the stream writes it. The
+//! cursor is the subscription's own: pushing deletes nothing, the client acks
+//! what it applied as after a fetch.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quicnprotochat_wire::node_capnp::inbox_receiver;
+use quicnprotochat_wire::{Envelope, WireError};
+
+use super::NodeContext;
+use super::session_service::{
+    SessionTerms, read_inbox, reply_bytes, session_ended, write_envelopes,
+};
+use crate::core::budget::ConnectionBudget;
+
+/// How long one wait for news lasts before the task checks that its session
+/// still stands.
+const NEWS_WAIT: Duration = Duration::from_secs(30);
+/// Pause before trying again when the node's reply budget is full.
+const BUDGET_RETRY: Duration = Duration::from_millis(100);
+
+/// A running subscription; dropping it stops the push (a newer subscription
+/// replaced it, or its session is gone with the connection).
+pub(super) struct Subscription(tokio::task::AbortHandle);
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Subscription {
+    /// Starts pushing `terms.identity`'s inbox after `after` to `receiver`.
+    pub(super) fn start(
+        ctx: Arc<NodeContext>,
+        budget: ConnectionBudget,
+        terms: SessionTerms,
+        receiver: inbox_receiver::Client,
+        after: u64,
+    ) -> Subscription {
+        let task = tokio::task::spawn_local(async move {
+            let push = Push {
+                ctx,
+                budget,
+                terms,
+                receiver,
+            };
+            if let Some(reason) = push.run(after).await {
+                push.end(reason).await;
+            }
+        });
+        Subscription(task.abort_handle())
+    }
+}
+
+struct Push {
+    ctx: Arc<NodeContext>,
+    budget: ConnectionBudget,
+    terms: SessionTerms,
+    receiver: inbox_receiver::Client,
+}
+
+impl Push {
+    /// Pushes until something ends it: `Some(reason)` to tell the client,
+    /// `None` when the client itself is gone or refused a delivery.
+    async fn run(&self, mut after: u64) -> Option<WireError> {
+        let inbox = self.terms.identity;
+        loop {
+            if self.terms.ended(&self.ctx) {
+                return Some(session_ended());
+            }
+            let list = match read_inbox(&self.ctx, inbox, after, 0).await {
+                Ok(list) => list,
+                Err(e) => return Some(e),
+            };
+            let Some(last) = list.last().map(|e| e.seq) else {
+                if let Err(e) = self.ctx.registry.wait(inbox, after, NEWS_WAIT).await {
+                    return Some(WireError::from(e));
+                }
+                continue;
+            };
+            if self.budget.reserve_reply(reply_bytes(&list)).is_err() {
+                // The node is holding as much as it may: the messages stay
+                // stored, and go once the stream has taken what it holds.
+                tokio::time::sleep(BUDGET_RETRY).await;
+                continue;
+            }
+            if !self.deliver(&list).await {
+                return None;
+            }
+            metrics::counter!(crate::telemetry::PUSHES_TOTAL).increment(1);
+            after = last;
+        }
+    }
+
+    /// One `deliver` call; whether the client took it.
+    async fn deliver(&self, list: &[Envelope]) -> bool {
+        let mut req = self.receiver.deliver_request();
+        write_envelopes(list, req.get().init_envelopes(list.len() as u32));
+        match req.send().promise.await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, "push subscription ended by its receiver");
+                false
+            }
+        }
+    }
+
+    /// Tells the client why its subscription is over.
+    async fn end(&self, reason: WireError) {
+        let mut req = self.receiver.ended_request();
+        req.get().set_reason(reason.to_string());
+        let _ = req.send().promise.await;
+    }
+}
