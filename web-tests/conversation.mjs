@@ -143,6 +143,10 @@ try {
     throw new Error("no notification for the message: " + JSON.stringify(notes));
   }
 
+  step = "a reload keeps the unread count";
+  await bob.reload();
+  await bob.locator('#groups li[data-group="side"] .unread', { hasText: "1" }).waitFor();
+
   step = "opening the group clears its count";
   await bob.locator('#groups li[data-group="side"]').click();
   await bob.locator("#messages li", { hasText: "psst, over here" }).waitFor();

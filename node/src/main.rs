@@ -159,8 +159,10 @@ fn run(runtime: &tokio::runtime::Runtime, cli: Cli) -> anyhow::Result<ExitCode> 
     let local = tokio::task::LocalSet::new();
     let result = local.block_on(runtime, async {
         use ClientCommand::*;
+        use quicnprotochat_client::daemon::chat::chat as daemon_chat;
         use quicnprotochat_client::daemon::client::{
-            recv_through_daemon_or as recv_via_daemon, run_profile_command as profile,
+            DaemonClient, recv_through_daemon_or as recv_via_daemon,
+            run_profile_command as profile, sign_in_through_daemon_or,
             through_daemon_or as via_daemon,
         };
         use quicnprotochat_client::profile_command::ProfileCommand as P;
@@ -170,11 +172,13 @@ fn run(runtime: &tokio::runtime::Runtime, cli: Cli) -> anyhow::Result<ExitCode> 
             Whoami { .. } => via_daemon(&opts, P::Whoami, commands::whoami(&opts)).await,
             RegisterUser { username, .. } => {
                 let password = commands::read_password(true)?;
-                commands::register_user(&opts, &username, &password).await
+                let local = commands::register_user(&opts, &username, &password);
+                sign_in_through_daemon_or(&opts, &username, &password, true, local).await
             }
             Login { username, .. } => {
                 let password = commands::read_password(false)?;
-                commands::login(&opts, &username, &password).await
+                let local = commands::login(&opts, &username, &password);
+                sign_in_through_daemon_or(&opts, &username, &password, false, local).await
             }
             ChangePassword { .. } => {
                 let current = commands::read_password(false)?;
@@ -223,7 +227,10 @@ fn run(runtime: &tokio::runtime::Runtime, cli: Cli) -> anyhow::Result<ExitCode> 
             Members { group, .. } => profile(&opts, P::Members { group }).await,
             Chat { group, .. } => {
                 let shutdown = on_signals("chat")?;
-                group_commands::chat(&opts, &group, &shutdown).await
+                match DaemonClient::connect(&opts.state_dir).await {
+                    Some(daemon) => daemon_chat(&opts, &group, &shutdown, daemon).await,
+                    None => group_commands::chat(&opts, &group, &shutdown).await,
+                }
             }
             DemoGroup { .. } => quicnprotochat::demo::demo_group(&opts).await,
             Daemon { web, .. } => daemon(&opts, web).await,

@@ -198,10 +198,72 @@ fn the_cli_goes_through_a_running_daemon_on_the_same_profile() {
 
     // Commands that do not go through the daemon yet name its pid instead of
     // a lock error.
-    let (ok, _, err) = w.run(&w.bob, &["chat", "--group", "g"]);
+    let (ok, _, err) = w.run(&w.bob, &["refresh-keypackage"]);
     assert!(!ok);
     assert_one_line_error(&err, &format!("in use by pid {}", daemon.child.id()));
     assert!(!err.contains("Database already open"), "{err}");
+}
+
+#[test]
+fn login_and_chat_go_through_a_running_daemon() {
+    let w = World::start();
+    let daemon = w.daemon(&w.bob, &[]);
+
+    // A login on the daemon's profile: the daemon signs in again and carries on.
+    let said = w.ok(&w.bob, &["login", "--username", "bob"]);
+    assert!(
+        said.starts_with("logged in as bob; session expires "),
+        "{said}"
+    );
+    assert!(w.ok(&w.bob, &["whoami"]).starts_with("bob (identity "));
+
+    // chat: what arrives is printed as chat prints it, typed lines are sent,
+    // Ctrl+D ends it once they are taken.
+    let mut chat = w
+        .bob
+        .command(w.server.addr, &w.ca, &["chat", "--group", "g"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut typed = chat.stdin.take().unwrap();
+    let mut shown = BufReader::new(chat.stdout.take().unwrap());
+    // Until alice's message shows, chat is up and listening.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut line = String::new();
+    while !line.contains("[alice] hello chat") {
+        assert!(
+            Instant::now() < deadline,
+            "chat never showed alice's message"
+        );
+        w.ok(&w.alice, &["send", "--group", "g", "hello", "chat"]);
+        line.clear();
+        // Each send is shown (or chat is not subscribed yet and recv shows
+        // it at the start): read until one comes.
+        shown.read_line(&mut line).unwrap();
+    }
+    assert!(
+        line.trim_end().ends_with("[alice] hello chat"),
+        "chat's format, HH:MM:SS [SENDER] TEXT: {line:?}"
+    );
+    typed.write_all(b"hi from chat\n").unwrap();
+    drop(typed);
+    let out = chat.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = w.ok(&w.alice, &["recv", "--wait", "10"]);
+    assert!(
+        got.lines()
+            .map(untimed)
+            .any(|l| l == "[g] bob: hi from chat"),
+        "{got}"
+    );
+    // The daemon served both: it still runs.
+    assert!(daemon.socket.exists());
 }
 
 #[test]

@@ -420,3 +420,32 @@ async fn an_oversized_claim_target_is_refused_before_any_limiter_keeps_it() {
     .await;
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_client_tops_up_its_key_packages_once_others_claimed_most() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = quicnprotochat::config::ServerConfig::ephemeral(dir.path());
+    config.rate_limits.claims_per_min_per_requester = 10_000;
+    config.rate_limits.claims_per_min_per_target = 10_000;
+    config.rate_limits.claims_per_min_per_device = 10_000;
+    let node = TestNode::start_with(config).await;
+    local(async {
+        let bob = node.person("bob").await;
+        let by_name = KeyPackageTarget::Username("bob".into());
+        let claimer = claimer(&node).await;
+        let claimed = quicnprotochat_client::commands::DEFAULT_KEY_PACKAGES - 5;
+        for _ in 0..claimed {
+            assert!(!claimer.fetch_key_packages(&by_name).await.unwrap()[0].last_resort);
+        }
+        // Five left: below the threshold, so the client publishes what was
+        // claimed; then it has enough, and publishes nothing.
+        assert_eq!(bob.messenger.refill_key_packages().await.unwrap(), claimed);
+        assert_eq!(bob.messenger.refill_key_packages().await.unwrap(), 0);
+        // What it published serves (and opens: its secrets are in the profile).
+        for _ in 0..10 {
+            assert!(!claimer.fetch_key_packages(&by_name).await.unwrap()[0].last_resort);
+        }
+    })
+    .await;
+    node.stop().await;
+}

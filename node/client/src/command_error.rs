@@ -59,6 +59,15 @@ pub enum CommandError {
     },
 }
 
+impl From<crate::key_packages::KeyPackageError> for CommandError {
+    fn from(e: crate::key_packages::KeyPackageError) -> Self {
+        match e {
+            crate::key_packages::KeyPackageError::State(s) => CommandError::State(s),
+            other => CommandError::Invalid(other.to_string()),
+        }
+    }
+}
+
 /// Every kind [`CommandError::kind`] gives.
 pub const KINDS: [&str; 7] = [
     "refused",

@@ -5,20 +5,15 @@ use std::path::PathBuf;
 
 use quicnprotochat_crypto::Identity;
 use quicnprotochat_crypto::envelope::HybridPublicKey;
-use quicnprotochat_crypto::mls::{Suite, validate_key_package};
+use quicnprotochat_crypto::mls::validate_key_package;
 use quicnprotochat_wire::IdentityKey;
 
+use crate::key_packages::KeyPackageBatch;
 use crate::state::SavedLogin;
 use crate::{ClientState, KeyPackageTarget, NodeConnection, SessionHandle};
 use quicnprotochat_wire::tls;
 
-/// One-time KeyPackages uploaded after registering (and on a new device's login).
-pub const DEFAULT_KEY_PACKAGES: usize = 100;
-/// One-time KeyPackages of the post-quantum suite published with each rotation
-/// (its last-resort package serves once they are gone).
-pub const PQ_KEY_PACKAGES: usize = 10;
-/// Below this many one-time packages left, the client uploads more by itself.
-pub const REFILL_BELOW: u64 = 10;
+pub use crate::key_packages::{DEFAULT_KEY_PACKAGES, PQ_KEY_PACKAGES, REFILL_BELOW};
 
 /// Where and how a client connects; from global flags and environment.
 #[derive(Debug, Clone)]
@@ -98,54 +93,10 @@ async fn upload_key_packages(
     count: usize,
     rotate: bool,
 ) -> Result<(), CommandError> {
-    let member = state.mls_member(identity)?;
-    let invalid = |e: quicnprotochat_crypto::mls::MlsError| CommandError::Invalid(e.to_string());
-    let one_time = (0..count)
-        .map(|_| {
-            member
-                .generate_key_package(Suite::Classic, false)
-                .map_err(invalid)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let last_resort = if rotate {
-        member
-            .generate_key_package(Suite::Classic, true)
-            .map_err(invalid)?
-    } else {
-        Vec::new()
-    };
-    // Post-quantum groups need packages of their own suite: a few one-time ones
-    // and a last-resort one, published with every rotation.
-    let post_quantum = if rotate {
-        let one_time = (0..PQ_KEY_PACKAGES)
-            .map(|_| {
-                member
-                    .generate_key_package(Suite::PostQuantum, false)
-                    .map_err(invalid)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let last_resort = member
-            .generate_key_package(Suite::PostQuantum, true)
-            .map_err(invalid)?;
-        Some((one_time, last_resort))
-    } else {
-        None
-    };
-    state.save_mls(&member)?;
-    let hybrid = state.hybrid_key()?.signed_public(identity).to_bytes();
-    for chunk in one_time.chunks(100).enumerate() {
-        let (i, kps) = chunk;
-        let lr: &[u8] = if i == 0 { &last_resort } else { &[] };
-        session.upload_key_packages(kps, lr, &hybrid).await?;
-    }
-    if one_time.is_empty() {
+    let batch = KeyPackageBatch::generate(state, identity, count, rotate)?;
+    for call in batch.calls() {
         session
-            .upload_key_packages(&[], &last_resort, &hybrid)
-            .await?;
-    }
-    if let Some((one_time, last_resort)) = post_quantum {
-        session
-            .upload_key_packages(&one_time, &last_resort, &hybrid)
+            .upload_key_packages(&call.one_time, &call.last_resort, &call.hybrid)
             .await?;
     }
     Ok(())
@@ -158,17 +109,10 @@ async fn refill_if_low(
     session: &SessionHandle,
 ) -> Result<(), CommandError> {
     let (remaining, _) = session.key_package_status().await?;
-    if remaining < REFILL_BELOW {
-        upload_key_packages(
-            state,
-            identity,
-            session,
-            DEFAULT_KEY_PACKAGES - remaining as usize,
-            false,
-        )
-        .await?;
+    match crate::key_packages::refill_count(remaining) {
+        0 => Ok(()),
+        count => upload_key_packages(state, identity, session, count, false).await,
     }
-    Ok(())
 }
 
 /// A session for this profile: the remembered login when there is one, else a

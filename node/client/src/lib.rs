@@ -18,6 +18,7 @@ pub mod daemon;
 pub mod device_sync;
 pub mod display;
 pub mod group_commands;
+pub mod key_packages;
 pub mod message;
 pub mod messenger;
 pub mod mls_store;

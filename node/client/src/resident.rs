@@ -31,6 +31,18 @@ pub use crate::profile_command::MAX_HISTORY_LIMIT;
 
 type Reply<T> = oneshot::Sender<Result<T, WebError>>;
 
+/// How often a resident client checks that it has KeyPackages left at the node.
+const KEY_PACKAGE_CHECK: Duration = Duration::from_secs(15 * 60);
+
+/// What a login or registration did.
+#[derive(Debug, Clone)]
+pub struct SignedIn {
+    /// The profile's state after it.
+    pub status: StatusView,
+    /// What the CLI's `login` or `register-user` prints.
+    pub message: String,
+}
+
 /// What a handler asks of the agent.
 pub enum Call {
     /// The profile's state.
@@ -42,7 +54,7 @@ pub enum Call {
         /// Its password.
         password: String,
         /// The answer.
-        reply: Reply<StatusView>,
+        reply: Reply<SignedIn>,
     },
     /// Log this profile's device in.
     Login {
@@ -51,7 +63,7 @@ pub enum Call {
         /// Its password.
         password: String,
         /// The answer.
-        reply: Reply<StatusView>,
+        reply: Reply<SignedIn>,
     },
     /// Every group.
     Groups(Reply<Vec<GroupView>>),
@@ -223,6 +235,9 @@ impl Agent {
         if let Err(e) = self.resume().await {
             tracing::warn!(error = %e.message, "the web UI could not resume the profile's login");
         }
+        let mut top_up = tokio::time::interval(KEY_PACKAGE_CHECK);
+        top_up.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        top_up.reset();
         loop {
             tokio::select! {
                 call = calls.recv() => match call {
@@ -230,6 +245,7 @@ impl Agent {
                     None => break,
                 },
                 _ = &mut stop => break,
+                _ = top_up.tick() => self.top_up_key_packages().await,
                 arrived = next(&mut self.arrivals) => self.on_arrival(arrived).await,
                 event = next_event(&mut self.connection) => self.on_connection(event).await,
             }
@@ -412,7 +428,7 @@ impl Agent {
         username: &str,
         password: &str,
         register: bool,
-    ) -> Result<StatusView, WebError> {
+    ) -> Result<SignedIn, WebError> {
         if username.trim().is_empty() {
             return Err(WebError::invalid("empty username"));
         }
@@ -430,16 +446,22 @@ impl Agent {
         } else {
             commands::login(&self.opts, username, password).await
         };
-        if let Err(e) = done {
-            // A refused login leaves the profile's earlier login as it was:
-            // carry on with it.
-            if let Err(again) = self.resume().await {
-                tracing::warn!(error = %again.message, "cannot resume the earlier login");
+        let message = match done {
+            Ok(message) => message,
+            Err(e) => {
+                // A refused login leaves the profile's earlier login as it was:
+                // carry on with it.
+                if let Err(again) = self.resume().await {
+                    tracing::warn!(error = %again.message, "cannot resume the earlier login");
+                }
+                return Err(e.into());
             }
-            return Err(e.into());
-        }
+        };
         self.start_messenger().await?;
-        self.status()
+        Ok(SignedIn {
+            status: self.status()?,
+            message,
+        })
     }
 
     async fn groups(&mut self) -> Result<Vec<GroupView>, WebError> {
@@ -595,6 +617,24 @@ impl Agent {
         self.set_link(link);
         if link == Link::Connected {
             self.flush_outbox().await;
+            self.top_up_key_packages().await;
+        }
+    }
+
+    /// Publishes KeyPackages when others claimed most of them: on every
+    /// connection and every [`KEY_PACKAGE_CHECK`] (one-shot commands do it on
+    /// login and `whoami`).
+    async fn top_up_key_packages(&mut self) {
+        let Some(m) = self.messenger.as_ref() else {
+            return;
+        };
+        if self.link != Link::Connected {
+            return;
+        }
+        match m.refill_key_packages().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(published = n, "KeyPackages topped up"),
+            Err(e) => tracing::warn!(error = %e, "cannot top up the KeyPackages"),
         }
     }
 

@@ -394,8 +394,18 @@ pub fn deliver(target: &Target, p: &DeliverParams, show_progress: bool) -> anyho
                             Err(_) => continue,
                             Ok(Some(quicnprotochat_client::Pushed::Batch(batch))) => {
                                 got(&batch);
-                                if let Some(last) = batch.last() {
-                                    let _ = s.ack(last.seq).await;
+                                let mut last = batch.last().map(|e| e.seq);
+                                // What came meanwhile goes with one ack (an ack is
+                                // a durable write: one per batch would cost the
+                                // node more than the long-poll's).
+                                while let Ok(quicnprotochat_client::Pushed::Batch(more)) =
+                                    pushed.try_recv()
+                                {
+                                    got(&more);
+                                    last = more.last().map(|e| e.seq).or(last);
+                                }
+                                if let Some(last) = last {
+                                    let _ = s.ack(last).await;
                                 }
                             }
                             Ok(_) => break,

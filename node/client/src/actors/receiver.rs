@@ -184,11 +184,26 @@ impl ReceiverState {
                 Err(e) => e,
                 Ok(()) => loop {
                     match pushed.recv().await {
-                        Some(crate::Pushed::Batch(batch)) => {
+                        Some(crate::Pushed::Batch(mut batch)) => {
+                            // What else waits goes with it: one apply, one ack
+                            // (a durable write at the node) for all of it.
+                            let mut ended = None;
+                            while let Ok(more) = pushed.try_recv() {
+                                match more {
+                                    crate::Pushed::Batch(more) => batch.extend(more),
+                                    crate::Pushed::Ended(why) => {
+                                        ended = Some(why);
+                                        break;
+                                    }
+                                }
+                            }
                             let _ = myself.cast(ReceiverMsg::Pushed {
                                 subscription,
                                 batch,
                             });
+                            if let Some(why) = ended {
+                                break why;
+                            }
                         }
                         Some(crate::Pushed::Ended(why)) => break why,
                         // The receiver went with its connection.

@@ -62,6 +62,15 @@ pub(crate) enum SessionMsg {
         up_to: u64,
         reply: Reply<()>,
     },
+    /// How many one-time KeyPackages the node has left of this device's.
+    KeyPackageStatus {
+        reply: Reply<u64>,
+    },
+    /// Publishes one call's worth of KeyPackages.
+    UploadKeyPackages {
+        call: crate::key_packages::UploadCall,
+        reply: Reply<()>,
+    },
     /// Has the node push the inbox after `after` to `to` (see
     /// [`SessionHandle::subscribe`]).
     Subscribe {
@@ -374,6 +383,21 @@ impl ThreadLocalActor for SessionActor {
                         reply,
                         move |s, _| async move { s.ack(up_to).await },
                     )
+                    .await
+            }
+            SessionMsg::KeyPackageStatus { reply } => {
+                state
+                    .run(&myself, reply, move |s, _| async move {
+                        Ok(s.key_package_status().await?.0)
+                    })
+                    .await
+            }
+            SessionMsg::UploadKeyPackages { call, reply } => {
+                state
+                    .run(&myself, reply, move |s, _| async move {
+                        s.upload_key_packages(&call.one_time, &call.last_resort, &call.hybrid)
+                            .await
+                    })
                     .await
             }
             SessionMsg::Subscribe { after, to, reply } => {

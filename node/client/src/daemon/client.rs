@@ -27,14 +27,11 @@ impl DaemonClient {
         })
     }
 
-    /// Calls `method`; its result, or its error as a command error.
-    pub async fn call(&mut self, method: &str, params: Value) -> Result<Value, CommandError> {
+    /// Writes a request for `method` without waiting for its answer; its id.
+    pub async fn request(&mut self, method: &str, params: Value) -> Result<u64, CommandError> {
         let id = self.next_id;
         self.next_id += 1;
         let request = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
-        let lost = |e: std::io::Error| {
-            CommandError::Invalid(format!("the profile's daemon stopped answering: {e}"))
-        };
         let mut line = request.to_string();
         line.push('\n');
         if line.len() > MAX_REQUEST_BYTES {
@@ -47,25 +44,29 @@ impl DaemonClient {
             .write_all(line.as_bytes())
             .await
             .map_err(lost)?;
+        Ok(id)
+    }
+
+    /// The next line the daemon writes: an answer or an event.
+    pub async fn next(&mut self) -> Result<Value, CommandError> {
+        let mut answer = String::new();
+        let n = self.stream.read_line(&mut answer).await.map_err(lost)?;
+        if n == 0 {
+            return Err(lost(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        serde_json::from_str(&answer).map_err(|e| {
+            CommandError::Invalid(format!("the daemon answered something unreadable: {e}"))
+        })
+    }
+
+    /// Calls `method`; its result, or its error as a command error.
+    pub async fn call(&mut self, method: &str, params: Value) -> Result<Value, CommandError> {
+        let id = self.request(method, params).await?;
         loop {
-            let mut answer = String::new();
-            let n = self.stream.read_line(&mut answer).await.map_err(lost)?;
-            if n == 0 {
-                return Err(lost(std::io::ErrorKind::UnexpectedEof.into()));
+            let answer = self.next().await?;
+            if let Some(result) = answer_to(&answer, id) {
+                return result;
             }
-            let answer: Value = serde_json::from_str(&answer).map_err(|e| {
-                CommandError::Invalid(format!("the daemon answered something unreadable: {e}"))
-            })?;
-            // Notifications (events) are not answers; an error without an id
-            // (the daemon is over its connection cap) is.
-            let unaddressed_error = answer.get("error").is_some() && answer["id"].is_null();
-            if answer.get("id") != Some(&json!(id)) && !unaddressed_error {
-                continue;
-            }
-            if let Some(error) = answer.get("error") {
-                return Err(error_of(error));
-            }
-            return Ok(answer.get("result").cloned().unwrap_or(Value::Null));
         }
     }
 
@@ -86,6 +87,24 @@ impl DaemonClient {
         }
         Ok(result["output"].as_str().unwrap_or_default().to_string())
     }
+}
+
+fn lost(e: std::io::Error) -> CommandError {
+    CommandError::Invalid(format!("the profile's daemon stopped answering: {e}"))
+}
+
+/// What `line` answers to request `id`: `None` when it is something else (an
+/// event, another request's answer). An error without an id (the daemon is
+/// over its connection cap) answers whatever was asked.
+pub(super) fn answer_to(line: &Value, id: u64) -> Option<Result<Value, CommandError>> {
+    let unaddressed_error = line.get("error").is_some() && line["id"].is_null();
+    if line.get("id") != Some(&json!(id)) && !unaddressed_error {
+        return None;
+    }
+    Some(match line.get("error") {
+        Some(error) => Err(error_of(error)),
+        None => Ok(line.get("result").cloned().unwrap_or(Value::Null)),
+    })
 }
 
 /// The command error a daemon's error object stands for.
@@ -118,6 +137,28 @@ pub async fn through_daemon_or(
 ) -> Result<String, CommandError> {
     match DaemonClient::connect(&opts.state_dir).await {
         Some(mut daemon) => daemon.run(&command, opts.json).await,
+        None => local.await,
+    }
+}
+
+/// `login` (or, with `register`, `register-user`) through the profile's daemon
+/// when one serves it, which then carries on with the new session; otherwise
+/// `local`, which signs in on the profile itself. The password goes over the
+/// owner-only socket, as it goes to the web app's page.
+pub async fn sign_in_through_daemon_or(
+    opts: &ClientOptions,
+    username: &str,
+    password: &str,
+    register: bool,
+    local: impl Future<Output = Result<String, CommandError>>,
+) -> Result<String, CommandError> {
+    match DaemonClient::connect(&opts.state_dir).await {
+        Some(mut daemon) => {
+            let method = if register { "register" } else { "login" };
+            let params = json!({"username": username, "password": password});
+            let result = daemon.call(method, params).await?;
+            Ok(result["message"].as_str().unwrap_or_default().to_string())
+        }
         None => local.await,
     }
 }

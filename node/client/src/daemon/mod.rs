@@ -2,12 +2,14 @@
 //! connection, its actor tree: the resident client, `crate::resident`) and
 //! serves it on a Unix socket, `daemon.sock` in the profile folder (0600), in
 //! newline-delimited JSON-RPC 2.0 (`jsonrpc`, `docs/daemon.md`). The CLI's
-//! commands go through it while it runs (`client`); `--web` serves the web UI
+//! commands go through it while it runs (`client`; `chat` on its events);
+//! `--web` serves the web UI
 //! from the same process.
 //!
 //! Shape: [`bind`] takes the profile and the socket, [`run`] serves until the
 //! shutdown future completes (mini-redis' `server::run(listener, shutdown)`).
 
+pub mod chat;
 pub mod client;
 pub mod jsonrpc;
 pub mod socket;

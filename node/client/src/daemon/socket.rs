@@ -197,7 +197,7 @@ impl Connection {
                 password,
                 register,
             } => {
-                let status = self
+                let signed_in = self
                     .ask(|reply| match register {
                         true => Call::Register {
                             username,
@@ -211,7 +211,9 @@ impl Connection {
                         },
                     })
                     .await?;
-                Ok(serde_json::to_value(status).unwrap_or(Value::Null))
+                let mut value = serde_json::to_value(signed_in.status).unwrap_or(Value::Null);
+                value["message"] = json!(signed_in.message);
+                Ok(value)
             }
         }
     }

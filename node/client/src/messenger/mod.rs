@@ -650,6 +650,39 @@ impl Messenger {
         Ok(ask_session(&self.session.get(), |reply| SessionMsg::Whoami { reply }).await?)
     }
 
+    /// Tops up this device's one-time KeyPackages at the node when few are
+    /// left (what a one-shot `whoami` or `login` does; a resident client does
+    /// it on every connection); how many it published.
+    pub async fn refill_key_packages(&self) -> Result<usize, MessengerError> {
+        let session = self.session.get();
+        let remaining =
+            ask_session(&session, |reply| SessionMsg::KeyPackageStatus { reply }).await?;
+        let count = crate::key_packages::refill_count(remaining);
+        if count == 0 {
+            return Ok(0);
+        }
+        let profile = self.profile.clone();
+        // Making a hundred packages is CPU work: off the caller's task.
+        let batch = tokio::task::spawn_blocking(move || {
+            crate::key_packages::KeyPackageBatch::generate(
+                &profile.state,
+                &profile.identity,
+                count,
+                false,
+            )
+        })
+        .await
+        .map_err(|e| MessengerError::ActorFailed(format!("KeyPackage generation: {e}")))??;
+        for call in batch.calls() {
+            ask_session(&session, |reply| SessionMsg::UploadKeyPackages {
+                call,
+                reply,
+            })
+            .await?;
+        }
+        Ok(count)
+    }
+
     /// Lines produced but not yet shown, oldest first.
     pub fn unread(&self) -> Result<Vec<(LineKey, ShownLine)>, MessengerError> {
         Ok(self.profile.state.unread()?)

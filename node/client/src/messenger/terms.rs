@@ -165,6 +165,9 @@ pub enum MessengerError {
     #[error("message encoding: {0}")]
     /// A payload that is not a client message.
     Encoding(#[from] crate::message::MessageError),
+    #[error(transparent)]
+    /// This device's KeyPackages could not be made.
+    KeyPackages(#[from] crate::key_packages::KeyPackageError),
     #[error("the client's {0} stopped")]
     /// A client actor stopped (which).
     ActorStopped(&'static str),

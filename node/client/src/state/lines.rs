@@ -24,7 +24,7 @@ const LOCAL_LINES_FROM: u32 = 1 << 31;
 pub type LineKey = (u64, u32);
 
 /// A line waiting to be shown.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ShownLine {
     /// When this device made it, ms since the Unix epoch (`None`: stored by an
     /// older version).

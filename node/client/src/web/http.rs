@@ -277,7 +277,7 @@ async fn register(
         reply,
     })
     .await
-    .map(Json)
+    .map(|signed_in| Json(signed_in.status))
 }
 
 async fn login(
@@ -290,7 +290,7 @@ async fn login(
         reply,
     })
     .await
-    .map(Json)
+    .map(|signed_in| Json(signed_in.status))
 }
 
 async fn groups(State(s): State<Arc<WebState>>) -> ApiResult<Vec<super::views::GroupView>> {

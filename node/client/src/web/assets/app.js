@@ -16,8 +16,22 @@ const token = () => sessionStorage.getItem(TOKEN_KEY) || "";
 const $ = (id) => document.getElementById(id);
 let current = null;
 let events = null;
-// Messages that arrived in each group since it was last open.
-const unread = {};
+// Messages that arrived in each group since it was last open, kept in this
+// origin's localStorage so that a reload (or another tab) still shows them.
+const UNREAD_KEY = "qpc-unread";
+const unread = (() => {
+  try {
+    // No prototype: a group may be named "__proto__".
+    const kept = JSON.parse(localStorage.getItem(UNREAD_KEY) || "{}");
+    return Object.assign(Object.create(null), kept && typeof kept === "object" ? kept : {});
+  } catch (_) {
+    return Object.create(null);
+  }
+})();
+function setUnread(group, n) {
+  unread[group] = n;
+  localStorage.setItem(UNREAD_KEY, JSON.stringify(unread));
+}
 
 async function api(method, path, body) {
   const res = await fetch(path, {
@@ -157,7 +171,7 @@ async function refreshMessages() {
 
 async function select(name) {
   current = name;
-  unread[name] = 0;
+  setUnread(name, 0);
   askForNotifications();
   $("group-title").textContent = name;
   for (const id of ["message-input", "send", "invite-name", "invite"]) $(id).disabled = false;
@@ -172,7 +186,7 @@ function listen() {
   events.addEventListener("message", (e) => {
     const m = JSON.parse(e.data);
     if (m.group === current && !document.hidden) return;
-    unread[m.group] = (unread[m.group] || 0) + 1;
+    setUnread(m.group, (unread[m.group] || 0) + 1);
     notify(m);
   });
   events.addEventListener("notice", (e) => {
