@@ -232,17 +232,21 @@ interface Session {
   # Push instead of long-polling: the node calls `receiver.deliver` with the
   # own inbox's envelopes after `after` as they arrive, in seq order, one call
   # at a time (what arrives while a call is in flight goes in the next one, at
-  # most `fetch`'s limits per call). Pushed envelopes stay queued until `ack`ed,
-  # as fetched ones do. A session has at most one subscription: a new one
+  # most `fetch`'s limits per call). Pushed envelopes stay queued until acked
+  # (by `ack`, or by the answer to `deliver`). A session has at most one
+  # subscription: a new one
   # replaces the last. It ends with the session or the connection, when
   # `deliver` fails, or after `receiver.ended` tells why.
 }
 
 interface InboxReceiver {
   # Served by a client that subscribed (Session.subscribe).
-  deliver @0 (envelopes :List(Envelope)) -> ();
+  deliver @0 (envelopes :List(Envelope)) -> (ackUpTo :UInt64);
   # The next envelopes in seq order. Answering asks for the next batch: a
-  # client that is slow to answer is sent nothing more meanwhile.
+  # client that is slow to answer is sent nothing more meanwhile. `ackUpTo`:
+  # how far the client has durably applied its inbox (0: say nothing); the
+  # node deletes through it as `ack` would, before it pushes more, so a client
+  # that answers once it applied a batch needs no `ack` call of its own.
   ended @1 (reason :Text) -> ();
   # The subscription is over (the session ended, the inbox refused waiting);
   # `reason` is a refusal as errors carry it ("CODE: detail").

@@ -9,7 +9,7 @@ pub const CONNECTIONS_OPEN: &str = "qpc_connections_open";
 pub const ENQUEUES_TOTAL: &str = "qpc_enqueues_total";
 /// `fetch` and `fetchWait` answered (counter).
 pub const FETCHES_TOTAL: &str = "qpc_fetches_total";
-/// Batches pushed to subscribed clients and taken by them (counter).
+/// `deliver` calls made to subscribed clients (counter).
 pub const PUSHES_TOTAL: &str = "qpc_pushes_total";
 /// `ack` answered (counter).
 pub const ACKS_TOTAL: &str = "qpc_acks_total";
@@ -64,7 +64,7 @@ pub fn describe() {
     describe_counter!(FETCHES_TOTAL, "fetch and fetchWait calls answered");
     describe_counter!(
         PUSHES_TOTAL,
-        "inbox batches pushed to subscribed clients and taken by them"
+        "inbox batches pushed to subscribed clients (deliver calls)"
     );
     describe_counter!(ACKS_TOTAL, "ack calls answered");
     describe_gauge!(

@@ -195,7 +195,10 @@ fn run(runtime: &tokio::runtime::Runtime, cli: Cli) -> anyhow::Result<ExitCode> 
                 commands::logout_everywhere(&opts, &password).await
             }
             CheckKey { username, .. } => commands::check_key(&opts, username.as_deref()).await,
-            RefreshKeypackage { count, .. } => commands::refresh_key_packages(&opts, count).await,
+            RefreshKeypackage { count, .. } => {
+                let local = commands::refresh_key_packages(&opts, count);
+                via_daemon(&opts, P::RefreshKeypackage { count }, local).await
+            }
             Devices { .. } => via_daemon(&opts, P::Devices, commands::devices(&opts)).await,
             RemoveDevice { identity, .. } => {
                 let password = commands::read_password(false)?;

@@ -198,16 +198,26 @@ fn the_cli_goes_through_a_running_daemon_on_the_same_profile() {
 
     // Commands that do not go through the daemon yet name its pid instead of
     // a lock error.
-    let (ok, _, err) = w.run(&w.bob, &["refresh-keypackage"]);
+    let (ok, _, err) = w.run(&w.bob, &["check-key"]);
     assert!(!ok);
     assert_one_line_error(&err, &format!("in use by pid {}", daemon.child.id()));
     assert!(!err.contains("Database already open"), "{err}");
 }
 
 #[test]
-fn login_and_chat_go_through_a_running_daemon() {
+fn login_refresh_keypackage_and_chat_go_through_a_running_daemon() {
     let w = World::start();
     let daemon = w.daemon(&w.bob, &[]);
+
+    // KeyPackages published by the daemon, with the one-shot command's text.
+    let said = w.ok(&w.bob, &["refresh-keypackage", "--count", "5"]);
+    assert!(
+        said.starts_with("uploaded 5 KeyPackages and a new last-resort one; "),
+        "{said}"
+    );
+    let (ok, _, err) = w.run(&w.bob, &["refresh-keypackage", "--count", "100000"]);
+    assert!(!ok);
+    assert_one_line_error(&err, "at most 1000");
 
     // A login on the daemon's profile: the daemon signs in again and carries on.
     let said = w.ok(&w.bob, &["login", "--username", "bob"]);

@@ -201,9 +201,20 @@ async fn next_pushed(
         .expect("something pushed within 10 s")
 }
 
+/// A pushed batch, answered without acking anything.
 fn batch(p: Option<quicnprotochat_client::Pushed>) -> Vec<quicnprotochat_wire::Envelope> {
+    batch_and_answer(p).0
+}
+
+/// A pushed batch and the answer to give the node.
+fn batch_and_answer(
+    p: Option<quicnprotochat_client::Pushed>,
+) -> (
+    Vec<quicnprotochat_wire::Envelope>,
+    quicnprotochat_client::Applied,
+) {
     match p {
-        Some(quicnprotochat_client::Pushed::Batch(b)) => b,
+        Some(quicnprotochat_client::Pushed::Batch { envelopes, applied }) => (envelopes, applied),
         other => panic!("expected a pushed batch, got {other:?}"),
     }
 }
@@ -240,8 +251,25 @@ async fn push_delivers_what_is_queued_and_what_arrives_without_fetch_and_keeps_i
 
         // Pushing deletes nothing: the inbox keeps it until acked.
         assert_eq!(bob_s.fetch(0, 0).await.unwrap().len(), 3);
-        bob_s.ack(3).await.unwrap();
-        assert!(bob_s.fetch(0, 0).await.unwrap().is_empty());
+        bob_s.ack(1).await.unwrap();
+        assert_eq!(bob_s.fetch(0, 0).await.unwrap().len(), 2);
+
+        // The answer to a push acks: the node deletes through it before it
+        // pushes the next batch.
+        alice_s.enqueue(&key(&bob), b"four").await.unwrap();
+        let (four, applied) = batch_and_answer(next_pushed(&mut pushed).await);
+        assert_eq!(four[0].seq, 4);
+        applied.up_to(4);
+        alice_s.enqueue(&key(&bob), b"five").await.unwrap();
+        assert_eq!(batch(next_pushed(&mut pushed).await)[0].seq, 5);
+        let left: Vec<u64> = bob_s
+            .fetch(0, 0)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(left, vec![5], "acked through 4 by the answer");
     })
     .await;
     node.stop().await;
@@ -255,28 +283,27 @@ async fn push_makes_one_call_at_a_time_and_coalesces_what_arrives_meanwhile() {
         let bob = Identity::generate();
         let (_c1, bob_s) = node.session(&bob).await;
         let (_c2, alice_s) = node.session(&Identity::generate()).await;
-        // Room for one batch: the next `deliver` stays unanswered until bob
-        // takes the first, and everything after it waits at the node.
-        let (to, mut pushed) = tokio::sync::mpsc::channel(1);
+        // The first `deliver` stays unanswered while bob holds its answer:
+        // everything after it waits at the node, and goes in one next call.
+        let (to, mut pushed) = tokio::sync::mpsc::channel(4);
         bob_s.subscribe(0, to).await.unwrap();
-        for i in 0..20u8 {
+        alice_s.enqueue(&key(&bob), &[0]).await.unwrap();
+        let (first, applied) = batch_and_answer(next_pushed(&mut pushed).await);
+        assert_eq!(first.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![1]);
+        for i in 1..20u8 {
             alice_s.enqueue(&key(&bob), &[i]).await.unwrap();
         }
-        let mut seqs = Vec::new();
-        let mut batches = 0;
-        while seqs.len() < 20 {
-            let b = batch(next_pushed(&mut pushed).await);
-            batches += 1;
-            seqs.extend(b.iter().map(|e| e.seq));
-        }
-        assert_eq!(
-            seqs,
-            (1..=20).collect::<Vec<u64>>(),
-            "every message once, in order"
-        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(
-            batches <= 3,
-            "one in the channel, one call in flight, the rest in one call: {batches} batches"
+            pushed.try_recv().is_err(),
+            "nothing more while a call is in flight"
+        );
+        drop(applied);
+        let rest = batch(next_pushed(&mut pushed).await);
+        assert_eq!(
+            rest.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            (2..=20).collect::<Vec<u64>>(),
+            "what arrived meanwhile, in one call, in order"
         );
     })
     .await;

@@ -6,8 +6,10 @@
 //! is in flight waits in the store and goes in the next call, so a slow client
 //! holds at most one batch of the node's memory (a fetch's limits), counted
 //! against the connection's reply budget until the stream writes it. The
-//! cursor is the subscription's own: pushing deletes nothing, the client acks
-//! what it applied as after a fetch.
+//! cursor is the subscription's own: pushing deletes nothing. The client acks
+//! what it applied in its answer to `deliver` (or with `ack`): a client that
+//! answers once it applied a batch costs one round trip per batch where a
+//! long-poll costs two (the ack, then the next poll).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -93,23 +95,35 @@ impl Push {
                 tokio::time::sleep(BUDGET_RETRY).await;
                 continue;
             }
-            if !self.deliver(&list).await {
+            let Some(ack_up_to) = self.deliver(&list).await else {
                 return None;
-            }
-            metrics::counter!(crate::telemetry::PUSHES_TOTAL).increment(1);
+            };
             after = last;
+            if ack_up_to > 0 {
+                if let Err(e) = self.ctx.registry.ack(inbox, ack_up_to).await {
+                    return Some(WireError::from(e));
+                }
+                metrics::counter!(crate::telemetry::ACKS_TOTAL).increment(1);
+            }
         }
     }
 
-    /// One `deliver` call; whether the client took it.
-    async fn deliver(&self, list: &[Envelope]) -> bool {
+    /// One `deliver` call: how far the client acked in its answer, `None`
+    /// when it did not take the batch.
+    async fn deliver(&self, list: &[Envelope]) -> Option<u64> {
         let mut req = self.receiver.deliver_request();
         write_envelopes(list, req.get().init_envelopes(list.len() as u32));
-        match req.send().promise.await {
-            Ok(_) => true,
+        metrics::counter!(crate::telemetry::PUSHES_TOTAL).increment(1);
+        let answer = req
+            .send()
+            .promise
+            .await
+            .and_then(|r| Ok(r.get()?.get_ack_up_to()));
+        match answer {
+            Ok(up_to) => Some(up_to),
             Err(e) => {
                 tracing::debug!(error = %e, "push subscription ended by its receiver");
-                false
+                None
             }
         }
     }

@@ -393,6 +393,7 @@ pub async fn refresh_key_packages(
     opts: &ClientOptions,
     count: usize,
 ) -> Result<String, CommandError> {
+    crate::key_packages::check_count(count)?;
     let LoggedInProfile {
         state,
         identity,
@@ -403,9 +404,7 @@ pub async fn refresh_key_packages(
     upload_key_packages(&state, &identity, &session, count, true).await?;
     let (remaining, _) = session.key_package_status().await?;
     conn.close().await;
-    Ok(format!(
-        "uploaded {count} KeyPackages and a new last-resort one; {remaining} one-time packages published"
-    ))
+    Ok(crate::key_packages::refreshed_text(count, remaining))
 }
 
 /// `logout`: revokes the remembered session.

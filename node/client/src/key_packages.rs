@@ -17,6 +17,23 @@ pub const PQ_KEY_PACKAGES: usize = 10;
 pub const REFILL_BELOW: u64 = 10;
 /// One-time packages per upload call.
 const PER_CALL: usize = 100;
+/// The most one refresh makes (each costs a key generation and a row at the node).
+pub const MAX_REFRESH: usize = 1_000;
+
+/// What `refresh-keypackage` prints.
+pub fn refreshed_text(count: usize, remaining: u64) -> String {
+    format!(
+        "uploaded {count} KeyPackages and a new last-resort one; {remaining} one-time packages published"
+    )
+}
+
+/// Refuses a refresh of more than [`MAX_REFRESH`] packages.
+pub fn check_count(count: usize) -> Result<(), KeyPackageError> {
+    if count > MAX_REFRESH {
+        return Err(KeyPackageError::TooMany(count));
+    }
+    Ok(())
+}
 
 /// Why a batch could not be made.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +44,9 @@ pub enum KeyPackageError {
     /// The profile could not keep their secrets.
     #[error(transparent)]
     State(#[from] StateError),
+    /// More packages asked for at once than [`MAX_REFRESH`].
+    #[error("{0} KeyPackages at once is too many: at most {MAX_REFRESH}")]
+    TooMany(usize),
 }
 
 /// KeyPackages made and saved, to upload.
@@ -122,6 +142,15 @@ impl KeyPackageBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refresh_of_more_than_the_maximum_is_refused() {
+        assert!(check_count(MAX_REFRESH).is_ok());
+        assert!(matches!(
+            check_count(MAX_REFRESH + 1),
+            Err(KeyPackageError::TooMany(_))
+        ));
+    }
 
     #[test]
     fn a_refill_tops_up_to_the_default_only_below_the_threshold() {

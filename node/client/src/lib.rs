@@ -34,7 +34,7 @@ pub mod state;
 pub mod web;
 
 pub use rpc::{
-    ClaimedKeyPackage, ClientError, CommitBodies, DirectoryEntry, Health, KeyDirectory,
+    Applied, ClaimedKeyPackage, ClientError, CommitBodies, DirectoryEntry, Health, KeyDirectory,
     KeyPackageTarget, LoggedIn, NodeConnection, Pushed, SendOutcome, SessionHandle,
     client_endpoint,
 };

@@ -101,6 +101,16 @@ pub enum ProfileCommand {
         /// The group.
         group: String,
     },
+    /// `refresh-keypackage [--count N]`.
+    RefreshKeypackage {
+        /// How many one-time KeyPackages to publish.
+        #[serde(default = "default_key_package_count")]
+        count: usize,
+    },
+}
+
+fn default_key_package_count() -> usize {
+    crate::key_packages::DEFAULT_KEY_PACKAGES
 }
 
 fn default_history_limit() -> usize {
@@ -126,7 +136,7 @@ mod no_params {
 }
 
 /// The method names, as a daemon lists them.
-pub const METHODS: [&str; 14] = [
+pub const METHODS: [&str; 15] = [
     "whoami",
     "devices",
     "groups",
@@ -140,6 +150,7 @@ pub const METHODS: [&str; 14] = [
     "remove",
     "leave",
     "update",
+    "refresh-keypackage",
     "subscribe",
 ];
 
@@ -154,6 +165,7 @@ impl ProfileCommand {
                 | ProfileCommand::Members { .. }
                 | ProfileCommand::History { .. }
                 | ProfileCommand::Recv { .. }
+                | ProfileCommand::RefreshKeypackage { .. }
         )
     }
 
@@ -283,6 +295,10 @@ impl ProfileCommand {
             ProfileCommand::Update { group } => {
                 let epoch = m.update(group).await?;
                 format!("refreshed this device's keys in {group}; the group is at epoch {epoch}")
+            }
+            ProfileCommand::RefreshKeypackage { count } => {
+                let remaining = m.publish_key_packages(*count, true).await?;
+                crate::key_packages::refreshed_text(*count, remaining)
             }
         };
         Ok(Answer::plain(text))

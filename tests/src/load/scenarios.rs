@@ -384,7 +384,7 @@ pub fn deliver(target: &Target, p: &DeliverParams, show_progress: bool) -> anyho
                     }
                 };
                 if push {
-                    let (to, mut pushed) = tokio::sync::mpsc::channel(2);
+                    let (to, mut pushed) = tokio::sync::mpsc::channel(1);
                     if s.subscribe(0, to).await.is_err() {
                         return;
                     }
@@ -392,20 +392,14 @@ pub fn deliver(target: &Target, p: &DeliverParams, show_progress: bool) -> anyho
                         let next = tokio::time::timeout(Duration::from_millis(500), pushed.recv());
                         match next.await {
                             Err(_) => continue,
-                            Ok(Some(quicnprotochat_client::Pushed::Batch(batch))) => {
-                                got(&batch);
-                                let mut last = batch.last().map(|e| e.seq);
-                                // What came meanwhile goes with one ack (an ack is
-                                // a durable write: one per batch would cost the
-                                // node more than the long-poll's).
-                                while let Ok(quicnprotochat_client::Pushed::Batch(more)) =
-                                    pushed.try_recv()
-                                {
-                                    got(&more);
-                                    last = more.last().map(|e| e.seq).or(last);
-                                }
-                                if let Some(last) = last {
-                                    let _ = s.ack(last).await;
+                            Ok(Some(quicnprotochat_client::Pushed::Batch {
+                                envelopes,
+                                applied,
+                            })) => {
+                                got(&envelopes);
+                                // Acked in the answer: no ack call.
+                                if let Some(last) = envelopes.last() {
+                                    applied.up_to(last.seq);
                                 }
                             }
                             Ok(_) => break,

@@ -42,9 +42,9 @@ const FETCH_BATCH: u32 = 256;
 const FOLLOW_WAIT: Duration = Duration::from_secs(25);
 /// Pause before a follow retries after a lost connection.
 const FOLLOW_RETRY: Duration = Duration::from_secs(1);
-/// Pushed batches waiting for the receiver: the node makes its next call only
-/// once one is taken, so this is all that can pile up.
-const PUSHED_WAITING: usize = 2;
+/// Pushed batches waiting for the receiver (the node makes its next call only
+/// once the last one is answered, after it was applied).
+const PUSHED_WAITING: usize = 1;
 
 type PullReply = RpcReplyPort<Result<Vec<Line>, MessengerError>>;
 
@@ -73,10 +73,12 @@ pub(crate) enum ReceiverMsg {
     Follow { to: Follower },
     /// The follow loop's next fetch (after a pause).
     Resume,
-    /// Subscription `subscription` pushed a batch.
+    /// Subscription `subscription` pushed a batch; the answer says how far
+    /// the inbox is applied (the node acks through it).
     Pushed {
         subscription: u64,
         batch: Vec<Envelope>,
+        applied: crate::rpc::Applied,
     },
     /// Subscription `subscription` could not start or is over.
     PushEnded { subscription: u64, why: ClientError },
@@ -184,26 +186,12 @@ impl ReceiverState {
                 Err(e) => e,
                 Ok(()) => loop {
                     match pushed.recv().await {
-                        Some(crate::Pushed::Batch(mut batch)) => {
-                            // What else waits goes with it: one apply, one ack
-                            // (a durable write at the node) for all of it.
-                            let mut ended = None;
-                            while let Ok(more) = pushed.try_recv() {
-                                match more {
-                                    crate::Pushed::Batch(more) => batch.extend(more),
-                                    crate::Pushed::Ended(why) => {
-                                        ended = Some(why);
-                                        break;
-                                    }
-                                }
-                            }
+                        Some(crate::Pushed::Batch { envelopes, applied }) => {
                             let _ = myself.cast(ReceiverMsg::Pushed {
                                 subscription,
-                                batch,
+                                batch: envelopes,
+                                applied,
                             });
-                            if let Some(why) = ended {
-                                break why;
-                            }
                         }
                         Some(crate::Pushed::Ended(why)) => break why,
                         // The receiver went with its connection.
@@ -243,8 +231,28 @@ impl ReceiverState {
         }
     }
 
-    /// Applies a fetched batch in seq order; whether anything new was applied.
+    /// Applies a fetched batch in seq order, then acks it; whether anything
+    /// new was applied.
     async fn apply_batch(
+        &mut self,
+        envelopes: Vec<Envelope>,
+        job: &mut PullJob,
+    ) -> Result<bool, MessengerError> {
+        let applied = self.apply_all(envelopes, job).await?;
+        if applied {
+            let up_to = self.cursor;
+            ask_session(&self.session.get(), |reply| SessionMsg::Ack {
+                up_to,
+                reply,
+            })
+            .await?;
+        }
+        Ok(applied)
+    }
+
+    /// Applies envelopes in seq order, each durably with the cursor; whether
+    /// anything new was applied.
+    async fn apply_all(
         &mut self,
         mut envelopes: Vec<Envelope>,
         job: &mut PullJob,
@@ -258,14 +266,6 @@ impl ReceiverState {
             job.lines.extend(self.apply(&env).await?);
             self.cursor = env.seq;
             applied = true;
-        }
-        if applied {
-            let up_to = self.cursor;
-            ask_session(&self.session.get(), |reply| SessionMsg::Ack {
-                up_to,
-                reply,
-            })
-            .await?;
         }
         Ok(applied)
     }
@@ -493,6 +493,7 @@ impl Actor for ReceiverActor {
             ReceiverMsg::Pushed {
                 subscription,
                 batch,
+                applied,
             } => {
                 if !state.is_live(subscription) {
                     return Ok(());
@@ -507,13 +508,16 @@ impl Actor for ReceiverActor {
                     owner: Owner::Follow,
                     lines: Vec::new(),
                 };
-                match state.apply_batch(batch, &mut job).await {
+                // Acked in the answer: the node deletes through the cursor
+                // before it pushes more.
+                match state.apply_all(batch, &mut job).await {
                     Ok(true) => {
+                        applied.up_to(state.cursor);
                         if let Some(f) = &state.follower {
                             let _ = f.send(Ok(()));
                         }
                     }
-                    Ok(false) => {}
+                    Ok(false) => applied.up_to(state.cursor),
                     Err(e) if state.is_live(subscription) => {
                         state.push = None;
                         state.follow_failed(&myself, e);

@@ -658,9 +658,22 @@ impl Messenger {
         let remaining =
             ask_session(&session, |reply| SessionMsg::KeyPackageStatus { reply }).await?;
         let count = crate::key_packages::refill_count(remaining);
-        if count == 0 {
-            return Ok(0);
+        if count > 0 {
+            self.publish_key_packages(count, false).await?;
         }
+        Ok(count)
+    }
+
+    /// Publishes `count` one-time KeyPackages (with `rotate`, also new
+    /// last-resort ones and the post-quantum set); how many one-time packages
+    /// the node then holds.
+    pub async fn publish_key_packages(
+        &self,
+        count: usize,
+        rotate: bool,
+    ) -> Result<u64, MessengerError> {
+        crate::key_packages::check_count(count)?;
+        let session = self.session.get();
         let profile = self.profile.clone();
         // Making a hundred packages is CPU work: off the caller's task.
         let batch = tokio::task::spawn_blocking(move || {
@@ -668,7 +681,7 @@ impl Messenger {
                 &profile.state,
                 &profile.identity,
                 count,
-                false,
+                rotate,
             )
         })
         .await
@@ -680,7 +693,7 @@ impl Messenger {
             })
             .await?;
         }
-        Ok(count)
+        Ok(ask_session(&session, |reply| SessionMsg::KeyPackageStatus { reply }).await?)
     }
 
     /// Lines produced but not yet shown, oldest first.

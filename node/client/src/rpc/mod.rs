@@ -26,7 +26,7 @@ mod session_handle;
 
 pub use keys::{ClaimedKeyPackage, KeyDirectory, KeyPackageTarget};
 pub use operator::{AccountEntry, OperatorHandle};
-pub use push::Pushed;
+pub use push::{Applied, Pushed};
 use reply_pause::PausableReader;
 pub use reply_pause::ReplyPause;
 pub use session_handle::{CommitBodies, DirectoryEntry, SendOutcome, SessionHandle, WhoAmI};

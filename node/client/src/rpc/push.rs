@@ -9,15 +9,34 @@ use super::*;
 /// What a push subscription hands its listener.
 #[derive(Debug)]
 pub enum Pushed {
-    /// The next envelopes of the own inbox, in seq order (ack them as fetched ones).
-    Batch(Vec<Envelope>),
+    /// The next envelopes of the own inbox, in seq order. The node pushes
+    /// nothing more until `applied` is answered (or dropped).
+    Batch {
+        /// The envelopes.
+        envelopes: Vec<Envelope>,
+        /// Where to say how far the inbox is durably applied (the node acks
+        /// through it).
+        applied: Applied,
+    },
     /// The node ended the subscription, with its reason (nothing more comes).
     Ended(ClientError),
 }
 
-/// Served to the node: each `deliver` is answered once the batch is in the
-/// channel, so a listener that falls behind slows the node's next call down
-/// instead of piling batches up here (the channel bounds what waits).
+/// The answer to one pushed batch.
+#[derive(Debug)]
+pub struct Applied(tokio::sync::oneshot::Sender<u64>);
+
+impl Applied {
+    /// The inbox is durably applied through `seq`: the node deletes through it.
+    pub fn up_to(self, seq: u64) {
+        let _ = self.0.send(seq);
+    }
+}
+
+/// Served to the node: each `deliver` is answered once the listener has
+/// applied the batch (or dropped it: then acking nothing), so the node pushes
+/// what arrives meanwhile in one next call, and a listener that falls behind
+/// holds nothing here but the batch it works on.
 pub(super) struct InboxReceiver {
     pub(super) to: mpsc::Sender<Pushed>,
 }
@@ -26,14 +45,20 @@ impl inbox_receiver::Server for InboxReceiver {
     async fn deliver(
         self: capnp::capability::Rc<Self>,
         params: inbox_receiver::DeliverParams,
-        _: inbox_receiver::DeliverResults,
+        mut results: inbox_receiver::DeliverResults,
     ) -> Result<(), capnp::Error> {
-        let list = read_envelopes(params.get()?.get_envelopes()?)
+        let envelopes = read_envelopes(params.get()?.get_envelopes()?)
             .map_err(|e| capnp::Error::failed(format!("malformed push: {e}")))?;
+        let (applied, answer) = tokio::sync::oneshot::channel();
         self.to
-            .send(Pushed::Batch(list))
+            .send(Pushed::Batch {
+                envelopes,
+                applied: Applied(applied),
+            })
             .await
-            .map_err(|_| capnp::Error::failed("the client stopped listening".into()))
+            .map_err(|_| capnp::Error::failed("the client stopped listening".into()))?;
+        results.get().set_ack_up_to(answer.await.unwrap_or(0));
+        Ok(())
     }
 
     async fn ended(
