@@ -159,7 +159,9 @@ fn run(runtime: &tokio::runtime::Runtime, cli: Cli) -> anyhow::Result<ExitCode> 
     let local = tokio::task::LocalSet::new();
     let result = local.block_on(runtime, async {
         use ClientCommand::*;
+        use quicnprotochat_client::account_command::AccountCommand as A;
         use quicnprotochat_client::daemon::chat::chat as daemon_chat;
+        use quicnprotochat_client::daemon::client::account_command;
         use quicnprotochat_client::daemon::client::{
             DaemonClient, recv_through_daemon_or as recv_via_daemon,
             run_profile_command as profile, sign_in_through_daemon_or,
@@ -183,18 +185,23 @@ fn run(runtime: &tokio::runtime::Runtime, cli: Cli) -> anyhow::Result<ExitCode> 
             ChangePassword { .. } => {
                 let current = commands::read_password(false)?;
                 let new = commands::read_new_password()?;
-                commands::change_password(&opts, &current, &new).await
+                account_command(&opts, A::ChangePassword { current, new }).await
             }
-            Logout {
-                everywhere: false, ..
-            } => commands::logout(&opts).await,
-            Logout {
-                everywhere: true, ..
-            } => {
-                let password = commands::read_password(false)?;
-                commands::logout_everywhere(&opts, &password).await
+            Logout { everywhere, .. } => {
+                let password = match everywhere {
+                    true => Some(commands::read_password(false)?),
+                    false => None,
+                };
+                account_command(
+                    &opts,
+                    A::Logout {
+                        everywhere,
+                        password,
+                    },
+                )
+                .await
             }
-            CheckKey { username, .. } => commands::check_key(&opts, username.as_deref()).await,
+            CheckKey { username, .. } => account_command(&opts, A::CheckKey { username }).await,
             RefreshKeypackage { count, .. } => {
                 let local = commands::refresh_key_packages(&opts, count);
                 via_daemon(&opts, P::RefreshKeypackage { count }, local).await
@@ -202,7 +209,7 @@ fn run(runtime: &tokio::runtime::Runtime, cli: Cli) -> anyhow::Result<ExitCode> 
             Devices { .. } => via_daemon(&opts, P::Devices, commands::devices(&opts)).await,
             RemoveDevice { identity, .. } => {
                 let password = commands::read_password(false)?;
-                group_commands::remove_device(&opts, &identity, &password).await
+                account_command(&opts, A::RemoveDevice { identity, password }).await
             }
             CreateGroup { name, classic, .. } => {
                 profile(&opts, P::CreateGroup { name, classic }).await

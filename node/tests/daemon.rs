@@ -196,16 +196,18 @@ fn the_cli_goes_through_a_running_daemon_on_the_same_profile() {
     assert!(!ok);
     assert_one_line_error(&err, "no group named \"nope\"");
 
-    // Commands that do not go through the daemon yet name its pid instead of
-    // a lock error.
-    let (ok, _, err) = w.run(&w.bob, &["check-key"]);
-    assert!(!ok);
-    assert_one_line_error(&err, &format!("in use by pid {}", daemon.child.id()));
-    assert!(!err.contains("Database already open"), "{err}");
+    // Account commands run in the daemon too (it lets go of the profile
+    // meanwhile, and carries on after).
+    let keys = w.ok(&w.bob, &["check-key"]);
+    assert!(keys.contains("one-time KeyPackages left"), "{keys}");
+    let alice_keys = w.ok(&w.bob, &["check-key", "--username", "alice"]);
+    assert!(!alice_keys.is_empty());
+    assert!(w.ok(&w.bob, &["groups"]).starts_with("g  epoch 1"));
+    assert!(daemon.socket.exists());
 }
 
 #[test]
-fn login_refresh_keypackage_and_chat_go_through_a_running_daemon() {
+fn login_logout_refresh_keypackage_and_chat_go_through_a_running_daemon() {
     let w = World::start();
     let daemon = w.daemon(&w.bob, &[]);
 
@@ -272,7 +274,14 @@ fn login_refresh_keypackage_and_chat_go_through_a_running_daemon() {
             .any(|l| l == "[g] bob: hi from chat"),
         "{got}"
     );
-    // The daemon served both: it still runs.
+    // A logout through the daemon signs it out; a login signs it in again.
+    assert_eq!(w.ok(&w.bob, &["logout"]).trim(), "logged out");
+    let (ok, _, err) = w.run(&w.bob, &["groups"]);
+    assert!(!ok);
+    assert!(err.contains("not logged in"), "{err}");
+    w.ok(&w.bob, &["login", "--username", "bob"]);
+    assert!(w.ok(&w.bob, &["groups"]).starts_with("g  epoch 1"));
+    // The daemon served all of it: it still runs.
     assert!(daemon.socket.exists());
 }
 

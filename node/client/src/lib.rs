@@ -9,6 +9,7 @@
 //! (`quicnprotochat-crypto`). The binary keeps the CLI and the server wiring.
 #![forbid(unsafe_code)]
 
+pub mod account_command;
 pub mod actors;
 pub mod app_content;
 pub mod command_error;

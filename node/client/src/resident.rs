@@ -105,6 +105,14 @@ pub enum Call {
     Devices(Reply<Vec<String>>),
     /// These lines reached their reader: shown.
     MarkShown(Vec<crate::state::lines::LineKey>),
+    /// A command for the account, run while the resident lets go of the
+    /// profile.
+    Account {
+        /// The command.
+        command: crate::account_command::AccountCommand,
+        /// What the CLI prints, or why not.
+        reply: oneshot::Sender<Result<String, CommandError>>,
+    },
     /// A CLI command, answered with what the CLI prints.
     Command {
         /// The command.
@@ -358,6 +366,10 @@ impl Agent {
                     tracing::warn!(error = %e, "cannot mark lines shown");
                 }
             }
+            Call::Account { command, reply } => {
+                let r = self.account(command).await;
+                let _ = reply.send(r);
+            }
             Call::Command {
                 command,
                 json,
@@ -462,6 +474,28 @@ impl Agent {
             status: self.status()?,
             message,
         })
+    }
+
+    /// Runs an account command on the profile (the messenger lets go of it
+    /// meanwhile), then carries on with whatever login the profile holds.
+    async fn account(
+        &mut self,
+        command: crate::account_command::AccountCommand,
+    ) -> Result<String, CommandError> {
+        if let Some(m) = self.messenger.take() {
+            self.arrivals = None;
+            self.connection = None;
+            m.close().await;
+        }
+        let done = command.run(&self.opts).await;
+        if let Err(e) = self.resume().await {
+            tracing::warn!(error = %e.message, "cannot resume the profile's login");
+        }
+        if self.messenger.is_none() {
+            self.set_link(Link::SignedOut);
+        }
+        let _ = self.events.send(Event::Changed);
+        done
     }
 
     async fn groups(&mut self) -> Result<Vec<GroupView>, WebError> {

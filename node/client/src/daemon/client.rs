@@ -163,6 +163,25 @@ pub async fn sign_in_through_daemon_or(
     }
 }
 
+/// An account command (`logout`, `change-password`, `remove-device`,
+/// `check-key`) through the profile's daemon when one serves it; otherwise on
+/// the profile itself.
+pub async fn account_command(
+    opts: &ClientOptions,
+    command: crate::account_command::AccountCommand,
+) -> Result<String, CommandError> {
+    match DaemonClient::connect(&opts.state_dir).await {
+        Some(mut daemon) => {
+            let request = serde_json::to_value(&command).expect("a command serializes");
+            let method = request["method"].as_str().unwrap_or_default().to_string();
+            let params = request.get("params").cloned().unwrap_or_else(|| json!({}));
+            let result = daemon.call(&method, params).await?;
+            Ok(result["output"].as_str().unwrap_or_default().to_string())
+        }
+        None => command.run(opts).await,
+    }
+}
+
 /// Runs `command` through the profile's daemon when one serves it; otherwise
 /// on a messenger of its own (`group_commands::run_locally`).
 pub async fn run_profile_command(

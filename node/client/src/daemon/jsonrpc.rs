@@ -44,6 +44,9 @@ pub enum Method {
     Subscribe,
     /// The daemon itself: pid, profile, login, connection.
     Status,
+    /// A command for the account (the daemon lets go of the profile while
+    /// it runs).
+    Account(crate::account_command::AccountCommand),
     /// Log this profile in (or register it, then log in).
     Login {
         /// The account.
@@ -175,6 +178,11 @@ fn method_of(
                 password: c.password,
                 register: name == "register",
             })
+        }
+        name if crate::account_command::ACCOUNT_METHODS.contains(&name) => {
+            let command = serde_json::from_value(json!({"method": name, "params": params}))
+                .map_err(invalid)?;
+            Ok(Method::Account(command))
         }
         name if METHODS.contains(&name) => {
             let json = match params.remove("json") {

@@ -182,6 +182,16 @@ impl Connection {
     async fn answer_other(&mut self, method: Method) -> Result<Value, CommandError> {
         match method {
             Method::Command { .. } => unreachable!("answered by `run`"),
+            Method::Account(command) => {
+                let (reply, answer) = oneshot::channel();
+                self.resident
+                    .calls
+                    .send(Call::Account { command, reply })
+                    .await
+                    .map_err(|_| stopped())?;
+                let output = answer.await.map_err(|_| stopped())??;
+                Ok(json!({"output": output, "note": null}))
+            }
             Method::Subscribe => {
                 self.events = Some(self.resident.events.subscribe());
                 Ok(json!({"subscribed": true}))
