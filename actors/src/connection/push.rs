@@ -95,9 +95,8 @@ impl Push {
                 tokio::time::sleep(BUDGET_RETRY).await;
                 continue;
             }
-            let Some(ack_up_to) = self.deliver(&list).await else {
-                return None;
-            };
+            // `None`: the client is gone or refused the batch; nothing to tell.
+            let ack_up_to = self.deliver(&list).await?;
             after = last;
             if ack_up_to > 0 {
                 if let Err(e) = self.ctx.registry.ack(inbox, ack_up_to).await {
