@@ -203,7 +203,9 @@ async fn next_pushed(
 
 /// A pushed batch, answered without acking anything.
 fn batch(p: Option<quicnprotochat_client::Pushed>) -> Vec<quicnprotochat_wire::Envelope> {
-    batch_and_answer(p).0
+    let (envelopes, applied) = batch_and_answer(p);
+    applied.up_to(0);
+    envelopes
 }
 
 /// A pushed batch and the answer to give the node.
@@ -298,7 +300,7 @@ async fn push_makes_one_call_at_a_time_and_coalesces_what_arrives_meanwhile() {
             pushed.try_recv().is_err(),
             "nothing more while a call is in flight"
         );
-        drop(applied);
+        applied.up_to(0);
         let rest = batch(next_pushed(&mut pushed).await);
         assert_eq!(
             rest.iter().map(|e| e.seq).collect::<Vec<_>>(),
@@ -311,7 +313,7 @@ async fn push_makes_one_call_at_a_time_and_coalesces_what_arrives_meanwhile() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_new_subscription_replaces_the_last() {
+async fn a_new_subscription_replaces_the_last_and_subscriptions_are_paced() {
     let dir = tempfile::tempdir().unwrap();
     let node = TestNode::start(dir.path()).await;
     local(async {
@@ -320,6 +322,11 @@ async fn a_new_subscription_replaces_the_last() {
         let (_c2, alice_s) = node.session(&Identity::generate()).await;
         let (old_to, mut old) = tokio::sync::mpsc::channel(4);
         bob_s.subscribe(0, old_to).await.unwrap();
+        // One subscription per second per session: each starts with a read.
+        let (again, _) = tokio::sync::mpsc::channel(4);
+        let err = bob_s.subscribe(0, again).await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::RateLimited), "{err}");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
         let (new_to, mut new) = tokio::sync::mpsc::channel(4);
         bob_s.subscribe(0, new_to).await.unwrap();
         alice_s.enqueue(&key(&bob), b"hi").await.unwrap();

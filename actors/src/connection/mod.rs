@@ -95,8 +95,10 @@ fn over_budget(e: OverBudget) -> capnp::Error {
         OverBudget::Calls { .. }
         | OverBudget::ConnectionBytes { .. }
         | OverBudget::UnreadReplies { .. } => refuse(ErrorCode::RateLimited, e.to_string()),
-        // Load on the node as a whole.
-        OverBudget::NodeBytes { .. } => refuse(ErrorCode::Unavailable, e.to_string()),
+        // Load on the node as a whole, or a connection that is going.
+        OverBudget::NodeBytes { .. } | OverBudget::Closed => {
+            refuse(ErrorCode::Unavailable, e.to_string())
+        }
     }
 }
 

@@ -21,13 +21,15 @@ use super::NodeContext;
 use super::session_service::{
     SessionTerms, read_inbox, reply_bytes, session_ended, write_envelopes,
 };
-use crate::core::budget::ConnectionBudget;
+use crate::core::budget::{ConnectionBudget, OverBudget};
 
 /// How long one wait for news lasts before the task checks that its session
 /// still stands.
 const NEWS_WAIT: Duration = Duration::from_secs(30);
 /// Pause before trying again when the node's reply budget is full.
 const BUDGET_RETRY: Duration = Duration::from_millis(100);
+/// How often a subscription looks whether its connection is gone.
+const CLOSED_CHECK: Duration = Duration::from_secs(1);
 
 /// A running subscription; dropping it stops the push (a newer subscription
 /// replaced it, or its session is gone with the connection).
@@ -55,8 +57,22 @@ impl Subscription {
                 terms,
                 receiver,
             };
-            if let Some(reason) = push.run(after).await {
-                push.end(reason).await;
+            // The task holds the receiver, whose connection holds the
+            // session that would stop the task: it watches the connection
+            // itself, so that a connection closed without a clean disconnect
+            // (its replies went unread) frees it too.
+            let closed = async {
+                while !push.budget.is_closed() {
+                    tokio::time::sleep(CLOSED_CHECK).await;
+                }
+            };
+            tokio::select! {
+                ended = push.run(after) => {
+                    if let Some(reason) = ended {
+                        push.end(reason).await;
+                    }
+                }
+                () = closed => {}
             }
         });
         Subscription(task.abort_handle())
@@ -89,14 +105,17 @@ impl Push {
                 }
                 continue;
             };
-            if self.budget.reserve_reply(reply_bytes(&list)).is_err() {
-                // The node is holding as much as it may: the messages stay
-                // stored, and go once the stream has taken what it holds.
-                tokio::time::sleep(BUDGET_RETRY).await;
-                continue;
+            // The node may be holding as much as it may: the batch goes once
+            // the streams have taken what they hold.
+            loop {
+                match self.budget.reserve_reply(reply_bytes(&list)) {
+                    Ok(()) => break,
+                    Err(OverBudget::Closed) => return None,
+                    Err(_) => tokio::time::sleep(BUDGET_RETRY).await,
+                }
             }
             // `None`: the client is gone or refused the batch; nothing to tell.
-            let ack_up_to = self.deliver(&list).await?;
+            let ack_up_to = self.deliver(list).await?;
             after = last;
             if ack_up_to > 0 {
                 if let Err(e) = self.ctx.registry.ack(inbox, ack_up_to).await {
@@ -109,9 +128,11 @@ impl Push {
 
     /// One `deliver` call: how far the client acked in its answer, `None`
     /// when it did not take the batch.
-    async fn deliver(&self, list: &[Envelope]) -> Option<u64> {
+    async fn deliver(&self, list: Vec<Envelope>) -> Option<u64> {
         let mut req = self.receiver.deliver_request();
-        write_envelopes(list, req.get().init_envelopes(list.len() as u32));
+        write_envelopes(&list, req.get().init_envelopes(list.len() as u32));
+        // Only the request's copy lives on while the client works on it.
+        drop(list);
         metrics::counter!(crate::telemetry::PUSHES_TOTAL).increment(1);
         let answer = req
             .send()

@@ -23,7 +23,13 @@ pub(super) struct SessionService {
     /// The inbox push this session subscribed (it stops when replaced or
     /// when the session is dropped with its connection).
     push: std::cell::RefCell<Option<push::Subscription>>,
+    /// When the last subscription started (see [`SUBSCRIBE_INTERVAL`]).
+    subscribed_at: std::cell::Cell<Option<std::time::Instant>>,
 }
+
+/// The least time between two subscriptions of one session: each starts with
+/// a read of up to a fetch's bytes, which a replaced one does not take back.
+const SUBSCRIBE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What decides whether a session still stands.
 #[derive(Debug, Clone, Copy)]
@@ -72,6 +78,7 @@ impl SessionService {
             },
             remote,
             push: std::cell::RefCell::new(None),
+            subscribed_at: std::cell::Cell::new(None),
         }
     }
 
@@ -829,6 +836,16 @@ impl session::Server for SessionService {
         self.check_alive()?;
         let p = params.get().map_err(bad_params)?;
         let receiver = p.get_receiver().map_err(bad_params)?;
+        let now = std::time::Instant::now();
+        if let Some(at) = self.subscribed_at.get()
+            && now.duration_since(at) < SUBSCRIBE_INTERVAL
+        {
+            return Err(refuse(
+                ErrorCode::RateLimited,
+                "one subscription per second per session; retry shortly",
+            ));
+        }
+        self.subscribed_at.set(Some(now));
         // The last subscription stops before this one starts: one at a time.
         let mut slot = self.push.borrow_mut();
         slot.take();

@@ -83,6 +83,9 @@ pub enum OverBudget {
         /// The cap.
         max: u64,
     },
+    /// The connection is over: nothing more goes out on it.
+    #[error("the connection is closed")]
+    Closed,
     /// The node as a whole holds too many bytes in calls: load, nobody's fault.
     #[error("the node is busy ({held} bytes in flight); retry shortly")]
     NodeBytes {
@@ -191,6 +194,8 @@ struct Held {
     bytes: u64,
     /// Reply bytes reserved and not yet written.
     replies: u64,
+    /// The connection's writer is gone: nothing reserved now would be written.
+    closed: bool,
 }
 
 /// One connection's budget. Cheap to clone (shared by its capabilities).
@@ -248,7 +253,9 @@ impl ConnectionBudget {
     pub fn reserve_reply(&self, bytes: u64) -> Result<(), OverBudget> {
         let max = self.node.inner.config.reply_bytes_per_connection;
         let mut held = self.held.lock().expect("budget lock");
-        let r = if held.replies > 0 && held.replies.saturating_add(bytes) > max {
+        let r = if held.closed {
+            Err(OverBudget::Closed)
+        } else if held.replies > 0 && held.replies.saturating_add(bytes) > max {
             Err(OverBudget::UnreadReplies {
                 queued: held.replies,
                 max,
@@ -282,6 +289,7 @@ impl ConnectionBudget {
     /// The connection ended: whatever replies it had waiting are dropped.
     pub fn replies_dropped(&self) {
         let mut held = self.held.lock().expect("budget lock");
+        held.closed = true;
         let freed = std::mem::take(&mut held.replies);
         drop(held);
         self.free_replies(freed);
@@ -292,6 +300,12 @@ impl ConnectionBudget {
             self.node.inner.replies.fetch_sub(bytes, Ordering::AcqRel);
             self.node.give_back(bytes);
         }
+    }
+
+    /// Whether the connection's writer is gone (what works for the connection
+    /// in the background, like a push, stops).
+    pub fn is_closed(&self) -> bool {
+        self.held.lock().expect("budget lock").closed
     }
 
     /// Reply bytes reserved on this connection and not yet written.
@@ -369,6 +383,21 @@ mod tests {
         c1.replies_dropped();
         assert_eq!(node.reply_bytes_queued(), 60);
         c3.reserve_reply(60).expect("c1's bytes came back");
+    }
+
+    #[test]
+    fn a_closed_connection_reserves_nothing_more() {
+        let node = NodeBudget::new(small());
+        let c = node.connection();
+        assert!(!c.is_closed());
+        c.replies_dropped();
+        assert!(c.is_closed());
+        assert_eq!(c.reserve_reply(10).unwrap_err(), OverBudget::Closed);
+        assert_eq!(
+            node.reply_bytes_queued(),
+            0,
+            "nothing held for a gone writer"
+        );
     }
 
     #[test]

@@ -486,8 +486,10 @@ impl Actor for ReceiverActor {
                 state.follow(&myself, Duration::ZERO);
             }
             ReceiverMsg::Resume => {
-                // Catch up first: what came while nobody listened.
+                // Catch up first: what came while nobody listened. (A new
+                // connection may reach a node that serves push now.)
                 state.following = false;
+                state.push_unsupported = false;
                 state.follow(&myself, Duration::ZERO);
             }
             ReceiverMsg::Pushed {
@@ -530,6 +532,14 @@ impl Actor for ReceiverActor {
                     return Ok(());
                 }
                 state.push = None;
+                // A node that could not go on for a moment (its store, an
+                // inbox restarting) is tried again, as after a lost connection.
+                let why = match why.code() {
+                    Some(quicnprotochat_wire::ErrorCode::Unavailable) => {
+                        ClientError::Transport(why.to_string())
+                    }
+                    _ => why,
+                };
                 if why.code() == Some(quicnprotochat_wire::ErrorCode::Unimplemented) {
                     state.push_unsupported = true;
                     state.following = false;

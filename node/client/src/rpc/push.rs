@@ -10,7 +10,8 @@ use super::*;
 #[derive(Debug)]
 pub enum Pushed {
     /// The next envelopes of the own inbox, in seq order. The node pushes
-    /// nothing more until `applied` is answered (or dropped).
+    /// nothing more until `applied` is answered; dropping it unanswered ends
+    /// the subscription.
     Batch {
         /// The envelopes.
         envelopes: Vec<Envelope>,
@@ -34,7 +35,8 @@ impl Applied {
 }
 
 /// Served to the node: each `deliver` is answered once the listener has
-/// applied the batch (or dropped it: then acking nothing), so the node pushes
+/// applied the batch (dropped unanswered, the call fails and the node ends
+/// the subscription), so the node pushes
 /// what arrives meanwhile in one next call, and a listener that falls behind
 /// holds nothing here but the batch it works on.
 pub(super) struct InboxReceiver {
@@ -57,7 +59,12 @@ impl inbox_receiver::Server for InboxReceiver {
             })
             .await
             .map_err(|_| capnp::Error::failed("the client stopped listening".into()))?;
-        results.get().set_ack_up_to(answer.await.unwrap_or(0));
+        // Dropped unanswered: the listener let the batch go (it stops
+        // listening), so the node must not go on past it.
+        let up_to = answer
+            .await
+            .map_err(|_| capnp::Error::failed("the batch was not applied".into()))?;
+        results.get().set_ack_up_to(up_to);
         Ok(())
     }
 
