@@ -469,7 +469,10 @@ impl Agent {
                 return Err(e.into());
             }
         };
-        self.start_messenger().await?;
+        if let Err(e) = self.start_messenger().await {
+            self.set_link(Link::SignedOut);
+            return Err(e);
+        }
         Ok(SignedIn {
             status: self.status()?,
             message,

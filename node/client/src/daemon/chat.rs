@@ -23,23 +23,30 @@ pub async fn chat(
     daemon
         .call("members", json!({"group": group, "json": true}))
         .await?;
-    // Events from here on; what came before is read once, below.
-    daemon.call("subscribe", json!({})).await?;
-    let unread = daemon.call("recv", json!({"json": true})).await?;
-    for line in unread["output"].as_str().unwrap_or_default().lines() {
-        match serde_json::from_str::<ShownLine>(line) {
-            Ok(l) => print_line(opts, group, &l),
-            Err(_) => println!("{line}"),
+    // Events from here on; what came before is read by a `recv`, below. What
+    // the daemon says before their answers is shown too.
+    let subscribed = daemon.request("subscribe", json!({})).await?;
+    let mut reading =
+        std::collections::BTreeSet::from([daemon.request("recv", json!({"json": true})).await?]);
+    let mut waiting_for_subscribe = true;
+    while waiting_for_subscribe {
+        let said = daemon.next().await?;
+        if let Some(answer) = answer_to(&said, subscribed) {
+            answer?;
+            waiting_for_subscribe = false;
+        } else {
+            show(opts, group, &mut daemon, &mut reading, &said).await?;
         }
     }
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    // Sends whose answers have not come yet.
+    // Sends whose answers have not come yet (bounded: a long piped input
+    // waits for answers rather than fill the socket both ways).
     let mut sending = std::collections::BTreeSet::new();
     let mut typing = true;
     loop {
         tokio::select! {
             () = shutdown.requested() => break,
-            line = stdin.next_line(), if typing => {
+            line = stdin.next_line(), if typing && sending.len() < MAX_SENDING => {
                 match line.map_err(|e| CommandError::Invalid(format!("cannot read stdin: {e}")))? {
                     None => typing = false,
                     Some(text) if text.trim().is_empty() => {}
@@ -64,8 +71,8 @@ pub async fn chat(
                         }
                         Err(e) => eprintln!("error: {e}"),
                     }
-                } else if said["method"] == "event" {
-                    show_event(opts, group, &said["params"]);
+                } else {
+                    show(opts, group, &mut daemon, &mut reading, &said).await?;
                 }
             }
         }
@@ -75,7 +82,55 @@ pub async fn chat(
             break;
         }
     }
+    if !sending.is_empty() {
+        eprintln!(
+            "{} line(s) typed had no answer from the daemon yet: `history --group {group}` shows whether they are in its outbox",
+            sending.len()
+        );
+    }
     Ok(String::new())
+}
+
+/// Sends in flight at most, before chat reads no more of stdin.
+const MAX_SENDING: usize = 16;
+
+/// Shows what the daemon said that is not a send's answer: an event, or the
+/// answer to a `recv` (asked at the start, and again after a burst the daemon
+/// did not tell line by line).
+async fn show(
+    opts: &ClientOptions,
+    group: &str,
+    daemon: &mut DaemonClient,
+    reading: &mut std::collections::BTreeSet<u64>,
+    said: &Value,
+) -> Result<(), CommandError> {
+    if let Some(id) = reading
+        .iter()
+        .copied()
+        .find(|id| answer_to(said, *id).is_some())
+    {
+        reading.remove(&id);
+        let result = answer_to(said, id).expect("found above")?;
+        for line in result["output"].as_str().unwrap_or_default().lines() {
+            match serde_json::from_str::<ShownLine>(line) {
+                Ok(l) => print_line(opts, group, &l),
+                Err(_) => println!("{line}"),
+            }
+        }
+        return Ok(());
+    }
+    if said["method"] != "event" {
+        return Ok(());
+    }
+    let event = &said["params"];
+    match event["kind"].as_str() {
+        // A burst too large to be told line by line stays unread: read it.
+        Some("changed") if reading.is_empty() => {
+            reading.insert(daemon.request("recv", json!({"json": true})).await?);
+        }
+        _ => show_event(opts, group, event),
+    }
+    Ok(())
 }
 
 fn print_line(opts: &ClientOptions, group: &str, line: &ShownLine) {

@@ -13,6 +13,9 @@ use crate::profile_command::ProfileCommand;
 /// A connection to a profile's daemon.
 pub struct DaemonClient {
     stream: BufReader<UnixStream>,
+    /// What was read of a line not yet complete (kept across a cancelled
+    /// [`DaemonClient::next`]).
+    pending: Vec<u8>,
     next_id: u64,
 }
 
@@ -23,6 +26,7 @@ impl DaemonClient {
         let stream = UnixStream::connect(super::socket_path(dir)).await.ok()?;
         Some(DaemonClient {
             stream: BufReader::new(stream),
+            pending: Vec::new(),
             next_id: 1,
         })
     }
@@ -47,16 +51,26 @@ impl DaemonClient {
         Ok(id)
     }
 
-    /// The next line the daemon writes: an answer or an event.
+    /// The next line the daemon writes: an answer or an event. Cancel-safe
+    /// (chat waits on it beside stdin): a part of a line read before a
+    /// cancellation stays for the next call.
     pub async fn next(&mut self) -> Result<Value, CommandError> {
-        let mut answer = String::new();
-        let n = self.stream.read_line(&mut answer).await.map_err(lost)?;
-        if n == 0 {
-            return Err(lost(std::io::ErrorKind::UnexpectedEof.into()));
+        loop {
+            if let Some(end) = self.pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.pending.drain(..=end).collect();
+                return serde_json::from_slice(&line).map_err(|e| {
+                    CommandError::Invalid(format!("the daemon answered something unreadable: {e}"))
+                });
+            }
+            // Nothing is taken from the reader until it is in `pending`.
+            let read = self.stream.fill_buf().await.map_err(lost)?;
+            if read.is_empty() {
+                return Err(lost(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+            let n = read.len();
+            self.pending.extend_from_slice(read);
+            self.stream.consume(n);
         }
-        serde_json::from_str(&answer).map_err(|e| {
-            CommandError::Invalid(format!("the daemon answered something unreadable: {e}"))
-        })
     }
 
     /// Calls `method`; its result, or its error as a command error.

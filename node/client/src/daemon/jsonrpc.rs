@@ -180,6 +180,8 @@ fn method_of(
             })
         }
         name if crate::account_command::ACCOUNT_METHODS.contains(&name) => {
+            // Taken as by every command method; their output is one text.
+            params.remove("json");
             let command = serde_json::from_value(json!({"method": name, "params": params}))
                 .map_err(invalid)?;
             Ok(Method::Account(command))
