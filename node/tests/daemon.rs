@@ -221,6 +221,20 @@ fn login_logout_refresh_keypackage_and_chat_go_through_a_running_daemon() {
     assert!(!ok);
     assert_one_line_error(&err, "at most 1000");
 
+    // A wrong password through the daemon exits as alone: refused (3).
+    let wrong = w
+        .bob
+        .command(w.server.addr, &w.ca, &["login", "--username", "bob"])
+        .env("QPC_PASSWORD", "not-the-password")
+        .output()
+        .unwrap();
+    assert_eq!(
+        wrong.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&wrong.stderr)
+    );
+
     // A login on the daemon's profile: the daemon signs in again and carries on.
     let said = w.ok(&w.bob, &["login", "--username", "bob"]);
     assert!(

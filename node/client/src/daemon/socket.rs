@@ -352,9 +352,19 @@ fn stopped() -> CommandError {
 }
 
 fn from_web_error(e: WebError) -> CommandError {
-    match e.code {
-        "not_logged_in" => CommandError::NotLoggedIn,
-        _ => CommandError::Invalid(e.message),
+    // The kinds that set the CLI's exit status (a refused password exits 3, an
+    // unreachable node 4, as alone).
+    let kind = match e.code {
+        "not_logged_in" => return CommandError::NotLoggedIn,
+        "refused" | "unauthorized" => "refused",
+        "unreachable" => "unreachable",
+        "profile" => "profile",
+        _ => return CommandError::Invalid(e.message),
+    };
+    CommandError::Daemon {
+        message: e.message,
+        kind,
+        refusal: None,
     }
 }
 
