@@ -447,12 +447,7 @@ impl Agent {
         if password.is_empty() {
             return Err(WebError::invalid("empty password"));
         }
-        // The profile is one file: the running messenger lets go of it first.
-        if let Some(m) = self.messenger.take() {
-            self.arrivals = None;
-            self.connection = None;
-            m.close().await;
-        }
+        self.release_profile().await;
         let done = if register {
             commands::register_user(&self.opts, username, password).await
         } else {
@@ -461,11 +456,8 @@ impl Agent {
         let message = match done {
             Ok(message) => message,
             Err(e) => {
-                // A refused login leaves the profile's earlier login as it was:
-                // carry on with it.
-                if let Err(again) = self.resume().await {
-                    tracing::warn!(error = %again.message, "cannot resume the earlier login");
-                }
+                // A refused login leaves the profile's earlier login as it was.
+                self.carry_on().await;
                 return Err(e.into());
             }
         };
@@ -485,20 +477,32 @@ impl Agent {
         &mut self,
         command: crate::account_command::AccountCommand,
     ) -> Result<String, CommandError> {
+        self.release_profile().await;
+        let done = command.run(&self.opts).await;
+        self.carry_on().await;
+        let _ = self.events.send(Event::Changed);
+        done
+    }
+
+    /// The profile is one file: the running messenger lets go of it before a
+    /// one-shot command opens it.
+    async fn release_profile(&mut self) {
         if let Some(m) = self.messenger.take() {
             self.arrivals = None;
             self.connection = None;
             m.close().await;
         }
-        let done = command.run(&self.opts).await;
+    }
+
+    /// After a one-shot command: carries on with whatever login the profile
+    /// holds (signed out when none).
+    async fn carry_on(&mut self) {
         if let Err(e) = self.resume().await {
             tracing::warn!(error = %e.message, "cannot resume the profile's login");
         }
         if self.messenger.is_none() {
             self.set_link(Link::SignedOut);
         }
-        let _ = self.events.send(Event::Changed);
-        done
     }
 
     async fn groups(&mut self) -> Result<Vec<GroupView>, WebError> {

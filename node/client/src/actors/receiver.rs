@@ -152,8 +152,7 @@ impl ReceiverState {
         if self.following {
             return;
         }
-        if self.follower.as_ref().is_none_or(|f| f.is_closed()) {
-            self.follower = None;
+        if !self.has_follower() {
             return;
         }
         self.following = true;
@@ -170,8 +169,7 @@ impl ReceiverState {
         if self.push_unsupported {
             return self.follow(myself, FOLLOW_WAIT);
         }
-        if self.follower.as_ref().is_none_or(|f| f.is_closed()) {
-            self.follower = None;
+        if !self.has_follower() {
             return;
         }
         self.following = true;
@@ -204,6 +202,15 @@ impl ReceiverState {
             let _ = myself.cast(ReceiverMsg::PushEnded { subscription, why });
         });
         self.push = Some((subscription, AbortOnDrop(task.abort_handle())));
+    }
+
+    /// Whether someone still listens to the follow loop (a closed follower
+    /// is forgotten).
+    fn has_follower(&mut self) -> bool {
+        if self.follower.as_ref().is_none_or(|f| f.is_closed()) {
+            self.follower = None;
+        }
+        self.follower.is_some()
     }
 
     /// Whether `subscription` is the live one.
@@ -500,11 +507,10 @@ impl Actor for ReceiverActor {
                 if !state.is_live(subscription) {
                     return Ok(());
                 }
-                if state.follower.as_ref().is_none_or(|f| f.is_closed()) {
+                if !state.has_follower() {
                     // Nobody listens any more: let the node stop pushing.
                     state.push = None;
                     state.following = false;
-                    state.follower = None;
                 }
                 let mut job = PullJob {
                     owner: Owner::Follow,

@@ -84,6 +84,23 @@ impl DaemonClient {
         }
     }
 
+    /// Calls the method a serde-tagged command names (`{"method", "params"}`,
+    /// as `ProfileCommand` and `AccountCommand` serialize), with `json` added
+    /// to its parameters when given; its result.
+    async fn call_command(
+        &mut self,
+        command: &impl serde::Serialize,
+        json: Option<bool>,
+    ) -> Result<Value, CommandError> {
+        let request = serde_json::to_value(command).expect("a command serializes");
+        let method = request["method"].as_str().unwrap_or_default().to_string();
+        let mut params = request.get("params").cloned().unwrap_or_else(|| json!({}));
+        if let Some(json) = json {
+            params["json"] = json!(json);
+        }
+        self.call(&method, params).await
+    }
+
     /// Runs `command` in the daemon; what the CLI prints (a note goes to
     /// stderr here, as the one-shot command prints it).
     pub async fn run(
@@ -91,11 +108,7 @@ impl DaemonClient {
         command: &ProfileCommand,
         json: bool,
     ) -> Result<String, CommandError> {
-        let request = serde_json::to_value(command).expect("a command serializes");
-        let method = request["method"].as_str().unwrap_or_default().to_string();
-        let mut params = request.get("params").cloned().unwrap_or_else(|| json!({}));
-        params["json"] = json!(json);
-        let result = self.call(&method, params).await?;
+        let result = self.call_command(command, Some(json)).await?;
         if let Some(note) = result["note"].as_str() {
             eprintln!("note: {note}");
         }
@@ -186,10 +199,7 @@ pub async fn account_command(
 ) -> Result<String, CommandError> {
     match DaemonClient::connect(&opts.state_dir).await {
         Some(mut daemon) => {
-            let request = serde_json::to_value(&command).expect("a command serializes");
-            let method = request["method"].as_str().unwrap_or_default().to_string();
-            let params = request.get("params").cloned().unwrap_or_else(|| json!({}));
-            let result = daemon.call(&method, params).await?;
+            let result = daemon.call_command(&command, None).await?;
             Ok(result["output"].as_str().unwrap_or_default().to_string())
         }
         None => command.run(opts).await,
