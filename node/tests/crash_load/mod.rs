@@ -15,7 +15,7 @@
 //!   none if it was refused, one or the other if the node died first;
 //! - at most one commit per (group, epoch), and the epochs are 0..n in a row.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -37,6 +37,8 @@ pub(crate) struct Cast {
     pub(crate) outsider: Identity,
     /// Pause between two sends of each sender (none: as fast as answered).
     pub(crate) pace: Duration,
+    /// Set by [`Cast::stop`]: every role ends after its call in flight.
+    stopping: Cell<bool>,
 }
 
 impl Cast {
@@ -47,7 +49,19 @@ impl Cast {
             members: (0..5).map(|_| Identity::generate()).collect(),
             outsider: Identity::generate(),
             pace,
+            stopping: Cell::new(false),
         }
+    }
+
+    /// Asks every role to end once its call in flight is answered, so that no
+    /// commit is still on its way when the inboxes are read back from a node
+    /// that stays up (an aborted call leaves its commit landing mid-read).
+    pub(crate) fn stop(&self) {
+        self.stopping.set(true);
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.get()
     }
 
     fn key(&self, i: usize) -> IdentityKey {
@@ -323,7 +337,7 @@ async fn read_and_ack(
         return;
     };
     let mut after = ledger.borrow().acked_up_to.get(&me).copied().unwrap_or(0);
-    loop {
+    while !cast.stopping() {
         let Ok(page) = s.fetch_wait(after, 64, Duration::from_secs(2)).await else {
             ledger.borrow_mut().errors += 1;
             return;
@@ -369,7 +383,7 @@ async fn commit(
         .iter()
         .map(|m| m.public_key().to_vec())
         .collect();
-    loop {
+    while !cast.stopping() {
         let (epoch, name) = {
             let mut l = ledger.borrow_mut();
             l.attempts += 1;
@@ -443,7 +457,7 @@ async fn send_group(
         ledger.borrow_mut().errors += 1;
         return;
     };
-    for i in 0u32.. {
+    for i in (0u32..).take_while(|_| !cast.stopping()) {
         let body = format!("group|{segment}|{i}").into_bytes();
         let answer = s.send_group(&cast.group, &body, &[]).await.map(|outcomes| {
             outcomes
@@ -471,7 +485,7 @@ async fn send_direct(
         ledger.borrow_mut().errors += 1;
         return;
     };
-    for i in 0u32.. {
+    for i in (0u32..).take_while(|_| !cast.stopping()) {
         let payload = |to: usize| format!("direct|{segment}|{i}|r{to}").into_bytes();
         let deliveries: Vec<(IdentityKey, Vec<u8>)> = if i % 2 == 0 {
             let to = (i as usize / 2) % 3;
