@@ -237,6 +237,13 @@ interface Session {
   # subscription: a new one
   # replaces the last. It ends with the session or the connection, when
   # `deliver` fails, or after `receiver.ended` tells why.
+
+  groupMembers @21 (groupId :Data, identityKeys :List(Data)) -> (members :List(MemberEntry));
+  # The node's directory entries of those of `identityKeys` (at most 4,096)
+  # that are members of the group now; the others are left out. How a client
+  # checks the usernames other members claim for devices before it shows them.
+  # Only for a device whose account has a device among the group's members
+  # (UNAUTHORIZED otherwise, as for a group the node does not know).
 }
 
 interface InboxReceiver {

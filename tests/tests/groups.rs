@@ -371,3 +371,54 @@ async fn a_commit_saved_but_never_sent_is_discarded_and_redone() {
     .await;
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invitation_naming_a_member_falsely_shows_the_directorys_name_not_the_claim() {
+    use quicnprotochat_client::message::RosterEntry;
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    local(async {
+        let (mut alice, bob) = alice_and_bob_in_g(&node).await;
+        let mut carol = node.person("carol").await;
+        // alice's client is modified: its roster calls bob's device "mallory",
+        // and its Welcome to carol carries that roster.
+        let bob_key = bob.messenger.identity_key();
+        let bob_hybrid = alice
+            .messenger
+            .state()
+            .roster_entry(&bob_key)
+            .unwrap()
+            .expect("alice knows bob")
+            .hybrid_key;
+        alice
+            .messenger
+            .state()
+            .write(|t| {
+                t.put_roster(&RosterEntry {
+                    identity: bob_key,
+                    username: "mallory".into(),
+                    hybrid_key: bob_hybrid,
+                })
+            })
+            .unwrap();
+        alice
+            .messenger
+            .invite("g", &["carol".into()])
+            .await
+            .unwrap();
+
+        let lines = pull(&mut carol.messenger).await;
+        assert!(
+            lines.iter().any(|l| l.contains("joined, invited by alice")),
+            "{lines:?}"
+        );
+        let members = carol.messenger.group("g").await.unwrap().members;
+        assert!(members.iter().any(|m| m == "bob"), "{members:?}");
+        assert!(!members.iter().any(|m| m == "mallory"), "{members:?}");
+        // A name confirmed once is never taken away by a later claim.
+        let entry = carol.messenger.state().roster_entry(&bob_key).unwrap();
+        assert_eq!(entry.map(|e| e.username).as_deref(), Some("bob"));
+    })
+    .await;
+    node.stop().await;
+}

@@ -462,7 +462,7 @@ mod through_the_client {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_joiner_claiming_another_users_name_is_shown_by_its_key_not_that_name() {
+async fn a_forged_roster_renames_no_device_and_each_is_shown_by_its_directory_name() {
     use quicnprotochat_client::message::{Body, ClientMessage, RosterEntry};
     use quicnprotochat_crypto::envelope::{BodyProtection, HybridPublicKey, seal_shared};
     use quicnprotochat_tests::{alice_and_bob_in_g, pull_shown};
@@ -471,9 +471,9 @@ async fn a_joiner_claiming_another_users_name_is_shown_by_its_key_not_that_name(
     let dir = tempfile::tempdir().unwrap();
     let node = TestNode::start(dir.path()).await;
     local(async {
-        // bob is a member; a second device of bob's account joins from outside
-        // and says it is alice.
-        let (mut alice, _bob) = alice_and_bob_in_g(&node).await;
+        // bob is a member; a second device of bob's account joins from outside,
+        // says it is alice, and that bob's first device is mallory.
+        let (mut alice, bob) = alice_and_bob_in_g(&node).await;
         let gid = alice.messenger.group("g").await.unwrap().group_id;
         let liar = device();
         let c = node.connect().await.unwrap();
@@ -490,11 +490,23 @@ async fn a_joiner_claiming_another_users_name_is_shown_by_its_key_not_that_name(
             group_id: gid.clone(),
             mls: out.commit.clone(),
             sender_name: "alice".into(),
-            roster: vec![RosterEntry {
-                identity: liar.key().0,
-                username: "alice".into(),
-                hybrid_key: liar.hybrid.signed_public(&liar.id).to_bytes(),
-            }],
+            roster: vec![
+                RosterEntry {
+                    identity: liar.key().0,
+                    username: "alice".into(),
+                    hybrid_key: liar.hybrid.signed_public(&liar.id).to_bytes(),
+                },
+                RosterEntry {
+                    identity: bob.messenger.identity_key(),
+                    username: "mallory".into(),
+                    hybrid_key: directory
+                        .iter()
+                        .find(|d| d.identity_key.0 == bob.messenger.identity_key())
+                        .unwrap()
+                        .hybrid_public_key
+                        .clone(),
+                },
+            ],
         };
         let keys: Vec<HybridPublicKey> = directory
             .iter()
@@ -518,26 +530,73 @@ async fn a_joiner_claiming_another_users_name_is_shown_by_its_key_not_that_name(
             .await
             .expect("the account is in the group: the node lets the device in");
 
+        // The node's directory names the new device bob's: that name is shown,
+        // and neither claim is.
         let lines = pull_shown(&mut alice.messenger).await;
-        let hex: String = liar.key().0[..4]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let has = |text: &str| lines.iter().any(|l| l.contains(text));
         assert!(
-            lines
-                .iter()
-                .any(|l| l.contains(&format!("{hex} joined from a new device"))),
-            "shown by its key: {lines:?}"
+            has("bob joined from a new device"),
+            "shown by the directory's name: {lines:?}"
         );
-        assert!(
-            !lines.iter().any(|l| l.contains("alice joined")),
-            "{lines:?}"
-        );
+        assert!(!has("alice joined"), "{lines:?}");
+        assert!(!has("mallory"), "{lines:?}");
         let members = alice.messenger.group("g").await.unwrap().members;
+        let count = |name: &str| members.iter().filter(|m| m.as_str() == name).count();
         assert_eq!(
-            members.iter().filter(|m| m.as_str() == "alice").count(),
-            1,
+            (count("alice"), count("bob"), count("mallory")),
+            (1, 2, 0),
             "{members:?}"
+        );
+    })
+    .await;
+    node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_members_names_only_asked_devices_in_the_group_and_only_to_its_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    local(async {
+        let (hana, phone, zed) = (device(), device(), device());
+        let (_ch, h) = register(&node, "hana", "pw", &hana).await;
+        let (_cp, p) = register(&node, "ivan", "pw", &phone).await;
+        let (_cz, z) = register(&node, "zed", "pw", &zed).await;
+        hana.publish(&h, 0).await;
+        phone.publish(&p, 0).await;
+        let (group, _) = hana_adds_ivan(&hana, &h, &phone).await;
+        let gid = group.group_id();
+
+        // zed is asked about, but is no member: left out.
+        let listed = p
+            .group_members(&gid, &[hana.key().0, zed.key().0])
+            .await
+            .unwrap();
+        let named: Vec<(quicnprotochat_wire::IdentityKey, &str)> = listed
+            .iter()
+            .map(|e| (e.identity_key, e.username.as_str()))
+            .collect();
+        assert_eq!(named, vec![(hana.key(), "hana")]);
+        assert!(!listed[0].hybrid_public_key.is_empty());
+        // An outsider learns nothing, not even of a group it guesses.
+        assert_eq!(
+            code(z.group_members(&gid, &[hana.key().0]).await),
+            Some(ErrorCode::Unauthorized)
+        );
+        assert_eq!(
+            code(z.group_members(b"no such group", &[hana.key().0]).await),
+            Some(ErrorCode::Unauthorized)
+        );
+        // A question is bounded like a group.
+        let many: Vec<[u8; 32]> = (0..=4096u32)
+            .map(|i| {
+                let mut k = [0u8; 32];
+                k[..4].copy_from_slice(&i.to_be_bytes());
+                k
+            })
+            .collect();
+        assert_eq!(
+            code(p.group_members(&gid, &many).await),
+            Some(ErrorCode::TooLarge)
         );
     })
     .await;

@@ -30,13 +30,13 @@ fn storage_unavailable(e: impl std::fmt::Display) -> capnp::Error {
     refuse(ErrorCode::Unavailable, "storage unavailable")
 }
 
-/// The latest GroupInfo of `group_id`, for a device whose account is in it.
-pub(super) async fn group_info(
+/// The members of `group_id` as the group's actor holds them (after every
+/// accepted commit), for a device whose account is in it.
+async fn members_seen_by(
     ctx: &NodeContext,
     device: &IdentityKey,
     group_id: &[u8],
-) -> Result<FoundGroupInfo, capnp::Error> {
-    // The members as the group's actor holds them: after every accepted commit.
+) -> Result<BTreeSet<[u8; 32]>, capnp::Error> {
     let members = ctx
         .groups
         .members(group_id)
@@ -48,6 +48,31 @@ pub(super) async fn group_info(
             "no device of this account is a member of the group",
         ));
     }
+    Ok(members)
+}
+
+/// The directory entries of those of `asked` that are members of `group_id`
+/// now, for a device whose account is in it: what a client checks the names
+/// other members claim against.
+pub(super) async fn group_members(
+    ctx: &NodeContext,
+    device: &IdentityKey,
+    group_id: &[u8],
+    asked: &BTreeSet<[u8; 32]>,
+) -> Result<Vec<MemberEntry>, capnp::Error> {
+    let members = members_seen_by(ctx, device, group_id).await?;
+    let listed: BTreeSet<[u8; 32]> = members.intersection(asked).copied().collect();
+    let auth = ctx.auth.clone();
+    auth.member_entries(&listed).await.map_err(auth_refusal)
+}
+
+/// The latest GroupInfo of `group_id`, for a device whose account is in it.
+pub(super) async fn group_info(
+    ctx: &NodeContext,
+    device: &IdentityKey,
+    group_id: &[u8],
+) -> Result<FoundGroupInfo, capnp::Error> {
+    let members = members_seen_by(ctx, device, group_id).await?;
     let info = ctx
         .store
         .group_info(group_id.to_vec())

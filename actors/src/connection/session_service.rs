@@ -305,22 +305,38 @@ impl session::Server for SessionService {
             .map_err(bad_params)?;
         check_group_id(group_id).map_err(commit_refusal)?;
         let found = super::rejoin::group_info(&self.ctx, &self.terms.identity, group_id).await?;
-        // Up to a MiB of GroupInfo and ~1.2 KiB per member (hybrid key, name).
-        let member_bytes: u64 = found
-            .members
-            .iter()
-            .map(|m| 64 + m.username.len() as u64 + m.hybrid_public_key.len() as u64)
-            .sum();
-        reserve_reply(&self.budget, found.group_info.len() as u64 + member_bytes)?;
+        // Up to a MiB of GroupInfo, and the members: one reservation, so that
+        // one reply alone always fits.
+        let bytes = found.group_info.len() as u64 + member_entry_bytes(&found.members);
+        reserve_reply(&self.budget, bytes)?;
         let mut r = results.get();
         r.set_group_info(&found.group_info);
-        let mut list = r.init_members(found.members.len() as u32);
-        for (i, m) in found.members.iter().enumerate() {
-            let mut e = list.reborrow().get(i as u32);
-            e.set_identity_key(&m.identity_key.0);
-            e.set_username(&m.username);
-            e.set_hybrid_public_key(&m.hybrid_public_key);
+        write_member_entries(&found.members, r.init_members(found.members.len() as u32));
+        Ok(())
+    }
+
+    async fn group_members(
+        self: Rc<Self>,
+        params: session::GroupMembersParams,
+        mut results: session::GroupMembersResults,
+    ) -> Result<(), capnp::Error> {
+        let _call = admit_call(&self.budget)?;
+        self.check_alive()?;
+        let p = params.get().map_err(bad_params)?;
+        let group_id = p.get_group_id().map_err(bad_params)?;
+        check_group_id(group_id).map_err(commit_refusal)?;
+        let keys = p.get_identity_keys().map_err(bad_params)?;
+        if keys.len() as usize > MAX_DELIVERIES {
+            return Err(commit_refusal(CommitCallRefusal::TooManyMembers));
         }
+        let asked = keys
+            .iter()
+            .map(|k| Ok(IdentityKey::from_wire(k.map_err(bad_params)?, "identity key")?.0))
+            .collect::<Result<std::collections::BTreeSet<_>, capnp::Error>>()?;
+        let found =
+            super::rejoin::group_members(&self.ctx, &self.terms.identity, group_id, &asked).await?;
+        reserve_reply(&self.budget, member_entry_bytes(&found))?;
+        write_member_entries(&found, results.get().init_members(found.len() as u32));
         Ok(())
     }
 
@@ -869,6 +885,27 @@ fn check_commit_call(
 ) -> Result<CommitHeader, capnp::Error> {
     check_group_id(group_id).map_err(commit_refusal)?;
     check_commit_header(mls_commit, group_id, epoch).map_err(commit_refusal)
+}
+
+/// What directory entries take in a reply: ~1.2 KiB each (a hybrid key and a
+/// name), to reserve in the connection's reply budget before writing them.
+fn member_entry_bytes(entries: &[crate::auth::MemberEntry]) -> u64 {
+    entries
+        .iter()
+        .map(|m| 64 + m.username.len() as u64 + m.hybrid_public_key.len() as u64)
+        .sum()
+}
+
+fn write_member_entries(
+    entries: &[crate::auth::MemberEntry],
+    mut list: capnp::struct_list::Builder<'_, quicnprotochat_wire::node_capnp::member_entry::Owned>,
+) {
+    for (i, m) in entries.iter().enumerate() {
+        let mut e = list.reborrow().get(i as u32);
+        e.set_identity_key(&m.identity_key.0);
+        e.set_username(&m.username);
+        e.set_hybrid_public_key(&m.hybrid_public_key);
+    }
 }
 
 fn commit_refusal(e: CommitCallRefusal) -> capnp::Error {

@@ -18,6 +18,7 @@
 //! The [`crate::messenger::Messenger`] is the handle applications hold.
 
 pub(crate) mod group;
+pub(crate) mod names;
 pub(crate) mod receiver;
 pub(crate) mod session;
 pub(crate) mod supervisor;
@@ -124,9 +125,11 @@ impl Profile {
         }
     }
 
+    /// How a member is shown: its name as the node's directory confirmed it,
+    /// else its key in short ([`names`]).
     pub(crate) fn name_of(&self, identity: &[u8]) -> String {
         match self.state.roster_entry(identity) {
-            Ok(Some(e)) => e.username,
+            Ok(Some(e)) => names::label(&e.username, identity),
             _ => short_hex(identity),
         }
     }

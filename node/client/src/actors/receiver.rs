@@ -27,6 +27,7 @@ use quicnprotochat_wire::{Envelope, Inbound};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use super::group::GroupMsg;
+use super::names::confirm_roster;
 use super::session::SessionMsg;
 use super::supervisor::{SessionSlot, SupervisorMsg};
 use super::{Effects, Profile, ask, ask_session, notice, short_hex};
@@ -308,7 +309,13 @@ impl ReceiverState {
                     format!("message {seq} is malformed: {e}"),
                 )),
                 Ok(msg) => match msg.body {
-                    Body::Welcome => self.join(seq, &msg, &mut fx)?,
+                    Body::Welcome => {
+                        let mut msg = msg;
+                        let session = self.session.get();
+                        confirm_roster(&self.profile, &session, &msg.group_id, &mut msg.roster)
+                            .await?;
+                        self.join(seq, sealed.sender, &msg, &mut fx)?
+                    }
                     Body::Group | Body::CommitReceipt { .. } => {
                         let known = self.profile.state.group_name(&msg.group_id)?.is_some();
                         let ours = matches!(msg.body, Body::Group) || sealed.sender == me;
@@ -331,7 +338,7 @@ impl ReceiverState {
                                 None,
                                 format!(
                                     "a message for a group this profile is not in (from {})",
-                                    msg.sender_name
+                                    self.profile.name_of(&sealed.sender)
                                 ),
                             ));
                         }
@@ -380,13 +387,19 @@ impl ReceiverState {
         .await
     }
 
-    /// Joins the group a Welcome invites us to (nothing kept when it cannot).
+    /// Joins the group a Welcome from `sender` invites us to (nothing kept when
+    /// it cannot); the roster's names are confirmed ones.
     fn join(
         &mut self,
         seq: u64,
+        sender: [u8; 32],
         msg: &ClientMessage,
         fx: &mut Effects,
     ) -> Result<(), MessengerError> {
+        let inviter = match msg.roster.iter().find(|e| e.identity == sender) {
+            Some(e) if !e.username.is_empty() => e.username.clone(),
+            _ => self.profile.name_of(&sender),
+        };
         let group = match self.joiner.join(&msg.mls) {
             Ok(g) => g,
             Err(e) => {
@@ -394,10 +407,7 @@ impl ReceiverState {
                 fx.lines.push(notice(
                     seq,
                     None,
-                    format!(
-                        "an invitation from {} could not be used: {e}",
-                        msg.sender_name
-                    ),
+                    format!("an invitation from {} could not be used: {e}", inviter),
                 ));
                 return Ok(());
             }
@@ -411,7 +421,7 @@ impl ReceiverState {
                 Some(&known),
                 format!(
                     "an invitation from {} to a group this device is already in was ignored",
-                    msg.sender_name
+                    inviter
                 ),
             ));
             return Ok(());
@@ -437,7 +447,7 @@ impl ReceiverState {
             sender: None,
             text: format!(
                 "joined, invited by {} ({} members, epoch {})",
-                msg.sender_name,
+                inviter,
                 members.len(),
                 group.epoch()
             ),

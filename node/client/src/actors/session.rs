@@ -105,12 +105,6 @@ pub(crate) enum SessionMsg {
     Whoami {
         reply: Reply<WhoAmI>,
     },
-    /// What a claim would serve, consuming nothing (who a user's devices are).
-    PeekKeyPackages {
-        target: KeyPackageTarget,
-        suite: Suite,
-        reply: Reply<Vec<ClaimedKeyPackage>>,
-    },
     /// The groups the account's devices are in.
     AccountGroups {
         reply: Reply<Vec<Vec<u8>>>,
@@ -119,6 +113,12 @@ pub(crate) enum SessionMsg {
     GroupInfo {
         group_id: Vec<u8>,
         reply: Reply<(Vec<u8>, Vec<DirectoryEntry>)>,
+    },
+    /// The directory entries of those of `keys` in the group now.
+    GroupMembers {
+        group_id: Vec<u8>,
+        keys: Vec<[u8; 32]>,
+        reply: Reply<Vec<DirectoryEntry>>,
     },
     /// A request saw connection `generation` break.
     Lost {
@@ -455,17 +455,6 @@ impl ThreadLocalActor for SessionActor {
                     .run(&myself, reply, move |s, _| async move { s.whoami().await })
                     .await
             }
-            SessionMsg::PeekKeyPackages {
-                target,
-                suite,
-                reply,
-            } => {
-                state
-                    .run(&myself, reply, move |_, d| async move {
-                        d.peek_key_packages(&target, suite).await
-                    })
-                    .await
-            }
             SessionMsg::AccountGroups { reply } => {
                 state
                     .run(&myself, reply, move |s, _| async move {
@@ -477,6 +466,17 @@ impl ThreadLocalActor for SessionActor {
                 state
                     .run(&myself, reply, move |s, _| async move {
                         s.group_info(&group_id).await
+                    })
+                    .await
+            }
+            SessionMsg::GroupMembers {
+                group_id,
+                keys,
+                reply,
+            } => {
+                state
+                    .run(&myself, reply, move |s, _| async move {
+                        s.group_members(&group_id, &keys).await
                     })
                     .await
             }

@@ -64,6 +64,24 @@ pub struct DirectoryEntry {
     pub hybrid_public_key: Vec<u8>,
 }
 
+fn read_directory(
+    list: capnp::struct_list::Reader<'_, quicnprotochat_wire::node_capnp::member_entry::Owned>,
+) -> Result<Vec<DirectoryEntry>, ClientError> {
+    let mut members = Vec::with_capacity(list.len() as usize);
+    for m in list {
+        members.push(DirectoryEntry {
+            identity_key: IdentityKey::from_wire(m.get_identity_key()?, "identityKey")
+                .map_err(ClientError::Refused)?,
+            username: m
+                .get_username()?
+                .to_string()
+                .map_err(|e| ClientError::Protocol(format!("username: {e}")))?,
+            hybrid_public_key: m.get_hybrid_public_key()?.to_vec(),
+        });
+    }
+    Ok(members)
+}
+
 fn write_members(mut list: capnp::data_list::Builder<'_>, members: &[Vec<u8>]) {
     for (i, m) in members.iter().enumerate() {
         list.set(i as u32, m);
@@ -122,19 +140,26 @@ impl SessionHandle {
         req.get().set_group_id(group_id);
         let reply = req.send().promise.await?;
         let r = reply.get()?;
-        let mut members = Vec::new();
-        for m in r.get_members()? {
-            members.push(DirectoryEntry {
-                identity_key: IdentityKey::from_wire(m.get_identity_key()?, "identityKey")
-                    .map_err(ClientError::Refused)?,
-                username: m
-                    .get_username()?
-                    .to_string()
-                    .map_err(|e| ClientError::Protocol(format!("username: {e}")))?,
-                hybrid_public_key: m.get_hybrid_public_key()?.to_vec(),
-            });
-        }
+        let members = read_directory(r.get_members()?)?;
         Ok((r.get_group_info()?.to_vec(), members))
+    }
+
+    /// The node's directory entries of those of `keys` that are members of the
+    /// group now (the others are left out); for a device whose account is in
+    /// the group. What names claimed by other members are checked against.
+    pub async fn group_members(
+        &self,
+        group_id: &[u8],
+        keys: &[[u8; 32]],
+    ) -> Result<Vec<DirectoryEntry>, ClientError> {
+        let mut req = self.session.group_members_request();
+        req.get().set_group_id(group_id);
+        let mut list = req.get().init_identity_keys(keys.len() as u32);
+        for (i, k) in keys.iter().enumerate() {
+            list.set(i as u32, k);
+        }
+        let reply = req.send().promise.await?;
+        read_directory(reply.get()?.get_members()?)
     }
 
     /// The groups any device of this session's account is a member of.

@@ -9,7 +9,8 @@ use super::*;
 const GROUP_NAMES: TableDefinition<&str, &[u8]> = TableDefinition::new("group_names");
 /// Group id → display name.
 const GROUP_IDS: TableDefinition<&[u8], &str> = TableDefinition::new("group_ids");
-/// Member identity → (username, signed hybrid key), encoded as a roster entry.
+/// Member identity → (username as the node's directory confirmed it, or empty;
+/// signed hybrid key), encoded as a roster entry.
 const ROSTER: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("roster");
 /// "inbox" → the highest seq of the own inbox that has been applied.
 pub(super) const CURSOR: TableDefinition<&str, u64> = TableDefinition::new("cursor");
@@ -71,11 +72,20 @@ impl ClientTxn<'_> {
         Ok(())
     }
 
-    /// Remembers who a member is.
+    /// Remembers who a member is: its hybrid key, and its name if the node's
+    /// directory confirmed one. An entry without a name never takes away a
+    /// name confirmed before.
     pub fn put_roster(&self, entry: &RosterEntry) -> TxnResult<()> {
-        self.txn
-            .open_table(ROSTER)?
-            .insert(&entry.identity, encode_roster(entry).as_slice())?;
+        let mut table = self.txn.open_table(ROSTER)?;
+        let mut entry = entry.clone();
+        if entry.username.is_empty()
+            && let Some(known) = table
+                .get(&entry.identity)?
+                .and_then(|v| decode_roster(entry.identity, v.value()))
+        {
+            entry.username = known.username;
+        }
+        table.insert(&entry.identity, encode_roster(&entry).as_slice())?;
         Ok(())
     }
 
@@ -390,6 +400,31 @@ mod tests {
         let mut d = [0u8; 32];
         d[..8].copy_from_slice(&n.to_be_bytes());
         d
+    }
+
+    #[test]
+    fn an_entry_without_a_confirmed_name_keeps_the_name_confirmed_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = ClientState::open(dir.path()).unwrap();
+        let entry = |name: &str, key: u8| RosterEntry {
+            identity: [7; 32],
+            username: name.into(),
+            hybrid_key: vec![key; 4],
+        };
+        state.write(|t| t.put_roster(&entry("bob", 1))).unwrap();
+        state.write(|t| t.put_roster(&entry("", 2))).unwrap();
+        let kept = state.roster_entry(&[7; 32]).unwrap().unwrap();
+        assert_eq!(
+            (kept.username.as_str(), kept.hybrid_key),
+            ("bob", vec![2; 4])
+        );
+        state.write(|t| t.put_roster(&entry("", 3))).unwrap();
+        let unnamed = RosterEntry {
+            identity: [8; 32],
+            ..entry("", 3)
+        };
+        state.write(|t| t.put_roster(&unnamed)).unwrap();
+        assert_eq!(state.roster_entry(&[8; 32]).unwrap(), Some(unnamed));
     }
 
     #[test]

@@ -18,52 +18,24 @@ fn decode_held(bytes: &[u8]) -> Option<([u8; 32], ClientMessage)> {
 }
 
 impl GroupState {
-    /// A roster entry its own sender vouches for (a device that joined by
-    /// external commit says who it is) stands only if the node's directory lists
-    /// that device under that username, as a claim of the user's KeyPackages
-    /// would: otherwise it is dropped, and the member is shown by its key.
-    /// Returns whether `msg` changed. Only a lost connection is an error (the
-    /// envelope is applied on a later pull).
-    pub(super) async fn vouch_self_claims(
+    /// Confirms the names a commit's roster claims against the node's
+    /// directory before the commit is applied ([`crate::actors::names`]).
+    /// Returns whether `msg` changed.
+    pub(super) async fn confirm_names(
         &self,
-        sender: [u8; 32],
         msg: &mut ClientMessage,
     ) -> Result<bool, MessengerError> {
-        let Some(claim) = msg.roster.iter().find(|e| e.identity == sender).cloned() else {
-            return Ok(false);
-        };
-        if self
-            .profile
-            .state
-            .roster_entry(&sender)?
-            .is_some_and(|known| known == claim)
-        {
+        if msg.roster.is_empty() {
             return Ok(false);
         }
-        let target = KeyPackageTarget::Username(claim.username.clone());
-        let listed = match ask_session(&self.session.get(), |reply| SessionMsg::PeekKeyPackages {
-            target,
-            suite: quicnprotochat_crypto::mls::Suite::Classic,
-            reply,
-        })
+        let gid = self.gid.clone();
+        crate::actors::names::confirm_roster(
+            &self.profile,
+            &self.session.get(),
+            &gid,
+            &mut msg.roster,
+        )
         .await
-        {
-            Ok(devices) => devices.iter().any(|d| d.identity_key.0 == sender),
-            Err(e) if crate::actors::session::is_connection_loss(&e) => {
-                return Err(e.into());
-            }
-            Err(_) => false,
-        };
-        if listed {
-            return Ok(false);
-        }
-        tracing::warn!(
-            claimed = %claim.username,
-            device = %short_hex(&sender),
-            "a device's claim of its username is not confirmed by the node; ignored"
-        );
-        msg.roster.retain(|e| e.identity != sender);
-        Ok(true)
     }
 
     /// Applies an incoming envelope of this group; commits it with the cursor.
@@ -288,8 +260,8 @@ impl GroupState {
             .cloned()
             .collect();
         let name_for = |id: &[u8]| match learned.iter().find(|e| e.identity == id) {
-            Some(e) => e.username.clone(),
-            None => p.name_of(id),
+            Some(e) if !e.username.is_empty() => e.username.clone(),
+            _ => p.name_of(id),
         };
         let who = name_for(committer);
         let text = if removed_self {

@@ -393,7 +393,7 @@ impl Actor for GroupActor {
                 mut raw,
                 reply,
             } => {
-                let r = match state.vouch_self_claims(sender, &mut msg).await {
+                let r = match state.confirm_names(&mut msg).await {
                     Ok(true) => msg
                         .encode()
                         .map(|re| raw = re)
