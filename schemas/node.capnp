@@ -3,8 +3,8 @@
 # Field and method numbers are forever: add new ones at the end, never renumber,
 # never reuse. Errors are Cap'n Proto exceptions whose text starts with a stable
 # code and a colon (QUEUE_FULL, TOO_LARGE, UNAUTHORIZED, RATE_LIMITED, STALE_EPOCH,
-# NOT_FOUND, BAD_REQUEST, UNIMPLEMENTED, UNAVAILABLE, ALREADY_EXISTS); see
-# wire/src/error.rs.
+# NOT_FOUND, BAD_REQUEST, UNIMPLEMENTED, UNAVAILABLE, ALREADY_EXISTS,
+# QUOTA_EXCEEDED, STORAGE_FULL); see wire/src/error.rs.
 #
 # Identity keys are raw Ed25519 public keys (32 bytes); an inbox is named by the
 # identity key that owns it.
@@ -239,9 +239,11 @@ interface Session {
   # `deliver` fails, or after `receiver.ended` tells why.
 
   groupMembers @21 (groupId :Data, identityKeys :List(Data)) -> (members :List(MemberEntry));
-  # The node's directory entries of those of `identityKeys` (at most 4,096)
-  # that are members of the group now; the others are left out. How a client
-  # checks the usernames other members claim for devices before it shows them.
+  # The account names of those of `identityKeys` (at most 4,096) that are
+  # members of the group now, as the node's directory knows them (the others are
+  # left out; `hybridPublicKey` is empty: each device's own signed key travels
+  # with the roster). How a client checks the usernames other members claim for
+  # devices before it shows them.
   # Only for a device whose account has a device among the group's members
   # (UNAUTHORIZED otherwise, as for a group the node does not know).
 }

@@ -22,6 +22,24 @@ pub struct MemberEntry {
 }
 
 impl AuthService {
+    /// The account name of each of `devices` the directory knows, without
+    /// their hybrid keys (nothing read from the store): what a client checks a
+    /// claimed name against.
+    pub fn member_names(&self, devices: &BTreeSet<[u8; 32]>) -> Vec<MemberEntry> {
+        let names = self.devices.read().expect("lock");
+        devices
+            .iter()
+            .filter_map(|d| {
+                let key = IdentityKey(*d);
+                Some(MemberEntry {
+                    identity_key: key,
+                    username: names.get(&key)?.clone(),
+                    hybrid_public_key: Vec::new(),
+                })
+            })
+            .collect()
+    }
+
     /// The directory's entry of each of `devices` (removed devices are left out:
     /// they get nothing sealed to them any more).
     pub async fn member_entries(

@@ -130,7 +130,7 @@ impl Profile {
     pub(crate) fn name_of(&self, identity: &[u8]) -> String {
         match self.state.roster_entry(identity) {
             Ok(Some(e)) => names::label(&e.username, identity),
-            _ => short_hex(identity),
+            _ => names::label("", identity),
         }
     }
 

@@ -18,10 +18,11 @@ use crate::ClientError;
 use crate::message::RosterEntry;
 use crate::messenger::terms::MessengerError;
 
-/// `name` if the directory confirmed one, else the device's key in short.
+/// `name` if the directory confirmed one, else `#` and the device's key in
+/// short: no username has a `#`, so a label is never taken for a name.
 pub(crate) fn label(name: &str, identity: &[u8]) -> String {
     if name.is_empty() {
-        short_hex(identity)
+        format!("#{}", short_hex(identity))
     } else {
         name.to_string()
     }
@@ -30,9 +31,10 @@ pub(crate) fn label(name: &str, identity: &[u8]) -> String {
 /// Checks the names `roster` claims against the node's directory for `group_id`:
 /// each entry then carries the directory's name for its device, or none. An
 /// entry whose name this profile confirmed before is not asked about again.
-/// Returns whether any entry changed. Only a lost connection is an error (the
-/// envelope is applied on a later pull); any refusal (this device was removed
-/// from the group since) leaves every asked name unconfirmed.
+/// Returns whether any entry changed. A lost connection or a refusal worth
+/// retrying (`UNAVAILABLE`, `RATE_LIMITED`) is an error: the envelope is
+/// applied on a later pull. Any other refusal (this device was removed from the
+/// group since; an older node) leaves every asked name unconfirmed.
 pub(crate) async fn confirm_roster(
     profile: &Profile,
     session: &ActorRef<SessionMsg>,
@@ -60,7 +62,10 @@ pub(crate) async fn confirm_roster(
     .await
     {
         Ok(entries) => entries,
-        Err(e) if is_connection_loss(&e) => return Err(e.into()),
+        // Worth asking again: the envelope waits for a later pull.
+        Err(e) if is_connection_loss(&e) || e.code().is_some_and(|c| c.is_retryable()) => {
+            return Err(e.into());
+        }
         Err(ClientError::Refused(w)) if w.code == ErrorCode::Unimplemented => {
             tracing::warn!("the node cannot confirm member names; they are shown by key");
             Vec::new()
@@ -91,4 +96,34 @@ pub(crate) async fn confirm_roster(
         }
     }
     Ok(changed)
+}
+
+/// Asks the node's directory again about those of `members` this profile
+/// knows without a confirmed name (a confirmation that failed for good
+/// before), and keeps what it confirms: so that `remove bob` finds every
+/// device of bob's.
+pub(crate) async fn confirm_unnamed(
+    profile: &Profile,
+    session: &ActorRef<SessionMsg>,
+    group_id: &[u8],
+    members: &[Vec<u8>],
+) -> Result<(), MessengerError> {
+    let mut unnamed = Vec::new();
+    for m in members {
+        if let Some(e) = profile.state.roster_entry(m)?
+            && e.username.is_empty()
+        {
+            unnamed.push(e);
+        }
+    }
+    if unnamed.is_empty() || !confirm_roster(profile, session, group_id, &mut unnamed).await? {
+        return Ok(());
+    }
+    profile.state.write(|t| {
+        for e in unnamed.iter().filter(|e| !e.username.is_empty()) {
+            t.put_roster(e)?;
+        }
+        Ok(())
+    })?;
+    Ok(())
 }

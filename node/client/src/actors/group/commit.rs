@@ -106,6 +106,13 @@ impl GroupState {
                 added,
             } => (group.add_members(&self.member, key_packages)?, added),
             Change::RemoveUsers(users) => {
+                crate::actors::names::confirm_unnamed(
+                    &self.profile,
+                    &self.session.get(),
+                    &self.gid,
+                    &group.members(),
+                )
+                .await?;
                 let mut gone = Vec::new();
                 for user in users {
                     let devices: Vec<Vec<u8>> = group
