@@ -44,6 +44,9 @@ pub enum CommitError {
     /// The call names the wrong recipients for this group.
     #[error(transparent)]
     Fanout(#[from] FanoutRefusal),
+    /// The node's disk is below its high-water mark (`STORAGE_FULL`).
+    #[error(transparent)]
+    StorageFull(#[from] WireError),
 }
 
 impl From<CommitError> for WireError {
@@ -58,10 +61,13 @@ impl From<CommitError> for WireError {
             CommitError::Fence(f @ FenceRefusal::NotAMember) => {
                 WireError::new(ErrorCode::Unauthorized, f.to_string())
             }
-            CommitError::Fence(f @ FenceRefusal::Undelivered { .. })
-            | CommitError::Fence(f @ FenceRefusal::TooManyGroups { .. }) => {
+            CommitError::Fence(f @ FenceRefusal::Undelivered { .. }) => {
                 WireError::new(ErrorCode::BadRequest, f.to_string())
             }
+            CommitError::Fence(f @ FenceRefusal::TooManyGroups { .. }) => {
+                WireError::new(ErrorCode::QuotaExceeded, f.to_string())
+            }
+            CommitError::StorageFull(w) => w,
             CommitError::Delivery(d) => d.into(),
             CommitError::Fanout(f @ FanoutRefusal::NotAMember) => {
                 WireError::new(ErrorCode::Unauthorized, f.to_string())
@@ -152,7 +158,7 @@ pub struct GroupRegistry {
 pub type Directory = Arc<dyn Fn(&IdentityKey) -> bool + Send + Sync>;
 
 /// What every group actor shares.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct GroupSettings {
     /// A group actor with no commit for this long stops.
     pub idle_after: Duration,
@@ -160,6 +166,8 @@ pub struct GroupSettings {
     pub live_actors: usize,
     /// Groups one device may create (live fences it started).
     pub groups_per_device: u64,
+    /// Whether the store's disk has room for a new group.
+    pub disk: crate::disk::DiskRoom,
 }
 
 impl GroupRegistry {
@@ -203,7 +211,7 @@ impl GroupRegistry {
                     inboxes: self.inboxes.clone(),
                     writer: self.writer.clone(),
                     membership,
-                    settings: self.settings,
+                    settings: self.settings.clone(),
                     directory: self.directory.clone(),
                 }
             })
@@ -325,8 +333,10 @@ pub struct GroupArgs {
 }
 
 /// A commit creating a group counts against its device's quota: the count is
-/// read through the writer, after every earlier write.
+/// read through the writer, after every earlier write. No group is created on
+/// a disk below its high-water mark.
 async fn within_group_quota(args: &GroupArgs, committer: &IdentityKey) -> Result<(), CommitError> {
+    args.settings.disk.check("a new group")?;
     let device = committer.0;
     let created = args
         .writer

@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod connection;
 pub mod core;
+pub mod disk;
 pub mod error;
 pub mod group;
 pub mod inbox;

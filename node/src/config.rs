@@ -107,6 +107,8 @@ pub struct LimitsFile {
     pub reply_stall_secs: Option<u64>,
     /// `session_idle_secs`
     pub session_idle_secs: Option<u64>,
+    /// `min_free_disk_bytes`
+    pub min_free_disk_bytes: Option<u64>,
 }
 
 /// What the node holds at most, resolved.
@@ -131,6 +133,10 @@ pub struct Limits {
     pub devices_per_account: u32,
     /// How long a session token lives unused (each resume moves its end).
     pub session_idle: Duration,
+    /// The disk's high-water mark: below this much free space where the store
+    /// lives, new accounts, devices, groups and uploads get `STORAGE_FULL`
+    /// (0: not watched).
+    pub min_free_disk_bytes: u64,
 }
 
 /// Default of `devices_per_account`: a person's phones, computers and
@@ -143,6 +149,10 @@ pub const DEFAULT_REPLY_STALL: Duration = Duration::from_secs(30);
 
 /// The longest `session_idle_secs`: a token unused for a year is forgotten.
 pub const MAX_SESSION_IDLE: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// Default of `min_free_disk_bytes`: room left for the messages, acks and
+/// commits still taken, and for the store's own bookkeeping.
+pub const DEFAULT_MIN_FREE_DISK_BYTES: u64 = 1 << 30;
 
 /// Default of `long_polls_per_inbox`: a few devices' worth of reconnects.
 pub const DEFAULT_LONG_POLLS_PER_INBOX: u32 = 8;
@@ -163,6 +173,7 @@ impl Default for Limits {
             reply_stall: DEFAULT_REPLY_STALL,
             devices_per_account: DEFAULT_DEVICES_PER_ACCOUNT,
             session_idle: quicnprotochat_actors::auth::DEFAULT_SESSION_IDLE,
+            min_free_disk_bytes: DEFAULT_MIN_FREE_DISK_BYTES,
         }
     }
 }
@@ -200,6 +211,7 @@ impl LimitsFile {
             session_idle: self
                 .session_idle_secs
                 .map_or(d.session_idle, Duration::from_secs),
+            min_free_disk_bytes: self.min_free_disk_bytes.unwrap_or(d.min_free_disk_bytes),
         };
         let counts = [
             l.admission.connections,
@@ -628,6 +640,7 @@ mod tests {
             reply_stall_secs,
             devices_per_account,
             session_idle_secs,
+            min_free_disk_bytes,
         } = limits.unwrap();
         assert!(connections.is_some() && connections_per_address.is_some());
         assert!(calls_per_connection.is_some() && bytes_per_connection.is_some());
@@ -635,7 +648,7 @@ mod tests {
         assert!(live_inboxes.is_some() && store_cache_bytes.is_some());
         assert!(groups_per_device.is_some() && reply_bytes_per_connection.is_some());
         assert!(reply_stall_secs.is_some() && devices_per_account.is_some());
-        assert!(session_idle_secs.is_some());
+        assert!(session_idle_secs.is_some() && min_free_disk_bytes.is_some());
     }
 
     #[test]

@@ -16,6 +16,7 @@ use quicnprotochat_actors::core::admission::{ConnectionGate, ConnectionSlot};
 use quicnprotochat_actors::core::budget::NodeBudget;
 use quicnprotochat_actors::core::inbox::InboxLimits;
 use quicnprotochat_actors::core::rate::RateLimits;
+use quicnprotochat_actors::disk::DiskRoom;
 use quicnprotochat_actors::group::{GroupRegistry, GroupSettings};
 use quicnprotochat_actors::inbox::{InboxRegistry, InboxSettings};
 use quicnprotochat_actors::store::StoreWriter;
@@ -148,6 +149,11 @@ impl Server {
             )?),
         };
         tracing::info!(backend = store.backend(), "store opened");
+        // A store in PostgreSQL lives on that server's disk, not watched here.
+        let disk = match &store {
+            Store::Redb(_) => DiskRoom::watch(&config.data_dir, config.limits.min_free_disk_bytes),
+            Store::Postgres(_) => DiskRoom::default(),
+        };
         let (writer, writer_thread) =
             StoreWriter::start_for(&store).map_err(ServerError::Thread)?;
         let limits = InboxLimits {
@@ -195,6 +201,7 @@ impl Server {
                 idle_after: config.idle_inbox_after,
                 live_actors: config.limits.live_inboxes as usize,
                 groups_per_device: config.limits.groups_per_device,
+                disk: disk.clone(),
             },
             directory,
         )
@@ -218,6 +225,7 @@ impl Server {
                 .map(|t| TokenHash::of(t.as_bytes())),
             limits,
             budget: NodeBudget::new(config.limits.budget),
+            disk,
             started: Instant::now(),
         });
         ctx.collect_garbage().await;

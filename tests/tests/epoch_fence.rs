@@ -577,7 +577,7 @@ async fn a_device_creates_so_many_groups_and_no_more_across_restarts() {
             .commit(b"three", 0, &solo, &[], &mls_commit(b"three", 0))
             .await
             .unwrap_err();
-        assert_eq!(err.code(), Some(ErrorCode::BadRequest), "{err}");
+        assert_eq!(err.code(), Some(ErrorCode::QuotaExceeded), "{err}");
         assert!(err.to_string().contains("2 groups"), "{err}");
         // Commits to groups it already has are not creations.
         s.commit(b"one", 1, &solo, &[], &mls_commit(b"one", 1))
@@ -594,7 +594,7 @@ async fn a_device_creates_so_many_groups_and_no_more_across_restarts() {
             .unwrap_err();
         assert_eq!(
             err.code(),
-            Some(ErrorCode::BadRequest),
+            Some(ErrorCode::QuotaExceeded),
             "the count survives a restart: {err}"
         );
         // Another device has its own quota.

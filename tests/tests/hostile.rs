@@ -381,3 +381,84 @@ async fn a_connection_whose_replies_stay_unread_is_closed_and_its_replies_freed(
     .await;
     node.stop().await;
 }
+
+/// Below its disk's high-water mark the node takes nothing that only adds data
+/// for good (accounts, devices, groups, KeyPackage uploads): `STORAGE_FULL`.
+/// Messages, logins of known devices and commits of existing groups go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_below_its_disk_mark_refuses_new_accounts_devices_groups_and_uploads_only() {
+    use quicnprotochat_tests::accounts::{device, log_in, register};
+    use quicnprotochat_tests::mls_commit;
+    let dir = tempfile::tempdir().unwrap();
+    let node = TestNode::start(dir.path()).await;
+    if node.config.store.is_some() {
+        // A store in PostgreSQL is on that server's disk: not watched.
+        node.stop().await;
+        return;
+    }
+    let (alice, bob, phone) = (device(), device(), device());
+    let group = b"before-the-disk-filled".to_vec();
+    let members = vec![alice.key().0.to_vec(), bob.key().0.to_vec()];
+    let to_bob = [(bob.key(), b"commit".to_vec())];
+    local(async {
+        let (_ca, a) = register(&node, "alice", "pw", &alice).await;
+        register(&node, "bob", "pw", &bob).await;
+        a.commit(&group, 0, &members, &to_bob, &mls_commit(&group, 0))
+            .await
+            .unwrap();
+    })
+    .await;
+    let mut config = node.config.clone();
+    node.stop().await;
+    config.limits.min_free_disk_bytes = u64::MAX;
+    let node = TestNode::start_with(config).await;
+    local(async {
+        let full = |r: Result<(), quicnprotochat_client::ClientError>, what: &str| {
+            let e = r.expect_err(what);
+            assert_eq!(e.code(), Some(ErrorCode::StorageFull), "{what}: {e}");
+        };
+        let carol = device();
+        let refused = node
+            .connect()
+            .await
+            .unwrap()
+            .register("carol", b"pw", &carol.id, None)
+            .await;
+        full(refused, "a new account");
+        let new_device = node
+            .connect()
+            .await
+            .unwrap()
+            .login("alice", b"pw", &phone.id, None)
+            .await
+            .map(|_| ());
+        full(new_device, "a new device");
+
+        let (_ca, a) = log_in(&node, "alice", "pw", &alice).await;
+        let kp = alice
+            .mls
+            .generate_key_package(quicnprotochat_crypto::mls::Suite::Classic, true)
+            .unwrap();
+        let hybrid = alice.hybrid.signed_public(&alice.id).to_bytes();
+        full(
+            a.upload_key_packages(&[], &kp, &hybrid).await,
+            "a KeyPackage upload",
+        );
+        let other = b"after-the-disk-filled".to_vec();
+        let new_group = a
+            .commit(&other, 0, &members, &to_bob, &mls_commit(&other, 0))
+            .await
+            .map(|_| ());
+        full(new_group, "a new group");
+
+        // What a conversation needs still passes.
+        a.commit(&group, 1, &members, &to_bob, &mls_commit(&group, 1))
+            .await
+            .expect("a commit of an existing group");
+        a.enqueue(&bob.key(), b"still talking")
+            .await
+            .expect("a message");
+    })
+    .await;
+    node.stop().await;
+}

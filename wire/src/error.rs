@@ -32,6 +32,10 @@ pub enum ErrorCode {
     /// A transient node-side failure (an actor restarted, the store is unavailable);
     /// nothing the caller had acknowledged is lost; retrying may succeed.
     Unavailable,
+    /// The node's disk is nearly full (below its high-water mark of free space):
+    /// it takes nothing that only adds data for good (accounts, devices, groups,
+    /// KeyPackage uploads) until its operator frees space. Messages still pass.
+    StorageFull,
 }
 
 /// The `NOT_FOUND` detail of a KeyPackage claim for an unknown user or device.
@@ -45,7 +49,7 @@ pub const NO_KEY_PACKAGES: &str = "no KeyPackages published for this ciphersuite
 
 impl ErrorCode {
     /// Every code, for exhaustive tests and parsing.
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 12] = [
         ErrorCode::QueueFull,
         ErrorCode::TooLarge,
         ErrorCode::Unauthorized,
@@ -57,6 +61,7 @@ impl ErrorCode {
         ErrorCode::Unavailable,
         ErrorCode::AlreadyExists,
         ErrorCode::QuotaExceeded,
+        ErrorCode::StorageFull,
     ];
 
     /// The stable text of the code, as it appears on the wire.
@@ -73,6 +78,7 @@ impl ErrorCode {
             ErrorCode::Unavailable => "UNAVAILABLE",
             ErrorCode::AlreadyExists => "ALREADY_EXISTS",
             ErrorCode::QuotaExceeded => "QUOTA_EXCEEDED",
+            ErrorCode::StorageFull => "STORAGE_FULL",
         }
     }
 
@@ -85,7 +91,10 @@ impl ErrorCode {
     pub const fn is_retryable(self) -> bool {
         matches!(
             self,
-            ErrorCode::QueueFull | ErrorCode::RateLimited | ErrorCode::Unavailable
+            ErrorCode::QueueFull
+                | ErrorCode::RateLimited
+                | ErrorCode::Unavailable
+                | ErrorCode::StorageFull
         )
     }
 }

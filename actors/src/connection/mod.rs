@@ -68,6 +68,9 @@ pub struct NodeContext {
     pub sealed_sender: bool,
     /// What calls in flight may hold, per connection and in all.
     pub budget: NodeBudget,
+    /// Whether the store's disk has room for data that stays (its high-water
+    /// mark).
+    pub disk: crate::disk::DiskRoom,
     /// When the node started (for `health`).
     pub started: Instant,
 }

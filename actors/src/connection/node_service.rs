@@ -227,6 +227,7 @@ impl node::Server for NodeService {
         let p = params.get().map_err(bad_params)?;
         let _call = admit(&self.budget, p.total_size())?;
         self.admit_login_attempt(p.get_auth_token().map_err(bad_params)?)?;
+        self.ctx.disk.check("a new account")?;
         let username = text(p.get_username())?;
         let request = p.get_request().map_err(bad_params)?.to_vec();
         // OPAQUE and a database read: off the RPC thread.
@@ -253,6 +254,7 @@ impl node::Server for NodeService {
             p.get_signature().map_err(bad_params)?,
         )?;
         let upload = p.get_upload().map_err(bad_params)?.to_vec();
+        self.ctx.disk.check("a new account")?;
         self.ctx
             .auth
             .register_finish(&username, &upload, device)
@@ -323,6 +325,11 @@ impl node::Server for NodeService {
                 login_refused()
             })?;
         let finalization = p.get_finalization().map_err(bad_params)?.to_vec();
+        // A device the node does not know yet is data that stays; a known one
+        // logs in whatever the disk.
+        if self.ctx.auth.account_of(&device).is_none() {
+            self.ctx.disk.check("a new device")?;
+        }
         let issued = match self
             .ctx
             .auth

@@ -491,6 +491,7 @@ impl session::Server for SessionService {
             .collect::<Result<Vec<_>, _>>()?;
         let last_resort = p.get_last_resort().map_err(bad_params)?.to_vec();
         let hybrid = p.get_hybrid_public_key().map_err(bad_params)?.to_vec();
+        self.ctx.disk.check("a KeyPackage upload")?;
         let device = self.terms.identity;
         // Validation is CPU work: off the RPC thread.
         let checked = blocking(move || check_upload(device, one_time, last_resort, hybrid))

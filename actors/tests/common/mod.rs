@@ -109,6 +109,7 @@ pub(crate) async fn start_groups(
             idle_after,
             live_actors,
             groups_per_device: 10,
+            disk: Default::default(),
         },
         Arc::new(|_: &IdentityKey| true),
     )

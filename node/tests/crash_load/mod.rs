@@ -37,8 +37,10 @@ pub(crate) struct Cast {
     pub(crate) outsider: Identity,
     /// Pause between two sends of each sender (none: as fast as answered).
     pub(crate) pace: Duration,
-    /// Set by [`Cast::stop`]: every role ends after its call in flight.
-    stopping: Cell<bool>,
+    /// Once set, every role ends after its call in flight, so that no commit
+    /// is still on its way when the inboxes are read back from a node that
+    /// stays up (an aborted call leaves its commit landing mid-read).
+    pub(crate) stopping: Cell<bool>,
 }
 
 impl Cast {
@@ -51,13 +53,6 @@ impl Cast {
             pace,
             stopping: Cell::new(false),
         }
-    }
-
-    /// Asks every role to end once its call in flight is answered, so that no
-    /// commit is still on its way when the inboxes are read back from a node
-    /// that stays up (an aborted call leaves its commit landing mid-read).
-    pub(crate) fn stop(&self) {
-        self.stopping.set(true);
     }
 
     fn stopping(&self) -> bool {
