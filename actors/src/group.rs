@@ -18,7 +18,9 @@ use quicnprotochat_wire::{ErrorCode, IdentityKey, WireError};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
 
-use crate::core::epoch::{EpochFence, FenceRefusal, check_group_quota, check_reaches_members};
+use crate::core::epoch::{
+    EpochFence, FenceRefusal, check_group_info_bytes, check_group_quota, check_reaches_members,
+};
 use crate::core::fanout::{FanoutRefusal, commit_fanout, send_recipients, split_removed};
 use crate::core::inbox::{Admission, InboxRefusal};
 use crate::error::DeliveryError;
@@ -64,9 +66,9 @@ impl From<CommitError> for WireError {
             CommitError::Fence(f @ FenceRefusal::Undelivered { .. }) => {
                 WireError::new(ErrorCode::BadRequest, f.to_string())
             }
-            CommitError::Fence(f @ FenceRefusal::TooManyGroups { .. }) => {
-                WireError::new(ErrorCode::QuotaExceeded, f.to_string())
-            }
+            CommitError::Fence(
+                f @ (FenceRefusal::TooManyGroups { .. } | FenceRefusal::GroupInfosOverQuota { .. }),
+            ) => WireError::new(ErrorCode::QuotaExceeded, f.to_string()),
             CommitError::StorageFull(w) => w,
             CommitError::Delivery(d) => d.into(),
             CommitError::Fanout(f @ FanoutRefusal::NotAMember) => {
@@ -166,6 +168,8 @@ pub struct GroupSettings {
     pub live_actors: usize,
     /// Groups one device may create (live fences it started).
     pub groups_per_device: u64,
+    /// Bytes of kept GroupInfos one device may have published.
+    pub group_info_bytes_per_device: u64,
     /// Whether the store's disk has room for a new group.
     pub disk: crate::disk::DiskRoom,
 }
@@ -346,6 +350,38 @@ async fn within_group_quota(args: &GroupArgs, committer: &IdentityKey) -> Result
     Ok(())
 }
 
+/// A commit publishing `group_info` counts its bytes against its committer's
+/// quota of kept GroupInfos (read through the writer, after every earlier
+/// write; the one it replaces in this group, if the committer's, is freed).
+async fn within_group_info_quota(
+    args: &GroupArgs,
+    committer: &IdentityKey,
+    group_info: Option<&[u8]>,
+) -> Result<(), CommitError> {
+    let Some(info) = group_info else {
+        return Ok(());
+    };
+    let device = committer.0;
+    let group_id = args.membership.key().clone();
+    let (total, here) = args
+        .writer
+        .request(|reply| {
+            WriteOp::Group(GroupWrite::GroupInfoBytes {
+                device,
+                group_id,
+                reply,
+            })
+        })
+        .await?;
+    check_group_info_bytes(
+        total,
+        here,
+        info.len() as u64,
+        args.settings.group_info_bytes_per_device,
+    )?;
+    Ok(())
+}
+
 /// The actor that owns one group's epoch fence.
 #[derive(Clone)]
 pub struct GroupActor;
@@ -432,6 +468,7 @@ impl Actor for GroupActor {
                     creator,
                     // This call publishes none: the one kept no longer matches.
                     group_info: None,
+                    publisher: committer.0,
                     expected: state.fence.next(),
                 };
                 let next = state.fence.after_accepting(epoch, members);
@@ -543,12 +580,14 @@ async fn commit_shared(state: &mut GroupActorState, c: SharedCommit) -> Result<u
     } else {
         None
     };
+    within_group_info_quota(&state.args, &c.committer, c.group_info.as_deref()).await?;
     let fence = FenceWrite {
         group_id: state.args.membership.key().clone(),
         next_epoch: c.epoch + 1,
         members: c.members.iter().copied().collect(),
         creator,
         group_info: c.group_info,
+        publisher: c.committer.0,
         expected: state.fence.next(),
     };
     let next = state.fence.after_accepting(c.epoch, c.members);

@@ -109,6 +109,8 @@ pub struct LimitsFile {
     pub session_idle_secs: Option<u64>,
     /// `min_free_disk_bytes`
     pub min_free_disk_bytes: Option<u64>,
+    /// `group_info_bytes_per_device`
+    pub group_info_bytes_per_device: Option<u64>,
 }
 
 /// What the node holds at most, resolved.
@@ -137,6 +139,9 @@ pub struct Limits {
     /// lives, new accounts, devices, groups and uploads get `STORAGE_FULL`
     /// (0: not watched).
     pub min_free_disk_bytes: u64,
+    /// Bytes of kept GroupInfos one device may have published (a commit past
+    /// it is `QUOTA_EXCEEDED`).
+    pub group_info_bytes_per_device: u64,
 }
 
 /// Default of `devices_per_account`: a person's phones, computers and
@@ -153,6 +158,11 @@ pub const MAX_SESSION_IDLE: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Default of `min_free_disk_bytes`: room left for the messages, acks and
 /// commits still taken, and for the store's own bookkeeping.
 pub const DEFAULT_MIN_FREE_DISK_BYTES: u64 = 1 << 30;
+
+/// Default of `group_info_bytes_per_device`: 64 GroupInfos of the largest
+/// groups, or thousands of small ones (a few KiB each); 1 GiB for an account
+/// of 16 devices.
+pub const DEFAULT_GROUP_INFO_BYTES_PER_DEVICE: u64 = 64 << 20;
 
 /// Default of `long_polls_per_inbox`: a few devices' worth of reconnects.
 pub const DEFAULT_LONG_POLLS_PER_INBOX: u32 = 8;
@@ -174,6 +184,7 @@ impl Default for Limits {
             devices_per_account: DEFAULT_DEVICES_PER_ACCOUNT,
             session_idle: quicnprotochat_actors::auth::DEFAULT_SESSION_IDLE,
             min_free_disk_bytes: DEFAULT_MIN_FREE_DISK_BYTES,
+            group_info_bytes_per_device: DEFAULT_GROUP_INFO_BYTES_PER_DEVICE,
         }
     }
 }
@@ -212,6 +223,9 @@ impl LimitsFile {
                 .session_idle_secs
                 .map_or(d.session_idle, Duration::from_secs),
             min_free_disk_bytes: self.min_free_disk_bytes.unwrap_or(d.min_free_disk_bytes),
+            group_info_bytes_per_device: self
+                .group_info_bytes_per_device
+                .unwrap_or(d.group_info_bytes_per_device),
         };
         let counts = [
             l.admission.connections,
@@ -225,6 +239,7 @@ impl LimitsFile {
             || l.budget.bytes_per_connection == 0
             || l.budget.reply_bytes_per_connection == 0
             || l.groups_per_device == 0
+            || l.group_info_bytes_per_device == 0
             || l.reply_stall.is_zero()
             || l.session_idle.is_zero()
         {
@@ -641,6 +656,7 @@ mod tests {
             devices_per_account,
             session_idle_secs,
             min_free_disk_bytes,
+            group_info_bytes_per_device,
         } = limits.unwrap();
         assert!(connections.is_some() && connections_per_address.is_some());
         assert!(calls_per_connection.is_some() && bytes_per_connection.is_some());
@@ -649,6 +665,7 @@ mod tests {
         assert!(groups_per_device.is_some() && reply_bytes_per_connection.is_some());
         assert!(reply_stall_secs.is_some() && devices_per_account.is_some());
         assert!(session_idle_secs.is_some() && min_free_disk_bytes.is_some());
+        assert!(group_info_bytes_per_device.is_some());
     }
 
     #[test]

@@ -201,6 +201,7 @@ impl Server {
                 idle_after: config.idle_inbox_after,
                 live_actors: config.limits.live_inboxes as usize,
                 groups_per_device: config.limits.groups_per_device,
+                group_info_bytes_per_device: config.limits.group_info_bytes_per_device,
                 disk: disk.clone(),
             },
             directory,

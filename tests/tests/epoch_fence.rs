@@ -746,3 +746,88 @@ async fn group_sends_and_shared_commits_reach_members_only_and_refusals_store_no
     .await;
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_keeps_at_most_its_quota_of_group_info_bytes_across_groups_and_restarts() {
+    // A solo group's GroupInfo, to size the quota: two and a half of them.
+    use quicnprotochat_client::CommitBodies;
+    use quicnprotochat_crypto::mls::{Group, Suite};
+    use quicnprotochat_tests::accounts::{device, log_in, register};
+    let bodies = |info: Option<&[u8]>| CommitBodies {
+        receipt: b"receipt".to_vec(),
+        group_info: info.map(<[u8]>::to_vec).unwrap_or_default(),
+        ..CommitBodies::default()
+    };
+    let code = |r: Result<u32, ClientError>| r.err().and_then(|e| e.code());
+    let probe = device();
+    let mut g = probe.mls.create_group(Suite::Classic, "probe").unwrap();
+    let size = g.self_update(&probe.mls).unwrap().group_info.unwrap().len() as u64;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = ServerConfig::ephemeral(dir.path());
+    config.limits.group_info_bytes_per_device = size * 5 / 2;
+    let node = TestNode::start_with(config).await;
+    let hana = device();
+    let me = vec![hana.key().0.to_vec()];
+    let mut groups = Vec::new();
+    local(async {
+        let (_ch, h) = register(&node, "hana", "pw", &hana).await;
+        // Publishes a GroupInfo in a group of its own by a self-update.
+        let publish = async |group: &mut Group, info: bool| {
+            let out = group.self_update(&hana.mls).unwrap();
+            let info = if info { out.group_info.clone() } else { None };
+            let r = h
+                .commit_group(
+                    &group.group_id(),
+                    out.epoch,
+                    &me,
+                    &out.commit,
+                    &bodies(info.as_deref()),
+                )
+                .await;
+            if r.is_ok() {
+                group.confirm_commit(&hana.mls).unwrap();
+            } else {
+                group.discard_commit(&hana.mls).unwrap();
+            }
+            r
+        };
+        for name in ["a", "b", "c"] {
+            groups.push(hana.mls.create_group(Suite::Classic, name).unwrap());
+        }
+        publish(&mut groups[0], true).await.unwrap();
+        publish(&mut groups[1], true).await.unwrap();
+        let refused = publish(&mut groups[2], true).await;
+        assert_eq!(code(refused), Some(ErrorCode::QuotaExceeded));
+        // Its own GroupInfo replaced counts once.
+        publish(&mut groups[0], true)
+            .await
+            .expect("a replacement frees the one it replaces");
+        // A commit publishing none frees the group's share.
+        publish(&mut groups[0], false).await.unwrap();
+        publish(&mut groups[2], true)
+            .await
+            .expect("room again once a's is gone");
+    })
+    .await;
+    let node = node.restart().await;
+    local(async {
+        let (_ch, h) = log_in(&node, "hana", "pw", &hana).await;
+        let out = groups[0].self_update(&hana.mls).unwrap();
+        let refused = h
+            .commit_group(
+                &groups[0].group_id(),
+                out.epoch,
+                &me,
+                &out.commit,
+                &bodies(out.group_info.as_deref()),
+            )
+            .await;
+        assert_eq!(
+            code(refused),
+            Some(ErrorCode::QuotaExceeded),
+            "b's and c's still count after a restart"
+        );
+    })
+    .await;
+    node.stop().await;
+}

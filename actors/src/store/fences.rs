@@ -88,7 +88,8 @@ pub fn groups_created(txn: &WriteTransaction, device: &[u8; 32]) -> Result<u64, 
 
 /// Writes a group's fence; `creator` is set for the commit that creates it (and
 /// counts against that device's quota). `group_info`: the GroupInfo the commit
-/// published, if any (kept in place of the one before, which no longer matches).
+/// published, if any (kept in place of the one before, which no longer matches),
+/// charged to `publisher`, the committer.
 pub fn set_group_fence(
     txn: &WriteTransaction,
     group_id: &[u8],
@@ -96,9 +97,17 @@ pub fn set_group_fence(
     members: &[[u8; 32]],
     creator: Option<&[u8; 32]>,
     group_info: Option<&[u8]>,
+    publisher: &[u8; 32],
 ) -> Result<(), StoreError> {
     let (_, before) = group_fence(txn, group_id)?;
-    super::group_directory::record_commit(txn, group_id, &before, members, group_info)?;
+    super::group_directory::record_commit(
+        txn,
+        group_id,
+        &before,
+        members,
+        group_info,
+        Some(publisher),
+    )?;
     if let Some(c) = creator {
         txn.open_table(GROUP_CREATORS)?.insert(group_id, c)?;
         let n = groups_created(txn, c)?;
@@ -128,6 +137,14 @@ pub(super) fn apply(txn: &WriteTransaction, op: GroupWrite) -> AfterCommit {
         GroupWrite::GroupsCreated { device, reply } => {
             after_commit(reply, groups_created(txn, &device).map_err(e))
         }
+        GroupWrite::GroupInfoBytes {
+            device,
+            group_id,
+            reply,
+        } => after_commit(
+            reply,
+            super::group_directory::group_info_bytes(txn, &device, &group_id).map_err(e),
+        ),
         GroupWrite::CollectDead {
             is_member_alive,
             reply,

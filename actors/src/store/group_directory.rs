@@ -15,11 +15,60 @@ pub(super) const GROUP_INFOS: TableDefinition<&[u8], &[u8]> = TableDefinition::n
 /// (member device, group id) → (): the groups whose fence names a device.
 pub(super) const MEMBER_GROUPS: TableDefinition<(&[u8; 32], &[u8]), ()> =
     TableDefinition::new("member_groups");
+/// Group id → (the device that published its GroupInfo, the GroupInfo's bytes).
+/// A GroupInfo kept from before this table has no row: nobody is charged.
+const GROUP_INFO_PUBLISHERS: TableDefinition<&[u8], (&[u8; 32], u64)> =
+    TableDefinition::new("group_info_publishers");
+/// Device → the bytes of the GroupInfos it published that are still kept (its
+/// quota of stored GroupInfo bytes).
+const PUBLISHED_BYTES: TableDefinition<&[u8; 32], u64> = TableDefinition::new("published_bytes");
 
 /// Creates the tables if missing.
 pub(super) fn open_tables(txn: &WriteTransaction) -> Result<(), StoreError> {
     txn.open_table(GROUP_INFOS)?;
     txn.open_table(MEMBER_GROUPS)?;
+    txn.open_table(GROUP_INFO_PUBLISHERS)?;
+    txn.open_table(PUBLISHED_BYTES)?;
+    Ok(())
+}
+
+/// The bytes of the GroupInfos `device` published that are still kept, and of
+/// those the bytes of `group_id`'s (0 if another device published it).
+pub(super) fn group_info_bytes(
+    txn: &WriteTransaction,
+    device: &[u8; 32],
+    group_id: &[u8],
+) -> Result<(u64, u64), StoreError> {
+    let total = txn
+        .open_table(PUBLISHED_BYTES)?
+        .get(device)?
+        .map_or(0, |v| v.value());
+    let here = match txn.open_table(GROUP_INFO_PUBLISHERS)?.get(group_id)? {
+        Some(v) if v.value().0 == device => v.value().1,
+        _ => 0,
+    };
+    Ok((total, here))
+}
+
+/// Moves `bytes` onto (`add`) or off `device`'s published total.
+fn charge(
+    txn: &WriteTransaction,
+    device: &[u8; 32],
+    bytes: u64,
+    add: bool,
+) -> Result<(), StoreError> {
+    let mut totals = txn.open_table(PUBLISHED_BYTES)?;
+    let now = totals.get(device)?.map_or(0, |v| v.value());
+    let next = if add {
+        now.saturating_add(bytes)
+    } else {
+        now.saturating_sub(bytes)
+    };
+    if next == 0 {
+        totals.remove(device)?;
+    } else {
+        totals.insert(device, next)?;
+    }
     Ok(())
 }
 
@@ -42,14 +91,29 @@ pub(super) fn rebuild_member_index(txn: &WriteTransaction) -> Result<usize, Stor
 
 /// Moves the index of `group_id` from the members `before` to those `after`,
 /// and keeps `group_info` as its latest GroupInfo (`None`: forget the one it
-/// had, which describes an epoch the group has left).
+/// had, which describes an epoch the group has left), charged to `publisher`;
+/// the one it replaces is taken off its own publisher's total.
 pub(super) fn record_commit(
     txn: &WriteTransaction,
     group_id: &[u8],
     before: &[[u8; 32]],
     after: &[[u8; 32]],
     group_info: Option<&[u8]>,
+    publisher: Option<&[u8; 32]>,
 ) -> Result<(), StoreError> {
+    let old = txn
+        .open_table(GROUP_INFO_PUBLISHERS)?
+        .remove(group_id)?
+        .map(|v| (*v.value().0, v.value().1));
+    if let Some((device, bytes)) = old {
+        charge(txn, &device, bytes, false)?;
+    }
+    if let (Some(info), Some(device)) = (group_info, publisher) {
+        let bytes = info.len() as u64;
+        txn.open_table(GROUP_INFO_PUBLISHERS)?
+            .insert(group_id, (device, bytes))?;
+        charge(txn, device, bytes, true)?;
+    }
     let mut index = txn.open_table(MEMBER_GROUPS)?;
     for gone in before.iter().filter(|m| !after.contains(m)) {
         index.remove((gone, group_id))?;
@@ -71,7 +135,7 @@ pub(super) fn forget_group(
     group_id: &[u8],
     members: &[[u8; 32]],
 ) -> Result<(), StoreError> {
-    record_commit(txn, group_id, members, &[], None)
+    record_commit(txn, group_id, members, &[], None, None)
 }
 
 impl ServerStore {

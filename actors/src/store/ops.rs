@@ -212,6 +212,16 @@ pub enum GroupWrite {
         /// Answered with the count.
         reply: Reply<u64>,
     },
+    /// The bytes of the GroupInfos a device published that are still kept, and
+    /// of those the bytes of one group's (its quota of stored GroupInfo bytes).
+    GroupInfoBytes {
+        /// The device.
+        device: [u8; 32],
+        /// The group it is about to publish in.
+        group_id: Vec<u8>,
+        /// Answered with (the device's total, this group's share of it).
+        reply: Reply<(u64, u64)>,
+    },
     /// Deletes the fences of groups none of whose members `is_member_alive`.
     CollectDead {
         /// Whether a member device still exists.
@@ -258,6 +268,7 @@ impl GroupWrite {
         match self {
             GroupWrite::Fence { reply, .. } => drop(reply.send(Err(err))),
             GroupWrite::GroupsCreated { reply, .. } => drop(reply.send(Err(err))),
+            GroupWrite::GroupInfoBytes { reply, .. } => drop(reply.send(Err(err))),
             GroupWrite::CollectDead { reply, .. } => drop(reply.send(Err(err))),
         }
     }

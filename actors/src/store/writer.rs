@@ -169,6 +169,8 @@ pub struct FenceWrite {
     pub creator: Option<[u8; 32]>,
     /// The GroupInfo the commit published for the epoch it leads to, if any.
     pub group_info: Option<Vec<u8>>,
+    /// The committer: its GroupInfo counts against its quota of stored bytes.
+    pub publisher: [u8; 32],
     /// The fence the commit was checked against (the epoch the store should
     /// hold as next; `None`: the group has no fence yet). A store that other
     /// nodes write too refuses the write when the stored fence differs.
@@ -384,6 +386,7 @@ fn append_many(
             &f.members,
             f.creator.as_ref(),
             f.group_info.as_deref(),
+            &f.publisher,
         )?;
     }
     Ok(appends.iter().map(|a| a.seq).collect())
@@ -423,6 +426,7 @@ fn append_shared(
             &f.members,
             f.creator.as_ref(),
             f.group_info.as_deref(),
+            &f.publisher,
         )?;
     }
     Ok(())

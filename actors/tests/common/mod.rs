@@ -109,6 +109,7 @@ pub(crate) async fn start_groups(
             idle_after,
             live_actors,
             groups_per_device: 10,
+            group_info_bytes_per_device: 1 << 30,
             disk: Default::default(),
         },
         Arc::new(|_: &IdentityKey| true),

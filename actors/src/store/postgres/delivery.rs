@@ -338,7 +338,60 @@ pub(super) async fn groups_created(
     Ok(row.map_or(0, |r| u(r.get(0))))
 }
 
-/// Writes a group's new fence, the member index and its GroupInfo.
+/// The bytes of the GroupInfos `device` published that are still kept, and of
+/// those the bytes of `group_id`'s (0 if another device published it).
+pub(super) async fn group_info_bytes(
+    txn: &Transaction<'_>,
+    device: &[u8; 32],
+    group_id: &[u8],
+) -> Result<(u64, u64), StoreError> {
+    let row = txn
+        .query_one(
+            "SELECT COALESCE((SELECT bytes FROM published_bytes WHERE device = $1), 0),                     COALESCE((SELECT length(group_info)::BIGINT FROM groups                               WHERE group_id = $2 AND publisher = $1), 0)",
+            &[&&device[..], &group_id],
+        )
+        .await
+        .map_err(pg)?;
+    Ok((u(row.get(0)), u(row.get(1))))
+}
+
+/// Moves `bytes` onto (positive) or off (negative) `device`'s published total.
+async fn charge(txn: &Transaction<'_>, device: &[u8], bytes: i64) -> Result<(), StoreError> {
+    txn.execute(
+        "INSERT INTO published_bytes AS t (device, bytes) VALUES ($1, GREATEST($2::BIGINT, 0))          ON CONFLICT (device) DO UPDATE SET bytes = GREATEST(t.bytes + $2::BIGINT, 0)",
+        &[&device, &bytes],
+    )
+    .await
+    .map_err(pg)?;
+    txn.execute(
+        "DELETE FROM published_bytes WHERE device = $1 AND bytes = 0",
+        &[&device],
+    )
+    .await
+    .map_err(pg)?;
+    Ok(())
+}
+
+/// Takes a group's kept GroupInfo off its publisher's total (before it is
+/// replaced or deleted).
+async fn uncharge_group_info(txn: &Transaction<'_>, group_id: &[u8]) -> Result<(), StoreError> {
+    let old = txn
+        .query_opt(
+            "SELECT publisher, length(group_info)::BIGINT FROM groups              WHERE group_id = $1 AND publisher IS NOT NULL AND group_info IS NOT NULL",
+            &[&group_id],
+        )
+        .await
+        .map_err(pg)?;
+    if let Some(r) = old {
+        let publisher: Vec<u8> = r.get(0);
+        let bytes: i64 = r.get(1);
+        charge(txn, &publisher, -bytes).await?;
+    }
+    Ok(())
+}
+
+/// Writes a group's new fence, the member index and its GroupInfo (charged to
+/// the committer; the one it replaces is taken off its own publisher).
 pub(super) async fn set_group_fence(
     txn: &Transaction<'_>,
     f: &FenceWrite,
@@ -377,21 +430,27 @@ pub(super) async fn set_group_fence(
         .await
         .map_err(pg)?;
     }
+    uncharge_group_info(txn, &f.group_id).await?;
+    let publisher = f.group_info.as_ref().map(|_| &f.publisher[..]);
     txn.execute(
-        "INSERT INTO groups AS t (group_id, next_epoch, members, creator, group_info) \
-           VALUES ($1, $2, $3, $4, $5) \
+        "INSERT INTO groups AS t (group_id, next_epoch, members, creator, group_info, publisher) \
+           VALUES ($1, $2, $3, $4, $5, $6) \
          ON CONFLICT (group_id) DO UPDATE SET next_epoch = $2, members = $3, \
-           creator = COALESCE($4, t.creator), group_info = $5",
+           creator = COALESCE($4, t.creator), group_info = $5, publisher = $6",
         &[
             &f.group_id,
             &i(f.next_epoch),
             &f.members.concat(),
             &f.creator.as_ref().map(|c| &c[..]),
             &f.group_info,
+            &publisher,
         ],
     )
     .await
     .map_err(pg)?;
+    if let Some(info) = &f.group_info {
+        charge(txn, &f.publisher, info.len() as i64).await?;
+    }
     Ok(())
 }
 
@@ -415,6 +474,7 @@ pub(super) async fn collect_dead_group_fences(
             continue;
         }
         let group_id: Vec<u8> = r.get(0);
+        uncharge_group_info(txn, &group_id).await?;
         txn.execute("DELETE FROM groups WHERE group_id = $1", &[&group_id])
             .await
             .map_err(pg)?;

@@ -167,7 +167,8 @@ impl PgStore {
         .await?;
         each(
             &txn,
-            "INSERT INTO groups VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO groups (group_id, next_epoch, members, creator, group_info) \
+             VALUES ($1, $2, $3, $4, $5)",
             &s.groups,
             |(g, next, members, creator, info)| {
                 vec![

@@ -541,6 +541,14 @@ async fn apply_group(
         GroupWrite::GroupsCreated { device, reply } => {
             after_commit(reply, Ok(delivery::groups_created(txn, &device).await?))
         }
+        GroupWrite::GroupInfoBytes {
+            device,
+            group_id,
+            reply,
+        } => after_commit(
+            reply,
+            Ok(delivery::group_info_bytes(txn, &device, &group_id).await?),
+        ),
         GroupWrite::CollectDead {
             is_member_alive,
             reply,
