@@ -47,6 +47,15 @@ impl DiskRoom {
         })))
     }
 
+    /// Reads the free space if the last reading is stale: called every few
+    /// seconds by the node, so that the gauge stays current while nothing new
+    /// is asked for.
+    pub fn refresh(&self) {
+        if let Some(w) = &self.0 {
+            w.free_bytes();
+        }
+    }
+
     /// `STORAGE_FULL` when the disk is below its high-water mark; `what` says
     /// what was refused. A disk whose free space cannot be read is taken to
     /// have room (the store's own writes then say what is wrong).
@@ -55,14 +64,20 @@ impl DiskRoom {
             return Ok(());
         };
         match w.free_bytes() {
-            Some(free) if free < w.min_free => Err(WireError::new(
-                ErrorCode::StorageFull,
-                format!(
-                    "{what} refused: the node's disk has {} MiB free, below its mark of {} MiB",
-                    free >> 20,
-                    w.min_free >> 20
-                ),
-            )),
+            Some(free) if free < w.min_free => {
+                // The figures go to the operator's log, not to callers (some
+                // of which have not even proven a password yet).
+                tracing::warn!(
+                    free_mib = free >> 20,
+                    mark_mib = w.min_free >> 20,
+                    refused = what,
+                    "the disk is below its high-water mark"
+                );
+                Err(WireError::new(
+                    ErrorCode::StorageFull,
+                    format!("{what} refused: the node's disk is nearly full"),
+                ))
+            }
             _ => Ok(()),
         }
     }

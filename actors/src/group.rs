@@ -19,7 +19,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
 
 use crate::core::epoch::{
-    EpochFence, FenceRefusal, check_group_info_bytes, check_group_quota, check_reaches_members,
+    EpochFence, FenceRefusal, check_group_quota, check_reaches_members, keeps_group_info,
 };
 use crate::core::fanout::{FanoutRefusal, commit_fanout, send_recipients, split_removed};
 use crate::core::inbox::{Admission, InboxRefusal};
@@ -66,9 +66,9 @@ impl From<CommitError> for WireError {
             CommitError::Fence(f @ FenceRefusal::Undelivered { .. }) => {
                 WireError::new(ErrorCode::BadRequest, f.to_string())
             }
-            CommitError::Fence(
-                f @ (FenceRefusal::TooManyGroups { .. } | FenceRefusal::GroupInfosOverQuota { .. }),
-            ) => WireError::new(ErrorCode::QuotaExceeded, f.to_string()),
+            CommitError::Fence(f @ FenceRefusal::TooManyGroups { .. }) => {
+                WireError::new(ErrorCode::QuotaExceeded, f.to_string())
+            }
             CommitError::StorageFull(w) => w,
             CommitError::Delivery(d) => d.into(),
             CommitError::Fanout(f @ FanoutRefusal::NotAMember) => {
@@ -350,16 +350,17 @@ async fn within_group_quota(args: &GroupArgs, committer: &IdentityKey) -> Result
     Ok(())
 }
 
-/// A commit publishing `group_info` counts its bytes against its committer's
-/// quota of kept GroupInfos (read through the writer, after every earlier
-/// write; the one it replaces in this group, if the committer's, is freed).
-async fn within_group_info_quota(
+/// The GroupInfo a commit publishes, if it fits its committer's quota of kept
+/// GroupInfo bytes (read through the writer, after every earlier write; the one
+/// it replaces in this group, if the committer's, is freed); `None` past it:
+/// the commit goes through, its GroupInfo is not kept.
+async fn group_info_within_quota(
     args: &GroupArgs,
     committer: &IdentityKey,
-    group_info: Option<&[u8]>,
-) -> Result<(), CommitError> {
+    group_info: Option<Vec<u8>>,
+) -> Result<Option<Vec<u8>>, CommitError> {
     let Some(info) = group_info else {
-        return Ok(());
+        return Ok(None);
     };
     let device = committer.0;
     let group_id = args.membership.key().clone();
@@ -373,13 +374,17 @@ async fn within_group_info_quota(
             })
         })
         .await?;
-    check_group_info_bytes(
-        total,
-        here,
-        info.len() as u64,
-        args.settings.group_info_bytes_per_device,
-    )?;
-    Ok(())
+    let max = args.settings.group_info_bytes_per_device;
+    if keeps_group_info(total, here, info.len() as u64, max) {
+        return Ok(Some(info));
+    }
+    metrics::counter!(crate::telemetry::GROUP_INFOS_NOT_KEPT_TOTAL).increment(1);
+    tracing::info!(
+        kept = total,
+        max,
+        "a commit's GroupInfo is past its device's quota: the commit goes on without it"
+    );
+    Ok(None)
 }
 
 /// The actor that owns one group's epoch fence.
@@ -580,13 +585,13 @@ async fn commit_shared(state: &mut GroupActorState, c: SharedCommit) -> Result<u
     } else {
         None
     };
-    within_group_info_quota(&state.args, &c.committer, c.group_info.as_deref()).await?;
+    let group_info = group_info_within_quota(&state.args, &c.committer, c.group_info).await?;
     let fence = FenceWrite {
         group_id: state.args.membership.key().clone(),
         next_epoch: c.epoch + 1,
         members: c.members.iter().copied().collect(),
         creator,
-        group_info: c.group_info,
+        group_info,
         publisher: c.committer.0,
         expected: state.fence.next(),
     };

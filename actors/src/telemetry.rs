@@ -35,12 +35,15 @@ pub const CONNECTIONS_REFUSED_TOTAL: &str = "qpc_connections_refused_total";
 pub const OVER_BUDGET_TOTAL: &str = "qpc_calls_over_budget_total";
 /// Connections closed because their replies stayed unread too long (counter).
 pub const STALLED_CONNECTIONS_TOTAL: &str = "qpc_stalled_connections_total";
+/// Commits whose GroupInfo was past its device's quota and not kept (counter).
+pub const GROUP_INFOS_NOT_KEPT_TOTAL: &str = "qpc_group_infos_not_kept_total";
 /// Request bytes held by calls in flight (gauge).
 pub const BYTES_IN_FLIGHT: &str = "qpc_call_bytes_in_flight";
 pub use quicnprotochat_wire::error::REFUSALS_TOTAL;
 
 /// Every counter, so a fresh node reports them at zero rather than not at all.
-pub const COUNTERS: [&str; 12] = [
+pub const COUNTERS: [&str; 13] = [
+    GROUP_INFOS_NOT_KEPT_TOTAL,
     OVER_BUDGET_TOTAL,
     STALLED_CONNECTIONS_TOTAL,
     LOGINS_TOTAL,

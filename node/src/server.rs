@@ -324,6 +324,9 @@ impl Server {
                 tick.tick().await;
                 metrics::gauge!(telemetry::BYTES_IN_FLIGHT)
                     .set(ctx.budget.bytes_in_flight() as f64);
+                if second % 10 == 0 {
+                    ctx.disk.refresh();
+                }
                 if second % 60 != 0 {
                     continue;
                 }

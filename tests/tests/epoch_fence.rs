@@ -748,7 +748,8 @@ async fn group_sends_and_shared_commits_reach_members_only_and_refusals_store_no
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_device_keeps_at_most_its_quota_of_group_info_bytes_across_groups_and_restarts() {
+async fn a_device_keeps_at_most_its_quota_of_group_info_bytes_and_a_commit_past_it_goes_on_without()
+{
     // A solo group's GroupInfo, to size the quota: two and a half of them.
     use quicnprotochat_client::CommitBodies;
     use quicnprotochat_crypto::mls::{Group, Suite};
@@ -758,7 +759,6 @@ async fn a_device_keeps_at_most_its_quota_of_group_info_bytes_across_groups_and_
         group_info: info.map(<[u8]>::to_vec).unwrap_or_default(),
         ..CommitBodies::default()
     };
-    let code = |r: Result<u32, ClientError>| r.err().and_then(|e| e.code());
     let probe = device();
     let mut g = probe.mls.create_group(Suite::Classic, "probe").unwrap();
     let size = g.self_update(&probe.mls).unwrap().group_info.unwrap().len() as u64;
@@ -794,37 +794,50 @@ async fn a_device_keeps_at_most_its_quota_of_group_info_bytes_across_groups_and_
         for name in ["a", "b", "c"] {
             groups.push(hana.mls.create_group(Suite::Classic, name).unwrap());
         }
+        // Whether the node keeps a GroupInfo for the group now.
+        let kept = async |group: &Group| match h.group_info(&group.group_id()).await {
+            Ok(_) => true,
+            Err(e) if e.code() == Some(ErrorCode::NotFound) => false,
+            Err(e) => panic!("{e}"),
+        };
         publish(&mut groups[0], true).await.unwrap();
         publish(&mut groups[1], true).await.unwrap();
-        let refused = publish(&mut groups[2], true).await;
-        assert_eq!(code(refused), Some(ErrorCode::QuotaExceeded));
-        // Its own GroupInfo replaced counts once.
-        publish(&mut groups[0], true)
-            .await
-            .expect("a replacement frees the one it replaces");
-        // A commit publishing none frees the group's share.
-        publish(&mut groups[0], false).await.unwrap();
         publish(&mut groups[2], true)
             .await
-            .expect("room again once a's is gone");
+            .expect("a commit past the quota goes on");
+        assert!(kept(&groups[0]).await && kept(&groups[1]).await);
+        assert!(!kept(&groups[2]).await, "its GroupInfo is not kept");
+        // Its own GroupInfo replaced counts once.
+        publish(&mut groups[0], true).await.unwrap();
+        assert!(
+            kept(&groups[0]).await,
+            "a replacement frees the one it replaces"
+        );
+        // A commit publishing none frees the group's share.
+        publish(&mut groups[0], false).await.unwrap();
+        publish(&mut groups[2], true).await.unwrap();
+        assert!(kept(&groups[2]).await, "room again once a's is gone");
     })
     .await;
     let node = node.restart().await;
     local(async {
         let (_ch, h) = log_in(&node, "hana", "pw", &hana).await;
         let out = groups[0].self_update(&hana.mls).unwrap();
-        let refused = h
-            .commit_group(
-                &groups[0].group_id(),
-                out.epoch,
-                &me,
-                &out.commit,
-                &bodies(out.group_info.as_deref()),
-            )
-            .await;
+        h.commit_group(
+            &groups[0].group_id(),
+            out.epoch,
+            &me,
+            &out.commit,
+            &bodies(out.group_info.as_deref()),
+        )
+        .await
+        .unwrap();
         assert_eq!(
-            code(refused),
-            Some(ErrorCode::QuotaExceeded),
+            h.group_info(&groups[0].group_id())
+                .await
+                .unwrap_err()
+                .code(),
+            Some(ErrorCode::NotFound),
             "b's and c's still count after a restart"
         );
     })

@@ -87,6 +87,17 @@ impl ErrorCode {
         ErrorCode::ALL.into_iter().find(|c| c.as_str() == s)
     }
 
+    /// The code a peer that predates this one reads instead: sent after it
+    /// (`STORAGE_FULL: UNAVAILABLE: …`), so an older client, which skips codes
+    /// it does not know, still sees a typed refusal rather than a broken
+    /// connection. `None` for the codes every version knows.
+    pub const fn fallback(self) -> Option<ErrorCode> {
+        match self {
+            ErrorCode::StorageFull => Some(ErrorCode::Unavailable),
+            _ => None,
+        }
+    }
+
     /// Whether the same call may succeed if simply tried again later.
     pub const fn is_retryable(self) -> bool {
         matches!(
@@ -135,7 +146,13 @@ impl WireError {
                 None => (rest, None),
             };
             if let Some(code) = ErrorCode::from_code_str(head.trim()) {
-                let detail = tail.map(|t| t.trim_start()).unwrap_or("");
+                let mut detail = tail.map(|t| t.trim_start()).unwrap_or("");
+                if let Some(older) = code.fallback() {
+                    detail = detail
+                        .strip_prefix(older.as_str())
+                        .and_then(|d| d.strip_prefix(':'))
+                        .map_or(detail, str::trim_start);
+                }
                 return Some(WireError::new(code, detail));
             }
             rest = tail?;
@@ -151,7 +168,10 @@ pub const REFUSALS_TOTAL: &str = "qpc_refusals_total";
 impl From<WireError> for capnp::Error {
     fn from(e: WireError) -> Self {
         metrics::counter!(REFUSALS_TOTAL, "code" => e.code.as_str()).increment(1);
-        let text = format!("{}: {}", e.code, e.detail);
+        let text = match e.code.fallback() {
+            Some(older) => format!("{}: {older}: {}", e.code, e.detail),
+            None => format!("{}: {}", e.code, e.detail),
+        };
         match e.code {
             ErrorCode::Unimplemented => capnp::Error::unimplemented(text),
             ErrorCode::RateLimited | ErrorCode::QueueFull => capnp::Error::overloaded(text),
@@ -220,6 +240,22 @@ mod tests {
         for code in ErrorCode::ALL {
             assert_eq!(ErrorCode::from_code_str(code.as_str()), Some(code));
         }
+    }
+
+    #[test]
+    fn a_newer_code_travels_with_its_fallback_and_each_side_reads_its_own() {
+        let sent: capnp::Error = WireError::new(ErrorCode::StorageFull, "disk low").into();
+        assert_eq!(sent.extra, "STORAGE_FULL: UNAVAILABLE: disk low");
+        assert_eq!(
+            WireError::parse(&sent.extra),
+            Some(WireError::new(ErrorCode::StorageFull, "disk low"))
+        );
+        // An older peer knows no STORAGE_FULL: it skips it and finds UNAVAILABLE.
+        let older = sent.extra.split_once(": ").unwrap().1;
+        assert_eq!(
+            WireError::parse(older).map(|w| w.code),
+            Some(ErrorCode::Unavailable)
+        );
     }
 
     #[test]

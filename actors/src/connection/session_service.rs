@@ -167,13 +167,7 @@ impl SessionService {
         &self,
         list: capnp::data_list::Reader<'_>,
     ) -> Result<std::collections::BTreeSet<[u8; 32]>, capnp::Error> {
-        if list.len() as usize > MAX_DELIVERIES {
-            return Err(commit_refusal(CommitCallRefusal::TooManyMembers));
-        }
-        let members = list
-            .iter()
-            .map(|m| Ok(IdentityKey::from_wire(m.map_err(bad_params)?, "member")?.0))
-            .collect::<Result<std::collections::BTreeSet<_>, capnp::Error>>()?;
+        let members = identity_keys(list, "member")?;
         check_members(&members, &self.terms.identity.0).map_err(commit_refusal)?;
         Ok(members)
     }
@@ -325,14 +319,7 @@ impl session::Server for SessionService {
         let p = params.get().map_err(bad_params)?;
         let group_id = p.get_group_id().map_err(bad_params)?;
         check_group_id(group_id).map_err(commit_refusal)?;
-        let keys = p.get_identity_keys().map_err(bad_params)?;
-        if keys.len() as usize > MAX_DELIVERIES {
-            return Err(commit_refusal(CommitCallRefusal::TooManyMembers));
-        }
-        let asked = keys
-            .iter()
-            .map(|k| Ok(IdentityKey::from_wire(k.map_err(bad_params)?, "identity key")?.0))
-            .collect::<Result<std::collections::BTreeSet<_>, capnp::Error>>()?;
+        let asked = identity_keys(p.get_identity_keys().map_err(bad_params)?, "identity key")?;
         let found =
             super::rejoin::group_members(&self.ctx, &self.terms.identity, group_id, &asked).await?;
         reserve_reply(&self.budget, member_entry_bytes(&found))?;
@@ -886,6 +873,20 @@ fn check_commit_call(
 ) -> Result<CommitHeader, capnp::Error> {
     check_group_id(group_id).map_err(commit_refusal)?;
     check_commit_header(mls_commit, group_id, epoch).map_err(commit_refusal)
+}
+
+/// A list of identity keys (`what` names them in a refusal), at most as many as
+/// a group has members (`TOO_LARGE`).
+fn identity_keys(
+    list: capnp::data_list::Reader<'_>,
+    what: &str,
+) -> Result<std::collections::BTreeSet<[u8; 32]>, capnp::Error> {
+    if list.len() as usize > MAX_DELIVERIES {
+        return Err(commit_refusal(CommitCallRefusal::TooManyMembers));
+    }
+    list.iter()
+        .map(|k| Ok(IdentityKey::from_wire(k.map_err(bad_params)?, what)?.0))
+        .collect()
 }
 
 /// What directory entries take in a reply: ~1.2 KiB each (a hybrid key and a

@@ -62,34 +62,17 @@ pub enum FenceRefusal {
         /// The quota.
         max: u64,
     },
-    /// The GroupInfos the committer published and the node keeps would take
-    /// more bytes than one device may have kept.
-    #[error(
-        "this device's kept GroupInfos would take {would} bytes, past the {max} one device may keep"
-    )]
-    GroupInfosOverQuota {
-        /// What they would take with this commit's.
-        would: u64,
-        /// The quota.
-        max: u64,
-    },
 }
 
-/// Whether a commit publishing a GroupInfo of `new_bytes` may be kept, its
+/// Whether the GroupInfo of `new_bytes` a commit publishes is kept, its
 /// committer's kept GroupInfos taking `total` bytes of which `here` in this
-/// group's (replaced by the new one), at most `max` being allowed. A commit that
-/// publishes none only frees bytes.
-pub fn check_group_info_bytes(
-    total: u64,
-    here: u64,
-    new_bytes: u64,
-    max: u64,
-) -> Result<(), FenceRefusal> {
+/// group's (which the new one replaces), at most `max` being allowed: yes within
+/// the quota, and yes for one that does not grow the total. A GroupInfo not
+/// kept does not refuse its commit (a removal must never wait on a quota); the
+/// group is then not rejoinable until a later commit publishes one that fits.
+pub fn keeps_group_info(total: u64, here: u64, new_bytes: u64, max: u64) -> bool {
     let would = total.saturating_sub(here).saturating_add(new_bytes);
-    if new_bytes > 0 && would > max {
-        return Err(FenceRefusal::GroupInfosOverQuota { would, max });
-    }
-    Ok(())
+    would <= max || new_bytes <= here
 }
 
 /// Whether a device that created `created` groups may create another, at most
@@ -253,18 +236,13 @@ mod tests {
 
     #[test]
     fn a_device_keeps_at_most_its_quota_of_group_info_bytes_and_a_replacement_counts_once() {
-        assert_eq!(check_group_info_bytes(0, 0, 100, 100), Ok(()));
+        assert!(keeps_group_info(0, 0, 100, 100));
         // Replacing its own 60 bytes here with 100: 40 + 100 fits in 140.
-        assert_eq!(check_group_info_bytes(100, 60, 100, 140), Ok(()));
-        assert_eq!(
-            check_group_info_bytes(100, 0, 100, 150),
-            Err(FenceRefusal::GroupInfosOverQuota {
-                would: 200,
-                max: 150
-            })
-        );
-        // Publishing nothing is never refused, even over the quota.
-        assert_eq!(check_group_info_bytes(500, 0, 0, 100), Ok(()));
+        assert!(keeps_group_info(100, 60, 100, 140));
+        assert!(!keeps_group_info(100, 0, 100, 150));
+        // Over the quota already (a lowered setting), a smaller one still goes.
+        assert!(keeps_group_info(500, 80, 60, 100));
+        assert!(!keeps_group_info(500, 80, 90, 100));
     }
 
     #[test]

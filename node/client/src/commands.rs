@@ -102,16 +102,20 @@ async fn upload_key_packages(
     Ok(())
 }
 
-/// Tops up the published one-time KeyPackages when few are left.
-async fn refill_if_low(
-    state: &ClientState,
-    identity: &Identity,
-    session: &SessionHandle,
-) -> Result<(), CommandError> {
-    let (remaining, _) = session.key_package_status().await?;
-    match crate::key_packages::refill_count(remaining) {
-        0 => Ok(()),
-        count => upload_key_packages(state, identity, session, count, false).await,
+/// Tops up the published one-time KeyPackages when few are left. A top-up the
+/// node refuses (its disk nearly full) or cannot take is said on stderr and
+/// does not fail the command that asked: its own work is done, and the
+/// resident client or the next login tries again.
+async fn refill_if_low(state: &ClientState, identity: &Identity, session: &SessionHandle) {
+    let topped_up = async {
+        let (remaining, _) = session.key_package_status().await?;
+        match crate::key_packages::refill_count(remaining) {
+            0 => Ok(()),
+            count => upload_key_packages(state, identity, session, count, false).await,
+        }
+    };
+    if let Err(e) = topped_up.await {
+        eprintln!("note: KeyPackages were not topped up: {e}");
     }
 }
 
@@ -317,7 +321,7 @@ pub async fn login(
         )
         .await?;
     } else {
-        refill_if_low(&state, &identity, &logged.session).await?;
+        refill_if_low(&state, &identity, &logged.session).await;
     }
     conn.close().await;
     Ok(format!(
@@ -695,7 +699,7 @@ pub async fn whoami(opts: &ClientOptions) -> Result<String, CommandError> {
     let (session, login) = open_session(opts, &conn, &state, &identity).await?;
     let me = session.whoami().await?;
     if login.is_some() {
-        refill_if_low(&state, &identity, &session).await?;
+        refill_if_low(&state, &identity, &session).await;
     }
     conn.close().await;
     Ok(whoami_line(&me))

@@ -105,11 +105,12 @@ enum Scenario {
         count: usize,
     },
     /// `ping` latency of a quiet client while a storm of heavy calls runs beside
-    /// it: `--storm none|keypackages|longpolls|flood`.
+    /// it: `--storm none|keypackages|longpolls|flood|frozen`.
     Stall {
         #[arg(long, default_value = "none")]
         storm: String,
-        /// Storm connections (keypackages) or long-polling sessions (longpolls).
+        /// Storm connections (keypackages, flood, frozen) or long-polling
+        /// sessions (longpolls).
         #[arg(long, default_value_t = 4)]
         size: usize,
     },
@@ -245,9 +246,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 "keypackages" => load::Storm::KeyPackages { connections: size },
                 "longpolls" => load::Storm::LongPolls { pollers: size },
                 "flood" => load::Storm::Flood { connections: size },
-                other => {
-                    anyhow::bail!("unknown storm {other:?}: none, keypackages, longpolls or flood")
-                }
+                "frozen" => load::Storm::FrozenReaders { connections: size },
+                other => anyhow::bail!(
+                    "unknown storm {other:?}: none, keypackages, longpolls, flood or frozen"
+                ),
             };
             load::stall(&target, storm, duration, show)?
         }

@@ -39,7 +39,19 @@ pub enum Storm {
         /// Long-polling sessions.
         pollers: usize,
     },
+    /// The H2 probe of the third security round: connections that stop reading
+    /// (their QUIC credit frozen), each with 16 sessions × 8 long-polls, then
+    /// woken by 4 × ~1 MiB messages to every inbox: every reply the node would
+    /// build is up to 4 MiB and none is read.
+    FrozenReaders {
+        /// Frozen connections.
+        connections: usize,
+    },
 }
+
+/// Sessions per frozen connection, and long-polls per session.
+const FROZEN_SESSIONS: usize = 16;
+const FROZEN_WAITS: usize = 8;
 
 /// Long-poll sessions per storm connection.
 const POLLERS_PER_CONNECTION: usize = 25;
@@ -60,6 +72,7 @@ pub fn stall(
         let errors = Rc::new(Cell::new(0u64));
         let mut tasks = Vec::new();
         let mut held = Vec::new();
+        let mut endpoints = Vec::new();
         match storm {
             Storm::None => {}
             Storm::KeyPackages { connections } => {
@@ -113,6 +126,54 @@ pub fn stall(
                     }));
                     held.push(conn);
                 }
+            }
+            Storm::FrozenReaders { connections } => {
+                let mut inboxes = Vec::new();
+                for _ in 0..connections {
+                    let pause = Rc::new(quicnprotochat_client::rpc::ReplyPause::default());
+                    let endpoint = quicnprotochat_client::client_endpoint(
+                        target.addr,
+                        quicnprotochat_wire::tls::read_pinned_cert(&target.ca_cert)?,
+                    )?;
+                    let conn = quicnprotochat_client::NodeConnection::connect_with_reply_pause(
+                        &endpoint,
+                        target.addr,
+                        pause.clone(),
+                    )
+                    .await?;
+                    let mut sessions = Vec::new();
+                    for _ in 0..FROZEN_SESSIONS {
+                        let id = Identity::generate();
+                        inboxes.push(IdentityKey(id.public_key()));
+                        sessions.push(conn.authenticate(&id, None).await?);
+                    }
+                    pause.pause();
+                    for s in sessions {
+                        for _ in 0..FROZEN_WAITS {
+                            let (s, calls) = (s.clone(), calls.clone());
+                            tasks.push(tokio::task::spawn_local(async move {
+                                // Answered only if the node closes the connection.
+                                let _ = s.fetch_wait(0, 0, Duration::from_secs(60)).await;
+                                calls.set(calls.get() + 1);
+                            }));
+                        }
+                    }
+                    held.push(conn);
+                    // The endpoint drives the frozen connection: kept to the end.
+                    endpoints.push(endpoint);
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let feeder = connect(target).await?;
+                let fs = feeder.authenticate(&Identity::generate(), None).await?;
+                let payload = vec![7u8; 1024 * 1024 - 4096];
+                for inbox in &inboxes {
+                    for _ in 0..4 {
+                        if fs.enqueue(inbox, &payload).await.is_err() {
+                            errors.set(errors.get() + 1);
+                        }
+                    }
+                }
+                held.push(feeder);
             }
             Storm::LongPolls { pollers } => {
                 let bar = progress(show_progress, pollers as u64, "long-polls");

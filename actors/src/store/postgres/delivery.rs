@@ -347,7 +347,9 @@ pub(super) async fn group_info_bytes(
 ) -> Result<(u64, u64), StoreError> {
     let row = txn
         .query_one(
-            "SELECT COALESCE((SELECT bytes FROM published_bytes WHERE device = $1), 0),                     COALESCE((SELECT length(group_info)::BIGINT FROM groups                               WHERE group_id = $2 AND publisher = $1), 0)",
+            "SELECT COALESCE(SUM(group_info_bytes), 0)::BIGINT, \
+                    COALESCE(SUM(group_info_bytes) FILTER (WHERE group_id = $2), 0)::BIGINT \
+             FROM groups WHERE publisher = $1",
             &[&&device[..], &group_id],
         )
         .await
@@ -355,43 +357,8 @@ pub(super) async fn group_info_bytes(
     Ok((u(row.get(0)), u(row.get(1))))
 }
 
-/// Moves `bytes` onto (positive) or off (negative) `device`'s published total.
-async fn charge(txn: &Transaction<'_>, device: &[u8], bytes: i64) -> Result<(), StoreError> {
-    txn.execute(
-        "INSERT INTO published_bytes AS t (device, bytes) VALUES ($1, GREATEST($2::BIGINT, 0))          ON CONFLICT (device) DO UPDATE SET bytes = GREATEST(t.bytes + $2::BIGINT, 0)",
-        &[&device, &bytes],
-    )
-    .await
-    .map_err(pg)?;
-    txn.execute(
-        "DELETE FROM published_bytes WHERE device = $1 AND bytes = 0",
-        &[&device],
-    )
-    .await
-    .map_err(pg)?;
-    Ok(())
-}
-
-/// Takes a group's kept GroupInfo off its publisher's total (before it is
-/// replaced or deleted).
-async fn uncharge_group_info(txn: &Transaction<'_>, group_id: &[u8]) -> Result<(), StoreError> {
-    let old = txn
-        .query_opt(
-            "SELECT publisher, length(group_info)::BIGINT FROM groups              WHERE group_id = $1 AND publisher IS NOT NULL AND group_info IS NOT NULL",
-            &[&group_id],
-        )
-        .await
-        .map_err(pg)?;
-    if let Some(r) = old {
-        let publisher: Vec<u8> = r.get(0);
-        let bytes: i64 = r.get(1);
-        charge(txn, &publisher, -bytes).await?;
-    }
-    Ok(())
-}
-
 /// Writes a group's new fence, the member index and its GroupInfo (charged to
-/// the committer; the one it replaces is taken off its own publisher).
+/// the committer: the one it replaces is no longer anybody's).
 pub(super) async fn set_group_fence(
     txn: &Transaction<'_>,
     f: &FenceWrite,
@@ -430,13 +397,16 @@ pub(super) async fn set_group_fence(
         .await
         .map_err(pg)?;
     }
-    uncharge_group_info(txn, &f.group_id).await?;
+    // The GroupInfo is charged to its publisher by these two columns.
     let publisher = f.group_info.as_ref().map(|_| &f.publisher[..]);
+    let bytes = f.group_info.as_ref().map(|i| i.len() as i64);
     txn.execute(
-        "INSERT INTO groups AS t (group_id, next_epoch, members, creator, group_info, publisher) \
-           VALUES ($1, $2, $3, $4, $5, $6) \
+        "INSERT INTO groups AS t \
+           (group_id, next_epoch, members, creator, group_info, publisher, group_info_bytes) \
+           VALUES ($1, $2, $3, $4, $5, $6, $7) \
          ON CONFLICT (group_id) DO UPDATE SET next_epoch = $2, members = $3, \
-           creator = COALESCE($4, t.creator), group_info = $5, publisher = $6",
+           creator = COALESCE($4, t.creator), group_info = $5, publisher = $6, \
+           group_info_bytes = $7",
         &[
             &f.group_id,
             &i(f.next_epoch),
@@ -444,13 +414,11 @@ pub(super) async fn set_group_fence(
             &f.creator.as_ref().map(|c| &c[..]),
             &f.group_info,
             &publisher,
+            &bytes,
         ],
     )
     .await
     .map_err(pg)?;
-    if let Some(info) = &f.group_info {
-        charge(txn, &f.publisher, info.len() as i64).await?;
-    }
     Ok(())
 }
 
@@ -474,7 +442,6 @@ pub(super) async fn collect_dead_group_fences(
             continue;
         }
         let group_id: Vec<u8> = r.get(0);
-        uncharge_group_info(txn, &group_id).await?;
         txn.execute("DELETE FROM groups WHERE group_id = $1", &[&group_id])
             .await
             .map_err(pg)?;
