@@ -434,6 +434,8 @@ impl session::Server for SessionService {
                 .await
                 .map_err(WireError::from)?;
             if arrived {
+                // Not read at all when no reply could be sent now.
+                self.budget.check_reply_room().map_err(over_budget)?;
                 list = self.read_inbox(after, limit).await?;
             }
         }

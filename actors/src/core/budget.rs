@@ -246,6 +246,26 @@ impl ConnectionBudget {
         (held.calls, held.bytes)
     }
 
+    /// Whether a reply could be reserved now at all: refused as
+    /// [`ConnectionBudget::reserve_reply`] would refuse any reply, so that a
+    /// call whose answer cannot be sent does not read it first (a woken
+    /// long-poll reads up to 4 MiB from the store).
+    pub fn check_reply_room(&self) -> Result<(), OverBudget> {
+        let max = self.node.inner.config.reply_bytes_per_connection;
+        let held = self.held.lock().expect("budget lock");
+        if held.closed {
+            return Err(OverBudget::Closed);
+        }
+        if held.replies >= max {
+            self.node.inner.refused.fetch_add(1, Ordering::Relaxed);
+            return Err(OverBudget::UnreadReplies {
+                queued: held.replies,
+                max,
+            });
+        }
+        Ok(())
+    }
+
     /// Reserves `bytes` for a reply about to be built, until the stream takes
     /// them ([`ConnectionBudget::replies_written`]); refused when the
     /// connection's unread replies or the node's bytes are over budget. As for
@@ -398,6 +418,27 @@ mod tests {
             0,
             "nothing held for a gone writer"
         );
+    }
+
+    #[test]
+    fn no_reply_is_read_for_a_connection_whose_unread_replies_fill_its_budget() {
+        let node = NodeBudget::new(small());
+        let c = node.connection();
+        c.check_reply_room().expect("empty");
+        c.reserve_reply(59).unwrap();
+        c.check_reply_room().expect("one byte of room is room");
+        c.reserve_reply(1).unwrap();
+        assert!(matches!(
+            c.check_reply_room().unwrap_err(),
+            OverBudget::UnreadReplies {
+                queued: 60,
+                max: 60
+            }
+        ));
+        c.replies_written(60);
+        c.check_reply_room().expect("room once written");
+        c.replies_dropped();
+        assert_eq!(c.check_reply_room().unwrap_err(), OverBudget::Closed);
     }
 
     #[test]

@@ -73,6 +73,7 @@ pub fn stall(
         let mut tasks = Vec::new();
         let mut held = Vec::new();
         let mut endpoints = Vec::new();
+        let mut pauses = Vec::new();
         match storm {
             Storm::None => {}
             Storm::KeyPackages { connections } => {
@@ -148,6 +149,7 @@ pub fn stall(
                         sessions.push(conn.authenticate(&id, None).await?);
                     }
                     pause.pause();
+                    pauses.push(pause.clone());
                     for s in sessions {
                         for _ in 0..FROZEN_WAITS {
                             let (s, calls) = (s.clone(), calls.clone());
@@ -232,6 +234,11 @@ pub fn stall(
         };
         tokio::join!(measure, handshakes);
         pinger.close().await;
+        // A frozen connection reads again to close: a close waits for its
+        // stream, which a paused reader never drains.
+        for pause in &pauses {
+            pause.resume();
+        }
         for conn in held {
             conn.close().await;
         }
