@@ -46,9 +46,10 @@ pub enum CommitError {
     /// The call names the wrong recipients for this group.
     #[error(transparent)]
     Fanout(#[from] FanoutRefusal),
-    /// The node's disk is below its high-water mark (`STORAGE_FULL`).
+    /// A typed refusal decided before the fence is asked (today only the
+    /// disk's high-water mark, `STORAGE_FULL`): passed on as it is.
     #[error(transparent)]
-    StorageFull(#[from] WireError),
+    Refused(#[from] WireError),
 }
 
 impl From<CommitError> for WireError {
@@ -69,7 +70,7 @@ impl From<CommitError> for WireError {
             CommitError::Fence(f @ FenceRefusal::TooManyGroups { .. }) => {
                 WireError::new(ErrorCode::QuotaExceeded, f.to_string())
             }
-            CommitError::StorageFull(w) => w,
+            CommitError::Refused(w) => w,
             CommitError::Delivery(d) => d.into(),
             CommitError::Fanout(f @ FanoutRefusal::NotAMember) => {
                 WireError::new(ErrorCode::Unauthorized, f.to_string())
